@@ -1,0 +1,29 @@
+"""daskflow: Prefect-style workflow orchestration on Dask distributed.
+
+Write ``@flow`` and ``@task`` functions as with Prefect; switch by changing the
+import line. This module only re-exports the public names.
+"""
+
+from daskflow._version import __version__
+from daskflow.annotations import allow_failure, quote, unmapped
+from daskflow.flows import Flow, flow
+from daskflow.futures import DaskflowFuture, as_completed, wait
+from daskflow.logging import get_run_logger
+from daskflow.states import State
+from daskflow.tasks import Task, task
+
+__all__ = [
+    "DaskflowFuture",
+    "Flow",
+    "State",
+    "Task",
+    "__version__",
+    "allow_failure",
+    "as_completed",
+    "flow",
+    "get_run_logger",
+    "quote",
+    "task",
+    "unmapped",
+    "wait",
+]

@@ -1,0 +1,117 @@
+"""Run contexts: what code running inside a flow or a task can ask about its run.
+
+Two context variables hold the innermost flow run and task run. Because they
+are ``contextvars``, they follow a run into the threads and event loops it
+starts when the runner copies the context, and stay out of unrelated threads.
+On a Dask worker only the task-run context exists: it carries the few facts of
+its flow run that a task may need (ids, names, flow parameters), so a task
+never needs the live flow object, which stays on the client.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from daskflow.exceptions import MissingContextError
+from daskflow.runs import FlowRun, TaskRun
+
+__all__ = [
+    "FlowRunContext",
+    "TaskRunContext",
+    "get_flow_run_context",
+    "get_run_context",
+    "get_task_run_context",
+    "use_flow_run_context",
+    "use_task_run_context",
+]
+
+
+@dataclass(eq=False)
+class FlowRunContext:
+    """The running flow run, seen from the flow's body and from local task runs."""
+
+    flow: Any
+    flow_run: FlowRun
+    task_runner: Any
+    parameters: dict[str, Any]
+    log_prints: bool = False
+    concurrency_limits: dict[str, int] = field(default_factory=dict)
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    _counters: dict[str, Iterator[int]] = field(default_factory=dict)
+    _counters_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next_index(self, task_name: str) -> int:
+        """A per-task counter that numbers this flow's task runs: ``extract-0``, ``extract-1``."""
+        counter = self._counters.get(task_name)
+        if counter is None:
+            with self._counters_lock:
+                counter = self._counters.setdefault(task_name, itertools.count())
+        return next(counter)
+
+
+@dataclass(eq=False, slots=True)
+class TaskRunContext:
+    """The running task run, wherever it runs (in a thread of the client, on a worker)."""
+
+    task: Any
+    task_run: TaskRun
+    parameters: dict[str, Any]
+    flow_run_id: str | None = None
+    flow_run_name: str | None = None
+    flow_name: str | None = None
+    flow_parameters: dict[str, Any] = field(default_factory=dict)
+    log_prints: bool = False
+
+    @property
+    def task_run_id(self) -> str:
+        return self.task_run.id
+
+
+_flow_ctx: ContextVar[FlowRunContext | None] = ContextVar("daskflow_flow_run", default=None)
+_task_ctx: ContextVar[TaskRunContext | None] = ContextVar("daskflow_task_run", default=None)
+
+
+def get_flow_run_context() -> FlowRunContext | None:
+    return _flow_ctx.get()
+
+
+def get_task_run_context() -> TaskRunContext | None:
+    return _task_ctx.get()
+
+
+def get_run_context() -> TaskRunContext | FlowRunContext:
+    """The innermost run context: the task run if inside one, else the flow run."""
+    ctx: TaskRunContext | FlowRunContext | None = _task_ctx.get() or _flow_ctx.get()
+    if ctx is None:
+        raise MissingContextError(
+            "there is no flow or task run here: this can only be called while a "
+            "@flow or @task function is running"
+        )
+    return ctx
+
+
+@contextmanager
+def use_flow_run_context(ctx: FlowRunContext) -> Iterator[FlowRunContext]:
+    # A task run context from an enclosing task must not leak into a subflow's body.
+    flow_token = _flow_ctx.set(ctx)
+    task_token = _task_ctx.set(None)
+    try:
+        yield ctx
+    finally:
+        _task_ctx.reset(task_token)
+        _flow_ctx.reset(flow_token)
+
+
+@contextmanager
+def use_task_run_context(ctx: TaskRunContext) -> Iterator[TaskRunContext]:
+    token = _task_ctx.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _task_ctx.reset(token)

@@ -1,0 +1,124 @@
+"""Task calls: one task run, described completely enough to run anywhere.
+
+A :class:`TaskCall` is what a task runner receives: the task, its run record,
+its arguments (which may still hold futures of upstream runs) and the few
+facts about the flow run that the task run needs. It carries no live flow
+object, so the same call runs in a thread of this process or, pickled, on a
+Dask worker. :func:`make_calls` turns one ``submit``/``map`` into calls,
+naming each run and linking it to its flow run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from daskflow.context import FlowRunContext, TaskRunContext, get_flow_run_context, get_task_run_context
+from daskflow.engine.inputs import find_upstream_runs
+from daskflow.runs import TaskRun, new_run_id
+
+__all__ = ["TaskCall", "make_calls"]
+
+
+@dataclass(eq=False, slots=True)
+class TaskCall:
+    """One task run to execute: the task, its record, its arguments, its flow's facts."""
+
+    task: Any
+    task_run: TaskRun
+    parameters: dict[str, Any]
+    wait_for: tuple[Any, ...] = ()
+    flow_run_id: str | None = None
+    flow_run_name: str | None = None
+    flow_name: str | None = None
+    flow_parameters: dict[str, Any] = field(default_factory=dict)
+    log_prints: bool = False
+    # Set when the flow run is cancelled; a local flag, not sent to workers.
+    cancel_event: threading.Event | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {name: getattr(self, name) for name in self.__slots__}
+        state["cancel_event"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+
+
+_orphan_counters: dict[str, Iterator[int]] = {}
+_orphan_lock = threading.Lock()
+
+
+def _orphan_index(task_name: str) -> int:
+    counter = _orphan_counters.get(task_name)
+    if counter is None:
+        with _orphan_lock:
+            counter = _orphan_counters.setdefault(task_name, itertools.count())
+    return next(counter)
+
+
+def make_calls(
+    task: Any,
+    parameter_sets: Sequence[dict[str, Any]],
+    wait_for: Iterable[Any] = (),
+    *,
+    mapped: bool = False,
+) -> list[TaskCall]:
+    """Calls for ``task``, one per parameter set, inside the current flow run if any."""
+    flow_ctx: FlowRunContext | None = get_flow_run_context()
+    task_ctx: TaskRunContext | None = get_task_run_context()
+    options = task.options
+    name = task.name
+    wait = tuple(wait_for)
+    wait_ids = find_upstream_runs(wait) if wait else ()
+    if flow_ctx is not None:
+        flow_run = flow_ctx.flow_run
+        flow_fields: dict[str, Any] = {
+            "flow_run_id": flow_run.id,
+            "flow_run_name": flow_run.name,
+            "flow_name": flow_run.flow_name,
+            "flow_parameters": flow_ctx.parameters,
+            "cancel_event": flow_ctx.cancel_event,
+        }
+        default_prints = flow_ctx.log_prints
+        index = flow_ctx.next_index
+        runs_list: list[TaskRun] | None = flow_run.task_runs
+    elif task_ctx is not None:  # a task started from inside another task
+        flow_fields = {
+            "flow_run_id": task_ctx.flow_run_id,
+            "flow_run_name": task_ctx.flow_run_name,
+            "flow_name": task_ctx.flow_name,
+            "flow_parameters": task_ctx.flow_parameters,
+        }
+        default_prints = task_ctx.log_prints
+        index = _orphan_index
+        runs_list = None
+    else:
+        flow_fields = {}
+        default_prints = False
+        index = _orphan_index
+        runs_list = None
+    log_prints = default_prints if options.log_prints is None else options.log_prints
+    flow_run_id = flow_fields.get("flow_run_id")
+    calls = []
+    for map_index, params in enumerate(parameter_sets):
+        upstream = find_upstream_runs(params.values())
+        run = TaskRun(
+            id=new_run_id(),
+            name=f"{name}-{index(name)}",
+            task_name=name,
+            flow_run_id=flow_run_id,
+            map_index=map_index if mapped else None,
+            tags=options.tags,
+            upstream_ids=upstream + wait_ids if wait_ids else upstream,
+        )
+        calls.append(
+            TaskCall(task, run, params, wait, log_prints=log_prints, **flow_fields)
+        )
+    if runs_list is not None:
+        runs_list.extend(call.task_run for call in calls)
+    return calls

@@ -1,0 +1,325 @@
+"""The flow engine: everything around one flow run, written once.
+
+A flow run binds and validates its parameters (a bad one ends the run before
+any task starts), then runs the body inside a fresh task runner and a flow-run
+context, so tasks called in the body know their flow. The run's final state
+follows from the body: an exception fails it; otherwise the returned value
+decides — futures in it are waited for, and if any of them (or any state
+returned) did not complete, the flow fails; else it completes. Flow retries
+rerun the body. Ctrl-C cancels the run: tasks not yet started never start,
+running ones are interrupted, every run is left in a final state.
+
+:class:`FlowRunEngine` holds that state machine; :func:`run_flow_sync` and
+:func:`run_flow_async` are the thin drivers, as for tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from daskflow.context import (
+    FlowRunContext,
+    get_flow_run_context,
+    get_task_run_context,
+    use_flow_run_context,
+)
+from daskflow.engine.inputs import resolve_runs
+from daskflow.engine.retries import retry_delay
+from daskflow.engine.task_engine import split_arguments
+from daskflow.engine.timeouts import call_with_timeout
+from daskflow.exceptions import CancelledRunError, ParameterValidationError, RunTimeoutError
+from daskflow.logging import RunLoggerAdapter, configure_console_logging, install_print_capture, run_logger_for
+from daskflow.runs import FlowRun, new_run_id
+from daskflow.states import (
+    AwaitingRetry,
+    Cancelled,
+    Completed,
+    Crashed,
+    Failed,
+    Retrying,
+    Running,
+    State,
+    TimedOut,
+)
+
+__all__ = ["FlowRunEngine", "generate_run_name", "run_flow_async", "run_flow_sync"]
+
+_ADJECTIVES = (
+    "amber azure bold brave bright calm clever coral crimson daring eager fancy gentle golden "
+    "happy jolly keen lively lucky merry nimble noble olive quick quiet rapid ruby silver "
+    "smart steady sunny swift teal tidy vivid wise witty zesty"
+).split()
+_ANIMALS = (
+    "badger bear beaver bison cheetah cobra condor coyote crane dingo dolphin eagle falcon ferret "
+    "finch fox gecko heron ibis jaguar koala lemur lynx marten moose otter owl panda puffin "
+    "raven seal stork tapir tiger toucan walrus wombat yak zebra"
+).split()
+
+
+def generate_run_name() -> str:
+    """A name a person can say aloud, e.g. ``"swift-otter"``."""
+    return f"{random.choice(_ADJECTIVES)}-{random.choice(_ANIMALS)}"
+
+
+class FlowRunEngine:
+    """The state machine of one flow run (see the module docstring)."""
+
+    def __init__(self, flow: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.flow = flow
+        self.options = flow.options
+        # A call that does not fit the signature is the caller's bug: raise before any run exists.
+        self.parameters: dict[str, Any] = flow.bind_parameters(args, kwargs)
+        parent = get_flow_run_context()
+        parent_task = get_task_run_context()
+        parent_id = parent.flow_run.id if parent is not None else (parent_task.flow_run_id if parent_task else None)
+        self.parent = parent
+        self.run = FlowRun(
+            id=new_run_id(),
+            name=generate_run_name(),
+            flow_name=self.options.name,
+            parameters=self.parameters,
+            parent_flow_run_id=parent_id,
+        )
+        self.context: FlowRunContext | None = None
+        self._logger: RunLoggerAdapter | None = None
+        configure_console_logging()
+
+    @property
+    def logger(self) -> RunLoggerAdapter:
+        if self._logger is None:
+            self._logger = run_logger_for(
+                flow_run_id=self.run.id, flow_run_name=self.run.name, flow_name=self.run.flow_name
+            )
+        return self._logger
+
+    @property
+    def state(self) -> State:
+        return self.run.state
+
+    def prepare(self) -> State | None:
+        """Validate parameters and name the run. Returns the final state if the run cannot start."""
+        options = self.options
+        if options.validate_parameters:
+            try:
+                self.parameters = self.flow.validate_parameters(self.parameters)
+            except ParameterValidationError as exc:
+                self.logger.error("%s", exc)
+                return self.finish(Failed(str(exc), exc))
+            self.run.parameters = self.parameters
+        template = options.flow_run_name
+        if template is not None:
+            try:
+                self.run.name = template.format(**self.parameters) if isinstance(template, str) else str(template())
+            except Exception as exc:
+                message = f"flow {options.name!r}: flow_run_name {template!r} could not be formed: {type(exc).__name__}: {exc}"
+                return self.finish(Failed(message, exc))
+            self._logger = None
+        if options.log_prints:
+            install_print_capture()
+        return None
+
+    def begin_attempt(self) -> None:
+        run = self.run
+        run.run_count += 1
+        if run.run_count == 1:
+            self.logger.info("Beginning flow run %r for flow %r", run.name, run.flow_name)
+            run.set_state(Running())
+        else:
+            run.set_state(Retrying(f"attempt {run.run_count}"))
+
+    def new_runner(self) -> Any:
+        runner = self.options.task_runner
+        if runner is None:
+            runner = self.flow.default_task_runner()
+        return runner.duplicate()
+
+    @contextmanager
+    def running(self, runner: Any) -> Iterator[FlowRunContext]:
+        """Enter the task runner and the flow-run context for one attempt."""
+        log_prints = bool(self.options.log_prints)
+        if log_prints:
+            install_print_capture()
+        limits = dict(self.options.concurrency_limit or {})
+        with runner:
+            ctx = FlowRunContext(
+                flow=self.flow,
+                flow_run=self.run,
+                task_runner=runner,
+                parameters=self.parameters,
+                log_prints=log_prints,
+                concurrency_limits=limits,
+            )
+            self.context = ctx
+            try:
+                with use_flow_run_context(ctx):
+                    yield ctx
+            except BaseException as exc:
+                if isinstance(exc, (KeyboardInterrupt, CancelledRunError, asyncio.CancelledError)):
+                    ctx.cancel_event.set()
+                    runner.cancel_all()
+                raise
+
+    def call_body(self) -> Any:
+        args, kwargs = split_arguments(self.flow.fn, self.parameters)
+        timeout = self.options.timeout_seconds
+        if timeout is None:
+            return self.flow.fn(*args, **kwargs)
+        return call_with_timeout(self.flow.fn, args, kwargs, timeout, f"flow run {self.run.name!r}")
+
+    def collect_return(self, value: Any) -> ReturnValue:
+        """Wait for the futures in the body's return value and take their values."""
+        ret = ReturnValue()
+        ret.data, _ = resolve_runs(value, ret.on_state)
+        return ret
+
+    def handle_return(self, ret: ReturnValue) -> float | None:
+        """Decide the final state from the body's return value, once the runner is drained."""
+        if not ret.failed:
+            self.finish(Completed(ret.data, "All states completed."))
+            return None
+        first = ret.failed[0]
+        state = Failed(f"{len(ret.failed)}/{ret.total} states failed: {first.message}", first.exception)
+        state.data = ret.data
+        return self._failed_attempt(state)
+
+    def handle_exception(self, exc: BaseException) -> float | None:
+        if isinstance(exc, (KeyboardInterrupt, CancelledRunError, asyncio.CancelledError)):
+            self.cancel(f"cancelled: {type(exc).__name__}")
+            return None
+        if isinstance(exc, RunTimeoutError):
+            return self._failed_attempt(TimedOut(exception=exc))
+        if isinstance(exc, Exception):
+            return self._failed_attempt(Failed(exception=exc))
+        self.finish(Crashed(f"{type(exc).__name__} raised inside the flow", exc))
+        return None
+
+    def _failed_attempt(self, state: State) -> float | None:
+        options = self.options
+        run = self.run
+        if run.run_count <= options.retries:
+            retry_number = run.run_count - 1
+            delay = retry_delay(options.retry_delay_seconds, options.retries, retry_number, None, f"flow {options.name!r}")
+            self.logger.warning(
+                "Attempt %d failed with %s; retry %d of %d in %.3g s",
+                run.run_count, state.message, retry_number + 1, options.retries, delay,
+            )
+            run.set_state(AwaitingRetry(f"retry {retry_number + 1} of {options.retries} in {delay:.3g} s"))
+            return delay
+        self.logger.error("Finished in state %s: %s", state.name, state.message, exc_info=state.exception)
+        self.finish(state)
+        return None
+
+    def cancel(self, message: str) -> None:
+        """End the run and every task run of it that is not final as Cancelled."""
+        if self.context is not None:
+            self.context.cancel_event.set()
+        for task_run in self.run.task_runs:
+            if not task_run.state.is_final():
+                task_run.set_state(Cancelled("the flow run was cancelled"))
+        self.finish(Cancelled(message))
+
+    def finish(self, state: State) -> State:
+        run = self.run
+        run.set_state(state)
+        if state.is_completed():
+            self.logger.info("Finished in state %r", state)
+        options = self.options
+        hooks: tuple[Any, ...] = ()
+        if state.is_completed():
+            hooks = options.on_completion
+        elif state.is_failed():
+            hooks = options.on_failure
+        elif state.is_crashed():
+            hooks = options.on_crashed
+        elif state.is_cancelled():
+            hooks = options.on_cancellation
+        for hook in hooks:
+            try:
+                hook(self.flow, run, state)
+            except Exception:
+                self.logger.exception("hook %s raised; the run's state is unchanged", getattr(hook, "__name__", hook))
+        return state
+
+    def outcome(self, return_state: bool) -> Any:
+        state = self.run.state
+        if return_state:
+            return state
+        return state.result()
+
+
+class ReturnValue:
+    """A flow body's return value with its runs resolved, and which of them failed."""
+
+    def __init__(self) -> None:
+        self.data: Any = None
+        self.failed: list[State] = []
+        self.total = 0
+
+    def on_state(self, state: State, allowed: bool) -> Any:
+        self.total += 1
+        if state.is_completed():
+            return state.data
+        self.failed.append(state)
+        return state.result(raise_on_failure=False)
+
+
+def run_flow_sync(flow: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool = False) -> Any:
+    """Run a flow to its final state in this thread; returns its value (or its state)."""
+    engine = FlowRunEngine(flow, args, kwargs)
+    if engine.prepare() is not None:
+        return engine.outcome(return_state)
+    while True:
+        engine.begin_attempt()
+        try:
+            with engine.running(engine.new_runner()):
+                ret = engine.collect_return(engine.call_body())
+            delay = engine.handle_return(ret)
+        except KeyboardInterrupt as exc:
+            engine.handle_exception(exc)
+            raise
+        except BaseException as exc:
+            delay = engine.handle_exception(exc)
+        if delay is None:
+            break
+        time.sleep(delay)
+    return engine.outcome(return_state)
+
+
+async def run_flow_async(flow: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool = False) -> Any:
+    """Run an ``async def`` flow to its final state; returns its value (or its state)."""
+    engine = FlowRunEngine(flow, args, kwargs)
+    if engine.prepare() is not None:
+        return engine.outcome(return_state)
+    timeout = engine.options.timeout_seconds
+    while True:
+        engine.begin_attempt()
+        try:
+            with engine.running(engine.new_runner()):
+                args_, kwargs_ = split_arguments(flow.fn, engine.parameters)
+                try:
+                    async with asyncio.timeout(timeout) as deadline:
+                        value = await flow.fn(*args_, **kwargs_)
+                except TimeoutError:
+                    if not deadline.expired():
+                        raise
+                    raise RunTimeoutError(
+                        f"flow run {engine.run.name!r} did not finish within timeout_seconds={timeout:g}; "
+                        "it was marked TimedOut (raise timeout_seconds if the work needs longer)"
+                    ) from None
+                ret = await asyncio.to_thread(engine.collect_return, value)
+            delay = engine.handle_return(ret)
+        except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+            engine.handle_exception(exc)
+            raise
+        except BaseException as exc:
+            delay = engine.handle_exception(exc)
+        if delay is None:
+            break
+        await asyncio.sleep(delay)
+    return engine.outcome(return_state)
+

@@ -1,0 +1,139 @@
+"""Task inputs: finding upstream runs in arguments, and resolving them to values.
+
+Arguments may hold futures and states of upstream runs, directly or inside
+lists, tuples, sets and dicts. Before a task runs, each is replaced by its
+run's value; an upstream run that did not complete stops the task with
+:class:`~daskflow.exceptions.UpstreamFailedError`, unless the argument is
+wrapped in ``allow_failure``, in which case it receives the upstream's
+exception. ``quote`` hands a value over untouched, ``unmapped`` is unwrapped.
+Containers are only rebuilt when something inside them changed, so a large
+list of plain values costs one type check per item and no copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from daskflow.annotations import BaseAnnotation, allow_failure, quote
+from daskflow.exceptions import UpstreamFailedError
+from daskflow.futures import DaskflowFuture
+from daskflow.states import State
+
+__all__ = ["StateHandler", "find_upstream_runs", "iter_upstreams", "resolve_inputs", "resolve_runs", "wait_for_all"]
+
+_ATOMS = (str, bytes, int, float, bool, type(None), complex)
+_CONTAINERS = (list, tuple, set, frozenset, dict)
+
+
+def iter_upstreams(value: Any) -> Iterable[DaskflowFuture[Any]]:
+    """Every future found in ``value`` (recursing into containers, not into ``quote``)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _ATOMS):
+            continue
+        if isinstance(item, DaskflowFuture):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, _CONTAINERS):
+            stack.extend(item)
+        elif isinstance(item, BaseAnnotation) and not isinstance(item, quote):
+            stack.append(item.value)
+
+
+def find_upstream_runs(values: Iterable[Any]) -> tuple[str, ...]:
+    """The ids of the task runs whose futures appear in ``values``."""
+    ids: dict[str, None] = {}
+    for value in values:
+        if isinstance(value, _ATOMS):
+            continue
+        for future in iter_upstreams(value):
+            ids[future.task_run_id] = None
+    return tuple(ids)
+
+
+StateHandler = Callable[[State, bool], Any]
+
+
+def _upstream_value(where: str, argument: str) -> StateHandler:
+    def on_state(state: State, allowed: bool) -> Any:
+        if state.is_completed():
+            return state.data
+        if allowed:
+            return state.result(raise_on_failure=False)
+        raise UpstreamFailedError(
+            f"{where}: argument {argument!r} comes from a run that ended {state.name}"
+            f"{': ' + state.message if state.message else ''}; the task did not run. "
+            "Wrap the argument in allow_failure(...) to run it anyway."
+        )
+
+    return on_state
+
+
+def resolve_runs(value: Any, on_state: StateHandler, allowed: bool = False) -> tuple[Any, bool]:
+    """``value`` with every future and state in it replaced by ``on_state(state, allowed)``.
+
+    Returns the new value and whether anything changed; unchanged containers
+    are returned as they are, not copied.
+    """
+    if isinstance(value, _ATOMS):
+        return value, False
+    if isinstance(value, DaskflowFuture):
+        value.wait()
+        return on_state(value.state, allowed), True
+    if isinstance(value, State):
+        return on_state(value, allowed), True
+    if isinstance(value, BaseAnnotation):
+        if isinstance(value, quote):
+            return value.value, True
+        inner, _ = resolve_runs(value.value, on_state, allowed or isinstance(value, allow_failure))
+        return inner, True
+    if isinstance(value, dict):
+        changed = False
+        out = {}
+        for key, item in value.items():
+            new, did = resolve_runs(item, on_state, allowed)
+            out[key] = new
+            changed |= did
+        if not changed:
+            return value, False
+        return (out if type(value) is dict else type(value)(out)), True
+    if isinstance(value, _CONTAINERS):
+        items = []
+        changed = False
+        for item in value:
+            new, did = resolve_runs(item, on_state, allowed)
+            items.append(new)
+            changed |= did
+        if not changed:
+            return value, False
+        if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+            return type(value)(*items), True
+        return type(value)(items), True
+    return value, False
+
+
+def resolve_inputs(parameters: dict[str, Any], where: str) -> dict[str, Any]:
+    """``parameters`` with futures, states and annotations replaced by values.
+
+    Waits for upstream futures. Raises ``UpstreamFailedError`` naming ``where``
+    and the argument when an upstream run did not complete.
+    """
+    resolved = parameters
+    for name, value in parameters.items():
+        new, changed = resolve_runs(value, _upstream_value(where, name))
+        if changed:
+            if resolved is parameters:
+                resolved = dict(parameters)
+            resolved[name] = new
+    return resolved
+
+
+def wait_for_all(wait_for: Iterable[Any], where: str) -> None:
+    """Wait for the ``wait_for`` runs; a failed one stops the task (unless allow_failure)."""
+    for item in wait_for:
+        resolve_runs(item, _upstream_value(where, "wait_for"))
+
+

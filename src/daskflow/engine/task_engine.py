@@ -1,0 +1,350 @@
+"""The task engine: everything around one task run, written once.
+
+A task run goes Pending -> Running -> (AwaitingRetry -> Retrying)* -> final.
+:class:`TaskRunEngine` holds that state machine: ``prepare`` resolves the
+inputs (or ends the run if an upstream failed or the flow was cancelled),
+``begin_attempt`` starts an attempt, ``handle_success`` and
+``handle_exception`` decide what an attempt's outcome means — a final state,
+or a retry after a delay — and ``finish`` records the final state and runs the
+hooks. The two drivers, :func:`run_task_sync` and :func:`run_task_async`, only
+call the user's function and wait; every runner (in-thread, thread pool, Dask
+worker) runs tasks through them, so states, retries, timeouts and hooks
+behave the same everywhere.
+
+The sync driver is on the hot path of every task call, so it avoids work that
+is not needed: no thread unless ``timeout_seconds`` is set, no logger unless a
+record will be emitted, no copies of the arguments unless a future is in them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from functools import lru_cache
+from typing import Any, TypeVar
+
+from daskflow.context import TaskRunContext, use_task_run_context
+from daskflow.engine.calls import TaskCall
+from daskflow.engine.inputs import resolve_inputs, wait_for_all
+from daskflow.engine.retries import retry_delay
+from daskflow.engine.timeouts import call_with_timeout
+from daskflow.exceptions import CancelledRunError, RunTimeoutError, UpstreamFailedError
+from daskflow.logging import TASK_LOGGER, RunLoggerAdapter, run_logger_for
+from daskflow.states import AwaitingRetry, Cancelled, Completed, Crashed, Failed, Retrying, Running, State, TimedOut
+
+__all__ = ["TaskRunEngine", "run_coroutine", "run_task_async", "run_task_sync", "split_arguments"]
+
+T = TypeVar("T")
+_task_logger = logging.getLogger(TASK_LOGGER)
+_CANCELS = (CancelledRunError, KeyboardInterrupt, asyncio.CancelledError)
+
+
+_BY_POSITION, _EXTEND, _BY_KEYWORD, _UPDATE = range(4)
+
+
+@lru_cache(maxsize=4096)
+def _signature_plan(fn: Callable[..., Any]) -> tuple[tuple[str, int], ...] | None:
+    """How to pass each parameter; None when all go by keyword (the fast, common case)."""
+    params = list(inspect.signature(fn).parameters.values())
+    if all(p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params):
+        return None
+    has_var_args = any(p.kind is p.VAR_POSITIONAL for p in params)
+    plan = []
+    for p in params:
+        if p.kind is p.POSITIONAL_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and has_var_args):
+            plan.append((p.name, _BY_POSITION))  # must go before *args, so by position
+        elif p.kind is p.VAR_POSITIONAL:
+            plan.append((p.name, _EXTEND))
+        elif p.kind is p.VAR_KEYWORD:
+            plan.append((p.name, _UPDATE))
+        else:
+            plan.append((p.name, _BY_KEYWORD))
+    return tuple(plan)
+
+
+def split_arguments(fn: Callable[..., Any], parameters: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` that call ``fn`` with the bound ``parameters``."""
+    plan = _signature_plan(fn)
+    if plan is None:
+        return (), parameters
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for name, how in plan:
+        if name not in parameters:
+            continue
+        value = parameters[name]
+        if how == _BY_POSITION:
+            args.append(value)
+        elif how == _EXTEND:
+            args.extend(value)
+        elif how == _UPDATE:
+            kwargs.update(value)
+        else:
+            kwargs[name] = value
+    return tuple(args), kwargs
+
+
+class TaskRunEngine:
+    """The state machine of one task run (see the module docstring)."""
+
+    __slots__ = ("call", "task", "options", "run", "parameters", "context", "_logger")
+
+    def __init__(self, call: TaskCall) -> None:
+        self.call = call
+        self.task = call.task
+        self.options = call.task.options
+        self.run = call.task_run
+        self.parameters: dict[str, Any] = call.parameters
+        self.context: TaskRunContext | None = None
+        self._logger: RunLoggerAdapter | None = None
+
+    @property
+    def logger(self) -> RunLoggerAdapter:
+        if self._logger is None:
+            call = self.call
+            self._logger = run_logger_for(
+                flow_run_id=call.flow_run_id,
+                flow_run_name=call.flow_run_name,
+                flow_name=call.flow_name,
+                task_run_id=self.run.id,
+                task_run_name=self.run.name,
+                task_name=self.run.task_name,
+            )
+        return self._logger
+
+    @property
+    def where(self) -> str:
+        return f"task run {self.run.name!r}"
+
+    @property
+    def state(self) -> State:
+        return self.run.state
+
+    def cancelled(self) -> bool:
+        event = self.call.cancel_event
+        return event is not None and event.is_set()
+
+    def prepare(self) -> State | None:
+        """Resolve the inputs. Returns the final state if the task cannot run."""
+        call = self.call
+        if self.cancelled():
+            return self.finish(Cancelled("the flow run was cancelled before this task started"), hooks=False)
+        try:
+            if call.wait_for:
+                wait_for_all(call.wait_for, self.where)
+            self.parameters = resolve_inputs(call.parameters, self.where)
+        except UpstreamFailedError as exc:
+            return self.finish(Failed(str(exc), exc, name="UpstreamFailed"), hooks=False)
+        template = self.options.task_run_name
+        if template is not None:
+            try:
+                self.run.name = template.format(**self.parameters) if isinstance(template, str) else str(template())
+            except Exception as exc:
+                message = (
+                    f"task {self.options.name!r}: task_run_name {template!r} could not be formed: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                return self.finish(Failed(message, exc), hooks=False)
+        self.context = TaskRunContext(
+            task=self.task,
+            task_run=self.run,
+            parameters=self.parameters,
+            flow_run_id=call.flow_run_id,
+            flow_run_name=call.flow_run_name,
+            flow_name=call.flow_name,
+            flow_parameters=call.flow_parameters,
+            log_prints=call.log_prints,
+        )
+        return None
+
+    def begin_attempt(self) -> None:
+        run = self.run
+        run.run_count += 1
+        run.set_state(Running() if run.run_count == 1 else Retrying(f"attempt {run.run_count}"))
+
+    def handle_success(self, value: Any) -> State:
+        return self.finish(Completed(value))
+
+    def handle_exception(self, exc: BaseException) -> float | None:
+        """Record a failed attempt: seconds to wait before retrying, or None if it was final."""
+        if isinstance(exc, _CANCELS):
+            self.finish(Cancelled(f"cancelled while running: {type(exc).__name__}", exc if isinstance(exc, Exception) else None))
+            return None
+        if isinstance(exc, RunTimeoutError):
+            state = TimedOut(exception=exc)
+        elif isinstance(exc, Exception):
+            state = Failed(exception=exc)
+        else:  # SystemExit and friends: the process, not the task, gave up
+            state = Crashed(f"{type(exc).__name__} raised inside the task", exc)
+        options = self.options
+        run = self.run
+        if run.run_count <= options.retries and self._should_retry(state):
+            retry_number = run.run_count - 1
+            delay = retry_delay(
+                options.retry_delay_seconds, options.retries, retry_number, options.retry_jitter_factor, self.where
+            )
+            self.logger.warning(
+                "Attempt %d failed with %s; retry %d of %d in %.3g s",
+                run.run_count, state.message, retry_number + 1, options.retries, delay,
+            )
+            run.set_state(AwaitingRetry(f"retry {retry_number + 1} of {options.retries} in {delay:.3g} s"))
+            return delay
+        retried = f" after {run.run_count - 1} retries" if run.run_count > 1 else ""
+        self.logger.error("Finished in state %s%s: %s", state.name, retried, state.message, exc_info=exc)
+        self.finish(state)
+        return None
+
+    def _should_retry(self, state: State) -> bool:
+        condition = self.options.retry_condition_fn
+        if condition is None:
+            return True
+        try:
+            return bool(condition(self.task, self.run, state))
+        except Exception:
+            self.logger.exception("retry_condition_fn raised; not retrying")
+            return False
+
+    def wait_before_retry(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds; False (and the run Cancelled) if the flow was cancelled meanwhile."""
+        event = self.call.cancel_event
+        if event is None:
+            if delay > 0:
+                time.sleep(delay)
+            return True
+        if event.wait(delay) or event.is_set():
+            self.finish(Cancelled("the flow run was cancelled while waiting to retry"))
+            return False
+        return True
+
+    def finish(self, state: State, hooks: bool = True) -> State:
+        if self.run.state.is_final():  # already ended from outside (a cancelled flow run)
+            return self.run.state
+        self.run.set_state(state)
+        if hooks:
+            self._run_hooks(state)
+        if _task_logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("Finished in state %r", state)
+        return state
+
+    def _run_hooks(self, state: State) -> None:
+        options = self.options
+        if state.is_completed():
+            hooks = options.on_completion
+        elif state.is_failed() or state.is_crashed():
+            hooks = options.on_failure
+        else:
+            return
+        for hook in hooks:
+            try:
+                hook(self.task, self.run, state)
+            except Exception:
+                self.logger.exception("hook %s raised; the run's state is unchanged", getattr(hook, "__name__", hook))
+
+
+def run_task_sync(call: TaskCall) -> State:
+    """Run one task call to its final state in this thread; returns that state."""
+    task = call.task
+    if task.isasync:
+        return run_coroutine(run_task_async(call))
+    engine = TaskRunEngine(call)
+    early = engine.prepare()
+    if early is not None:
+        return early
+    fn = task.fn
+    args, kwargs = split_arguments(fn, engine.parameters)
+    timeout = engine.options.timeout_seconds
+    assert engine.context is not None
+    with use_task_run_context(engine.context):
+        while True:
+            engine.begin_attempt()
+            try:
+                if timeout is None:
+                    value = fn(*args, **kwargs)
+                else:
+                    value = call_with_timeout(fn, args, kwargs, timeout, engine.where)
+            except KeyboardInterrupt as exc:
+                engine.handle_exception(exc)
+                raise
+            except BaseException as exc:
+                delay = engine.handle_exception(exc)
+                if delay is None or not engine.wait_before_retry(delay):
+                    break
+                continue
+            engine.handle_success(value)
+            break
+    return engine.state
+
+
+async def run_task_async(call: TaskCall) -> State:
+    """Run one task call of an ``async def`` task to its final state."""
+    engine = TaskRunEngine(call)
+    if call.wait_for or engine.run.upstream_ids:
+        # Waiting on upstream futures blocks: keep the event loop free meanwhile.
+        early = await asyncio.to_thread(engine.prepare)
+    else:
+        early = engine.prepare()
+    if early is not None:
+        return early
+    fn = call.task.fn
+    args, kwargs = split_arguments(fn, engine.parameters)
+    timeout = engine.options.timeout_seconds
+    assert engine.context is not None
+    with use_task_run_context(engine.context):
+        while True:
+            engine.begin_attempt()
+            try:
+                async with asyncio.timeout(timeout) as deadline:
+                    value = await fn(*args, **kwargs)
+            except TimeoutError as exc:
+                if deadline.expired():
+                    exc = RunTimeoutError(
+                        f"{engine.where} did not finish within timeout_seconds={timeout:g}; it was marked TimedOut "
+                        "(raise timeout_seconds if the work needs longer)"
+                    )
+                delay = engine.handle_exception(exc)
+            except (asyncio.CancelledError, KeyboardInterrupt) as exc:
+                engine.handle_exception(exc)
+                raise
+            except BaseException as exc:
+                delay = engine.handle_exception(exc)
+            else:
+                engine.handle_success(value)
+                break
+            if delay is None:
+                break
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if engine.cancelled():
+                engine.finish(Cancelled("the flow run was cancelled while waiting to retry"))
+                break
+    return engine.state
+
+
+def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from synchronous code, even inside a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    # This thread already runs a loop (a notebook, an async flow): use a fresh thread.
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(target,), name="daskflow-coroutine", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    value: T = outcome["value"]
+    return value

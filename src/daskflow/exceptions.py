@@ -1,0 +1,115 @@
+"""Every error daskflow raises, in one tree.
+
+Each class also subclasses the builtin a user would naturally catch, so
+``except ValueError`` keeps working around a bad option::
+
+    DaskflowError
+    ├── ConfigurationError (ValueError)        bad option to @task, @flow or a runner
+    │   └── ConcurrencyLimitError              a named limit with no size, or a bad size
+    ├── ParameterValidationError (ValueError)  a flow parameter failed its type hint
+    ├── MissingContextError (RuntimeError)     run-only API used outside a run
+    ├── UpstreamFailedError (RuntimeError)     a task's input came from a failed run
+    ├── RunTimeoutError (TimeoutError)         timeout_seconds elapsed
+    ├── CrashedRunError (RuntimeError)         infrastructure failed: worker died, value unserializable
+    ├── CancelledRunError (RuntimeError)       the run was cancelled
+    ├── UnhashableInputError (TypeError)       an argument cannot be hashed into a cache key
+    ├── UnserializableInputError (TypeError)   an argument cannot travel to a worker
+    ├── ResultError (ValueError)               a stored result cannot be used
+    │   ├── CorruptResultError                 truncated, unreadable or of the wrong schema
+    │   └── UnsignedResultError                a pickled entry without a valid signature
+    ├── ScheduleError (ValueError)             a bad cron/rrule/interval or timezone
+    ├── CompileError (TypeError)               a flow cannot be traced ahead into a graph
+    └── SchedulerUnreachableError (ConnectionError)  no Dask scheduler at the address
+
+Messages say what went wrong, where (task, argument, line) and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CancelledRunError",
+    "CompileError",
+    "ConcurrencyLimitError",
+    "ConfigurationError",
+    "CorruptResultError",
+    "CrashedRunError",
+    "DaskflowError",
+    "MissingContextError",
+    "ParameterValidationError",
+    "ResultError",
+    "RunTimeoutError",
+    "ScheduleError",
+    "SchedulerUnreachableError",
+    "UnhashableInputError",
+    "UnserializableInputError",
+    "UnsignedResultError",
+    "UpstreamFailedError",
+]
+
+
+class DaskflowError(Exception):
+    """Base class of every error daskflow raises."""
+
+
+class ConfigurationError(DaskflowError, ValueError):
+    """An option given to ``@task``, ``@flow`` or a task runner is invalid."""
+
+
+class ConcurrencyLimitError(ConfigurationError):
+    """A named concurrency limit has no size, or a size that is not a positive int."""
+
+
+class ParameterValidationError(DaskflowError, ValueError):
+    """A flow parameter does not match its type hint; raised before any task runs."""
+
+
+class MissingContextError(DaskflowError, RuntimeError):
+    """An API that needs a running flow or task was used outside one."""
+
+
+class UpstreamFailedError(DaskflowError, RuntimeError):
+    """A task did not run because an input came from a run that did not complete."""
+
+
+class RunTimeoutError(DaskflowError, TimeoutError):
+    """A task or flow ran longer than its ``timeout_seconds``."""
+
+
+class CrashedRunError(DaskflowError, RuntimeError):
+    """The infrastructure failed under a run: a worker died, a value could not be serialized."""
+
+
+class CancelledRunError(DaskflowError, RuntimeError):
+    """The run was cancelled before it finished."""
+
+
+class UnhashableInputError(DaskflowError, TypeError):
+    """An argument cannot be hashed deterministically into a cache key."""
+
+
+class UnserializableInputError(DaskflowError, TypeError):
+    """An argument cannot be serialized to travel to where the task runs."""
+
+
+class ResultError(DaskflowError, ValueError):
+    """A stored result cannot be used."""
+
+
+class CorruptResultError(ResultError):
+    """A stored result is truncated, unreadable or has the wrong schema."""
+
+
+class UnsignedResultError(ResultError):
+    """A pickled result has no signature, or one that does not match the configured key."""
+
+
+class ScheduleError(DaskflowError, ValueError):
+    """A schedule expression or timezone is invalid."""
+
+
+class CompileError(DaskflowError, TypeError):
+    """A flow cannot be traced ahead of time into a Dask graph."""
+
+
+class SchedulerUnreachableError(DaskflowError, ConnectionError):
+    """No Dask scheduler answered at the given address within the timeout."""

@@ -1,0 +1,125 @@
+"""Flows: ``@flow`` and the :class:`Flow` it makes.
+
+A flow is the function that orchestrates tasks. Calling it starts a flow
+run: parameters are bound and checked against the type hints, the body runs
+with a fresh copy of the flow's task runner, and the call returns the body's
+value (or raises its error); ``return_state=True`` returns the final state
+instead. A flow called inside another flow is a subflow, a child run of it.
+``async def`` flows return a coroutine to await.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from daskflow import settings
+from daskflow.engine import run_flow_async, run_flow_sync
+from daskflow.exceptions import ConfigurationError
+from daskflow.options import FlowOptions, build_options, with_changes
+from daskflow.parameters import Binder, ParameterSchema
+from daskflow.task_runners import SequentialTaskRunner, TaskRunner, ThreadPoolTaskRunner
+
+__all__ = ["Flow", "flow"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_RUNNERS: dict[str, Callable[[], TaskRunner]] = {
+    "threadpool": ThreadPoolTaskRunner,
+    "thread_pool": ThreadPoolTaskRunner,
+    "concurrent": ThreadPoolTaskRunner,
+    "sequential": SequentialTaskRunner,
+}
+
+
+class Flow(Generic[P, R]):
+    """A function whose runs are orchestrated. Made by ``@flow``."""
+
+    def __init__(self, fn: Callable[P, R], **options: Any) -> None:
+        if not callable(fn):
+            raise ConfigurationError(f"@flow must decorate a function, got {type(fn).__name__}")
+        self.fn = fn
+        self.options: FlowOptions = build_options(FlowOptions, fn, options)
+        self.isasync = inspect.iscoroutinefunction(fn)
+        self._binder = Binder(fn, self.options.where())
+        self._schema = ParameterSchema(fn, self.options.where())
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    def __getattr__(self, attr: str) -> Any:
+        # flow.retries, flow.task_runner, ...: every option reads as an attribute, as in Prefect.
+        options = self.__dict__.get("options")
+        if options is not None and attr in options.__dataclass_fields__:
+            return getattr(options, attr)
+        raise AttributeError(f"{type(self).__name__!s} object has no attribute {attr!r}")
+
+    def __repr__(self) -> str:
+        return f"Flow(name={self.name!r}, fn={getattr(self.fn, '__qualname__', self.fn)!r})"
+
+    def bind_parameters(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        return self._binder.bind(args, kwargs)
+
+    def validate_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """Parameters checked and coerced against the type hints; ``ParameterValidationError`` if bad."""
+        return self._schema.validate(parameters)
+
+    def default_task_runner(self) -> TaskRunner:
+        """The runner for a flow that names none: dask.config ``daskflow.task_runner``."""
+        choice = str(settings.get("task_runner")).lower()
+        factory = _RUNNERS.get(choice)
+        if factory is None:
+            raise ConfigurationError(
+                f"dask.config daskflow.task_runner is {choice!r}; use one of {', '.join(sorted(_RUNNERS))}"
+            )
+        return factory()
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the flow; return its value, or its final state with ``return_state=True``."""
+        return_state = bool(kwargs.pop("return_state", False))
+        if self.isasync:
+            return run_flow_async(self, args, kwargs, return_state)  # type: ignore[return-value]
+        return run_flow_sync(self, args, kwargs, return_state)  # type: ignore[no-any-return]
+
+    def with_options(self, **changes: Any) -> Flow[P, R]:
+        """A copy of this flow with some options changed."""
+        new = copy.copy(self)
+        new.options = with_changes(self.options, changes, self.fn)
+        new._schema = ParameterSchema(self.fn, new.options.where())
+        return new
+
+    def _add_hook(self, option: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        self.options = with_changes(self.options, {option: (*getattr(self.options, option), fn)}, self.fn)
+        return fn
+
+    def on_completion(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: add ``fn(flow, flow_run, state)`` as a completion hook."""
+        return self._add_hook("on_completion", fn)
+
+    def on_failure(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return self._add_hook("on_failure", fn)
+
+    def on_crashed(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return self._add_hook("on_crashed", fn)
+
+    def on_cancellation(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return self._add_hook("on_cancellation", fn)
+
+
+@overload
+def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
+@overload
+def flow(*, name: str | None = None, **options: Any) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+
+
+def flow(fn: Callable[P, R] | None = None, /, **options: Any) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
+    """Make a function a flow: ``@flow`` or ``@flow(name=..., task_runner=..., ...)``."""
+    if fn is None:
+        return lambda f: Flow(f, **options)
+    return Flow(fn, **options)

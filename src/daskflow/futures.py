@@ -1,0 +1,173 @@
+"""Futures: handles on task runs that were submitted and may still be running.
+
+``task.submit()`` returns a :class:`DaskflowFuture`; ``task.map()`` returns a
+:class:`DaskflowFutureList` of them. A future resolves to the run's final
+:class:`~daskflow.states.State`; ``.result()`` unwraps it. Each task runner
+supplies its own future class over its own machinery (a
+``concurrent.futures.Future`` here, a ``distributed.Future`` on Dask); they
+share this interface, and :func:`wait` and :func:`as_completed` work on any
+mix of them through ``add_done_callback``.
+"""
+
+from __future__ import annotations
+
+import abc
+import concurrent.futures
+import queue
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from daskflow.runs import TaskRun
+from daskflow.states import Cancelled, State
+
+__all__ = [
+    "DaskflowFuture",
+    "DaskflowFutureList",
+    "DoneAndNotDoneFutures",
+    "LocalFuture",
+    "as_completed",
+    "wait",
+]
+
+R = TypeVar("R")
+
+
+class DaskflowFuture(abc.ABC, Generic[R]):
+    """A submitted task run: its id, its current state, and its eventual value."""
+
+    __slots__ = ("task_run",)
+
+    def __init__(self, task_run: TaskRun) -> None:
+        self.task_run = task_run
+
+    @property
+    def task_run_id(self) -> str:
+        return self.task_run.id
+
+    @property
+    def state(self) -> State:
+        """The final state once done, else the latest state known here."""
+        final = self._final_state()
+        return final if final is not None else self.task_run.state
+
+    @abc.abstractmethod
+    def _final_state(self) -> State | None:
+        """The final state if the run is done, else None; never blocks."""
+
+    @abc.abstractmethod
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the run is final or ``timeout`` seconds passed."""
+
+    @abc.abstractmethod
+    def add_done_callback(self, fn: Callable[[DaskflowFuture[R]], None]) -> None:
+        """Call ``fn(self)`` once the run is final (at once if it already is)."""
+
+    def done(self) -> bool:
+        return self._final_state() is not None
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
+        """The run's value; raises the run's error if it failed (unless told not to)."""
+        self.wait(timeout)
+        final = self._final_state()
+        if final is None:
+            raise TimeoutError(
+                f"task run {self.task_run.name!r} did not finish within {timeout} s; "
+                "call .result() without timeout to wait for it"
+            )
+        value: R = final.result(raise_on_failure=raise_on_failure)
+        return value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(task_run={self.task_run.name!r}, state={self.state!r})"
+
+
+class LocalFuture(DaskflowFuture[R]):
+    """A future over a ``concurrent.futures.Future`` that resolves to the final state."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, task_run: TaskRun, future: concurrent.futures.Future[State]) -> None:
+        super().__init__(task_run)
+        self._future = future
+
+    def _final_state(self) -> State | None:
+        if not self._future.done():
+            return None
+        if self._future.cancelled():
+            return Cancelled("the run was cancelled before it started")
+        return self._future.result()
+
+    def wait(self, timeout: float | None = None) -> None:
+        concurrent.futures.wait([self._future], timeout=timeout)
+
+    def add_done_callback(self, fn: Callable[[DaskflowFuture[R]], None]) -> None:
+        self._future.add_done_callback(lambda _: fn(self))
+
+
+class DaskflowFutureList(list[DaskflowFuture[R]]):
+    """The futures of one ``.map()``: a list, plus ``result()`` and ``wait()`` over all."""
+
+    def wait(self, timeout: float | None = None) -> None:
+        wait(self, timeout=timeout)
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[R]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for future in self:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            values.append(future.result(timeout=remaining, raise_on_failure=raise_on_failure))
+        return values
+
+
+class DoneAndNotDoneFutures(NamedTuple):
+    done: set[DaskflowFuture[Any]]
+    not_done: set[DaskflowFuture[Any]]
+
+
+def _completion_queue(
+    futures: Iterable[DaskflowFuture[Any]],
+) -> tuple[list[DaskflowFuture[Any]], queue.SimpleQueue[DaskflowFuture[Any]]]:
+    pending = list(dict.fromkeys(futures))
+    done_queue: queue.SimpleQueue[DaskflowFuture[Any]] = queue.SimpleQueue()
+    for future in pending:
+        future.add_done_callback(done_queue.put)
+    return pending, done_queue
+
+
+def wait(futures: Iterable[DaskflowFuture[Any]], timeout: float | None = None) -> DoneAndNotDoneFutures:
+    """Wait until every future is done or ``timeout`` seconds passed; say which are done."""
+    pending, done_queue = _completion_queue(futures)
+    done: set[DaskflowFuture[Any]] = set()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while len(done) < len(pending):
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            break
+        try:
+            done.add(done_queue.get(timeout=remaining))
+        except queue.Empty:
+            break
+    return DoneAndNotDoneFutures(done, set(pending) - done)
+
+
+def as_completed(
+    futures: Iterable[DaskflowFuture[R]], timeout: float | None = None
+) -> Iterator[DaskflowFuture[R]]:
+    """Yield the futures as they finish. Raises ``TimeoutError`` if ``timeout`` passes first."""
+    pending, done_queue = _completion_queue(futures)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen: set[int] = set()
+    while len(seen) < len(pending):
+        remaining = None if deadline is None else deadline - time.monotonic()
+        try:
+            if remaining is not None and remaining <= 0:
+                raise queue.Empty
+            future = done_queue.get(timeout=remaining)
+        except queue.Empty:
+            left = len(pending) - len(seen)
+            raise TimeoutError(f"{left} of {len(pending)} futures unfinished after {timeout} s") from None
+        if id(future) not in seen:
+            seen.add(id(future))
+            yield future
+

@@ -1,0 +1,183 @@
+"""Run loggers: log records that know which flow run and task run wrote them.
+
+``get_run_logger()`` returns an adapter over the ``daskflow.task_runs`` or
+``daskflow.flow_runs`` logger that stamps every record with the run's ids and
+names (``record.task_run_name`` and so on), so any handler — the console
+format below, the run store, a worker forwarding records to the client — can
+tell runs apart. ``log_prints`` is implemented by wrapping ``builtins.print``
+once; the wrapper asks the current run context whether prints should become
+INFO records, so code outside runs prints as usual.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import logging
+import sys
+import threading
+from collections.abc import MutableMapping
+from typing import Any
+
+from daskflow import settings
+from daskflow.context import get_flow_run_context, get_run_context, get_task_run_context
+
+__all__ = [
+    "RunLoggerAdapter",
+    "configure_console_logging",
+    "get_run_logger",
+    "install_print_capture",
+    "run_logger_for",
+]
+
+FLOW_LOGGER = "daskflow.flow_runs"
+TASK_LOGGER = "daskflow.task_runs"
+_CONSOLE_FORMAT = "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(run_label)s - %(message)s"
+
+
+class RunLoggerAdapter(logging.LoggerAdapter[logging.Logger]):
+    """A logger adapter that adds the run's ids and names to every record."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        extra = dict(self.extra or {})
+        extra.update(kwargs.get("extra") or {})
+        kwargs["extra"] = extra
+        return msg, kwargs
+
+
+def run_logger_for(
+    *,
+    flow_run_id: str | None,
+    flow_run_name: str | None,
+    flow_name: str | None,
+    task_run_id: str | None = None,
+    task_run_name: str | None = None,
+    task_name: str | None = None,
+) -> RunLoggerAdapter:
+    """A run logger for the given run; the engine uses it for its own messages."""
+    if task_run_id is not None:
+        logger = logging.getLogger(TASK_LOGGER)
+        label = f"Task run {task_run_name!r}"
+    else:
+        logger = logging.getLogger(FLOW_LOGGER)
+        label = f"Flow run {flow_run_name!r}"
+    extra = {
+        "flow_run_id": flow_run_id,
+        "flow_run_name": flow_run_name,
+        "flow_name": flow_name,
+        "task_run_id": task_run_id,
+        "task_run_name": task_run_name,
+        "task_name": task_name,
+        "run_label": label,
+    }
+    return RunLoggerAdapter(logger, extra)
+
+
+def get_run_logger() -> RunLoggerAdapter:
+    """The logger of the flow run or task run this code runs in.
+
+    Raises ``MissingContextError`` outside a run; use ``logging.getLogger`` there.
+    """
+    ctx = get_run_context()
+    task_ctx = get_task_run_context()
+    if task_ctx is not None:
+        run = task_ctx.task_run
+        return run_logger_for(
+            flow_run_id=task_ctx.flow_run_id,
+            flow_run_name=task_ctx.flow_run_name,
+            flow_name=task_ctx.flow_name,
+            task_run_id=run.id,
+            task_run_name=run.name,
+            task_name=run.task_name,
+        )
+    flow_ctx = get_flow_run_context()
+    assert flow_ctx is not None and ctx is flow_ctx
+    return run_logger_for(
+        flow_run_id=flow_ctx.flow_run.id,
+        flow_run_name=flow_ctx.flow_run.name,
+        flow_name=flow_ctx.flow_run.flow_name,
+    )
+
+
+class _ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        if not hasattr(record, "run_label"):
+            record.run_label = record.name
+        return super().format(record)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time (pytest, notebooks and redirects replace it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
+_console_lock = threading.Lock()
+_console_handler: logging.Handler | None = None
+
+
+def configure_console_logging() -> None:
+    """Print daskflow's run logs on stderr (once per process), as settings ask."""
+    global _console_handler
+    if _console_handler is not None:
+        return
+    with _console_lock:
+        if _console_handler is not None:
+            return
+        root = logging.getLogger("daskflow")
+        level = settings.get("logging.level")
+        root.setLevel(level if isinstance(level, int) else str(level).upper())
+        if settings.get("logging.console"):
+            handler = _StderrHandler()
+            handler.setFormatter(_ConsoleFormatter(_CONSOLE_FORMAT, datefmt="%H:%M:%S"))
+            root.addHandler(handler)
+            _console_handler = handler
+        else:
+            _console_handler = logging.NullHandler()
+
+
+# The level and console handler are set when daskflow is imported, so that the
+# "daskflow" logger has a definite level before any run (and before any test
+# harness saves and restores it).
+configure_console_logging()
+
+_original_print = builtins.print
+_print_installed = False
+
+
+def _should_capture() -> RunLoggerAdapter | None:
+    task_ctx = get_task_run_context()
+    if task_ctx is not None:
+        return get_run_logger() if task_ctx.log_prints else None
+    flow_ctx = get_flow_run_context()
+    if flow_ctx is not None and flow_ctx.log_prints:
+        return get_run_logger()
+    return None
+
+
+def _print(*values: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False) -> None:
+    if file is None or file is sys.stdout:
+        logger = _should_capture()
+        if logger is not None:
+            buffer = io.StringIO()
+            _original_print(*values, sep=sep, end="", file=buffer)
+            logger.info(buffer.getvalue())
+            return
+    _original_print(*values, sep=sep, end=end, file=file, flush=flush)
+
+
+def install_print_capture() -> None:
+    """Wrap ``builtins.print`` so that ``log_prints`` runs log what they print."""
+    global _print_installed
+    if not _print_installed:
+        builtins.print = _print
+        _print_installed = True

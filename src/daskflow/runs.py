@@ -1,0 +1,159 @@
+"""Run records: what is known about one task run or one flow run.
+
+A run record is the engine's notebook for a run: its identity (id, name, the
+task or flow it runs, its parent), its state history, its attempts and
+timings, and where it ran. The engine writes it; everything that watches runs
+(the console, the run store, a progress bar, the Dask runner forwarding states
+from workers) listens through :func:`add_state_listener`, so the engine needs
+to know none of them.
+
+Listeners are called synchronously on every state change, in the thread that
+changed it: they must be quick and must not raise (an exception is logged and
+swallowed so a broken observer never fails a run).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from daskflow.states import Pending, State, StateType
+
+__all__ = [
+    "FlowRun",
+    "StateListener",
+    "TaskRun",
+    "add_state_listener",
+    "new_run_id",
+    "remove_state_listener",
+]
+
+_log = logging.getLogger("daskflow.runs")
+
+StateListener = Callable[[Union["TaskRun", "FlowRun"], State], None]
+_listeners: list[StateListener] = []
+_listeners_lock = threading.Lock()
+
+
+def add_state_listener(listener: StateListener) -> None:
+    """Call ``listener(run, state)`` on every state change of every run in this process."""
+    with _listeners_lock:
+        if listener not in _listeners:
+            _listeners.append(listener)
+
+
+def remove_state_listener(listener: StateListener) -> None:
+    with _listeners_lock:
+        if listener in _listeners:
+            _listeners.remove(listener)
+
+
+def _fresh_prefix() -> None:
+    global _id_prefix, _id_counter
+    hex_ = uuid.uuid4().hex
+    # UUID-shaped: 20 random hex digits fixed per process, then a 12-digit counter.
+    _id_prefix = f"{hex_[:8]}-{hex_[8:12]}-{hex_[12:16]}-{hex_[16:20]}-"
+    _id_counter = itertools.count(int(hex_[20:], 16) & 0xFFFFFFFF)
+
+
+_id_prefix = ""
+_id_counter: Iterator[int] = itertools.count()
+_fresh_prefix()
+os.register_at_fork(after_in_child=_fresh_prefix)  # a forked child must not repeat its parent's ids
+
+
+def new_run_id() -> str:
+    """A new run id: unique across processes, and cheap enough for the hot path."""
+    return f"{_id_prefix}{next(_id_counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+def _notify(run: TaskRun | FlowRun, state: State) -> None:
+    for listener in tuple(_listeners):
+        try:
+            listener(run, state)
+        except Exception:  # an observer must never fail a run
+            _log.exception("state listener %r failed", listener)
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class _Run:
+    """What task runs and flow runs share: identity, state history and timings."""
+
+    id: str
+    name: str
+    tags: frozenset[str] = frozenset()
+    state: State = field(default_factory=Pending)
+    state_history: list[State] = field(default_factory=list)
+    run_count: int = 0
+    start_time: float | None = None
+    end_time: float | None = None
+
+    def __post_init__(self) -> None:
+        self.state_history.append(self.state)
+
+    def set_state(self, state: State) -> None:
+        self.state = state
+        self.state_history.append(state)
+        if state.type is StateType.RUNNING and self.start_time is None:
+            self.start_time = state.epoch
+        elif state.is_final():
+            self.end_time = state.epoch
+        if _listeners:
+            _notify(self, state)  # type: ignore[arg-type]
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the first Running state to the final state."""
+        if self.start_time is None or self.end_time is None:
+            return None
+        return self.end_time - self.start_time
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class TaskRun(_Run):
+    """One run of a task: a direct call, a ``.submit`` or one item of a ``.map``."""
+
+    task_name: str
+    flow_run_id: str | None = None
+    map_index: int | None = None
+    upstream_ids: tuple[str, ...] = ()
+    cache_key: str | None = None
+    worker: str | None = None
+
+    @property
+    def retries(self) -> int:
+        """How many times the run was retried (attempts after the first)."""
+        return max(self.run_count - 1, 0)
+
+    @property
+    def cache_hit(self) -> bool:
+        return self.state.is_cached()
+
+    def __repr__(self) -> str:
+        return f"TaskRun(name={self.name!r}, state={self.state!r})"
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class FlowRun(_Run):
+    """One run of a flow, with the task runs it started (in submission order)."""
+
+    flow_name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    parent_flow_run_id: str | None = None
+    task_runs: list[TaskRun] = field(default_factory=list)
+
+    def task_run_counts(self) -> dict[str, int]:
+        """How many of this flow's task runs are in each state (by state name)."""
+        counts: dict[str, int] = {}
+        for run in self.task_runs:
+            counts[run.state.name] = counts.get(run.state.name, 0) + 1
+        return counts
+
+    def __repr__(self) -> str:
+        return f"FlowRun(name={self.name!r}, flow={self.flow_name!r}, state={self.state!r})"

@@ -1,0 +1,241 @@
+"""States: where a task run or flow run stands, and how it ended.
+
+A state is a small immutable record: a ``type`` (what the orchestrator acts on),
+a ``name`` (what a person reads: ``Cached`` is a kind of ``COMPLETED``,
+``TimedOut`` a kind of ``FAILED``), a timestamp, a message and, once final, the
+run's value or its exception. Every run ends in exactly one final state:
+``Completed``/``Cached``, ``Failed``/``TimedOut``, ``Crashed`` (the
+infrastructure failed under the run) or ``Cancelled``.
+
+States are created on hot paths (several per task attempt), so they are slotted
+and keep their timestamp as a float; ``timestamp`` converts on demand.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import traceback
+from datetime import datetime, timezone
+from typing import Any
+
+from daskflow.exceptions import CancelledRunError, CrashedRunError, DaskflowError
+
+__all__ = [
+    "AwaitingRetry",
+    "Cached",
+    "Cancelled",
+    "Completed",
+    "Crashed",
+    "Failed",
+    "Pending",
+    "Retrying",
+    "Running",
+    "Scheduled",
+    "State",
+    "StateType",
+    "TimedOut",
+]
+
+
+class StateType(str, enum.Enum):
+    """The kinds of state the engine acts on."""
+
+    SCHEDULED = "SCHEDULED"
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CRASHED = "CRASHED"
+    CANCELLED = "CANCELLED"
+
+    def __repr__(self) -> str:
+        return f"StateType.{self.value}"
+
+
+_FINAL = frozenset({StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
+_NO_VALUE: Any = object()
+
+
+class State:
+    """One state of a run. Build them with the constructors: ``Completed(data=1)``."""
+
+    __slots__ = ("type", "name", "message", "data", "exception", "traceback", "_ts")
+
+    def __init__(
+        self,
+        type: StateType,
+        name: str | None = None,
+        message: str | None = None,
+        data: Any = _NO_VALUE,
+        exception: BaseException | None = None,
+        timestamp: float | None = None,
+        traceback_text: str | None = None,
+    ) -> None:
+        self.type = type
+        self.name = name or type.value.title()
+        self.message = message
+        self.data = None if data is _NO_VALUE else data
+        self.exception = exception
+        # The text survives pickling to other processes, where tracebacks do not.
+        self.traceback = traceback_text
+        self._ts = time.time() if timestamp is None else timestamp
+
+    @property
+    def timestamp(self) -> datetime:
+        """When the run entered this state (timezone-aware, UTC)."""
+        return datetime.fromtimestamp(self._ts, tz=timezone.utc)
+
+    @property
+    def epoch(self) -> float:
+        """The timestamp as seconds since the epoch."""
+        return self._ts
+
+    def result(self, raise_on_failure: bool = True) -> Any:
+        """The run's value; for a failed, crashed or cancelled run, raise its error.
+
+        With ``raise_on_failure=False`` the error is returned instead of raised.
+        """
+        if self.type is StateType.COMPLETED:
+            return self.data
+        error = self._error()
+        if raise_on_failure:
+            raise error
+        return error
+
+    def _error(self) -> BaseException:
+        if self.exception is not None:
+            return self.exception
+        if self.type is StateType.CRASHED:
+            return CrashedRunError(self.message or "the run crashed")
+        if self.type is StateType.CANCELLED:
+            return CancelledRunError(self.message or "the run was cancelled")
+        if self.type is StateType.FAILED:
+            return DaskflowError(self.message or "the run failed")
+        return DaskflowError(
+            f"the run is {self.name} and has no result yet; wait for it to finish first"
+        )
+
+    def is_scheduled(self) -> bool:
+        return self.type is StateType.SCHEDULED
+
+    def is_pending(self) -> bool:
+        return self.type is StateType.PENDING
+
+    def is_running(self) -> bool:
+        return self.type is StateType.RUNNING
+
+    def is_completed(self) -> bool:
+        return self.type is StateType.COMPLETED
+
+    def is_cached(self) -> bool:
+        return self.type is StateType.COMPLETED and self.name == "Cached"
+
+    def is_failed(self) -> bool:
+        return self.type is StateType.FAILED
+
+    def is_timed_out(self) -> bool:
+        return self.type is StateType.FAILED and self.name == "TimedOut"
+
+    def is_crashed(self) -> bool:
+        return self.type is StateType.CRASHED
+
+    def is_cancelled(self) -> bool:
+        return self.type is StateType.CANCELLED
+
+    def is_final(self) -> bool:
+        return self.type in _FINAL
+
+    def __repr__(self) -> str:
+        parts = []
+        if self.message:
+            parts.append(f"message={self.message!r}")
+        parts.append(f"type={self.type.value}")
+        if self.type is StateType.COMPLETED:
+            parts.append(f"result={type(self.data).__name__}")
+        return f"{self.name}({', '.join(parts)})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild,
+            (self.type, self.name, self.message, self.data, self.exception, self._ts, self.traceback),
+        )
+
+
+def _rebuild(
+    type: StateType,
+    name: str,
+    message: str | None,
+    data: Any,
+    exception: BaseException | None,
+    ts: float,
+    tb: str | None,
+) -> State:
+    return State(type, name, message, data, exception, ts, tb)
+
+
+def _format_traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def Scheduled(message: str | None = None, name: str = "Scheduled") -> State:
+    return State(StateType.SCHEDULED, name, message)
+
+
+def AwaitingRetry(message: str | None = None) -> State:
+    return State(StateType.SCHEDULED, "AwaitingRetry", message)
+
+
+def Pending(message: str | None = None, name: str = "Pending") -> State:
+    return State(StateType.PENDING, name, message)
+
+
+def Running(message: str | None = None) -> State:
+    return State(StateType.RUNNING, "Running", message)
+
+
+def Retrying(message: str | None = None) -> State:
+    return State(StateType.RUNNING, "Retrying", message)
+
+
+def Completed(data: Any = None, message: str | None = None, name: str = "Completed") -> State:
+    return State(StateType.COMPLETED, name, message, data)
+
+
+def Cached(data: Any = None, message: str | None = None) -> State:
+    return State(StateType.COMPLETED, "Cached", message, data)
+
+
+def _failure(
+    type: StateType, name: str, message: str | None, exception: BaseException | None
+) -> State:
+    if message is None and exception is not None:
+        message = f"{type_name(exception)}: {exception}" if str(exception) else type_name(exception)
+    tb = _format_traceback(exception) if exception is not None else None
+    return State(type, name, message, exception=exception, traceback_text=tb)
+
+
+def Failed(
+    message: str | None = None, exception: BaseException | None = None, name: str = "Failed"
+) -> State:
+    return _failure(StateType.FAILED, name, message, exception)
+
+
+def TimedOut(message: str | None = None, exception: BaseException | None = None) -> State:
+    return _failure(StateType.FAILED, "TimedOut", message, exception)
+
+
+def Crashed(message: str | None = None, exception: BaseException | None = None) -> State:
+    return _failure(StateType.CRASHED, "Crashed", message, exception)
+
+
+def Cancelled(message: str | None = None, exception: BaseException | None = None) -> State:
+    return _failure(StateType.CANCELLED, "Cancelled", message, exception)
+
+
+def type_name(exc: BaseException) -> str:
+    """The exception's class name, qualified by module unless it is a builtin."""
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"

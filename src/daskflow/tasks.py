@@ -1,0 +1,236 @@
+"""Tasks: ``@task`` and the :class:`Task` it makes.
+
+A task wraps a function with orchestration: retries, a timeout, caching,
+concurrency limits, hooks, a state for every run. Calling it inside a flow
+runs it and returns its value; ``.submit()`` starts it and returns a future;
+``.map()`` starts one run per item of its iterable arguments in one batch.
+Outside a flow a call runs the function plainly, with retries and caching
+still applied. The Task object only describes and dispatches: the engine runs
+it and the flow's task runner decides where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from daskflow.annotations import BaseAnnotation, quote, unmapped
+from daskflow.cache_policies import resolve_cache_policy, task_input_hash
+from daskflow.context import get_flow_run_context, get_task_run_context
+from daskflow.engine import TaskCall, exponential_backoff, make_calls, run_task_async, run_task_sync
+from daskflow.exceptions import ConfigurationError
+from daskflow.futures import DaskflowFuture, DaskflowFutureList
+from daskflow.options import TaskOptions, build_options, with_changes
+from daskflow.parameters import Binder
+from daskflow.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+__all__ = ["Task", "exponential_backoff", "task", "task_input_hash"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_STATIC_TYPES = (str, bytes, bytearray, Mapping)
+_default_runner: TaskRunner | None = None
+
+
+def _background_runner() -> TaskRunner:
+    """The thread pool used by ``.submit``/``.map`` outside a flow (started once per process)."""
+    global _default_runner
+    if _default_runner is None:
+        runner = ThreadPoolTaskRunner()
+        runner.start()
+        _default_runner = runner
+    return _default_runner
+
+
+def _is_mappable(value: Any) -> bool:
+    if isinstance(value, _STATIC_TYPES) or not isinstance(value, Iterable):
+        return False
+    # A DataFrame iterates over its column names: never what a map means.
+    return type(value).__name__ != "DataFrame"
+
+
+class Task(Generic[P, R]):
+    """A function with orchestration around it. Made by ``@task``."""
+
+    def __init__(self, fn: Callable[P, R], **options: Any) -> None:
+        if not callable(fn):
+            raise ConfigurationError(f"@task must decorate a function, got {type(fn).__name__}")
+        self.fn = fn
+        self.options: TaskOptions = build_options(TaskOptions, fn, options)
+        self.cache_policy = _cache_policy(self.options)
+        self.isasync = inspect.iscoroutinefunction(fn)
+        self._binder = Binder(fn, self.options.where())
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    def __getattr__(self, attr: str) -> Any:
+        # task.retries, task.tags, ...: every option reads as an attribute, as in Prefect.
+        options = self.__dict__.get("options")
+        if options is not None and attr in options.__dataclass_fields__:
+            return getattr(options, attr)
+        raise AttributeError(f"{type(self).__name__!s} object has no attribute {attr!r}")
+
+    def __repr__(self) -> str:
+        return f"Task(name={self.name!r}, fn={getattr(self.fn, '__qualname__', self.fn)!r})"
+
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        return self._binder.bind(args, kwargs)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the task now and return its value.
+
+        Two keywords are daskflow's, not the function's: ``return_state=True``
+        returns the run's final state instead, ``wait_for=[...]`` waits for
+        other runs first.
+        """
+        return_state = bool(kwargs.pop("return_state", False))
+        wait_for: Iterable[Any] = kwargs.pop("wait_for", None) or ()  # type: ignore[assignment]
+        [call] = make_calls(self, [self._bind(args, kwargs)], wait_for)
+        if self.isasync and _loop_running():
+            return self._call_async(call, return_state)  # type: ignore[return-value]
+        flow_ctx = get_flow_run_context()
+        if flow_ctx is not None and get_task_run_context() is None:
+            state = flow_ctx.task_runner.call(call)
+        else:
+            state = run_task_sync(call)
+        return state if return_state else state.result()  # type: ignore[no-any-return]
+
+    async def _call_async(self, call: TaskCall, return_state: bool) -> Any:
+        state = await run_task_async(call)
+        return state if return_state else state.result()
+
+    def _runner(self) -> TaskRunner:
+        flow_ctx = get_flow_run_context()
+        if flow_ctx is not None and get_task_run_context() is None:
+            runner: TaskRunner = flow_ctx.task_runner
+            return runner
+        return _background_runner()
+
+    def submit(
+        self, *args: Any, return_state: bool = False, wait_for: Iterable[Any] | None = None, **kwargs: Any
+    ) -> DaskflowFuture[R]:
+        """Start the task and return a future of its run."""
+        runner = self._runner()
+        calls = make_calls(self, [self._bind(args, kwargs)], wait_for or ())
+        [future] = runner.submit_batch(calls)
+        if return_state:
+            future.wait()
+            return future.state  # type: ignore[return-value]
+        return future
+
+    def map(
+        self, *args: Any, return_state: bool = False, wait_for: Iterable[Any] | None = None, **kwargs: Any
+    ) -> DaskflowFutureList[R]:
+        """Start one run per item of the iterable arguments, in one batch.
+
+        Iterable arguments (lists, tuples, ranges, generators, sets, futures
+        whose value is a list) are iterated in step; strings, bytes, mappings
+        and DataFrames, and anything wrapped in ``unmapped(...)``, go whole to
+        every run.
+        """
+        runner = self._runner()
+        bound = self._bind(args, kwargs)
+        parameter_sets = self._expand(bound)
+        calls = make_calls(self, parameter_sets, wait_for or (), mapped=True)
+        futures: DaskflowFutureList[R] = DaskflowFutureList(runner.submit_batch(calls))
+        if return_state:
+            futures.wait()
+            return [f.state for f in futures]  # type: ignore[return-value]
+        return futures
+
+    def _expand(self, bound: dict[str, Any]) -> list[dict[str, Any]]:
+        static: dict[str, Any] = {}
+        mapped: dict[str, list[Any]] = {}
+        for name, value in bound.items():
+            wrapper: type[BaseAnnotation[Any]] | None = None
+            inner = value
+            if isinstance(value, unmapped) or isinstance(value, quote):
+                static[name] = value
+                continue
+            if isinstance(value, BaseAnnotation):
+                wrapper, inner = type(value), value.value
+            if isinstance(inner, DaskflowFuture):
+                inner = inner.result()
+            if _is_mappable(inner):
+                items = list(inner)
+                mapped[name] = [wrapper(item) for item in items] if wrapper else items
+            else:
+                static[name] = value
+        where = self.options.where()
+        if not mapped:
+            raise ConfigurationError(
+                f"{where}: .map() needs at least one iterable argument, got none "
+                f"({', '.join(f'{k}={type(v).__name__}' for k, v in bound.items()) or 'no arguments'}); "
+                "pass a list, or call .submit() for a single run"
+            )
+        lengths = {name: len(items) for name, items in mapped.items()}
+        if len(set(lengths.values())) > 1:
+            detail = ", ".join(f"{name}: {n}" for name, n in lengths.items())
+            raise ConfigurationError(
+                f"{where}: .map() got iterables of different lengths ({detail}); "
+                "give them the same length, or wrap the ones to pass whole in unmapped(...)"
+            )
+        count = next(iter(lengths.values()))
+        return [{**static, **{name: items[i] for name, items in mapped.items()}} for i in range(count)]
+
+    # -- options -----------------------------------------------------------------------------
+
+    def with_options(self, **changes: Any) -> Task[P, R]:
+        """A copy of this task with some options changed."""
+        new = copy.copy(self)
+        new.options = with_changes(self.options, changes, self.fn)
+        new.cache_policy = _cache_policy(new.options)
+        return new
+
+    def _add_hook(self, option: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        self.options = with_changes(self.options, {option: (*getattr(self.options, option), fn)}, self.fn)
+        return fn
+
+    def on_completion(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: add ``fn(task, task_run, state)`` as a completion hook."""
+        return self._add_hook("on_completion", fn)
+
+    def on_failure(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: add ``fn(task, task_run, state)`` as a failure hook."""
+        return self._add_hook("on_failure", fn)
+
+
+def _cache_policy(options: TaskOptions) -> Any:
+    try:
+        return resolve_cache_policy(options.cache_policy, options.cache_key_fn)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{options.where()}: {exc}") from None
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+@overload
+def task(fn: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def task(*, name: str | None = None, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    """Make a function a task: ``@task`` or ``@task(name=..., retries=..., ...)``."""
+    if fn is None:
+        return lambda f: Task(f, **options)
+    return Task(fn, **options)
+
+
+

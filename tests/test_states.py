@@ -1,0 +1,76 @@
+"""States: kinds, names, results and errors, and that they survive pickling."""
+
+from __future__ import annotations
+
+import pickle
+from datetime import datetime, timezone
+
+import pytest
+
+from daskflow.exceptions import CancelledRunError, CrashedRunError
+from daskflow.states import (
+    Cached,
+    Cancelled,
+    Completed,
+    Crashed,
+    Failed,
+    Pending,
+    Running,
+    StateType,
+    TimedOut,
+)
+
+
+def test_kinds_and_names() -> None:
+    assert Completed(1).type is StateType.COMPLETED and Completed(1).name == "Completed"
+    cached = Cached(2)
+    assert cached.type is StateType.COMPLETED and cached.name == "Cached" and cached.is_cached() and cached.is_completed()
+    timed_out = TimedOut("too slow")
+    assert timed_out.type is StateType.FAILED and timed_out.is_failed() and timed_out.is_timed_out()
+    assert Crashed("worker died").is_crashed() and Cancelled().is_cancelled()
+    assert Pending().is_pending() and Running().is_running()
+    assert all(s.is_final() for s in (Completed(), Cached(), Failed(), TimedOut(), Crashed(), Cancelled()))
+    assert not any(s.is_final() for s in (Pending(), Running()))
+
+
+def test_result_returns_the_value_or_raises_the_error() -> None:
+    assert Completed({"rows": 3}).result() == {"rows": 3}
+    error = ValueError("bad row")
+    failed = Failed(exception=error)
+    assert failed.message == "ValueError: bad row"
+    with pytest.raises(ValueError, match="bad row"):
+        failed.result()
+    assert failed.result(raise_on_failure=False) is error
+    assert "Traceback" in (failed.traceback or "") or failed.traceback is not None
+    with pytest.raises(CrashedRunError, match="worker died"):
+        Crashed("worker died").result()
+    with pytest.raises(CancelledRunError):
+        Cancelled().result()
+
+
+def test_result_of_a_running_state_says_to_wait() -> None:
+    with pytest.raises(Exception, match="has no result yet"):
+        Running().result()
+
+
+def test_timestamp_is_timezone_aware() -> None:
+    state = Completed()
+    assert state.timestamp.tzinfo is timezone.utc
+    assert abs((datetime.now(timezone.utc) - state.timestamp).total_seconds()) < 5
+
+
+def test_states_pickle_with_their_data_and_traceback_text() -> None:
+    try:
+        raise KeyError("col")
+    except KeyError as exc:
+        failed = Failed(exception=exc)
+    clone = pickle.loads(pickle.dumps(failed))
+    assert clone.name == "Failed" and clone.message == failed.message
+    assert clone.traceback == failed.traceback and "KeyError" in (clone.traceback or "")
+    assert isinstance(clone.exception, KeyError)
+    assert pickle.loads(pickle.dumps(Cached([1, 2]))).result() == [1, 2]
+
+
+def test_repr_is_readable() -> None:
+    assert repr(Completed(3)) == "Completed(type=COMPLETED, result=int)"
+    assert repr(Failed("boom")) == "Failed(message='boom', type=FAILED)"
