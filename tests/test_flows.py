@@ -64,6 +64,18 @@ def test_a_bad_parameter_is_refused_before_any_task_runs(executions: Any) -> Non
     assert state.is_failed() and "'n'" in (state.message or "")
 
 
+def test_a_default_is_not_validated_against_the_hint() -> None:
+    # The seed's daily_order_etl(execution_date: str = None) must run with no argument.
+    @flow
+    def etl(execution_date: str = None) -> str:  # type: ignore[assignment]
+        return execution_date or "today"
+
+    assert etl() == "today"
+    assert etl("2024-01-15") == "2024-01-15"
+    with pytest.raises(ParameterValidationError, match="'execution_date'"):
+        etl(["2024-01-15"])  # a value given is still checked
+
+
 def test_validation_can_be_turned_off() -> None:
     @flow(validate_parameters=False)
     def untyped(n: int) -> Any:

@@ -47,6 +47,16 @@ def test_import_does_not_import_distributed_and_is_fast() -> None:
     print(f"import daskflow: {report['seconds'] * 1000:.0f} ms")
 
 
+def test_import_keeps_dask_config_set_before_it() -> None:
+    code = (
+        "import dask.config; dask.config.set({'array.chunk-size': '7MiB', 'daskflow.task_runner': 'sequential'}); "
+        "import daskflow, daskflow.settings as s; "
+        "print(dask.config.get('array.chunk-size'), s.get('task_runner'), s.get('logging.level'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["7MiB", "sequential", "INFO"], out
+
+
 def test_public_names_are_pinned() -> None:
     assert sorted(daskflow.__all__) == sorted(
         [

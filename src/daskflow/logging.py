@@ -15,7 +15,6 @@ import builtins
 import io
 import logging
 import sys
-import threading
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -28,6 +27,7 @@ __all__ = [
     "get_run_logger",
     "install_print_capture",
     "run_logger_for",
+    "set_console_enabled",
 ]
 
 FLOW_LOGGER = "daskflow.flow_runs"
@@ -121,34 +121,37 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-_console_lock = threading.Lock()
-_console_handler: logging.Handler | None = None
+_console_handler = _StderrHandler()
+_console_handler.setFormatter(_ConsoleFormatter(_CONSOLE_FORMAT, datefmt="%H:%M:%S"))
+_console_off_here = False
 
 
 def configure_console_logging() -> None:
-    """Print daskflow's run logs on stderr (once per process), as settings ask."""
-    global _console_handler
-    if _console_handler is not None:
-        return
-    with _console_lock:
-        if _console_handler is not None:
-            return
-        root = logging.getLogger("daskflow")
-        level = settings.get("logging.level")
-        root.setLevel(level if isinstance(level, int) else str(level).upper())
-        if settings.get("logging.console"):
-            handler = _StderrHandler()
-            handler.setFormatter(_ConsoleFormatter(_CONSOLE_FORMAT, datefmt="%H:%M:%S"))
-            root.addHandler(handler)
-            _console_handler = handler
-        else:
-            _console_handler = logging.NullHandler()
+    """Apply dask.config ``daskflow.logging.console``; the flow engine calls it at each run start."""
+    enabled = bool(settings.get("logging.console")) and not _console_off_here
+    _console_handler.setLevel(logging.NOTSET if enabled else logging.CRITICAL + 1)
 
 
-# The level and console handler are set when daskflow is imported, so that the
-# "daskflow" logger has a definite level before any run (and before any test
-# harness saves and restores it).
-configure_console_logging()
+def set_console_enabled(enabled: bool) -> None:
+    """Turn the console off in this process whatever the config says (Dask workers do:
+    their run records are printed by the client instead)."""
+    global _console_off_here
+    _console_off_here = not enabled
+    configure_console_logging()
+
+
+def _install_console() -> None:
+    # At import, so that the "daskflow" logger has a definite level before any run
+    # (and before any test harness saves and restores it).
+    root = logging.getLogger("daskflow")
+    level = settings.get("logging.level")
+    root.setLevel(level if isinstance(level, int) else str(level).upper())
+    root.addHandler(_console_handler)
+    configure_console_logging()
+
+
+_install_console()
+
 
 _original_print = builtins.print
 _print_installed = False

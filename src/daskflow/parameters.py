@@ -96,6 +96,7 @@ class ParameterSchema:
         self._where = where
         self._model: Any = None
         self._annotated: set[str] = set()
+        self._defaults: dict[str, Any] = {}
 
     def _build(self) -> Any:
         import pydantic  # heavy: imported on the first validated call, not at import time
@@ -113,6 +114,8 @@ class ParameterSchema:
                 continue
             self._annotated.add(name)
             default = ... if param.default is inspect.Parameter.empty else param.default
+            if default is not ...:
+                self._defaults[name] = default
             fields[name] = (hint, default)
         config = pydantic.ConfigDict(arbitrary_types_allowed=True)
         return pydantic.create_model(f"{self._fn.__name__}_parameters", __config__=config, **fields)
@@ -125,7 +128,13 @@ class ParameterSchema:
             self._model = self._build()
         if not self._annotated:
             return values
-        subset = {k: v for k, v in values.items() if k in self._annotated}
+        # A default is the author's choice, not the caller's input: like pydantic,
+        # do not validate it (the seed's `execution_date: str = None` relies on this).
+        subset = {
+            k: v
+            for k, v in values.items()
+            if k in self._annotated and not (k in self._defaults and v is self._defaults[k])
+        }
         try:
             model = self._model.model_validate(subset)
         except pydantic.ValidationError as exc:

@@ -27,9 +27,9 @@ _DEFAULTS_FILE = Path(__file__).with_name("daskflow.yaml")
 def _load_defaults() -> None:
     with _DEFAULTS_FILE.open(encoding="utf-8") as f:
         defaults = yaml.safe_load(f)
+    # update_defaults keeps what is already configured (YAML files, DASK_* variables,
+    # dask.config.set before this import): packaged defaults only fill the gaps.
     dask.config.update_defaults(defaults)
-    # Environment variables set before import must win over the packaged defaults.
-    dask.config.refresh()
 
 
 _load_defaults()

@@ -1,0 +1,573 @@
+"""The result store: cached task results as Parquet files, one per cache key.
+
+A :class:`ResultStore` keeps each entry at ``<root>/<key>.parquet``. The
+entry's facts live in the Parquet footer's key-value metadata, under the key
+``daskflow``, as one JSON object::
+
+    {"layout": 1, "key": "...", "task_name": "...", "created": "<ISO, UTC>",
+     "expiration": "<ISO, UTC>" | null, "format": "pandas.DataFrame" | ...,
+     "codec": {...}, "schema": "<base64 Arrow IPC schema>",
+     "versions": {"daskflow": ..., "pyarrow": ..., ...},
+     "signature": "hmac-sha256:<hex>" | null}
+
+so listing entries reads footers only, and an entry is self-describing: the
+entries of one task can be found from the metadata alone.
+
+What goes wrong is answered in one of two ways, chosen so that the engine
+never loses a computed value and never crashes on a bad cache:
+
+* **The caller's mistake raises** ``ResultError`` (or ``ConfigurationError``):
+  a key that is not a safe file name, a naive datetime, an unknown serializer,
+  a value that needs ``result_serializer="pickle"``.
+* **The storage's trouble warns** with :class:`ResultWarning` and carries on:
+  ``write`` returns ``None`` when the entry could not be stored (the caller
+  still holds the value); ``read`` returns ``None`` — a miss — for an entry
+  that is corrupt, truncated, of the wrong schema, written by a newer layout,
+  or pickled without a valid signature, naming the key, the path and why.
+  An absent or expired entry is a plain miss, without a warning.
+
+The admin operations (``entries``, ``prune``, ``clear``, ``delete``,
+``exists``) raise ``OSError`` when the storage itself fails: whoever calls
+them wants to know. A pickled entry is never unpickled before its signature
+is checked (see :mod:`.signing`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import platform
+import re
+import threading
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import IO, Any
+
+from daskflow import settings
+from daskflow._version import __version__
+from daskflow.exceptions import ConfigurationError, CorruptResultError, ResultError, UnsignedResultError
+from daskflow.results import serializers, signing
+from daskflow.results.storage import TEMP_PREFIX, Location, StoredFile, default_storage_url, temp_created
+
+__all__ = [
+    "DEFAULT_TEMP_GRACE",
+    "ENTRY_SUFFIX",
+    "LAYOUT_VERSION",
+    "METADATA_KEY",
+    "EntryInfo",
+    "PruneReport",
+    "ResultStore",
+    "ResultWarning",
+    "StoredResult",
+    "validate_key",
+]
+
+ENTRY_SUFFIX = ".parquet"
+METADATA_KEY = b"daskflow"
+LAYOUT_VERSION = 1
+# A writer slower than this on a temp file loses it to prune; a killed writer's
+# temp waits at most this long.
+DEFAULT_TEMP_GRACE = timedelta(hours=1)
+
+_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+_SERIALIZERS = ("parquet", "pickle")
+
+
+class ResultWarning(UserWarning):
+    """A cached result could not be written, or an entry could not be used and counts as a miss."""
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """What an entry's metadata says about it, plus its size and path."""
+
+    key: str
+    task_name: str
+    created: datetime
+    expiration: datetime | None
+    format: str
+    size: int
+    path: str
+    versions: Mapping[str, str] = field(default_factory=dict, hash=False)
+    signed: bool = False
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        """Whether the entry's expiration has been reached at ``now`` (default: now)."""
+        moment = _utc(now, "now") or datetime.now(UTC)
+        return self.expiration is not None and moment >= self.expiration
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """A value read back from the store, with its entry's metadata."""
+
+    value: Any
+    info: EntryInfo
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What :meth:`ResultStore.prune` removed and what it left.
+
+    ``expired``: keys of expired entries removed. ``orphans``: paths of temp
+    files past the grace period removed (left by killed writers).
+    ``unreadable``: paths of entries whose metadata could not be read, left in
+    place (a read treats them as a miss; the next write replaces them).
+    ``failed``: paths that could not be removed. ``bytes_freed``: their total.
+    """
+
+    expired: tuple[str, ...] = ()
+    orphans: tuple[str, ...] = ()
+    unreadable: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    bytes_freed: int = 0
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it can name an entry file, else raise ``ResultError``."""
+    if not isinstance(key, str) or not _KEY_PATTERN.fullmatch(key):
+        raise ResultError(
+            f"invalid result key {key!r}: a key names a file, so it must be 1 to 128 letters, "
+            "digits, '_', '-' or '.', not starting with '.' (no path separators). Keys from "
+            "daskflow's cache policies are hex digests. Fix: hash a custom key, e.g. "
+            "hashlib.sha256(key.encode()).hexdigest()."
+        )
+    return key
+
+
+class ResultStore:
+    """Cached task results as Parquet files in one fsspec folder.
+
+    ``url`` is any fsspec URL (``file://``, ``memory://``, ``s3://bucket/prefix``,
+    or a plain path); ``None`` means the ``daskflow.results.storage`` setting, or
+    ``file://<daskflow home>/results``. ``storage_options`` go to fsspec;
+    ``None`` means ``daskflow.results.storage_options``. ``signing_key`` signs
+    pickled entries; ``None`` means the ``daskflow.results.signing_key`` setting
+    or the key file ``<daskflow home>/results.key``.
+
+    Picklable: it travels to Dask workers as its URL, options and explicit
+    signing key, and opens the filesystem again there. Safe to share between
+    threads.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        signing_key: bytes | str | None = None,
+    ) -> None:
+        if storage_options is None:
+            storage_options = dict(settings.get("results.storage_options", None) or {})
+        self._location = Location(url or default_storage_url(), storage_options)
+        self._explicit_key = signing_key
+        self._key: bytes | None = None
+        self._key_lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return self._location.url
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return dict(self._location.storage_options)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"location": self._location, "signing_key": self._explicit_key}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._location = state["location"]
+        self._explicit_key = state["signing_key"]
+        self._key = None
+        self._key_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ResultStore({self.url!r})"
+
+    def path(self, key: str) -> str:
+        """The URL of the entry for ``key`` (whether or not it exists)."""
+        return self._location.display(_entry_name(key))
+
+    # -- write ---------------------------------------------------------------
+
+    def write(
+        self,
+        key: str,
+        value: Any,
+        *,
+        task_name: str,
+        expiration: datetime | None = None,
+        serializer: str = "parquet",
+    ) -> EntryInfo | None:
+        """Store ``value`` under ``key``, replacing any entry atomically.
+
+        Returns the new entry's info, or ``None`` with a :class:`ResultWarning`
+        when the storage failed (the previous entry, if any, is left intact).
+        Raises ``ResultError`` for a bad key, a naive ``expiration``, or a value
+        that needs ``serializer="pickle"``; ``ConfigurationError`` for an
+        unknown serializer.
+        """
+        name = _entry_name(key)
+        expires = _utc(expiration, "expiration")
+        if serializer not in _SERIALIZERS:
+            raise ConfigurationError(
+                f"unknown result serializer {serializer!r} for task {task_name!r}. "
+                f"Fix: use one of {', '.join(map(repr, _SERIALIZERS))}."
+            )
+        encoded = serializers.encode(
+            value, allow_pickle=serializer == "pickle", subject=f"the result of task {task_name!r}"
+        )
+        path = self._location.display(name)
+        signature = None
+        if encoded.pickled is not None:
+            try:
+                signature = f"{signing.SIGNATURE_SCHEME}:{signing.sign(self._signing_key(), key, encoded.pickled)}"
+            except (OSError, ConfigurationError) as exc:
+                self._warn_write_failed(key, task_name, path, f"no signing key for the pickle: {exc}")
+                return None
+        created = datetime.now(UTC)
+        versions = _library_versions()
+        metadata = {
+            "layout": LAYOUT_VERSION,
+            "key": key,
+            "task_name": task_name,
+            "created": created.isoformat(),
+            "expiration": expires.isoformat() if expires else None,
+            "format": encoded.format,
+            "codec": encoded.codec,
+            "schema": serializers.schema_text(encoded.table),
+            "versions": versions,
+            "signature": signature,
+        }
+        table = encoded.table
+        schema_metadata = dict(table.schema.metadata or {})
+        schema_metadata[METADATA_KEY] = json.dumps(metadata, separators=(",", ":")).encode()
+        table = table.replace_schema_metadata(schema_metadata)
+        try:
+            size = self._location.write_atomic(name, functools.partial(_write_parquet, table))
+        except Exception as exc:
+            self._warn_write_failed(key, task_name, path, f"{type(exc).__name__}: {exc}")
+            return None
+        return EntryInfo(
+            key=key,
+            task_name=task_name,
+            created=created,
+            expiration=expires,
+            format=encoded.format,
+            size=size,
+            path=path,
+            versions=versions,
+            signed=signature is not None,
+        )
+
+    # -- read ----------------------------------------------------------------
+
+    def read(self, key: str, *, now: datetime | None = None) -> StoredResult | None:
+        """The stored value for ``key``, or ``None`` for a miss.
+
+        A miss is an absent or expired entry, or one that cannot be used; the
+        last also warns with :class:`ResultWarning` naming the key, the path and
+        why. Only a bad key raises (``ResultError``).
+        """
+        name = _entry_name(key)
+        moment = _utc(now, "now") or datetime.now(UTC)
+        path = self._location.display(name)
+        try:
+            data = self._location.read_bytes(name)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            self._warn_unusable(key, path, f"it could not be read from the storage ({type(exc).__name__}: {exc})")
+            return None
+        try:
+            parquet = _open_parquet(data)
+            parsed = _parse_metadata(parquet.metadata.metadata, key, path, len(data))
+            if parsed.info.is_expired(moment):
+                return None
+            value = self._decode(parquet, parsed)
+        except ResultError as exc:
+            self._warn_unusable(key, path, str(exc))
+            return None
+        return StoredResult(value=value, info=parsed.info)
+
+    def _decode(self, parquet: Any, parsed: _Parsed) -> Any:
+        info = parsed.info
+        try:
+            table = parquet.read()
+        except Exception as exc:
+            raise CorruptResultError(f"its data pages do not read back ({type(exc).__name__}: {exc})") from exc
+        if parsed.schema is not None:
+            try:
+                table = serializers.conform(table, parsed.schema)
+            except Exception as exc:
+                raise CorruptResultError(f"its schema does not match the stored one: {exc}") from exc
+        if info.format == serializers.PICKLE:
+            return self._unpickle_verified(info, table, parsed.signature)
+        rest = {k: v for k, v in (table.schema.metadata or {}).items() if k != METADATA_KEY}
+        table = table.replace_schema_metadata(rest or None)
+        try:
+            return serializers.decode(table, info.format, parsed.codec)
+        except Exception as exc:
+            raise CorruptResultError(
+                f"its {info.format} data does not decode ({type(exc).__name__}: {exc}); "
+                f"it was written with {_describe_versions(info.versions)}"
+            ) from exc
+
+    def _unpickle_verified(self, info: EntryInfo, table: Any, signature: str | None) -> Any:
+        try:
+            payload = serializers.pickle_payload(table)
+        except Exception as exc:
+            raise CorruptResultError(f"its pickle column is malformed ({exc})") from exc
+        scheme, _, digest = (signature or "").partition(":")
+        if not digest:
+            raise UnsignedResultError("it is a pickled entry without a signature; it was not unpickled")
+        if scheme != signing.SIGNATURE_SCHEME:
+            raise UnsignedResultError(f"its signature scheme {scheme!r} is unknown; it was not unpickled")
+        try:
+            key_bytes = self._signing_key()
+        except (OSError, ConfigurationError) as exc:
+            raise UnsignedResultError(f"no signing key is available to check its signature ({exc})") from exc
+        if not signing.verify(key_bytes, info.key, payload, digest):
+            raise UnsignedResultError(
+                "its signature does not match the configured signing key (signed with another key, "
+                "or tampered with); it was not unpickled"
+            )
+        try:
+            return serializers.unpickle(payload)
+        except Exception as exc:
+            raise CorruptResultError(
+                f"its signed pickle does not load ({type(exc).__name__}: {exc}); "
+                f"it was written with {_describe_versions(info.versions)}"
+            ) from exc
+
+    # -- admin ---------------------------------------------------------------
+
+    def exists(self, key: str) -> bool:
+        """Whether an entry file for ``key`` is present (expired or not; not checked for corruption)."""
+        return self._location.exists(_entry_name(key))
+
+    def delete(self, key: str) -> bool:
+        """Remove the entry for ``key``; ``False`` if there was none."""
+        return self._location.remove(_entry_name(key))
+
+    def entries(self) -> Iterator[EntryInfo]:
+        """Info of every readable entry (footers only); unreadable ones warn and are skipped."""
+        for file in self._location.list():
+            key = _key_of(file.name)
+            if key is None:
+                continue
+            try:
+                yield self._read_info(key, file)
+            except FileNotFoundError:
+                continue  # deleted since the listing
+            except ResultError as exc:
+                self._warn_unusable(key, self._location.display(file.name), str(exc))
+
+    def prune(self, now: datetime | None = None, *, temp_grace: timedelta = DEFAULT_TEMP_GRACE) -> PruneReport:
+        """Remove expired entries, and temp files older than ``temp_grace`` (orphans of killed writers).
+
+        Temp files younger than ``temp_grace`` may belong to a writer still at
+        work and are kept. An expired entry rewritten between the listing and
+        the removal can be removed too: that costs a recompute, never a wrong value.
+        """
+        moment = _utc(now, "now") or datetime.now(UTC)
+        expired: list[str] = []
+        orphans: list[str] = []
+        unreadable: list[str] = []
+        failed: list[str] = []
+        freed = 0
+        for file in self._location.list():
+            path = self._location.display(file.name)
+            if file.name.startswith(TEMP_PREFIX):
+                created = temp_created(file.name)
+                if created is None or moment - created < temp_grace:
+                    continue
+                bucket, label = orphans, path
+            else:
+                key = _key_of(file.name)
+                if key is None:
+                    continue
+                try:
+                    info = self._read_info(key, file)
+                except FileNotFoundError:
+                    continue
+                except ResultError:
+                    unreadable.append(path)
+                    continue
+                if not info.is_expired(moment):
+                    continue
+                bucket, label = expired, key
+            try:
+                self._location.remove(file.name)
+            except OSError:
+                failed.append(path)
+                continue
+            bucket.append(label)
+            freed += file.size
+        return PruneReport(tuple(expired), tuple(orphans), tuple(unreadable), tuple(failed), freed)
+
+    def clear(self) -> int:
+        """Remove every entry and temp file of this store (other files are left); return how many."""
+        removed = 0
+        for file in self._location.list():
+            if file.name.startswith(TEMP_PREFIX) or _key_of(file.name) is not None:
+                removed += int(self._location.remove(file.name))
+        return removed
+
+    # -- internals -----------------------------------------------------------
+
+    def _read_info(self, key: str, file: StoredFile) -> EntryInfo:
+        import pyarrow.parquet as pq
+
+        path = self._location.display(file.name)
+        if file.size == 0:
+            raise CorruptResultError("the file is empty (0 bytes)")
+        with self._location.open_read(file.name) as f:
+            try:
+                metadata = pq.read_metadata(f)
+            except Exception as exc:
+                raise CorruptResultError(f"its Parquet footer does not read ({type(exc).__name__}: {exc})") from exc
+        return _parse_metadata(metadata.metadata, key, path, file.size).info
+
+    def _signing_key(self) -> bytes:
+        with self._key_lock:
+            if self._key is None:
+                self._key = signing.resolve_signing_key(self._explicit_key)
+            return self._key
+
+    @staticmethod
+    def _warn_unusable(key: str, path: str, why: str) -> None:
+        warnings.warn(
+            ResultWarning(f"cached result {key!r} at {path} is unusable and is treated as a cache miss: {why}"),
+            stacklevel=3,
+        )
+
+    @staticmethod
+    def _warn_write_failed(key: str, task_name: str, path: str, why: str) -> None:
+        warnings.warn(
+            ResultWarning(
+                f"could not cache the result of task {task_name!r} under key {key!r} at {path} ({why}); "
+                "the value itself is not lost, but the next run will compute it again"
+            ),
+            stacklevel=3,
+        )
+
+
+def _write_parquet(table: Any, sink: IO[bytes]) -> None:
+    import pyarrow.parquet as pq
+
+    # Page checksums make a flipped bit in the data a detected error, not a wrong
+    # value. Non-"compliant" nesting keeps Arrow's own list field names ("item").
+    pq.write_table(table, sink, compression="zstd", write_page_checksum=True, use_compliant_nested_type=False)
+
+
+def _open_parquet(data: bytes) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not data:
+        raise CorruptResultError("the file is empty (0 bytes)")
+    try:
+        return pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True)
+    except Exception as exc:
+        raise CorruptResultError(
+            f"it is not a readable Parquet file: truncated or damaged ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """An entry's metadata, checked: the info plus what decoding needs."""
+
+    info: EntryInfo
+    codec: dict[str, Any]
+    schema: str | None
+    signature: str | None
+
+
+def _parse_metadata(raw: Mapping[bytes, bytes] | None, key: str, path: str, size: int) -> _Parsed:
+    blob = (raw or {}).get(METADATA_KEY)
+    if blob is None:
+        raise CorruptResultError("it has no daskflow metadata (the wrong schema, or not a daskflow entry)")
+    try:
+        meta = json.loads(blob)
+        layout = int(meta["layout"])
+        if layout > LAYOUT_VERSION:
+            raise CorruptResultError(
+                f"it uses entry layout {layout}, newer than this daskflow's {LAYOUT_VERSION} "
+                f"(written with {_describe_versions(meta.get('versions', {}))})"
+            )
+        if meta["key"] != key:
+            raise CorruptResultError(f"its metadata names key {meta['key']!r}, not {key!r}")
+        if meta["format"] not in serializers.FORMATS:
+            raise CorruptResultError(f"its format {meta['format']!r} is unknown")
+        expiration = meta["expiration"]
+        info = EntryInfo(
+            key=key,
+            task_name=str(meta["task_name"]),
+            created=datetime.fromisoformat(meta["created"]),
+            expiration=datetime.fromisoformat(expiration) if expiration else None,
+            format=meta["format"],
+            size=size,
+            path=path,
+            versions={str(k): str(v) for k, v in dict(meta.get("versions") or {}).items()},
+            signed=bool(meta.get("signature")),
+        )
+        codec = dict(meta.get("codec") or {})
+        schema, signature = meta.get("schema"), meta.get("signature")
+    except ResultError:
+        raise
+    except Exception as exc:
+        raise CorruptResultError(f"its daskflow metadata is malformed ({type(exc).__name__}: {exc})") from exc
+    return _Parsed(
+        info=info,
+        codec=codec,
+        schema=None if schema is None else str(schema),
+        signature=None if signature is None else str(signature),
+    )
+
+
+def _entry_name(key: str) -> str:
+    return validate_key(key) + ENTRY_SUFFIX
+
+
+def _key_of(name: str) -> str | None:
+    if not name.endswith(ENTRY_SUFFIX) or name.startswith(TEMP_PREFIX):
+        return None
+    key = name[: -len(ENTRY_SUFFIX)]
+    return key if _KEY_PATTERN.fullmatch(key) else None
+
+
+def _utc(moment: datetime | None, what: str) -> datetime | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ResultError(
+            f"{what} must be a timezone-aware datetime, got naive {moment!r}; a naive time is "
+            f"ambiguous across machines. Fix: datetime.now(datetime.UTC) or .replace(tzinfo=...)."
+        )
+    return moment.astimezone(UTC)
+
+
+@functools.cache
+def _versions_cached() -> tuple[tuple[str, str], ...]:
+    import pyarrow
+
+    versions = {"daskflow": __version__, "pyarrow": str(pyarrow.__version__), "python": platform.python_version()}
+    for dist in ("pandas", "numpy", "cloudpickle"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return tuple(versions.items())
+
+
+def _library_versions() -> dict[str, str]:
+    return dict(_versions_cached())
+
+
+def _describe_versions(versions: Mapping[str, Any]) -> str:
+    return ", ".join(f"{name} {version}" for name, version in versions.items()) or "unknown versions"
