@@ -13,6 +13,7 @@ of inferring it from states.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
@@ -24,11 +25,63 @@ import pytest
 
 from daskflow.task_runners import SequentialTaskRunner, ThreadPoolTaskRunner
 
-# The contract suite runs over every runner in this list; the Dask runner joins it in one line.
+# The contract suite runs over every runner in this list.
 RUNNER_FACTORIES: dict[str, Callable[[], Any]] = {
     "sequential": SequentialTaskRunner,
     "threadpool": lambda: ThreadPoolTaskRunner(max_workers=4),
+    "dask": lambda: _dask_runner(),
 }
+
+# Short lease settings and quick failure detection for every cluster the tests start.
+TEST_DASK_CONFIG = {
+    "distributed.scheduler.locks.lease-timeout": "200ms",
+    "distributed.scheduler.locks.lease-validation-interval": "50ms",
+    "distributed.comm.timeouts.connect": "5s",
+}
+
+_session_client: Any = None
+
+
+def _dask_runner() -> Any:
+    from daskflow.task_runners import DaskTaskRunner
+
+    assert _session_client is not None, "the dask_client fixture was not set up"
+    return DaskTaskRunner(client=_session_client)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster() -> Iterator[Any]:
+    """A real LocalCluster shared by the tests: processes, 2 workers x 1 thread, loopback only."""
+    import dask.config
+    from distributed import LocalCluster
+
+    with dask.config.set(TEST_DASK_CONFIG):
+        cluster = LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            silence_logs=logging.ERROR,
+        )
+        try:
+            yield cluster
+        finally:
+            cluster.close()
+
+
+@pytest.fixture(scope="session")
+def dask_client(dask_cluster: Any) -> Iterator[Any]:
+    global _session_client
+    from distributed import Client
+
+    client = Client(dask_cluster, set_as_default=False)
+    _session_client = client
+    try:
+        yield client
+    finally:
+        _session_client = None
+        client.close()
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +93,8 @@ def daskflow_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
 
 @pytest.fixture(params=sorted(RUNNER_FACTORIES))
 def task_runner(request: pytest.FixtureRequest) -> Any:
+    if request.param == "dask":
+        request.getfixturevalue("dask_client")
     return RUNNER_FACTORIES[request.param]()
 
 

@@ -321,6 +321,49 @@ def test_wait_and_as_completed(task_runner: Any) -> None:
     assert sorted(ordered) == [0.01, 0.02, 0.03]
 
 
+def test_timeouts_apply_where_the_task_runs(task_runner: Any) -> None:
+    @task(timeout_seconds=0.3)
+    def stuck() -> None:
+        for _ in range(300):
+            time.sleep(0.01)
+
+    seen: dict[str, State] = {}
+
+    @flow(task_runner=task_runner)
+    def pipeline() -> None:
+        seen["state"] = stuck.submit(return_state=True)  # type: ignore[assignment]
+
+    started = time.monotonic()
+    pipeline()
+    elapsed = time.monotonic() - started
+    assert seen["state"].name == "TimedOut", seen["state"]
+    assert elapsed < 2.5, f"timeout_seconds=0.3 but the flow took {elapsed:.2f} s"
+
+
+def test_logs_and_prints_reach_the_client(task_runner: Any, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from daskflow import get_run_logger
+
+    @task(log_prints=True)
+    def chatty(i: int) -> int:
+        get_run_logger().warning("item %d logged", i)
+        print(f"item {i} printed")
+        return i
+
+    @flow(task_runner=task_runner)
+    def pipeline() -> list[int]:
+        return chatty.map(range(3)).result()
+
+    with caplog.at_level(logging.INFO, logger="daskflow"):
+        assert pipeline() == [0, 1, 2]
+    messages = {r.getMessage() for r in caplog.records}
+    for i in range(3):
+        assert f"item {i} logged" in messages and f"item {i} printed" in messages, sorted(messages)
+    record = next(r for r in caplog.records if r.getMessage() == "item 1 logged")
+    assert record.task_name == "chatty" and record.levelname == "WARNING"  # type: ignore[attr-defined]
+
+
 def test_task_run_names_follow_the_template(task_runner: Any) -> None:
     @task(task_run_name="load-{table}")
     def load(table: str) -> str:

@@ -28,7 +28,14 @@ __all__ = ["Flow", "flow"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
+def _dask_runner() -> TaskRunner:
+    from daskflow.task_runners.dask import DaskTaskRunner  # imports distributed: only when asked for
+
+    return DaskTaskRunner()
+
+
 _RUNNERS: dict[str, Callable[[], TaskRunner]] = {
+    "dask": _dask_runner,
     "threadpool": ThreadPoolTaskRunner,
     "thread_pool": ThreadPoolTaskRunner,
     "concurrent": ThreadPoolTaskRunner,

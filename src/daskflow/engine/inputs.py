@@ -20,7 +20,7 @@ from daskflow.exceptions import UpstreamFailedError
 from daskflow.futures import DaskflowFuture
 from daskflow.states import State
 
-__all__ = ["StateHandler", "find_upstream_runs", "iter_upstreams", "resolve_inputs", "resolve_runs", "wait_for_all"]
+__all__ = ["UNCHANGED", "StateHandler", "find_upstream_runs", "iter_upstreams", "resolve_inputs", "resolve_runs", "transform", "wait_for_all"]
 
 _ATOMS = (str, bytes, int, float, bool, type(None), complex)
 _CONTAINERS = (list, tuple, set, frozenset, dict)
@@ -72,29 +72,38 @@ def _upstream_value(where: str, argument: str) -> StateHandler:
     return on_state
 
 
-def resolve_runs(value: Any, on_state: StateHandler, allowed: bool = False) -> tuple[Any, bool]:
-    """``value`` with every future and state in it replaced by ``on_state(state, allowed)``.
+Visitor = Callable[[Any, bool], Any]
+_UNCHANGED: Any = object()
+UNCHANGED = _UNCHANGED  # what a visitor returns to keep a leaf
 
+
+def transform(value: Any, visit: Visitor, allowed: bool = False, unwrap: bool = True) -> tuple[Any, bool]:
+    """Rebuild ``value`` with the leaves ``visit`` replaces; the one walker over arguments.
+
+    ``visit(leaf, allowed)`` returns the replacement, or ``_UNCHANGED`` to keep
+    the leaf and look inside it. ``allowed`` is True under ``allow_failure``.
+    With ``unwrap``, annotations are replaced by their (transformed) contents;
+    without, they are kept around them (for arguments that travel elsewhere).
     Returns the new value and whether anything changed; unchanged containers
     are returned as they are, not copied.
     """
     if isinstance(value, _ATOMS):
         return value, False
-    if isinstance(value, DaskflowFuture):
-        value.wait()
-        return on_state(value.state, allowed), True
-    if isinstance(value, State):
-        return on_state(value, allowed), True
+    new = visit(value, allowed)
+    if new is not _UNCHANGED:
+        return new, True
     if isinstance(value, BaseAnnotation):
         if isinstance(value, quote):
-            return value.value, True
-        inner, _ = resolve_runs(value.value, on_state, allowed or isinstance(value, allow_failure))
-        return inner, True
+            return (value.value, True) if unwrap else (value, False)
+        inner, changed = transform(value.value, visit, allowed or isinstance(value, allow_failure), unwrap)
+        if unwrap:
+            return inner, True
+        return (type(value)(inner), True) if changed else (value, False)
     if isinstance(value, dict):
         changed = False
         out = {}
         for key, item in value.items():
-            new, did = resolve_runs(item, on_state, allowed)
+            new, did = transform(item, visit, allowed, unwrap)
             out[key] = new
             changed |= did
         if not changed:
@@ -104,7 +113,7 @@ def resolve_runs(value: Any, on_state: StateHandler, allowed: bool = False) -> t
         items = []
         changed = False
         for item in value:
-            new, did = resolve_runs(item, on_state, allowed)
+            new, did = transform(item, visit, allowed, unwrap)
             items.append(new)
             changed |= did
         if not changed:
@@ -113,6 +122,20 @@ def resolve_runs(value: Any, on_state: StateHandler, allowed: bool = False) -> t
             return type(value)(*items), True
         return type(value)(items), True
     return value, False
+
+
+def resolve_runs(value: Any, on_state: StateHandler) -> tuple[Any, bool]:
+    """``value`` with every future (waited for) and state replaced by ``on_state(state, allowed)``."""
+
+    def visit(leaf: Any, allowed: bool) -> Any:
+        if isinstance(leaf, DaskflowFuture):
+            leaf.wait()
+            return on_state(leaf.state, allowed)
+        if isinstance(leaf, State):
+            return on_state(leaf, allowed)
+        return _UNCHANGED
+
+    return transform(value, visit)
 
 
 def resolve_inputs(parameters: dict[str, Any], where: str) -> dict[str, Any]:

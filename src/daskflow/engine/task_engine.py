@@ -34,7 +34,7 @@ from daskflow.engine.inputs import resolve_inputs, wait_for_all
 from daskflow.engine.retries import retry_delay
 from daskflow.engine.timeouts import call_with_timeout
 from daskflow.exceptions import CancelledRunError, RunTimeoutError, UpstreamFailedError
-from daskflow.logging import TASK_LOGGER, RunLoggerAdapter, run_logger_for
+from daskflow.logging import TASK_LOGGER, RunLoggerAdapter, install_print_capture, run_logger_for
 from daskflow.states import AwaitingRetry, Cancelled, Completed, Crashed, Failed, Retrying, Running, State, TimedOut
 
 __all__ = ["TaskRunEngine", "run_coroutine", "run_task_async", "run_task_sync", "split_arguments"]
@@ -150,6 +150,8 @@ class TaskRunEngine:
                     f"{type(exc).__name__}: {exc}"
                 )
                 return self.finish(Failed(message, exc), hooks=False)
+        if call.log_prints:
+            install_print_capture()
         self.context = TaskRunContext(
             task=self.task,
             task_run=self.run,

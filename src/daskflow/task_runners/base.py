@@ -71,6 +71,10 @@ class TaskRunner(abc.ABC):
     def submit(self, call: TaskCall) -> DaskflowFuture[Any]:
         return self.submit_batch([call])[0]
 
+    def expand_future(self, future: DaskflowFuture[Any]) -> list[Any]:
+        """The items to map over when ``.map`` is given a future of a list."""
+        return list(future.result())
+
     def call(self, call: TaskCall) -> State:
         """Run one call to its final state for a direct task call; here, in this thread."""
         return run_task_sync(call)

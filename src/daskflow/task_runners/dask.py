@@ -1,0 +1,594 @@
+"""The Dask runner: a flow's task runs become tasks of a Dask cluster.
+
+``.submit`` and ``.map`` turn their calls into one ``client.map`` each: one
+round trip per map, keys named after the task (``extract-table-<run id>``) so
+the dashboard reads like the flow. A future passed to another task becomes a
+dependency of that Dask task, resolved on the cluster: values move between
+workers, never through the client unless someone asks for them. The task
+object and the flow's facts are scattered once per flow run and shared by
+every call, so a map of 10,000 items does not pickle the function 10,000 times.
+
+Each Dask task runs the engine on its worker (:mod:`.dask_worker`), which
+reports states and log records back in batches over Dask's pub-sub. The
+client applies them to its run records (so ``future.state`` and the console
+look as on the local runners).
+
+Failures as Dask knows them: a worker that dies under a task
+(``KilledWorker``) makes that run ``Crashed``; it is resubmitted with a fresh
+key while the task's retry policy allows, and its downstream runs are
+resubmitted after it. Recovery happens when a future is waited for, in the
+waiting thread, never in Dask's callback thread.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import site
+import sys
+import sysconfig
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+import cloudpickle
+import distributed
+from dask.utils import parse_timedelta
+from distributed import Client, KilledWorker
+
+from daskflow import settings
+from daskflow.annotations import BaseAnnotation
+from daskflow.engine import UNCHANGED, TaskCall, TaskRunEngine, retry_delay, transform
+from daskflow.exceptions import ConfigurationError, SchedulerUnreachableError, UnserializableInputError
+from daskflow.futures import DaskflowFuture
+from daskflow.runs import TaskRun
+from daskflow.states import AwaitingRetry, Cancelled, Crashed, Failed, State
+from daskflow.task_runners.base import TaskRunner
+from daskflow.task_runners.dask_worker import EVENT_TOPIC, ItemRef, UpstreamRef, decode_state, flush_events, run_on_worker
+
+__all__ = ["DaskFuture", "DaskTaskRunner", "MapItem"]
+
+_log = logging.getLogger("daskflow.dask")
+_EVENT_WAIT_SECONDS = 5.0
+_INLINE_BYTES = 16 * 1024
+
+
+class MapItem(BaseAnnotation[Any]):
+    """Item ``index`` of the list that an upstream future will hold (a ``.map`` over a future)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, value: Any, index: int = 0) -> None:
+        super().__init__(value)
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (MapItem, (self.value, self.index))
+
+
+class DaskFuture(DaskflowFuture[Any]):
+    """A task run on a Dask cluster; resolves to its final state."""
+
+    __slots__ = ("_runner", "call", "dask_future", "upstreams", "_settled", "_lock")
+
+    def __init__(self, runner: DaskTaskRunner, call: TaskCall, dask_future: distributed.Future, upstreams: list[DaskFuture]) -> None:
+        super().__init__(call.task_run)
+        self._runner = runner
+        self.call = call
+        self.dask_future = dask_future
+        self.upstreams = upstreams
+        self._settled: State | None = None
+        self._lock = threading.Lock()
+
+    def done(self) -> bool:
+        return self._settled is not None or self.dask_future.status == "finished"
+
+    def _final_state(self) -> State | None:
+        if self._settled is not None:
+            return self._settled
+        if self.dask_future.status != "finished":
+            return None
+        state: State = self.dask_future.result()  # the value comes to the client: it was asked for
+        self._settled = state
+        if not self.task_run.state.is_final():
+            self.task_run.set_state(state)
+        return state
+
+    def settle(self, state: State) -> None:
+        self._settled = state
+
+    def wait(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._settled is None:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                self._runner.wait_dask([self.dask_future], timeout=remaining)
+            except TimeoutError:
+                return
+            status = self.dask_future.status
+            if status == "finished":
+                return
+            if status in ("error", "cancelled") and not self._runner.recover(self):
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+
+    def add_done_callback(self, fn: Callable[[DaskflowFuture[Any]], None]) -> None:
+        def on_done(_: distributed.Future) -> None:
+            if self.dask_future.status == "finished" or self._settled is not None:
+                fn(self)
+            else:  # recovering may block: never in Dask's single callback thread
+                threading.Thread(target=self._wait_then, args=(fn,), daemon=True).start()
+
+        self.dask_future.add_done_callback(on_done)
+
+    def _wait_then(self, fn: Callable[[DaskflowFuture[Any]], None]) -> None:
+        self.wait()
+        fn(self)
+
+
+class _EventRouter:
+    """Applies the ``daskflow`` events of one client to this process's run records."""
+
+    def __init__(self, client: Client) -> None:
+        self.runs: dict[str, TaskRun] = {}
+        self.changed = threading.Condition()
+        client.subscribe_topic(EVENT_TOPIC, self.handle)
+
+    def handle(self, event: tuple[float, dict[str, Any]]) -> None:
+        _, message = event
+        worker = message.get("worker")
+        for item in message.get("b", ()):
+            try:
+                if item[0] == "s":
+                    self._apply_state(item, worker)
+                else:
+                    _emit_record(item)
+            except Exception:  # a malformed event must not stop the stream
+                _log.exception("could not apply a daskflow event from %s", worker)
+        with self.changed:
+            self.changed.notify_all()
+
+    def _apply_state(self, item: list[Any], worker: str | None) -> None:
+        _, run_id, run_count, *encoded = item
+        run = self.runs.get(run_id)
+        if run is None:
+            return
+        if run.state.is_final() and run_count <= run.run_count:
+            return  # a late event of an attempt the client already ended
+        run.run_count = max(run.run_count, run_count)
+        run.worker = worker
+        run.set_state(decode_state(encoded))
+
+
+def _emit_record(item: list[Any]) -> None:
+    (_, run_id, name, level, message, created, exc_text, run_name, task_name, flow_run_id, flow_run_name, flow_name) = item
+    logger = logging.getLogger(name)
+    if not logger.isEnabledFor(level):
+        return
+    record = logging.makeLogRecord(
+        {
+            "name": name,
+            "levelno": level,
+            "levelname": logging.getLevelName(level),
+            "msg": message,
+            "created": created,
+            "msecs": (created % 1) * 1000,
+            "exc_text": exc_text,
+            "task_run_id": run_id,
+            "task_run_name": run_name,
+            "task_name": task_name,
+            "flow_run_id": flow_run_id,
+            "flow_run_name": flow_run_name,
+            "flow_name": flow_name,
+            "run_label": f"Task run {run_name!r}",
+        }
+    )
+    logger.handle(record)
+
+
+_routers: dict[int, _EventRouter] = {}
+_routers_lock = threading.Lock()
+
+
+def _router_for(client: Client) -> _EventRouter:
+    with _routers_lock:
+        router = _routers.get(id(client))
+        if router is None:
+            router = _routers[id(client)] = _EventRouter(client)
+        return router
+
+
+def _user_module(module: ModuleType) -> bool:
+    """True for a module of the user's own code (not the standard library, not installed)."""
+    path = getattr(module, "__file__", None)
+    if not path or module.__name__ == "__main__":
+        return False
+    roots = {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    roots.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+    return not any(path.startswith(root) for root in roots if root)
+
+
+class DaskTaskRunner(TaskRunner):
+    """Runs task runs on a Dask cluster.
+
+    With nothing given it starts a ``LocalCluster`` (loopback only) for the flow
+    run and closes it after; ``address`` connects to a running scheduler;
+    ``cluster_class`` (a class or its import path) with ``cluster_kwargs`` and
+    ``adapt_kwargs`` starts that cluster; ``client`` — or a default client that
+    is already active, as in a notebook — is used and left open.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        cluster_class: type | str | None = None,
+        cluster_kwargs: dict[str, Any] | None = None,
+        adapt_kwargs: dict[str, Any] | None = None,
+        client: Client | None = None,
+    ) -> None:
+        if address is not None and (cluster_class is not None or client is not None):
+            raise ConfigurationError("DaskTaskRunner: give address, or cluster_class, or client; not several")
+        if client is not None and not isinstance(client, Client):
+            raise ConfigurationError(f"DaskTaskRunner: client must be a distributed.Client, got {type(client).__name__}")
+        super().__init__(
+            address=address, cluster_class=cluster_class, cluster_kwargs=cluster_kwargs, adapt_kwargs=adapt_kwargs, client=client
+        )
+        self.address = address
+        self.cluster_class = cluster_class
+        self.cluster_kwargs = dict(cluster_kwargs or {})
+        self.adapt_kwargs = adapt_kwargs
+        self._given_client = client
+        self.client: Client | None = None
+        self.cluster: Any = None
+        self._owns_client = False
+        self._futures: list[DaskFuture] = []
+        self._shared_objects: dict[int, tuple[Any, Any]] = {}
+        self._flow_infos: dict[tuple[str | None, bool], dict[str, Any]] = {}
+        self._checked_modules: set[str] = set()
+        self._cancelled = False
+
+    # -- connecting ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        super().start()
+        self.client, self.cluster, self._owns_client = self._connect()
+        self._router = _router_for(self.client)
+
+    def _connect(self) -> tuple[Client, Any, bool]:
+        if self._given_client is not None:
+            return self._given_client, None, False
+        timeout = parse_timedelta(settings.get("dask.connect_timeout"))
+        if self.address is not None:
+            try:
+                return Client(self.address, timeout=timeout, set_as_default=False), None, True
+            except (OSError, TimeoutError) as exc:
+                raise SchedulerUnreachableError(
+                    f"no Dask scheduler answered at {self.address} within {timeout:g} s ({type(exc).__name__}: {exc}); "
+                    "check that the scheduler is running and the address is right, or raise "
+                    "dask.config daskflow.dask.connect_timeout"
+                ) from None
+        if self.cluster_class is None:
+            try:
+                return distributed.default_client(), None, False
+            except ValueError:
+                pass
+        cluster = self._make_cluster()
+        client = Client(cluster, set_as_default=False)
+        _log.info("Started a Dask cluster for the flow run; dashboard: %s", client.dashboard_link)
+        return client, cluster, True
+
+    def _make_cluster(self) -> Any:
+        cls = self.cluster_class
+        if isinstance(cls, str):
+            module_name, _, name = cls.rpartition(".")
+            try:
+                cls = getattr(importlib.import_module(module_name), name)
+            except (ImportError, AttributeError) as exc:
+                raise ConfigurationError(f"DaskTaskRunner: cluster_class {self.cluster_class!r} cannot be imported: {exc}") from None
+        kwargs = dict(self.cluster_kwargs)
+        if cls is None:
+            cls = distributed.LocalCluster
+            kwargs.setdefault("host", "127.0.0.1")  # never listen beyond this machine by default
+            kwargs.setdefault("dashboard_address", "127.0.0.1:0")
+        assert callable(cls)
+        cluster = cls(**kwargs)
+        if self.adapt_kwargs:
+            cluster.adapt(**self.adapt_kwargs)
+        return cluster
+
+    # -- submitting ------------------------------------------------------------------------
+
+    def _shared(self, obj: Any) -> Any:
+        """``obj`` itself if it pickles small, else a future of it scattered once for this runner.
+
+        A small object inside ``client.map`` costs nothing (the message pickles it
+        once); a large one is better scattered, at the price of a dependency per task.
+        """
+        entry = self._shared_objects.get(id(obj))
+        if entry is None:
+            assert self.client is not None
+            shared: Any = obj
+            if len(cloudpickle.dumps(obj)) > _INLINE_BYTES:
+                [shared] = self.client.scatter([obj], hash=False, broadcast=True)
+            entry = self._shared_objects[id(obj)] = (obj, shared)  # keep obj alive so its id is not reused
+        return entry[1]
+
+    def _ship_code(self, task: Any) -> None:
+        """Send the task's module by value if the workers cannot import it."""
+        module = sys.modules.get(getattr(task.fn, "__module__", "") or "")
+        if module is None or module.__name__ in self._checked_modules or not _user_module(module):
+            return
+        self._checked_modules.add(module.__name__)
+        assert self.client is not None
+        found = self.client.run(lambda name: importlib.util.find_spec(name) is not None, module.__name__)
+        if not all(found.values()):
+            cloudpickle.register_pickle_by_value(module)
+            _log.debug("module %s is shipped to the workers by value", module.__name__)
+
+    def _spec(self, call: TaskCall, deps: list[distributed.Future], upstreams: list[DaskFuture]) -> tuple[Any, ...]:
+        index: dict[Any, int] = {}
+
+        def ref(future: DaskFuture) -> int:
+            key = future.dask_future.key
+            if key not in index:
+                index[key] = len(deps)
+                deps.append(future.dask_future)
+                upstreams.append(future)
+            return index[key]
+
+        def visit(leaf: Any, allowed: bool) -> Any:
+            if isinstance(leaf, DaskFuture):
+                return UpstreamRef(ref(leaf))
+            if isinstance(leaf, MapItem):
+                return ItemRef(ref(leaf.value), leaf.index)
+            if isinstance(leaf, DaskflowFuture):  # from another runner: settle it here
+                leaf.wait()
+                return leaf.state
+            return UNCHANGED
+
+        parameters = transform(call.parameters, visit, unwrap=False)[0]
+        wait_for = transform(list(call.wait_for), visit, unwrap=False)[0] if call.wait_for else ()
+        run = call.task_run
+        return (run.id, run.name, run.map_index, run.upstream_ids, parameters, tuple(wait_for), run.run_count)
+
+    def _flow_info(self, call: TaskCall) -> dict[str, Any]:
+        key = (call.flow_run_id, call.log_prints)
+        info = self._flow_infos.get(key)
+        if info is None:
+            info = self._flow_infos[key] = self._make_flow_info(call)
+        return info
+
+    def _make_flow_info(self, call: TaskCall) -> dict[str, Any]:
+        return {
+            "flow_run_id": call.flow_run_id,
+            "flow_run_name": call.flow_run_name,
+            "flow_name": call.flow_name,
+            "flow_parameters": call.flow_parameters,
+            "log_prints": call.log_prints,
+        }
+
+    def submit_batch(self, calls: Sequence[TaskCall]) -> list[DaskflowFuture[Any]]:
+        if not self._started or self.client is None:
+            raise RuntimeError("DaskTaskRunner.submit_batch called before start(); use the runner inside a flow")
+        futures: list[DaskflowFuture[Any]] = []
+        by_task: dict[int, list[TaskCall]] = {}
+        for call in calls:
+            by_task.setdefault(id(call.task), []).append(call)
+        for group in by_task.values():
+            futures.extend(self._submit_group(group))
+        if len(by_task) > 1:  # keep the caller's order
+            order = {id(call.task_run): i for i, call in enumerate(calls)}
+            futures.sort(key=lambda f: order[id(f.task_run)])
+        return futures
+
+    def _submit_group(self, calls: Sequence[TaskCall], keys: list[str] | None = None) -> list[DaskFuture]:
+        assert self.client is not None
+        task = calls[0].task
+        self._ship_code(task)
+        task_ref = self._shared(task)
+        flow_info = self._flow_info(calls[0])
+        flow_ref = self._shared(flow_info)
+        specs, deps_lists, ups_lists = [], [], []
+        for call in calls:
+            deps: list[distributed.Future] = []
+            ups: list[DaskFuture] = []
+            specs.append(self._spec(call, deps, ups))
+            deps_lists.append(deps)
+            ups_lists.append(ups)
+            self._router.runs[call.task_run.id] = call.task_run
+        if keys is None:
+            keys = [f"{task.name}-{call.task_run.id.replace('-', '')}" for call in calls]
+        count = len(calls)
+        try:
+            with distributed.span(f"flow {flow_info['flow_name']} run {flow_info['flow_run_name']}"):
+                dask_futures = self.client.map(
+                    run_on_worker,
+                    [task_ref] * count,
+                    [flow_ref] * count,
+                    specs,
+                    deps_lists,
+                    key=keys,
+                    pure=False,
+                    resources=task.options.resources,
+                )
+        except TypeError as exc:
+            if "serialize" not in str(exc):
+                raise
+            raise _unserializable(calls) from None
+        made = [DaskFuture(self, call, dask_future, ups) for call, dask_future, ups in zip(calls, dask_futures, ups_lists)]
+        self._futures.extend(made)
+        return made
+
+    def call(self, call: TaskCall) -> State:
+        """A direct task call runs on the cluster too; its value comes back here."""
+        [future] = self.submit_batch([call])
+        future.wait()
+        return future.state
+
+    def expand_future(self, future: DaskflowFuture[Any]) -> list[Any]:
+        """The items of a future's list value for ``.map``, without moving the list here."""
+        if not isinstance(future, DaskFuture):
+            return super().expand_future(future)
+        assert self.client is not None
+        length = self.client.submit(_state_length, future.dask_future, pure=False).result()
+        if length is None:  # the upstream did not complete: let each item fail as its downstream
+            future.wait()
+            return list(future.result())
+        return [MapItem(future, i) for i in range(length)]
+
+    # -- failures ----------------------------------------------------------------------------
+
+    def recover(self, future: DaskFuture) -> bool:
+        """Handle an erred Dask future. True if it was resubmitted, False if it is settled."""
+        with future._lock:
+            if future._settled is not None or future.dask_future.status not in ("error", "cancelled"):
+                return future._settled is None
+            run = future.task_run
+            engine = TaskRunEngine(future.call)
+            if self._cancelled or future.dask_future.status == "cancelled":
+                state = Cancelled("the Dask task was cancelled")
+                engine.finish(state)
+                future.settle(run.state)
+                return False
+            broken = [up for up in future.upstreams if up.dask_future.status in ("error", "cancelled")]
+            if broken:
+                for up in broken:
+                    up.wait()
+                failed = [up for up in future.upstreams if not up.state.is_completed()]
+                if failed:
+                    engine.finish(Failed(f"upstream task run {failed[0].task_run.name!r} ended {failed[0].state.name}", name="UpstreamFailed"), hooks=False)
+                    future.settle(run.state)
+                    return False
+                self._resubmit(future)
+                return True
+            exc = future.dask_future.exception()
+            if isinstance(exc, KilledWorker):
+                message = (
+                    f"the Dask worker running task run {run.name!r} died ({exc}); "
+                    "the run crashed with it"
+                )
+                state = Crashed(message, exc)
+            elif isinstance(exc, ModuleNotFoundError):
+                state = Failed(
+                    f"task {run.task_name!r} could not be loaded on the worker: {exc}. Install module "
+                    f"{exc.name!r} on the workers, or define the task in a module of your own project "
+                    "(daskflow ships those by value)",
+                    exc,
+                )
+            else:
+                state = Crashed(f"Dask could not run task run {run.name!r}: {type(exc).__name__}: {exc}", exc)
+            run.run_count = max(run.run_count + 1, 1)
+            options = future.call.task.options
+            if state.is_crashed() and run.run_count <= options.retries:
+                run.set_state(state)
+                delay = retry_delay(options.retry_delay_seconds, options.retries, run.run_count - 1, options.retry_jitter_factor)
+                engine.logger.warning("%s; retry %d of %d in %.3g s", state.message, run.run_count, options.retries, delay)
+                run.set_state(AwaitingRetry(f"retry {run.run_count} of {options.retries} after a crash"))
+                if delay:
+                    time.sleep(delay)
+                self._resubmit(future)
+                return True
+            engine.logger.error("Finished in state %s: %s", state.name, state.message)
+            engine.finish(state)
+            future.settle(run.state)
+            return False
+
+    def _resubmit(self, future: DaskFuture) -> None:
+        run = future.task_run
+        key = f"{run.task_name}-{run.id.replace('-', '')}-{run.run_count + 1}"
+        [fresh] = self._submit_group([future.call], keys=[key])
+        self._futures.remove(fresh)
+        future.dask_future = fresh.dask_future
+        future.upstreams = fresh.upstreams
+
+    # -- ending ------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        try:
+            if not self._cancelled:
+                self._wait_all()
+                self._sync_records()
+        finally:
+            if self.client is not None:
+                for future in self._futures:
+                    self._router.runs.pop(future.task_run.id, None)
+            self._futures = []
+            self._shared_objects = {}
+            self._flow_infos = {}
+            if self._owns_client and self.client is not None:
+                self.client.close()
+                if self.cluster is not None:
+                    self.cluster.close()
+            self.client = None
+            self.cluster = None
+            super().shutdown()
+
+    def wait_dask(self, futures: list[distributed.Future], timeout: float | None = None) -> None:
+        """``distributed.wait`` on this runner's client (which need not be the default one)."""
+        client = self.client or self._given_client
+        if client is None:
+            raise RuntimeError("the Dask runner of this future is closed; its result can no longer be fetched")
+        with client.as_current():
+            distributed.wait(futures, timeout=timeout)
+
+    def _wait_all(self) -> None:
+        """Wait for every run: one wait for all, then recovery only where something erred."""
+        while True:
+            pending = [f for f in self._futures if f._settled is None and f.dask_future.status != "finished"]
+            if not pending:
+                return
+            self.wait_dask([f.dask_future for f in pending])
+            for future in pending:
+                if future.dask_future.status in ("error", "cancelled"):
+                    future.wait()
+
+    def _sync_records(self) -> None:
+        """Make every run record final: flush the workers' events and wait (bounded) for them."""
+        if not self._futures or self.client is None:
+            return
+        self.client.run(flush_events)
+        deadline = time.monotonic() + _EVENT_WAIT_SECONDS
+        with self._router.changed:
+            while any(not f.task_run.state.is_final() for f in self._futures):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._router.changed.wait(remaining)
+        for future in self._futures:
+            if not future.task_run.state.is_final():
+                future._final_state()  # events were lost (a worker died): take the state itself
+
+    def cancel_all(self) -> None:
+        self._cancelled = True
+        if self.client is not None and self._futures:
+            self.client.cancel([f.dask_future for f in self._futures], force=True)
+        for future in self._futures:
+            if not future.task_run.state.is_final():
+                future.task_run.set_state(Cancelled("the flow run was cancelled"))
+            future.settle(future.task_run.state)
+
+
+def _state_length(state: State) -> int | None:
+    if not state.is_completed():
+        return None
+    return len(state.data) if state.data is not None else 0
+
+
+def _unserializable(calls: Sequence[TaskCall]) -> UnserializableInputError:
+    """Find the argument that cannot be pickled and say so: task, parameter, type."""
+    for call in calls:
+        for name, value in call.parameters.items():
+            try:
+                cloudpickle.dumps(value)
+            except Exception as exc:
+                return UnserializableInputError(
+                    f"task {call.task.name!r}: argument {name!r} of type {type(value).__module__}.{type(value).__qualname__} "
+                    f"cannot be sent to the Dask workers ({type(exc).__name__}: {exc}). Locks, sockets, open files, "
+                    "connections and generators cannot travel: create the object inside the task, or pass what "
+                    "is needed to make it (a URL, a path, a config)."
+                )
+    return UnserializableInputError(f"task {calls[0].task.name!r}: its arguments or its function cannot be sent to the Dask workers")

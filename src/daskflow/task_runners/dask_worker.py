@@ -1,0 +1,212 @@
+"""The worker side of the Dask runner: running a task call, and reporting back.
+
+Each Dask task that daskflow submits calls :func:`run_on_worker`, which
+rebuilds the task run from a compact spec, substitutes the upstream states
+that Dask resolved on the cluster for the references in the arguments, and
+runs the call through the same engine as every other runner. The engine's
+state changes and the run loggers' records are not sent one by one: they go
+into a per-process buffer that a daemon thread flushes every few milliseconds
+as one ``log_event`` on the ``daskflow`` topic (Dask's batched pub-sub), and
+the client applies them to its run records and re-emits the records through
+its own loggers. Final states travel without their values: a value leaves its
+worker only when someone asks for it.
+
+Messages must be msgpack-serialisable, so states and records are flattened
+to lists of plain values here and rebuilt by :func:`decode_state`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from distributed import get_worker
+
+from daskflow.engine import UNCHANGED, TaskCall, run_task_sync, transform
+from daskflow.exceptions import UpstreamFailedError
+from daskflow.logging import set_console_enabled
+from daskflow.runs import TaskRun, add_state_listener
+from daskflow.states import State, StateType
+
+__all__ = ["EVENT_TOPIC", "ItemRef", "UpstreamRef", "decode_state", "run_on_worker"]
+
+EVENT_TOPIC = "daskflow"
+_FLUSH_INTERVAL = 0.02
+_FLUSH_SIZE = 512
+
+
+class UpstreamRef:
+    """Stands for the state of upstream number ``index`` in the Dask task's dependencies."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (UpstreamRef, (self.index,))
+
+
+class ItemRef:
+    """Stands for item ``item`` of the list value of upstream number ``index``."""
+
+    __slots__ = ("index", "item")
+
+    def __init__(self, index: int, item: int) -> None:
+        self.index = index
+        self.item = item
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ItemRef, (self.index, self.item))
+
+
+def substitute(value: Any, upstream: list[State]) -> Any:
+    """``value`` with every reference replaced by its upstream state (or an item of its value)."""
+
+    def visit(leaf: Any, allowed: bool) -> Any:
+        if isinstance(leaf, UpstreamRef):
+            return upstream[leaf.index]
+        if isinstance(leaf, ItemRef):
+            state = upstream[leaf.index]
+            if not state.is_completed():
+                return state  # the engine turns it into UpstreamFailedError, or allow_failure's error
+            data: Any = state.data
+            try:
+                return data[leaf.item]
+            except Exception as exc:
+                raise UpstreamFailedError(f"item {leaf.item} of an upstream value could not be taken: {exc}") from exc
+        return UNCHANGED
+
+    return transform(value, visit, unwrap=False)[0]
+
+
+def encode_state(state: State) -> list[Any]:
+    return [state.type.value, state.name, state.message, state.epoch, state.traceback]
+
+
+def decode_state(encoded: list[Any]) -> State:
+    type_, name, message, ts, tb = encoded
+    return State(StateType(type_), name, message, timestamp=ts, traceback_text=tb)
+
+
+class _Forwarder(logging.Handler):
+    """Buffers this worker process's state changes and run log records for the client."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.buffer: list[list[Any]] = []
+        self.buffer_lock = threading.Lock()
+        self.wake = threading.Event()
+        self.worker: Any = None
+
+    def on_state(self, run: Any, state: State) -> None:
+        if isinstance(run, TaskRun):
+            self._add(["s", run.id, run.run_count, *encode_state(state)])
+
+    def emit(self, record: logging.LogRecord) -> None:
+        run_id = getattr(record, "task_run_id", None)
+        if run_id is None:
+            return
+        exc_text = None
+        if record.exc_info:
+            exc_text = self.formatter.formatException(record.exc_info) if self.formatter else logging.Formatter().formatException(record.exc_info)
+        self._add(
+            [
+                "l",
+                run_id,
+                record.name,
+                record.levelno,
+                record.getMessage(),
+                record.created,
+                exc_text,
+                getattr(record, "task_run_name", None),
+                getattr(record, "task_name", None),
+                getattr(record, "flow_run_id", None),
+                getattr(record, "flow_run_name", None),
+                getattr(record, "flow_name", None),
+            ]
+        )
+
+    def _add(self, item: list[Any]) -> None:
+        with self.buffer_lock:
+            self.buffer.append(item)
+            full = len(self.buffer) >= _FLUSH_SIZE
+        if full:
+            self.wake.set()
+
+    def flush_now(self) -> None:
+        with self.buffer_lock:
+            batch, self.buffer = self.buffer, []
+        if batch and self.worker is not None:
+            self.worker.log_event(EVENT_TOPIC, {"b": batch})
+
+    def run(self) -> None:
+        while True:
+            self.wake.wait(_FLUSH_INTERVAL)
+            self.wake.clear()
+            try:
+                self.flush_now()
+            except Exception:  # the worker is closing; nothing left to tell
+                return
+
+
+_forwarder: _Forwarder | None = None
+_forwarder_lock = threading.Lock()
+
+
+def _install_forwarder() -> _Forwarder:
+    global _forwarder
+    if _forwarder is None:
+        with _forwarder_lock:
+            if _forwarder is None:
+                forwarder = _Forwarder()
+                forwarder.worker = get_worker()
+                add_state_listener(forwarder.on_state)
+                logging.getLogger("daskflow").addHandler(forwarder)
+                # The client prints these records; the worker's stderr need not.
+                set_console_enabled(False)
+                threading.Thread(target=forwarder.run, name="daskflow-events", daemon=True).start()
+                _forwarder = forwarder
+    return _forwarder
+
+
+def flush_events() -> int:
+    """Send what this worker process has buffered now (called by the client at flow end)."""
+    forwarder = _forwarder
+    if forwarder is None:
+        return 0
+    with forwarder.buffer_lock:
+        count = len(forwarder.buffer)
+    forwarder.flush_now()
+    return count
+
+
+def run_on_worker(task: Any, flow_info: dict[str, Any], spec: tuple[Any, ...], upstream: list[State]) -> State:
+    """Run one task call on this worker; returns its final state (with its value)."""
+    forwarder = _install_forwarder()
+    run_id, name, map_index, upstream_ids, parameters, wait_for, run_count = spec
+    run = TaskRun(
+        id=run_id,
+        name=name,
+        task_name=task.name,
+        flow_run_id=flow_info.get("flow_run_id"),
+        map_index=map_index,
+        tags=task.options.tags,
+        upstream_ids=upstream_ids,
+        run_count=run_count,
+        worker=forwarder.worker.address if forwarder.worker is not None else None,
+    )
+    call = TaskCall(
+        task,
+        run,
+        substitute(parameters, upstream) if upstream else parameters,
+        tuple(substitute(list(wait_for), upstream)) if wait_for else (),
+        **flow_info,
+    )
+    started = time.monotonic()
+    state = run_task_sync(call)
+    if time.monotonic() - started > _FLUSH_INTERVAL:
+        forwarder.wake.set()  # a long task: report its end without waiting for the next tick
+    return state

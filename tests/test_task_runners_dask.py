@@ -1,0 +1,429 @@
+"""The Dask runner on real clusters: how it connects, what it sends, and how it fails.
+
+The contract suite (test_task_runners.py) already runs every behaviour shared
+by all runners on the session LocalCluster; this file covers what only the
+Dask runner has. Fault tests kill real worker processes with real signals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import dask.config
+import pytest
+from dask.utils import key_split
+from distributed import Client, LocalCluster
+
+from daskflow import flow, task
+from daskflow.context import get_flow_run_context
+from daskflow.exceptions import SchedulerUnreachableError, UnserializableInputError
+from daskflow.runs import FlowRun, add_state_listener, remove_state_listener
+from daskflow.states import State
+from daskflow.task_runners import DaskTaskRunner
+
+from conftest import TEST_DASK_CONFIG
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def flow_runs() -> Any:
+    """Every flow run that ends while the test runs, with its task runs."""
+    ended: list[FlowRun] = []
+
+    def listener(run: Any, state: State) -> None:
+        if isinstance(run, FlowRun) and state.is_final():
+            ended.append(run)
+
+    add_state_listener(listener)
+    yield ended
+    remove_state_listener(listener)
+
+
+def test_with_nothing_given_it_starts_a_loopback_cluster_and_closes_it() -> None:
+    seen: dict[str, Any] = {}
+
+    @task
+    def where() -> str:
+        return socket.gethostname()
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": 1}))
+    def pipeline() -> str:
+        ctx = get_flow_run_context()
+        assert ctx is not None
+        runner = ctx.task_runner
+        seen["runner"] = runner
+        seen["scheduler"] = runner.client.scheduler.address
+        seen["workers"] = list(runner.client.scheduler_info()["workers"])
+        return where()
+
+    assert pipeline() == socket.gethostname()
+    assert seen["scheduler"].startswith("tcp://127.0.0.1:"), seen["scheduler"]
+    assert seen["workers"] and all(w.startswith("tcp://127.0.0.1:") for w in seen["workers"]), seen["workers"]
+    assert seen["runner"].client is None and seen["runner"].cluster is None, "the cluster was left open"
+
+
+def test_an_active_default_client_is_used_and_left_open(dask_cluster: Any) -> None:
+    @task
+    def one() -> int:
+        return 1
+
+    @flow(task_runner=DaskTaskRunner())
+    def pipeline() -> str:
+        ctx = get_flow_run_context()
+        assert ctx is not None
+        return str(ctx.task_runner.client.scheduler.address) if one() == 1 else ""
+
+    with Client(dask_cluster) as client:  # becomes the default client, as in a notebook
+        assert pipeline() == client.scheduler.address
+        assert client.status == "running"
+        assert client.submit(lambda: 2).result() == 2
+
+
+def test_keys_are_named_after_the_task_and_maps_are_one_batch(dask_client: Client) -> None:
+    @task(name="extract-table")
+    def extract(i: int) -> int:
+        return i
+
+    keys: list[str] = []
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline() -> list[int]:
+        futures = extract.map(range(5))
+        keys.extend(f.dask_future.key for f in futures)  # type: ignore[attr-defined]
+        return futures.result()
+
+    assert pipeline() == [0, 1, 2, 3, 4]
+    assert {key_split(k) for k in keys} == {"extract-table"}, keys
+    assert len(set(keys)) == 5
+
+
+def test_an_unpicklable_argument_is_an_error_at_submit(dask_client: Client) -> None:
+    @task(name="load")
+    def load(conn: Any) -> None: ...
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline() -> None:
+        load.submit(threading.Lock())
+
+    with pytest.raises(UnserializableInputError) as info:
+        pipeline()
+    message = str(info.value)
+    assert "task 'load'" in message and "argument 'conn'" in message and "_thread.lock" in message, message
+    assert isinstance(info.value, TypeError)
+
+
+def test_an_unreachable_scheduler_fails_within_the_timeout() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    address = f"tcp://127.0.0.1:{port}"
+
+    @flow(task_runner=DaskTaskRunner(address=address))
+    def pipeline() -> None: ...
+
+    started = time.monotonic()
+    with dask.config.set({"daskflow.dask.connect_timeout": "1s"}):
+        with pytest.raises(SchedulerUnreachableError, match=f"no Dask scheduler answered at {address} within 1 s"):
+            pipeline()
+    elapsed = time.monotonic() - started
+    assert elapsed < 10, f"took {elapsed:.1f} s with a 1 s timeout"
+
+
+class Tracked:
+    """A value that notes every process it is unpickled in (to see where data travels)."""
+
+    def __init__(self, size: int, log: str) -> None:
+        self.payload = b"x" * size
+        self.log = log
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+def test_intermediate_values_never_pass_through_the_client(dask_client: Client, tmp_path: Path) -> None:
+    log = str(tmp_path / "unpickled")
+
+    @task
+    def make(i: int, log: str) -> Tracked:
+        return Tracked(100_000, log)
+
+    @task
+    def grow(t: Tracked) -> Tracked:
+        t.payload += b"y"
+        return t
+
+    @task
+    def total(ts: list[Tracked]) -> int:
+        return sum(len(t.payload) for t in ts)
+
+    @task
+    def listing(n: int) -> list[int]:
+        return list(range(n))
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline() -> tuple[int, int]:
+        made = make.map(range(10), log=log)
+        grown = grow.map(made)
+        doubled = total.submit(grown)
+        items = make.map(listing.submit(3), log=log)  # a map over a future's list
+        return doubled.result(), len(items)
+
+    assert pipeline() == (10 * 100_001, 3)
+    pids = Path(log).read_text().split() if Path(log).exists() else []
+    assert str(os.getpid()) not in pids, f"{pids.count(str(os.getpid()))} values were unpickled in the client"
+
+
+_USER_MODULE = '''
+from daskflow import task
+
+@task(name="shipped-square")
+def square(x: int) -> int:
+    return x * x
+
+HELPER_OFFSET = 1
+
+@task
+def plus_offset(x: int) -> int:
+    return x + HELPER_OFFSET
+'''
+
+
+@pytest.fixture
+def scheduler_and_workers(tmp_path: Path) -> Any:
+    """A `dask scheduler` and two `dask worker` processes on 127.0.0.1, in a folder of their own."""
+    scheduler_file = tmp_path / "scheduler.json"
+    workdir = tmp_path / "cluster"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT"] = "5s"
+    dask_cli = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    procs = [
+        subprocess.Popen(
+            [*dask_cli, "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+    ]
+    try:
+        _wait_for(scheduler_file.exists, 30, "the scheduler file")
+        for i in range(2):
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
+                     "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{i}"],
+                    cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
+            )
+        address = json.loads(scheduler_file.read_text())["address"]
+        with Client(address, timeout=10, set_as_default=False) as probe:
+            probe.wait_for_workers(2, timeout=30)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.mark.slow
+def test_separate_scheduler_and_workers_run_tasks_from_a_local_module(
+    scheduler_and_workers: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "userpkg"
+    package.mkdir()
+    (package / "daskflow_user_tasks.py").write_text(_USER_MODULE)
+    monkeypatch.syspath_prepend(str(package))
+    import daskflow_user_tasks as user  # type: ignore[import-not-found]
+
+    @flow(task_runner=DaskTaskRunner(address=scheduler_and_workers))
+    def pipeline() -> tuple[list[int], list[int]]:
+        ctx = get_flow_run_context()
+        assert ctx is not None
+        found = ctx.task_runner.client.run(lambda: __import__("importlib.util").util.find_spec("daskflow_user_tasks") is None)
+        assert all(found.values()), "the workers must not be able to import the user's module"
+        return user.square.map(range(4)).result(), user.plus_offset.map([1, 2]).result()
+
+    assert pipeline() == ([0, 1, 4, 9], [2, 3])
+
+
+def test_a_flow_runs_over_tls_and_plain_tcp_is_refused() -> None:
+    from distributed.security import Security
+
+    security = Security.temporary()
+
+    @task
+    def double(x: int) -> int:
+        return 2 * x
+
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tls", host="127.0.0.1",
+        security=security, dashboard_address="127.0.0.1:0",
+    ) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://127.0.0.1:"), address
+        with Client(address, security=security, set_as_default=False) as client:
+
+            @flow(task_runner=DaskTaskRunner(client=client))
+            def pipeline() -> list[int]:
+                return double.map([1, 2, 3]).result()
+
+            assert pipeline() == [2, 4, 6]
+        with pytest.raises((OSError, TimeoutError)):
+            Client(address.replace("tls://", "tcp://"), timeout=2, set_as_default=False)
+
+
+@pytest.fixture
+def fragile_cluster() -> Any:
+    """A cluster where a dead worker fails its task at once, so daskflow's retry policy decides."""
+    config = {**TEST_DASK_CONFIG, "distributed.scheduler.allowed-failures": 0}
+    with dask.config.set(config):
+        with LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address="127.0.0.1:0", silence_logs=50,
+        ) as cluster, Client(cluster, set_as_default=False) as client:
+            yield client
+
+
+@pytest.mark.slow
+def test_a_worker_killed_during_a_map_crashes_then_retries_the_item(
+    fragile_cluster: Client, tmp_path: Path, flow_runs: list[FlowRun]
+) -> None:
+    pid_file = tmp_path / "victim.pid"
+
+    @task(retries=2, retry_delay_seconds=0)
+    def work(i: int, pid_file: str) -> int:
+        if i == 50 and not os.path.exists(pid_file):
+            with open(pid_file + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(pid_file + ".tmp", pid_file)
+            for _ in range(3000):  # until the test kills this worker
+                time.sleep(0.01)
+        return i * 2
+
+    def killer() -> None:
+        _wait_for(pid_file.exists, 60, "item 50 to start")
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+
+    @flow(task_runner=DaskTaskRunner(client=fragile_cluster))
+    def pipeline() -> list[int]:
+        return work.map(range(200), pid_file=str(pid_file)).result()
+
+    assert pipeline() == [i * 2 for i in range(200)]
+    thread.join(5)
+    runs = {r.name: r for r in flow_runs[-1].task_runs}
+    victim = runs["work-50"]
+    names = [s.name for s in victim.state_history]
+    assert "Crashed" in names, names
+    assert names.index("Crashed") < len(names) - 1 and names[-1] == "Completed", names
+    assert "died" in (victim.state_history[names.index("Crashed")].message or "")
+    others = [r for name, r in runs.items() if name != "work-50"]
+    assert all(r.state.is_completed() for r in others), [r.state for r in others if not r.state.is_completed()]
+
+
+@pytest.mark.slow
+def test_a_task_that_kills_its_worker_ends_crashed_and_siblings_complete(fragile_cluster: Client) -> None:
+    @task(name="suicidal")
+    def suicidal() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    @task
+    def fine(i: int) -> int:
+        return i
+
+    seen: dict[str, Any] = {}
+
+    @flow(task_runner=DaskTaskRunner(client=fragile_cluster))
+    def pipeline() -> list[int]:
+        seen["crash"] = suicidal.submit(return_state=True)
+        return fine.map(range(10)).result()
+
+    started = time.monotonic()
+    assert pipeline() == list(range(10))
+    state = seen["crash"]
+    assert state.is_crashed(), state
+    assert "worker running task run 'suicidal-0' died" in (state.message or ""), state.message
+    assert time.monotonic() - started < 60
+
+
+_SIGINT_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from pathlib import Path
+    from daskflow import flow, task
+    from daskflow.task_runners import DaskTaskRunner
+    from daskflow.context import get_flow_run_context
+
+    marker = Path(sys.argv[1])
+
+    @task
+    def busy(i):
+        for _ in range(3000):
+            time.sleep(0.01)
+        return i
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1}))
+    def pipeline():
+        runner = get_flow_run_context().task_runner
+        pids = list(runner.client.run(os.getpid).values())
+        futures = busy.map(range(4))
+        marker.write_text(json.dumps(pids))
+        return futures.result()
+
+    if __name__ == "__main__":  # the cluster's worker processes import this module too
+        try:
+            pipeline()
+        except KeyboardInterrupt:
+            print("interrupted")
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigint_cancels_the_run_and_leaves_no_cluster_behind(tmp_path: Path) -> None:
+    script = tmp_path / "interrupted.py"
+    script.write_text(_SIGINT_SCRIPT)
+    marker = tmp_path / "pids.json"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "DASK_DASKFLOW__LOGGING__CONSOLE": "false"},
+    )
+    _wait_for(lambda: marker.exists() or proc.poll() is not None, 60, "the flow to start")
+    assert proc.poll() is None, proc.communicate()
+    worker_pids = json.loads(marker.read_text())
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "interrupted" in out, err[-2000:]
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # A zombie still answers kill(0); it is gone for our purpose once it is not running.
+        status = Path(f"/proc/{pid}/status")
+        return not status.exists() or "zombie" in status.read_text()
+
+    _wait_for(lambda: all(gone(p) for p in worker_pids), 30, f"worker processes {worker_pids} to exit")
