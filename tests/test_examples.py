@@ -77,13 +77,25 @@ EXPECTED_FACT_COUNTS = """
 """
 
 
+@pytest.mark.slow
+def test_demo_runs_on_a_local_dask_cluster(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    etl = load_example("orders_etl", monkeypatch)
+    db = tmp_path / "shop.db"
+    assert etl.main(["--db", str(db)]) == 0  # exactly what `make demo` runs
+    out = capsys.readouterr().out
+    assert "Dask LocalCluster with 2 workers; dashboard: http://127.0.0.1:" in out, out[:500]
+    assert query(db, "SELECT COUNT(*) FROM orders_fact") == [(300,)]
+
+
 def test_demo_loads_every_valid_order_once(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, daskflow_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     etl = load_example("orders_etl", monkeypatch)
     db = tmp_path / "shop.db"
 
-    assert etl.main(["--db", str(db)]) == 0
+    assert etl.main(["--db", str(db), "--runner", "threads"]) == 0
 
     days = len(etl.DAYS)
     assert etl.RAW_ROWS_PER_DAY == 108
@@ -119,10 +131,10 @@ def test_demo_run_twice_leaves_the_warehouse_unchanged(
     etl = load_example("orders_etl", monkeypatch)
     db = tmp_path / "shop.db"
 
-    assert etl.main(["--db", str(db)]) == 0
+    assert etl.main(["--db", str(db), "--runner", "threads"]) == 0
     first = query(db, "SELECT * FROM orders_fact ORDER BY order_id")
     capsys.readouterr()
-    assert etl.main(["--db", str(db)]) == 0
+    assert etl.main(["--db", str(db), "--runner", "threads"]) == 0
     second = query(db, "SELECT * FROM orders_fact ORDER BY order_id")
 
     assert len(first) == 300
@@ -135,7 +147,7 @@ def test_demo_run_twice_leaves_the_warehouse_unchanged(
 def test_demo_database_defaults_to_the_daskflow_home(monkeypatch: pytest.MonkeyPatch, daskflow_home: Path) -> None:
     etl = load_example("orders_etl", monkeypatch)
 
-    assert etl.main(["--date", "2024-01-15"]) == 0
+    assert etl.main(["--date", "2024-01-15", "--runner", "threads"]) == 0
 
     db = daskflow_home / "examples" / "orders_etl.db"
     assert query(db, "SELECT order_date, COUNT(*) FROM orders_fact GROUP BY 1") == [("2024-01-15", 100)]

@@ -30,6 +30,7 @@ import sys
 import sysconfig
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
@@ -136,6 +137,7 @@ class _EventRouter:
     def __init__(self, client: Client) -> None:
         self.runs: dict[str, TaskRun] = {}
         self.changed = threading.Condition()
+        self.synced: dict[str, int] = {}
         client.subscribe_topic(EVENT_TOPIC, self.handle)
 
     def handle(self, event: tuple[float, dict[str, Any]]) -> None:
@@ -150,6 +152,9 @@ class _EventRouter:
             except Exception:  # a malformed event must not stop the stream
                 _log.exception("could not apply a daskflow event from %s", worker)
         with self.changed:
+            token = message.get("sync")
+            if token is not None:
+                self.synced[token] = self.synced.get(token, 0) + 1
             self.changed.notify_all()
 
     def _apply_state(self, item: list[Any], worker: str | None) -> None:
@@ -547,17 +552,23 @@ class DaskTaskRunner(TaskRunner):
                     future.wait()
 
     def _sync_records(self) -> None:
-        """Make every run record final: flush the workers' events and wait (bounded) for them."""
+        """Bring every run record and log up to date: flush the workers' events and wait
+        (bounded) for each worker's sync marker to come back through the same stream."""
         if not self._futures or self.client is None:
             return
-        self.client.run(flush_events)
+        token = uuid.uuid4().hex
+        replies = self.client.run(flush_events, token)
+        expected = sum(1 for sent in replies.values() if sent)
+        router = self._router
         deadline = time.monotonic() + _EVENT_WAIT_SECONDS
-        with self._router.changed:
-            while any(not f.task_run.state.is_final() for f in self._futures):
+        with router.changed:
+            while router.synced.get(token, 0) < expected:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    _log.warning("some run events did not arrive within %g s; records may lag", _EVENT_WAIT_SECONDS)
                     break
-                self._router.changed.wait(remaining)
+                router.changed.wait(remaining)
+            router.synced.pop(token, None)
         for future in self._futures:
             if not future.task_run.state.is_final():
                 future._final_state()  # events were lost (a worker died): take the state itself

@@ -172,15 +172,18 @@ def _install_forwarder() -> _Forwarder:
     return _forwarder
 
 
-def flush_events() -> int:
-    """Send what this worker process has buffered now (called by the client at flow end)."""
+def flush_events(token: str) -> bool:
+    """Send what this worker process has buffered, then a ``sync`` marker with ``token``.
+
+    Events from one worker reach the client in order, so once the marker has
+    arrived, so has everything this worker reported before it.
+    """
     forwarder = _forwarder
-    if forwarder is None:
-        return 0
-    with forwarder.buffer_lock:
-        count = len(forwarder.buffer)
+    if forwarder is None or forwarder.worker is None:
+        return False
     forwarder.flush_now()
-    return count
+    forwarder.worker.log_event(EVENT_TOPIC, {"b": [], "sync": token})
+    return True
 
 
 def run_on_worker(task: Any, flow_info: dict[str, Any], spec: tuple[Any, ...], upstream: list[State]) -> State:
