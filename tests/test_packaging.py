@@ -67,6 +67,7 @@ def test_public_names_are_pinned() -> None:
             "__version__",
             "allow_failure",
             "as_completed",
+            "compile",
             "flow",
             "get_run_logger",
             "quote",

@@ -6,6 +6,7 @@ import line. This module only re-exports the public names.
 
 from daskflow._version import __version__
 from daskflow.annotations import allow_failure, quote, unmapped
+from daskflow.compiler import compile
 from daskflow.flows import Flow, flow
 from daskflow.futures import DaskflowFuture, as_completed, wait
 from daskflow.logging import get_run_logger
@@ -20,6 +21,7 @@ __all__ = [
     "__version__",
     "allow_failure",
     "as_completed",
+    "compile",
     "flow",
     "get_run_logger",
     "quote",

@@ -47,7 +47,7 @@ from daskflow.states import (
     TimedOut,
 )
 
-__all__ = ["FlowRunEngine", "generate_run_name", "run_flow_async", "run_flow_sync"]
+__all__ = ["FlowRunEngine", "ReturnValue", "generate_run_name", "run_flow_async", "run_flow_sync"]
 
 _ADJECTIVES = (
     "amber azure bold brave bright calm clever coral crimson daring eager fancy gentle golden "
