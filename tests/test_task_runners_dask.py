@@ -191,8 +191,14 @@ def test_intermediate_values_never_pass_through_the_client(dask_client: Client, 
     assert str(os.getpid()) not in pids, f"{pids.count(str(os.getpid()))} values were unpickled in the client"
 
 
+_USER_HELPERS = '''
+def offset() -> int:
+    return 1
+'''
+
 _USER_MODULE = '''
 from daskflow import task
+import daskflow_user_helpers
 
 @task(name="shipped-square")
 def square(x: int) -> int:
@@ -202,7 +208,7 @@ HELPER_OFFSET = 1
 
 @task
 def plus_offset(x: int) -> int:
-    return x + HELPER_OFFSET
+    return x + HELPER_OFFSET + daskflow_user_helpers.offset()
 '''
 
 
@@ -252,6 +258,7 @@ def test_separate_scheduler_and_workers_run_tasks_from_a_local_module(
     package = tmp_path / "userpkg"
     package.mkdir()
     (package / "daskflow_user_tasks.py").write_text(_USER_MODULE)
+    (package / "daskflow_user_helpers.py").write_text(_USER_HELPERS)
     monkeypatch.syspath_prepend(str(package))
     import daskflow_user_tasks as user  # type: ignore[import-not-found]
 
@@ -263,7 +270,7 @@ def test_separate_scheduler_and_workers_run_tasks_from_a_local_module(
         assert all(found.values()), "the workers must not be able to import the user's module"
         return user.square.map(range(4)).result(), user.plus_offset.map([1, 2]).result()
 
-    assert pipeline() == ([0, 1, 4, 9], [2, 3])
+    assert pipeline() == ([0, 1, 4, 9], [3, 4])
 
 
 def test_a_flow_runs_over_tls_and_plain_tcp_is_refused() -> None:
@@ -427,3 +434,14 @@ def test_sigint_cancels_the_run_and_leaves_no_cluster_behind(tmp_path: Path) -> 
         return not status.exists() or "zombie" in status.read_text()
 
     _wait_for(lambda: all(gone(p) for p in worker_pids), 30, f"worker processes {worker_pids} to exit")
+
+
+def test_config_makes_dask_the_default_runner(dask_cluster: Any) -> None:
+    @flow
+    def which() -> tuple[str, str]:
+        ctx = get_flow_run_context()
+        assert ctx is not None
+        return type(ctx.task_runner).__name__, ctx.task_runner.client.scheduler.address
+
+    with Client(dask_cluster) as client, dask.config.set({"daskflow.task_runner": "dask"}):
+        assert which() == ("DaskTaskRunner", client.scheduler.address)

@@ -195,16 +195,19 @@ def _emit_record(item: list[Any]) -> None:
     logger.handle(record)
 
 
-_routers: dict[int, _EventRouter] = {}
+_routers: dict[int, tuple[Client, _EventRouter]] = {}
 _routers_lock = threading.Lock()
 
 
 def _router_for(client: Client) -> _EventRouter:
     with _routers_lock:
-        router = _routers.get(id(client))
-        if router is None:
-            router = _routers[id(client)] = _EventRouter(client)
-        return router
+        for key, (known, _) in list(_routers.items()):
+            if known.status in ("closed", "closing"):  # forget closed clients (their ids get reused)
+                del _routers[key]
+        entry = _routers.get(id(client))
+        if entry is None or entry[0] is not client:
+            entry = _routers[id(client)] = (client, _EventRouter(client))
+        return entry[1]
 
 
 def _user_module(module: ModuleType) -> bool:
@@ -323,16 +326,33 @@ class DaskTaskRunner(TaskRunner):
         return entry[1]
 
     def _ship_code(self, task: Any) -> None:
-        """Send the task's module by value if the workers cannot import it."""
-        module = sys.modules.get(getattr(task.fn, "__module__", "") or "")
-        if module is None or module.__name__ in self._checked_modules or not _user_module(module):
+        """Send the user's own modules that the task needs by value, if the workers lack them.
+
+        The candidates are the task's module and the user modules its function
+        refers to (imported modules, functions and classes in its globals): the
+        code of a notebook or a project folder, which a remote cluster does not have.
+        """
+        fn = task.fn
+        names = {getattr(fn, "__module__", "") or ""}
+        for value in getattr(fn, "__globals__", {}).values():
+            if isinstance(value, ModuleType):
+                names.add(value.__name__)
+            elif callable(value) and isinstance(getattr(value, "__module__", None), str):
+                names.add(value.__module__)
+        candidates = [
+            name
+            for name in sorted(names - self._checked_modules)
+            if (module := sys.modules.get(name)) is not None and _user_module(module)
+        ]
+        self._checked_modules.update(names)
+        if not candidates:
             return
-        self._checked_modules.add(module.__name__)
         assert self.client is not None
-        found = self.client.run(lambda name: importlib.util.find_spec(name) is not None, module.__name__)
-        if not all(found.values()):
-            cloudpickle.register_pickle_by_value(module)
-            _log.debug("module %s is shipped to the workers by value", module.__name__)
+        found = self.client.run(_importable, candidates)
+        for name in candidates:
+            if not all(found_on_worker.get(name, False) for found_on_worker in found.values()):
+                cloudpickle.register_pickle_by_value(sys.modules[name])
+                _log.debug("module %s is shipped to the workers by value", name)
 
     def _spec(self, call: TaskCall, deps: list[distributed.Future], upstreams: list[DaskFuture]) -> tuple[Any, ...]:
         index: dict[Any, int] = {}
@@ -581,6 +601,17 @@ class DaskTaskRunner(TaskRunner):
             if not future.task_run.state.is_final():
                 future.task_run.set_state(Cancelled("the flow run was cancelled"))
             future.settle(future.task_run.state)
+
+
+def _importable(names: list[str]) -> dict[str, bool]:
+    """On a worker: which of these modules it can import."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found[name] = False
+    return found
 
 
 def _state_length(state: State) -> int | None:
