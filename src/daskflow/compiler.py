@@ -54,7 +54,7 @@ from daskflow.engine.task_engine import split_arguments
 from daskflow.exceptions import CompileError
 from daskflow.flows import Flow
 from daskflow.futures import DaskflowFuture
-from daskflow.logging import configure_console_logging, install_print_capture
+from daskflow.logging import configure_console_logging
 from daskflow.runs import FlowRun, TaskRun, new_run_id
 from daskflow.states import Failed, State, StateType
 from daskflow.task_runners import TaskRunner
@@ -215,8 +215,6 @@ def _run_traced_call(spec: _RunSpec, *values: Any) -> Any:
     )
     wait_for = tuple(_attach(item, values) for item in template.wait_for)
     call = dataclasses.replace(template, task_run=run, parameters=parameters, wait_for=wait_for)
-    if call.log_prints:
-        install_print_capture()  # a worker process has no flow run that would have installed it
     state = run_task_sync(call)
     return state if spec.returns_state else state.result()
 
