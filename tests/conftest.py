@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pytest
 
 from daskflow.task_runners import SequentialTaskRunner, ThreadPoolTaskRunner
@@ -137,3 +138,54 @@ def executions(tmp_path: Path) -> Iterator[Executions]:
     folder = tmp_path / "executions"
     folder.mkdir()
     yield Executions(folder)
+
+
+# -- storages: the same fixtures serve the result store and caching tests ----------------
+
+S3_BUCKET = "daskflow-results-test"
+
+
+@pytest.fixture(scope="session")
+def s3_options() -> Iterator[dict[str, Any]]:
+    pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    assert host == "127.0.0.1", f"moto must bind loopback only, bound {host}:{port}"
+    options: dict[str, Any] = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"},
+    }
+    boto3 = pytest.importorskip("boto3")
+    boto3.client(
+        "s3",
+        endpoint_url=options["client_kwargs"]["endpoint_url"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    ).create_bucket(Bucket=S3_BUCKET)
+    try:
+        yield options
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["file", "memory", "s3"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(url, storage_options) of an empty folder on each storage."""
+    kind = request.param
+    if kind == "file":
+        yield (tmp_path / "results").as_uri(), {}
+    elif kind == "memory":
+        url = f"memory://results-{uuid.uuid4().hex}"
+        yield url, {}
+        memory = fsspec.filesystem("memory")
+        if memory.exists(url):
+            memory.rm(url, recursive=True)
+    else:
+        options = request.getfixturevalue("s3_options")
+        yield f"s3://{S3_BUCKET}/{uuid.uuid4().hex}", options

@@ -41,56 +41,9 @@ pytestmark = pytest.mark.timeout(60)
 
 UTC = dt.UTC
 NOW = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-BUCKET = "daskflow-results-test"
 
 
 # -- storages ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def s3_options() -> Iterator[dict[str, Any]]:
-    pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    assert host == "127.0.0.1", f"moto must bind loopback only, bound {host}:{port}"
-    options: dict[str, Any] = {
-        "key": "testing",
-        "secret": "testing",
-        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"},
-    }
-    boto3 = pytest.importorskip("boto3")
-    boto3.client(
-        "s3",
-        endpoint_url=options["client_kwargs"]["endpoint_url"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    ).create_bucket(Bucket=BUCKET)
-    try:
-        yield options
-    finally:
-        server.stop()
-
-
-@pytest.fixture(params=["file", "memory", "s3"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(url, storage_options) of an empty folder on each storage."""
-    kind = request.param
-    if kind == "file":
-        yield (tmp_path / "results").as_uri(), {}
-    elif kind == "memory":
-        url = f"memory://results-{uuid.uuid4().hex}"
-        yield url, {}
-        memory = fsspec.filesystem("memory")
-        if memory.exists(url):
-            memory.rm(url, recursive=True)
-    else:
-        options = request.getfixturevalue("s3_options")
-        yield f"s3://{BUCKET}/{uuid.uuid4().hex}", options
 
 
 @pytest.fixture

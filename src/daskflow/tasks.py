@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from daskflow.annotations import BaseAnnotation, quote, unmapped
-from daskflow.cache_policies import resolve_cache_policy, task_input_hash
+from daskflow.cache_policies import resolve_cache_policy, task_input_hash, task_source_key
 from daskflow.context import get_flow_run_context, get_task_run_context
 from daskflow.engine import TaskCall, exponential_backoff, make_calls, run_task_async, run_task_sync
+from daskflow.engine.caching import caching_enabled
 from daskflow.exceptions import ConfigurationError
 from daskflow.futures import DaskflowFuture, DaskflowFutureList
 from daskflow.options import TaskOptions, build_options, with_changes
@@ -63,6 +64,7 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.options: TaskOptions = build_options(TaskOptions, fn, options)
         self.cache_policy = _cache_policy(self.options)
+        self._set_caching()
         self.isasync = inspect.iscoroutinefunction(fn)
         self._binder = Binder(fn, self.options.where())
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
@@ -206,7 +208,14 @@ class Task(Generic[P, R]):
         new = _task_from_state(type(self), dict(self.__dict__))
         new.options = with_changes(self.options, changes, self.fn)
         new.cache_policy = _cache_policy(new.options)
+        new._set_caching()
         return new
+
+    def _set_caching(self) -> None:
+        self.caching = caching_enabled(self.options)
+        if self.caching:
+            # Computed here, where the source is, so workers without it compute the same key.
+            self.source_key = task_source_key(self.fn)
 
     def _add_hook(self, option: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         self.options = with_changes(self.options, {option: (*getattr(self.options, option), fn)}, self.fn)

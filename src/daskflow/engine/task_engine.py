@@ -29,13 +29,15 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 from daskflow.context import TaskRunContext, use_task_run_context
+from daskflow.engine.caching import read_entry, result_store, storage_key, write_entry
 from daskflow.engine.calls import TaskCall
 from daskflow.engine.inputs import resolve_inputs, wait_for_all
 from daskflow.engine.retries import retry_delay
 from daskflow.engine.timeouts import call_with_timeout
-from daskflow.exceptions import CancelledRunError, RunTimeoutError, UpstreamFailedError
+from daskflow.exceptions import CancelledRunError, RunTimeoutError, UnhashableInputError, UpstreamFailedError
 from daskflow.logging import TASK_LOGGER, RunLoggerAdapter, install_print_capture, run_logger_for
-from daskflow.states import AwaitingRetry, Cancelled, Completed, Crashed, Failed, Retrying, Running, State, TimedOut
+from daskflow.results import ResultStore
+from daskflow.states import AwaitingRetry, Cached, Cancelled, Completed, Crashed, Failed, Retrying, Running, State, TimedOut
 
 __all__ = ["TaskRunEngine", "run_coroutine", "run_task_async", "run_task_sync", "split_arguments"]
 
@@ -92,7 +94,7 @@ def split_arguments(fn: Callable[..., Any], parameters: dict[str, Any]) -> tuple
 class TaskRunEngine:
     """The state machine of one task run (see the module docstring)."""
 
-    __slots__ = ("call", "task", "options", "run", "parameters", "context", "_logger")
+    __slots__ = ("call", "task", "options", "run", "parameters", "context", "store", "key", "_logger")
 
     def __init__(self, call: TaskCall) -> None:
         self.call = call
@@ -101,6 +103,8 @@ class TaskRunEngine:
         self.run = call.task_run
         self.parameters: dict[str, Any] = call.parameters
         self.context: TaskRunContext | None = None
+        self.store: ResultStore | None = None
+        self.key: str | None = None
         self._logger: RunLoggerAdapter | None = None
 
     @property
@@ -162,7 +166,27 @@ class TaskRunEngine:
             flow_parameters=call.flow_parameters,
             log_prints=call.log_prints,
         )
+        if getattr(self.task, "caching", False):
+            return self._look_up_cache()
         return None
+
+    def _look_up_cache(self) -> State | None:
+        """Compute the cache key; on a hit, end the run as Cached without running it."""
+        options = self.options
+        try:
+            key = self.task.cache_policy.compute_key(self.context, self.parameters, self.call.flow_parameters)
+        except UnhashableInputError as exc:
+            return self.finish(Failed(str(exc), exc), hooks=False)
+        if key is None:
+            return None
+        self.store = result_store(options.result_storage)
+        self.key = self.run.cache_key = storage_key(options.name, key)
+        if options.refresh_cache:
+            return None
+        entry = read_entry(self.store, self.key, self.logger)
+        if entry is None:
+            return None
+        return self.finish(Cached(entry.value, f"cache hit: {self.key}"))
 
     def begin_attempt(self) -> None:
         run = self.run
@@ -170,6 +194,8 @@ class TaskRunEngine:
         run.set_state(Running() if run.run_count == 1 else Retrying(f"attempt {run.run_count}"))
 
     def handle_success(self, value: Any) -> State:
+        if self.key is not None and self.store is not None:
+            write_entry(self.store, self.key, value, self.options, self.logger)
         return self.finish(Completed(value))
 
     def handle_exception(self, exc: BaseException) -> float | None:

@@ -1,0 +1,114 @@
+"""Caching around a task run: the key, the lookup before it runs, the write after it succeeds.
+
+A task caches when its author asked for it: a ``cache_policy``, a
+``cache_key_fn`` or ``persist_result=True`` (as in Prefect 3, where the default
+policy only takes effect with result persistence). Its key comes from the
+policy once the inputs are resolved; an argument that cannot be hashed fails
+the run with the policy's message, never a random key. The entry lives in the
+task's ``result_storage`` (or dask.config ``daskflow.results.storage``), where
+the run executes: on Dask, the worker reads and writes it itself.
+
+Storage trouble never fails a run and never loses a value: a corrupt entry is a
+miss (with a warning in the run's log) and a failed write is a warning. Only a
+successful run writes; a failed one never does. The stored key is prefixed with
+the task's name, so two tasks called with equal inputs never share an entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from daskflow import settings
+from daskflow.exceptions import ResultError
+from daskflow.logging import RunLoggerAdapter
+from daskflow.results import ResultStore, StoredResult
+
+__all__ = ["caching_enabled", "read_entry", "result_store", "storage_key", "write_entry"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_stores: dict[tuple[Any, ...], ResultStore] = {}
+_stores_lock = threading.Lock()
+
+
+def caching_enabled(options: Any) -> bool:
+    """True when the task's author asked for caching or result persistence."""
+    if options.cache_policy is not None or options.cache_key_fn is not None:
+        return True
+    persist = options.persist_result
+    if persist is None:
+        persist = settings.get("results.persist")
+    return bool(persist)
+
+
+def storage_key(task_name: str, key: str) -> str:
+    """The entry's name in storage: the task's name and the policy's key, file-name safe."""
+    prefix = _UNSAFE.sub("_", task_name).lstrip(".")[:40] or "task"
+    body = key if not _UNSAFE.search(key) and len(key) <= 80 else hashlib.sha256(key.encode()).hexdigest()
+    return f"{prefix}-{body}"
+
+
+def result_store(result_storage: Any) -> ResultStore:
+    """The store for a ``result_storage`` setting: a URL, a store, or an object with ``url``."""
+    if isinstance(result_storage, ResultStore):
+        return result_storage
+    if result_storage is None:
+        url, options = None, None
+    elif isinstance(result_storage, str):
+        url, options = result_storage, None
+    elif hasattr(result_storage, "url"):
+        url, options = result_storage.url, getattr(result_storage, "storage_options", None)
+    else:
+        raise ResultError(
+            f"result_storage must be an fsspec URL such as 's3://bucket/prefix', got {type(result_storage).__name__}"
+        )
+    cache_key = (url, repr(sorted((options or {}).items())), settings.get("results.storage"))
+    store = _stores.get(cache_key)
+    if store is None:
+        with _stores_lock:
+            store = _stores.get(cache_key)
+            if store is None:
+                store = _stores[cache_key] = ResultStore(url, options)
+    return store
+
+
+@contextmanager
+def _warnings_to(logger: RunLoggerAdapter) -> Iterator[None]:
+    # Warnings raised on a Dask worker would stay in its stderr: route them to the run's log.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        logger.warning("%s", warning.message)
+
+
+def read_entry(store: ResultStore, key: str, logger: RunLoggerAdapter) -> StoredResult | None:
+    """The stored entry for ``key``, or None on a miss (absent, expired or unusable)."""
+    with _warnings_to(logger):
+        try:
+            return store.read(key)
+        except Exception as exc:  # a storage we cannot even ask is a miss, not a failed run
+            logger.warning("cache lookup of %s failed (%s: %s); running the task", key, type(exc).__name__, exc)
+            return None
+
+
+def write_entry(store: ResultStore, key: str, value: Any, options: Any, logger: RunLoggerAdapter) -> bool:
+    """Store a successful run's value; a failure is a warning and the value is still returned."""
+    expiration = None
+    if options.cache_expiration is not None:
+        expiration = datetime.now(timezone.utc) + options.cache_expiration
+    serializer = options.result_serializer or settings.get("results.serializer")
+    with _warnings_to(logger):
+        try:
+            return store.write(key, value, task_name=options.name, expiration=expiration, serializer=serializer) is not None
+        except ResultError as exc:
+            logger.warning("the result was not cached: %s", exc)
+        except Exception as exc:
+            logger.warning("the result was not cached (%s: %s)", type(exc).__name__, exc)
+    return False

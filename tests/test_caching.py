@@ -1,0 +1,281 @@
+"""Caching in task runs: keys, hits and misses, expiry, refresh, and faults — on every runner
+and every storage.
+
+Executions are counted through the ``executions`` side channel (a file per
+execution), so "not executed on a hit" is measured, not inferred from states.
+``memory://`` lives in one process, so it is only paired with the runners that
+run tasks in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pytest
+
+from daskflow import flow, task
+from daskflow.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+from daskflow.context import get_flow_run_context
+from daskflow.exceptions import UnhashableInputError
+from daskflow.results import ResultStore
+from daskflow.states import State
+from daskflow.tasks import task_input_hash
+
+
+@pytest.fixture
+def storage(task_runner: Any, location: tuple[str, dict[str, Any]], request: pytest.FixtureRequest) -> Any:
+    """A result_storage for the runner under test: any location, but memory:// only in-process."""
+    url, options = location
+    if url.startswith("memory://") and type(task_runner).__name__ == "DaskTaskRunner":
+        pytest.skip("memory:// storage is per process; Dask workers are other processes")
+    return ResultStore(url, options)
+
+
+def _run_twice(pipeline: Any, *args: Any) -> tuple[Any, Any]:
+    first = pipeline(*args, return_state=True)
+    second = pipeline(*args, return_state=True)
+    return first, second
+
+
+def _flow_task_states(pipeline: Any, *args: Any) -> tuple[Any, list[State]]:
+    runs: dict[str, Any] = {}
+
+    @flow(task_runner=pipeline.task_runner)
+    def wrapper() -> Any:
+        value = pipeline.fn(*args)
+        ctx = get_flow_run_context()
+        assert ctx is not None
+        runs["flow"] = ctx.flow_run
+        return value
+
+    value = wrapper()
+    return value, [r.state for r in runs["flow"].task_runs]
+
+
+def test_a_second_run_is_all_hits_and_executes_nothing(task_runner: Any, storage: Any, executions: Any) -> None:
+    @task(cache_policy=INPUTS + TASK_SOURCE, result_storage=storage)
+    def transform(i: int) -> pd.DataFrame:
+        executions.record(f"transform-{i}")
+        return pd.DataFrame({"i": [i] * 3, "sq": [i * i] * 3})
+
+    @task
+    def total(frames: list[pd.DataFrame]) -> int:
+        return int(sum(f["sq"].sum() for f in frames))
+
+    @flow(task_runner=task_runner)
+    def pipeline(n: int) -> int:
+        return total(transform.map(range(n)))
+
+    cold, cold_states = _flow_task_states(pipeline, 6)
+    warm, warm_states = _flow_task_states(pipeline, 6)
+    assert cold == warm == 3 * sum(i * i for i in range(6))
+    assert len(executions.all()) == 6, f"{len(executions.all())} executions over two runs, expected 6"
+    cached = [s for s in warm_states if s.is_cached()]
+    assert len(cached) == 6, [s.name for s in warm_states]
+    assert all(s.is_completed() for s in cold_states) and not any(s.is_cached() for s in cold_states)
+
+
+def test_a_failed_run_never_writes_an_entry(task_runner: Any, storage: Any, executions: Any) -> None:
+    @task(cache_policy=INPUTS, result_storage=storage)
+    def flaky(x: int) -> int:
+        executions.record("flaky")
+        if executions.count("flaky") == 1:
+            raise ValueError("first attempt fails")
+        return x
+
+    @flow(task_runner=task_runner)
+    def pipeline() -> State:
+        return flaky.submit(1, return_state=True)  # type: ignore[return-value]
+
+    first = pipeline(return_state=True)
+    assert first.is_failed()
+    assert list(storage.entries()) == [], "a failed run wrote a cache entry"
+    assert pipeline() == 1
+    assert len(list(storage.entries())) == 1
+
+
+def test_refresh_cache_recomputes_and_overwrites(task_runner: Any, storage: Any, executions: Any) -> None:
+    @task(cache_policy=INPUTS, result_storage=storage)
+    def stamp(x: int) -> int:
+        executions.record("stamp")
+        return executions.count("stamp")
+
+    @flow(task_runner=task_runner)
+    def pipeline(refresh: bool) -> int:
+        return stamp.with_options(refresh_cache=refresh)(1)
+
+    assert pipeline(False) == 1
+    assert pipeline(False) == 1  # a hit
+    assert pipeline(True) == 2  # recomputed
+    assert pipeline(False) == 2  # and the entry was overwritten
+    assert executions.count("stamp") == 2
+
+
+def test_expired_entries_are_misses(task_runner: Any, storage: Any, executions: Any) -> None:
+    @task(cache_policy=INPUTS, cache_expiration=timedelta(seconds=0.5), result_storage=storage)
+    def short_lived(x: int) -> int:
+        executions.record("run")
+        return x
+
+    @flow(task_runner=task_runner)
+    def pipeline() -> int:
+        return short_lived(3)
+
+    pipeline()
+    pipeline()
+    assert executions.count("run") == 1
+    time.sleep(0.6)  # the entry's age, not synchronisation: expiry is about wall-clock time
+    pipeline()
+    assert executions.count("run") == 2
+
+
+def test_a_corrupt_entry_is_a_warning_and_one_recompute(
+    task_runner: Any, storage: Any, executions: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    @task(cache_policy=INPUTS, result_storage=storage)
+    def value(x: int) -> dict[str, int]:
+        executions.record("value")
+        return {"x": x}
+
+    @flow(task_runner=task_runner)
+    def pipeline() -> dict[str, int]:
+        return value(5)
+
+    assert pipeline() == {"x": 5}
+    [entry] = list(storage.entries())
+    with fsspec.open(entry.path, "wb", **storage.storage_options) as f:
+        f.write(b"PAR1 this is not a parquet file PAR1")
+    with caplog.at_level(logging.WARNING, logger="daskflow"):
+        assert pipeline() == {"x": 5}
+    assert executions.count("value") == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(entry.key in m for m in warnings), warnings
+    assert pipeline() == {"x": 5} and executions.count("value") == 2, "the recompute rewrote a good entry"
+
+
+def test_an_unhashable_argument_fails_the_run_naming_task_and_argument() -> None:
+    import threading
+
+    @task(name="load", cache_policy=INPUTS)
+    def load(conn: Any, table: str) -> str:
+        return table
+
+    @task(name="load-excluded", cache_policy=INPUTS - "conn")
+    def load_excluded(conn: Any, table: str) -> str:
+        return table
+
+    seen: dict[str, State] = {}
+
+    @flow
+    def pipeline() -> None:
+        seen["state"] = load(threading.Lock(), "orders", return_state=True)  # type: ignore[assignment]
+
+    pipeline()
+    state = seen["state"]
+    assert state.is_failed() and isinstance(state.exception, UnhashableInputError), state
+    message = state.message or ""
+    assert "load" in message and "conn" in message and "lock" in message.lower(), message
+    assert 'INPUTS - "conn"' in message, message
+
+    @flow
+    def excluded() -> str:
+        return load_excluded(threading.Lock(), "orders")
+
+    assert excluded() == "orders"
+
+
+def test_no_cache_and_tasks_without_a_policy_never_store(daskflow_home: Path) -> None:
+    @task
+    def plain(x: int) -> int:
+        return x
+
+    @task(cache_policy=NO_CACHE)
+    def opted_out(x: int) -> int:
+        return x
+
+    @flow
+    def pipeline() -> tuple[int, int]:
+        return plain(1), opted_out(2)
+
+    assert pipeline() == (1, 2)
+    results = daskflow_home / "results"
+    assert not results.exists() or not any(results.iterdir())
+
+
+def test_the_seed_task_input_hash_caches_by_arguments(daskflow_home: Path, executions: Any) -> None:
+    @task(cache_key_fn=task_input_hash, cache_expiration=timedelta(hours=1))
+    def extract_orders(execution_date: str) -> pd.DataFrame:
+        executions.record(execution_date)
+        return pd.DataFrame({"day": [execution_date]})
+
+    @flow
+    def etl(day: str) -> int:
+        return len(extract_orders(day))
+
+    assert etl("2024-01-15") == 1
+    assert etl("2024-01-15") == 1
+    assert etl("2024-01-16") == 1
+    assert executions.keys() == ["2024-01-15", "2024-01-16"]
+
+
+_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from daskflow import flow, task
+    from daskflow.cache_policies import INPUTS, TASK_SOURCE
+
+    @task(cache_policy=INPUTS + TASK_SOURCE)
+    def describe(payload: dict) -> str:
+        print("EXECUTED")
+        return repr(sorted(payload["set"])) + repr(payload["nested"])
+
+    @flow
+    def pipeline() -> str:
+        return describe({"set": {3, 1, 2}, "nested": {"b": [1.5, None], "a": ("x", b"y")}})
+
+    print(pipeline())
+    """
+)
+
+
+def test_keys_match_across_processes_with_different_hash_seeds(tmp_path: Path) -> None:
+    script = tmp_path / "cached_flow.py"
+    script.write_text(_SCRIPT)
+    env = {**os.environ, "DASKFLOW_HOME": str(tmp_path / "home"), "DASK_DASKFLOW__LOGGING__CONSOLE": "false"}
+    outputs = []
+    for seed in ("0", "1", "12345"):
+        result = subprocess.run(
+            [sys.executable, str(script)], env={**env, "PYTHONHASHSEED": seed}, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs.append(result.stdout)
+    executed = [out.count("EXECUTED") for out in outputs]
+    assert executed == [1, 0, 0], f"executions per process (hash seeds 0, 1, 12345): {executed}"
+
+
+def test_editing_the_source_misses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, executions: Any) -> None:
+    module = tmp_path / "edited_task_module.py"
+
+    def load_version(body: str) -> Any:
+        module.write_text(
+            "from daskflow import task\nfrom daskflow.cache_policies import INPUTS, TASK_SOURCE\n"
+            f"@task(cache_policy=INPUTS + TASK_SOURCE)\ndef compute(x):\n    {body}\n"
+        )
+        namespace: dict[str, Any] = {}
+        exec(compile(module.read_text(), str(module), "exec"), namespace)
+        return namespace["compute"]
+
+    first = load_version("return x + 1")
+    second = load_version("return x + 2")
+    assert first(1) == 2 and first(1) == 2
+    assert second(1) == 3, "an edited function must not read the old function's entry"
