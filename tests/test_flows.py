@@ -311,13 +311,18 @@ def test_sigint_cancels_the_flow_and_leaves_nothing_running(tmp_path: Path) -> N
         text=True,
         env={**os.environ, "DASK_DASKFLOW__LOGGING__CONSOLE": "false"},
     )
-    deadline = time.monotonic() + 30
-    while not marker.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the flow never started its tasks"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the flow never started its tasks"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # a failed assertion must not leave the flow running
+            proc.kill()
+            proc.communicate()
     states = json.loads(out.strip().splitlines()[-1])
     flow_states = [s for name, s in states.items() if not name.startswith("busy-")]
     task_states = {name: s for name, s in states.items() if name.startswith("busy-")}

@@ -417,12 +417,17 @@ def test_sigint_cancels_the_run_and_leaves_no_cluster_behind(tmp_path: Path) -> 
         [sys.executable, str(script), str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "DASK_DASKFLOW__LOGGING__CONSOLE": "false"},
     )
-    _wait_for(lambda: marker.exists() or proc.poll() is not None, 60, "the flow to start")
-    assert proc.poll() is None, proc.communicate()
-    worker_pids = json.loads(marker.read_text())
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert "interrupted" in out, err[-2000:]
+    try:
+        _wait_for(lambda: marker.exists() or proc.poll() is not None, 60, "the flow to start")
+        assert proc.poll() is None, proc.communicate()
+        worker_pids = json.loads(marker.read_text())
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert "interrupted" in out, err[-2000:]
+    finally:
+        if proc.poll() is None:  # a failed assertion must not leave the flow running
+            proc.kill()
+            proc.communicate()
 
     def gone(pid: int) -> bool:
         try:
