@@ -1,8 +1,10 @@
 """The benchmark driver runs every suite and writes the JSON the spec asks for.
 
 ``benchmarks/run_all.py --quick`` runs as a user would run it, in a
-subprocess; the test checks the shape of what it wrote (the W6 rows, with
-positive figures), never the timings themselves: these machines are shared
+subprocess; the test checks the shape of what it wrote (the W6 rows and the
+Dask suites' rows, with positive figures, and two counts that are contracts:
+no intermediate value through the client in W2, 300 executions in W5),
+never the timings themselves: these machines are shared
 and noisy, and the figures go in the issue's note, not in an assertion.
 """
 
@@ -14,6 +16,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,3 +63,26 @@ def test_run_all_quick_writes_the_w6_rows(tmp_path: Path) -> None:
     # The one table, printed at the end.
     assert "All suites (quick):" in done.stdout
     assert "W6 sequential task calls" in done.stdout.split("All suites (quick):")[1]
+    check_dask_suites(report["rows"])
+
+
+DASK_SUITES = {"W1": 1_000, "W2": 1_000, "W5": 100, "M1": 20_000}  # suite -> its --quick N
+
+
+def check_dask_suites(rows: list[dict[str, Any]]) -> None:
+    """The suites against raw Dask: their rows, and the two counts that are contracts, not timings."""
+    for suite, quick_n in DASK_SUITES.items():
+        mine = [row for row in rows if row["suite"] == suite]
+        assert mine, f"no {suite} rows"
+        for row in mine:
+            assert row["n"] == quick_n, (row["workload"], row["n"])
+            assert row["baseline"].startswith("raw Dask"), row["baseline"]
+            for key in ("daskflow_s", "baseline_s", "ratio"):
+                assert math.isfinite(row[key]) and row[key] > 0, (row["workload"], key, row[key])
+            assert row["metrics"]["daskflow_peak_rss_mib"] > 0
+    # W2: no intermediate value came to the client process, only the reduce's result.
+    for row in (r for r in rows if r["suite"] == "W2"):
+        assert row["metrics"]["daskflow_values_unpickled_in_client"] == 1, row["notes"]
+    # W5: every item ran three times (two planned failures, then success), no more, no less.
+    for row in (r for r in rows if r["suite"] == "W5"):
+        assert row["metrics"]["executions_min"] == row["metrics"]["executions_max"] == 300, row["notes"]

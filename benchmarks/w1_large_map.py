@@ -1,0 +1,187 @@
+"""M1 (W1 at N=100,000): a 100,000-item map and one reduce — the client's memory, and the time.
+
+The Dask-runner issue asks that a map of 100,000 items complete with bounded
+client memory, and for the peak RSS and the bytes per item. The workload is
+W1's (``inc.map(range(N))`` then one ``total`` reduce, versus raw Dask's
+``client.map`` + ``client.submit``); what changes is how memory is measured.
+
+A process's heap does not shrink back after a large run (and the scheduler
+fills logs of fixed length, e.g. its 100,000-entry transition log, during
+the first big run): measured in one process, whichever contender runs second
+reuses the first one's memory and looks leaner. So the cluster lives in this
+process, once, and each contender's run is a fresh client process that
+connects to it by address, warms up (N=200), runs the map once and reports
+its wall time, its RSS before the run and its lifetime peak RSS. The client
+figures are then the client's own, without the scheduler, and the bytes per
+item are ``(peak - RSS before) / N``. This process (the scheduler) reports
+its own peak during each run too, for reference; it is about the same for
+both, since the scheduler holds the same N tasks.
+
+Contenders alternate on the one cluster, daskflow first (if running first
+on a fresh scheduler costs anything, daskflow pays it). Two cores make this
+heavy: by default one repeat, and only ``worker-saturation: inf`` (Dask's
+default queuing costs 3-4 ms a task here, which would take raw Dask alone
+about 5 minutes at N=100,000; W1 reports both settings at N=10,000).
+Prefect is not run: at ~78 ms a task it would take two hours.
+
+The file is named ``w1_...`` so that ``run_all.py`` finds it (it runs
+``w<number>_<name>.py``); its rows say M1.
+
+    python benchmarks/w1_large_map.py            # N = 100,000 (about 5 minutes)
+    python benchmarks/w1_large_map.py --quick    # N = 20,000
+    python benchmarks/w1_large_map.py --variant default --variant "saturation inf"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from common import (
+    CLUSTER_VARIANTS,
+    Contender,
+    SuiteResult,
+    child_json,
+    comparison_row,
+    finish_suite,
+    local_cluster,
+    peak_rss_since_reset_mib,
+    quiet_daskflow,
+    raw_dask_pipeline,
+    release_memory,
+    reset_peak_rss,
+    rss_mib,
+    suite_arguments,
+    wait_until_idle,
+)
+
+SUITE = "M1"
+TITLE = "large map: inc.map(range(N)) + reduce, client peak RSS and bytes per item, daskflow versus raw Dask"
+WARMUP_N = 200
+CHILD_TIMEOUT_S = 1800
+CONTENDERS = ("daskflow", "raw Dask")
+
+
+def run_client(contender: str, address: str, n: int) -> dict[str, Any]:
+    """One contender's run, in this fresh client process, against the cluster at ``address``."""
+    quiet_daskflow()
+    from distributed import Client
+
+    # W1's functions, importable by the workers: both contenders ship the same references.
+    from w1_fanout import checked, daskflow_fanout, inc, total
+
+    with Client(address, set_as_default=False) as client:
+        if contender == "daskflow":
+            fanout = daskflow_fanout(client)
+            run = lambda size: fanout(size)  # noqa: E731
+        else:
+            run = lambda size: raw_dask_pipeline(client, range(size), [inc], total)  # noqa: E731
+        checked(run(WARMUP_N), WARMUP_N)
+        wait_until_idle(client)
+        release_memory()
+        before = rss_mib()
+        started = time.perf_counter()
+        checked(run(n), n)
+        seconds = time.perf_counter() - started
+        # The lifetime peak of this process: its imports and the warm-up are far below the run's.
+        peak = peak_rss_since_reset_mib()
+    return {"seconds": seconds, "rss_before_mib": before, "peak_rss_mib": peak}
+
+
+def measure_variant(variant: str, config: dict[str, Any], n: int, repeats: int) -> tuple[Any, list[str]]:
+    notes: list[str] = []
+    results = {name: Contender(name) for name in CONTENDERS}
+    growth_per_item: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    scheduler_peak: dict[str, float] = {name: 0.0 for name in CONTENDERS}
+    with local_cluster(config) as client:
+        address = client.scheduler.address
+        for repeat in range(max(1, repeats)):
+            for name in CONTENDERS if repeat % 2 == 0 else reversed(CONTENDERS):
+                wait_until_idle(client)
+                release_memory()
+                reset_peak_rss()
+                command = [sys.executable, __file__, "--child", name, "--address", address, "--n", str(n)]
+                figures, error = child_json(command, CHILD_TIMEOUT_S)
+                if figures is None:
+                    raise RuntimeError(f"M1 {name} run at N={n} [{variant}]: {error}")
+                scheduler_peak[name] = max(scheduler_peak[name], peak_rss_since_reset_mib())
+                contender = results[name]
+                contender.times.append(figures["seconds"])
+                contender.peak_rss_mib = max(contender.peak_rss_mib, figures["peak_rss_mib"])
+                growth = figures["peak_rss_mib"] - figures["rss_before_mib"]
+                contender.growth_mib = max(contender.growth_mib, growth)
+                growth_per_item[name].append(growth * 2**20 / n)
+    ours, base = results["daskflow"], results["raw Dask"]
+    ours_bytes, base_bytes = max(growth_per_item["daskflow"]), max(growth_per_item["raw Dask"])
+    memory_ratio = ours.peak_rss_mib / base.peak_rss_mib if base.peak_rss_mib else float("inf")
+    notes_text = (
+        f"client peak RSS {ours.peak_rss_mib:.0f} vs {base.peak_rss_mib:.0f} MiB ({memory_ratio:.2f}x); "
+        f"{ours_bytes:,.0f} vs {base_bytes:,.0f} B/item; "
+        f"{ours.best_s / n * 1e3:.2f} vs {base.best_s / n * 1e3:.2f} ms/task"
+    )
+    row = comparison_row(
+        SUITE,
+        f"large map+reduce, own client process [{variant}]",
+        n,
+        ours,
+        base,
+        notes=notes_text,
+        metrics={
+            "variant": variant,
+            "client_peak_rss_ratio": memory_ratio,
+            "daskflow_bytes_per_item": ours_bytes,
+            "baseline_bytes_per_item": base_bytes,
+            "daskflow_scheduler_process_peak_rss_mib": round(scheduler_peak["daskflow"], 1),
+            "baseline_scheduler_process_peak_rss_mib": round(scheduler_peak["raw Dask"], 1),
+            "rss_per_run": "yes: one fresh client process per run",
+        },
+    )
+    notes.append(
+        f"[{variant}] scheduler process peak RSS during the runs: daskflow {scheduler_peak['daskflow']:.0f}, "
+        f"raw Dask {scheduler_peak['raw Dask']:.0f} MiB"
+    )
+    return row, notes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = suite_arguments(__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--n", type=int, default=None, help="map size (default 100,000; 20,000 with --quick)")
+    parser.add_argument(
+        "--variant",
+        choices=[name for name, _ in CLUSTER_VARIANTS],
+        action="append",
+        help="scheduler setting to run; repeatable (default: saturation inf only)",
+    )
+    parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    n = args.n or (20_000 if args.quick else 100_000)
+
+    if args.child:
+        print(json.dumps(run_client(args.child, args.address, n)), flush=True)
+        return 0
+
+    repeats = args.repeats or 1
+    wanted = args.variant or ["saturation inf"]
+    result = SuiteResult(SUITE, TITLE, quick=args.quick)
+    for variant, config in CLUSTER_VARIANTS:
+        if variant in wanted:
+            row, notes = measure_variant(variant, config, n, repeats)
+            result.rows.append(row)
+            result.notes.extend(notes)
+    if "default" not in wanted:
+        result.notes.append("default queuing not run (about 5 min for raw Dask alone at N=100,000); pass --variant default")
+    result.notes.append(
+        f"best of {repeats}; each run in a fresh client process connected to one cluster (scheduler in the "
+        f"suite's process), after a warm-up of N={WARMUP_N}; B/item = (client peak - RSS before the run) / N"
+    )
+    result.notes.append("Prefect 3 not run here: at ~78 ms a task, 100,000 tasks take about two hours")
+    return finish_suite(result, args.json)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
