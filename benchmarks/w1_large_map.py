@@ -28,7 +28,7 @@ The file is named ``w1_...`` so that ``run_all.py`` finds it (it runs
 ``w<number>_<name>.py``); its rows say M1.
 
     python benchmarks/w1_large_map.py            # N = 100,000 (about 5 minutes)
-    python benchmarks/w1_large_map.py --quick    # N = 20,000
+    python benchmarks/w1_large_map.py --quick    # N = 5,000
     python benchmarks/w1_large_map.py --variant default --variant "saturation inf"
 """
 
@@ -149,7 +149,7 @@ def measure_variant(variant: str, config: dict[str, Any], n: int, repeats: int) 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = suite_arguments(__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--n", type=int, default=None, help="map size (default 100,000; 20,000 with --quick)")
+    parser.add_argument("--n", type=int, default=None, help="map size (default 100,000; 5,000 with --quick)")
     parser.add_argument(
         "--variant",
         choices=[name for name, _ in CLUSTER_VARIANTS],
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    n = args.n or (20_000 if args.quick else 100_000)
+    n = args.n or (5_000 if args.quick else 100_000)
 
     if args.child:
         print(json.dumps(run_client(args.child, args.address, n)), flush=True)
