@@ -396,7 +396,9 @@ _SIGINT_SCRIPT = textwrap.dedent(
         runner = get_flow_run_context().task_runner
         pids = list(runner.client.run(os.getpid).values())
         futures = busy.map(range(4))
-        marker.write_text(json.dumps(pids))
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps(pids))
+        os.replace(tmp, marker)  # atomic: the test must never read it half-written
         return futures.result()
 
     if __name__ == "__main__":  # the cluster's worker processes import this module too
