@@ -41,6 +41,14 @@ def _wait_for(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
+def _read_json(path: Path) -> Any:
+    """The file's JSON, or None while it is absent or still being written."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 @pytest.fixture
 def flow_runs() -> Any:
     """Every flow run that ends while the test runs, with its task runs."""
@@ -228,7 +236,7 @@ def scheduler_and_workers(tmp_path: Path) -> Any:
         )
     ]
     try:
-        _wait_for(scheduler_file.exists, 30, "the scheduler file")
+        _wait_for(lambda: _read_json(scheduler_file) is not None, 30, "the scheduler file")
         for i in range(2):
             procs.append(
                 subprocess.Popen(
@@ -237,7 +245,7 @@ def scheduler_and_workers(tmp_path: Path) -> Any:
                     cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )
             )
-        address = json.loads(scheduler_file.read_text())["address"]
+        address = _read_json(scheduler_file)["address"]
         with Client(address, timeout=10, set_as_default=False) as probe:
             probe.wait_for_workers(2, timeout=30)
         yield address
