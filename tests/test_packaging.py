@@ -17,9 +17,13 @@ import daskflow
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# conda-forge names that differ from the PyPI name of the same package.
+_CONDA_TO_PYPI = {"python-graphviz": "graphviz"}
+
+
 def _normalise(requirement: str) -> str:
-    name = re.split(r"[<>=!~\[; ]", requirement.strip(), maxsplit=1)[0]
-    return name.lower().replace("_", "-")
+    name = re.split(r"[<>=!~\[; ]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+    return _CONDA_TO_PYPI.get(name, name)
 
 
 def test_pyproject_and_environment_yml_list_the_same_dependencies() -> None:

@@ -88,19 +88,27 @@ def bind_arguments(
     return Binder(fn, where).bind(args, kwargs)
 
 
+_PLAIN_TYPES = frozenset({int, float, str, bool, bytes})
+
+
 class ParameterSchema:
-    """Validates and coerces a function's arguments against its type hints (pydantic)."""
+    """Validates and coerces a function's arguments against its type hints (pydantic).
+
+    A call whose annotated arguments are all exactly of their plain hinted type
+    (an ``int`` for ``int``, a ``str`` for ``str``, ...) is valid as it is: it
+    skips pydantic, which is then not even imported. Everything else is
+    validated and coerced by a model built once per function.
+    """
 
     def __init__(self, fn: Callable[..., Any], where: str) -> None:
         self._fn = fn
         self._where = where
         self._model: Any = None
-        self._annotated: set[str] = set()
+        self._fields: dict[str, tuple[Any, Any]] | None = None
+        self._plain: dict[str, type] = {}
         self._defaults: dict[str, Any] = {}
 
-    def _build(self) -> Any:
-        import pydantic  # heavy: imported on the first validated call, not at import time
-
+    def _read_hints(self) -> dict[str, tuple[Any, Any]]:
         try:
             hints = typing.get_type_hints(self._fn)
         except Exception:  # unresolvable forward references: fall back to the raw annotations
@@ -112,41 +120,52 @@ class ParameterSchema:
             hint = hints.get(name, inspect.Parameter.empty)
             if hint is inspect.Parameter.empty or hint is Any:
                 continue
-            self._annotated.add(name)
             default = ... if param.default is inspect.Parameter.empty else param.default
             if default is not ...:
                 self._defaults[name] = default
             fields[name] = (hint, default)
+        if all(hint in _PLAIN_TYPES for hint, _ in fields.values()):
+            self._plain = {name: hint for name, (hint, _) in fields.items()}
+        return fields
+
+    def _build(self, fields: dict[str, Any]) -> Any:
+        import pydantic  # heavy: imported on the first call that needs it, not at import time
+
         config = pydantic.ConfigDict(arbitrary_types_allowed=True)
         return pydantic.create_model(f"{self._fn.__name__}_parameters", __config__=config, **fields)
 
     def validate(self, values: dict[str, Any]) -> dict[str, Any]:
         """Return ``values`` with annotated parameters validated and coerced."""
-        import pydantic
-
-        if self._model is None:
-            self._model = self._build()
-        if not self._annotated:
+        fields = self._fields
+        if fields is None:
+            fields = self._fields = self._read_hints()
+        if not fields:
             return values
         # A default is the author's choice, not the caller's input: like pydantic,
         # do not validate it (the seed's `execution_date: str = None` relies on this).
         subset = {
             k: v
             for k, v in values.items()
-            if k in self._annotated and not (k in self._defaults and v is self._defaults[k])
+            if k in fields and not (k in self._defaults and v is self._defaults[k])
         }
+        plain = self._plain
+        if not subset or plain and all(type(v) is plain[k] for k, v in subset.items()):
+            return values
+        import pydantic
+
+        if self._model is None:
+            self._model = self._build(fields)
         try:
             model = self._model.model_validate(subset)
         except pydantic.ValidationError as exc:
             raise ParameterValidationError(self._describe(exc, values)) from None
         coerced = dict(values)
-        for name in self._annotated:
-            if name in subset:
-                coerced[name] = getattr(model, name)
+        for name in subset:
+            coerced[name] = getattr(model, name)
         return coerced
 
     def _describe(self, exc: Any, values: Mapping[str, Any]) -> str:
-        hints = typing.get_type_hints(self._fn) if self._annotated else {}
+        hints = typing.get_type_hints(self._fn) if self._fields else {}
         lines = [f"{self._where}: invalid parameters, no task was run:"]
         for error in exc.errors():
             loc = error.get("loc", ())

@@ -19,6 +19,7 @@ from typing import Any
 from daskflow.context import FlowRunContext, TaskRunContext, get_flow_run_context, get_task_run_context
 from daskflow.engine.inputs import find_upstream_runs
 from daskflow.runs import TaskRun, new_run_id
+from daskflow.states import Pending
 
 __all__ = ["TaskCall", "make_calls"]
 
@@ -105,6 +106,7 @@ def make_calls(
     log_prints = default_prints if options.log_prints is None else options.log_prints
     flow_run_id = flow_fields.get("flow_run_id")
     calls = []
+    pending = Pending()  # one shared record: the runs of a batch became pending together
     for map_index, params in enumerate(parameter_sets):
         upstream = find_upstream_runs(params.values())
         run = TaskRun(
@@ -115,6 +117,7 @@ def make_calls(
             map_index=map_index if mapped else None,
             tags=options.tags,
             upstream_ids=upstream + wait_ids if wait_ids else upstream,
+            state=pending,
         )
         calls.append(
             TaskCall(task, run, params, wait, log_prints=log_prints, **flow_fields)

@@ -22,6 +22,7 @@ waiting thread, never in Dask's callback thread.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import logging
@@ -45,8 +46,7 @@ from daskflow.annotations import BaseAnnotation
 from daskflow.engine import UNCHANGED, TaskCall, TaskRunEngine, retry_delay, transform
 from daskflow.exceptions import ConfigurationError, SchedulerUnreachableError, UnserializableInputError
 from daskflow.futures import DaskflowFuture
-from daskflow.runs import TaskRun
-from daskflow.states import AwaitingRetry, Cancelled, Crashed, Failed, State
+from daskflow.states import AwaitingRetry, Cancelled, Crashed, Failed, State, StateType
 from daskflow.task_runners.base import TaskRunner
 from daskflow.task_runners.dask_worker import EVENT_TOPIC, ItemRef, UpstreamRef, decode_state, flush_events, run_on_worker
 
@@ -54,7 +54,11 @@ __all__ = ["DaskFuture", "DaskTaskRunner", "MapItem"]
 
 _log = logging.getLogger("daskflow.dask")
 _EVENT_WAIT_SECONDS = 5.0
-_INLINE_BYTES = 16 * 1024
+_REPORT_WAIT_SECONDS = 0.1  # how long the final states of a flow run's last runs may take to arrive
+_INLINE_BYTES = 2 << 20  # bytes of a shared object over all the tasks of one submission
+_NO_UPSTREAMS: tuple[DaskFuture, ...] = ()
+# The parameters of a call that ended on the cluster, once the client has let them go.
+RELEASED_PARAMETERS: dict[str, Any] = {}
 
 
 class MapItem(BaseAnnotation[Any]):
@@ -73,16 +77,19 @@ class MapItem(BaseAnnotation[Any]):
 class DaskFuture(DaskflowFuture[Any]):
     """A task run on a Dask cluster; resolves to its final state."""
 
-    __slots__ = ("_runner", "call", "dask_future", "upstreams", "_settled", "_lock")
+    # A map of 100,000 items makes 100,000 of these: no per-future lock or list (recovery
+    # takes the runner's lock; a run without upstreams shares one empty tuple).
+    __slots__ = ("_runner", "call", "dask_future", "upstreams", "_settled")
 
-    def __init__(self, runner: DaskTaskRunner, call: TaskCall, dask_future: distributed.Future, upstreams: list[DaskFuture]) -> None:
+    def __init__(
+        self, runner: DaskTaskRunner, call: TaskCall, dask_future: distributed.Future, upstreams: Sequence[DaskFuture]
+    ) -> None:
         super().__init__(call.task_run)
         self._runner = runner
         self.call = call
         self.dask_future = dask_future
         self.upstreams = upstreams
         self._settled: State | None = None
-        self._lock = threading.Lock()
 
     def done(self) -> bool:
         return self._settled is not None or self.dask_future.status == "finished"
@@ -135,9 +142,13 @@ class _EventRouter:
     """Applies the ``daskflow`` events of one client to this process's run records."""
 
     def __init__(self, client: Client) -> None:
-        self.runs: dict[str, TaskRun] = {}
+        self.runs: dict[str, TaskCall] = {}
         self.changed = threading.Condition()
         self.synced: dict[str, int] = {}
+        # Modules already checked on this client's workers (see DaskTaskRunner._ship_code),
+        # valid while the set of workers is the one they were checked on.
+        self.checked_modules: set[str] = set()
+        self.checked_workers: frozenset[str] = frozenset()
         client.subscribe_topic(EVENT_TOPIC, self.handle)
 
     def handle(self, event: tuple[float, dict[str, Any]]) -> None:
@@ -159,14 +170,25 @@ class _EventRouter:
 
     def _apply_state(self, item: list[Any], worker: str | None) -> None:
         _, run_id, run_count, *encoded = item
-        run = self.runs.get(run_id)
-        if run is None:
+        call = self.runs.get(run_id)
+        if call is None:
             return
+        run = call.task_run
         if run.state.is_final() and run_count <= run.run_count:
             return  # a late event of an attempt the client already ended
         run.run_count = max(run.run_count, run_count)
         run.worker = worker
-        run.set_state(decode_state(encoded))
+        if len(encoded) > 5 and run.start_time is None:  # a folded Running event: its start time
+            run.start_time = encoded[5]
+        state = decode_state(encoded)
+        run.set_state(state)
+        if state.is_final():
+            # Done on the cluster, which keeps its own graph for recomputing a lost value:
+            # what the client kept to resubmit the run is dead weight (a map of 100,000 items).
+            # The marker also tells the runner that this run's records have all arrived.
+            del self.runs[run_id]
+            call.parameters = RELEASED_PARAMETERS
+            call.wait_for = ()
 
 
 def _emit_record(item: list[Any]) -> None:
@@ -210,14 +232,20 @@ def _router_for(client: Client) -> _EventRouter:
         return entry[1]
 
 
+@functools.cache
+def _installed_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths["stdlib"], paths["purelib"], paths["platlib"]}
+    roots.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+    return tuple(root for root in roots if root)
+
+
 def _user_module(module: ModuleType) -> bool:
     """True for a module of the user's own code (not the standard library, not installed)."""
     path = getattr(module, "__file__", None)
     if not path or module.__name__ == "__main__":
         return False
-    roots = {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-    roots.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
-    return not any(path.startswith(root) for root in roots if root)
+    return not path.startswith(_installed_roots())
 
 
 class DaskTaskRunner(TaskRunner):
@@ -254,10 +282,11 @@ class DaskTaskRunner(TaskRunner):
         self.cluster: Any = None
         self._owns_client = False
         self._futures: list[DaskFuture] = []
-        self._shared_objects: dict[int, tuple[Any, Any]] = {}
+        self._reported_upto = 0
+        self._shared_objects: dict[int, tuple[Any, Any, int]] = {}
         self._flow_infos: dict[tuple[str | None, bool], dict[str, Any]] = {}
-        self._checked_modules: set[str] = set()
         self._cancelled = False
+        self._recovery_lock = threading.RLock()
 
     # -- connecting ------------------------------------------------------------------------
 
@@ -310,20 +339,24 @@ class DaskTaskRunner(TaskRunner):
 
     # -- submitting ------------------------------------------------------------------------
 
-    def _shared(self, obj: Any) -> Any:
-        """``obj`` itself if it pickles small, else a future of it scattered once for this runner.
+    def _shared(self, obj: Any, count: int) -> Any:
+        """``obj`` itself, or a future of it scattered once for this runner.
 
-        A small object inside ``client.map`` costs nothing (the message pickles it
-        once); a large one is better scattered, at the price of a dependency per task.
+        An object inside ``client.map`` is pickled into every one of its tasks:
+        nothing for a few small tasks, but a 1 KB task object in each of 100,000
+        tasks is 100 MB through the scheduler. Past :data:`_INLINE_BYTES` in all,
+        it is scattered once, at the price of a dependency per task.
         """
         entry = self._shared_objects.get(id(obj))
-        if entry is None:
-            assert self.client is not None
-            shared: Any = obj
-            if len(cloudpickle.dumps(obj)) > _INLINE_BYTES:
-                [shared] = self.client.scatter([obj], hash=False, broadcast=True)
-            entry = self._shared_objects[id(obj)] = (obj, shared)  # keep obj alive so its id is not reused
-        return entry[1]
+        if entry is not None and (entry[1] is not obj or entry[2] * count <= _INLINE_BYTES):
+            return entry[1]
+        assert self.client is not None
+        size = entry[2] if entry is not None else len(cloudpickle.dumps(obj))
+        shared: Any = obj
+        if size * count > _INLINE_BYTES:
+            [shared] = self.client.scatter([obj], hash=False, broadcast=True)
+        self._shared_objects[id(obj)] = (obj, shared, size)  # keeps obj alive so its id is not reused
+        return shared
 
     def _ship_code(self, task: Any) -> None:
         """Send the user's own modules that the task needs by value, if the workers lack them.
@@ -339,15 +372,19 @@ class DaskTaskRunner(TaskRunner):
                 names.add(value.__name__)
             elif callable(value) and isinstance(getattr(value, "__module__", None), str):
                 names.add(value.__module__)
+        router = self._router
+        assert self.client is not None
+        workers = frozenset(self.client.scheduler_info().get("workers", ()))  # the client's cached view
+        if workers != router.checked_workers:  # a new worker may lack what the others have
+            router.checked_modules, router.checked_workers = set(), workers
         candidates = [
             name
-            for name in sorted(names - self._checked_modules)
+            for name in sorted(names - router.checked_modules)
             if (module := sys.modules.get(name)) is not None and _user_module(module)
         ]
-        self._checked_modules.update(names)
+        router.checked_modules.update(names)
         if not candidates:
             return
-        assert self.client is not None
         found = self.client.run(_importable, candidates)
         for name in candidates:
             if not all(found_on_worker.get(name, False) for found_on_worker in found.values()):
@@ -411,42 +448,59 @@ class DaskTaskRunner(TaskRunner):
         return futures
 
     def _submit_group(self, calls: Sequence[TaskCall], keys: list[str] | None = None) -> list[DaskFuture]:
+        """Submit calls of one task: one ``client.map`` per window of ``daskflow.dask.map_window`` calls.
+
+        A window bounds what a huge map holds at once on the client (the specs, the
+        graph message): 100,000 items go as ten messages of 10,000, not one of 100,000.
+        """
         assert self.client is not None
         task = calls[0].task
         self._ship_code(task)
-        task_ref = self._shared(task)
+        task_ref = self._shared(task, len(calls))
         flow_info = self._flow_info(calls[0])
-        flow_ref = self._shared(flow_info)
+        flow_ref = self._shared(flow_info, len(calls))
+        window = max(1, int(settings.get("dask.map_window")))
+        made: list[DaskFuture] = []
+        with distributed.span(f"flow {flow_info['flow_name']} run {flow_info['flow_run_name']}"):
+            for start in range(0, len(calls), window):
+                part = calls[start : start + window]
+                made.extend(self._submit_window(task, task_ref, flow_ref, part, keys[start : start + window] if keys else None))
+        self._futures.extend(made)
+        return made
+
+    def _submit_window(
+        self, task: Any, task_ref: Any, flow_ref: Any, calls: Sequence[TaskCall], keys: list[str] | None
+    ) -> list[DaskFuture]:
+        assert self.client is not None
         specs, deps_lists, ups_lists = [], [], []
+        runs = self._router.runs
         for call in calls:
             deps: list[distributed.Future] = []
             ups: list[DaskFuture] = []
             specs.append(self._spec(call, deps, ups))
             deps_lists.append(deps)
-            ups_lists.append(ups)
-            self._router.runs[call.task_run.id] = call.task_run
+            ups_lists.append(ups or _NO_UPSTREAMS)
+            runs[call.task_run.id] = call
         if keys is None:
-            keys = [f"{task.name}-{call.task_run.id.replace('-', '')}" for call in calls]
+            prefix = f"{task.name}-"
+            keys = [prefix + call.task_run.id.replace("-", "") for call in calls]
         count = len(calls)
         try:
-            with distributed.span(f"flow {flow_info['flow_name']} run {flow_info['flow_run_name']}"):
-                dask_futures = self.client.map(
-                    run_on_worker,
-                    [task_ref] * count,
-                    [flow_ref] * count,
-                    specs,
-                    deps_lists,
-                    key=keys,
-                    pure=False,
-                    resources=task.options.resources,
-                )
+            dask_futures = self.client.map(
+                run_on_worker,
+                [task_ref] * count,
+                [flow_ref] * count,
+                specs,
+                deps_lists,
+                key=keys,
+                pure=False,
+                resources=task.options.resources,
+            )
         except TypeError as exc:
             if "serialize" not in str(exc):
                 raise
             raise _unserializable(calls) from None
-        made = [DaskFuture(self, call, dask_future, ups) for call, dask_future, ups in zip(calls, dask_futures, ups_lists)]
-        self._futures.extend(made)
-        return made
+        return [DaskFuture(self, call, dask_future, ups) for call, dask_future, ups in zip(calls, dask_futures, ups_lists)]
 
     def call(self, call: TaskCall) -> State:
         """A direct task call runs on the cluster too; its value comes back here."""
@@ -469,7 +523,7 @@ class DaskTaskRunner(TaskRunner):
 
     def recover(self, future: DaskFuture) -> bool:
         """Handle an erred Dask future. True if it was resubmitted, False if it is settled."""
-        with future._lock:
+        with self._recovery_lock:
             if future._settled is not None or future.dask_future.status not in ("error", "cancelled"):
                 return future._settled is None
             run = future.task_run
@@ -508,6 +562,15 @@ class DaskTaskRunner(TaskRunner):
                 state = Crashed(f"Dask could not run task run {run.name!r}: {type(exc).__name__}: {exc}", exc)
             run.run_count = max(run.run_count + 1, 1)
             options = future.call.task.options
+            if future.call.parameters is RELEASED_PARAMETERS:  # it completed, then its value was lost
+                state = Crashed(
+                    f"task run {run.name!r} completed, then the Dask worker holding its value died and Dask "
+                    f"could not recompute it ({type(exc).__name__}: {exc})",
+                    exc,
+                )
+                run.set_state(state)  # after the Completed whose value is gone
+                future.settle(state)
+                return False
             if state.is_crashed() and run.run_count <= options.retries:
                 run.set_state(state)
                 delay = retry_delay(options.retry_delay_seconds, options.retries, run.run_count - 1, options.retry_jitter_factor)
@@ -542,6 +605,7 @@ class DaskTaskRunner(TaskRunner):
                 for future in self._futures:
                     self._router.runs.pop(future.task_run.id, None)
             self._futures = []
+            self._reported_upto = 0
             self._shared_objects = {}
             self._flow_infos = {}
             if self._owns_client and self.client is not None:
@@ -571,15 +635,38 @@ class DaskTaskRunner(TaskRunner):
                 if future.dask_future.status in ("error", "cancelled"):
                     future.wait()
 
+    def _all_reported(self) -> bool:
+        """True when every run's final state (and so all it logged) has come from its worker."""
+        futures = self._futures
+        cursor = self._reported_upto
+        while cursor < len(futures) and futures[cursor].call.parameters is RELEASED_PARAMETERS:
+            cursor += 1
+        self._reported_upto = cursor
+        return cursor == len(futures)
+
     def _sync_records(self) -> None:
-        """Bring every run record and log up to date: flush the workers' events and wait
-        (bounded) for each worker's sync marker to come back through the same stream."""
+        """Bring every run record and log up to date before the flow run ends.
+
+        Workers send a run's final state at once, after everything it logged, so
+        the usual wait is a few milliseconds for the last ones to arrive. If they
+        do not (a worker died, events were dropped), ask every worker to flush
+        and wait (bounded) for its sync marker to come back through the same stream.
+        """
         if not self._futures or self.client is None:
             return
+        router = self._router
+        deadline = time.monotonic() + _REPORT_WAIT_SECONDS
+        with router.changed:
+            while not self._all_reported():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                router.changed.wait(remaining)
+            else:
+                return
         token = uuid.uuid4().hex
         replies = self.client.run(flush_events, token)
         expected = sum(1 for sent in replies.values() if sent)
-        router = self._router
         deadline = time.monotonic() + _EVENT_WAIT_SECONDS
         with router.changed:
             while router.synced.get(token, 0) < expected:

@@ -9,7 +9,8 @@ into a per-process buffer that a daemon thread flushes every few milliseconds
 as one ``log_event`` on the ``daskflow`` topic (Dask's batched pub-sub), and
 the client applies them to its run records and re-emits the records through
 its own loggers. Final states travel without their values: a value leaves its
-worker only when someone asks for it.
+worker only when someone asks for it, and a short attempt's ``Running`` event
+is folded into its final state's (:func:`fold_running`).
 
 Messages must be msgpack-serialisable, so states and records are flattened
 to lists of plain values here and rebuilt by :func:`decode_state`.
@@ -18,6 +19,7 @@ to lists of plain values here and rebuilt by :func:`decode_state`.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from typing import Any
@@ -33,7 +35,8 @@ from daskflow.states import State, StateType
 __all__ = ["EVENT_TOPIC", "ItemRef", "UpstreamRef", "decode_state", "run_on_worker"]
 
 EVENT_TOPIC = "daskflow"
-_FLUSH_INTERVAL = 0.02
+_FLUSH_INTERVAL = 0.02  # the longest an event waits in the buffer
+_MIN_GAP = 0.005  # the shortest time between two flushes of one worker process
 _FLUSH_SIZE = 512
 
 
@@ -82,28 +85,83 @@ def substitute(value: Any, upstream: list[State]) -> Any:
     return transform(value, visit, unwrap=False)[0]
 
 
+_RUNNING = StateType.RUNNING.value
+_FINAL_TYPES = frozenset(t.value for t in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED))
+
+
+def fold_running(batch: list[list[Any]]) -> list[list[Any]]:
+    """The batch without the ``Running`` events of attempts whose final state is in it too.
+
+    A short task starts and ends between two flushes: its ``Running`` event would
+    cost the client a message item and a state record for nothing anyone could
+    have watched. Its timestamp is kept: it rides on the final state's item as
+    the run's start time.
+    """
+    final_at: dict[tuple[str, int], int] = {}
+    for position, item in enumerate(batch):
+        if item[0] == "s" and item[3] in _FINAL_TYPES:
+            final_at[(item[1], item[2])] = position
+    if not final_at:
+        return batch
+    folded: list[list[Any]] = []
+    for position, item in enumerate(batch):
+        if item[0] == "s" and item[3] == _RUNNING:
+            end = final_at.get((item[1], item[2]))
+            if end is not None and end > position:
+                batch[end].append(item[6])  # the attempt's start time
+                continue
+        folded.append(item)
+    return folded
+
+
 def encode_state(state: State) -> list[Any]:
     return [state.type.value, state.name, state.message, state.epoch, state.traceback]
 
 
 def decode_state(encoded: list[Any]) -> State:
-    type_, name, message, ts, tb = encoded
-    return State(StateType(type_), name, message, timestamp=ts, traceback_text=tb)
+    type_, name, message, ts, tb = encoded[:5]
+    # Interned: a map's 100,000 states then share a handful of name strings.
+    return State(StateType(type_), sys.intern(name), message, timestamp=ts, traceback_text=tb)
 
 
 class _Forwarder(logging.Handler):
-    """Buffers this worker process's state changes and run log records for the client."""
+    """Buffers this worker process's state changes and run log records for the client.
+
+    A flusher thread sends the buffer as one event: at most :data:`_FLUSH_INTERVAL`
+    after its first item, at once when an item is urgent (a run's final state, which
+    someone may be waiting for), and never more often than every :data:`_MIN_GAP`,
+    so a busy worker sends few large batches and an idle one answers at once.
+    The final state of the run this thread executes is held back until the run
+    is over (:meth:`end_run`): whatever the run logged, hooks included, is then
+    ahead of it in the stream, and a client that has the final state has the logs.
+    """
 
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
         self.buffer: list[list[Any]] = []
-        self.buffer_lock = threading.Lock()
-        self.wake = threading.Event()
+        self.ready = threading.Condition(threading.Lock())
+        self.urgent = False
         self.worker: Any = None
+        self.current = threading.local()
 
     def on_state(self, run: Any, state: State) -> None:
         if isinstance(run, TaskRun):
-            self._add(["s", run.id, run.run_count, *encode_state(state)])
+            item = ["s", run.id, run.run_count, *encode_state(state)]
+            current = self.current
+            if state.is_final() and getattr(current, "run_id", None) == run.id:
+                current.final = item
+            else:
+                self._add(item)
+
+    def begin_run(self, run_id: str) -> None:
+        self.current.run_id = run_id
+        self.current.final = None
+
+    def end_run(self) -> None:
+        current = self.current
+        final, current.final, current.run_id = current.final, None, None
+        if final is not None:
+            self._add(final, urgent=True)
 
     def emit(self, record: logging.LogRecord) -> None:
         run_id = getattr(record, "task_run_id", None)
@@ -129,27 +187,45 @@ class _Forwarder(logging.Handler):
             ]
         )
 
-    def _add(self, item: list[Any]) -> None:
-        with self.buffer_lock:
+    def _add(self, item: list[Any], urgent: bool = False) -> None:
+        with self.ready:
             self.buffer.append(item)
-            full = len(self.buffer) >= _FLUSH_SIZE
-        if full:
-            self.wake.set()
+            if urgent:
+                self.urgent = True
+            if urgent or len(self.buffer) == 1 or len(self.buffer) >= _FLUSH_SIZE:
+                self.ready.notify()
 
     def flush_now(self) -> None:
-        with self.buffer_lock:
+        with self.ready:
             batch, self.buffer = self.buffer, []
+            self.urgent = False
         if batch and self.worker is not None:
-            self.worker.log_event(EVENT_TOPIC, {"b": batch})
+            self.worker.log_event(EVENT_TOPIC, {"b": fold_running(batch)})
+
+    def _gather(self) -> None:
+        """Wait until there is something to send and it is time to send it."""
+        with self.ready:
+            while not self.buffer:
+                self.ready.wait()
+            deadline = time.monotonic() + _FLUSH_INTERVAL
+            while not self.urgent and len(self.buffer) < _FLUSH_SIZE:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.ready.wait(remaining)
 
     def run(self) -> None:
+        last = 0.0
         while True:
-            self.wake.wait(_FLUSH_INTERVAL)
-            self.wake.clear()
+            self._gather()
+            gap = _MIN_GAP - (time.monotonic() - last)
+            if gap > 0:
+                time.sleep(gap)  # busy: let the next items join this batch
             try:
                 self.flush_now()
             except Exception:  # the worker is closing; nothing left to tell
                 return
+            last = time.monotonic()
 
 
 _forwarder: _Forwarder | None = None
@@ -208,8 +284,8 @@ def run_on_worker(task: Any, flow_info: dict[str, Any], spec: tuple[Any, ...], u
         tuple(substitute(list(wait_for), upstream)) if wait_for else (),
         **flow_info,
     )
-    started = time.monotonic()
-    state = run_task_sync(call)
-    if time.monotonic() - started > _FLUSH_INTERVAL:
-        forwarder.wake.set()  # a long task: report its end without waiting for the next tick
-    return state
+    forwarder.begin_run(run_id)
+    try:
+        return run_task_sync(call)
+    finally:
+        forwarder.end_run()
