@@ -30,6 +30,7 @@ from daskflow.exceptions import SchedulerUnreachableError, UnserializableInputEr
 from daskflow.runs import FlowRun, add_state_listener, remove_state_listener
 from daskflow.states import State
 from daskflow.task_runners import DaskTaskRunner
+from daskflow.task_runners import dask as dask_runner
 
 from conftest import TEST_DASK_CONFIG
 
@@ -279,6 +280,32 @@ def test_separate_scheduler_and_workers_run_tasks_from_a_local_module(
         return user.square.map(range(4)).result(), user.plus_offset.map([1, 2]).result()
 
     assert pipeline() == ([0, 1, 4, 9], [3, 4])
+
+
+@pytest.mark.slow
+def test_a_module_the_workers_lack_and_that_cannot_travel_is_named(
+    scheduler_and_workers: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A module that looks installed (under a site-packages root) is not shipped by value:
+    # workers without it must fail the run with the module's name and the fix.
+    library = tmp_path / "site-packages"
+    library.mkdir()
+    (library / "daskflow_installed_lib.py").write_text(
+        "from daskflow import task\n\n@task\ndef triple(x: int) -> int:\n    return 3 * x\n"
+    )
+    monkeypatch.syspath_prepend(str(library))
+    monkeypatch.setattr(dask_runner, "_installed_roots", lambda: (str(library),))
+    import daskflow_installed_lib as lib  # type: ignore[import-not-found]
+
+    @flow(task_runner=DaskTaskRunner(address=scheduler_and_workers))
+    def pipeline() -> tuple[str, str]:
+        state = lib.triple.submit(2, return_state=True)
+        return state.name, state.message or ""  # not the state: a failed one would fail the flow
+
+    name, message = pipeline()
+    assert name == "Failed", (name, message)
+    assert "could not be loaded on the Dask cluster" in message, message
+    assert "daskflow_installed_lib" in message and "Install" in message, message
 
 
 def test_a_flow_runs_over_tls_and_plain_tcp_is_refused() -> None:

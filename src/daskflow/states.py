@@ -207,30 +207,33 @@ def Cached(data: Any = None, message: str | None = None) -> State:
 
 
 def _failure(
-    type: StateType, name: str, message: str | None, exception: BaseException | None
+    type: StateType, name: str, message: str | None, exception: BaseException | None, with_traceback: bool
 ) -> State:
     if message is None and exception is not None:
         message = f"{type_name(exception)}: {exception}" if str(exception) else type_name(exception)
-    tb = _format_traceback(exception) if exception is not None else None
+    tb = _format_traceback(exception) if exception is not None and with_traceback else None
     return State(type, name, message, exception=exception, traceback_text=tb)
 
 
 def Failed(
-    message: str | None = None, exception: BaseException | None = None, name: str = "Failed"
+    message: str | None = None,
+    exception: BaseException | None = None,
+    name: str = "Failed",
+    with_traceback: bool = True,
 ) -> State:
-    return _failure(StateType.FAILED, name, message, exception)
+    return _failure(StateType.FAILED, name, message, exception, with_traceback)
 
 
-def TimedOut(message: str | None = None, exception: BaseException | None = None) -> State:
-    return _failure(StateType.FAILED, "TimedOut", message, exception)
+def TimedOut(message: str | None = None, exception: BaseException | None = None, with_traceback: bool = True) -> State:
+    return _failure(StateType.FAILED, "TimedOut", message, exception, with_traceback)
 
 
-def Crashed(message: str | None = None, exception: BaseException | None = None) -> State:
-    return _failure(StateType.CRASHED, "Crashed", message, exception)
+def Crashed(message: str | None = None, exception: BaseException | None = None, with_traceback: bool = True) -> State:
+    return _failure(StateType.CRASHED, "Crashed", message, exception, with_traceback)
 
 
-def Cancelled(message: str | None = None, exception: BaseException | None = None) -> State:
-    return _failure(StateType.CANCELLED, "Cancelled", message, exception)
+def Cancelled(message: str | None = None, exception: BaseException | None = None, with_traceback: bool = True) -> State:
+    return _failure(StateType.CANCELLED, "Cancelled", message, exception, with_traceback)
 
 
 def type_name(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 import threading
@@ -204,14 +205,18 @@ class TaskRunEngine:
             self.finish(Cancelled(f"cancelled while running: {type(exc).__name__}", exc if isinstance(exc, Exception) else None))
             return None
         if isinstance(exc, RunTimeoutError):
-            state = TimedOut(exception=exc)
+            make_state: Callable[..., State] = TimedOut
         elif isinstance(exc, Exception):
-            state = Failed(exception=exc)
+            make_state = Failed
         else:  # SystemExit and friends: the process, not the task, gave up
-            state = Crashed(f"{type(exc).__name__} raised inside the task", exc)
+            make_state = functools.partial(Crashed, f"{type(exc).__name__} raised inside the task")
         options = self.options
         run = self.run
-        if run.run_count <= options.retries and self._should_retry(state):
+        # Formatting a traceback costs about 100 µs: an attempt that will be retried
+        # is judged on a state without one; only the final failure keeps it.
+        if run.run_count <= options.retries and self._should_retry(
+            state := make_state(exception=exc, with_traceback=False)
+        ):
             retry_number = run.run_count - 1
             delay = retry_delay(
                 options.retry_delay_seconds, options.retries, retry_number, options.retry_jitter_factor, self.where
@@ -222,6 +227,7 @@ class TaskRunEngine:
             )
             run.set_state(AwaitingRetry(f"retry {retry_number + 1} of {options.retries} in {delay:.3g} s"))
             return delay
+        state = make_state(exception=exc)
         retried = f" after {run.run_count - 1} retries" if run.run_count > 1 else ""
         self.logger.error("Finished in state %s%s: %s", state.name, retried, state.message, exc_info=exc)
         self.finish(state)

@@ -145,10 +145,9 @@ class _EventRouter:
         self.runs: dict[str, TaskCall] = {}
         self.changed = threading.Condition()
         self.synced: dict[str, int] = {}
-        # Modules already checked on this client's workers (see DaskTaskRunner._ship_code),
-        # valid while the set of workers is the one they were checked on.
+        # Modules already checked on this client's workers (see DaskTaskRunner._ship_code).
+        # A worker that joins later and lacks one is handled when a task fails on it.
         self.checked_modules: set[str] = set()
-        self.checked_workers: frozenset[str] = frozenset()
         client.subscribe_topic(EVENT_TOPIC, self.handle)
 
     def handle(self, event: tuple[float, dict[str, Any]]) -> None:
@@ -374,9 +373,6 @@ class DaskTaskRunner(TaskRunner):
                 names.add(value.__module__)
         router = self._router
         assert self.client is not None
-        workers = frozenset(self.client.scheduler_info().get("workers", ()))  # the client's cached view
-        if workers != router.checked_workers:  # a new worker may lack what the others have
-            router.checked_modules, router.checked_workers = set(), workers
         candidates = [
             name
             for name in sorted(names - router.checked_modules)
@@ -385,11 +381,22 @@ class DaskTaskRunner(TaskRunner):
         router.checked_modules.update(names)
         if not candidates:
             return
-        found = self.client.run(_importable, candidates)
+        # The scheduler unpickles the graph too: it needs the modules as much as the workers.
+        found = list(self.client.run(_importable, candidates).values())
+        found.append(self.client.run_on_scheduler(_importable, candidates))
         for name in candidates:
-            if not all(found_on_worker.get(name, False) for found_on_worker in found.values()):
+            if not all(found_on.get(name, False) for found_on in found):
                 cloudpickle.register_pickle_by_value(sys.modules[name])
-                _log.debug("module %s is shipped to the workers by value", name)
+                _log.debug("module %s is shipped to the cluster by value", name)
+
+    def _ship_missing(self, name: str | None) -> bool:
+        """A worker lacked module ``name`` (it joined after the check): ship it by value if we can."""
+        module = sys.modules.get(name or "")
+        if module is None or not _user_module(module) or name in cloudpickle.list_registry_pickle_by_value():
+            return False
+        cloudpickle.register_pickle_by_value(module)
+        _log.debug("module %s was missing on a worker; it is shipped by value from now on", name)
+        return True
 
     def _spec(self, call: TaskCall, deps: list[distributed.Future], upstreams: list[DaskFuture]) -> tuple[Any, ...]:
         index: dict[Any, int] = {}
@@ -551,13 +558,11 @@ class DaskTaskRunner(TaskRunner):
                     "the run crashed with it"
                 )
                 state = Crashed(message, exc)
-            elif isinstance(exc, ModuleNotFoundError):
-                state = Failed(
-                    f"task {run.task_name!r} could not be loaded on the worker: {exc}. Install module "
-                    f"{exc.name!r} on the workers, or define the task in a module of your own project "
-                    "(daskflow ships those by value)",
-                    exc,
-                )
+            elif isinstance(exc, ModuleNotFoundError) and self._ship_missing(exc.name):
+                self._resubmit(future)  # the module goes by value now: not a retry of the task
+                return True
+            elif isinstance(exc, ModuleNotFoundError) or "deserializ" in str(exc):
+                state = Failed(_code_missing_message(future.call.task, exc), exc)
             else:
                 state = Crashed(f"Dask could not run task run {run.name!r}: {type(exc).__name__}: {exc}", exc)
             run.run_count = max(run.run_count + 1, 1)
@@ -699,6 +704,35 @@ def _importable(names: list[str]) -> dict[str, bool]:
         except (ImportError, ValueError):
             found[name] = False
     return found
+
+
+def _code_missing_message(task: Any, exc: BaseException) -> str:
+    """Why a task could not be loaded on the cluster, the modules it needs, and the fix."""
+    fn = task.fn
+    modules = {getattr(fn, "__module__", None)}
+    modules.update(
+        value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+        for value in getattr(fn, "__globals__", {}).values()
+        if isinstance(value, ModuleType) or callable(value)
+    )
+    needed = sorted(
+        name
+        for name in modules
+        if name and (module := sys.modules.get(name)) is not None and not _stdlib(module) and name.split(".")[0] != "daskflow"
+    )
+    missing = getattr(exc, "name", None)
+    what = f"module {missing!r} is missing there" if missing else str(exc).splitlines()[0]
+    return (
+        f"task {task.name!r} could not be loaded on the Dask cluster: {what}. The scheduler and the "
+        f"workers import what the task is defined in and refers to ({', '.join(needed) or 'its module'}). "
+        "Install module(s) there with the same versions as here, or keep the code in your own "
+        "project's modules, which daskflow ships by value."
+    )
+
+
+def _stdlib(module: ModuleType) -> bool:
+    path = getattr(module, "__file__", None)
+    return path is None or path.startswith(sysconfig.get_paths()["stdlib"])
 
 
 def _state_length(state: State) -> int | None:
