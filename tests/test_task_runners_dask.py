@@ -122,6 +122,64 @@ def test_keys_are_named_after_the_task_and_maps_are_one_batch(dask_client: Clien
     assert len(set(keys)) == 5
 
 
+def test_a_cluster_class_by_name_with_adaptive_scaling_is_started_and_closed() -> None:
+    seen: dict[str, Any] = {}
+
+    @task
+    def double(i: int) -> int:
+        return 2 * i
+
+    runner = DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={"n_workers": 1, "threads_per_worker": 1, "processes": False, "dashboard_address": ":0"},
+        adapt_kwargs={"minimum": 1, "maximum": 2},
+    )
+
+    @flow(task_runner=runner)
+    def pipeline() -> list[int]:
+        ctx = get_flow_run_context()
+        assert ctx is not None
+        seen["cluster"] = ctx.task_runner.cluster
+        return double.map(range(4)).result()
+
+    assert pipeline() == [0, 2, 4, 6]
+    cluster = seen["cluster"]
+    assert type(cluster).__name__ == "LocalCluster"
+    assert cluster._adaptive is not None, "adapt_kwargs were not applied"
+    assert cluster.status.name == "closed", cluster.status
+
+
+def test_each_flow_run_is_a_dask_span_and_big_maps_go_in_windows(
+    dask_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @task(name="windowed")
+    def windowed(i: int) -> int:
+        return i
+
+    batches: list[int] = []
+    real_map = Client.map
+
+    def counting_map(self: Client, func: Any, *iterables: Any, **kwargs: Any) -> Any:
+        batches.append(len(kwargs["key"]))
+        return real_map(self, func, *iterables, **kwargs)
+
+    monkeypatch.setattr(Client, "map", counting_map)
+
+    @flow(name="spanned", flow_run_name="span-{n}", task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline(n: int) -> list[int]:
+        return windowed.map(range(n)).result()
+
+    with dask.config.set({"daskflow.dask.map_window": 4}):
+        assert pipeline(10) == list(range(10))
+    assert batches == [4, 4, 2], batches
+
+    def span_names(dask_scheduler: Any) -> list[tuple[str, ...]]:
+        return [span.name for span in dask_scheduler.extensions["spans"].spans.values()]
+
+    names = dask_client.run_on_scheduler(span_names)
+    assert ("flow spanned run span-10",) in names, names
+
+
 def test_an_unpicklable_argument_is_an_error_at_submit(dask_client: Client) -> None:
     @task(name="load")
     def load(conn: Any) -> None: ...
