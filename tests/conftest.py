@@ -72,6 +72,25 @@ def dask_cluster() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def dask_inprocess_client() -> Iterator[Any]:
+    """A client of a cluster whose workers are threads of this process (2 x 2 threads):
+    for what lives in one process only, such as memory:// storage."""
+    import dask.config
+    from distributed import Client, LocalCluster
+
+    with dask.config.set(TEST_DASK_CONFIG):
+        cluster = LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=False, dashboard_address=None, silence_logs=logging.ERROR
+        )
+    client = Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
 def dask_client(dask_cluster: Any) -> Iterator[Any]:
     global _session_client
     from distributed import Client

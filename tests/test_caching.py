@@ -3,8 +3,8 @@ and every storage.
 
 Executions are counted through the ``executions`` side channel (a file per
 execution), so "not executed on a hit" is measured, not inferred from states.
-``memory://`` lives in one process, so it is only paired with the runners that
-run tasks in this process.
+``memory://`` lives in one process, so on Dask it is paired with a cluster whose
+workers are threads of this process.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -26,18 +27,31 @@ import pytest
 from daskflow import flow, task
 from daskflow.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from daskflow.context import get_flow_run_context
-from daskflow.exceptions import UnhashableInputError
-from daskflow.results import ResultStore
+from daskflow.exceptions import ResultError, UnhashableInputError
+from daskflow.results import ResultStore, read_map
+from daskflow.runs import FlowRun
 from daskflow.states import State
+from daskflow.task_runners import DaskTaskRunner, ThreadPoolTaskRunner
 from daskflow.tasks import task_input_hash
+
+from conftest import RUNNER_FACTORIES
+
+
+@pytest.fixture(params=sorted(RUNNER_FACTORIES))
+def task_runner(request: pytest.FixtureRequest, location: tuple[str, dict[str, Any]]) -> Any:
+    """The runners of the contract; with memory:// storage, Dask's workers are threads of
+    this process (a memory:// folder exists in one process only)."""
+    if request.param == "dask" and location[0].startswith("memory://"):
+        return DaskTaskRunner(client=request.getfixturevalue("dask_inprocess_client"))
+    if request.param == "dask":
+        request.getfixturevalue("dask_client")
+    return RUNNER_FACTORIES[request.param]()
 
 
 @pytest.fixture
-def storage(task_runner: Any, location: tuple[str, dict[str, Any]], request: pytest.FixtureRequest) -> Any:
-    """A result_storage for the runner under test: any location, but memory:// only in-process."""
+def storage(location: tuple[str, dict[str, Any]]) -> Any:
+    """A result_storage on each location of the contract."""
     url, options = location
-    if url.startswith("memory://") and type(task_runner).__name__ == "DaskTaskRunner":
-        pytest.skip("memory:// storage is per process; Dask workers are other processes")
     return ResultStore(url, options)
 
 
@@ -48,6 +62,11 @@ def _run_twice(pipeline: Any, *args: Any) -> tuple[Any, Any]:
 
 
 def _flow_task_states(pipeline: Any, *args: Any) -> tuple[Any, list[State]]:
+    value, flow_run = _flow_run_of(pipeline, *args)
+    return value, [r.state for r in flow_run.task_runs]
+
+
+def _flow_run_of(pipeline: Any, *args: Any) -> tuple[Any, FlowRun]:
     runs: dict[str, Any] = {}
 
     @flow(task_runner=pipeline.task_runner)
@@ -59,7 +78,7 @@ def _flow_task_states(pipeline: Any, *args: Any) -> tuple[Any, list[State]]:
         return value
 
     value = wrapper()
-    return value, [r.state for r in runs["flow"].task_runs]
+    return value, runs["flow"]
 
 
 def test_a_second_run_is_all_hits_and_executes_nothing(task_runner: Any, storage: Any, executions: Any) -> None:
@@ -83,6 +102,107 @@ def test_a_second_run_is_all_hits_and_executes_nothing(task_runner: Any, storage
     cached = [s for s in warm_states if s.is_cached()]
     assert len(cached) == 6, [s.name for s in warm_states]
     assert all(s.is_completed() for s in cold_states) and not any(s.is_cached() for s in cold_states)
+
+
+def test_the_flow_run_counts_its_hits_and_misses(task_runner: Any, storage: Any) -> None:
+    @task(cache_policy=INPUTS, result_storage=storage)
+    def square(i: int) -> int:
+        return i * i
+
+    @task
+    def plain(i: int) -> int:
+        return i
+
+    @flow(task_runner=task_runner)
+    def pipeline(n: int) -> int:
+        return sum(square.map(range(n)).result()) + plain(1)
+
+    cold_value, cold = _flow_run_of(pipeline, 4)
+    warm_value, warm = _flow_run_of(pipeline, 5)
+    assert cold_value == warm_value - 16 == 15
+    assert (cold.cache_hits, cold.cache_misses) == (0, 4), (cold.cache_hits, cold.cache_misses)
+    assert (warm.cache_hits, warm.cache_misses) == (4, 1), (warm.cache_hits, warm.cache_misses)
+    keys = {run.cache_key for run in warm.task_runs if run.task_name == "square"}
+    assert None not in keys and len(keys) == 5, keys
+
+
+def test_identical_runs_in_flight_compute_once(task_runner: Any, storage: Any, executions: Any) -> None:
+    isolation = "serializable" if isinstance(task_runner, DaskTaskRunner) else None
+
+    @task(cache_policy=INPUTS, result_storage=storage, cache_isolation=isolation)
+    def expensive(x: int) -> int:
+        executions.record("expensive")
+        return x + 1
+
+    @flow(task_runner=task_runner)
+    def pipeline() -> list[int]:
+        return [f.result() for f in [expensive.submit(7) for _ in range(6)]]
+
+    values, states = _flow_task_states(pipeline)
+    assert values == [8] * 6
+    assert executions.count("expensive") == 1, f"{executions.count('expensive')} executions of one key"
+    assert sorted(s.name for s in states) == ["Cached"] * 5 + ["Completed"], [s.name for s in states]
+
+
+def test_without_isolation_identical_runs_do_not_wait_for_each_other(storage: Any, executions: Any) -> None:
+    both_running = threading.Barrier(2, timeout=30)
+
+    @task(cache_policy=INPUTS, result_storage=storage, cache_isolation="none")
+    def rendezvous(x: int) -> int:
+        executions.record("rendezvous")
+        both_running.wait()  # only passes if the two identical runs run at the same time
+        return x
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def pipeline() -> list[int]:
+        return [f.result() for f in [rendezvous.submit(1), rendezvous.submit(1)]]
+
+    assert pipeline() == [1, 1]
+    assert executions.count("rendezvous") == 2
+
+
+def test_a_maps_entries_read_back_as_one_dataset(task_runner: Any, storage: Any) -> None:
+    @task(cache_policy=INPUTS, result_storage=storage)
+    def month(m: int) -> pd.DataFrame:
+        return pd.DataFrame({"month": [m] * 3, "value": [m * 10.0, m * 10.0 + 1, m * 10.0 + 2]})
+
+    @task(cache_policy=INPUTS, result_storage=storage)
+    def scalar(m: int) -> int:
+        return m
+
+    kept: dict[str, Any] = {}
+
+    @flow(task_runner=task_runner)
+    def pipeline() -> None:
+        kept["frames"] = month.map([1, 2, 3])
+        kept["scalars"] = scalar.map([1, 2])
+        kept["frames"].wait()
+        kept["scalars"].wait()
+
+    pipeline()
+    frame = read_map(kept["frames"], month.result_storage).compute()
+    assert frame["month"].tolist() == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert frame["value"].sum() == 10 * 3 * 6 + 9
+    table = read_map(kept["frames"], storage, engine="arrow").to_table()
+    assert table.num_rows == 9 and table.column_names[:2] == ["month", "value"]
+    with pytest.raises(ResultError, match="holds a python, not a DataFrame"):
+        read_map(kept["scalars"], storage)
+
+
+def test_read_map_names_a_run_without_an_entry(daskflow_home: Path) -> None:
+    @task
+    def plain(i: int) -> pd.DataFrame:
+        return pd.DataFrame({"i": [i]})
+
+    kept: dict[str, Any] = {}
+
+    @flow
+    def pipeline() -> None:
+        kept["futures"] = plain.map([1, 2])
+
+    pipeline()
+    with pytest.raises(ResultError, match=r"item 0 \('plain-\d+'\) has no cache entry.*cache_policy=INPUTS"):
+        read_map(kept["futures"])
 
 
 def test_a_failed_run_never_writes_an_entry(task_runner: Any, storage: Any, executions: Any) -> None:

@@ -55,6 +55,7 @@ def test_with_options_returns_a_changed_copy() -> None:
         ({"tags": [1, 2]}, "tags must be a list of strings"),
         ({"on_failure": ["not callable"]}, "on_failure must be a function or a list of functions"),
         ({"result_serializer": "json"}, "result_serializer must be 'parquet' or 'pickle', got 'json'"),
+        ({"cache_isolation": "strict"}, "cache_isolation must be one of None, 'none', 'serializable', got 'strict'"),
         ({"concurrency_limit": 0}, "concurrency_limit must be a whole number >= 1, got 0"),
         ({"resources": {"GPU": -1}}, r"resources must map resource names to positive amounts"),
         ({"cache_expiration": -5}, "cache_expiration must be a number of seconds > 0"),

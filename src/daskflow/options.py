@@ -21,9 +21,13 @@ from typing import Any, TypeVar
 
 from daskflow.exceptions import ConfigurationError
 
-__all__ = ["FlowOptions", "RunOptions", "TaskOptions", "build_options", "template_fields", "with_changes"]
+__all__ = ["CACHE_ISOLATION_LEVELS", "FlowOptions", "RunOptions", "TaskOptions", "build_options", "template_fields", "with_changes"]
 
 Hook = Callable[..., Any]
+
+# None: identical runs in flight in one process compute once (cheap, the default);
+# "serializable": once per cluster (a distributed.Lock per key on Dask); "none": no waiting.
+CACHE_ISOLATION_LEVELS = (None, "none", "serializable")
 Options = TypeVar("Options", bound="RunOptions")
 
 
@@ -76,6 +80,7 @@ class TaskOptions(RunOptions):
     cache_key_fn: Callable[..., str | None] | None = None
     cache_expiration: timedelta | None = None
     refresh_cache: bool | None = None
+    cache_isolation: str | None = None
     result_serializer: str | None = None
     task_run_name: str | Callable[[], str] | None = None
     concurrency_limit: int | None = None
@@ -94,6 +99,12 @@ class TaskOptions(RunOptions):
         if self.cache_expiration is not None:
             _set(self, "cache_expiration", _duration(self.cache_expiration, where, "cache_expiration"))
         _optional_bool(self.refresh_cache, where, "refresh_cache")
+        if self.cache_isolation not in CACHE_ISOLATION_LEVELS:
+            raise ConfigurationError(
+                f"{where}: cache_isolation must be one of {', '.join(map(repr, CACHE_ISOLATION_LEVELS))}, "
+                f"got {self.cache_isolation!r}: None runs identical calls once per process, "
+                "'serializable' once per cluster, 'none' never waits"
+            )
         if self.result_serializer not in (None, "parquet", "pickle"):
             raise ConfigurationError(
                 f"{where}: result_serializer must be 'parquet' or 'pickle', got {self.result_serializer!r}"

@@ -148,6 +148,16 @@ class FlowRun(_Run):
     parent_flow_run_id: str | None = None
     task_runs: list[TaskRun] = field(default_factory=list)
 
+    @property
+    def cache_hits(self) -> int:
+        """How many of this flow's task runs took their value from the cache."""
+        return sum(1 for run in self.task_runs if run.state.is_cached())
+
+    @property
+    def cache_misses(self) -> int:
+        """How many of this flow's task runs had a cache key, found no entry and ran."""
+        return sum(1 for run in self.task_runs if run.cache_key is not None and not run.state.is_cached())
+
     def task_run_counts(self) -> dict[str, int]:
         """How many of this flow's task runs are in each state (by state name)."""
         counts: dict[str, int] = {}

@@ -8,6 +8,10 @@ the run with the policy's message, never a random key. The entry lives in the
 task's ``result_storage`` (or dask.config ``daskflow.results.storage``), where
 the run executes: on Dask, the worker reads and writes it itself.
 
+Identical runs in flight at once compute once (single flight): after a miss
+the run takes a lock named by its key (:func:`key_lock`), looks again, and
+either finds the entry the holder wrote or computes and writes it itself.
+
 Storage trouble never fails a run and never loses a value: a corrupt entry is a
 miss (with a warning in the run's log) and a failed write is a warning. Only a
 successful run writes; a failed one never does. The stored key is prefixed with
@@ -20,17 +24,17 @@ import hashlib
 import re
 import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
 from daskflow import settings
 from daskflow.exceptions import ResultError
 from daskflow.logging import RunLoggerAdapter
-from daskflow.results import ResultStore, StoredResult
+from daskflow.results import ResultStore, StoredResult, open_store
 
-__all__ = ["caching_enabled", "read_entry", "result_store", "storage_key", "write_entry"]
+__all__ = ["caching_enabled", "key_lock", "local_key_locks", "read_entry", "result_store", "storage_key", "write_entry"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _stores: dict[tuple[Any, ...], ResultStore] = {}
@@ -55,27 +59,68 @@ def storage_key(task_name: str, key: str) -> str:
 
 
 def result_store(result_storage: Any) -> ResultStore:
-    """The store for a ``result_storage`` setting: a URL, a store, or an object with ``url``."""
+    """The store for a ``result_storage`` setting (see :func:`daskflow.results.open_store`),
+    opened once per process and setting."""
     if isinstance(result_storage, ResultStore):
         return result_storage
-    if result_storage is None:
-        url, options = None, None
-    elif isinstance(result_storage, str):
-        url, options = result_storage, None
-    elif hasattr(result_storage, "url"):
-        url, options = result_storage.url, getattr(result_storage, "storage_options", None)
-    else:
-        raise ResultError(
-            f"result_storage must be an fsspec URL such as 's3://bucket/prefix', got {type(result_storage).__name__}"
-        )
-    cache_key = (url, repr(sorted((options or {}).items())), settings.get("results.storage"))
+    url = getattr(result_storage, "url", result_storage)
+    options = getattr(result_storage, "storage_options", None)
+    cache_key = (repr(url), repr(sorted((options or {}).items())), settings.get("results.storage"))
     store = _stores.get(cache_key)
     if store is None:
         with _stores_lock:
             store = _stores.get(cache_key)
             if store is None:
-                store = _stores[cache_key] = ResultStore(url, options)
+                store = _stores[cache_key] = open_store(result_storage)
     return store
+
+
+class _KeyLocks:
+    """Process-wide locks by cache key: identical runs in flight here compute once.
+
+    A lock lives while someone holds or waits for it, so the table stays as
+    small as the number of keys being computed right now.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (None, 0))
+            if lock is None:
+                lock = threading.Lock()
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+local_key_locks = _KeyLocks()
+
+
+def key_lock(isolation: str | None, key: str, cluster_lock: Callable[[str], AbstractContextManager[None]] | None) -> AbstractContextManager[None] | None:
+    """The lock that makes identical runs of ``key`` compute once, per the task's ``cache_isolation``.
+
+    ``None`` (the default) is a lock of this process, which costs nothing across
+    a network; ``"serializable"`` is the runner's cluster-wide lock where there is
+    one (a ``distributed.Lock`` on Dask) and this process's otherwise; ``"none"``
+    is no lock at all.
+    """
+    if isolation == "none":
+        return None
+    if isolation == "serializable" and cluster_lock is not None:
+        return cluster_lock(key)
+    return local_key_locks.hold(key)
 
 
 @contextmanager

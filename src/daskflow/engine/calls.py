@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,10 +40,13 @@ class TaskCall:
     log_prints: bool = False
     # Set when the flow run is cancelled; a local flag, not sent to workers.
     cancel_event: threading.Event | None = None
+    # A cluster-wide lock by name, where the runner has one (set on Dask workers).
+    cluster_lock: Callable[[str], AbstractContextManager[None]] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = {name: getattr(self, name) for name in self.__slots__}
         state["cancel_event"] = None
+        state["cluster_lock"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

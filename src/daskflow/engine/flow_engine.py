@@ -227,7 +227,11 @@ class FlowRunEngine:
         run = self.run
         run.set_state(state)
         if state.is_completed():
-            self.logger.info("Finished in state %r", state)
+            hits = run.cache_hits
+            if hits or run.cache_misses:
+                self.logger.info("Finished in state %r; cache: %d hits, %d misses", state, hits, run.cache_misses)
+            else:
+                self.logger.info("Finished in state %r", state)
         options = self.options
         hooks: tuple[Any, ...] = ()
         if state.is_completed():

@@ -26,11 +26,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager
 from functools import lru_cache
 from typing import Any, TypeVar
 
 from daskflow.context import TaskRunContext, use_task_run_context
-from daskflow.engine.caching import read_entry, result_store, storage_key, write_entry
+from daskflow.engine.caching import key_lock, read_entry, result_store, storage_key, write_entry
 from daskflow.engine.calls import TaskCall
 from daskflow.engine.inputs import resolve_inputs, wait_for_all
 from daskflow.engine.retries import retry_delay
@@ -95,7 +96,7 @@ def split_arguments(fn: Callable[..., Any], parameters: dict[str, Any]) -> tuple
 class TaskRunEngine:
     """The state machine of one task run (see the module docstring)."""
 
-    __slots__ = ("call", "task", "options", "run", "parameters", "context", "store", "key", "_logger")
+    __slots__ = ("call", "task", "options", "run", "parameters", "context", "store", "key", "_logger", "_flight")
 
     def __init__(self, call: TaskCall) -> None:
         self.call = call
@@ -107,6 +108,7 @@ class TaskRunEngine:
         self.store: ResultStore | None = None
         self.key: str | None = None
         self._logger: RunLoggerAdapter | None = None
+        self._flight: AbstractContextManager[None] | None = None
 
     @property
     def logger(self) -> RunLoggerAdapter:
@@ -186,8 +188,21 @@ class TaskRunEngine:
             return None
         entry = read_entry(self.store, self.key, self.logger)
         if entry is None:
+            # Single flight: wait while an identical run computes, then look again.
+            flight = key_lock(options.cache_isolation, self.key, self.call.cluster_lock)
+            if flight is not None:
+                flight.__enter__()
+                self._flight = flight
+                entry = read_entry(self.store, self.key, self.logger)
+        if entry is None:
             return None
         return self.finish(Cached(entry.value, f"cache hit: {self.key}"))
+
+    def release(self) -> None:
+        """Let identical runs waiting on this one go (they find its entry, or compute)."""
+        flight, self._flight = self._flight, None
+        if flight is not None:
+            flight.__exit__(None, None, None)
 
     def begin_attempt(self) -> None:
         run = self.run
@@ -286,10 +301,16 @@ def run_task_sync(call: TaskCall) -> State:
     if task.isasync:
         return run_coroutine(run_task_async(call))
     engine = TaskRunEngine(call)
+    try:
+        return _drive_sync(engine, task.fn)
+    finally:
+        engine.release()
+
+
+def _drive_sync(engine: TaskRunEngine, fn: Callable[..., Any]) -> State:
     early = engine.prepare()
     if early is not None:
         return early
-    fn = task.fn
     args, kwargs = split_arguments(fn, engine.parameters)
     timeout = engine.options.timeout_seconds
     assert engine.context is not None
@@ -317,8 +338,16 @@ def run_task_sync(call: TaskCall) -> State:
 async def run_task_async(call: TaskCall) -> State:
     """Run one task call of an ``async def`` task to its final state."""
     engine = TaskRunEngine(call)
-    if call.wait_for or engine.run.upstream_ids:
-        # Waiting on upstream futures blocks: keep the event loop free meanwhile.
+    try:
+        return await _drive_async(engine, call)
+    finally:
+        engine.release()
+
+
+async def _drive_async(engine: TaskRunEngine, call: TaskCall) -> State:
+    if call.wait_for or engine.run.upstream_ids or getattr(call.task, "caching", False):
+        # Waiting on upstream futures or on an identical run's cache lock blocks:
+        # keep the event loop free meanwhile.
         early = await asyncio.to_thread(engine.prepare)
     else:
         early = engine.prepare()

@@ -3,7 +3,7 @@
 See :mod:`daskflow.results.entries` for the store and its failure policy,
 :mod:`daskflow.results.storage` for atomic writes, :mod:`daskflow.results.serializers`
 and :mod:`daskflow.results.values` for the encodings, :mod:`daskflow.results.signing`
-for signed pickles.
+for signed pickles, :mod:`daskflow.results.datasets` for reading a map's entries as one dataset.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from daskflow.results.entries import (
     ResultStore,
     ResultWarning,
     StoredResult,
+    open_store,
     validate_key,
 )
+from daskflow.results.datasets import read_map
 
 __all__ = [
     "DEFAULT_TEMP_GRACE",
@@ -25,5 +27,7 @@ __all__ = [
     "ResultStore",
     "ResultWarning",
     "StoredResult",
+    "open_store",
+    "read_map",
     "validate_key",
 ]

@@ -62,6 +62,7 @@ __all__ = [
     "ResultStore",
     "ResultWarning",
     "StoredResult",
+    "open_store",
     "validate_key",
 ]
 
@@ -124,6 +125,48 @@ class PruneReport:
     unreadable: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()
     bytes_freed: int = 0
+
+
+_libraries_loaded = False
+_libraries_lock = threading.Lock()
+
+
+def _load_libraries() -> None:
+    """Import pyarrow (and pandas, where installed) once, one thread at a time.
+
+    Threads that import pyarrow for the first time at once can see it half
+    initialised ("partially initialized module 'pyarrow' has no attribute
+    'Table'": its modules import each other), as when several Dask worker
+    threads write their first entries together. One imports; the others wait.
+    """
+    global _libraries_loaded
+    if _libraries_loaded:
+        return
+    with _libraries_lock:
+        if not _libraries_loaded:
+            import pyarrow.parquet  # noqa: F401  (imports pyarrow)
+
+            try:
+                import pandas  # noqa: F401
+            except ImportError:
+                pass
+            _libraries_loaded = True
+
+
+def open_store(storage: Any) -> ResultStore:
+    """The store a ``result_storage`` setting names: a store, an fsspec URL, an object with
+    ``url`` (and ``storage_options``), or ``None`` for the configured default."""
+    if isinstance(storage, ResultStore):
+        return storage
+    if storage is None or isinstance(storage, str):
+        return ResultStore(storage)
+    url = getattr(storage, "url", None)
+    if isinstance(url, str):
+        return ResultStore(url, getattr(storage, "storage_options", None))
+    raise ResultError(
+        f"result_storage must be an fsspec URL such as 's3://bucket/prefix', a ResultStore, or an object "
+        f"with a url, got {type(storage).__name__}"
+    )
 
 
 def validate_key(key: str) -> str:
@@ -210,6 +253,7 @@ class ResultStore:
         that needs ``serializer="pickle"``; ``ConfigurationError`` for an
         unknown serializer.
         """
+        _load_libraries()
         name = _entry_name(key)
         expires = _utc(expiration, "expiration")
         if serializer not in _SERIALIZERS:
@@ -272,6 +316,7 @@ class ResultStore:
         last also warns with :class:`ResultWarning` naming the key, the path and
         why. Only a bad key raises (``ResultError``).
         """
+        _load_libraries()
         name = _entry_name(key)
         moment = _utc(now, "now") or datetime.now(UTC)
         path = self._location.display(name)
@@ -353,6 +398,14 @@ class ResultStore:
         """Remove the entry for ``key``; ``False`` if there was none."""
         return self._location.remove(_entry_name(key))
 
+    def info(self, key: str) -> EntryInfo:
+        """What the entry for ``key`` says about itself (its footer only, not its value).
+
+        ``FileNotFoundError`` if there is none; ``ResultError`` if it is unreadable.
+        """
+        name = _entry_name(key)
+        return self._read_info(key, self._location.stat(name))
+
     def entries(self) -> Iterator[EntryInfo]:
         """Info of every readable entry (footers only); unreadable ones warn and are skipped."""
         for file in self._location.list():
@@ -420,6 +473,7 @@ class ResultStore:
     # -- internals -----------------------------------------------------------
 
     def _read_info(self, key: str, file: StoredFile) -> EntryInfo:
+        _load_libraries()
         import pyarrow.parquet as pq
 
         path = self._location.display(file.name)

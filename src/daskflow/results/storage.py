@@ -184,6 +184,13 @@ class Location:
             self.fs.invalidate_cache(path)
         return bool(self.fs.exists(path))
 
+    def stat(self, name: str) -> StoredFile:
+        """The file ``name`` with its size; ``FileNotFoundError`` if absent."""
+        path = self.path(name)
+        with suppress(Exception):
+            self.fs.invalidate_cache(path)
+        return StoredFile(name=name, size=int(self.fs.size(path) or 0))
+
     def list(self) -> list[StoredFile]:
         """The files directly in the folder (an absent folder is empty)."""
         fs = self.fs

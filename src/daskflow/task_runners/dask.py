@@ -26,6 +26,7 @@ import functools
 import importlib
 import importlib.util
 import logging
+import os
 import site
 import sys
 import sysconfig
@@ -48,7 +49,15 @@ from daskflow.exceptions import ConfigurationError, SchedulerUnreachableError, U
 from daskflow.futures import DaskflowFuture
 from daskflow.states import AwaitingRetry, Cancelled, Crashed, Failed, State, StateType
 from daskflow.task_runners.base import TaskRunner
-from daskflow.task_runners.dask_worker import EVENT_TOPIC, ItemRef, UpstreamRef, decode_state, flush_events, run_on_worker
+from daskflow.task_runners.dask_worker import (
+    EVENT_TOPIC,
+    ItemRef,
+    UpstreamRef,
+    decode_state,
+    flush_events,
+    mark_client_process,
+    run_on_worker,
+)
 
 __all__ = ["DaskFuture", "DaskTaskRunner", "MapItem"]
 
@@ -153,11 +162,13 @@ class _EventRouter:
     def handle(self, event: tuple[float, dict[str, Any]]) -> None:
         _, message = event
         worker = message.get("worker")
+        # A worker thread of this very process already logged its records here.
+        local = message.get("pid") == os.getpid()
         for item in message.get("b", ()):
             try:
                 if item[0] == "s":
                     self._apply_state(item, worker)
-                else:
+                elif not local:
                     _emit_record(item)
             except Exception:  # a malformed event must not stop the stream
                 _log.exception("could not apply a daskflow event from %s", worker)
@@ -173,21 +184,26 @@ class _EventRouter:
         if call is None:
             return
         run = call.task_run
-        if run.state.is_final() and run_count <= run.run_count:
-            return  # a late event of an attempt the client already ended
-        run.run_count = max(run.run_count, run_count)
-        run.worker = worker
-        if len(encoded) > 5 and run.start_time is None:  # a folded Running event: its start time
-            run.start_time = encoded[5]
-        state = decode_state(encoded)
-        run.set_state(state)
-        if state.is_final():
+        final = encoded[0] in _FINAL_TYPES
+        if len(encoded) > 5:  # facts that ride with the state: a folded start time, the cache key
+            extras = encoded[5]
+            if run.start_time is None:
+                run.start_time = extras.get("start")
+            run.cache_key = extras.get("key", run.cache_key)
+        if not (run.state.is_final() and run_count <= run.run_count):  # else the client ended it first
+            run.run_count = max(run.run_count, run_count)
+            run.worker = worker
+            run.set_state(decode_state(encoded))
+        if final and run_count >= run.run_count:  # the latest attempt's end, not a stale one
             # Done on the cluster, which keeps its own graph for recomputing a lost value:
             # what the client kept to resubmit the run is dead weight (a map of 100,000 items).
             # The marker also tells the runner that this run's records have all arrived.
             del self.runs[run_id]
             call.parameters = RELEASED_PARAMETERS
             call.wait_for = ()
+
+
+_FINAL_TYPES = frozenset(t.value for t in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED))
 
 
 def _emit_record(item: list[Any]) -> None:
@@ -221,6 +237,7 @@ _routers_lock = threading.Lock()
 
 
 def _router_for(client: Client) -> _EventRouter:
+    mark_client_process()
     with _routers_lock:
         for key, (known, _) in list(_routers.items()):
             if known.status in ("closed", "closing"):  # forget closed clients (their ids get reused)

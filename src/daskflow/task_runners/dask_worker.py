@@ -19,12 +19,15 @@ to lists of plain values here and rebuilt by :func:`decode_state`.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from distributed import get_worker
+from distributed import Lock, get_worker, rejoin, secede
 
 from daskflow.engine import UNCHANGED, TaskCall, run_task_sync, transform
 from daskflow.exceptions import UpstreamFailedError
@@ -32,7 +35,7 @@ from daskflow.logging import set_console_enabled
 from daskflow.runs import TaskRun, add_state_listener
 from daskflow.states import State, StateType
 
-__all__ = ["EVENT_TOPIC", "ItemRef", "UpstreamRef", "decode_state", "run_on_worker"]
+__all__ = ["EVENT_TOPIC", "ItemRef", "UpstreamRef", "decode_state", "mark_client_process", "run_on_worker"]
 
 EVENT_TOPIC = "daskflow"
 _FLUSH_INTERVAL = 0.02  # the longest an event waits in the buffer
@@ -108,10 +111,18 @@ def fold_running(batch: list[list[Any]]) -> list[list[Any]]:
         if item[0] == "s" and item[3] == _RUNNING:
             end = final_at.get((item[1], item[2]))
             if end is not None and end > position:
-                batch[end].append(item[6])  # the attempt's start time
+                _extras(batch[end])["start"] = item[6]  # the attempt's start time
                 continue
         folded.append(item)
     return folded
+
+
+def _extras(item: list[Any]) -> dict[str, Any]:
+    """The optional last field of a state item: facts about the run that ride with the state."""
+    if len(item) == 8:
+        item.append({})
+    extras: dict[str, Any] = item[8]
+    return extras
 
 
 def encode_state(state: State) -> list[Any]:
@@ -147,11 +158,14 @@ class _Forwarder(logging.Handler):
     def on_state(self, run: Any, state: State) -> None:
         if isinstance(run, TaskRun):
             item = ["s", run.id, run.run_count, *encode_state(state)]
-            current = self.current
-            if state.is_final() and getattr(current, "run_id", None) == run.id:
-                current.final = item
-            else:
-                self._add(item)
+            if state.is_final():
+                if run.cache_key is not None:
+                    _extras(item)["key"] = run.cache_key
+                current = self.current
+                if getattr(current, "run_id", None) == run.id:
+                    current.final = item
+                    return
+            self._add(item)
 
     def begin_run(self, run_id: str) -> None:
         self.current.run_id = run_id
@@ -200,7 +214,7 @@ class _Forwarder(logging.Handler):
             batch, self.buffer = self.buffer, []
             self.urgent = False
         if batch and self.worker is not None:
-            self.worker.log_event(EVENT_TOPIC, {"b": fold_running(batch)})
+            self.worker.log_event(EVENT_TOPIC, {"b": fold_running(batch), "pid": os.getpid()})
 
     def _gather(self) -> None:
         """Wait until there is something to send and it is time to send it."""
@@ -230,6 +244,14 @@ class _Forwarder(logging.Handler):
 
 _forwarder: _Forwarder | None = None
 _forwarder_lock = threading.Lock()
+_client_here = False
+
+
+def mark_client_process() -> None:
+    """Called by the client side: this process runs flows, so its console stays on even if
+    Dask workers run in it too (a ``LocalCluster(processes=False)``, as in notebooks)."""
+    global _client_here
+    _client_here = True
 
 
 def _install_forwarder() -> _Forwarder:
@@ -241,8 +263,10 @@ def _install_forwarder() -> _Forwarder:
                 forwarder.worker = get_worker()
                 add_state_listener(forwarder.on_state)
                 logging.getLogger("daskflow").addHandler(forwarder)
-                # The client prints these records; the worker's stderr need not.
-                set_console_enabled(False)
+                if not _client_here:
+                    # The client prints these records; the worker's stderr need not. A worker
+                    # thread in the client's own process (processes=False) leaves it on.
+                    set_console_enabled(False)
                 threading.Thread(target=forwarder.run, name="daskflow-events", daemon=True).start()
                 _forwarder = forwarder
     return _forwarder
@@ -260,6 +284,28 @@ def flush_events(token: str) -> bool:
     forwarder.flush_now()
     forwarder.worker.log_event(EVENT_TOPIC, {"b": [], "sync": token})
     return True
+
+
+@contextmanager
+def cluster_key_lock(key: str) -> Iterator[None]:
+    """A cluster-wide lock named after a cache key, held without holding a worker thread.
+
+    The wait happens outside the worker's thread pool (``secede``/``rejoin``), so
+    runs waiting for an identical run cannot starve the worker that must finish
+    it. The lock is a ``distributed.Lock``: its lease ends if its holder's worker
+    dies, so a crash never leaves the key locked.
+    """
+    lock = Lock(f"daskflow-cache-{key}")
+    if not lock.acquire(blocking=False):
+        secede()
+        try:
+            lock.acquire()
+        finally:
+            rejoin()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def run_on_worker(task: Any, flow_info: dict[str, Any], spec: tuple[Any, ...], upstream: list[State]) -> State:
@@ -283,6 +329,7 @@ def run_on_worker(task: Any, flow_info: dict[str, Any], spec: tuple[Any, ...], u
         substitute(parameters, upstream) if upstream else parameters,
         tuple(substitute(list(wait_for), upstream)) if wait_for else (),
         **flow_info,
+        cluster_lock=cluster_key_lock,
     )
     forwarder.begin_run(run_id)
     try:
