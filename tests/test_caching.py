@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -399,3 +400,46 @@ def test_editing_the_source_misses_the_cache(tmp_path: Path, monkeypatch: pytest
     second = load_version("return x + 2")
     assert first(1) == 2 and first(1) == 2
     assert second(1) == 3, "an edited function must not read the old function's entry"
+
+
+@pytest.mark.slow
+def test_values_lost_with_a_worker_come_back_from_the_cache_not_a_recompute(
+    tmp_path: Path, executions: Any
+) -> None:
+    from distributed import Client, LocalCluster
+
+    storage = ResultStore((tmp_path / "results").as_uri())
+
+    def ended(task: Any, run: Any, state: State) -> None:  # runs on a hit too: counts the runs
+        executions.record(f"ended-{run.name}-{state.name}")
+
+    @task(cache_policy=INPUTS, result_storage=storage, on_completion=[ended])
+    def work(i: int) -> int:
+        executions.record(f"work-{i}")
+        return i * 3
+
+    @task
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None, silence_logs=50
+    ) as cluster, Client(cluster, set_as_default=False) as client:
+        killed: dict[str, Any] = {}
+
+        @flow(task_runner=DaskTaskRunner(client=client))
+        def pipeline() -> int:
+            futures = work.map(range(20))
+            futures.wait()
+            holders = client.who_has([f.dask_future for f in futures])  # type: ignore[attr-defined]
+            victim = next(iter(holders[futures[0].dask_future.key]))  # type: ignore[attr-defined]
+            killed["lost"] = sum(1 for workers in holders.values() if set(workers) == {victim})
+            pid = client.run(os.getpid, workers=[victim])[victim]
+            os.kill(pid, signal.SIGKILL)
+            return total(futures)
+
+        assert pipeline() == 3 * sum(range(20))
+    hits = [key for key in executions.keys() if key.startswith("ended-") and key.endswith("-Cached")]
+    assert killed["lost"] > 0 and len(hits) == killed["lost"], (killed["lost"], hits)
+    counts = [executions.count(f"work-{i}") for i in range(20)]
+    assert counts == [1] * 20, f"{sum(counts) - 20} of {killed['lost']} lost values were recomputed, not read back"
