@@ -80,7 +80,7 @@ def dask_inprocess_client() -> Iterator[Any]:
 
     with dask.config.set(TEST_DASK_CONFIG):
         cluster = LocalCluster(
-            n_workers=2, threads_per_worker=2, processes=False, dashboard_address=None, silence_logs=logging.ERROR
+            n_workers=2, threads_per_worker=2, processes=False, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR
         )
     client = Client(cluster, set_as_default=False)
     try:

@@ -423,7 +423,7 @@ def test_values_lost_with_a_worker_come_back_from_the_cache_not_a_recompute(
         return sum(values)
 
     with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None, silence_logs=50
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=50
     ) as cluster, Client(cluster, set_as_default=False) as client:
         killed: dict[str, Any] = {}
 

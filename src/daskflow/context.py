@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +27,10 @@ __all__ = [
     "get_flow_run_context",
     "get_run_context",
     "get_task_run_context",
+    "set_wait_hook",
     "use_flow_run_context",
     "use_task_run_context",
+    "waiting",
 ]
 
 
@@ -67,6 +69,10 @@ class TaskRunContext:
     flow_name: str | None = None
     flow_parameters: dict[str, Any] = field(default_factory=dict)
     log_prints: bool = False
+    # Sizes of the named limits the flow run knows (the flow's, then dask.config's).
+    concurrency_limits: dict[str, int] = field(default_factory=dict)
+    # Where named limits, rate limits and locks live: the cluster's on Dask, else None (this process).
+    coordination: Any = None
 
     @property
     def task_run_id(self) -> str:
@@ -106,6 +112,30 @@ def use_flow_run_context(ctx: FlowRunContext) -> Iterator[FlowRunContext]:
     finally:
         _task_ctx.reset(task_token)
         _flow_ctx.reset(flow_token)
+
+
+_wait_hooks = threading.local()
+
+
+def set_wait_hook(hook: Callable[[], AbstractContextManager[None]] | None) -> None:
+    """How this thread waits without holding its runner's capacity (set by runners on their threads)."""
+    _wait_hooks.hook = hook
+
+
+@contextmanager
+def waiting() -> Iterator[None]:
+    """Around a long wait inside a task run (for a slot, a lock, an identical run).
+
+    The runner of this thread may lend the thread's place to other runs meanwhile:
+    a Dask worker secedes from its thread pool, the thread pool runner starts
+    another thread. Elsewhere it changes nothing.
+    """
+    hook = getattr(_wait_hooks, "hook", None)
+    if hook is None:
+        yield
+        return
+    with hook():
+        yield
 
 
 @contextmanager

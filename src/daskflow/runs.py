@@ -125,6 +125,7 @@ class TaskRun(_Run):
     upstream_ids: tuple[str, ...] = ()
     cache_key: str | None = None
     worker: str | None = None
+    slot_wait: float = 0.0  # seconds spent waiting for concurrency slots and rate limits
 
     @property
     def retries(self) -> int:

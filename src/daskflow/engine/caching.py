@@ -24,17 +24,18 @@ import hashlib
 import re
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
 from daskflow import settings
+from daskflow.concurrency import LOCAL
 from daskflow.exceptions import ResultError
 from daskflow.logging import RunLoggerAdapter
 from daskflow.results import ResultStore, StoredResult, open_store
 
-__all__ = ["caching_enabled", "key_lock", "local_key_locks", "read_entry", "result_store", "storage_key", "write_entry"]
+__all__ = ["caching_enabled", "key_lock", "read_entry", "result_store", "storage_key", "write_entry"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _stores: dict[tuple[Any, ...], ResultStore] = {}
@@ -75,52 +76,19 @@ def result_store(result_storage: Any) -> ResultStore:
     return store
 
 
-class _KeyLocks:
-    """Process-wide locks by cache key: identical runs in flight here compute once.
-
-    A lock lives while someone holds or waits for it, so the table stays as
-    small as the number of keys being computed right now.
-    """
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, tuple[threading.Lock, int]] = {}
-
-    @contextmanager
-    def hold(self, key: str) -> Iterator[None]:
-        with self._guard:
-            lock, users = self._locks.get(key, (None, 0))
-            if lock is None:
-                lock = threading.Lock()
-            self._locks[key] = (lock, users + 1)
-        try:
-            with lock:
-                yield
-        finally:
-            with self._guard:
-                lock, users = self._locks[key]
-                if users == 1:
-                    del self._locks[key]
-                else:
-                    self._locks[key] = (lock, users - 1)
-
-
-local_key_locks = _KeyLocks()
-
-
-def key_lock(isolation: str | None, key: str, cluster_lock: Callable[[str], AbstractContextManager[None]] | None) -> AbstractContextManager[None] | None:
+def key_lock(isolation: str | None, key: str, coordination: Any) -> AbstractContextManager[None] | None:
     """The lock that makes identical runs of ``key`` compute once, per the task's ``cache_isolation``.
 
     ``None`` (the default) is a lock of this process, which costs nothing across
-    a network; ``"serializable"`` is the runner's cluster-wide lock where there is
-    one (a ``distributed.Lock`` on Dask) and this process's otherwise; ``"none"``
-    is no lock at all.
+    a network; ``"serializable"`` is the cluster's lock where the run has a
+    cluster (on Dask) and this process's otherwise; ``"none"`` is no lock at all.
     """
     if isolation == "none":
         return None
-    if isolation == "serializable" and cluster_lock is not None:
-        return cluster_lock(key)
-    return local_key_locks.hold(key)
+    if isolation == "serializable" and coordination is not None:
+        lock: AbstractContextManager[None] = coordination.lock(key)
+        return lock
+    return LOCAL.lock(key)
 
 
 @contextmanager

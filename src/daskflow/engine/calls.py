@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from daskflow.concurrency import flow_limit_sizes
 from daskflow.context import FlowRunContext, TaskRunContext, get_flow_run_context, get_task_run_context
 from daskflow.engine.inputs import find_upstream_runs
 from daskflow.runs import TaskRun, new_run_id
@@ -40,13 +40,15 @@ class TaskCall:
     log_prints: bool = False
     # Set when the flow run is cancelled; a local flag, not sent to workers.
     cancel_event: threading.Event | None = None
-    # A cluster-wide lock by name, where the runner has one (set on Dask workers).
-    cluster_lock: Callable[[str], AbstractContextManager[None]] | None = None
+    # Sizes of the named limits the flow run knows (its own, then dask.config's).
+    concurrency_limits: dict[str, int] = field(default_factory=dict)
+    # Where limits and locks live when not in this process (the cluster's, on Dask workers).
+    coordination: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = {name: getattr(self, name) for name in self.__slots__}
         state["cancel_event"] = None
-        state["cluster_lock"] = None
+        state["coordination"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -88,6 +90,7 @@ def make_calls(
             "flow_name": flow_run.flow_name,
             "flow_parameters": flow_ctx.parameters,
             "cancel_event": flow_ctx.cancel_event,
+            "concurrency_limits": flow_ctx.concurrency_limits,
         }
         default_prints = flow_ctx.log_prints
         index = flow_ctx.next_index
@@ -98,12 +101,13 @@ def make_calls(
             "flow_run_name": task_ctx.flow_run_name,
             "flow_name": task_ctx.flow_name,
             "flow_parameters": task_ctx.flow_parameters,
+            "concurrency_limits": task_ctx.concurrency_limits,
         }
         default_prints = task_ctx.log_prints
         index = _orphan_index
         runs_list = None
     else:
-        flow_fields = {}
+        flow_fields = {"concurrency_limits": flow_limit_sizes(None)}
         default_prints = False
         index = _orphan_index
         runs_list = None

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from daskflow.concurrency import flow_limit_sizes
 from daskflow.context import (
     FlowRunContext,
     get_flow_run_context,
@@ -144,7 +145,7 @@ class FlowRunEngine:
         log_prints = bool(self.options.log_prints)
         if log_prints:
             install_print_capture()
-        limits = dict(self.options.concurrency_limit or {})
+        limits = flow_limit_sizes(self.options.concurrency_limit)
         with runner:
             ctx = FlowRunContext(
                 flow=self.flow,

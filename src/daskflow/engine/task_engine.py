@@ -30,6 +30,7 @@ from contextlib import AbstractContextManager
 from functools import lru_cache
 from typing import Any, TypeVar
 
+from daskflow.concurrency import LOCAL, Limit, limits_for_task
 from daskflow.context import TaskRunContext, use_task_run_context
 from daskflow.engine.caching import key_lock, read_entry, result_store, storage_key, write_entry
 from daskflow.engine.calls import TaskCall
@@ -96,7 +97,7 @@ def split_arguments(fn: Callable[..., Any], parameters: dict[str, Any]) -> tuple
 class TaskRunEngine:
     """The state machine of one task run (see the module docstring)."""
 
-    __slots__ = ("call", "task", "options", "run", "parameters", "context", "store", "key", "_logger", "_flight")
+    __slots__ = ("call", "task", "options", "run", "parameters", "context", "store", "key", "limits", "_logger", "_flight")
 
     def __init__(self, call: TaskCall) -> None:
         self.call = call
@@ -109,6 +110,7 @@ class TaskRunEngine:
         self.key: str | None = None
         self._logger: RunLoggerAdapter | None = None
         self._flight: AbstractContextManager[None] | None = None
+        self.limits: tuple[Limit, ...] = ()
 
     @property
     def logger(self) -> RunLoggerAdapter:
@@ -168,7 +170,12 @@ class TaskRunEngine:
             flow_name=call.flow_name,
             flow_parameters=call.flow_parameters,
             log_prints=call.log_prints,
+            concurrency_limits=call.concurrency_limits,
+            coordination=call.coordination,
         )
+        options = self.options
+        if options.concurrency_limit is not None or call.concurrency_limits:
+            self.limits = limits_for_task(options.name, options.tags, options.concurrency_limit, call.concurrency_limits)
         if getattr(self.task, "caching", False):
             return self._look_up_cache()
         return None
@@ -189,7 +196,7 @@ class TaskRunEngine:
         entry = read_entry(self.store, self.key, self.logger)
         if entry is None:
             # Single flight: wait while an identical run computes, then look again.
-            flight = key_lock(options.cache_isolation, self.key, self.call.cluster_lock)
+            flight = key_lock(options.cache_isolation, self.key, self.call.coordination)
             if flight is not None:
                 flight.__enter__()
                 self._flight = flight
@@ -203,6 +210,16 @@ class TaskRunEngine:
         flight, self._flight = self._flight, None
         if flight is not None:
             flight.__exit__(None, None, None)
+
+    def acquire_slots(self) -> Callable[[], None] | None:
+        """Wait for a slot of every limit this run is under; returns their release (None if none)."""
+        if not self.limits:
+            return None
+        started = time.monotonic()
+        coordination = self.call.coordination or LOCAL
+        release: Callable[[], None] = coordination.acquire(self.limits)
+        self.run.slot_wait += time.monotonic() - started
+        return release
 
     def begin_attempt(self) -> None:
         run = self.run
@@ -316,8 +333,10 @@ def _drive_sync(engine: TaskRunEngine, fn: Callable[..., Any]) -> State:
     assert engine.context is not None
     with use_task_run_context(engine.context):
         while True:
-            engine.begin_attempt()
+            # Slots are held for an attempt, not across the wait before a retry.
+            release = engine.acquire_slots()
             try:
+                engine.begin_attempt()
                 if timeout is None:
                     value = fn(*args, **kwargs)
                 else:
@@ -327,11 +346,14 @@ def _drive_sync(engine: TaskRunEngine, fn: Callable[..., Any]) -> State:
                 raise
             except BaseException as exc:
                 delay = engine.handle_exception(exc)
-                if delay is None or not engine.wait_before_retry(delay):
-                    break
-                continue
-            engine.handle_success(value)
-            break
+            else:
+                engine.handle_success(value)
+                break
+            finally:
+                if release is not None:
+                    release()
+            if delay is None or not engine.wait_before_retry(delay):
+                break
     return engine.state
 
 
@@ -359,8 +381,10 @@ async def _drive_async(engine: TaskRunEngine, call: TaskCall) -> State:
     assert engine.context is not None
     with use_task_run_context(engine.context):
         while True:
-            engine.begin_attempt()
+            # Waiting for a slot blocks: in a thread, so the event loop runs on.
+            release = await asyncio.to_thread(engine.acquire_slots) if engine.limits else None
             try:
+                engine.begin_attempt()
                 async with asyncio.timeout(timeout) as deadline:
                     value = await fn(*args, **kwargs)
             except TimeoutError as exc:
@@ -378,6 +402,9 @@ async def _drive_async(engine: TaskRunEngine, call: TaskCall) -> State:
             else:
                 engine.handle_success(value)
                 break
+            finally:
+                if release is not None:
+                    release()
             if delay is None:
                 break
             if delay > 0:

@@ -455,6 +455,7 @@ class DaskTaskRunner(TaskRunner):
             "flow_name": call.flow_name,
             "flow_parameters": call.flow_parameters,
             "log_prints": call.log_prints,
+            "concurrency_limits": call.concurrency_limits,
         }
 
     def submit_batch(self, calls: Sequence[TaskCall]) -> list[DaskflowFuture[Any]]:

@@ -27,8 +27,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from distributed import Lock, get_worker, rejoin, secede
+from distributed import get_worker, rejoin, secede
 
+from daskflow.concurrency.cluster import cluster_coordination
+from daskflow.context import set_wait_hook
 from daskflow.engine import UNCHANGED, TaskCall, run_task_sync, transform
 from daskflow.exceptions import UpstreamFailedError
 from daskflow.logging import set_console_enabled
@@ -287,25 +289,13 @@ def flush_events(token: str) -> bool:
 
 
 @contextmanager
-def cluster_key_lock(key: str) -> Iterator[None]:
-    """A cluster-wide lock named after a cache key, held without holding a worker thread.
-
-    The wait happens outside the worker's thread pool (``secede``/``rejoin``), so
-    runs waiting for an identical run cannot starve the worker that must finish
-    it. The lock is a ``distributed.Lock``: its lease ends if its holder's worker
-    dies, so a crash never leaves the key locked.
-    """
-    lock = Lock(f"daskflow-cache-{key}")
-    if not lock.acquire(blocking=False):
-        secede()
-        try:
-            lock.acquire()
-        finally:
-            rejoin()
+def _seceded() -> Iterator[None]:
+    """A long wait inside a task: give the worker's thread back meanwhile (secede, then rejoin)."""
+    secede()
     try:
         yield
     finally:
-        lock.release()
+        rejoin()
 
 
 def run_on_worker(task: Any, flow_info: dict[str, Any], spec: tuple[Any, ...], upstream: list[State]) -> State:
@@ -329,10 +319,12 @@ def run_on_worker(task: Any, flow_info: dict[str, Any], spec: tuple[Any, ...], u
         substitute(parameters, upstream) if upstream else parameters,
         tuple(substitute(list(wait_for), upstream)) if wait_for else (),
         **flow_info,
-        cluster_lock=cluster_key_lock,
+        coordination=cluster_coordination(),
     )
     forwarder.begin_run(run_id)
+    set_wait_hook(_seceded)
     try:
         return run_task_sync(call)
     finally:
+        set_wait_hook(None)
         forwarder.end_run()

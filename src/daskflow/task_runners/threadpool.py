@@ -9,7 +9,10 @@ cannot starve the pool.
 The pool is our own rather than ``concurrent.futures.ThreadPoolExecutor``
 because cancellation needs to know which thread runs which call: on Ctrl-C,
 queued calls are cancelled without running, and running ones are interrupted
-(see :func:`daskflow.engine.interrupt_thread`). Its threads are daemons, so a
+(see :func:`daskflow.engine.interrupt_thread`). A run that waits for a
+concurrency slot or a lock lends its thread's place meanwhile (see
+:func:`daskflow.context.waiting`): another thread starts for the queued calls,
+so waiting runs never starve unrelated ones. Its threads are daemons, so a
 task stuck in a C call cannot keep the interpreter from exiting after an
 interrupt; a normal flow exit still waits for every run.
 """
@@ -21,10 +24,12 @@ import contextvars
 import os
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from daskflow import settings
+from daskflow.context import set_wait_hook
 from daskflow.engine import TaskCall, interrupt_thread, iter_upstreams, run_task_sync
 from daskflow.exceptions import CancelledRunError, ConfigurationError
 from daskflow.futures import DaskflowFuture, LocalFuture
@@ -66,6 +71,7 @@ class ThreadPoolTaskRunner(TaskRunner):
         self._outstanding = 0
         self._idle = 0
         self._running: set[_Job] = set()
+        self._lent = 0  # threads waiting for a slot or a lock, whose place other runs may use
         self._cancelled = False
 
     def submit_batch(self, calls: Sequence[TaskCall]) -> list[DaskflowFuture[Any]]:
@@ -102,16 +108,32 @@ class ThreadPoolTaskRunner(TaskRunner):
             return
         self._queue.put(job)
         with self._lock:
-            if self._idle == 0 and len(self._threads) < self.max_workers:
-                thread = threading.Thread(
-                    target=self._work, name=f"daskflow-task-{len(self._threads)}", daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
+            if self._idle == 0 and len(self._threads) - self._lent < self.max_workers:
+                self._start_thread()
             else:
                 self._idle -= 1
 
+    def _start_thread(self) -> None:
+        thread = threading.Thread(target=self._work, name=f"daskflow-task-{len(self._threads)}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    @contextmanager
+    def _lend(self) -> Iterator[None]:
+        """While this thread waits (for a slot, a lock), let another thread run queued calls."""
+        with self._lock:
+            self._lent += 1
+            if self._idle < 0 and len(self._threads) - self._lent < self.max_workers:
+                self._idle += 1  # a queued call has no thread: this one takes it
+                self._start_thread()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._lent -= 1
+
     def _work(self) -> None:
+        set_wait_hook(self._lend)
         while True:
             job = self._queue.get()
             if job is None:
@@ -133,6 +155,10 @@ class ThreadPoolTaskRunner(TaskRunner):
                     self._running.discard(job)
                 self._complete(job, state)
             with self._lock:
+                if len(self._threads) - self._lent > self.max_workers and self._idle >= 0:
+                    # One too many since a waiting thread came back: this one leaves.
+                    self._threads.remove(threading.current_thread())
+                    return
                 self._idle += 1
 
     def _cancel_state(self, job: _Job) -> State:

@@ -1,0 +1,205 @@
+"""Named limits, rate limits and locks across a Dask cluster, on ``distributed``'s primitives.
+
+One :class:`ClusterCoordination` lives in each worker process and holds its
+``distributed.Semaphore`` objects (a semaphore keeps a periodic lease refresh
+going, so they are made once per name and reused). A limit ``db`` of size 10
+is the semaphore ``daskflow-limit-db-10``: every flow on the cluster that
+names ``db`` with that size shares it, and a flow that changes the size gets a
+semaphore of its own instead of distributed's "Inconsistent max leases". A
+slot is a lease: released when its holder ends however it ends, and by the
+scheduler when its worker dies and stops refreshing it
+(``distributed.scheduler.locks.lease-timeout``, checked every
+``lease-validation-interval``). A holder that kept a slot longer than the lease
+timeout asks the scheduler whether its lease survived and warns if it did not
+(the limit may then have been overbooked).
+
+A rate limit of ``r`` per second is a semaphore of ``max(1, int(r))`` leases,
+each released ``tokens / r`` seconds after it was taken, by a timer thread of
+the worker: a token bucket that all workers share. Locks for single-flight
+caching are spread over a fixed set of names (``daskflow-cache-<stripe>``) so
+that the scheduler's table of locks stays bounded however many keys pass.
+Every wait goes through :func:`daskflow.context.waiting`: the worker secedes
+from its thread pool while it waits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import dask.config
+from dask.utils import parse_timedelta
+from distributed import Lock, Semaphore, get_client
+
+from daskflow.concurrency.limits import Limit
+from daskflow.concurrency.local import bucket_shape
+from daskflow.context import waiting
+
+__all__ = ["ClusterCoordination", "cluster_coordination"]
+
+_log = logging.getLogger("daskflow.concurrency")
+_LOCK_STRIPES = 4096
+
+
+class _Releases:
+    """A timer thread that releases rate-limit leases when their time comes."""
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, Callable[[], Any]]] = []
+        self._ready = threading.Condition()
+        self._count = 0
+        self._thread: threading.Thread | None = None
+
+    def at(self, moment: float, release: Callable[[], Any]) -> None:
+        with self._ready:
+            self._count += 1
+            heapq.heappush(self._due, (moment, self._count, release))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="daskflow-rate-releases", daemon=True)
+                self._thread.start()
+            self._ready.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._ready.wait(None if not self._due else self._due[0][0] - time.monotonic())
+                _, _, release = heapq.heappop(self._due)
+            try:
+                release()
+            except Exception:  # the scheduler is gone; its leases went with it
+                _log.debug("a rate-limit lease could not be released", exc_info=True)
+
+
+class ClusterCoordination:
+    """Limits, rate limits and locks shared by every worker of the cluster."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._semaphores: dict[str, Semaphore] = {}
+        self._locks: dict[str, Lock] = {}
+        self._releases = _Releases()
+
+    # -- limits --------------------------------------------------------------------------
+
+    def acquire(self, limits: Sequence[Limit], occupy: int = 1) -> Callable[[], None]:
+        """Take ``occupy`` slots of every limit (in the given order); returns the release."""
+        held: list[tuple[Limit, Semaphore]] = []
+        try:
+            for limit in limits:
+                semaphore = self._semaphore(f"daskflow-limit-{limit.name}-{limit.size}", limit.size)
+                self._take(limit, semaphore, occupy)
+                held.append((limit, semaphore))
+        except BaseException:
+            self._give_back(held, occupy, time.monotonic())
+            raise
+        started = time.monotonic()
+        return lambda: self._give_back(held, occupy, started)
+
+    def _take(self, limit: Limit, semaphore: Semaphore, occupy: int) -> None:
+        if occupy == 1:
+            _acquire(semaphore)
+            return
+        # One gatherer at a time: two runs each holding part of what they need
+        # could otherwise wait for each other forever.
+        with self.lock(f"gather-{limit.name}-{limit.size}"):
+            for _ in range(occupy):
+                _acquire(semaphore)
+
+    def _give_back(self, held: list[tuple[Limit, Semaphore]], occupy: int, since: float) -> None:
+        # A lease can only have timed out if it was held longer than the timeout.
+        long_held = time.monotonic() - since > _lease_timeout()
+        for limit, semaphore in reversed(held):
+            # The leases this process holds on the semaphore (all alike to the scheduler).
+            if long_held and not _leases_alive(semaphore.name, list(semaphore._leases)):
+                _log.warning(
+                    "a slot of limit %r timed out while this run held it (no lease refresh for "
+                    "distributed.scheduler.locks.lease-timeout=%gs): other runs may have gone beyond the "
+                    "limit meanwhile. Raise the lease timeout, or release the GIL in long computations.",
+                    limit.name,
+                    _lease_timeout(),
+                )
+            for _ in range(occupy):
+                semaphore.release()
+
+    # -- rate limits -----------------------------------------------------------------------
+
+    def take_tokens(self, name: str, per_second: float, occupy: int = 1) -> None:
+        """Wait until ``occupy`` starts are allowed under the rate limit ``name``, cluster-wide."""
+        tokens, period = bucket_shape(per_second)
+        semaphore = self._semaphore(f"daskflow-rate-{name}-{per_second:g}", tokens)
+        for _ in range(occupy):
+            _acquire(semaphore)
+            self._releases.at(time.monotonic() + period, semaphore.release)
+
+    # -- locks -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _hold(self, lock: Lock) -> Iterator[None]:
+        _acquire(lock)
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def lock(self, key: str) -> AbstractContextManager[None]:
+        """A cluster-wide lock for ``key`` (one of a fixed set of stripes: a shared stripe only costs
+        concurrency, never correctness)."""
+        stripe = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % _LOCK_STRIPES
+        name = f"daskflow-cache-{stripe}"
+        with self._guard:
+            lock = self._locks.get(name)
+            if lock is None:
+                lock = self._locks[name] = Lock(name)
+        return self._hold(lock)
+
+    def _semaphore(self, name: str, size: int) -> Semaphore:
+        with self._guard:
+            semaphore = self._semaphores.get(name)
+            if semaphore is None:
+                semaphore = self._semaphores[name] = Semaphore(max_leases=size, name=name)
+        return semaphore
+
+
+def _acquire(semaphore: Semaphore) -> None:
+    """Acquire at once if free; otherwise wait outside the worker's thread pool."""
+    if semaphore.acquire(timeout=0):
+        return
+    with waiting():
+        semaphore.acquire()
+
+
+def _lease_timeout() -> float:
+    value = dask.config.get("distributed.scheduler.locks.lease-timeout")
+    return float("inf") if value == "inf" else float(parse_timedelta(value, default="s"))
+
+
+def _leases_alive(name: str, leases: list[str]) -> bool:
+    def check(dask_scheduler: Any, name: str, leases: list[str]) -> bool:
+        known = dask_scheduler.extensions["semaphores"].leases.get(name, {})
+        return all(lease in known for lease in leases)
+
+    try:
+        return bool(get_client().run_on_scheduler(check, name=name, leases=leases))
+    except Exception:  # cannot ask: say nothing rather than cry wolf
+        return True
+
+
+_coordination: ClusterCoordination | None = None
+_coordination_lock = threading.Lock()
+
+
+def cluster_coordination() -> ClusterCoordination:
+    """This worker process's coordination (made on first use)."""
+    global _coordination
+    if _coordination is None:
+        with _coordination_lock:
+            if _coordination is None:
+                _coordination = ClusterCoordination()
+    return _coordination
