@@ -261,8 +261,10 @@ def quiet_daskflow() -> None:
 
 
 @contextmanager
-def local_cluster(config: Mapping[str, Any] | None = None) -> Iterator[Any]:
+def local_cluster(config: Mapping[str, Any] | None = None, threads_per_worker: int = 1) -> Iterator[Any]:
     """A client of the benchmark cluster: ``LocalCluster``, 2 worker processes x 1 thread, loopback.
+
+    ``threads_per_worker`` changes the thread count for the suites that need more (W4).
 
     ``config`` (dask.config keys, e.g. one of :data:`CLUSTER_VARIANTS`) is set before the
     cluster starts, since the scheduler reads it once, and stays set while it runs. The
@@ -274,7 +276,7 @@ def local_cluster(config: Mapping[str, Any] | None = None) -> Iterator[Any]:
     with dask.config.set(dict(config or {})):
         with LocalCluster(
             n_workers=2,
-            threads_per_worker=1,
+            threads_per_worker=threads_per_worker,
             processes=True,
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0",

@@ -9,7 +9,10 @@ semaphore of its own instead of distributed's "Inconsistent max leases". A
 slot is a lease: released when its holder ends however it ends, and by the
 scheduler when its worker dies and stops refreshing it
 (``distributed.scheduler.locks.lease-timeout``, checked every
-``lease-validation-interval``). A holder that kept a slot longer than the lease
+``lease-validation-interval``). A worker keeps a slot its run finished with
+for a few milliseconds for its next run (tiny tasks then make no round trip),
+unless its runs had to wait for that limit lately (others may be waiting too).
+A holder that kept a slot longer than the lease
 timeout asks the scheduler whether its lease survived and warns if it did not
 (the limit may then have been overbooked).
 
@@ -24,6 +27,7 @@ from its thread pool while it waits.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import heapq
 import logging
@@ -45,6 +49,10 @@ __all__ = ["ClusterCoordination", "cluster_coordination"]
 
 _log = logging.getLogger("daskflow.concurrency")
 _LOCK_STRIPES = 4096
+# How long a worker keeps a slot it no longer needs for its next run, before giving it back;
+# and for how long after one of its runs had to wait for a slot it does not (others may wait).
+_WARM_SECONDS = 0.01
+_CONTENDED_SECONDS = 1.0
 
 
 class _Releases:
@@ -85,6 +93,9 @@ class ClusterCoordination:
         self._semaphores: dict[str, Semaphore] = {}
         self._locks: dict[str, Lock] = {}
         self._releases = _Releases()
+        # Per semaphore: when each slot this worker just finished with goes back to the scheduler.
+        self._warm: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self._waited: dict[str, float] = {}  # per semaphore: when a run here last had to wait
 
     # -- limits --------------------------------------------------------------------------
 
@@ -104,7 +115,13 @@ class ClusterCoordination:
 
     def _take(self, limit: Limit, semaphore: Semaphore, occupy: int) -> None:
         if occupy == 1:
-            _acquire(semaphore)
+            with self._guard:
+                warm = self._warm[semaphore.name]
+                if warm:  # a slot this worker just finished with: no round trip to the scheduler
+                    warm.popleft()
+                    return
+            if not _acquire(semaphore):
+                self._waited[semaphore.name] = time.monotonic()
             return
         # One gatherer at a time: two runs each holding part of what they need
         # could otherwise wait for each other forever.
@@ -125,8 +142,39 @@ class ClusterCoordination:
                     limit.name,
                     _lease_timeout(),
                 )
-            for _ in range(occupy):
-                semaphore.release()
+            if occupy == 1:
+                self._keep_warm(semaphore)
+            else:
+                for _ in range(occupy):
+                    _release_soon(semaphore)
+
+    def _keep_warm(self, semaphore: Semaphore) -> None:
+        """Keep a finished run's slot for this worker's next run, for :data:`_WARM_SECONDS`.
+
+        Tiny tasks under a limit would otherwise pay two round trips to the scheduler
+        each; a warm slot costs none. It still counts as taken while it waits, so a
+        limit is at worst under-used for that moment, never overbooked.
+        """
+        now = time.monotonic()
+        if now - self._waited.get(semaphore.name, -_CONTENDED_SECONDS) < _CONTENDED_SECONDS:
+            _release_soon(semaphore)  # the limit is contended: the scheduler hands it on at once
+            return
+        due = now + _WARM_SECONDS
+        with self._guard:
+            self._warm[semaphore.name].append(due)
+        self._releases.at(due, lambda: self._cool(semaphore))
+
+    def _cool(self, semaphore: Semaphore) -> None:
+        """Give back the warm slots whose time is up (some may have been reused meanwhile)."""
+        now = time.monotonic()
+        expired = 0
+        with self._guard:
+            warm = self._warm[semaphore.name]
+            while warm and warm[0] <= now:
+                warm.popleft()
+                expired += 1
+        for _ in range(expired):
+            _release_soon(semaphore)
 
     # -- rate limits -----------------------------------------------------------------------
 
@@ -167,12 +215,25 @@ class ClusterCoordination:
         return semaphore
 
 
-def _acquire(semaphore: Semaphore) -> None:
-    """Acquire at once if free; otherwise wait outside the worker's thread pool."""
+def _release_soon(semaphore: Semaphore) -> None:
+    """Give a lease back without waiting for the scheduler's answer.
+
+    ``Semaphore.release`` blocks the task's thread for a round trip to the
+    scheduler; the run is over, so the release is sent from the worker's event
+    loop instead (the same message, the same retries). Until it arrives the slot
+    counts as taken: a limit can only be under-used for that moment, never overbooked.
+    """
+    lease_id = semaphore._leases.popleft()  # what Semaphore.release does, minus the wait
+    semaphore.loop.add_callback(semaphore._release, lease_id)
+
+
+def _acquire(semaphore: Semaphore) -> bool:
+    """Acquire at once if free (True); otherwise wait outside the worker's thread pool (False)."""
     if semaphore.acquire(timeout=0):
-        return
+        return True
     with waiting():
         semaphore.acquire()
+    return False
 
 
 def _lease_timeout() -> float:
