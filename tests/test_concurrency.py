@@ -10,6 +10,7 @@ within a fraction of a second.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -185,6 +186,64 @@ def test_a_slot_is_released_however_its_holder_ends(runner: Any, ending: str) ->
         return state.name, good.submit().result(timeout=30)
 
     assert pipeline() == ("Failed" if ending == "raises" else "TimedOut", 1)
+
+
+def test_a_cancelled_holder_releases_its_slot() -> None:
+    started = threading.Event()
+
+    @task(concurrency_limit=1, name="cancellable")
+    def slow() -> None:
+        started.set()
+        for _ in range(3000):  # short sleeps: the interrupt lands between them
+            time.sleep(0.01)
+
+    @task(concurrency_limit=1, name="cancellable")
+    def quick() -> int:
+        return 1
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def interrupted() -> None:
+        slow.submit()
+        assert started.wait(30)
+        raise KeyboardInterrupt
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def after() -> int:
+        return quick.submit().result(timeout=10)
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted()
+    assert after() == 1
+
+
+@pytest.mark.slow
+def test_overbooking_the_scheduler_detects_is_a_warning(threaded_client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    @task(concurrency_limit=1, name="gil-hog")
+    def hog() -> int:
+        # One C call that holds the GIL for about a second: its lease is not refreshed for
+        # longer than the tests' 200 ms lease timeout, the scheduler drops it, and the
+        # waiting run takes the slot while this one still runs.
+        time.sleep(0.3)  # first, with the GIL free, so that the client sees it Running
+        return sum(range(40_000_000)) % 7
+
+    @task(concurrency_limit=1, name="gil-hog")
+    def waiter() -> None:
+        time.sleep(2)
+
+    @flow(task_runner=DaskTaskRunner(client=threaded_client))
+    def pipeline() -> None:
+        first = hog.submit()
+        deadline = time.monotonic() + 30
+        while first.task_run.state.name != "Running" and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling a state the client gets in batches: hog holds the slot now
+        waiter.submit()
+        first.wait()
+
+    with caplog.at_level(logging.WARNING, logger="daskflow"):
+        pipeline()
+    messages = [r.getMessage() for r in caplog.records]
+    warned = [m for m in messages if "was overbooked" in m]
+    assert warned and "gil-hog" in warned[0] and "lease-timeout" in warned[0], messages
 
 
 def test_two_sizes_of_one_name_do_not_collide_on_a_cluster(threaded_client: Client) -> None:

@@ -14,6 +14,7 @@ never an unlimited limit. Time spent waiting is added to the task run's
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,7 +25,11 @@ from daskflow.concurrency.local import LOCAL
 from daskflow.context import get_flow_run_context, get_task_run_context
 from daskflow.exceptions import ConcurrencyLimitError
 
-__all__ = ["concurrency", "coordination_here", "rate_limit"]
+__all__ = ["ConcurrencyWarning", "concurrency", "coordination_here", "rate_limit"]
+
+
+class ConcurrencyWarning(UserWarning):
+    """A slot's lease timed out while it was held: the limit may have been overbooked."""
 
 
 def coordination_here() -> Any:
@@ -59,7 +64,9 @@ def concurrency(name: str, occupy: int = 1) -> Iterator[None]:
     try:
         yield
     finally:
-        release()
+        warning = release()
+        if warning:
+            warnings.warn(warning, ConcurrencyWarning, stacklevel=3)
 
 
 @contextmanager

@@ -99,8 +99,9 @@ class ClusterCoordination:
 
     # -- limits --------------------------------------------------------------------------
 
-    def acquire(self, limits: Sequence[Limit], occupy: int = 1) -> Callable[[], None]:
-        """Take ``occupy`` slots of every limit (in the given order); returns the release."""
+    def acquire(self, limits: Sequence[Limit], occupy: int = 1) -> Callable[[], str | None]:
+        """Take ``occupy`` slots of every limit (in the given order); returns the release,
+        which returns a warning to log if a slot's lease timed out while held."""
         held: list[tuple[Limit, Semaphore]] = []
         try:
             for limit in limits:
@@ -129,24 +130,24 @@ class ClusterCoordination:
             for _ in range(occupy):
                 _acquire(semaphore)
 
-    def _give_back(self, held: list[tuple[Limit, Semaphore]], occupy: int, since: float) -> None:
+    def _give_back(self, held: list[tuple[Limit, Semaphore]], occupy: int, since: float) -> str | None:
         # A lease can only have timed out if it was held longer than the timeout.
         long_held = time.monotonic() - since > _lease_timeout()
+        warning = None
         for limit, semaphore in reversed(held):
             # The leases this process holds on the semaphore (all alike to the scheduler).
             if long_held and not _leases_alive(semaphore.name, list(semaphore._leases)):
-                _log.warning(
-                    "a slot of limit %r timed out while this run held it (no lease refresh for "
-                    "distributed.scheduler.locks.lease-timeout=%gs): other runs may have gone beyond the "
-                    "limit meanwhile. Raise the lease timeout, or release the GIL in long computations.",
-                    limit.name,
-                    _lease_timeout(),
+                warning = (
+                    f"limit {limit.name!r} was overbooked: a slot timed out while this run held it (its lease "
+                    f"was not refreshed within distributed.scheduler.locks.lease-timeout={_lease_timeout():g}s) "
+                    "and another run took it. Raise the lease timeout, or release the GIL in long computations."
                 )
             if occupy == 1:
                 self._keep_warm(semaphore)
             else:
                 for _ in range(occupy):
                     _release_soon(semaphore)
+        return warning
 
     def _keep_warm(self, semaphore: Semaphore) -> None:
         """Keep a finished run's slot for this worker's next run, for :data:`_WARM_SECONDS`.
@@ -242,9 +243,14 @@ def _lease_timeout() -> float:
 
 
 def _leases_alive(name: str, leases: list[str]) -> bool:
+    """False if the scheduler lost one of ``leases`` or now counts more leases than slots."""
+
     def check(dask_scheduler: Any, name: str, leases: list[str]) -> bool:
-        known = dask_scheduler.extensions["semaphores"].leases.get(name, {})
-        return all(lease in known for lease in leases)
+        extension = dask_scheduler.extensions["semaphores"]
+        known = extension.leases.get(name, {})
+        # A timed-out lease that its holder refreshes later comes back: then there are
+        # more leases than slots, which is the overbooking itself.
+        return all(lease in known for lease in leases) and len(known) <= extension.max_leases.get(name, len(known))
 
     try:
         return bool(get_client().run_on_scheduler(check, name=name, leases=leases))

@@ -118,8 +118,9 @@ class LocalCoordination:
         self._buckets: dict[tuple[str, float], _Bucket] = {}
         self._locks = _KeyLocks()
 
-    def acquire(self, limits: Sequence[Limit], occupy: int = 1) -> Callable[[], None]:
-        """Take ``occupy`` slots of every limit (in the given order); returns the release."""
+    def acquire(self, limits: Sequence[Limit], occupy: int = 1) -> Callable[[], str | None]:
+        """Take ``occupy`` slots of every limit (in the given order); returns the release
+        (which has nothing to warn about here: local slots cannot time out)."""
         taken: list[_Slots] = []
         try:
             for limit in limits:
@@ -131,9 +132,10 @@ class LocalCoordination:
                 slots.release(occupy)
             raise
 
-        def release() -> None:
+        def release() -> str | None:
             for slots in reversed(taken):
                 slots.release(occupy)
+            return None
 
         return release
 

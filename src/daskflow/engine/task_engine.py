@@ -217,8 +217,14 @@ class TaskRunEngine:
             return None
         started = time.monotonic()
         coordination = self.call.coordination or LOCAL
-        release: Callable[[], None] = coordination.acquire(self.limits)
+        release_slots: Callable[[], str | None] = coordination.acquire(self.limits)
         self.run.slot_wait += time.monotonic() - started
+
+        def release() -> None:
+            warning = release_slots()
+            if warning:
+                self.logger.warning("%s", warning)
+
         return release
 
     def begin_attempt(self) -> None:
