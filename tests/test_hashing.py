@@ -287,10 +287,27 @@ def test_equal_content_in_different_layouts_hashes_alike() -> None:
         "frame from dict order": (pd.DataFrame({"a": [1], "b": [2]}),
                                   pd.DataFrame([[1, 2]], columns=["a", "b"])),
         "numpy scalar vs 0-d": (np.float64(2.0), np.float64(np.array([2.0])[0])),
+        "arrow strings chunked": (pa.array(["a", None, "bcd", ""]),
+                                  pa.chunked_array([["a"], [None, "bcd", ""]])),
+        "arrow strings sliced": (pa.array([None, "bcd"]), pa.array(["zz", None, "bcd", "x"])[1:3]),
+        "arrow binary sliced": (pa.array([b"\x00\x01", b""]), pa.array([b"q", b"\x00\x01", b""])[1:]),
+        "pandas arrow strings": (pd.Series(["x", None, "yz"], dtype="string[pyarrow]"),
+                                 pd.Series(["w", "x", None, "yz"], dtype="string[pyarrow]").iloc[1:].reset_index(drop=True)),
     }
     for name, (a, b) in cases.items():
         ha, hb = stable_hash(a), stable_hash(b)
         assert ha == hb, f"{name}: equal content hashed to {ha} and {hb}"
+
+
+def test_string_arrays_tell_their_values_apart() -> None:
+    # Lengths are hashed with the bytes: moving a boundary between values changes the hash.
+    assert stable_hash(pa.array(["ab", "c"])) != stable_hash(pa.array(["a", "bc"]))
+    assert stable_hash(pa.array(["", "a"])) != stable_hash(pa.array(["a", ""]))
+    assert stable_hash(pa.array([None, "a"])) != stable_hash(pa.array(["", "a"]))  # the mask counts
+    assert stable_hash(pa.array(["a"])) != stable_hash(pa.array(["a"], pa.large_string()))
+    assert stable_hash(pa.array(["a"])) != stable_hash(pa.array([b"a"]))
+    frame = pd.DataFrame({"s": pd.Series(["x", "y"], dtype="string[pyarrow]")})
+    assert stable_hash(frame) != stable_hash(frame.assign(s=pd.Series(["x", "z"], dtype="string[pyarrow]")))
 
 
 def test_masked_values_under_nulls_do_not_leak() -> None:
