@@ -241,9 +241,10 @@ def _decode_pandas(table: Any, fmt: str, codec: dict[str, Any]) -> Any:
 def _restore_dtypes(frame: Any, dtypes: list[str]) -> None:
     if len(dtypes) != frame.shape[1]:
         raise ValueError(f"entry records {len(dtypes)} column dtypes for {frame.shape[1]} columns")
-    for position, wanted in enumerate(dtypes):
-        column = frame.iloc[:, position]
-        if str(column.dtype) != wanted:
+    # Compared in one pass: a column is only taken out (.iloc costs ~40 µs) where it differs.
+    for position, (got, wanted) in enumerate(zip(map(str, frame.dtypes.tolist()), dtypes)):
+        if got != wanted:
+            column = frame.iloc[:, position]
             frame.isetitem(position, _as_dtype(column, wanted, f"column {frame.columns[position]!r}"))
 
 
