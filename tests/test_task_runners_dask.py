@@ -180,6 +180,36 @@ def test_each_flow_run_is_a_dask_span_and_big_maps_go_in_windows(
     assert ("flow spanned run span-10",) in names, names
 
 
+def test_a_map_over_a_future_depends_on_its_items_not_the_whole_list(dask_client: Client) -> None:
+    @task(name="discover")
+    def discover() -> list[int]:
+        return [1, 2, 3]
+
+    @task(name="square")
+    def square(x: int) -> int:
+        return x * x
+
+    def dependencies(dask_scheduler: Any, keys: list[str]) -> dict[str, list[str]]:
+        return {key: [dep.key for dep in dask_scheduler.tasks[key].dependencies] for key in keys}
+
+    seen: dict[str, Any] = {}
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline() -> list[int]:
+        found = discover.submit()
+        squares = square.map(found)
+        values = squares.result()
+        keys = [f.dask_future.key for f in squares]  # type: ignore[attr-defined]
+        seen["deps"] = dask_client.run_on_scheduler(dependencies, keys=keys)
+        seen["source"] = found.task_run.id.replace("-", "")
+        return values
+
+    assert pipeline() == [1, 4, 9]
+    deps = list(seen["deps"].values())
+    assert deps == [[f"discover-item-{seen['source']}-{i}"] for i in range(3)], deps
+    assert {key_split(d[0]) for d in deps} == {"discover-item"}
+
+
 def test_an_unpicklable_argument_is_an_error_at_submit(dask_client: Client) -> None:
     @task(name="load")
     def load(conn: Any) -> None: ...

@@ -57,6 +57,7 @@ from daskflow.task_runners.dask_worker import (
     flush_events,
     mark_client_process,
     run_on_worker,
+    take_item,
 )
 
 __all__ = ["DaskFuture", "DaskTaskRunner", "MapItem"]
@@ -71,13 +72,22 @@ RELEASED_PARAMETERS: dict[str, Any] = {}
 
 
 class MapItem(BaseAnnotation[Any]):
-    """Item ``index`` of the list that an upstream future will hold (a ``.map`` over a future)."""
+    """Item ``index`` of the list that an upstream future will hold (a ``.map`` over a future).
 
-    __slots__ = ("index",)
+    ``item`` is the Dask future of a small task that takes that item out of the list
+    where the list lives, so the run that maps over it depends on its item only: the
+    scheduler can run it next to its item, and the whole list never travels to every
+    worker. ``source_key`` is the upstream's Dask key when ``item`` was made (a crash
+    retry gives the upstream a new key; then the item is taken from the list itself).
+    """
 
-    def __init__(self, value: Any, index: int = 0) -> None:
+    __slots__ = ("index", "item", "source_key")
+
+    def __init__(self, value: Any, index: int = 0, item: Any = None, source_key: Any = None) -> None:
         super().__init__(value)
         self.index = index
+        self.item = item
+        self.source_key = source_key
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (MapItem, (self.value, self.index))
@@ -418,18 +428,21 @@ class DaskTaskRunner(TaskRunner):
     def _spec(self, call: TaskCall, deps: list[distributed.Future], upstreams: list[DaskFuture]) -> tuple[Any, ...]:
         index: dict[Any, int] = {}
 
-        def ref(future: DaskFuture) -> int:
-            key = future.dask_future.key
+        def ref(future: DaskFuture, dask_future: distributed.Future | None = None) -> int:
+            dask_future = dask_future or future.dask_future
+            key = dask_future.key
             if key not in index:
                 index[key] = len(deps)
-                deps.append(future.dask_future)
-                upstreams.append(future)
+                deps.append(dask_future)
+                upstreams.append(future)  # what recovery looks at when this dependency breaks
             return index[key]
 
         def visit(leaf: Any, allowed: bool) -> Any:
             if isinstance(leaf, DaskFuture):
                 return UpstreamRef(ref(leaf))
             if isinstance(leaf, MapItem):
+                if leaf.item is not None and leaf.source_key == leaf.value.dask_future.key:
+                    return UpstreamRef(ref(leaf.value, leaf.item))
                 return ItemRef(ref(leaf.value), leaf.index)
             if isinstance(leaf, DaskflowFuture):  # from another runner: settle it here
                 leaf.wait()
@@ -542,7 +555,12 @@ class DaskTaskRunner(TaskRunner):
         if length is None:  # the upstream did not complete: let each item fail as its downstream
             future.wait()
             return list(future.result())
-        return [MapItem(future, i) for i in range(length)]
+        source = future.dask_future.key
+        prefix = f"{future.task_run.task_name}-item-{future.task_run.id.replace('-', '')}"  # grouped as <task>-item
+        items = self.client.map(
+            take_item, [future.dask_future] * length, range(length), key=[f"{prefix}-{i}" for i in range(length)], pure=False
+        )
+        return [MapItem(future, i, item, source) for i, item in enumerate(items)]
 
     # -- failures ----------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from daskflow.logging import set_console_enabled
 from daskflow.runs import TaskRun, add_state_listener
 from daskflow.states import State, StateType
 
-__all__ = ["EVENT_TOPIC", "ItemRef", "UpstreamRef", "decode_state", "mark_client_process", "run_on_worker"]
+__all__ = ["EVENT_TOPIC", "ItemRef", "UpstreamRef", "decode_state", "mark_client_process", "run_on_worker", "take_item"]
 
 EVENT_TOPIC = "daskflow"
 _FLUSH_INTERVAL = 0.02  # the longest an event waits in the buffer
@@ -125,6 +125,20 @@ def _extras(item: list[Any]) -> dict[str, Any]:
         item.append({})
     extras: dict[str, Any] = item[8]
     return extras
+
+
+def take_item(state: State, index: int) -> State:
+    """Item ``index`` of an upstream run's list value, as a state of its own (a Dask task).
+
+    An upstream that did not complete passes its state on, as the whole list would.
+    """
+    if not state.is_completed():
+        return state
+    values: Any = state.data
+    try:
+        return State(StateType.COMPLETED, data=values[index])
+    except Exception as exc:
+        return State(StateType.FAILED, "UpstreamFailed", f"item {index} of an upstream value could not be taken: {exc}")
 
 
 def encode_state(state: State) -> list[Any]:
