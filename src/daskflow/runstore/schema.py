@@ -1,0 +1,197 @@
+"""The run store's tables, as SQLAlchemy Core metadata: what the store's queries are written against.
+
+The database itself is made by the versioned migrations in
+:mod:`daskflow.runstore.migrations` (``versions/``), never by
+``metadata.create_all``; a test checks that a migrated database matches these
+definitions, so a change here needs a new migration script beside it.
+
+Six tables: ``flow_runs`` and ``task_runs`` hold one row per run (the latest
+snapshot), ``states`` every state a run entered, ``logs`` its log records,
+``artifacts`` what it published, and ``runstore_version`` (Alembic's) the
+schema version. Run ids link them without foreign keys: history is written
+best-effort, and a batch lost in an outage must not make later batches fail.
+Indexes follow the reading API: ``runs ls`` filters flow runs by flow, state
+and start time and orders them newest first; ``runs show`` and ``runs logs``
+look task runs, states and logs up by their flow run.
+
+Times are stored in UTC. :class:`UTCDateTime` makes them aware ``datetime``
+objects on every backend (SQLite keeps no zone of its own).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import Dialect
+
+__all__ = [
+    "VERSION_TABLE",
+    "UTCDateTime",
+    "artifacts",
+    "flow_runs",
+    "logs",
+    "metadata",
+    "sqlite_text",
+    "started",
+    "states",
+    "task_runs",
+]
+
+VERSION_TABLE = "runstore_version"
+
+
+def sqlite_text(value: float | datetime) -> str:
+    """A time as SQLite keeps it: naive UTC text in SQLAlchemy's format, ``2024-05-01 12:00:00.000000``."""
+    if isinstance(value, datetime):
+        value = value.astimezone(UTC)
+    else:
+        value = datetime.fromtimestamp(value, UTC)
+    return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
+
+
+class _SQLiteText(sqlite.DATETIME):
+    """SQLite's DATETIME, whose text :class:`UTCDateTime` writes and reads itself."""
+
+    def bind_processor(self, dialect: Dialect) -> None:
+        return None
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> None:
+        return None
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A datetime stored in UTC and read back as an aware UTC datetime.
+
+    SQLite has no datetime type: there the value is text in SQLAlchemy's own format
+    (``2024-05-01 12:00:00.000000``, naive UTC, so text order is time order),
+    written and parsed here in one C call each instead of SQLAlchemy's two Python
+    steps: the writer converts a few timestamps per record, and that adds up.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return _SQLiteText()  # type: ignore[no-untyped-call]  # SQLAlchemy's DATETIME.__init__ is untyped
+        return dialect.type_descriptor(self.impl)
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
+        return sqlite_text(value) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# BIGINT on PostgreSQL; INTEGER on SQLite, where only "INTEGER PRIMARY KEY" is the autoincrementing rowid.
+_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+metadata = sa.MetaData()
+
+flow_runs = sa.Table(
+    "flow_runs",
+    metadata,
+    sa.Column("id", sa.String(), primary_key=True),
+    sa.Column("name", sa.String(), nullable=False),
+    sa.Column("flow_name", sa.String(), nullable=False),
+    sa.Column("parent_flow_run_id", sa.String(), nullable=True),
+    sa.Column("parameters", sa.Text(), nullable=True),  # JSON
+    sa.Column("state_type", sa.String(), nullable=False),
+    sa.Column("state_name", sa.String(), nullable=False),
+    sa.Column("state_message", sa.Text(), nullable=True),
+    sa.Column("start_time", UTCDateTime(), nullable=True),
+    sa.Column("end_time", UTCDateTime(), nullable=True),
+    sa.Column("run_count", sa.Integer(), nullable=False),
+    sa.Column("traceback", sa.Text(), nullable=True),
+    sa.Column("created", UTCDateTime(), nullable=False),
+    sa.Column("updated", UTCDateTime(), nullable=False),
+    sa.Index("ix_flow_runs_flow_name", "flow_name"),
+    sa.Index("ix_flow_runs_state_type", "state_type"),
+    sa.Index("ix_flow_runs_parent", "parent_flow_run_id"),
+    sa.Index("ix_flow_runs_created", "created"),
+)
+
+# When a flow run started, or was created if it never started: what `runs ls` sorts and filters by.
+started = sa.func.coalesce(flow_runs.c.start_time, flow_runs.c.created)
+sa.Index("ix_flow_runs_started", started)
+
+task_runs = sa.Table(
+    "task_runs",
+    metadata,
+    sa.Column("id", sa.String(), primary_key=True),
+    sa.Column("flow_run_id", sa.String(), nullable=True),
+    sa.Column("name", sa.String(), nullable=False),
+    sa.Column("task_name", sa.String(), nullable=False),
+    sa.Column("map_index", sa.Integer(), nullable=True),
+    sa.Column("state_type", sa.String(), nullable=False),
+    sa.Column("state_name", sa.String(), nullable=False),
+    sa.Column("state_message", sa.Text(), nullable=True),
+    sa.Column("start_time", UTCDateTime(), nullable=True),
+    sa.Column("end_time", UTCDateTime(), nullable=True),
+    sa.Column("run_count", sa.Integer(), nullable=False),
+    sa.Column("cache_key", sa.Text(), nullable=True),
+    sa.Column("cache_hit", sa.Boolean(), nullable=False),
+    sa.Column("worker", sa.Text(), nullable=True),
+    sa.Column("slot_wait", sa.Float(), nullable=False),
+    sa.Column("traceback", sa.Text(), nullable=True),
+    sa.Column("created", UTCDateTime(), nullable=False),
+    sa.Column("updated", UTCDateTime(), nullable=False),
+    # (flow_run_id, cache_hit) answers the task and cache-hit counts of `runs ls` from the index alone.
+    sa.Index("ix_task_runs_flow_run", "flow_run_id", "cache_hit"),
+)
+
+states = sa.Table(
+    "states",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(), nullable=False),
+    sa.Column("run_kind", sa.String(), nullable=False),
+    sa.Column("type", sa.String(), nullable=False),
+    sa.Column("name", sa.String(), nullable=False),
+    sa.Column("message", sa.Text(), nullable=True),
+    sa.Column("timestamp", UTCDateTime(), nullable=False),
+    sa.Index("ix_states_run", "run_id", "timestamp"),
+)
+
+logs = sa.Table(
+    "logs",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("flow_run_id", sa.String(), nullable=True),
+    sa.Column("task_run_id", sa.String(), nullable=True),
+    sa.Column("logger", sa.String(), nullable=False),
+    sa.Column("level", sa.Integer(), nullable=False),
+    sa.Column("message", sa.Text(), nullable=False),
+    sa.Column("created", UTCDateTime(), nullable=False),
+    sa.Column("exception", sa.Text(), nullable=True),
+    sa.Index("ix_logs_flow_run", "flow_run_id", "created"),
+)
+
+artifacts = sa.Table(
+    "artifacts",
+    metadata,
+    sa.Column("id", sa.String(), primary_key=True),
+    sa.Column("key", sa.String(), nullable=True),
+    sa.Column("type", sa.String(), nullable=False),
+    sa.Column("description", sa.Text(), nullable=True),
+    sa.Column("data", sa.Text(), nullable=False),
+    sa.Column("flow_run_id", sa.String(), nullable=True),
+    sa.Column("task_run_id", sa.String(), nullable=True),
+    sa.Column("created", UTCDateTime(), nullable=False),
+    sa.Index("ix_artifacts_key", "key", "created"),
+    sa.Index("ix_artifacts_flow_run", "flow_run_id"),
+    sa.Index("ix_artifacts_task_run", "task_run_id"),
+    sa.Index("ix_artifacts_created", "created"),
+)
