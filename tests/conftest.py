@@ -105,10 +105,40 @@ def dask_client(dask_cluster: Any) -> Iterator[Any]:
 
 
 @pytest.fixture(autouse=True)
-def daskflow_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def daskflow_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("daskflow-home")
     monkeypatch.setenv("DASKFLOW_HOME", str(home))
-    return home
+    # Run history is off unless a test asks for it (the `history` fixture): a database
+    # per test home would cost every test a migration.
+    import dask.config
+
+    with dask.config.set({"daskflow.runstore.enabled": False}):
+        yield home
+
+
+@pytest.fixture
+def history(daskflow_home: Path) -> Iterator[Any]:
+    """Run history on, in this test's home; yields a function giving the store once written."""
+    import dask.config
+
+    from daskflow.engine.history import flush, stop_recording
+    from daskflow.runstore import RunStore
+
+    stores: list[Any] = []
+
+    def written() -> Any:
+        assert flush(30), "the run history was not written within 30 s"
+        if not stores:
+            stores.append(RunStore())
+        return stores[0]
+
+    with dask.config.set({"daskflow.runstore.enabled": True}):
+        try:
+            yield written
+        finally:
+            stop_recording()
+            for store in stores:
+                store.close()
 
 
 @pytest.fixture(params=sorted(RUNNER_FACTORIES))

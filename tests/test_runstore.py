@@ -41,7 +41,7 @@ from daskflow.runstore import (
     log_entry_from_record,
 )
 from daskflow.runstore import store as store_module
-from daskflow.runstore.migrations import head_revision
+from daskflow.runstore.migrations import HEAD, head_revision
 from daskflow.runstore.schema import VERSION_TABLE, metadata
 from daskflow.runstore.store import RunStore
 from daskflow.runstore.urls import mask_password
@@ -80,11 +80,27 @@ def count_commits(engine: sa.Engine) -> list[int]:
 # -- schema and migrations -------------------------------------------------------------------
 
 
+def test_a_database_at_head_opens_without_alembic(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    RunStore(url).close()  # created and migrated here
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from daskflow.runstore import RunStore
+        RunStore({url!r}).close()
+        print("alembic" in sys.modules)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False", "opening an up-to-date store imported Alembic"
+
+
 @pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index")  # SQLite
 @pytest.mark.filterwarnings("ignore:autogenerate skipping metadata-specified expression-based index")
 def test_an_empty_database_is_migrated_to_head_and_matches_the_schema(run_store_url: str) -> None:
     with RunStore(run_store_url) as store:
-        assert store.schema_version == head_revision() == "0001"
+        assert store.schema_version == head_revision() == HEAD == "0001"
         with store.engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
             diffs = compare_metadata(context, metadata)

@@ -27,7 +27,9 @@ __all__ = [
     "get_flow_run_context",
     "get_run_context",
     "get_task_run_context",
+    "on_worker_thread",
     "set_wait_hook",
+    "set_worker_thread",
     "use_flow_run_context",
     "use_task_run_context",
     "waiting",
@@ -115,6 +117,17 @@ def use_flow_run_context(ctx: FlowRunContext) -> Iterator[FlowRunContext]:
 
 
 _wait_hooks = threading.local()
+_worker_threads = threading.local()
+
+
+def set_worker_thread(flag: bool) -> None:
+    """Mark this thread as running a Dask task (set by the Dask runner on its worker threads)."""
+    _worker_threads.flag = flag
+
+
+def on_worker_thread() -> bool:
+    """True in a thread that runs a task for a Dask worker: its run records are the worker's copies."""
+    return getattr(_worker_threads, "flag", False)
 
 
 def set_wait_hook(hook: Callable[[], AbstractContextManager[None]] | None) -> None:

@@ -29,6 +29,7 @@ from daskflow.context import (
     get_task_run_context,
     use_flow_run_context,
 )
+from daskflow.engine.history import recorder as history_recorder
 from daskflow.engine.inputs import resolve_runs
 from daskflow.engine.retries import retry_delay
 from daskflow.engine.task_engine import split_arguments
@@ -89,6 +90,8 @@ class FlowRunEngine:
         self.context: FlowRunContext | None = None
         self._logger: RunLoggerAdapter | None = None
         configure_console_logging()
+        if parent is None and parent_task is None:
+            history_recorder()  # starts recording this process's runs (once), if history is on
 
     @property
     def logger(self) -> RunLoggerAdapter:

@@ -200,8 +200,9 @@ class _EventRouter:
             if run.start_time is None:
                 run.start_time = extras.get("start")
             run.cache_key = extras.get("key", run.cache_key)
-        if not (run.state.is_final() and run_count <= run.run_count):  # else the client ended it first
-            run.run_count = max(run.run_count, run_count)
+        run.run_count = max(run.run_count, run_count)
+        run.worker = run.worker or worker
+        if not run.state.is_final():  # else the client ended it first (from the result it fetched)
             run.worker = worker
             run.set_state(decode_state(encoded))
         if final and run_count >= run.run_count:  # the latest attempt's end, not a stale one

@@ -30,7 +30,7 @@ from typing import Any
 from distributed import get_worker, rejoin, secede
 
 from daskflow.concurrency.cluster import cluster_coordination
-from daskflow.context import set_wait_hook
+from daskflow.context import set_wait_hook, set_worker_thread
 from daskflow.engine import UNCHANGED, TaskCall, run_task_sync, transform
 from daskflow.exceptions import UpstreamFailedError
 from daskflow.logging import set_console_enabled
@@ -337,8 +337,10 @@ def run_on_worker(task: Any, flow_info: dict[str, Any], spec: tuple[Any, ...], u
     )
     forwarder.begin_run(run_id)
     set_wait_hook(_seceded)
+    set_worker_thread(True)
     try:
         return run_task_sync(call)
     finally:
+        set_worker_thread(False)
         set_wait_hook(None)
         forwarder.end_run()

@@ -19,31 +19,39 @@ naming both versions, never a silent downgrade or a half-understood schema.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 
 from daskflow._version import __version__
 from daskflow.runstore.errors import RunStoreVersionError
 from daskflow.runstore.schema import VERSION_TABLE
 
-__all__ = ["MIGRATIONS_DIR", "current_revision", "head_revision", "upgrade_to_head"]
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+__all__ = ["HEAD", "MIGRATIONS_DIR", "current_revision", "head_revision", "upgrade_to_head"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
+# The newest script's revision. A database already there is opened without importing
+# Alembic (11 MB and 0.2 s); tests/test_runstore.py checks this is Alembic's head.
+HEAD = "0001"
 _PG_LOCK_KEY = 0x6461736B666C6F77  # "daskflow" in ASCII: one advisory lock for every run store migration
 
 
 def _config() -> Config:
+    from alembic.config import Config  # Alembic only when there is something to migrate
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
 
 
 def head_revision() -> str:
-    """The schema version this daskflow writes."""
+    """The schema version this daskflow writes, as Alembic finds it in ``versions/``."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(_config()).get_current_head()
     assert head is not None, f"no migration scripts in {MIGRATIONS_DIR / 'versions'}"
     return head
@@ -51,21 +59,26 @@ def head_revision() -> str:
 
 def current_revision(connection: sa.Connection) -> str | None:
     """The schema version of the database behind ``connection``; None for an empty database."""
-    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-    return context.get_current_revision()
+    if not sa.inspect(connection).has_table(VERSION_TABLE):
+        return None
+    rows = connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    return rows[0] if len(rows) == 1 else None if not rows else ",".join(sorted(rows))
 
 
 def upgrade_to_head(engine: sa.Engine, *, display_url: str) -> str:
     """Bring the database to this code's schema version and return it; see the module docstring."""
+    with engine.connect() as connection:
+        current = current_revision(connection)
+        connection.rollback()
+    if current == HEAD:
+        return HEAD
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
     config = _config()
     script = ScriptDirectory.from_config(config)
     head = script.get_current_head()
     assert head is not None
-    with engine.connect() as connection:
-        current = current_revision(connection)
-        connection.rollback()
-    if current == head:
-        return head
     _check_known(script, current, head, display_url)
     with engine.connect() as connection:
         connection.execution_options(sqlite_begin="IMMEDIATE")

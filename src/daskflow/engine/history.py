@@ -1,0 +1,179 @@
+"""Run history from the engine: every flow run and task run, its states and logs, to the run store.
+
+A :class:`HistoryRecorder` listens to the run records of this process (a state
+listener) and to the run loggers (a logging handler), and hands what it sees to
+a :class:`~daskflow.runstore.RunStoreWriter` as cheap ``(run, state)`` pairs and
+log records; the writer's thread turns each batch into state rows, log rows
+and one snapshot per run (:func:`to_records`), so the hot path pays a queue
+append per state change and nothing else.
+
+The recorder lives in the process that runs flows — the client, on Dask — and
+starts with the first flow run when dask.config ``daskflow.runstore.enabled``
+is true (the default), writing to ``daskflow.runstore.url`` (an SQLite file in
+the daskflow home by default). Worker processes record nothing themselves:
+their states and logs reach the client through the Dask runner's events and
+are recorded there. A worker *thread* of this very process (a LocalCluster with
+``processes=False``) keeps its own copies of the runs it executes; those are
+skipped, as the client's copies get the same states. A flow run does not wait
+for its history: the writer writes within a fraction of a second, and at the
+latest when the interpreter exits; :func:`flush` waits for it (the CLI and tests
+reading the store from this process call it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from daskflow import settings
+from daskflow.context import on_worker_thread
+from daskflow.runs import FlowRun, TaskRun, add_state_listener, remove_state_listener
+from daskflow.runstore import (
+    FlowRunRecord,
+    Record,
+    RunStoreWriter,
+    StateRecord,
+    TaskRunRecord,
+    log_entry_from_record,
+    resolve_url,
+)
+from daskflow.states import State
+
+__all__ = ["HistoryRecorder", "flush", "recorder", "stop_recording", "to_records"]
+
+_FLUSH_SECONDS = 10.0
+
+
+class HistoryRecorder(logging.Handler):
+    """Feeds this process's run states and run log records to a run store writer."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(level=logging.NOTSET)
+        self.url = url
+        self.writer = RunStoreWriter(url, convert=to_records)
+
+    def on_state(self, run: Any, state: State) -> None:
+        if not on_worker_thread():
+            self.writer.put((run, state))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "flow_run_id", None) is None and getattr(record, "task_run_id", None) is None:
+            return  # not a run's record
+        exc_info = record.exc_info
+        if exc_info and exc_info[0] is not None and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(exc_info)  # now: the traceback may not last
+        self.writer.put(record)
+
+    def start(self) -> None:
+        add_state_listener(self.on_state)
+        logging.getLogger("daskflow").addHandler(self)
+
+    def stop(self) -> None:
+        remove_state_listener(self.on_state)
+        logging.getLogger("daskflow").removeHandler(self)
+        self.writer.close(_FLUSH_SECONDS)
+
+
+_recorder: HistoryRecorder | None = None
+_recorder_lock = threading.Lock()
+
+
+def recorder() -> HistoryRecorder | None:
+    """This process's recorder for the configured run store (None when history is off).
+
+    A change of ``daskflow.runstore.url`` (or of the daskflow home) between flow
+    runs closes the old recorder and opens one on the new database.
+    """
+    global _recorder
+    if not settings.get("runstore.enabled", True):
+        return None
+    url = resolve_url(None)
+    current = _recorder
+    if current is not None and current.url == url:
+        return current
+    with _recorder_lock:
+        if _recorder is not None and _recorder.url != url:
+            _recorder.stop()
+            _recorder = None
+        if _recorder is None:
+            _recorder = HistoryRecorder(url)
+            _recorder.start()
+        return _recorder
+
+
+def flush(timeout: float = _FLUSH_SECONDS) -> bool:
+    """Wait until everything recorded so far in this process is written; False on timeout."""
+    current = _recorder
+    return True if current is None else current.writer.flush(timeout)
+
+
+def stop_recording() -> None:
+    """Write what is pending and stop recording in this process."""
+    global _recorder
+    with _recorder_lock:
+        if _recorder is not None:
+            _recorder.stop()
+            _recorder = None
+
+
+def to_records(batch: list[Any]) -> Iterable[Record]:
+    """A batch of ``(run, state)`` pairs and log records as rows, with one snapshot per run."""
+    runs: dict[str, FlowRun | TaskRun] = {}
+    for item in batch:
+        if isinstance(item, tuple):
+            run, state = item
+            runs[run.id] = run
+            yield StateRecord(
+                run_id=run.id,
+                run_kind="task" if isinstance(run, TaskRun) else "flow",
+                type=state.type.value,
+                name=state.name,
+                message=state.message,
+                timestamp=state.epoch,
+            )
+        elif isinstance(item, logging.LogRecord):
+            yield log_entry_from_record(item)
+        else:
+            yield item
+    for run in runs.values():
+        yield _snapshot(run)
+
+
+def _snapshot(run: FlowRun | TaskRun) -> FlowRunRecord | TaskRunRecord:
+    state = run.state
+    traceback = state.traceback if state.is_failed() or state.is_crashed() else None
+    if isinstance(run, TaskRun):
+        return TaskRunRecord(
+            id=run.id,
+            flow_run_id=run.flow_run_id,
+            name=run.name,
+            task_name=run.task_name,
+            state_type=state.type.value,
+            state_name=state.name,
+            state_message=state.message,
+            map_index=run.map_index,
+            start_time=run.start_time,
+            end_time=run.end_time,
+            run_count=run.run_count,
+            cache_key=run.cache_key,
+            cache_hit=state.is_cached(),
+            worker=run.worker,
+            slot_wait=run.slot_wait,
+            traceback=traceback,
+        )
+    return FlowRunRecord(
+        id=run.id,
+        name=run.name,
+        flow_name=run.flow_name,
+        state_type=state.type.value,
+        state_name=state.name,
+        state_message=state.message,
+        parameters=run.parameters,
+        parent_flow_run_id=run.parent_flow_run_id,
+        start_time=run.start_time,
+        end_time=run.end_time,
+        run_count=run.run_count,
+        traceback=traceback,
+    )

@@ -1,0 +1,135 @@
+"""Run history from the engine: what a flow run leaves in the run store, on every runner.
+
+The store is read back through its own API after :func:`daskflow.engine.history.flush`
+(the ``history`` fixture), so each test checks what a later ``daskflow runs show``
+would find: the runs, their states and timings, retries, cache hits, workers, the
+failure's traceback and the logs, including those logged on Dask workers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import warnings
+from pathlib import Path
+from typing import Any
+
+import dask.config
+import pytest
+
+from daskflow import flow, get_run_logger, task
+from daskflow.cache_policies import INPUTS
+from daskflow.runstore import RunStoreWarning
+from daskflow.task_runners import DaskTaskRunner
+
+
+def test_a_flow_run_and_its_task_runs_are_kept(task_runner: Any, history: Any, tmp_path: Path) -> None:
+    attempts: dict[int, int] = {}
+    fail_first = not isinstance(task_runner, DaskTaskRunner)  # on Dask the count would live on a worker
+
+    @task(retries=1, cache_policy=INPUTS, result_storage=(tmp_path / "results").as_uri())
+    def work(i: int) -> int:
+        get_run_logger().info("working on %d", i)
+        return i * 2
+
+    @task(retries=2)
+    def flaky() -> str:
+        attempts[0] = attempts.get(0, 0) + 1
+        if attempts[0] == 1 and fail_first:
+            raise RuntimeError("first attempt fails")
+        return "ok"
+
+    @flow(name="kept", task_runner=task_runner, log_prints=True)
+    def pipeline(n: int) -> int:
+        print("starting")
+        flaky()
+        return sum(work.map(range(n)).result())
+
+    assert pipeline(3) == 6
+    assert pipeline(3) == 6  # the second run's work runs are cache hits
+    store = history()
+    newest, older = store.list_flow_runs(flow_name="kept")
+    assert (newest.state_name, newest.task_runs, newest.cache_hits) == ("Completed", 4, 3), newest
+    assert (older.task_runs, older.cache_hits) == (4, 0), older
+    detail = store.flow_run(older.id)
+    assert detail.parameters == {"n": 3} and detail.state_name == "Completed"
+    runs = {run.name: run for run in store.task_runs(older.id)}
+    assert set(runs) == {"flaky-0", "work-0", "work-1", "work-2"}, set(runs)
+    assert all(run.end_time is not None and run.start_time is not None for run in runs.values())
+    if fail_first:
+        assert runs["flaky-0"].run_count == 2, runs["flaky-0"]
+    messages = [log.message for log in store.logs(older.id)]
+    assert "starting" in messages and "working on 1" in messages, messages
+    states = [state.name for state in store.states(older.id)]
+    assert states[0] == "Running" and states[-1] == "Completed", states
+
+
+def test_a_failure_keeps_its_traceback_and_the_worker_is_known(dask_client: Any, history: Any) -> None:
+    @task
+    def broken() -> None:
+        raise ValueError("the input was empty")
+
+    @flow(name="failing", task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline() -> None:
+        broken()
+
+    with pytest.raises(ValueError):
+        pipeline()
+    store = history()
+    [summary] = store.list_flow_runs(flow_name="failing")
+    assert summary.state_name == "Failed"
+    [run] = store.task_runs(summary.id)
+    assert run.state_name == "Failed" and run.worker and run.worker.startswith("tcp://127.0.0.1:"), run
+    assert run.traceback and "ValueError: the input was empty" in run.traceback, run.traceback
+    detail = store.flow_run(summary.id)
+    assert detail.traceback and "the input was empty" in detail.traceback
+
+
+def test_in_process_workers_are_not_recorded_twice(dask_inprocess_client: Any, history: Any) -> None:
+    @task
+    def one(i: int) -> int:
+        get_run_logger().info("item %d", i)
+        return i
+
+    @flow(name="in-process", task_runner=DaskTaskRunner(client=dask_inprocess_client))
+    def pipeline() -> int:
+        return sum(one.map(range(4)).result())
+
+    assert pipeline() == 6
+    store = history()
+    [summary] = store.list_flow_runs(flow_name="in-process")
+    runs = store.task_runs(summary.id)
+    assert len(runs) == 4
+    for run in runs:
+        names = [state.name for state in store.states(run.id)]
+        assert names.count("Completed") == 1, names
+    logs = [log.message for log in store.logs(summary.id) if log.message.startswith("item ")]
+    assert sorted(logs) == ["item 0", "item 1", "item 2", "item 3"], logs
+
+
+def test_a_locked_database_never_fails_a_flow(history: Any, daskflow_home: Path) -> None:
+    @task
+    def one() -> int:
+        return 1
+
+    @flow(name="locked")
+    def pipeline() -> int:
+        return one()
+
+    assert pipeline() == 1
+    history()  # the database exists, the first run is in it
+    blocker = sqlite3.connect(daskflow_home / "runs.db", timeout=1)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with dask.config.set({"daskflow.runstore.enabled": True}), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert pipeline() == 1  # the run goes on
+            from daskflow.engine.history import flush
+
+            flush(60)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    texts = [str(w.message) for w in caught if issubclass(w.category, RunStoreWarning)]
+    assert texts and "not kept" in texts[0], texts
+    assert pipeline() == 1
+    assert len(history().list_flow_runs(flow_name="locked")) == 2  # the one during the lock was lost
