@@ -84,10 +84,13 @@ def recorder() -> HistoryRecorder | None:
     """This process's recorder for the configured run store (None when history is off).
 
     A change of ``daskflow.runstore.url`` (or of the daskflow home) between flow
-    runs closes the old recorder and opens one on the new database.
+    runs closes the old recorder and opens one on the new database; turning
+    ``daskflow.runstore.enabled`` off stops it.
     """
     global _recorder
     if not settings.get("runstore.enabled", True):
+        if _recorder is not None:  # turned off since it started: stop listening
+            stop_recording()
         return None
     url = resolve_url(None)
     current = _recorder
