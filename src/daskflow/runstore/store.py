@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import operator
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -166,10 +167,30 @@ class RunStore:
         self._statements: dict[str, tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]] = {}
         try:
             with self._database_errors():
-                self.schema_version = upgrade_to_head(self.engine, display_url=self.display_url)
+                self.schema_version = self._upgrade(busy_timeout)
         except BaseException:
             self.engine.dispose()
             raise
+
+    def _upgrade(self, busy_timeout: float) -> str:
+        """Migrate to head, retrying SQLite's "database is locked" that skips the busy handler.
+
+        SQLite answers BUSY at once, without waiting, in a few cases (a journal-mode
+        switch on a file that others just opened, a snapshot that another writer
+        moved on): processes opening a new file together meet them. They are retried
+        until the busy timeout; other errors, and other databases, are not.
+        """
+        deadline = time.monotonic() + busy_timeout
+        pause = 0.01
+        while True:
+            try:
+                return upgrade_to_head(self.engine, display_url=self.display_url)
+            except sa.exc.OperationalError as exc:
+                locked = self.engine.dialect.name == "sqlite" and "locked" in str(exc.orig or exc)
+                if not locked or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)  # a backoff, not synchronisation: SQLite offers nothing to wait on here
+            pause = min(pause * 2, 0.2)
 
     def __repr__(self) -> str:
         return f"RunStore({self.display_url!r})"
