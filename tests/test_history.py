@@ -133,3 +133,60 @@ def test_a_locked_database_never_fails_a_flow(history: Any, daskflow_home: Path)
     assert texts and "not kept" in texts[0], texts
     assert pipeline() == 1
     assert len(history().list_flow_runs(flow_name="locked")) == 2  # the one during the lock was lost
+
+
+def test_task_runs_keep_the_runs_they_took_results_from(task_runner: Any, history: Any) -> None:
+    @task
+    def load() -> list[int]:
+        return [1, 2, 3]
+
+    @task
+    def double(x: int) -> int:
+        return 2 * x
+
+    @task
+    def total(values: list[int], rows: list[int]) -> int:
+        return sum(values) + len(rows)
+
+    @flow(name="graph", task_runner=task_runner)
+    def pipeline() -> int:
+        rows = load.submit()
+        doubled = double.map(rows)
+        return total.submit(doubled, rows).result()
+
+    assert pipeline() == 15
+    store = history()
+    (summary,) = store.list_flow_runs(flow_name="graph")
+    runs = store.task_runs(summary.id)
+    names = {run.id: run.name for run in runs}
+    edges = {run.name: sorted(names.get(u, u) for u in run.upstream_ids) for run in runs}
+    assert edges["load-0"] == [], edges
+    assert all(edges[f"double-{i}"] == ["load-0"] for i in range(3)), edges
+    assert edges["total-0"] == ["double-0", "double-1", "double-2", "load-0"], edges
+
+
+def test_values_returned_by_direct_calls_link_their_runs(task_runner: Any, history: Any) -> None:
+    @task
+    def extract() -> dict[str, list[int]]:
+        return {"rows": [1, 2, 3]}
+
+    @task
+    def count(data: dict[str, list[int]]) -> int:
+        return len(data["rows"])
+
+    @task
+    def label(n: int, tag: str) -> str:
+        return f"{tag}:{n}"
+
+    @flow(name="direct", task_runner=task_runner)
+    def pipeline() -> str:
+        data = extract()
+        n = count(data)
+        return label(n, "rows")  # an int: equal ints are shared objects, so it names no run
+
+    assert pipeline() == "rows:3"
+    (summary,) = history().list_flow_runs(flow_name="direct")
+    runs = history().task_runs(summary.id)
+    names = {run.id: run.name for run in runs}
+    edges = {run.name: [names[u] for u in run.upstream_ids] for run in runs}
+    assert edges == {"extract-0": [], "count-0": ["extract-0"], "label-0": []}, edges

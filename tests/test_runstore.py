@@ -100,7 +100,7 @@ def test_a_database_at_head_opens_without_alembic(tmp_path: Path) -> None:
 @pytest.mark.filterwarnings("ignore:autogenerate skipping metadata-specified expression-based index")
 def test_an_empty_database_is_migrated_to_head_and_matches_the_schema(run_store_url: str) -> None:
     with RunStore(run_store_url) as store:
-        assert store.schema_version == head_revision() == HEAD == "0001"
+        assert store.schema_version == head_revision() == HEAD == "0002"
         with store.engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
             diffs = compare_metadata(context, metadata)
@@ -110,7 +110,7 @@ def test_an_empty_database_is_migrated_to_head_and_matches_the_schema(run_store_
     assert tables == {"flow_runs", "task_runs", "states", "logs", "artifacts", VERSION_TABLE}
     with RunStore(run_store_url) as reopened:  # a second open finds head and keeps the data
         commits = count_commits(reopened.engine)
-        assert RunStore(run_store_url).schema_version == "0001"
+        assert RunStore(run_store_url).schema_version == "0002"
         assert [r.id for r in reopened.list_flow_runs()] == ["kept"]
     assert commits == [], "re-opening at head wrote to the database"
 
@@ -131,10 +131,34 @@ def test_stores_opened_at_once_on_an_empty_database_all_migrate_it_once(run_stor
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert not errors and versions == ["0001"] * 4, (errors, versions)
+    assert not errors and versions == ["0002"] * 4, (errors, versions)
     with RunStore(run_store_url) as store, store.engine.connect() as connection:
         rows = connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
-    assert [tuple(r) for r in rows] == [("0001",)]
+    assert [tuple(r) for r in rows] == [("0002",)]
+
+
+def test_a_database_at_an_older_version_is_migrated_and_keeps_its_runs(run_store_url: str) -> None:
+    from alembic import command
+
+    from daskflow.runstore.migrations import _config
+
+    engine = sa.create_engine(run_store_url)
+    with engine.begin() as connection:  # a database as daskflow with schema 0001 left it
+        config = _config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(sa.text(
+            "INSERT INTO task_runs (id, flow_run_id, name, task_name, state_type, state_name, run_count, "
+            "cache_hit, slot_wait, created, updated) VALUES ('old', 'f', 'load-0', 'load', 'COMPLETED', "
+            "'Completed', 1, false, 0, '2024-05-01 12:00:00.000000', '2024-05-01 12:00:00.000000')"
+        ))  # fmt: skip
+    engine.dispose()
+    with RunStore(run_store_url) as store:
+        assert store.schema_version == HEAD
+        (old,) = store.task_runs("f")
+        store.write([task("new", "f", upstream_ids=("old",))])
+        new = next(run for run in store.task_runs("f") if run.id == "new")
+    assert (old.id, old.upstream_ids, new.upstream_ids) == ("old", (), ("old",))
 
 
 def test_a_database_newer_than_this_code_is_refused_naming_both_versions(run_store_url: str) -> None:
@@ -143,7 +167,7 @@ def test_a_database_newer_than_this_code_is_refused_naming_both_versions(run_sto
     with pytest.raises(RunStoreVersionError) as info:
         RunStore(run_store_url)
     message = str(info.value)
-    assert "0042" in message and "0001" in message and "upgrade daskflow" in message, message
+    assert "0042" in message and HEAD in message and "upgrade daskflow" in message, message
     writer = RunStoreWriter(run_store_url)  # a flow is never failed by it: a warning instead
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -241,7 +265,7 @@ def test_flow_run_shows_task_runs_states_and_the_failure(store: RunStore) -> Non
         StateRecord(run_id=run_id, run_kind="flow", type="FAILED", name="Failed", message="1/3", timestamp=T0 + 2.5),
         task("t2", run_id, index=2, at=T0 + 0.2, state_type="FAILED", state_name="Failed", run_count=3, traceback=error),
         task("t0", run_id, index=0, cache_hit=True),
-        task("t1", run_id, index=1, at=T0 + 0.1, slot_wait=0.25, worker="tcp://127.0.0.1:4001"),
+        task("t1", run_id, index=1, at=T0 + 0.1, slot_wait=0.25, worker="tcp://127.0.0.1:4001", upstream_ids=("t0",)),
     ])  # fmt: skip
     detail = store.flow_run(run_id[:8])  # a unique prefix is enough
     assert detail is not None and detail.id == run_id
@@ -253,6 +277,7 @@ def test_flow_run_shows_task_runs_states_and_the_failure(store: RunStore) -> Non
     assert (t0.cache_hit, t1.cache_hit, detail.cache_hits) == (True, False, 1)
     assert (t2.retries, t2.duration, t1.worker, t1.slot_wait) == (2, 0.5, "tcp://127.0.0.1:4001", 0.25)
     assert detail.failure_traceback == error and detail.traceback is None
+    assert (t0.upstream_ids, t1.upstream_ids) == ((), ("t0",)), "the edges of the task graph"
     assert [s.name for s in store.states(run_id)] == ["Pending", "Running", "Failed"]
     assert store.flow_run("0000-no-such-run") is None
     store.write([flow(run_id[:8] + "-twin")])

@@ -47,6 +47,10 @@ class FlowRunContext:
     log_prints: bool = False
     concurrency_limits: dict[str, int] = field(default_factory=dict)
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    # What the flow body's direct task calls returned: id(value) -> (task run id, value). A value
+    # passed on to another task names the run that made it (the run report's graph), as a future
+    # does; the value is kept so that its id cannot be reused by another object meanwhile.
+    produced: dict[int, tuple[str, Any]] = field(default_factory=dict)
     _counters: dict[str, Iterator[int]] = field(default_factory=dict)
     _counters_lock: threading.Lock = field(default_factory=threading.Lock)
 

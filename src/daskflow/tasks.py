@@ -35,6 +35,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _STATIC_TYPES = (str, bytes, bytearray, Mapping)
+# Values whose identity says nothing of where they came from: equal ones are often one shared object.
+_UNTRACKED = (str, bytes, int, float, bool, type(None), complex)
 _default_runner: TaskRunner | None = None
 
 
@@ -119,9 +121,15 @@ class Task(Generic[P, R]):
         flow_ctx = get_flow_run_context()
         if flow_ctx is not None and get_task_run_context() is None:
             state = flow_ctx.task_runner.call(call)
+            if return_state:
+                return state  # type: ignore[no-any-return]
+            value = state.result()
+            if not isinstance(value, _UNTRACKED):  # small ints and the like are shared objects
+                flow_ctx.produced[id(value)] = (call.task_run.id, value)
+            return value  # type: ignore[no-any-return]
         else:
             state = run_task_sync(call)
-        return state if return_state else state.result()  # type: ignore[no-any-return]
+        return state if return_state else state.result()  # type: ignore[no-any-return, return-value]
 
     async def _call_async(self, call: TaskCall, return_state: bool) -> Any:
         state = await run_task_async(call)
@@ -158,17 +166,19 @@ class Task(Generic[P, R]):
         """
         runner = self._runner()
         bound = self._bind(args, kwargs)
-        parameter_sets = self._expand(bound, runner)
-        calls = make_calls(self, parameter_sets, wait_for or (), mapped=True)
+        parameter_sets, sources = self._expand(bound, runner)
+        calls = make_calls(self, parameter_sets, wait_for or (), mapped=True, sources=sources)
         futures: DaskflowFutureList[R] = DaskflowFutureList(runner.submit_batch(calls))
         if return_state:
             futures.wait()
             return [f.state for f in futures]  # type: ignore[return-value]
         return futures
 
-    def _expand(self, bound: dict[str, Any], runner: TaskRunner) -> list[dict[str, Any]]:
+    def _expand(self, bound: dict[str, Any], runner: TaskRunner) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+        """The parameter sets of the runs, and the runs whose futures were expanded into items."""
         static: dict[str, Any] = {}
         mapped: dict[str, list[Any]] = {}
+        sources: list[str] = []  # an item taken out of a future's list still came from that run
         for name, value in bound.items():
             wrapper: type[BaseAnnotation[Any]] | None = None
             inner = value
@@ -178,6 +188,7 @@ class Task(Generic[P, R]):
             if isinstance(value, BaseAnnotation):
                 wrapper, inner = type(value), value.value
             if isinstance(inner, DaskflowFuture):
+                sources.append(inner.task_run_id)
                 inner = runner.expand_future(inner)
             if _is_mappable(inner):
                 items = list(inner)
@@ -199,7 +210,8 @@ class Task(Generic[P, R]):
                 "give them the same length, or wrap the ones to pass whole in unmapped(...)"
             )
         count = next(iter(lengths.values()))
-        return [{**static, **{name: items[i] for name, items in mapped.items()}} for i in range(count)]
+        parameter_sets = [{**static, **{name: items[i] for name, items in mapped.items()}} for i in range(count)]
+        return parameter_sets, tuple(sources)
 
     # -- options -----------------------------------------------------------------------------
 

@@ -68,20 +68,33 @@ def _orphan_index(task_name: str) -> int:
     return next(counter)
 
 
+def _with_producers(upstream: tuple[str, ...], values: Iterable[Any], produced: dict[int, tuple[str, Any]]) -> tuple[str, ...]:
+    """``upstream`` and the runs whose returned values are among ``values`` (direct calls in a flow body)."""
+    found = [entry[0] for value in values if (entry := produced.get(id(value))) is not None and entry[1] is value]
+    return tuple(dict.fromkeys((*upstream, *found))) if found else upstream
+
+
 def make_calls(
     task: Any,
     parameter_sets: Sequence[dict[str, Any]],
     wait_for: Iterable[Any] = (),
     *,
     mapped: bool = False,
+    sources: tuple[str, ...] = (),
 ) -> list[TaskCall]:
-    """Calls for ``task``, one per parameter set, inside the current flow run if any."""
+    """Calls for ``task``, one per parameter set, inside the current flow run if any.
+
+    ``sources`` are runs whose results reached the parameters as plain values (a
+    map over a future's list): they are upstream of every call, for the record.
+    """
     flow_ctx: FlowRunContext | None = get_flow_run_context()
     task_ctx: TaskRunContext | None = get_task_run_context()
     options = task.options
     name = task.name
     wait = tuple(wait_for)
     wait_ids = find_upstream_runs(wait) if wait else ()
+    if sources:
+        wait_ids = tuple(dict.fromkeys((*sources, *wait_ids)))
     if flow_ctx is not None:
         flow_run = flow_ctx.flow_run
         flow_fields: dict[str, Any] = {
@@ -115,8 +128,11 @@ def make_calls(
     flow_run_id = flow_fields.get("flow_run_id")
     calls = []
     pending = Pending()  # one shared record: the runs of a batch became pending together
+    produced = flow_ctx.produced if flow_ctx is not None else None
     for map_index, params in enumerate(parameter_sets):
         upstream = find_upstream_runs(params.values())
+        if produced:
+            upstream = _with_producers(upstream, params.values(), produced)
         run = TaskRun(
             id=new_run_id(),
             name=f"{name}-{index(name)}",
@@ -124,7 +140,7 @@ def make_calls(
             flow_run_id=flow_run_id,
             map_index=map_index if mapped else None,
             tags=options.tags,
-            upstream_ids=upstream + wait_ids if wait_ids else upstream,
+            upstream_ids=tuple(dict.fromkeys(upstream + wait_ids)) if wait_ids else upstream,
             state=pending,
         )
         calls.append(

@@ -165,6 +165,7 @@ def _snapshot(run: FlowRun | TaskRun) -> FlowRunRecord | TaskRunRecord:
             worker=run.worker,
             slot_wait=run.slot_wait,
             traceback=traceback,
+            upstream_ids=run.upstream_ids,
         )
     return FlowRunRecord(
         id=run.id,

@@ -83,6 +83,7 @@ class TaskRunInfo:
     slot_wait: float
     traceback: str | None
     created: datetime
+    upstream_ids: tuple[str, ...] = ()  # the task runs whose results this one took
 
     @property
     def retries(self) -> int:

@@ -86,6 +86,7 @@ class TaskRunRecord:
     worker: str | None = None
     slot_wait: float = 0.0  # seconds spent waiting for concurrency slots and rate limits
     traceback: str | None = None
+    upstream_ids: tuple[str, ...] = ()  # the task runs whose results this one took
     updated: Timestamp = field(default_factory=time.time)
     created: Timestamp | None = None
 

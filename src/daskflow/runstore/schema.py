@@ -148,6 +148,7 @@ task_runs = sa.Table(
     sa.Column("traceback", sa.Text(), nullable=True),
     sa.Column("created", UTCDateTime(), nullable=False),
     sa.Column("updated", UTCDateTime(), nullable=False),
+    sa.Column("upstream_ids", sa.Text(), nullable=True),  # JSON list of task run ids (0002)
     # (flow_run_id, cache_hit) answers the task and cache-hit counts of `runs ls` from the index alone.
     sa.Index("ix_task_runs_flow_run", "flow_run_id", "cache_hit"),
 )

@@ -398,7 +398,12 @@ class RunStore:
         tr = schema.task_runs
         query = sa.select(*(c for c in tr.c if c.name != "updated")).where(tr.c.flow_run_id == flow_run_id)
         query = query.order_by(tr.c.created, tr.c.map_index, tr.c.id)
-        return [TaskRunInfo(**row._asdict()) for row in connection.execute(query)]
+        runs = []
+        for row in connection.execute(query):
+            values = row._asdict()
+            values["upstream_ids"] = tuple(json.loads(values["upstream_ids"])) if values["upstream_ids"] else ()
+            runs.append(TaskRunInfo(**values))
+        return runs
 
     def states(self, run_id: str) -> list[StateInfo]:
         """Every state a flow run or task run entered, oldest first."""
@@ -504,6 +509,7 @@ def _task_row(record: TaskRunRecord, first_seen: Timestamp, ts: _ToStored) -> di
         "traceback": record.traceback,
         "created": ts(record.created if record.created is not None else first_seen),
         "updated": ts(record.updated),
+        "upstream_ids": json.dumps(list(record.upstream_ids), separators=(",", ":")) if record.upstream_ids else None,
     }
 
 
