@@ -19,7 +19,9 @@ Each class also subclasses the builtin a user would naturally catch, so
     │   └── UnsignedResultError                a pickled entry without a valid signature
     ├── ScheduleError (ValueError)             a bad cron/rrule/interval or timezone
     ├── CompileError (TypeError)               a flow cannot be traced ahead into a graph
-    └── SchedulerUnreachableError (ConnectionError)  no Dask scheduler at the address
+    ├── SchedulerUnreachableError (ConnectionError)  no Dask scheduler at the address
+    ├── RunNotFoundError (LookupError)         no flow run in the run store has that id
+    └── ArtifactError (ValueError, TypeError)  a bad artifact key, table, link or size
 
 Messages say what went wrong, where (task, argument, line) and how to fix it.
 """
@@ -27,6 +29,7 @@ Messages say what went wrong, where (task, argument, line) and how to fix it.
 from __future__ import annotations
 
 __all__ = [
+    "ArtifactError",
     "CancelledRunError",
     "CompileError",
     "ConcurrencyLimitError",
@@ -37,6 +40,7 @@ __all__ = [
     "MissingContextError",
     "ParameterValidationError",
     "ResultError",
+    "RunNotFoundError",
     "RunTimeoutError",
     "ScheduleError",
     "SchedulerUnreachableError",
@@ -113,3 +117,14 @@ class CompileError(DaskflowError, TypeError):
 
 class SchedulerUnreachableError(DaskflowError, ConnectionError):
     """No Dask scheduler answered at the given address within the timeout."""
+
+
+class RunNotFoundError(DaskflowError, LookupError):
+    """No flow run in the run store has the given id or id prefix."""
+
+
+class ArtifactError(DaskflowError, ValueError, TypeError):
+    """An artifact cannot be created: a bad key, an input of the wrong type, ragged columns, too large.
+
+    Both a ``ValueError`` and a ``TypeError``: the artifact functions check values and types alike.
+    """

@@ -22,6 +22,7 @@ from daskflow import settings
 from daskflow.context import get_flow_run_context, get_run_context, get_task_run_context
 
 __all__ = [
+    "ARTIFACT_LOGGER",
     "RunLoggerAdapter",
     "configure_console_logging",
     "get_run_logger",
@@ -32,6 +33,9 @@ __all__ = [
 
 FLOW_LOGGER = "daskflow.flow_runs"
 TASK_LOGGER = "daskflow.task_runs"
+# Artifacts travel as records on this logger (see daskflow.artifacts); it does not propagate,
+# so they reach only the handlers that keep artifacts, never the console or the run logs.
+ARTIFACT_LOGGER = "daskflow.artifacts"
 _CONSOLE_FORMAT = "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(run_label)s - %(message)s"
 
 
@@ -147,6 +151,7 @@ def _install_console() -> None:
     level = settings.get("logging.level")
     root.setLevel(level if isinstance(level, int) else str(level).upper())
     root.addHandler(_console_handler)
+    logging.getLogger(ARTIFACT_LOGGER).propagate = False
     configure_console_logging()
 
 

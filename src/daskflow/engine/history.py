@@ -18,6 +18,11 @@ skipped, as the client's copies get the same states. A flow run does not wait
 for its history: the writer writes within a fraction of a second, and at the
 latest when the interpreter exits; :func:`flush` waits for it (the CLI and tests
 reading the store from this process call it).
+
+Artifacts (:mod:`daskflow.artifacts`) arrive as records on the non-propagating
+``daskflow.artifacts`` logger, where a handler installed with this module queues
+them for the same writer, like log records; an artifact created outside any run
+starts the recorder if history is on, and is dropped when it is off.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from typing import Any
 
 from daskflow import settings
 from daskflow.context import on_worker_thread
+from daskflow.logging import ARTIFACT_LOGGER
 from daskflow.runs import FlowRun, TaskRun, add_state_listener, remove_state_listener
 from daskflow.runstore import (
+    ArtifactRecord,
     FlowRunRecord,
     Record,
     RunStoreWriter,
@@ -78,6 +85,27 @@ class HistoryRecorder(logging.Handler):
 
 _recorder: HistoryRecorder | None = None
 _recorder_lock = threading.Lock()
+
+
+class _ArtifactSink(logging.Handler):
+    """Queues the artifacts published in this process for the run store (see daskflow.artifacts)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        artifact = getattr(record, "artifact", None)
+        if not isinstance(artifact, ArtifactRecord):
+            return
+        if artifact.flow_run_id is None and artifact.task_run_id is None and not on_worker_thread():
+            current = recorder()  # outside any run, the artifact alone starts (or stops) recording
+        else:
+            # A run's artifact is kept like its logs: by the recorder its flow run started in
+            # this process. A Dask worker process has none (and must not start one): the
+            # worker's forwarder sends the artifact to the client, which records it there.
+            current = _recorder
+        if current is not None:
+            current.writer.put(artifact)
+
+
+logging.getLogger(ARTIFACT_LOGGER).addHandler(_ArtifactSink())
 
 
 def recorder() -> HistoryRecorder | None:

@@ -56,6 +56,7 @@ from daskflow.task_runners.dask_worker import (
     decode_state,
     flush_events,
     mark_client_process,
+    replay_artifact,
     run_on_worker,
     take_item,
 )
@@ -179,7 +180,10 @@ class _EventRouter:
                 if item[0] == "s":
                     self._apply_state(item, worker)
                 elif not local:
-                    _emit_record(item)
+                    if item[0] == "a":  # an artifact: kept by the run history, not logged
+                        replay_artifact(item)
+                    else:
+                        _emit_record(item)
             except Exception:  # a malformed event must not stop the stream
                 _log.exception("could not apply a daskflow event from %s", worker)
         with self.changed:

@@ -10,7 +10,9 @@ as one ``log_event`` on the ``daskflow`` topic (Dask's batched pub-sub), and
 the client applies them to its run records and re-emits the records through
 its own loggers. Final states travel without their values: a value leaves its
 worker only when someone asks for it, and a short attempt's ``Running`` event
-is folded into its final state's (:func:`fold_running`).
+is folded into its final state's (:func:`fold_running`). Artifacts created in
+a task take the same road (an ``"a"`` item), so they too reach the client's
+run history ahead of the run's final state.
 
 Messages must be msgpack-serialisable, so states and records are flattened
 to lists of plain values here and rebuilt by :func:`decode_state`.
@@ -29,15 +31,26 @@ from typing import Any
 
 from distributed import get_worker, rejoin, secede
 
+from daskflow.artifacts import publish_artifact
 from daskflow.concurrency.cluster import cluster_coordination
 from daskflow.context import set_wait_hook, set_worker_thread
 from daskflow.engine import UNCHANGED, TaskCall, run_task_sync, transform
 from daskflow.exceptions import UpstreamFailedError
-from daskflow.logging import set_console_enabled
+from daskflow.logging import ARTIFACT_LOGGER, set_console_enabled
 from daskflow.runs import TaskRun, add_state_listener
+from daskflow.runstore import ArtifactRecord
 from daskflow.states import State, StateType
 
-__all__ = ["EVENT_TOPIC", "ItemRef", "UpstreamRef", "decode_state", "mark_client_process", "run_on_worker", "take_item"]
+__all__ = [
+    "EVENT_TOPIC",
+    "ItemRef",
+    "UpstreamRef",
+    "decode_state",
+    "mark_client_process",
+    "replay_artifact",
+    "run_on_worker",
+    "take_item",
+]
 
 EVENT_TOPIC = "daskflow"
 _FLUSH_INTERVAL = 0.02  # the longest an event waits in the buffer
@@ -151,6 +164,23 @@ def decode_state(encoded: list[Any]) -> State:
     return State(StateType(type_), sys.intern(name), message, timestamp=ts, traceback_text=tb)
 
 
+def encode_artifact(artifact: ArtifactRecord) -> list[Any]:
+    return [
+        "a", artifact.id, artifact.type, artifact.data, artifact.key, artifact.description,
+        artifact.flow_run_id, artifact.task_run_id, artifact.created,
+    ]  # fmt: skip
+
+
+def replay_artifact(item: list[Any]) -> None:
+    """On the client: publish an artifact a worker sent, for this process's run history to keep."""
+    _, id_, type_, data, key, description, flow_run_id, task_run_id, created = item
+    artifact = ArtifactRecord(
+        id=id_, type=type_, data=data, key=key, description=description,
+        flow_run_id=flow_run_id, task_run_id=task_run_id, created=created,
+    )  # fmt: skip
+    publish_artifact(artifact)
+
+
 class _Forwarder(logging.Handler):
     """Buffers this worker process's state changes and run log records for the client.
 
@@ -194,6 +224,10 @@ class _Forwarder(logging.Handler):
             self._add(final, urgent=True)
 
     def emit(self, record: logging.LogRecord) -> None:
+        artifact = getattr(record, "artifact", None)
+        if isinstance(artifact, ArtifactRecord):  # from the artifacts logger: the record is the data
+            self._add(encode_artifact(artifact))
+            return
         run_id = getattr(record, "task_run_id", None)
         if run_id is None:
             return
@@ -279,6 +313,7 @@ def _install_forwarder() -> _Forwarder:
                 forwarder.worker = get_worker()
                 add_state_listener(forwarder.on_state)
                 logging.getLogger("daskflow").addHandler(forwarder)
+                logging.getLogger(ARTIFACT_LOGGER).addHandler(forwarder)  # it does not propagate to "daskflow"
                 if not _client_here:
                     # The client prints these records; the worker's stderr need not. A worker
                     # thread in the client's own process (processes=False) leaves it on.
