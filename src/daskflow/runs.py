@@ -10,10 +10,16 @@ to know none of them.
 Listeners are called synchronously on every state change, in the thread that
 changed it: they must be quick and must not raise (an exception is logged and
 swallowed so a broken observer never fails a run).
+
+In a notebook a run record shows itself as an HTML card (``_repr_html_``): its
+state, duration, for a flow run the task runs by state and the cache hits, the
+Dask dashboard it ran on, and the command that writes its report. The card
+reads only the record: no I/O, so showing it costs nothing.
 """
 
 from __future__ import annotations
 
+import html
 import itertools
 import logging
 import os
@@ -23,13 +29,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from daskflow.states import Pending, State, StateType
+from daskflow.states import Pending, State, StateType, html_card, state_colour
 
 __all__ = [
     "FlowRun",
     "StateListener",
     "TaskRun",
     "add_state_listener",
+    "format_seconds",
     "new_run_id",
     "remove_state_listener",
 ]
@@ -114,6 +121,10 @@ class _Run:
             return None
         return self.end_time - self.start_time
 
+    def _card_rows(self) -> list[tuple[str, str]]:
+        duration = self.duration
+        return [("duration", format_seconds(duration))]
+
 
 @dataclass(eq=False, slots=True, kw_only=True)
 class TaskRun(_Run):
@@ -139,6 +150,16 @@ class TaskRun(_Run):
     def __repr__(self) -> str:
         return f"TaskRun(name={self.name!r}, state={self.state!r})"
 
+    def _repr_html_(self) -> str:
+        rows = self._card_rows()
+        rows.append(("task", html.escape(self.task_name)))
+        if self.retries:
+            rows.append(("retries", str(self.retries)))
+        if self.worker:
+            rows.append(("worker", html.escape(self.worker)))
+        rows.append(("run id", f"<code>{html.escape(self.id)}</code>"))
+        return html_card("Task run", self.name, self.state, rows)
+
 
 @dataclass(eq=False, slots=True, kw_only=True)
 class FlowRun(_Run):
@@ -148,6 +169,7 @@ class FlowRun(_Run):
     parameters: dict[str, Any] = field(default_factory=dict)
     parent_flow_run_id: str | None = None
     task_runs: list[TaskRun] = field(default_factory=list)
+    dashboard_link: str | None = None  # the Dask dashboard of the cluster the run used, if any
 
     @property
     def cache_hits(self) -> int:
@@ -168,3 +190,53 @@ class FlowRun(_Run):
 
     def __repr__(self) -> str:
         return f"FlowRun(name={self.name!r}, flow={self.flow_name!r}, state={self.state!r})"
+
+    def _repr_html_(self) -> str:
+        rows = self._card_rows()
+        rows.append(("flow", html.escape(self.flow_name)))
+        rows.append(("task runs", _counts_html(self.task_runs)))
+        if any(run.cache_key is not None for run in self.task_runs):
+            hits, misses = self.cache_hits, self.cache_misses
+            rows.append(("cache", f"{hits} hit{'s' * (hits != 1)}, {misses} miss{'es' * (misses != 1)}"))
+        rows.append(("run id", f"<code>{html.escape(self.id)}</code>"))
+        if self.dashboard_link:
+            link = html.escape(self.dashboard_link, quote=True)
+            rows.append(("dashboard", f'<a href="{link}" target="_blank">{link}</a>'))
+        rows.append(("report", f"<code>daskflow runs report {html.escape(self.id)} -o {html.escape(self.id)}.html</code>"))
+        return html_card("Flow run", self.name, self.state, rows)
+
+
+def _counts_html(task_runs: list[TaskRun]) -> str:
+    """``12 total: 10 Completed, 2 Cached``, each state name in its colour."""
+    if not task_runs:
+        return "none"
+    counts: dict[str, tuple[State, int]] = {}
+    for run in task_runs:
+        state = run.state
+        known = counts.get(state.name)
+        counts[state.name] = (state, 1) if known is None else (known[0], known[1] + 1)
+    shown = ", ".join(
+        f'{n} <span style="color:{state_colour(state)};font-weight:600">{html.escape(name)}</span>'
+        for name, (state, n) in counts.items()
+    )
+    return f"{len(task_runs)} total: {shown}"
+
+
+def format_seconds(seconds: float | None, missing: str = "\u2014") -> str:
+    """A duration as a table cell shows it: ``420 ms``, ``3.25 s``, ``12.3 s``, ``2 min 05 s``, ``1 h 03 min``.
+
+    ``missing`` stands for a run that has not ended (None).
+    """
+    if seconds is None:
+        return missing
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"

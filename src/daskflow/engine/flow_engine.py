@@ -31,6 +31,7 @@ from daskflow.context import (
 )
 from daskflow.engine.history import recorder as history_recorder
 from daskflow.engine.inputs import resolve_runs
+from daskflow.engine.progress import ProgressDisplay, show_progress
 from daskflow.engine.retries import retry_delay
 from daskflow.engine.task_engine import split_arguments
 from daskflow.engine.timeouts import call_with_timeout
@@ -89,9 +90,11 @@ class FlowRunEngine:
         )
         self.context: FlowRunContext | None = None
         self._logger: RunLoggerAdapter | None = None
+        self.progress: ProgressDisplay | None = None
         configure_console_logging()
         if parent is None and parent_task is None:
             history_recorder()  # starts recording this process's runs (once), if history is on
+            self.progress = show_progress(self.run)  # stopped in finish(), which every run reaches
 
     @property
     def logger(self) -> RunLoggerAdapter:
@@ -150,6 +153,7 @@ class FlowRunEngine:
             install_print_capture()
         limits = flow_limit_sizes(self.options.concurrency_limit)
         with runner:
+            self.run.dashboard_link = getattr(runner, "dashboard_link", None)
             ctx = FlowRunContext(
                 flow=self.flow,
                 flow_run=self.run,
@@ -230,6 +234,9 @@ class FlowRunEngine:
     def finish(self, state: State) -> State:
         run = self.run
         run.set_state(state)
+        if self.progress is not None:  # final counts drawn before the "Finished" line below
+            self.progress.stop()
+            self.progress = None
         if state.is_completed():
             hits = run.cache_hits
             if hits or run.cache_misses:
@@ -256,6 +263,7 @@ class FlowRunEngine:
     def outcome(self, return_state: bool) -> Any:
         state = self.run.state
         if return_state:
+            state.flow_run = self.run  # what a notebook holds: state.flow_run and its card
             return state
         return state.result()
 

@@ -43,6 +43,11 @@ class TaskRunner(abc.ABC):
         """A fresh, unstarted runner with the same settings (one per flow run)."""
         return type(self)(**self._settings)
 
+    @property
+    def dashboard_link(self) -> str | None:
+        """The URL of the dashboard of the cluster this runner uses, if it has one (None here)."""
+        return None
+
     def start(self) -> None:
         self._started = True
 

@@ -326,6 +326,17 @@ class DaskTaskRunner(TaskRunner):
         self.client, self.cluster, self._owns_client = self._connect()
         self._router = _router_for(self.client)
 
+    @property
+    def dashboard_link(self) -> str | None:
+        """The cluster's dashboard URL while the runner is started; None if it serves none."""
+        if self.client is None:
+            return None
+        try:
+            # "" (a cluster object) or a KeyError (a bare scheduler) when the dashboard is not served.
+            return self.client.dashboard_link or None
+        except Exception:
+            return None
+
     def _connect(self) -> tuple[Client, Any, bool]:
         if self._given_client is not None:
             return self._given_client, None, False
