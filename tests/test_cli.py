@@ -18,6 +18,8 @@ from dask.utils import format_bytes
 
 import daskflow
 from daskflow import cli
+from daskflow.cli import cache as cache_cli
+from daskflow.cli import output as cli_output
 from daskflow.results import EntryInfo, ResultStore
 from daskflow.results.storage import temp_name
 
@@ -136,7 +138,7 @@ def test_ls_over_memory_storage(memory_url: str) -> None:
 
 
 def test_ls_in_a_terminal_draws_a_table(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "_is_terminal", lambda: True)
+    monkeypatch.setattr(cli_output, "is_terminal", lambda: True)
     monkeypatch.setenv("COLUMNS", "200")
     info = write(store_url, "k-term", "load[eu]")  # brackets: not taken as rich markup
     result = run("cache", "ls", "--storage", store_url)
@@ -250,7 +252,7 @@ def test_bad_grace_is_a_one_line_error(grace: str, store_url: str) -> None:
 
 def test_storage_option_values_are_yaml_scalars() -> None:
     raw = ["anon=true", "port=9000", "ratio=0.5", "token='0123'", "url=http://h:1/x", "a=[1]", "b=x=y"]
-    assert cli._parse_storage_options(raw) == {
+    assert cache_cli._parse_storage_options(raw) == {
         "anon": True, "port": 9000, "ratio": 0.5, "token": "0123", "url": "http://h:1/x", "a": "[1]", "b": "x=y"
     }
 

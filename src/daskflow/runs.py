@@ -62,22 +62,26 @@ def remove_state_listener(listener: StateListener) -> None:
 
 
 def _fresh_prefix() -> None:
-    global _id_prefix, _id_counter
+    global _id_middle, _id_counter
     hex_ = uuid.uuid4().hex
-    # UUID-shaped: 20 random hex digits fixed per process, then a 12-digit counter.
-    _id_prefix = f"{hex_[:8]}-{hex_[8:12]}-{hex_[12:16]}-{hex_[16:20]}-"
+    # UUID-shaped: 12 random hex digits fixed per process in the middle, a 12-digit counter at the end.
+    _id_middle = f"-{hex_[8:12]}-{hex_[12:16]}-{hex_[16:20]}-"
     _id_counter = itertools.count(int(hex_[20:], 16) & 0xFFFFFFFF)
 
 
-_id_prefix = ""
+_id_middle = ""
 _id_counter: Iterator[int] = itertools.count()
 _fresh_prefix()
 os.register_at_fork(after_in_child=_fresh_prefix)  # a forked child must not repeat its parent's ids
+# An odd multiplier permutes the 32-bit numbers: the first 8 digits differ between any two of
+# this process's first 2**32 ids, so a short prefix (as `daskflow runs show 1f3a9c02`) names one run.
+_SPREAD = 0x9E3779B1
 
 
 def new_run_id() -> str:
     """A new run id: unique across processes, and cheap enough for the hot path."""
-    return f"{_id_prefix}{next(_id_counter) & 0xFFFFFFFFFFFF:012x}"
+    n = next(_id_counter)
+    return f"{(n * _SPREAD) & 0xFFFFFFFF:08x}{_id_middle}{n & 0xFFFFFFFFFFFF:012x}"
 
 
 def _notify(run: TaskRun | FlowRun, state: State) -> None:

@@ -1,46 +1,31 @@
-"""The ``daskflow`` command line: housekeeping for what daskflow keeps in storage.
+"""``daskflow cache``: list, clear and prune the result cache, over the library's own store.
 
-The CLI is a thin shell over the library's own admin APIs. Each command opens
-the store the library itself would use (``--storage`` and ``--storage-option``
-override it), makes one call on it, and reports what it found or did: a table
-in a terminal, plain aligned text when piped, so that ``grep`` and ``awk``
-work on it. ``main`` is a click group; a later group (``runs``, ``block``)
-joins it the way ``cache`` does, as ``@main.group()`` or ``main.add_command``.
-
-Exit codes: 0 done; 1 declined at a prompt, or files left that could not be
-removed; 2 bad input or a storage that cannot be opened or reached, reported
-as one line that ends with the fix, never as a traceback. Only the console
-script imports this module, so ``import daskflow`` never imports click.
+Each command opens the store the library itself would use (``--storage`` and
+``--storage-option`` override it), makes one call on it, and reports what it
+found or did: a table in a terminal, plain aligned text when piped. Exit codes:
+0 done; 1 declined at a prompt, or files left that could not be removed; 2 bad
+input or a storage that cannot be opened or reached (:class:`UsageProblem`).
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import click
 import yaml
 from dask.utils import format_bytes, parse_timedelta
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
-from daskflow._version import __version__
+from daskflow.cli.output import UsageProblem, count, one_line, print_table, when
 from daskflow.exceptions import ConfigurationError
 from daskflow.results import DEFAULT_TEMP_GRACE, EntryInfo, ResultStore, ResultWarning
 from daskflow.results.storage import default_storage_url
 
-__all__ = ["main"]
+__all__ = ["cache"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-# A key cut shorter than this no longer tells entries apart at a glance.
-_MIN_KEY_WIDTH = 12
 
 _STORAGE_FIX = (
     "Fix: check the URL and that the storage is reachable from here, and its --storage-option "
@@ -48,24 +33,7 @@ _STORAGE_FIX = (
 )
 
 
-class UsageProblem(click.ClickException):
-    """Bad input, or a storage that cannot be opened or reached: one line on stderr, exit code 2."""
-
-    exit_code = 2
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="daskflow", message="%(prog)s %(version)s")
-def main() -> None:
-    """daskflow: Prefect-style workflow orchestration on Dask.
-
-    Housekeeping for what daskflow keeps in storage. Settings come from
-    dask.config (keys daskflow.*, or DASK_DASKFLOW__... variables); files
-    default to $DASKFLOW_HOME (~/.daskflow).
-    """
-
-
-@main.group()
+@click.group()
 def cache() -> None:
     """The result cache: list its entries, clear it, prune what has expired.
 
@@ -120,16 +88,16 @@ def cache_ls(storage: str | None, storage_options: tuple[str, ...], task_name: s
         (
             entry.key,
             entry.task_name,
-            _when(entry.created),
+            when(entry.created),
             _expires(entry, now),
             entry.format,
             format_bytes(entry.size),
         )
         for entry in shown
     ]
-    _print_table(headers, rows, right_aligned={len(headers) - 1})
+    print_table(headers, rows, right_aligned={len(headers) - 1})
     total = sum(entry.size for entry in shown)
-    click.echo(f"{_count(len(shown), 'entry', 'entries')}, {format_bytes(total)} total, in {store.url}")
+    click.echo(f"{count(len(shown), 'entry', 'entries')}, {format_bytes(total)} total, in {store.url}")
 
 
 @cache.command("clear")
@@ -142,9 +110,9 @@ def cache_clear(storage: str | None, storage_options: tuple[str, ...], yes: bool
         entries, unreadable = _list_entries(store, show_unreadable=False)
     size = sum(entry.size for entry in entries)
     if not yes:
-        found = _count(len(entries), "entry", "entries") + f" ({format_bytes(size)})"
+        found = count(len(entries), "entry", "entries") + f" ({format_bytes(size)})"
         if unreadable:
-            found += f", {_count(unreadable, 'unreadable entry', 'unreadable entries')}"
+            found += f", {count(unreadable, 'unreadable entry', 'unreadable entries')}"
         click.confirm(f"Remove {found} and any temp files from {store.url}?", abort=True)
     with _reaching(store.url):
         removed = store.clear()
@@ -155,12 +123,12 @@ def cache_clear(storage: str | None, storage_options: tuple[str, ...], yes: bool
     others = removed - len(entries)
     if others > 0:
         click.echo(
-            f"Removed {_count(len(entries), 'entry', 'entries')} and "
-            f"{_count(others, 'temp or unreadable file', 'temp or unreadable files')} from {store.url}, "
+            f"Removed {count(len(entries), 'entry', 'entries')} and "
+            f"{count(others, 'temp or unreadable file', 'temp or unreadable files')} from {store.url}, "
             f"freeing {format_bytes(size)} plus the size of those files."
         )
     else:
-        click.echo(f"Removed {_count(removed, 'entry', 'entries')} from {store.url}, freeing {format_bytes(size)}.")
+        click.echo(f"Removed {count(removed, 'entry', 'entries')} from {store.url}, freeing {format_bytes(size)}.")
 
 
 @cache.command("prune")
@@ -180,19 +148,19 @@ def cache_prune(ctx: click.Context, storage: str | None, storage_options: tuple[
     with _reaching(store.url):
         report = store.prune(temp_grace=temp_grace)
     click.echo(
-        f"Pruned {store.url}: removed {_count(len(report.expired), 'expired entry', 'expired entries')} and "
-        f"{_count(len(report.orphans), 'orphan temp file', 'orphan temp files')}, "
+        f"Pruned {store.url}: removed {count(len(report.expired), 'expired entry', 'expired entries')} and "
+        f"{count(len(report.orphans), 'orphan temp file', 'orphan temp files')}, "
         f"freeing {format_bytes(report.bytes_freed)}."
     )
     if report.unreadable:
         click.echo(
-            f"Left {_count(len(report.unreadable), 'unreadable entry', 'unreadable entries')} (a read treats "
+            f"Left {count(len(report.unreadable), 'unreadable entry', 'unreadable entries')} (a read treats "
             "it as a miss and the next write replaces it; `daskflow cache clear` removes it):"
         )
         for path in report.unreadable:
             click.echo(f"  {path}")
     if report.failed:
-        click.echo(f"Could not remove {_count(len(report.failed), 'file', 'files')}:", err=True)
+        click.echo(f"Could not remove {count(len(report.failed), 'file', 'files')}:", err=True)
         for path in report.failed:
             click.echo(f"  {path}", err=True)
         ctx.exit(1)
@@ -207,7 +175,7 @@ def _open_store(url: str | None, raw_options: Sequence[str]) -> ResultStore:
         try:
             return ResultStore(url, options)
         except ConfigurationError as exc:
-            raise UsageProblem(_one_line(str(exc))) from exc
+            raise UsageProblem(one_line(str(exc))) from exc
 
 
 @contextmanager
@@ -219,7 +187,7 @@ def _reaching(url: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise UsageProblem(
-            f"cannot reach result storage {url} ({type(exc).__name__}: {_one_line(str(exc))}). {_STORAGE_FIX}"
+            f"cannot reach result storage {url} ({type(exc).__name__}: {one_line(str(exc))}). {_STORAGE_FIX}"
         ) from exc
 
 
@@ -283,55 +251,10 @@ def _nothing_listed(url: str, storage: str | None, total: int, task_name: str | 
         hint = "" if storage else " (the default store; choose another with --storage URL)"
         return f"No cache entries in {url}{hint}."
     wanted = ("expired entries" if expired else "entries") + (f" of task {task_name!r}" if task_name else "")
-    return f"No {wanted} among the {_count(total, 'entry', 'entries')} in {url}."
-
-
-def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right_aligned: set[int]) -> None:
-    """A rich table in a terminal, else aligned plain text; either way one line per row.
-
-    In a terminal too narrow for the whole table, the first column (the key) is
-    cut with an ellipsis first: rich would shrink every column alike.
-    """
-    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
-    if not _is_terminal():
-        for row in (headers, *rows):
-            cells = (
-                cell.rjust(width) if index in right_aligned else cell.ljust(width)
-                for index, (cell, width) in enumerate(zip(row, widths, strict=True))
-            )
-            click.echo("  ".join(cells).rstrip())
-        return
-    console = Console(highlight=False)
-    spare = console.width - (sum(widths) + 3 * (len(widths) - 1))  # a column gap is 3 wide
-    if spare < 0:
-        widths[0] = max(_MIN_KEY_WIDTH, widths[0] + spare)
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", show_edge=False, pad_edge=False)
-    for index, (header, width) in enumerate(zip(headers, widths, strict=True)):
-        justify: Literal["left", "right"] = "right" if index in right_aligned else "left"
-        table.add_column(header, justify=justify, no_wrap=True, overflow="ellipsis", width=width)
-    for row in rows:
-        # Text, not str: a task name like "load[eu]" is not rich markup.
-        table.add_row(*(Text(cell) for cell in row))
-    console.print(table)
-
-
-def _is_terminal() -> bool:
-    return sys.stdout.isatty()
+    return f"No {wanted} among the {count(total, 'entry', 'entries')} in {url}."
 
 
 def _expires(entry: EntryInfo, now: datetime) -> str:
     if entry.expiration is None:
         return "never"
-    return _when(entry.expiration) + (" (expired)" if entry.is_expired(now) else "")
-
-
-def _when(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _count(n: int, singular: str, plural: str) -> str:
-    return f"{n} {singular if n == 1 else plural}"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return when(entry.expiration) + (" (expired)" if entry.is_expired(now) else "")
