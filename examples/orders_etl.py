@@ -14,7 +14,9 @@ runs the ``daily-order-etl`` flow once per day:
 
 Because the load is an upsert, a rerun (a retry, a backfill, a second
 ``make demo``) leaves the warehouse exactly as it was; the script reruns the
-last day to show it. Run it::
+last day to show it. It ends by printing the last flow run's id, the
+``daskflow runs ...`` commands that show it from the run history, and the
+path of its HTML report. Run it::
 
     python examples/orders_etl.py                    # database under ~/.daskflow (or $DASKFLOW_HOME)
     python examples/orders_etl.py --db /tmp/shop.db  # anywhere else
@@ -30,7 +32,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import random
+import shutil
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
@@ -44,6 +48,8 @@ import sqlalchemy as sa
 from distributed import Client, LocalCluster
 
 from daskflow import flow, get_run_logger, settings, task
+from daskflow.report import write_report
+from daskflow.runstore import RunStore
 from daskflow.task_runners import DaskTaskRunner
 from daskflow.tasks import task_input_hash
 
@@ -389,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             client = stack.enter_context(Client(cluster, set_as_default=False))
             print(f"Dask LocalCluster with {len(client.scheduler_info()['workers'])} workers; dashboard: {client.dashboard_link}\n")
             etl = daily_order_etl.with_options(task_runner=DaskTaskRunner(client=client))
-        status = run_days(etl, db_url, dates)
+        status, last = run_days(etl, db_url, dates)
     if status:
         return status
 
@@ -397,22 +403,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_report(fact)
     print(f"\norders_fact: {before} rows before this run, {len(fact)} after.")
     print(f"Run it again: the upsert keeps the count at {len(fact)}.")
+    where_to_look(last)
     return 0
 
 
-def run_days(etl: Any, db_url: str, dates: list[str]) -> int:
-    """Run the flow once per day; the last day twice, which must change nothing."""
+def run_days(etl: Any, db_url: str, dates: list[str]) -> tuple[int, Any]:
+    """Run the flow once per day; the last day twice, which must change nothing.
+
+    Returns the exit status and the last run's final state.
+    """
+    state = None
     for day in [*dates, dates[-1]]:
         state = etl(execution_date=day, db_url=db_url, return_state=True)
         if not state.is_completed():
             print(f"{day}: the flow run ended {state.name}: {state.message}", file=sys.stderr)
-            return 1
+            where_to_look(state)
+            return 1, state
         r = state.result()
         print(
             f"{day}: extracted {r['extracted']}, loaded {r['loaded_count']} "
             f"({r['inserted']} new, {r['updated']} updated); orders_fact now {r['table_rows']} rows"
         )
-    return 0
+    return 0, state
+
+
+def where_to_look(state: Any) -> None:
+    """Print the last flow run's id and how to see it: its report, and the commands to read its history."""
+    run = state.flow_run
+    print(f"\nThe last flow run: {run.id} ({run.flow_name} / {run.name}), {state.name}")
+    if not settings.get("runstore.enabled", True):
+        print("Run history is off (daskflow.runstore.enabled is false): nothing was recorded.")
+        return
+    with RunStore() as store:
+        report = write_report(store, run.id)
+    command = daskflow_command()
+    print("See it:")
+    print(f"  {command} runs show {run.id[:8]}    its task runs: states, retries, workers, the failure")
+    print(f"  {command} runs logs {run.id[:8]}    what it logged")
+    print(f"  {command} runs ls                  every run recorded so far")
+    print(f"  the report: {report}  (open it in a browser)")
+
+
+def daskflow_command() -> str:
+    """How to call the daskflow CLI from here: ``daskflow`` when it is on PATH, else its path in this venv."""
+    installed = Path(sys.executable).parent / "daskflow"
+    on_path = shutil.which("daskflow")
+    if on_path is not None and Path(on_path).resolve() == installed.resolve():
+        return "daskflow"
+    if installed.exists():
+        relative = os.path.relpath(installed)
+        return relative if not relative.startswith("..") else str(installed)
+    return "daskflow"
 
 
 if __name__ == "__main__":

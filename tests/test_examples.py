@@ -25,6 +25,9 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
+
+from daskflow import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -79,7 +82,7 @@ EXPECTED_FACT_COUNTS = """
 
 @pytest.mark.slow
 def test_demo_runs_on_a_local_dask_cluster(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str], history: Any
 ) -> None:
     etl = load_example("orders_etl", monkeypatch)
     db = tmp_path / "shop.db"
@@ -87,6 +90,14 @@ def test_demo_runs_on_a_local_dask_cluster(
     out = capsys.readouterr().out
     assert "Dask LocalCluster with 2 workers; dashboard: http://127.0.0.1:" in out, out[:500]
     assert query(db, "SELECT COUNT(*) FROM orders_fact") == [(300,)]
+    # It ends with the last run's id and where to see it: the commands and the report.
+    (last, *_) = history().list_flow_runs(flow_name="daily-order-etl")
+    ending = out[out.index("The last flow run:") :]
+    assert f"The last flow run: {last.id}" in ending and f"runs show {last.id[:8]}" in ending, ending
+    report = Path(ending.split("the report: ")[1].split()[0])
+    assert report.exists() and last.id in report.read_text(), ending
+    shown = CliRunner().invoke(cli.main, ["runs", "show", last.id[:8]])
+    assert shown.exit_code == 0 and "load-to-warehouse" in shown.stdout and "Completed" in shown.stdout, shown.output
 
 
 def test_demo_loads_every_valid_order_once(
