@@ -346,6 +346,32 @@ def test_hundreds_of_distinct_tasks_wrap_into_a_grid(history: Any, tmp_path: Pat
 # -- the API's edges -------------------------------------------------------------------------
 
 
+def test_what_went_wrong_names_the_cause_and_counts_the_runs_that_never_ran(history: Any) -> None:
+    @task
+    def fetch(i: int) -> int:
+        if i == 2:
+            raise ConnectionError("source down")
+        return i
+
+    @task
+    def store_it(value: int) -> int:
+        return value
+
+    @flow(name="cause-and-consequence")
+    def pipeline() -> list[Any]:
+        return [store_it.submit(fetch.submit(i)) for i in range(3)]  # returned: their states decide the flow's
+
+    assert pipeline(return_state=True).is_failed()
+    store = history()
+    [summary] = store.list_flow_runs(flow_name="cause-and-consequence")
+    page = render_report(store, summary.id)
+    section = page[page.index('id="failure"') : page.index("</section>", page.index('id="failure"'))]
+    assert "fetch-2" in section and "source down" in section, section
+    causes = section[section.index("<ul>") : section.index("</ul>")]
+    assert "store_it-2" not in causes, f"an UpstreamFailed run is a consequence, not a cause: {causes}"
+    assert "1 task run did not run because a run it depends on failed" in section, section
+
+
 def test_an_unknown_run_is_a_clear_error_and_writing_is_atomic(history: Any, tmp_path: Path) -> None:
     @flow(name="tiny")
     def tiny() -> int:

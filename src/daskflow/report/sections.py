@@ -143,8 +143,11 @@ def failure_summary_html(data: ReportData) -> str:
     if not failures and d.state_type.upper() not in ("FAILED", "CRASHED"):
         return ""
     out = ['<section id="failure" class="failure-summary"><h2>What went wrong</h2><ul>']
+    # A run that never started because its input failed is a consequence, not a cause: counted below.
+    causes = [run for run in failures if run.state_name != "UpstreamFailed"]
+    consequences = len(failures) - len(causes)
     by_task: dict[str, list[TaskRunInfo]] = {}
-    for run in failures:
+    for run in causes or failures:
         by_task.setdefault(run.task_name, []).append(run)
     for task_name, runs in by_task.items():
         first = runs[0]
@@ -159,6 +162,9 @@ def failure_summary_html(data: ReportData) -> str:
     if not failures:
         out.append(f"<li>The flow itself {badge(d.state_type, d.state_name)}: {escape(d.state_message or '')}</li>")
     out.append("</ul>")
+    if causes and consequences:
+        did_not_run = "1 task run" if consequences == 1 else f"{consequences:,} task runs"
+        out.append(f'<p class="note">{did_not_run} did not run because a run it depends on failed (UpstreamFailed).</p>')
     if d.traceback:
         out.append(f"<details><summary>The flow run's traceback</summary><pre>{escape(d.traceback)}</pre></details>")
     out.append("</section>")
