@@ -5,10 +5,14 @@ The database itself is made by the versioned migrations in
 ``metadata.create_all``; a test checks that a migrated database matches these
 definitions, so a change here needs a new migration script beside it.
 
-Six tables: ``flow_runs`` and ``task_runs`` hold one row per run (the latest
-snapshot), ``states`` every state a run entered, ``logs`` its log records,
+Six tables of history: ``flow_runs`` and ``task_runs`` hold one row per run (the
+latest snapshot), ``states`` every state a run entered, ``logs`` its log records,
 ``artifacts`` what it published, and ``runstore_version`` (Alembic's) the
-schema version. Run ids link them without foreign keys: history is written
+schema version. Three of control (0003): ``deployments`` (a flow by import path,
+its schedule, parameters and work pool), ``deployment_runs`` (one row per
+scheduled time a service or a backfill claimed: the unique key on deployment
+and time is the claim, so two services never fire one time twice) and
+``cancel_requests`` (``daskflow runs cancel`` asks; the running flow reads it). Run ids link them without foreign keys: history is written
 best-effort, and a batch lost in an outage must not make later batches fail.
 Indexes follow the reading API: ``runs ls`` filters flow runs by flow, state
 and start time and orders them newest first; ``runs show`` and ``runs logs``
@@ -31,6 +35,9 @@ __all__ = [
     "VERSION_TABLE",
     "UTCDateTime",
     "artifacts",
+    "cancel_requests",
+    "deployment_runs",
+    "deployments",
     "flow_runs",
     "logs",
     "metadata",
@@ -195,4 +202,44 @@ artifacts = sa.Table(
     sa.Index("ix_artifacts_flow_run", "flow_run_id"),
     sa.Index("ix_artifacts_task_run", "task_run_id"),
     sa.Index("ix_artifacts_created", "created"),
+)
+
+deployments = sa.Table(
+    "deployments",
+    metadata,
+    sa.Column("id", sa.String(), primary_key=True),
+    sa.Column("name", sa.String(), nullable=False, unique=True),
+    sa.Column("flow_name", sa.String(), nullable=False),
+    sa.Column("entrypoint", sa.Text(), nullable=False),  # "package.module:flow" or "path/to/file.py:flow"
+    sa.Column("schedule", sa.Text(), nullable=True),  # JSON: Schedule.to_dict(); None: runs only on request
+    sa.Column("parameters", sa.Text(), nullable=True),  # JSON, may hold {{ scheduled_time }} templates
+    sa.Column("tags", sa.Text(), nullable=True),  # JSON list
+    sa.Column("description", sa.Text(), nullable=True),
+    sa.Column("work_pool", sa.Text(), nullable=True),  # JSON: where runs execute (a Dask cluster)
+    sa.Column("catchup", sa.String(), nullable=False),  # what a service does with times missed while down
+    sa.Column("paused", sa.Boolean(), nullable=False),
+    sa.Column("created", UTCDateTime(), nullable=False),
+    sa.Column("updated", UTCDateTime(), nullable=False),
+)
+
+deployment_runs = sa.Table(
+    "deployment_runs",
+    metadata,
+    sa.Column("id", sa.String(), primary_key=True),
+    sa.Column("deployment_id", sa.String(), nullable=False),
+    sa.Column("scheduled_time", UTCDateTime(), nullable=False),
+    sa.Column("kind", sa.String(), nullable=False),  # "scheduled" | "backfill" | "manual"
+    sa.Column("flow_run_id", sa.String(), nullable=True),  # set once the flow run starts
+    sa.Column("state_type", sa.String(), nullable=True),  # the flow run's final state type, once known
+    sa.Column("claimed_by", sa.String(), nullable=False),  # the service (host, pid, start) that fired it
+    sa.Column("claimed_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("deployment_id", "scheduled_time", name="uq_deployment_runs_time"),
+)
+
+cancel_requests = sa.Table(
+    "cancel_requests",
+    metadata,
+    sa.Column("flow_run_id", sa.String(), primary_key=True),
+    sa.Column("requested_at", UTCDateTime(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=True),
 )
