@@ -437,10 +437,16 @@ def where_to_look(state: Any) -> None:
     with RunStore() as store:
         report = write_report(store, run.id)
     command = daskflow_command()
+    short = run.id[:8]  # any unique prefix of the id names the run
+    see = [
+        (f"{command} runs show {short}", "its task runs: states, retries, workers, the failure"),
+        (f"{command} runs logs {short}", "what it logged"),
+        (f"{command} runs ls", "every run recorded so far"),
+    ]
+    width = max(len(line) for line, _ in see)
     print("See it:")
-    print(f"  {command} runs show {run.id[:8]}    its task runs: states, retries, workers, the failure")
-    print(f"  {command} runs logs {run.id[:8]}    what it logged")
-    print(f"  {command} runs ls                  every run recorded so far")
+    for line, what in see:
+        print(f"  {line:<{width}}    {what}")
     print(f"  the report: {report}  (open it in a browser)")
 
 
