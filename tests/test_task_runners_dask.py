@@ -575,3 +575,20 @@ def test_config_makes_dask_the_default_runner(dask_cluster: Any) -> None:
 
     with Client(dask_cluster) as client, dask.config.set({"daskflow.task_runner": "dask"}):
         assert which() == ("DaskTaskRunner", client.scheduler.address)
+
+
+def test_a_traceback_from_a_worker_names_the_users_file(dask_client: Any) -> None:
+    # A task defined in a function travels by value; cloudpickle drops its file name on the way.
+    @task
+    def boom(x: int) -> int:
+        ratios = [1 / (x - i) for i in range(3)]
+        return len(ratios)
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline() -> int:
+        return boom(1)
+
+    state = pipeline(return_state=True)
+    traceback = state.flow_run.task_runs[0].state.traceback
+    assert f'File "{__file__}"' in traceback and "<dynamic-code>" not in traceback, traceback
+    assert "in <listcomp>" in traceback or "in boom" in traceback, traceback

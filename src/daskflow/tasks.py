@@ -15,6 +15,7 @@ import asyncio
 import functools
 import inspect
 import sys
+import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -99,7 +100,8 @@ class Task(Generic[P, R]):
             and module_name not in _by_value_modules()
         ):
             return (_task_from_module, (module_name, name))
-        return (_task_from_state, (type(self), self.__dict__))
+        code = getattr(self.fn, "__code__", None)
+        return (_task_from_state, (type(self), self.__dict__, code.co_filename if code is not None else None))
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         return self._binder.bind(args, kwargs)
@@ -258,10 +260,27 @@ def _task_from_module(module_name: str, name: str) -> Task[Any, Any]:
     return task_obj
 
 
-def _task_from_state(cls: type[Task[Any, Any]], state: dict[str, Any]) -> Task[Any, Any]:
+def _task_from_state(cls: type[Task[Any, Any]], state: dict[str, Any], filename: str | None = None) -> Task[Any, Any]:
     task_obj = cls.__new__(cls)
     task_obj.__dict__.update(state)
+    code = getattr(task_obj.fn, "__code__", None)
+    if filename and code is not None and code.co_filename == _PICKLED_FILENAME:
+        # cloudpickle ships code by value without its file name (for deterministic pickles);
+        # put it back, so that a traceback from a worker names the user's file, not "<dynamic-code>".
+        task_obj.fn.__code__ = _with_filename(code, filename)
     return task_obj
+
+
+_PICKLED_FILENAME = "<dynamic-code>"
+
+
+def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
+    """``code`` and the code objects nested in it (comprehensions, inner functions) as from ``filename``."""
+    consts = tuple(
+        _with_filename(c, filename) if isinstance(c, types.CodeType) and c.co_filename == _PICKLED_FILENAME else c
+        for c in code.co_consts
+    )
+    return code.replace(co_filename=filename, co_consts=consts)
 
 
 def _cache_policy(options: TaskOptions) -> Any:
