@@ -310,13 +310,15 @@ def test_artifacts_by_key_and_by_run(store: RunStore) -> None:
         ArtifactRecord(type="markdown", data="# v1", key="report", flow_run_id="f1", created=T0),
         ArtifactRecord(type="markdown", data="# v2", key="report", flow_run_id="f2", created=T0 + 10, description="daily"),
         ArtifactRecord(type="table", data=json.dumps([{"a": 1}]), flow_run_id="f2", task_run_id="t9", created=T0 + 5),
-        ArtifactRecord(type="link", data="https://example.org", key="docs", flow_run_id="f1", created=T0 + 1),
+        ArtifactRecord(type="link", data="https://example.org", key="docs", flow_run_id="f1", created=T0 + 1, id="ab_1%"),
     ])  # fmt: skip
     assert [a.data for a in store.artifacts()] == ["# v2", '[{"a": 1}]', "https://example.org", "# v1"], "newest first"
     assert [(a.data, a.description) for a in store.artifacts(key="report")] == [("# v2", "daily"), ("# v1", None)]
     assert [a.type for a in store.artifacts(flow_run_id="f1")] == ["link", "markdown"]
     assert [a.type for a in store.artifacts(task_run_id="t9")] == ["table"]
     assert len(store.artifacts(limit=1)) == 1
+    assert [a.key for a in store.artifacts(id_prefix="ab_1")] == ["docs"]
+    assert store.artifacts(id_prefix="ab%") == [], "a prefix is matched as text, not as a LIKE pattern"
 
 
 # -- the writer ---------------------------------------------------------------------------------

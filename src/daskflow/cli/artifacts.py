@@ -153,9 +153,8 @@ def _find(store: RunStore, ref: str) -> ArtifactInfo:
     latest = store.artifacts(key=ref, limit=1)
     if latest:
         return latest[0]
-    # Not a key: an id or a prefix of one. The store reads artifacts by key or run, not by
-    # id, so the ids are matched here; a run store holds thousands of artifacts, not millions.
-    matches = [a for a in store.artifacts(limit=None) if a.id.startswith(ref)] if ref else []
+    # Not a key: an id or a prefix of one (six are enough to say it is ambiguous).
+    matches = store.artifacts(id_prefix=ref, limit=6) if ref else []
     if not matches:
         raise UsageProblem(
             f"no artifact with key or id {ref!r} in the run store at {store.display_url}. "

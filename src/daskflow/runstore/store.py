@@ -442,13 +442,16 @@ class RunStore:
         key: str | None = None,
         flow_run_id: str | None = None,
         task_run_id: str | None = None,
+        id_prefix: str | None = None,
         limit: int | None = None,
     ) -> list[ArtifactInfo]:
-        """Artifacts, newest first, optionally of one key or one run (``artifacts ls``)."""
+        """Artifacts, newest first, optionally of one key, one run or ids starting with ``id_prefix``."""
         ar = schema.artifacts
         query = sa.select(ar).order_by(ar.c.created.desc(), ar.c.id)
         if key is not None:
             query = query.where(ar.c.key == key)
+        if id_prefix is not None:  # the primary key's index serves a prefix match
+            query = query.where(ar.c.id.startswith(id_prefix, autoescape=True))
         if flow_run_id is not None:
             query = query.where(ar.c.flow_run_id == flow_run_id)
         if task_run_id is not None:
