@@ -6,7 +6,7 @@ can run: the ``prefect`` imports read ``daskflow``, and every other change is
 marked with a ``# changed from the seed:`` comment saying why (SQLAlchemy 2
 removed ``engine.execute``; SQLite wants ``WHERE true`` in an ``INSERT ...
 SELECT ... ON CONFLICT``; the database is a real file rather than a
-placeholder PostgreSQL URL; the deployment waits for ``daskflow.deployments``).
+placeholder PostgreSQL URL).
 
 The database is named by the ``DASKFLOW_EXAMPLE_DB`` environment variable, a
 SQLAlchemy URL; by default it is ``seed_orders.db`` under the daskflow home
@@ -15,7 +15,11 @@ SQLAlchemy URL; by default it is ``seed_orders.db`` under the daskflow home
     python examples/seed_daily_order_etl.py
 
 which creates the demo database (orders, customers and the ``orders_fact``
-warehouse table) and runs ``daily_order_etl`` for 2024-01-15. For the same
+warehouse table), runs ``daily_order_etl`` for 2024-01-15, and applies the
+seed's deployment ``daily-schedule`` (06:00 UTC daily) to the run store, where
+``daskflow deployment ls`` lists it and ``daskflow deployment run
+daily-schedule`` runs it (on ``default-agent-pool``: the flow's own task
+runner unless dask config ``daskflow.work_pools`` defines that name). For the same
 pipeline written for production rather than for fidelity to the seed, see
 ``orders_etl.py``.
 """
@@ -25,8 +29,7 @@ from __future__ import annotations
 from daskflow import flow, task, get_run_logger
 from daskflow.tasks import task_input_hash
 from daskflow.cache_policies import NO_CACHE, INPUTS
-# changed from the seed: daskflow.deployments arrives with the deployments issue, which restores this import.
-# from daskflow.deployments import Deployment
+from daskflow.deployments import Deployment
 from datetime import timedelta, datetime
 from typing import List, Dict, Optional
 import pandas as pd
@@ -315,16 +318,15 @@ if __name__ == "__main__":
     result = daily_order_etl(execution_date="2024-01-15")
     print(result)
 
-    # changed from the seed: daskflow.deployments arrives with the deployments issue, which restores this block.
-    # # Deploy to Prefect Cloud
-    # deployment = Deployment.build_from_flow(
-    #     daily_order_etl,
-    #     name="daily-schedule",
-    #     schedule={
-    #         "cron": "0 6 * * *",
-    #         "timezone": "UTC",
-    #     },
-    #     work_pool_name="default-agent-pool",
-    #     parameters={"execution_date": "{{ data_interval_end }}"},
-    # )
-    # deployment.apply()
+    # Deploy to Prefect Cloud
+    deployment = Deployment.build_from_flow(
+        daily_order_etl,
+        name="daily-schedule",
+        schedule={
+            "cron": "0 6 * * *",
+            "timezone": "UTC",
+        },
+        work_pool_name="default-agent-pool",
+        parameters={"execution_date": "{{ data_interval_end }}"},
+    )
+    deployment.apply()

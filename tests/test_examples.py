@@ -295,6 +295,18 @@ def test_seed_scripts_run_as_main(
     assert printed in capsys.readouterr().out
     # With DASKFLOW_EXAMPLE_DB unset, the database is a file under the daskflow home.
     assert any(daskflow_home.glob("seed_*.db"))
+    if script == "seed_daily_order_etl":
+        # The seed's Deployment.build_from_flow(...).apply(), as written, stored its deployment.
+        from daskflow.deployments import Deployment
+        from daskflow.runstore import RunStore
+
+        with RunStore(f"sqlite:///{daskflow_home / 'runs.db'}") as store:
+            stored = Deployment.load("daily-schedule", store)
+        assert stored.flow_name == "daily-order-etl"
+        assert stored.entrypoint == f"{EXAMPLES / 'seed_daily_order_etl.py'}:daily_order_etl"
+        assert stored.schedule is not None and stored.schedule.to_dict()["cron"] == "0 6 * * *"
+        assert stored.parameters == {"execution_date": "{{ data_interval_end }}"}
+        assert stored.work_pool.name == "default-agent-pool"
 
 
 # -- the seed files are the seed's text, changed only where marked -------------------------------

@@ -21,7 +21,9 @@ Each class also subclasses the builtin a user would naturally catch, so
     ├── CompileError (TypeError)               a flow cannot be traced ahead into a graph
     ├── SchedulerUnreachableError (ConnectionError)  no Dask scheduler at the address
     ├── RunNotFoundError (LookupError)         no flow run in the run store has that id
-    └── ArtifactError (ValueError, TypeError)  a bad artifact key, table, link or size
+    ├── ArtifactError (ValueError, TypeError)  a bad artifact key, table, link or size
+    └── DeploymentError (ValueError)           a bad deployment, deployment file entry or work pool
+        └── DeploymentNotFoundError (LookupError)  no deployment in the run store has that name
 
 Messages say what went wrong, where (task, argument, line) and how to fix it.
 """
@@ -37,6 +39,8 @@ __all__ = [
     "CorruptResultError",
     "CrashedRunError",
     "DaskflowError",
+    "DeploymentError",
+    "DeploymentNotFoundError",
     "MissingContextError",
     "ParameterValidationError",
     "ResultError",
@@ -128,3 +132,12 @@ class ArtifactError(DaskflowError, ValueError, TypeError):
 
     Both a ``ValueError`` and a ``TypeError``: the artifact functions check values and types alike.
     """
+
+
+class DeploymentError(DaskflowError, ValueError):
+    """A deployment cannot be built, stored or run: a flow that cannot be imported, a bad
+    parameter or template, a bad deployment file entry, an unknown work pool."""
+
+
+class DeploymentNotFoundError(DeploymentError, LookupError):
+    """No deployment in the run store has the given name."""

@@ -14,6 +14,7 @@ import click
 from daskflow._version import __version__
 from daskflow.cli.artifacts import artifacts
 from daskflow.cli.cache import cache
+from daskflow.cli.deployments import deployment
 from daskflow.cli.runs import runs
 
 __all__ = ["main"]
@@ -34,3 +35,4 @@ def main() -> None:
 main.add_command(cache)
 main.add_command(runs)
 main.add_command(artifacts)
+main.add_command(deployment)

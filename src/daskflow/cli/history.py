@@ -97,16 +97,17 @@ class NoRunStore(UsageProblem):
 
 
 @contextmanager
-def open_run_store(url: str | None) -> Iterator[RunStore]:
+def open_run_store(url: str | None, *, create: bool = False) -> Iterator[RunStore]:
     """The run store at ``url`` (None: the configured one), open for one command, and closed after.
 
-    An SQLite file that does not exist is not created: that raises
+    An SQLite file that does not exist is not created, unless ``create`` (a
+    command that writes, such as ``deployment apply``): that raises
     :class:`NoRunStore`, saying where it looked. Errors of the database, while
     opening or reading, become a one-line :class:`UsageProblem`.
     """
     resolved = resolve_url(url)
     shown = mask_password(resolved)
-    missing = _missing_sqlite_file(resolved)
+    missing = None if create else _missing_sqlite_file(resolved)
     if missing is not None:
         raise NoRunStore(_nothing_recorded(missing, given=url is not None))
     with _opening(shown):

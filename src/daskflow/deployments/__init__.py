@@ -1,0 +1,47 @@
+"""Deployments: a flow stored by import path with its schedule, parameters and work pool.
+
+A deployment lets a flow run without its author: anything that reads the run
+store (a scheduling service, ``daskflow deployment run``, a backfill) can import
+the flow, render its parameters for a scheduled time and run it on the
+deployment's Dask cluster, each scheduled time at most once.
+
+* :mod:`.deployment` — :class:`Deployment` (build, apply, load, list, delete,
+  pause, run, backfill) and :func:`run_deployment`;
+* :mod:`.templates` — ``{{ scheduled_time }}`` and data-interval templates, and
+  checking parameters against the flow;
+* :mod:`.entrypoints` — a flow's import path, and importing it again;
+* :mod:`.work_pools` — :class:`WorkPool`, a named Dask cluster;
+* :mod:`.running` — claim, render, run; backfills; the catchup rule;
+* :mod:`.files` — deployment YAML files.
+
+The rows themselves live in :mod:`daskflow.runstore.deployments`.
+"""
+
+from __future__ import annotations
+
+from daskflow.deployments.deployment import DEFAULT_CATCHUP, Deployment, run_deployment
+from daskflow.deployments.entrypoints import entrypoint_of, load_flow
+from daskflow.deployments.files import apply_deployment_file, load_deployment_file
+from daskflow.deployments.running import CATCHUP, BackfillStates, missed_times
+from daskflow.deployments.templates import TEMPLATE_NAMES, TemplateTimes, render_parameters, template_times
+from daskflow.deployments.work_pools import DEFAULT_POOL_NAMES, WorkPool, resolve_work_pool
+
+__all__ = [
+    "CATCHUP",
+    "DEFAULT_CATCHUP",
+    "DEFAULT_POOL_NAMES",
+    "TEMPLATE_NAMES",
+    "BackfillStates",
+    "Deployment",
+    "TemplateTimes",
+    "WorkPool",
+    "apply_deployment_file",
+    "entrypoint_of",
+    "load_deployment_file",
+    "load_flow",
+    "missed_times",
+    "render_parameters",
+    "resolve_work_pool",
+    "run_deployment",
+    "template_times",
+]

@@ -1,0 +1,342 @@
+"""Deployments in the run store: their rows, and the claims that make each scheduled time run once.
+
+Two tables (schema 0003). ``deployments`` holds one row per deployment name: the
+flow by import path, its schedule, parameters, tags, work pool and catchup
+setting as JSON text, and a paused flag. :func:`save_deployment` upserts by
+name, so applying the same deployment twice updates it and keeps its id.
+
+``deployment_runs`` holds one row per scheduled time that something decided to
+run: a scheduling service, a backfill, or a person asking for a manual run.
+The row *is* the claim. Its unique key on (deployment, scheduled time) lets the
+database arbitrate between processes that never talk to each other: each one
+simply inserts, and the one whose insert fails with an integrity error knows
+another got there first (:func:`claim_run` returns None). No read-then-write,
+no lock table, no clock agreement needed, on SQLite and PostgreSQL alike. The
+row is completed with the flow run's id and final state type when the run ends
+(:func:`finish_run`); a row whose state stays NULL is a run that was claimed
+and has not finished (or whose process died).
+
+These are plain functions over :attr:`RunStore.engine`, in the store's
+conventions: times through :class:`~.schema.UTCDateTime`, JSON in text
+columns, and database failures raised as
+:class:`~daskflow.runstore.errors.RunStoreUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from daskflow.runstore import schema
+from daskflow.runstore.errors import RunStoreUnavailableError
+
+if TYPE_CHECKING:
+    from daskflow.runstore.store import RunStore
+
+__all__ = [
+    "RUN_KINDS",
+    "DeploymentRecord",
+    "DeploymentRunInfo",
+    "claim_run",
+    "claimant",
+    "delete_deployment",
+    "finish_run",
+    "get_deployment",
+    "last_runs",
+    "last_scheduled_time",
+    "list_deployments",
+    "list_runs",
+    "save_deployment",
+    "set_paused",
+]
+
+RUN_KINDS = ("scheduled", "backfill", "manual")
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    """One row of ``deployments``, its JSON columns decoded."""
+
+    id: str
+    name: str
+    flow_name: str
+    entrypoint: str
+    schedule: dict[str, Any] | None
+    parameters: dict[str, Any]
+    tags: tuple[str, ...]
+    description: str | None
+    work_pool: dict[str, Any] | None
+    catchup: str
+    paused: bool
+    created: datetime
+    updated: datetime
+
+
+@dataclass(frozen=True)
+class DeploymentRunInfo:
+    """One claimed scheduled time of a deployment, and how its run ended (None while unknown)."""
+
+    id: str
+    deployment_id: str
+    scheduled_time: datetime
+    kind: str
+    flow_run_id: str | None
+    state_type: str | None
+    claimed_by: str
+    claimed_at: datetime
+
+
+def claimant() -> str:
+    """Who is claiming, for ``claimed_by``: this host and process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@contextmanager
+def _database_errors(store: RunStore) -> Iterator[None]:
+    # As RunStore._database_errors: an unreachable or locked database is one error type for callers.
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0]
+        raise RunStoreUnavailableError(
+            f"The run store at {store.display_url} could not be used: {reason}. Fixes:\n"
+            "  1. check that the database is running and reachable from here, or that no other "
+            "program holds the SQLite file locked, or\n"
+            "  2. point daskflow.runstore.url at another database."
+        ) from exc
+
+
+def _writing(store: RunStore) -> sa.Engine:
+    # SQLite: take the write lock at BEGIN (see store.py), so two writers queue instead of deadlocking.
+    return store.engine.execution_options(sqlite_begin="IMMEDIATE")
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _load(text: str | None) -> Any:
+    return None if not text else json.loads(text)
+
+
+def _record(row: sa.Row[Any]) -> DeploymentRecord:
+    values = row._asdict()
+    values["schedule"] = _load(values["schedule"])
+    values["parameters"] = _load(values["parameters"]) or {}
+    values["tags"] = tuple(_load(values["tags"]) or ())
+    values["work_pool"] = _load(values["work_pool"])
+    values["paused"] = bool(values["paused"])
+    return DeploymentRecord(**values)
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError(f"a scheduled time must be timezone-aware, got {moment!r}")
+    return moment.astimezone(UTC)
+
+
+# -- deployments ---------------------------------------------------------------------------
+
+
+def save_deployment(
+    store: RunStore,
+    *,
+    name: str,
+    flow_name: str,
+    entrypoint: str,
+    schedule: Mapping[str, Any] | None,
+    parameters: Mapping[str, Any],
+    tags: Sequence[str],
+    description: str | None,
+    work_pool: Mapping[str, Any] | None,
+    catchup: str,
+    paused: bool,
+) -> str:
+    """Create the deployment ``name``, or update it if it exists; return its id (kept on update)."""
+    dp = schema.deployments
+    now = datetime.now(UTC)
+    values = {
+        "flow_name": flow_name,
+        "entrypoint": entrypoint,
+        "schedule": _dump(None if schedule is None else dict(schedule)),
+        "parameters": _dump(dict(parameters)),
+        "tags": _dump(list(tags)),
+        "description": description,
+        "work_pool": _dump(None if work_pool is None else dict(work_pool)),
+        "catchup": catchup,
+        "paused": bool(paused),
+        "updated": now,
+    }
+    for _ in range(2):  # a second pass only when another process inserted the same name meanwhile
+        with _database_errors(store):
+            try:
+                with _writing(store).begin() as connection:
+                    existing = connection.execute(sa.select(dp.c.id).where(dp.c.name == name)).scalar()
+                    if existing is not None:
+                        connection.execute(dp.update().where(dp.c.id == existing).values(values))
+                        return str(existing)
+                    new_id = str(uuid.uuid4())
+                    connection.execute(dp.insert().values(id=new_id, name=name, created=now, **values))
+                    return new_id
+            except sa.exc.IntegrityError:
+                continue
+    raise RunStoreUnavailableError(f"could not save deployment {name!r}: its row changed under every attempt")
+
+
+def get_deployment(store: RunStore, name_or_id: str) -> DeploymentRecord | None:
+    """The deployment with this name (or, failing that, this id); None if there is none."""
+    dp = schema.deployments
+    with _database_errors(store), store.engine.connect() as connection:
+        row = connection.execute(sa.select(dp).where(dp.c.name == name_or_id)).first()
+        if row is None:
+            row = connection.execute(sa.select(dp).where(dp.c.id == name_or_id)).first()
+    return None if row is None else _record(row)
+
+
+def list_deployments(store: RunStore) -> list[DeploymentRecord]:
+    """Every deployment, by name."""
+    dp = schema.deployments
+    with _database_errors(store), store.engine.connect() as connection:
+        return [_record(row) for row in connection.execute(sa.select(dp).order_by(dp.c.name))]
+
+
+def delete_deployment(store: RunStore, name: str) -> bool:
+    """Delete the deployment ``name`` and its claims; False if there was none."""
+    dp, dr = schema.deployments, schema.deployment_runs
+    with _database_errors(store), _writing(store).begin() as connection:
+        found = connection.execute(sa.select(dp.c.id).where(dp.c.name == name)).scalar()
+        if found is None:
+            return False
+        # Its claims go too: a deployment re-applied under the name gets a new id and a fresh start.
+        connection.execute(dr.delete().where(dr.c.deployment_id == found))
+        connection.execute(dp.delete().where(dp.c.id == found))
+    return True
+
+
+def set_paused(store: RunStore, name: str, paused: bool) -> bool:
+    """Pause or resume the deployment ``name``; False if there is none."""
+    dp = schema.deployments
+    with _database_errors(store), _writing(store).begin() as connection:
+        result = connection.execute(
+            dp.update().where(dp.c.name == name).values(paused=bool(paused), updated=datetime.now(UTC))
+        )
+    return bool(result.rowcount)
+
+
+# -- claims ----------------------------------------------------------------------------------
+
+
+def claim_run(
+    store: RunStore, deployment_id: str, scheduled_time: datetime, kind: str, claimed_by: str | None = None
+) -> str | None:
+    """Claim ``scheduled_time`` of a deployment for one run; the claim's id, or None if already claimed.
+
+    Atomic across processes and machines: the insert either creates the one row
+    for (deployment, time) or fails on the unique key, in which case someone
+    else holds the claim. Nothing is read first, so there is no window between
+    looking and claiming.
+    """
+    if kind not in RUN_KINDS:
+        raise ValueError(f"claim kind {kind!r} is not one of {', '.join(RUN_KINDS)}")
+    claim_id = str(uuid.uuid4())
+    row = {
+        "id": claim_id,
+        "deployment_id": deployment_id,
+        "scheduled_time": _utc(scheduled_time),
+        "kind": kind,
+        "claimed_by": claimed_by or claimant(),
+        "claimed_at": datetime.now(UTC),
+    }
+    with _database_errors(store):
+        try:
+            with _writing(store).begin() as connection:
+                connection.execute(schema.deployment_runs.insert().values(row))
+        except sa.exc.IntegrityError:
+            return None
+    return claim_id
+
+
+def finish_run(store: RunStore, claim_id: str, flow_run_id: str | None, state_type: str | None) -> None:
+    """Record the flow run that a claim started, and its final state type."""
+    dr = schema.deployment_runs
+    with _database_errors(store), _writing(store).begin() as connection:
+        connection.execute(
+            dr.update().where(dr.c.id == claim_id).values(flow_run_id=flow_run_id, state_type=state_type)
+        )
+
+
+def list_runs(
+    store: RunStore,
+    deployment_id: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    kinds: Sequence[str] | None = None,
+    limit: int | None = None,
+    newest_first: bool = False,
+) -> list[DeploymentRunInfo]:
+    """A deployment's claimed times, in time order: ``since <= scheduled_time <= until``."""
+    dr = schema.deployment_runs
+    order = dr.c.scheduled_time.desc() if newest_first else dr.c.scheduled_time
+    query = sa.select(dr).where(dr.c.deployment_id == deployment_id).order_by(order)
+    if since is not None:
+        query = query.where(dr.c.scheduled_time >= _utc(since))
+    if until is not None:
+        query = query.where(dr.c.scheduled_time <= _utc(until))
+    if kinds is not None:
+        query = query.where(dr.c.kind.in_(list(kinds)))
+    if limit is not None:
+        query = query.limit(limit)
+    with _database_errors(store), store.engine.connect() as connection:
+        return [DeploymentRunInfo(**row._asdict()) for row in connection.execute(query)]
+
+
+def last_scheduled_time(
+    store: RunStore, deployment_id: str, kinds: Sequence[str] = ("scheduled", "backfill")
+) -> datetime | None:
+    """The latest time claimed for a deployment by its schedule (a service or a backfill), if any.
+
+    Manual runs are left out by default: they run "now", off the schedule, and
+    must not make a service believe the schedule's missed times were done.
+    """
+    dr = schema.deployment_runs
+    query = sa.select(sa.func.max(dr.c.scheduled_time)).where(
+        dr.c.deployment_id == deployment_id, dr.c.kind.in_(list(kinds))
+    )
+    with _database_errors(store), store.engine.connect() as connection:
+        value = connection.execute(query).scalar()
+    # max() loses the column type on some backends: parse what comes back the way UTCDateTime does.
+    return schema.UTCDateTime().process_result_value(value, store.engine.dialect)
+
+
+def last_runs(store: RunStore, deployment_ids: Sequence[str]) -> dict[str, DeploymentRunInfo]:
+    """The most recently claimed run of each deployment that has one (for ``deployment ls``)."""
+    dr = schema.deployment_runs
+    latest = (
+        sa.select(dr.c.deployment_id, sa.func.max(dr.c.claimed_at).label("claimed_at"))
+        .where(dr.c.deployment_id.in_(list(deployment_ids)))
+        .group_by(dr.c.deployment_id)
+        .subquery()
+    )
+    query = sa.select(dr).join(
+        latest, sa.and_(dr.c.deployment_id == latest.c.deployment_id, dr.c.claimed_at == latest.c.claimed_at)
+    )
+    found: dict[str, DeploymentRunInfo] = {}
+    if not deployment_ids:
+        return found
+    with _database_errors(store), store.engine.connect() as connection:
+        for row in connection.execute(query):
+            info = DeploymentRunInfo(**row._asdict())
+            current = found.get(info.deployment_id)
+            if current is None or info.scheduled_time > current.scheduled_time:
+                found[info.deployment_id] = info
+    return found
