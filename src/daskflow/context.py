@@ -22,12 +22,14 @@ from daskflow.exceptions import MissingContextError
 from daskflow.runs import FlowRun, TaskRun
 
 __all__ = [
+    "CANCEL_POLL_SECONDS",
     "FlowRunContext",
     "TaskRunContext",
     "get_flow_run_context",
     "get_run_context",
     "get_task_run_context",
     "on_worker_thread",
+    "run_cancelled",
     "set_wait_hook",
     "set_worker_thread",
     "use_flow_run_context",
@@ -79,6 +81,8 @@ class TaskRunContext:
     concurrency_limits: dict[str, int] = field(default_factory=dict)
     # Where named limits, rate limits and locks live: the cluster's on Dask, else None (this process).
     coordination: Any = None
+    # Set when the run's flow run is cancelled: long waits inside the run (for a slot) watch it.
+    cancel_event: threading.Event | None = None
 
     @property
     def task_run_id(self) -> str:
@@ -137,6 +141,17 @@ def on_worker_thread() -> bool:
 def set_wait_hook(hook: Callable[[], AbstractContextManager[None]] | None) -> None:
     """How this thread waits without holding its runner's capacity (set by runners on their threads)."""
     _wait_hooks.hook = hook
+
+
+# How often a long wait inside a run looks whether the run was cancelled meanwhile (seconds).
+CANCEL_POLL_SECONDS = 0.5
+
+
+def run_cancelled() -> bool:
+    """True inside a task run whose flow run was cancelled (a wait for a slot then gives up)."""
+    ctx = _task_ctx.get()
+    event = ctx.cancel_event if ctx is not None else None
+    return event is not None and event.is_set()
 
 
 @contextmanager

@@ -5,7 +5,9 @@ run: parameters are bound and checked against the type hints, the body runs
 with a fresh copy of the flow's task runner, and the call returns the body's
 value (or raises its error); ``return_state=True`` returns the final state
 instead. A flow called inside another flow is a subflow, a child run of it.
-``async def`` flows return a coroutine to await.
+``async def`` flows return a coroutine to await. ``my_flow.serve(cron=...)``
+runs it on a schedule in this process until stopped
+(:mod:`daskflow.engine.serving`).
 """
 
 from __future__ import annotations
@@ -13,14 +15,19 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from daskflow import settings
 from daskflow.engine import run_flow_async, run_flow_sync
-from daskflow.exceptions import ConfigurationError
+from daskflow.engine.serving import Clock, serve_flow
+from daskflow.exceptions import ConfigurationError, ScheduleError
 from daskflow.options import FlowOptions, build_options, with_changes
 from daskflow.parameters import Binder, ParameterSchema
+from daskflow.schedules import Schedule, construct_schedule
+from daskflow.states import State
 from daskflow.task_runners import SequentialTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 __all__ = ["Flow", "flow"]
@@ -100,6 +107,52 @@ class Flow(Generic[P, R]):
         new.options = with_changes(self.options, changes, self.fn)
         new._schema = ParameterSchema(self.fn, new.options.where())
         return new
+
+    def serve(
+        self,
+        name: str | None = None,
+        *,
+        cron: str | None = None,
+        interval: timedelta | float | None = None,
+        rrule: str | None = None,
+        schedule: Schedule | Mapping[str, Any] | None = None,
+        timezone: str | None = None,
+        anchor_date: datetime | str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        on_stop: str = "finish",
+        limit: int | None = None,
+        clock: Clock | None = None,
+        stop: threading.Event | None = None,
+    ) -> list[State]:
+        """Run this flow on a schedule in this process until stopped; return the runs' final states.
+
+        Give exactly one of ``cron``, ``interval`` (seconds or a timedelta,
+        with ``anchor_date``), ``rrule`` or ``schedule``; ``timezone`` (default
+        UTC) applies to the first three. ``parameters`` may use the templates
+        ``{{ scheduled_time }}``, ``{{ data_interval_start }}`` (the schedule's
+        previous time) and ``{{ data_interval_end }}``, rendered as ISO 8601
+        strings. Runs never overlap: a time that passes while a run is still
+        going is skipped, with a warning naming it. SIGINT/SIGTERM stop
+        serving: the run in flight finishes (``on_stop="finish"``) or is
+        cancelled (``"cancel"``); a second signal cancels it and returns at
+        once. ``limit`` stops after that many runs; ``clock`` and ``stop``
+        (an event that stops serving when set) are for tests and embedding.
+        """
+        given = {k: v for k, v in (("cron", cron), ("interval", interval), ("rrule", rrule), ("schedule", schedule)) if v is not None}
+        if len(given) != 1:
+            what = ", ".join(f"{k}={v!r}" for k, v in given.items()) or "none of them"
+            raise ScheduleError(
+                f"flow {self.name!r}: serve() needs exactly one of cron=, interval=, rrule= or schedule=; got {what}. "
+                "Fix: e.g. serve(cron='0 6 * * *') or serve(interval=3600)."
+            )
+        chosen = construct_schedule(
+            cron=cron, interval=interval, rrule=rrule, timezone=timezone, anchor_date=anchor_date, schedule=schedule
+        )
+        if parameters is not None:  # a misspelled parameter fails now, not at the first scheduled time
+            self.bind_parameters((), dict(parameters))
+        return serve_flow(
+            self, chosen, name=name, parameters=parameters, on_stop=on_stop, limit=limit, clock=clock, stop=stop
+        )
 
     def _add_hook(self, option: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         self.options = with_changes(self.options, {option: (*getattr(self.options, option), fn)}, self.fn)

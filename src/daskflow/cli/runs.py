@@ -5,7 +5,8 @@ Each command opens the run store (``--url``, else the configured one; see
 API, and prints it: ``runs ls`` a table of flow runs, newest first;
 ``runs show`` one flow run with its task runs and, when it failed, the
 failure (:mod:`daskflow.cli.run_detail`); ``runs logs`` its log records,
-oldest first; ``runs report`` writes its HTML report (:mod:`daskflow.report`). ``ls`` and ``show`` take ``--json`` for scripts.
+oldest first; ``runs report`` writes its HTML report (:mod:`daskflow.report`); ``runs cancel``
+asks a running flow run to stop (:mod:`daskflow.runstore.cancellation`). ``ls`` and ``show`` take ``--json`` for scripts.
 
 A new command on a run joins the group here, as ``@runs.command("name")``,
 taking ``@url_option`` and an ``ID`` argument resolved by
@@ -16,6 +17,7 @@ store and its run the same way.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 
 import click
@@ -48,6 +50,8 @@ from daskflow.cli.output import (
 )
 from daskflow.report import write_report
 from daskflow.runstore import FlowRunSummary, LogInfo, TaskRunInfo
+from daskflow.runstore.cancellation import request_cancel
+from daskflow.states import StateType
 
 __all__ = ["runs"]
 
@@ -248,6 +252,60 @@ def runs_report(url: str | None, run_id: str, output: str | None) -> None:
     with open_run_store(url) as store:
         written = write_report(store, resolve_flow_run_id(store, run_id), output)
     click.echo(f"Wrote the report of flow run {run_id} to {written}")
+
+_FINAL_TYPES = frozenset(t.value for t in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED))
+_WAIT_POLL_SECONDS = 0.25  # how often --wait reads the run's state: the store offers nothing to wait on
+
+
+@runs.command("cancel")
+@url_option
+@click.argument("run_id", metavar="ID")
+@click.option("--reason", metavar="TEXT", default=None, help="Why; recorded with the request and in the run's state.")
+@click.option("--wait", is_flag=True, help="Wait until the run has ended and print its final state.")
+@click.option(
+    "--timeout",
+    metavar="SECONDS",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="With --wait: give up waiting after this long (the request stays).",
+)
+def runs_cancel(url: str | None, run_id: str, reason: str | None, wait: bool, timeout: float) -> None:
+    """Ask a running flow run to stop: its task runs are cancelled and it ends Cancelled.
+
+    The request is recorded in the run store and the command returns at once;
+    the process running the flow (any process with run history on, against this
+    store) sees it within about a second, cancels the run's Dask futures and
+    task runs and releases their concurrency slots. With --wait, it then waits
+    for the run's final state. A run that has already ended is an error.
+    """
+    with open_run_store(url) as store:
+        flow_run = find_flow_run(store, run_id)
+        label = f"flow run {flow_run.id} ({flow_run.flow_name} / {flow_run.name})"
+        if flow_run.state_type in _FINAL_TYPES:
+            ended = f" at {when(flow_run.end_time)} UTC" if flow_run.end_time is not None else ""
+            raise UsageProblem(
+                f"{label} already ended {flow_run.state_name}{ended}: there is nothing to cancel. "
+                "Fix: pick a running one from `daskflow runs ls --state running`."
+            )
+        request_cancel(store, flow_run.id, reason)
+        click.echo(f"Asked {label} to stop; it ends Cancelled within a few seconds if its process is running.")
+        if not wait:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            current = store.flow_run(flow_run.id)
+            if current is not None and current.state_type in _FINAL_TYPES:
+                click.echo(f"{label} ended {current.state_name}: {current.state_message or ''}".rstrip(": "))
+                return
+            if time.monotonic() >= deadline:
+                raise UsageProblem(
+                    f"{label} has not ended within {timeout:g} s (it is {current.state_name if current else 'gone'}). "
+                    "The request stays: it stops once its process reads it; if that process is gone, the run "
+                    "will never end here. Fix: check with `daskflow runs show`."
+                )
+            time.sleep(_WAIT_POLL_SECONDS)
+
 
 def _task_run_ids(task_runs: list[TaskRunInfo], name: str, flow_run_id: str) -> set[str]:
     """The task runs ``name`` means: the one so named, else every run of the task so named."""

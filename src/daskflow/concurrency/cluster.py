@@ -43,7 +43,8 @@ from distributed import Lock, Semaphore, get_client
 
 from daskflow.concurrency.limits import Limit
 from daskflow.concurrency.local import bucket_shape
-from daskflow.context import waiting
+from daskflow.context import CANCEL_POLL_SECONDS, run_cancelled, waiting
+from daskflow.exceptions import CancelledRunError
 
 __all__ = ["ClusterCoordination", "cluster_coordination"]
 
@@ -233,7 +234,10 @@ def _acquire(semaphore: Semaphore) -> bool:
     if semaphore.acquire(timeout=0):
         return True
     with waiting():
-        semaphore.acquire()
+        # In steps, so a run of a cancelled flow stops waiting (a timed-out request leaves no lease).
+        while not semaphore.acquire(timeout=CANCEL_POLL_SECONDS):
+            if run_cancelled():
+                raise CancelledRunError("the flow run was cancelled while this run waited for a concurrency slot")
     return False
 
 

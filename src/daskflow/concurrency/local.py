@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 
 from daskflow.concurrency.limits import Limit
-from daskflow.context import waiting
+from daskflow.context import CANCEL_POLL_SECONDS, run_cancelled, waiting
+from daskflow.exceptions import CancelledRunError
 
 __all__ = ["LOCAL", "LocalCoordination", "bucket_shape"]
 
@@ -46,7 +47,8 @@ class _Slots:
                 return
         with waiting(), self.ready:
             while self.free < occupy:
-                self.ready.wait()
+                if not self.ready.wait(CANCEL_POLL_SECONDS) and run_cancelled():
+                    raise CancelledRunError("the flow run was cancelled while this run waited for a concurrency slot")
             self.free -= occupy
 
     def release(self, occupy: int) -> None:

@@ -7,7 +7,12 @@ follows from the body: an exception fails it; otherwise the returned value
 decides — futures in it are waited for, and if any of them (or any state
 returned) did not complete, the flow fails; else it completes. Flow retries
 rerun the body. Ctrl-C cancels the run: tasks not yet started never start,
-running ones are interrupted, every run is left in a final state.
+running ones are interrupted, every run is left in a final state. A cancel
+from elsewhere (``daskflow runs cancel``, ``flow.serve`` stopping, see
+:mod:`daskflow.engine.cancellation`) takes the same path from another thread:
+it cancels the runner's futures, which wakes a body waiting for them, and
+interrupts a body still busy a moment later; the run ends ``Cancelled``
+whatever the body then raises or returns.
 
 :class:`FlowRunEngine` holds that state machine; :func:`run_flow_sync` and
 :func:`run_flow_async` are the thin drivers, as for tasks.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,12 +35,14 @@ from daskflow.context import (
     get_task_run_context,
     use_flow_run_context,
 )
+from daskflow.engine.cancellation import register as register_cancellable
+from daskflow.engine.cancellation import unregister as unregister_cancellable
 from daskflow.engine.history import recorder as history_recorder
 from daskflow.engine.inputs import resolve_runs
 from daskflow.engine.progress import ProgressDisplay, show_progress
 from daskflow.engine.retries import retry_delay
 from daskflow.engine.task_engine import split_arguments
-from daskflow.engine.timeouts import call_with_timeout
+from daskflow.engine.timeouts import call_with_timeout, interrupt_thread
 from daskflow.exceptions import CancelledRunError, ParameterValidationError, RunTimeoutError
 from daskflow.logging import RunLoggerAdapter, configure_console_logging, install_print_capture, run_logger_for
 from daskflow.runs import FlowRun, new_run_id
@@ -50,7 +58,7 @@ from daskflow.states import (
     TimedOut,
 )
 
-__all__ = ["FlowRunEngine", "ReturnValue", "generate_run_name", "run_flow_async", "run_flow_sync"]
+__all__ = ["INTERRUPT_GRACE_SECONDS", "FlowRunEngine", "ReturnValue", "generate_run_name", "run_flow_async", "run_flow_sync"]
 
 _ADJECTIVES = (
     "amber azure bold brave bright calm clever coral crimson daring eager fancy gentle golden "
@@ -62,6 +70,11 @@ _ANIMALS = (
     "finch fox gecko heron ibis jaguar koala lemur lynx marten moose otter owl panda puffin "
     "raven seal stork tapir tiger toucan walrus wombat yak zebra"
 ).split()
+
+
+# How long a cancelled body may take to notice (its futures were cancelled) before its thread
+# is interrupted: an exception thrown into a thread may land anywhere, so it is the last resort.
+INTERRUPT_GRACE_SECONDS = 1.0
 
 
 def generate_run_name() -> str:
@@ -91,9 +104,17 @@ class FlowRunEngine:
         self.context: FlowRunContext | None = None
         self._logger: RunLoggerAdapter | None = None
         self.progress: ProgressDisplay | None = None
+        # Set (once) by a cancel from another thread; then the run ends Cancelled, whatever the body does.
+        self.cancel_reason: str | None = None
+        self._cancel_lock = threading.Lock()
+        self._runner: Any = None
+        self._body_thread: int | None = None
+        self._body_task: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
+        self._store_url: str | None = None  # where cancel requests for this run are polled (history on)
         configure_console_logging()
         if parent is None and parent_task is None:
-            history_recorder()  # starts recording this process's runs (once), if history is on
+            recording = history_recorder()  # starts recording this process's runs (once), if history is on
+            self._store_url = recording.url if recording is not None else None
             self.progress = show_progress(self.run)  # stopped in finish(), which every run reaches
 
     @property
@@ -163,14 +184,63 @@ class FlowRunEngine:
                 concurrency_limits=limits,
             )
             self.context = ctx
+            self._runner = runner
+            register_cancellable(self.run.id, self.run.parent_flow_run_id, self.cancel_from_outside, self._store_url)
             try:
                 with use_flow_run_context(ctx):
+                    self._enter_body()
                     yield ctx
             except BaseException as exc:
                 if isinstance(exc, (KeyboardInterrupt, CancelledRunError, asyncio.CancelledError)):
                     ctx.cancel_event.set()
                     runner.cancel_all()
                 raise
+            finally:
+                self._leave_body()
+                unregister_cancellable(self.run.id)
+
+    def _enter_body(self) -> None:
+        with self._cancel_lock:
+            if self.flow.isasync:
+                task = asyncio.current_task()
+                if task is not None:
+                    self._body_task = (asyncio.get_running_loop(), task)
+            else:
+                self._body_thread = threading.get_ident()
+            cancelled = self.cancel_reason is not None
+        if cancelled:  # asked before the body began: it never does
+            raise CancelledRunError(f"flow run {self.run.name!r} was cancelled: {self.cancel_reason}")
+
+    def _leave_body(self) -> None:
+        with self._cancel_lock:
+            self._body_thread = None
+            self._body_task = None
+
+    def cancel_from_outside(self, reason: str) -> None:
+        """Cancel this run from another thread (see the module docstring); later calls do nothing."""
+        with self._cancel_lock:
+            if self.cancel_reason is not None or self.run.state.is_final():
+                return
+            self.cancel_reason = reason
+            context, runner, task = self.context, self._runner, self._body_task
+        self.logger.warning("Cancelling: %s", reason)
+        if context is not None:
+            context.cancel_event.set()
+        if runner is not None:
+            runner.cancel_all()  # a body waiting for its futures wakes up to Cancelled states
+        if task is not None:
+            loop, body = task
+            loop.call_soon_threadsafe(body.cancel)
+            return
+        timer = threading.Timer(INTERRUPT_GRACE_SECONDS, self._interrupt_body)
+        timer.daemon = True
+        timer.start()
+
+    def _interrupt_body(self) -> None:
+        # Under the lock: the body cannot leave (and its thread go on to other work) meanwhile.
+        with self._cancel_lock:
+            if self._body_thread is not None:
+                interrupt_thread(self._body_thread, CancelledRunError)
 
     def call_body(self) -> Any:
         args, kwargs = split_arguments(self.flow.fn, self.parameters)
@@ -187,6 +257,9 @@ class FlowRunEngine:
 
     def handle_return(self, ret: ReturnValue) -> float | None:
         """Decide the final state from the body's return value, once the runner is drained."""
+        if self.cancel_reason is not None:
+            self.cancel(self.cancel_reason)
+            return None
         if not ret.failed:
             self.finish(Completed(ret.data, "All states completed."))
             return None
@@ -196,6 +269,9 @@ class FlowRunEngine:
         return self._failed_attempt(state)
 
     def handle_exception(self, exc: BaseException) -> float | None:
+        if self.cancel_reason is not None:  # whatever the cancelled body raised on its way out
+            self.cancel(self.cancel_reason)
+            return None
         if isinstance(exc, (KeyboardInterrupt, CancelledRunError, asyncio.CancelledError)):
             self.cancel(f"cancelled: {type(exc).__name__}")
             return None
@@ -331,7 +407,12 @@ async def run_flow_async(flow: Any, args: tuple[Any, ...], kwargs: dict[str, Any
             delay = engine.handle_return(ret)
         except (KeyboardInterrupt, asyncio.CancelledError) as exc:
             engine.handle_exception(exc)
-            raise
+            if engine.cancel_reason is None or isinstance(exc, KeyboardInterrupt):
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()  # our own cancel from outside: the run is over, the caller's task goes on
+            break
         except BaseException as exc:
             delay = engine.handle_exception(exc)
         if delay is None:

@@ -49,6 +49,10 @@ _task_logger = logging.getLogger(TASK_LOGGER)
 _CANCELS = (CancelledRunError, KeyboardInterrupt, asyncio.CancelledError)
 
 
+def _NOTHING_HELD() -> None:
+    return None
+
+
 _BY_POSITION, _EXTEND, _BY_KEYWORD, _UPDATE = range(4)
 
 
@@ -172,6 +176,7 @@ class TaskRunEngine:
             log_prints=call.log_prints,
             concurrency_limits=call.concurrency_limits,
             coordination=call.coordination,
+            cancel_event=call.cancel_event,
         )
         options = self.options
         if options.concurrency_limit is not None or call.concurrency_limits:
@@ -217,8 +222,16 @@ class TaskRunEngine:
             return None
         started = time.monotonic()
         coordination = self.call.coordination or LOCAL
-        release_slots: Callable[[], str | None] = coordination.acquire(self.limits)
+        gave_up = False
+        try:
+            release_slots: Callable[[], str | None] = coordination.acquire(self.limits)
+        except CancelledRunError:  # the flow run was cancelled while this run waited: it ends here
+            release_slots, gave_up = _NOTHING_HELD, True
         self.run.slot_wait += time.monotonic() - started
+        if gave_up or self.cancelled():  # cancelled meanwhile: a slot taken just now goes on to another run
+            release_slots()
+            self.finish(Cancelled("the flow run was cancelled while this run waited for a concurrency slot"), hooks=False)
+            return None
 
         def release() -> None:
             warning = release_slots()
@@ -341,6 +354,8 @@ def _drive_sync(engine: TaskRunEngine, fn: Callable[..., Any]) -> State:
         while True:
             # Slots are held for an attempt, not across the wait before a retry.
             release = engine.acquire_slots()
+            if engine.state.is_final():  # cancelled while waiting for a slot
+                break
             try:
                 engine.begin_attempt()
                 if timeout is None:
@@ -389,6 +404,8 @@ async def _drive_async(engine: TaskRunEngine, call: TaskCall) -> State:
         while True:
             # Waiting for a slot blocks: in a thread, so the event loop runs on.
             release = await asyncio.to_thread(engine.acquire_slots) if engine.limits else None
+            if engine.state.is_final():  # cancelled while waiting for a slot
+                break
             try:
                 engine.begin_attempt()
                 async with asyncio.timeout(timeout) as deadline:

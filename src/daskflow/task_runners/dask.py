@@ -55,6 +55,7 @@ from daskflow.task_runners.dask_worker import (
     UpstreamRef,
     decode_state,
     flush_events,
+    interrupt_runs,
     mark_client_process,
     replay_artifact,
     run_on_worker,
@@ -739,8 +740,16 @@ class DaskTaskRunner(TaskRunner):
 
     def cancel_all(self) -> None:
         self._cancelled = True
-        if self.client is not None and self._futures:
-            self.client.cancel([f.dask_future for f in self._futures], force=True)
+        client = self.client  # once the futures are cancelled, the flow may shut this runner down
+        if client is not None and self._futures:
+            running = [f.dask_future.key for f in self._futures if not f.task_run.state.is_final()]
+            flow_run_id = self._futures[0].task_run.flow_run_id
+            try:
+                # Told first: a run of this flow must not take a slot that the cancel frees.
+                client.run(interrupt_runs, flow_run_id, running, wait=False)
+            except Exception:  # the cluster is going away: so are its threads
+                _log.debug("could not interrupt the cancelled runs on the workers", exc_info=True)
+            client.cancel([f.dask_future for f in self._futures], force=True)
         for future in self._futures:
             if not future.task_run.state.is_final():
                 future.task_run.set_state(Cancelled("the flow run was cancelled"))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import collections
 import threading
 import time
 from collections.abc import Iterator
@@ -34,8 +35,8 @@ from distributed import get_worker, rejoin, secede
 from daskflow.artifacts import publish_artifact
 from daskflow.concurrency.cluster import cluster_coordination
 from daskflow.context import set_wait_hook, set_worker_thread
-from daskflow.engine import UNCHANGED, TaskCall, run_task_sync, transform
-from daskflow.exceptions import UpstreamFailedError
+from daskflow.engine import UNCHANGED, TaskCall, interrupt_thread, run_task_sync, transform
+from daskflow.exceptions import CancelledRunError, UpstreamFailedError
 from daskflow.logging import ARTIFACT_LOGGER, set_console_enabled
 from daskflow.runs import TaskRun, add_state_listener
 from daskflow.runstore import ArtifactRecord
@@ -337,14 +338,67 @@ def flush_events(token: str) -> bool:
     return True
 
 
+# The threads of this worker that wait inside a run (for a slot, a lock): a cancel does not
+# raise in them (see interrupt_runs), it sets the event they watch.
+_waiting_threads: set[int] = set()
+
+
 @contextmanager
 def _seceded() -> Iterator[None]:
     """A long wait inside a task: give the worker's thread back meanwhile (secede, then rejoin)."""
+    ident = threading.get_ident()
+    _waiting_threads.add(ident)
     secede()
     try:
         yield
     finally:
         rejoin()
+        _waiting_threads.discard(ident)
+
+
+# Per flow run, the event its task runs on this worker watch: set when the flow run is cancelled.
+# The most recent flow runs only: an event outlives its runs so that a run starting after the
+# cancel still sees it, but not forever.
+_cancel_events: collections.OrderedDict[str, threading.Event] = collections.OrderedDict()
+_cancel_events_lock = threading.Lock()
+_CANCEL_EVENTS_KEPT = 1024
+
+
+def _cancel_event(flow_run_id: str | None) -> threading.Event | None:
+    if flow_run_id is None:
+        return None
+    event = _cancel_events.get(flow_run_id)
+    if event is None:
+        with _cancel_events_lock:
+            event = _cancel_events.get(flow_run_id)
+            if event is None:
+                event = _cancel_events[flow_run_id] = threading.Event()
+                if len(_cancel_events) > _CANCEL_EVENTS_KEPT:
+                    _cancel_events.popitem(last=False)
+    return event
+
+
+async def interrupt_runs(flow_run_id: str | None, keys: list[str], dask_worker: Any = None) -> int:
+    """On a worker: stop the runs of a cancelled flow run; returns how many threads were interrupted.
+
+    Dask's cancel forgets a running task but cannot stop its thread, which would keep
+    its concurrency slots until its function returns. So the flow run's event is set
+    here (a run waiting for a slot or a retry sees it within a moment and ends
+    Cancelled; one that starts later ends at once), and CancelledRunError is raised
+    in the threads running its keys' code. A run waiting outside the thread pool
+    (seceded) is not interrupted there: an exception inside the scheduler
+    conversation of a slot request could leave the slot taken; it watches the event. A coroutine, so the
+    client can send it without waiting for an answer (``Client.run(..., wait=False)``
+    takes only coroutines), on the worker's event loop.
+    """
+    event = _cancel_event(flow_run_id)
+    if event is not None:
+        event.set()
+    worker = dask_worker  # Client.run hands the worker in: there is no task context to ask
+    wanted = set(keys)
+    with worker.active_threads_lock:
+        threads = [t for t, key in worker.active_threads.items() if key in wanted and t not in _waiting_threads]
+    return sum(interrupt_thread(thread, CancelledRunError) for thread in threads)
 
 
 def run_on_worker(task: Any, flow_info: dict[str, Any], spec: tuple[Any, ...], upstream: list[State]) -> State:
@@ -369,6 +423,7 @@ def run_on_worker(task: Any, flow_info: dict[str, Any], spec: tuple[Any, ...], u
         tuple(substitute(list(wait_for), upstream)) if wait_for else (),
         **flow_info,
         coordination=cluster_coordination(),
+        cancel_event=_cancel_event(flow_info.get("flow_run_id")),
     )
     forwarder.begin_run(run_id)
     set_wait_hook(_seceded)

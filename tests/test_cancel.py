@@ -1,0 +1,227 @@
+"""Cancelling a running flow run: through the run store (``daskflow runs cancel``) and in process.
+
+The flows under test run long tasks that wait for a file that never appears
+(bounded by a timeout, so a broken cancel fails the test instead of hanging
+it); the test cancels them with the real CLI command against the ``history``
+fixture's store, as a user would from another terminal, and checks what the
+run store and the run's own states say, and that the concurrency slot its
+task held is free for the next flow.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import dask.config
+import pytest
+from click.testing import CliRunner
+
+from daskflow import flow, task, unmapped
+from daskflow.cli.runs import runs
+from daskflow.context import get_run_context
+from daskflow.engine.cancellation import cancel_flow_run, flow_runs_in_flight
+from daskflow.runstore.cancellation import cancel_requested, pending_cancel_requests, request_cancel
+from daskflow.task_runners import DaskTaskRunner, ThreadPoolTaskRunner
+
+LIMIT = "cancel-test-db"
+TASK_TIMEOUT = 60.0  # a task that was not cancelled ends by itself, failing the test, not hanging it
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    # Polls: what is waited for happens in another process (a Dask worker), which offers no event here.
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.02)
+
+
+def _run_in_thread(fn: Any) -> Future[Any]:
+    done: Future[Any] = Future()
+
+    def target() -> None:
+        try:
+            done.set_result(fn())
+        except BaseException as exc:
+            done.set_exception(exc)
+
+    threading.Thread(target=target, daemon=True).start()
+    return done
+
+
+def _make_tasks() -> tuple[Any, Any]:
+    """The test's tasks, made in a function: Dask ships them by value, as it does closures."""
+
+    @task(tags={LIMIT})
+    def wait_for_file(folder: str, i: int) -> int:
+        """Tell the test which flow run this is, then wait for a file nobody writes."""
+        ctx = get_run_context()
+        marker = Path(folder) / f"started-{i}"
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(str(getattr(ctx, "flow_run_id", "")))
+        tmp.replace(marker)
+        deadline = time.monotonic() + TASK_TIMEOUT
+        while not (Path(folder) / "never").exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("not cancelled within the task's timeout")
+            time.sleep(0.02)
+        return i
+
+    @task(tags={LIMIT})
+    def quick(i: int) -> int:
+        return i * 10
+
+    return wait_for_file, quick
+
+
+wait_for_file, quick = _make_tasks()
+
+
+def _cli(*args: str) -> Any:
+    return CliRunner().invoke(runs, list(args), catch_exceptions=False)
+
+
+@pytest.mark.timeout(120)
+def test_runs_cancel_stops_a_dask_flow_and_frees_its_slot(history: Any, dask_client: Any, tmp_path: Path) -> None:
+    @flow(task_runner=DaskTaskRunner(client=dask_client), concurrency_limit={LIMIT: 1})
+    def long_pipeline(folder: str) -> list[int]:
+        # Three runs under a limit of 1: one holds the slot, two wait for it (seceded on their workers).
+        return wait_for_file.map(unmapped(folder), [0, 1, 2]).result()
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client), concurrency_limit={LIMIT: 1})
+    def next_pipeline() -> list[int]:
+        return quick.map(range(3)).result()
+
+    running = _run_in_thread(lambda: long_pipeline(str(tmp_path), return_state=True))
+    markers = [tmp_path / f"started-{i}" for i in range(3)]
+    _wait_for(lambda: any(m.exists() for m in markers) or running.done(), 60, "the first task to start")
+    assert not running.done(), running.result()
+    flow_run_id = next(m for m in markers if m.exists()).read_text()
+    store = history()  # flushes: the run is in the store before the CLI looks for it
+    started = time.monotonic()
+
+    result = _cli("cancel", flow_run_id[:8], "--reason", "testing", "--url", store.url)
+
+    assert result.exit_code == 0, result.output
+    assert "Asked flow run" in result.output and flow_run_id in result.output
+    state = running.result(timeout=20)
+    assert state.is_cancelled(), state
+    assert time.monotonic() - started < 10
+    assert "testing" in (state.message or "")
+    task_states = [t.state for t in state.flow_run.task_runs]
+    assert task_states and all(s.is_cancelled() for s in task_states), task_states
+    assert sum(m.exists() for m in markers) == 1, "only the slot's holder ever started its function"
+
+    # The slot the cancelled task held is free, and the two that waited for it gave up: a flow
+    # on the same limit of 1 runs at once.
+    assert next_pipeline(return_state=True).result() == [0, 10, 20]
+    assert sum(m.exists() for m in markers) == 1, "a waiting run of the cancelled flow took the slot and ran"
+
+    detail = history().flow_run(flow_run_id)
+    assert detail.state_type == "CANCELLED", detail
+    assert detail.task_runs and all(t.state_type == "CANCELLED" for t in detail.task_runs), detail.task_runs
+    assert flow_run_id not in flow_runs_in_flight()
+
+
+def test_runs_cancel_wait_prints_the_final_state(history: Any, tmp_path: Path) -> None:
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def pipeline(folder: str) -> int:
+        return wait_for_file.submit(folder, 0).result()
+
+    running = _run_in_thread(lambda: pipeline(str(tmp_path), return_state=True))
+    marker = tmp_path / "started-0"
+    _wait_for(lambda: marker.exists() or running.done(), 30, "the task to start")
+    store = history()
+
+    result = _cli("cancel", marker.read_text(), "--wait", "--timeout", "20", "--url", store.url)
+
+    assert result.exit_code == 0, result.output
+    assert "ended Cancelled" in result.output, result.output
+    assert running.result(timeout=10).is_cancelled()
+    assert cancel_requested(store, marker.read_text())
+
+
+def test_cancelling_a_finished_run_is_a_clear_error(history: Any) -> None:
+    @flow
+    def done_already() -> int:
+        return 1
+
+    state = done_already(return_state=True)
+    store = history()
+
+    result = CliRunner().invoke(runs, ["cancel", state.flow_run.id, "--url", store.url])
+
+    assert result.exit_code == 2, result.output
+    assert "already ended Completed" in result.output and "nothing to cancel" in result.output
+    assert not cancel_requested(store, state.flow_run.id)
+    unknown = CliRunner().invoke(runs, ["cancel", "no-such-run", "--url", store.url])
+    assert unknown.exit_code == 2 and "no flow run with id 'no-such-run'" in unknown.output
+
+
+def test_requests_are_idempotent_and_read_in_one_query(history: Any) -> None:
+    @flow
+    def anything() -> None:
+        return None
+
+    anything()
+    store = history()
+    first = request_cancel(store, "run-a", "first")
+    again = request_cancel(store, "run-a", None)
+    assert again.requested_at == first.requested_at and again.reason == "first"
+    assert request_cancel(store, "run-a", "second").reason == "second"
+    request_cancel(store, "run-b")
+    found = pending_cancel_requests(store, ["run-a", "run-b", "run-c"])
+    assert sorted(found) == ["run-a", "run-b"] and found["run-a"].reason == "second"
+    assert pending_cancel_requests(store, []) == {}
+
+
+def test_cancel_flow_run_in_process_cancels_the_subflow_too(tmp_path: Path) -> None:
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def child(folder: str) -> int:
+        return wait_for_file.submit(folder, 0).result()
+
+    @flow
+    def parent(folder: str) -> int:
+        return child(folder) + 1
+
+    running = _run_in_thread(lambda: parent(str(tmp_path), return_state=True))
+    marker = tmp_path / "started-0"
+    _wait_for(lambda: marker.exists() or running.done(), 30, "the task to start")
+    parent_ids = [i for i in flow_runs_in_flight() if i != marker.read_text()]
+    assert len(parent_ids) == 1, flow_runs_in_flight()
+
+    assert cancel_flow_run(parent_ids[0], "stop")
+    state = running.result(timeout=20)
+    assert state.is_cancelled(), state
+    assert not cancel_flow_run(parent_ids[0])  # no longer in flight
+
+
+def test_an_unreachable_store_does_not_fail_a_running_flow(tmp_path: Path) -> None:
+    # A path under a file: SQLite cannot create the database, so every poll fails.
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    url = f"sqlite:///{blocker / 'runs.db'}"
+
+    @task
+    def add(x: int) -> int:
+        return x + 1
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def pipeline() -> int:
+        # Long enough for the watcher to poll (and fail) at least once.
+        first = add.submit(1).result()
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        return add(first)
+
+    with (
+        dask.config.set({"daskflow.runstore.enabled": True, "daskflow.runstore.url": url}),
+        warnings.catch_warnings(record=True),
+    ):
+        warnings.simplefilter("always")
+        assert pipeline() == 3
