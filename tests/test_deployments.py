@@ -259,15 +259,15 @@ def test_a_failed_run_is_recorded_failed(flows: ModuleType, store: Any) -> None:
     assert [r.state_type for r in rows.list_runs(store, deployment.id or "")] == ["FAILED"]
 
 
-def test_backfill_runs_a_month_on_a_local_cluster_within_its_bound(
-    flows: ModuleType, store: Any, tmp_path: Path
+def test_backfill_runs_a_month_on_a_cluster_by_address_within_its_bound(
+    flows: ModuleType, store: Any, tmp_path: Path, dask_cluster: Any
 ) -> None:
     out = tmp_path / "stamps"
     out.mkdir()
     deployment = Deployment.build_from_flow(
         flows.daily, "daily-jan", schedule=DAILY_6,
         parameters={"day": "{{ scheduled_time | %Y-%m-%d }}", "out": str(out)},
-        work_pool=WorkPool(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True}),
+        work_pool=WorkPool(address=dask_cluster.scheduler_address),
     )  # fmt: skip
     deployment.apply(store)
 

@@ -169,6 +169,7 @@ class _EventRouter:
         # Modules already checked on this client's workers (see DaskTaskRunner._ship_code).
         # A worker that joins later and lacks one is handled when a task fails on it.
         self.checked_modules: set[str] = set()
+        self.ship_lock = threading.Lock()
         client.subscribe_topic(EVENT_TOPIC, self.handle)
 
     def handle(self, event: tuple[float, dict[str, Any]]) -> None:
@@ -417,21 +418,29 @@ class DaskTaskRunner(TaskRunner):
                 names.add(value.__module__)
         router = self._router
         assert self.client is not None
-        candidates = [
-            name
-            for name in sorted(names - router.checked_modules)
-            if (module := sys.modules.get(name)) is not None and _user_module(module)
-        ]
-        router.checked_modules.update(names)
-        if not candidates:
+        unchecked = names - router.checked_modules
+        if not unchecked:
             return
-        # The scheduler unpickles the graph too: it needs the modules as much as the workers.
-        found = list(self.client.run(_importable, candidates).values())
-        found.append(self.client.run_on_scheduler(_importable, candidates))
-        for name in candidates:
-            if not all(found_on.get(name, False) for found_on in found):
-                cloudpickle.register_pickle_by_value(sys.modules[name])
-                _log.debug("module %s is shipped to the cluster by value", name)
+        candidates = [
+            name for name in sorted(unchecked) if (module := sys.modules.get(name)) is not None and _user_module(module)
+        ]
+        if not candidates:
+            router.checked_modules.update(unchecked)
+            return
+        # One check at a time, and a module counts as checked only once it is registered: a flow
+        # running alongside must not submit by reference what is about to go by value (the
+        # scheduler cannot unpickle such a graph, and its tasks would never start).
+        with router.ship_lock:
+            candidates = [name for name in candidates if name not in router.checked_modules]
+            if candidates:
+                # The scheduler unpickles the graph too: it needs the modules as much as the workers.
+                found = list(self.client.run(_importable, candidates).values())
+                found.append(self.client.run_on_scheduler(_importable, candidates))
+                for name in candidates:
+                    if not all(found_on.get(name, False) for found_on in found):
+                        cloudpickle.register_pickle_by_value(sys.modules[name])
+                        _log.debug("module %s is shipped to the cluster by value", name)
+            router.checked_modules.update(unchecked)
 
     def _ship_missing(self, name: str | None) -> bool:
         """A worker lacked module ``name`` (it joined after the check): ship it by value if we can."""
