@@ -315,8 +315,11 @@ def test_rate_limit_spaces_the_starts(runner: Any, executions: Any) -> None:
 
     pipeline()
     starts = sorted(e["start"] for e in executions.all())
-    busiest = max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts)
-    assert busiest <= 5, f"{busiest} starts within one second under a limit of 5 per second"
+    # The task stamps its start a moment after it got its token; on a busy machine that moment
+    # varies, so a token's stamp may come late and the fifth one after it on time. A window of
+    # 0.9 s tolerates 0.1 s of that, and six starts in it still mean the bucket let too many in.
+    busiest = max(sum(1 for t in starts if s <= t < s + 0.9) for s in starts)
+    assert busiest <= 5, f"{busiest} starts within 0.9 s under a limit of 5 per second: {starts}"
 
 
 def test_limit_errors_name_the_limit_and_the_fix() -> None:
