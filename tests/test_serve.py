@@ -1,8 +1,14 @@
 """The serving loop on a fake clock (a day of schedules in milliseconds), the parameter templates
-with hand-checked times, and ``flow.serve``'s argument errors."""
+with hand-checked times, ``flow.serve``'s argument errors, and ``flow.serve`` in a subprocess on the
+real clock, stopped by SIGTERM with a run in flight."""
 
 from __future__ import annotations
 
+import os
+import queue
+import signal
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -126,3 +132,50 @@ def test_bad_serve_arguments_are_clear_errors() -> None:
         _report.serve(interval=60, parameters={"day": "x"}, limit=0)
     with pytest.raises(ScheduleError):
         _report.serve(cron="not a cron")
+
+
+# -- flow.serve in a process of its own: real clock, real signals ------------------------------
+
+SLOW_SERVE = '''
+import sys, time
+from daskflow import flow
+
+@flow
+def slow() -> str:
+    print("started", flush=True)
+    for _ in range(40):  # two seconds in small steps: a cancel lands between two of them
+        time.sleep(0.05)
+    return "done"
+
+if __name__ == "__main__":
+    states = slow.serve(interval=1, on_stop=sys.argv[1])
+    print("states", ",".join(state.type.value for state in states), flush=True)
+'''
+
+
+@pytest.mark.parametrize(("on_stop", "final"), [("finish", "COMPLETED"), ("cancel", "CANCELLED")])
+def test_sigterm_stops_flow_serve_finishing_or_cancelling_the_run_in_flight(
+    tmp_path: Any, on_stop: str, final: str
+) -> None:
+    script = tmp_path / "serve_slow.py"
+    script.write_text(SLOW_SERVE)
+    env = {**os.environ, "DASKFLOW_HOME": str(tmp_path / "home")}
+    process = subprocess.Popen(
+        [sys.executable, str(script), on_stop], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    first: queue.Queue[str] = queue.Queue()
+    # The first line comes once the first run is in flight; read on a thread so a hang fails in 60 s.
+    assert process.stdout is not None
+    stdout = process.stdout
+    threading.Thread(target=lambda: first.put(stdout.readline()), daemon=True).start()
+    try:
+        line = first.get(timeout=60)
+        assert line.strip() == "started", line
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert out.strip().splitlines()[-1] == f"states {final}", out + err
+    assert "stopping; a run is in flight" in err

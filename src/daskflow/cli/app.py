@@ -16,6 +16,7 @@ from daskflow.cli.artifacts import artifacts
 from daskflow.cli.cache import cache
 from daskflow.cli.deployments import deployment
 from daskflow.cli.runs import runs
+from daskflow.cli.serve import serve
 
 __all__ = ["main"]
 
@@ -36,3 +37,4 @@ main.add_command(cache)
 main.add_command(runs)
 main.add_command(artifacts)
 main.add_command(deployment)
+main.add_command(serve)

@@ -23,16 +23,25 @@ from daskflow.deployments.deployment import DEFAULT_CATCHUP, Deployment, run_dep
 from daskflow.deployments.entrypoints import entrypoint_of, load_flow
 from daskflow.deployments.files import apply_deployment_file, load_deployment_file
 from daskflow.deployments.running import CATCHUP, BackfillStates, missed_times
+from daskflow.deployments.service import (
+    DEFAULT_MAX_CONCURRENT_RUNS,
+    DEFAULT_POLL_SECONDS,
+    DeploymentService,
+    unfinished_claims,
+)
 from daskflow.deployments.templates import TEMPLATE_NAMES, TemplateTimes, render_parameters, template_times
 from daskflow.deployments.work_pools import DEFAULT_POOL_NAMES, WorkPool, resolve_work_pool
 
 __all__ = [
     "CATCHUP",
     "DEFAULT_CATCHUP",
+    "DEFAULT_MAX_CONCURRENT_RUNS",
+    "DEFAULT_POLL_SECONDS",
     "DEFAULT_POOL_NAMES",
     "TEMPLATE_NAMES",
     "BackfillStates",
     "Deployment",
+    "DeploymentService",
     "TemplateTimes",
     "WorkPool",
     "apply_deployment_file",
@@ -44,4 +53,5 @@ __all__ = [
     "resolve_work_pool",
     "run_deployment",
     "template_times",
+    "unfinished_claims",
 ]

@@ -1,0 +1,295 @@
+"""The scheduling service behind ``daskflow serve``: fire every due run of every deployment.
+
+One loop, on one thread, and one thread per run in flight. The loop reads the
+deployment list from the run store (one query) at start and then every
+``poll_seconds``, so deployments applied, edited, paused, resumed or deleted
+while it runs are picked up without a restart; :class:`~.planner.Planner`
+turns that list and the clock into the times that are due (catch-up after
+downtime, schedule changes, and the one-run-at-a-time rule are its). The loop
+starts each due time on a thread of its own, at most
+``max_concurrent_runs`` at once (a run mostly waits on its work pool's
+cluster, not on this process), and then sleeps on the injectable
+:class:`~daskflow.engine.serving.Clock` until the earliest next due time or
+the next poll, whichever comes first, or until a run ends (a queued time may
+start then). A fake clock therefore drives a day of schedules in seconds.
+
+Each run goes through :func:`~.running.run_once` with kind ``"scheduled"``:
+its time is claimed in the run store before it starts, one row per
+(deployment, time), so however many services run against one store, each
+time runs once. The service that loses the claim skips the time, logged at
+DEBUG only: that is the normal state of affairs with two services.
+
+**Stopping.** ``run(stop, cancel)`` returns once ``stop`` is set and the runs
+in flight have ended; setting ``cancel`` too cancels them through the flow
+engine (:func:`~daskflow.engine.cancellation.cancel_runs_in_thread`, as
+``daskflow runs cancel`` does), so they end ``Cancelled`` and their claims say
+so. ``daskflow serve`` maps the first SIGINT/SIGTERM to ``stop`` and the
+second to ``cancel``.
+
+**Runs left without a final state.** A service that died mid-run (killed,
+machine lost) leaves its claims with no state. On start the service lists
+them in one warning and does *not* run them again: their times are claimed,
+and a flow that half ran may not be safe to repeat blindly. To redo the
+work after checking what the run did, run the deployment by hand
+(``daskflow deployment run NAME --param ...``, for "now"): the claimed time
+itself is never run twice. A claim without a state may also be a run in
+flight in another live service; the warning says so rather than guess.
+
+Flow runs record their history in the configured run store
+(``daskflow.runstore.url``); keep it the same as ``store_url``
+(``daskflow serve --url`` does that for you).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+
+from daskflow.deployments.planner import DeploymentPlan, Planner
+from daskflow.deployments.running import run_once
+from daskflow.engine.cancellation import cancel_runs_in_thread
+from daskflow.engine.serving import Clock, SystemClock
+from daskflow.exceptions import ConfigurationError, DaskflowError
+from daskflow.runstore import deployments as rows
+from daskflow.runstore.errors import RunStoreUnavailableError
+from daskflow.runstore.store import RunStore
+
+__all__ = [
+    "DEFAULT_MAX_CONCURRENT_RUNS",
+    "DEFAULT_POLL_SECONDS",
+    "DeploymentService",
+    "unfinished_claims",
+]
+
+DEFAULT_POLL_SECONDS = 5.0
+DEFAULT_MAX_CONCURRENT_RUNS = 10
+_RECANCEL_SECONDS = 0.5  # a run may not be registered with its engine yet the first time it is cancelled
+_CANCEL_GRACE_SECONDS = 30.0  # after cancelling, how long to wait for the runs before leaving them
+_BRIDGE_SECONDS = 1.0  # how soon the stop-event bridge notices that run() has returned
+_log = logging.getLogger("daskflow.service")
+
+
+def unfinished_claims(store: RunStore, deployment_ids: list[str]) -> list[rows.DeploymentRunInfo]:
+    """The claimed times of these deployments that have no final state, oldest first."""
+    found = [claim for dep in deployment_ids for claim in rows.list_runs(store, dep) if claim.state_type is None]
+    return sorted(found, key=lambda claim: claim.claimed_at)
+
+
+class DeploymentService:
+    """Fire the due runs of every deployment in a run store until stopped; see the module docstring.
+
+    ``store_url`` is the run store (None: the configured one); ``clock`` the
+    time source (tests pass a fake one); ``poll_seconds`` how often the
+    deployment list is read again; ``max_concurrent_runs`` how many runs, of
+    all deployments together, may be in flight at once (a due time waits for
+    a free slot); ``name`` what the claims record as ``claimed_by``.
+    """
+
+    def __init__(
+        self,
+        store_url: str | None = None,
+        *,
+        clock: Clock | None = None,
+        poll_seconds: float = DEFAULT_POLL_SECONDS,
+        max_concurrent_runs: int = DEFAULT_MAX_CONCURRENT_RUNS,
+        name: str | None = None,
+    ) -> None:
+        if isinstance(poll_seconds, bool) or not isinstance(poll_seconds, (int, float)) or poll_seconds <= 0:
+            raise ConfigurationError(f"serve: poll_seconds={poll_seconds!r} must be a number of seconds > 0, e.g. 5.")
+        if isinstance(max_concurrent_runs, bool) or not isinstance(max_concurrent_runs, int) or max_concurrent_runs < 1:
+            raise ConfigurationError(
+                f"serve: max_concurrent_runs={max_concurrent_runs!r} must be an int >= 1, e.g. 10."
+            )
+        self.store_url = store_url
+        self.clock: Clock = clock or SystemClock()
+        self.poll = timedelta(seconds=poll_seconds)
+        self.max_concurrent_runs = max_concurrent_runs
+        self.id = name or f"serve@{rows.claimant()}"
+        self._lock = threading.Condition()  # guards the plans' `running` and `_runs`; notified as runs end
+        self._runs: dict[threading.Thread, tuple[str, datetime]] = {}
+        self._wake = threading.Event()  # set by `stop` (through the bridge) and by every run that ends
+        self._store_failing = False
+
+    def __repr__(self) -> str:
+        return f"DeploymentService({self.id!r}, max_concurrent_runs={self.max_concurrent_runs})"
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, cancel: threading.Event | None = None) -> None:
+        """Serve until ``stop`` is set, then wait for the runs in flight (cancelled if ``cancel`` is set)."""
+        cancel = cancel or threading.Event()
+        with RunStore(self.store_url) as store, self._stop_wakes(stop):
+            planner = Planner(lambda deployment_id: rows.last_scheduled_time(store, deployment_id))
+            now = self.clock.now()
+            with self._lock:
+                planner.refresh(rows.list_deployments(store), now)
+            self._report_unfinished(store, planner)
+            self._summary(store, planner, now)
+            next_poll = now + self.poll
+            while not stop.is_set():
+                self._wake.clear()  # before looking: a run that ends after this wakes the next wait
+                now = self.clock.now()
+                with self._lock:
+                    if now >= next_poll:
+                        self._poll(store, planner, now)
+                        next_poll = now + self.poll
+                    planner.advance(now)
+                    self._start_runs(store, planner)
+                    due = planner.next_due()
+                self.clock.wait_until(next_poll if due is None else min(due, next_poll), self._wake)
+            self._drain(cancel)
+        _log.info("%s stopped", self.id)
+
+    @contextmanager
+    def _stop_wakes(self, stop: threading.Event) -> Iterator[None]:
+        # The clock waits on one event, ours; the caller's `stop` is another. A small thread joins
+        # them, so that a stop cuts a wait short at once (a run ending sets ours directly).
+        returned = threading.Event()
+
+        def bridge() -> None:
+            while not returned.is_set():
+                if stop.wait(_BRIDGE_SECONDS):
+                    self._wake.set()
+                    return
+
+        threading.Thread(target=bridge, name="daskflow-serve-stop", daemon=True).start()
+        try:
+            yield
+        finally:
+            returned.set()
+
+    def _poll(self, store: RunStore, planner: Planner, now: datetime) -> None:
+        try:
+            records = rows.list_deployments(store)
+        except RunStoreUnavailableError as exc:
+            # A blip of the database must not end the service: keep the plans it has, try again.
+            if not self._store_failing:
+                _log.warning("%s; serving the deployments known so far until it answers again", exc)
+            self._store_failing = True
+            return
+        if self._store_failing:
+            _log.info("the run store at %s answers again", store.display_url)
+            self._store_failing = False
+        planner.refresh(records, now)
+
+    def _start_runs(self, store: RunStore, planner: Planner) -> None:
+        for plan, at in planner.startable():
+            if len(self._runs) >= self.max_concurrent_runs:
+                _log.debug("%d runs in flight (max_concurrent_runs): %r waits for a slot", len(self._runs), plan.name)
+                return
+            plan.pending.popleft()
+            plan.running = at
+            thread = threading.Thread(
+                target=self._run_one, args=(store, plan, at), name=f"daskflow-serve-{plan.name}", daemon=True
+            )
+            self._runs[thread] = (plan.name, at)
+            thread.start()
+
+    def _run_one(self, store: RunStore, plan: DeploymentPlan, at: datetime) -> None:
+        name = plan.name
+        _log.debug("deployment %r: starting the run for %s", name, at.isoformat())
+        try:
+            state = run_once(plan.deployment, store, at, "scheduled", None, self.id)
+        except DaskflowError as exc:  # a flow that no longer imports, an unknown work pool: the user's to fix
+            _log.error("deployment %r: the run for %s could not start: %s", name, at.isoformat(), exc)
+        except BaseException:  # anything else must not take the service down with it
+            _log.exception("deployment %r: the run for %s raised", name, at.isoformat())
+        else:
+            if state is None:
+                _log.debug("deployment %r: %s was claimed by another service; skipped", name, at.isoformat())
+            else:
+                flow_run = getattr(state, "flow_run", None)
+                _log.info(
+                    "deployment %r: the run for %s ended %s%s",
+                    name, at.isoformat(), state.name, f" (flow run {flow_run.id})" if flow_run is not None else "",
+                )  # fmt: skip
+        finally:
+            with self._lock:
+                self._runs.pop(threading.current_thread(), None)
+                if plan.running == at:
+                    plan.running = None
+                # Woken before notified: whoever waited for this run to end finds the loop's wake set.
+                self._wake.set()
+                self._lock.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no run is in flight; False if ``timeout`` seconds passed first.
+
+        A fake clock calls it before moving time on, to model runs that take no
+        time; it is also a way for an embedding program to drain the service.
+        """
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._runs, timeout)
+
+    # -- stopping ---------------------------------------------------------------------------
+
+    def _drain(self, cancel: threading.Event) -> None:
+        announced = False
+        deadline: float | None = None
+        while True:
+            with self._lock:
+                in_flight = dict(self._runs)
+                if not in_flight:
+                    return
+                if not announced:
+                    announced = True
+                    _log.warning(
+                        "stopping: waiting for %d run(s) in flight to end (a second signal cancels them): %s",
+                        len(in_flight), ", ".join(f"{n!r} for {t.isoformat()}" for n, t in in_flight.values()),
+                    )  # fmt: skip
+                # A poll, not only a notification: signals set `cancel` and cannot notify a condition.
+                self._lock.wait(_RECANCEL_SECONDS)
+            if not cancel.is_set():
+                continue
+            if deadline is None:
+                deadline = time.monotonic() + _CANCEL_GRACE_SECONDS
+                _log.warning("cancelling %d run(s) in flight", len(in_flight))
+            for thread in in_flight:
+                if thread.ident is not None:
+                    cancel_runs_in_thread(thread.ident, f"the scheduling service {self.id} was stopped")
+            if time.monotonic() > deadline:
+                _log.error(
+                    "%d run(s) did not end within %.0f s of being cancelled; leaving them (their claims stay "
+                    "without a final state, and the next start lists them)", len(in_flight), _CANCEL_GRACE_SECONDS,
+                )  # fmt: skip
+                return
+
+    # -- reports ----------------------------------------------------------------------------
+
+    def _report_unfinished(self, store: RunStore, planner: Planner) -> None:
+        names = {plan.record.id: plan.name for plan in planner.plans.values()}
+        unfinished = unfinished_claims(store, list(names))
+        if not unfinished:
+            return
+        listed = "; ".join(
+            f"{names[c.deployment_id]!r} at {c.scheduled_time.isoformat()} ({c.kind}, claimed by {c.claimed_by} "
+            f"at {c.claimed_at.isoformat(timespec='seconds')})"
+            for c in unfinished[:20]
+        )
+        more = f"; and {len(unfinished) - 20} more" if len(unfinished) > 20 else ""
+        _log.warning(
+            "%d claimed run(s) have no final state: %s%s. Their process stopped mid-run, or is running them "
+            "now. They are not run again (their times are claimed); to redo one, check what it did, then run "
+            "the deployment by hand (`daskflow deployment run NAME --param ...`).",
+            len(unfinished), listed, more,
+        )  # fmt: skip
+
+    def _summary(self, store: RunStore, planner: Planner, now: datetime) -> None:
+        plans = sorted(planner.plans.values(), key=lambda plan: plan.name)
+        _log.info(
+            "serving %d deployment(s) from %s as %s (at most %d runs at once; deployments re-read every %s s)",
+            len(plans), store.display_url, self.id, self.max_concurrent_runs, f"{self.poll.total_seconds():g}",
+        )  # fmt: skip
+        for plan in plans:
+            if plan.record.paused:
+                status = "paused"
+            elif plan.schedule is None:
+                status = "no schedule (manual runs only)"
+            else:
+                catching_up = f", {len(plan.pending)} missed time(s) to catch up" if plan.pending else ""
+                status = f"next at {plan.next_time.isoformat() if plan.next_time else '(none)'}{catching_up}"
+            _log.info("  %s: %s", plan.name, status)
