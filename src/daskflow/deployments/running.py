@@ -37,7 +37,7 @@ from daskflow.deployments.templates import render_parameters, template_times
 from daskflow.deployments.work_pools import pool_runner, resolve_work_pool
 from daskflow.exceptions import DeploymentError
 from daskflow.flows import Flow
-from daskflow.runstore.deployments import claim_run, finish_run
+from daskflow.runstore.deployments import claim_run, finish_run, list_runs
 from daskflow.schedules import Schedule
 from daskflow.states import State, StateType
 from daskflow.task_runners import TaskRunner
@@ -123,6 +123,11 @@ def run_once(
     claimed_by: str | None = None,
 ) -> State | None:
     """Run one scheduled time of ``deployment`` on its work pool; None if that time was claimed already."""
+    assert deployment.id is not None
+    # A time another service already took is skipped before the pool is opened (which may start
+    # a cluster); the claim itself, atomic, still decides between two services that look at once.
+    if list_runs(store, deployment.id, since=scheduled_time, until=scheduled_time, limit=1):
+        return None
     flow = deployment.load_flow()
     pool = resolve_work_pool(deployment.work_pool)
     with pool_runner(pool) as runner:
