@@ -22,8 +22,11 @@ Each class also subclasses the builtin a user would naturally catch, so
     ├── SchedulerUnreachableError (ConnectionError)  no Dask scheduler at the address
     ├── RunNotFoundError (LookupError)         no flow run in the run store has that id
     ├── ArtifactError (ValueError, TypeError)  a bad artifact key, table, link or size
-    └── DeploymentError (ValueError)           a bad deployment, deployment file entry or work pool
-        └── DeploymentNotFoundError (LookupError)  no deployment in the run store has that name
+    ├── DeploymentError (ValueError)           a bad deployment, deployment file entry or work pool
+    │   └── DeploymentNotFoundError (LookupError)  no deployment in the run store has that name
+    └── BlockError (ValueError)                a bad block name or field, or a block that exists
+        ├── BlockNotFoundError (LookupError)   no block of that kind in the run store has that name
+        └── SecretKeyError                     no usable key to encrypt or decrypt block secrets
 
 Messages say what went wrong, where (task, argument, line) and how to fix it.
 """
@@ -32,6 +35,8 @@ from __future__ import annotations
 
 __all__ = [
     "ArtifactError",
+    "BlockError",
+    "BlockNotFoundError",
     "CancelledRunError",
     "CompileError",
     "ConcurrencyLimitError",
@@ -47,6 +52,7 @@ __all__ = [
     "RunNotFoundError",
     "RunTimeoutError",
     "ScheduleError",
+    "SecretKeyError",
     "SchedulerUnreachableError",
     "UnhashableInputError",
     "UnserializableInputError",
@@ -141,3 +147,15 @@ class DeploymentError(DaskflowError, ValueError):
 
 class DeploymentNotFoundError(DeploymentError, LookupError):
     """No deployment in the run store has the given name."""
+
+
+class BlockError(DaskflowError, ValueError):
+    """A block name or field is invalid, or a block is saved over an existing one without ``overwrite``."""
+
+
+class BlockNotFoundError(BlockError, LookupError):
+    """No block of the kind asked for has that name in the run store."""
+
+
+class SecretKeyError(BlockError):
+    """The key for block secrets is missing, malformed, too widely readable, or not the key they were saved with."""

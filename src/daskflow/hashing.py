@@ -25,7 +25,7 @@ instances are hashed by class and pickle state (as Prefect does, minus the
 pickle bytes); functions, lambdas included, by qualified name, source,
 defaults and closure values — not by the globals they read. A type that knows
 better defines ``__daskflow_hash__(self)`` returning plain data to hash in its
-place; ``daskflow.secrets.Secret`` uses it to be hashed by name, never value.
+place; ``daskflow.blocks.Secret`` uses it to be hashed by name, never value.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 ``main`` is the console script (``daskflow = "daskflow.cli:main"``). Each
 group of commands lives in its own module and is added here, so this is the
 one place that lists them: ``cache`` (the result cache), ``runs`` (the run
-history) and ``artifacts`` (what runs published). A new group joins the same
+history), ``artifacts`` (what runs published) and ``block`` (saved
+configuration: secrets, storage, connections). A new group joins the same
 way: a ``@click.group()`` in its module, and one ``main.add_command`` below.
 """
 
@@ -13,6 +14,7 @@ import click
 
 from daskflow._version import __version__
 from daskflow.cli.artifacts import artifacts
+from daskflow.cli.blocks import block
 from daskflow.cli.cache import cache
 from daskflow.cli.deployments import deployment
 from daskflow.cli.runs import runs
@@ -38,3 +40,4 @@ main.add_command(runs)
 main.add_command(artifacts)
 main.add_command(deployment)
 main.add_command(serve)
+main.add_command(block)

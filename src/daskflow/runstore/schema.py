@@ -12,7 +12,10 @@ schema version. Three of control (0003): ``deployments`` (a flow by import path,
 its schedule, parameters and work pool), ``deployment_runs`` (one row per
 scheduled time a service or a backfill claimed: the unique key on deployment
 and time is the claim, so two services never fire one time twice) and
-``cancel_requests`` (``daskflow runs cancel`` asks; the running flow reads it). Run ids link them without foreign keys: history is written
+``cancel_requests`` (``daskflow runs cancel`` asks; the running flow reads it).
+One of configuration (0004): ``blocks``, named settings of a kind (a secret, a
+storage, a connection) as JSON whose secret fields are encrypted
+(:mod:`daskflow.blocks`); kind and name are unique together. Run ids link them without foreign keys: history is written
 best-effort, and a batch lost in an outage must not make later batches fail.
 Indexes follow the reading API: ``runs ls`` filters flow runs by flow, state
 and start time and orders them newest first; ``runs show`` and ``runs logs``
@@ -35,6 +38,7 @@ __all__ = [
     "VERSION_TABLE",
     "UTCDateTime",
     "artifacts",
+    "blocks",
     "cancel_requests",
     "deployment_runs",
     "deployments",
@@ -242,4 +246,16 @@ cancel_requests = sa.Table(
     sa.Column("flow_run_id", sa.String(), primary_key=True),
     sa.Column("requested_at", UTCDateTime(), nullable=False),
     sa.Column("reason", sa.Text(), nullable=True),
+)
+
+blocks = sa.Table(
+    "blocks",
+    metadata,
+    sa.Column("id", sa.String(), primary_key=True),
+    sa.Column("kind", sa.String(), nullable=False),  # "secret", "json", "remote-storage", ...
+    sa.Column("name", sa.String(), nullable=False),
+    sa.Column("data", sa.Text(), nullable=False),  # JSON; secret fields hold Fernet tokens, never values
+    sa.Column("created", UTCDateTime(), nullable=False),
+    sa.Column("updated", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("kind", "name", name="uq_blocks_kind_name"),
 )

@@ -232,8 +232,8 @@ class _Forwarder(logging.Handler):
         run_id = getattr(record, "task_run_id", None)
         if run_id is None:
             return
-        exc_text = None
-        if record.exc_info:
+        exc_text = record.exc_text  # formatted already (and cleaned, e.g. of secrets) by a filter, if any
+        if record.exc_info and not exc_text:
             exc_text = self.formatter.formatException(record.exc_info) if self.formatter else logging.Formatter().formatException(record.exc_info)
         self._add(
             [
