@@ -18,7 +18,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
-from daskflow import settings
+from daskflow import secrets_mask, settings
 from daskflow.context import get_flow_run_context, get_run_context, get_task_run_context
 
 __all__ = [
@@ -127,6 +127,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 _console_handler = _StderrHandler()
 _console_handler.setFormatter(_ConsoleFormatter(_CONSOLE_FORMAT, datefmt="%H:%M:%S"))
+_console_handler.addFilter(secrets_mask.FILTER)  # loaded secrets print as *** (see daskflow.secrets_mask)
 _console_off_here = False
 
 

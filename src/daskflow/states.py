@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from daskflow import secrets_mask
 from daskflow.exceptions import CancelledRunError, CrashedRunError, DaskflowError
 
 if TYPE_CHECKING:
@@ -184,8 +185,15 @@ class State:
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild,
-            (self.type, self.name, self.message, self.data, self.exception, self._ts, self.traceback),
+            # Leaving this process, the exception loses any loaded secret (the object here is unchanged).
+            (self.type, self.name, self.message, self.data, _travelling(self.exception), self._ts, self.traceback),
         )
+
+
+def _travelling(exception: BaseException | None) -> BaseException | None:
+    if exception is None or not secrets_mask.active():
+        return exception
+    return secrets_mask.mask_exception(exception)
 
 
 def _rebuild(
@@ -289,6 +297,9 @@ def _failure(
     if message is None and exception is not None:
         message = f"{type_name(exception)}: {exception}" if str(exception) else type_name(exception)
     tb = _format_traceback(exception) if exception is not None and with_traceback else None
+    if secrets_mask.active():  # a loaded secret never reaches a recorded message or traceback
+        message = None if message is None else secrets_mask.mask_secrets(message)
+        tb = None if tb is None else secrets_mask.mask_secrets(tb)
     return State(type, name, message, exception=exception, traceback_text=tb)
 
 

@@ -12,7 +12,11 @@ message, and the traceback text, which it formats once and stores as
 Strings shorter than :data:`MIN_LENGTH` are not redacted: replacing every
 ``"a"`` in every log line would hide more than the secret. A logger filter only
 sees records logged to that very logger, so records of other loggers, and a
-handler that formats ``exc_info`` itself, are not covered.
+handler that formats ``exc_info`` itself, are not covered by it; the same
+filter (:data:`daskflow.secrets_mask.FILTER`) is therefore also on daskflow's
+handlers (console, run history, Dask worker forwarder), which see propagated
+records of child loggers, and failed states mask their message and traceback
+(:mod:`daskflow.secrets_mask`, where the values are registered).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from __future__ import annotations
 import logging
 import threading
 from typing import Any
+
+from daskflow import secrets_mask
 
 __all__ = ["LOGGER_NAMES", "MIN_LENGTH", "SecretRedactingFilter", "redact", "remember_secret"]
 
@@ -44,33 +50,13 @@ def _strings(value: Any) -> list[str]:
 
 def redact(text: str) -> str:
     """``text`` with every remembered secret replaced by ``***``, longest first (a secret may contain another)."""
-    for secret in sorted(_secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
+    return secrets_mask.mask_secrets(text)
 
 
-class SecretRedactingFilter(logging.Filter):
-    """Rewrites a record's message and traceback text without the remembered secrets; never drops a record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not _secrets:
-            return True
-        try:
-            message = record.getMessage()
-        except Exception:  # a bad %-format: leave it to the handler to report, as logging does
-            return True
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        return True
-
-
-_FILTER = SecretRedactingFilter()
+# The filter lives in daskflow.secrets_mask (a low layer, so that states and the
+# handlers of daskflow.logging and the Dask worker can use it too).
+SecretRedactingFilter = secrets_mask.SecretMaskingFilter
+_FILTER = secrets_mask.FILTER
 
 
 def remember_secret(value: Any) -> None:
@@ -81,6 +67,7 @@ def remember_secret(value: Any) -> None:
         return
     with _lock:
         _secrets.update(found)
+        secrets_mask.add_secrets(found)
         if not _installed:
             for name in LOGGER_NAMES:
                 logging.getLogger(name).addFilter(_FILTER)

@@ -32,7 +32,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from daskflow import settings
+from daskflow import secrets_mask, settings
 from daskflow.context import on_worker_thread
 from daskflow.logging import ARTIFACT_LOGGER
 from daskflow.runs import FlowRun, TaskRun, add_state_listener, remove_state_listener
@@ -58,6 +58,7 @@ class HistoryRecorder(logging.Handler):
 
     def __init__(self, url: str) -> None:
         super().__init__(level=logging.NOTSET)
+        self.addFilter(secrets_mask.FILTER)  # loaded secrets are stored as *** (see daskflow.secrets_mask)
         self.url = url
         self.writer = RunStoreWriter(url, convert=to_records)
 

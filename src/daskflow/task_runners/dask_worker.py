@@ -32,6 +32,7 @@ from typing import Any
 
 from distributed import get_worker, rejoin, secede
 
+from daskflow import secrets_mask
 from daskflow.artifacts import publish_artifact
 from daskflow.concurrency.cluster import cluster_coordination
 from daskflow.context import set_wait_hook, set_worker_thread
@@ -312,6 +313,7 @@ def _install_forwarder() -> _Forwarder:
             if _forwarder is None:
                 forwarder = _Forwarder()
                 forwarder.worker = get_worker()
+                forwarder.addFilter(secrets_mask.FILTER)  # secrets loaded here leave as *** (see daskflow.secrets_mask)
                 add_state_listener(forwarder.on_state)
                 logging.getLogger("daskflow").addHandler(forwarder)
                 logging.getLogger(ARTIFACT_LOGGER).addHandler(forwarder)  # it does not propagate to "daskflow"
