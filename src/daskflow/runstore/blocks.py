@@ -52,7 +52,7 @@ def write_block(store: RunStore, kind: str, name: str, data: str, *, overwrite: 
     # IMMEDIATE on SQLite: read-then-write in one transaction without a lock upgrade that could fail.
     engine = store.engine.execution_options(sqlite_begin="IMMEDIATE")
     try:
-        with store._database_errors(), engine.begin() as connection:
+        with store.database_errors(), engine.begin() as connection:
             found = connection.execute(sa.select(table.c.id).where(where)).first()
             if found is not None:
                 if not overwrite:
@@ -76,7 +76,7 @@ def read_block(store: RunStore, kind: str, name: str) -> BlockRow | None:
     """The block ``kind``/``name``, or None."""
     table = schema.blocks
     query = sa.select(table).where((table.c.kind == kind) & (table.c.name == name))
-    with store._database_errors(), store.engine.connect() as connection:
+    with store.database_errors(), store.engine.connect() as connection:
         row = connection.execute(query).first()
     return None if row is None else _row(row)
 
@@ -89,13 +89,13 @@ def list_blocks(store: RunStore, kind: str | None = None, name: str | None = Non
         query = query.where(table.c.kind == kind)
     if name is not None:
         query = query.where(table.c.name == name)
-    with store._database_errors(), store.engine.connect() as connection:
+    with store.database_errors(), store.engine.connect() as connection:
         return [_row(row) for row in connection.execute(query)]
 
 
 def delete_block(store: RunStore, kind: str, name: str) -> bool:
     """Delete block ``kind``/``name``; False if there was none."""
     table = schema.blocks
-    with store._database_errors(), store._write_engine.begin() as connection:
+    with store.database_errors(), store._write_engine.begin() as connection:
         result = connection.execute(table.delete().where((table.c.kind == kind) & (table.c.name == name)))
     return bool(result.rowcount)

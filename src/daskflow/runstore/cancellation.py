@@ -53,7 +53,7 @@ def request_cancel(store: RunStore, flow_run_id: str, reason: str | None = None)
     now = datetime.now(UTC)
     # IMMEDIATE on SQLite: read-then-write in one transaction without a lock upgrade that could fail.
     engine = store.engine.execution_options(sqlite_begin="IMMEDIATE")
-    with store._database_errors(), engine.begin() as connection:
+    with store.database_errors(), engine.begin() as connection:
         row = connection.execute(sa.select(table).where(table.c.flow_run_id == flow_run_id)).first()
         if row is None:
             connection.execute(table.insert().values(flow_run_id=flow_run_id, requested_at=now, reason=reason))
@@ -71,7 +71,7 @@ def pending_cancel_requests(store: RunStore, flow_run_ids: Iterable[str]) -> dic
     if not ids:
         return found
     table = schema.cancel_requests
-    with store._database_errors(), store.engine.connect() as connection:
+    with store.database_errors(), store.engine.connect() as connection:
         for start in range(0, len(ids), _IN_CHUNK):
             query = sa.select(table).where(table.c.flow_run_id.in_(ids[start : start + _IN_CHUNK]))
             for row in connection.execute(query):

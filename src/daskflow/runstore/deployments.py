@@ -28,8 +28,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -100,21 +99,6 @@ def claimant() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-@contextmanager
-def _database_errors(store: RunStore) -> Iterator[None]:
-    # As RunStore._database_errors: an unreachable or locked database is one error type for callers.
-    try:
-        yield
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0]
-        raise RunStoreUnavailableError(
-            f"The run store at {store.display_url} could not be used: {reason}. Fixes:\n"
-            "  1. check that the database is running and reachable from here, or that no other "
-            "program holds the SQLite file locked, or\n"
-            "  2. point daskflow.runstore.url at another database."
-        ) from exc
-
-
 def _writing(store: RunStore) -> sa.Engine:
     # SQLite: take the write lock at BEGIN (see store.py), so two writers queue instead of deadlocking.
     return store.engine.execution_options(sqlite_begin="IMMEDIATE")
@@ -177,7 +161,7 @@ def save_deployment(
         "updated": now,
     }
     for _ in range(2):  # a second pass only when another process inserted the same name meanwhile
-        with _database_errors(store):
+        with store.database_errors():
             try:
                 with _writing(store).begin() as connection:
                     existing = connection.execute(sa.select(dp.c.id).where(dp.c.name == name)).scalar()
@@ -195,7 +179,7 @@ def save_deployment(
 def get_deployment(store: RunStore, name_or_id: str) -> DeploymentRecord | None:
     """The deployment with this name (or, failing that, this id); None if there is none."""
     dp = schema.deployments
-    with _database_errors(store), store.engine.connect() as connection:
+    with store.database_errors(), store.engine.connect() as connection:
         row = connection.execute(sa.select(dp).where(dp.c.name == name_or_id)).first()
         if row is None:
             row = connection.execute(sa.select(dp).where(dp.c.id == name_or_id)).first()
@@ -205,14 +189,14 @@ def get_deployment(store: RunStore, name_or_id: str) -> DeploymentRecord | None:
 def list_deployments(store: RunStore) -> list[DeploymentRecord]:
     """Every deployment, by name."""
     dp = schema.deployments
-    with _database_errors(store), store.engine.connect() as connection:
+    with store.database_errors(), store.engine.connect() as connection:
         return [_record(row) for row in connection.execute(sa.select(dp).order_by(dp.c.name))]
 
 
 def delete_deployment(store: RunStore, name: str) -> bool:
     """Delete the deployment ``name`` and its claims; False if there was none."""
     dp, dr = schema.deployments, schema.deployment_runs
-    with _database_errors(store), _writing(store).begin() as connection:
+    with store.database_errors(), _writing(store).begin() as connection:
         found = connection.execute(sa.select(dp.c.id).where(dp.c.name == name)).scalar()
         if found is None:
             return False
@@ -225,7 +209,7 @@ def delete_deployment(store: RunStore, name: str) -> bool:
 def set_paused(store: RunStore, name: str, paused: bool) -> bool:
     """Pause or resume the deployment ``name``; False if there is none."""
     dp = schema.deployments
-    with _database_errors(store), _writing(store).begin() as connection:
+    with store.database_errors(), _writing(store).begin() as connection:
         result = connection.execute(
             dp.update().where(dp.c.name == name).values(paused=bool(paused), updated=datetime.now(UTC))
         )
@@ -256,7 +240,7 @@ def claim_run(
         "claimed_by": claimed_by or claimant(),
         "claimed_at": datetime.now(UTC),
     }
-    with _database_errors(store):
+    with store.database_errors():
         try:
             with _writing(store).begin() as connection:
                 connection.execute(schema.deployment_runs.insert().values(row))
@@ -268,7 +252,7 @@ def claim_run(
 def finish_run(store: RunStore, claim_id: str, flow_run_id: str | None, state_type: str | None) -> None:
     """Record the flow run that a claim started, and its final state type."""
     dr = schema.deployment_runs
-    with _database_errors(store), _writing(store).begin() as connection:
+    with store.database_errors(), _writing(store).begin() as connection:
         connection.execute(
             dr.update().where(dr.c.id == claim_id).values(flow_run_id=flow_run_id, state_type=state_type)
         )
@@ -296,7 +280,7 @@ def list_runs(
         query = query.where(dr.c.kind.in_(list(kinds)))
     if limit is not None:
         query = query.limit(limit)
-    with _database_errors(store), store.engine.connect() as connection:
+    with store.database_errors(), store.engine.connect() as connection:
         return [DeploymentRunInfo(**row._asdict()) for row in connection.execute(query)]
 
 
@@ -312,7 +296,7 @@ def last_scheduled_time(
     query = sa.select(sa.func.max(dr.c.scheduled_time)).where(
         dr.c.deployment_id == deployment_id, dr.c.kind.in_(list(kinds))
     )
-    with _database_errors(store), store.engine.connect() as connection:
+    with store.database_errors(), store.engine.connect() as connection:
         value = connection.execute(query).scalar()
     # max() loses the column type on some backends: parse what comes back the way UTCDateTime does.
     return schema.UTCDateTime().process_result_value(value, store.engine.dialect)
@@ -333,7 +317,7 @@ def last_runs(store: RunStore, deployment_ids: Sequence[str]) -> dict[str, Deplo
     found: dict[str, DeploymentRunInfo] = {}
     if not deployment_ids:
         return found
-    with _database_errors(store), store.engine.connect() as connection:
+    with store.database_errors(), store.engine.connect() as connection:
         for row in connection.execute(query):
             info = DeploymentRunInfo(**row._asdict())
             current = found.get(info.deployment_id)

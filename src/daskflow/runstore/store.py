@@ -166,7 +166,7 @@ class RunStore:
         self._write_engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
         self._statements: dict[str, tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]] = {}
         try:
-            with self._database_errors():
+            with self.database_errors():
                 self.schema_version = self._upgrade(busy_timeout)
         except BaseException:
             self.engine.dispose()
@@ -206,7 +206,8 @@ class RunStore:
         self.engine.dispose()
 
     @contextmanager
-    def _database_errors(self) -> Iterator[None]:
+    def database_errors(self) -> Iterator[None]:
+        """Around a use of the database: a locked or unreachable one becomes a RunStoreUnavailableError."""
         try:
             yield
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
@@ -257,7 +258,7 @@ class RunStore:
             (schema.logs, [_log_row(r, ts) for r in logs], False),
             (schema.artifacts, [_artifact_row(r, ts) for r in artifacts], False),
         )
-        with self._database_errors(), self._write_engine.begin() as connection:
+        with self.database_errors(), self._write_engine.begin() as connection:
             for table, rows, upsert in tables:
                 if not rows:
                     continue
@@ -337,7 +338,7 @@ class RunStore:
             query = query.where(fr.c.parent_flow_run_id == parent_flow_run_id)
         if limit is not None:
             query = query.limit(limit)
-        with self._database_errors(), self.engine.connect() as connection:
+        with self.database_errors(), self.engine.connect() as connection:
             rows = connection.execute(query).all()
             counts = self._task_counts(connection, [row.id for row in rows])
         summaries = []
@@ -361,7 +362,7 @@ class RunStore:
     def resolve_run_id(self, id_or_prefix: str) -> str | None:
         """The flow run id that is ``id_or_prefix`` or uniquely starts with it; None if no run matches."""
         fr = schema.flow_runs
-        with self._database_errors(), self.engine.connect() as connection:
+        with self.database_errors(), self.engine.connect() as connection:
             if connection.execute(sa.select(fr.c.id).where(fr.c.id == id_or_prefix)).first() is not None:
                 return id_or_prefix
             query = sa.select(fr.c.id).where(fr.c.id.startswith(id_or_prefix, autoescape=True)).limit(6)
@@ -379,7 +380,7 @@ class RunStore:
         if run_id is None:
             return None
         fr = schema.flow_runs
-        with self._database_errors(), self.engine.connect() as connection:
+        with self.database_errors(), self.engine.connect() as connection:
             row = connection.execute(sa.select(fr).where(fr.c.id == run_id)).first()
             if row is None:
                 return None
@@ -391,7 +392,7 @@ class RunStore:
 
     def task_runs(self, flow_run_id: str) -> list[TaskRunInfo]:
         """The task runs of a flow run, in the order they were created."""
-        with self._database_errors(), self.engine.connect() as connection:
+        with self.database_errors(), self.engine.connect() as connection:
             return self._task_runs(connection, flow_run_id)
 
     def _task_runs(self, connection: sa.Connection, flow_run_id: str) -> list[TaskRunInfo]:
@@ -407,7 +408,7 @@ class RunStore:
 
     def states(self, run_id: str) -> list[StateInfo]:
         """Every state a flow run or task run entered, oldest first."""
-        with self._database_errors(), self.engine.connect() as connection:
+        with self.database_errors(), self.engine.connect() as connection:
             return self._states(connection, run_id)
 
     def _states(self, connection: sa.Connection, run_id: str) -> list[StateInfo]:
@@ -433,7 +434,7 @@ class RunStore:
             query = query.where(lg.c.level >= min_level)
         if limit is not None:
             query = query.limit(limit)
-        with self._database_errors(), self.engine.connect() as connection:
+        with self.database_errors(), self.engine.connect() as connection:
             return [LogInfo(**row._asdict()) for row in connection.execute(query)]
 
     def artifacts(
@@ -458,7 +459,7 @@ class RunStore:
             query = query.where(ar.c.task_run_id == task_run_id)
         if limit is not None:
             query = query.limit(limit)
-        with self._database_errors(), self.engine.connect() as connection:
+        with self.database_errors(), self.engine.connect() as connection:
             return [ArtifactInfo(**row._asdict()) for row in connection.execute(query)]
 
 
