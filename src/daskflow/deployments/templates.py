@@ -25,6 +25,7 @@ templates rendered for a sample time) that fail the flow's type hints.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import inspect
 import json
@@ -34,14 +35,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from daskflow.engine.serving import TEMPLATE, TEMPLATE_NAMES, render_templates
 from daskflow.exceptions import DeploymentError, ParameterValidationError
 from daskflow.flows import Flow
 from daskflow.schedules import Schedule, data_interval
 
 __all__ = ["TEMPLATE_NAMES", "TemplateTimes", "check_parameters", "render_parameters", "template_times"]
 
-TEMPLATE_NAMES = ("scheduled_time", "data_interval_start", "data_interval_end")
-_TEMPLATE = re.compile(r"\{\{\s*(?P<name>[A-Za-z_][\w.]*)\s*(?:\|\s*(?P<format>[^}]*?)\s*)?\}\}")
 
 
 @dataclass(frozen=True)
@@ -79,33 +79,12 @@ def _wants(hint: Any) -> type | None:
     return None
 
 
-def _render_text(text: str, times: TemplateTimes, where: str) -> str:
-    def one(match: re.Match[str]) -> str:
-        moment = _lookup(match["name"], times, where)
-        fmt = match["format"]
-        return moment.isoformat() if not fmt else moment.strftime(fmt)
-
-    return _TEMPLATE.sub(one, text)
-
-
-def _lookup(name: str, times: TemplateTimes, where: str) -> dt.datetime:
-    if name not in TEMPLATE_NAMES:
-        raise DeploymentError(
-            f"{where}: unknown template {{{{ {name} }}}}. Fix: use one of "
-            + ", ".join(f"{{{{ {known} }}}}" for known in TEMPLATE_NAMES)
-            + "."
-        )
-    return typing.cast(dt.datetime, getattr(times, name))
-
-
-def _render_value(value: Any, times: TemplateTimes, where: str) -> Any:
-    if isinstance(value, str):
-        return _render_text(value, times, where) if "{{" in value else value
-    if isinstance(value, list):
-        return [_render_value(item, times, f"{where}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, dict):
-        return {key: _render_value(item, times, f"{where}[{key!r}]") for key, item in value.items()}
-    return value
+def _unknown(where: str, match: re.Match[str], text: str) -> Exception:
+    return DeploymentError(
+        f"{where}: unknown template {{{{ {match['name']} }}}}. Fix: use one of "
+        + ", ".join(f"{{{{ {known} }}}}" for known in TEMPLATE_NAMES)
+        + "."
+    )
 
 
 def render_parameters(
@@ -113,16 +92,19 @@ def render_parameters(
 ) -> dict[str, Any]:
     """``parameters`` with every template filled in for ``times`` (see the module docstring)."""
     hints = _annotations(flow) if flow is not None else {}
+    by_name: dict[str, dt.datetime] = dataclasses.asdict(times)
     rendered: dict[str, Any] = {}
     for name, value in parameters.items():
         where = f"parameter {name!r}"
-        whole = _TEMPLATE.fullmatch(value.strip()) if isinstance(value, str) else None
+        whole = TEMPLATE.fullmatch(value.strip()) if isinstance(value, str) else None
         wanted = _wants(hints.get(name))
         if whole is not None and not whole["format"] and wanted is not None:
-            moment = _lookup(whole["name"], times, where)
+            moment = by_name.get(whole["name"])
+            if moment is None:
+                raise _unknown(where, whole, value)
             rendered[name] = moment if wanted is dt.datetime else moment.date()
         else:
-            rendered[name] = _render_value(value, times, where)
+            rendered[name] = render_templates(value, by_name, where, _unknown)
     return rendered
 
 

@@ -16,7 +16,8 @@ otherwise), after ``limit`` runs, or when the schedule ends.
 
 :func:`render_parameters` fills the ``{{ scheduled_time }}``,
 ``{{ data_interval_start }}`` and ``{{ data_interval_end }}`` templates of a
-run's parameters; it is pure, so deployments and backfills share it.
+run's parameters; :func:`render_templates`, the walk over one value that it
+uses, is pure and shared with deployments and backfills.
 :func:`serve_flow` puts both around one flow in this process: each run in
 a thread of its own, so that the main thread stays free for SIGINT/SIGTERM.
 The first signal stops the loop; the run in flight then finishes
@@ -46,11 +47,13 @@ from daskflow.states import Cancelled, Crashed, State
 
 __all__ = [
     "ON_STOP",
+    "TEMPLATE",
     "TEMPLATE_NAMES",
     "Clock",
     "ScheduledRun",
     "SystemClock",
     "render_parameters",
+    "render_templates",
     "run_schedule",
     "serve_flow",
 ]
@@ -59,7 +62,10 @@ T = TypeVar("T")
 _log = logging.getLogger("daskflow.serve")
 
 TEMPLATE_NAMES = ("scheduled_time", "data_interval_start", "data_interval_end")
-_TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
+# {{ name }} or {{ name | strftime format }}
+TEMPLATE = re.compile(r"\{\{\s*(?P<name>[A-Za-z_][\w.]*)\s*(?:\|\s*(?P<format>[^}]*?)\s*)?\}\}")
+# How a caller words an unknown template: (where, the template as written, the text it is in) -> error.
+UnknownTemplate = Callable[[str, "re.Match[str]", str], Exception]
 _MISSED_SHOWN = 5  # missed times named in the warning; the rest are counted
 _LONGEST_NAP = 60.0  # seconds the system clock sleeps before looking at the wall clock again
 ON_STOP = ("finish", "cancel")
@@ -123,38 +129,45 @@ def render_parameters(
     (``2024-03-31T03:00:00+02:00``), also when the template is the whole
     value: parameters travel as JSON (the run store, a deployment), and a
     parameter annotated ``datetime`` is parsed back by the flow's parameter
-    validation. Strings inside lists, tuples and dicts are rendered too; other
-    values pass through unchanged. An unknown ``{{ name }}`` is an error
-    naming the parameter, so a typo does not reach the flow as text.
+    validation; ``{{ name | %Y-%m-%d }}`` formats with strftime instead.
+    Strings inside lists, tuples and dicts are rendered too; other values pass
+    through unchanged. An unknown ``{{ name }}`` is an error naming the
+    parameter, so a typo does not reach the flow as text.
     """
     start = previous_time if previous_time is not None else scheduled_time
-    values = {
-        "scheduled_time": scheduled_time.isoformat(),
-        "data_interval_start": start.isoformat(),
-        "data_interval_end": scheduled_time.isoformat(),
-    }
-    return {name: _render(value, values, name) for name, value in (parameters or {}).items()}
+    times = {"scheduled_time": scheduled_time, "data_interval_start": start, "data_interval_end": scheduled_time}
+    return {name: render_templates(value, times, name, _unknown) for name, value in (parameters or {}).items()}
 
 
-def _render(value: Any, values: dict[str, str], where: str) -> Any:
+def _unknown(where: str, match: re.Match[str], text: str) -> Exception:
+    return ConfigurationError(
+        f"parameter {where!r}: unknown template {match.group(0)!r} in {text!r}. "
+        f"Fix: use one of {', '.join('{{ ' + n + ' }}' for n in TEMPLATE_NAMES)}."
+    )
+
+
+def render_templates(value: Any, times: Mapping[str, datetime], where: str, unknown: UnknownTemplate) -> Any:
+    """``value`` with each template in its strings (and in nested lists, tuples, dicts) filled from ``times``.
+
+    A template renders as ISO 8601, or through the strftime format after its
+    bar; one whose name ``times`` lacks raises ``unknown(where, match, text)``,
+    ``where`` naming the place (``day``, ``d['k']``, ``rows[2]``).
+    """
     if isinstance(value, str):
         if "{{" not in value:
             return value
 
-        def substitute(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in values:
-                raise ConfigurationError(
-                    f"parameter {where!r}: unknown template {match.group(0)!r} in {value!r}. "
-                    f"Fix: use one of {', '.join('{{ ' + n + ' }}' for n in TEMPLATE_NAMES)}."
-                )
-            return values[name]
+        def one(match: re.Match[str]) -> str:
+            moment = times.get(match["name"])
+            if moment is None:
+                raise unknown(where, match, value)
+            return moment.strftime(match["format"]) if match["format"] else moment.isoformat()
 
-        return _TEMPLATE.sub(substitute, value)
+        return TEMPLATE.sub(one, value)
     if isinstance(value, Mapping):
-        return {key: _render(item, values, f"{where}[{key!r}]") for key, item in value.items()}
+        return {key: render_templates(item, times, f"{where}[{key!r}]", unknown) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        rendered = [_render(item, values, f"{where}[{i}]") for i, item in enumerate(value)]
+        rendered = [render_templates(item, times, f"{where}[{i}]", unknown) for i, item in enumerate(value)]
         return rendered if isinstance(value, list) else tuple(rendered)
     return value
 
