@@ -8,12 +8,21 @@ entry's facts live in the Parquet footer's key-value metadata, under the key
      "expiration": "<ISO, UTC>" | null, "format": "pandas.DataFrame" | ...,
      "codec": {...}, "schema": "<base64 Arrow IPC schema>",
      "versions": {"daskflow": ..., "pyarrow": ..., ...},
-     "signature": "hmac-sha256:<hex>" | null}
+     "signature": "hmac-sha256:<hex>" | null,
+     "version": "<uuid4 hex>", "length": <int> | null}
 
 so listing entries reads footers only, and an entry is self-describing: the
-entries of one task can be found from the metadata alone.
+entries of one task can be found from the metadata alone. ``version`` names
+the data of one write (a rewrite of the key gets a new one) and ``length`` is
+the number of items of a stored list or tuple; both came after layout 1 was
+fixed, so an older entry lacks them (its version is then ``key@created``).
 
-What goes wrong is answered in one of two ways, chosen so that the engine
+A lookup can be split in two: :meth:`ResultStore.head` reads the footer
+alone (is there a live entry, which version, how many items), and
+:meth:`ResultStore.load` reads the value later, of that version only, all of
+it or one item of a list. ``read`` does both at once.
+
+What goes wrong is answered in one of three ways, chosen so that the engine
 never loses a computed value and never crashes on a bad cache:
 
 * **The caller's mistake raises** ``ResultError`` (or ``ConfigurationError``):
@@ -24,7 +33,13 @@ never loses a computed value and never crashes on a bad cache:
   still holds the value); ``read`` returns ``None`` — a miss — for an entry
   that is corrupt, truncated, of the wrong schema, written by a newer layout,
   or pickled without a valid signature, naming the key, the path and why.
-  An absent or expired entry is a plain miss, without a warning.
+  An absent or expired entry is a plain miss, without a warning. ``head``
+  does the same from the footer alone.
+* **``load`` raises**: it comes after a ``head`` that found the entry, so a
+  miss can no longer be quiet. ``FileNotFoundError`` when the entry is gone,
+  :class:`StaleResultError` when it was rewritten since, and
+  ``CorruptResultError`` / ``UnsignedResultError`` with the text ``read``
+  would have warned.
 
 The admin operations (``entries``, ``prune``, ``clear``, ``delete``,
 ``exists``) raise ``OSError`` when the storage itself fails: whoever calls
@@ -34,12 +49,16 @@ is checked (see :mod:`.signing`).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import importlib.metadata
+import itertools
 import json
+import operator
 import platform
 import re
 import threading
+import uuid
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -61,6 +80,7 @@ __all__ = [
     "PruneReport",
     "ResultStore",
     "ResultWarning",
+    "StaleResultError",
     "StoredResult",
     "open_store",
     "validate_key",
@@ -81,9 +101,26 @@ class ResultWarning(UserWarning):
     """A cached result could not be written, or an entry could not be used and counts as a miss."""
 
 
+class StaleResultError(ResultError):
+    """The entry was rewritten since it was looked up: it holds another version than the one asked for.
+
+    The key is the same, the data may not be (a refresh, an expired value
+    computed again, another writer): look the key up again.
+    """
+
+
 @dataclass(frozen=True)
 class EntryInfo:
-    """What an entry's metadata says about it, plus its size and path."""
+    """What an entry's metadata says about it, plus its size and path.
+
+    ``version`` names the data of one write: a rewrite of the key, even with
+    an equal value, has another, so a version looked up once still names the
+    same data later (see :meth:`ResultStore.load`). Entries written before
+    versions were recorded get ``"<key>@<created, ISO>"``. ``length`` is the
+    number of items of a stored list or tuple, ``None`` for other values (and
+    for entries written before lengths were recorded). Not to be confused
+    with ``versions``, the libraries that wrote the entry.
+    """
 
     key: str
     task_name: str
@@ -92,8 +129,10 @@ class EntryInfo:
     format: str
     size: int
     path: str
+    version: str
     versions: Mapping[str, str] = field(default_factory=dict, hash=False)
     signed: bool = False
+    length: int | None = None
 
     def is_expired(self, now: datetime | None = None) -> bool:
         """Whether the entry's expiration has been reached at ``now`` (default: now)."""
@@ -274,6 +313,10 @@ class ResultStore:
                 return None
         created = datetime.now(UTC)
         versions = _library_versions()
+        # Random, not a hash of the value: it names this write, so a reader that
+        # looked up one write never takes another's data for it.
+        version = uuid.uuid4().hex
+        length = len(value) if isinstance(value, list | tuple) else None
         metadata = {
             "layout": LAYOUT_VERSION,
             "key": key,
@@ -285,13 +328,15 @@ class ResultStore:
             "schema": serializers.schema_text(encoded.table),
             "versions": versions,
             "signature": signature,
+            "version": version,
+            "length": length,
         }
         table = encoded.table
         schema_metadata = dict(table.schema.metadata or {})
         schema_metadata[METADATA_KEY] = json.dumps(metadata, separators=(",", ":")).encode()
         table = table.replace_schema_metadata(schema_metadata)
         try:
-            size = self._location.write_atomic(name, functools.partial(_write_parquet, table))
+            size = self._location.write_atomic(name, functools.partial(_write_parquet, table, encoded.row_groups))
         except Exception as exc:
             self._warn_write_failed(key, task_name, path, f"{type(exc).__name__}: {exc}")
             return None
@@ -303,8 +348,10 @@ class ResultStore:
             format=encoded.format,
             size=size,
             path=path,
+            version=version,
             versions=versions,
             signed=signature is not None,
+            length=length,
         )
 
     # -- read ----------------------------------------------------------------
@@ -325,11 +372,10 @@ class ResultStore:
         except FileNotFoundError:
             return None
         except Exception as exc:
-            self._warn_unusable(key, path, f"it could not be read from the storage ({type(exc).__name__}: {exc})")
+            self._warn_unusable(key, path, _storage_failed(exc))
             return None
         try:
-            parquet = _open_parquet(data)
-            parsed = _parse_metadata(parquet.metadata.metadata, key, path, len(data))
+            parquet, parsed = _open_entry(data, key, path)
             if parsed.info.is_expired(moment):
                 return None
             value = self._decode(parquet, parsed)
@@ -338,39 +384,159 @@ class ResultStore:
             return None
         return StoredResult(value=value, info=parsed.info)
 
-    def _decode(self, parquet: Any, parsed: _Parsed) -> Any:
-        info = parsed.info
+    def head(self, key: str, *, now: datetime | None = None) -> EntryInfo | None:
+        """The info of the live entry for ``key`` from its footer alone, or ``None`` for a miss.
+
+        As :meth:`read` without the value: the data pages are not read, so a
+        lookup costs the footer, however large the value. The misses are
+        those of ``read`` that the footer shows (absent, expired, not Parquet,
+        bad metadata, a pickle without a usable signature), with the same
+        warnings; damage to the data shows only when it is loaded. Pass the
+        info's ``version`` to :meth:`load` to read the value.
+        """
+        _load_libraries()
+        name = _entry_name(key)
+        moment = _utc(now, "now") or datetime.now(UTC)
+        path = self._location.display(name)
         try:
-            table = parquet.read()
+            parsed = self._read_footer(key, self._location.stat(name))
+            if parsed.info.is_expired(moment):
+                return None
+            if parsed.info.format == serializers.PICKLE:
+                _signature_digest(parsed.signature)  # the key itself is checked on load, with the payload
+        except FileNotFoundError:
+            return None
+        except ResultError as exc:
+            self._warn_unusable(key, path, str(exc))
+            return None
         except Exception as exc:
-            raise CorruptResultError(f"its data pages do not read back ({type(exc).__name__}: {exc})") from exc
-        if parsed.schema is not None:
+            self._warn_unusable(key, path, _storage_failed(exc))
+            return None
+        return parsed.info
+
+    NOT_READ: Any = object()
+    """What :meth:`lookup` gives in place of a value it left in storage."""
+
+    def lookup(
+        self, key: str, *, defer_above: int | None = None, now: datetime | None = None
+    ) -> tuple[EntryInfo, Any] | None:
+        """A cache lookup: ``(info, value)`` for a hit, ``None`` for a miss (as :meth:`read`).
+
+        An entry larger than ``defer_above`` bytes is not read: only its footer
+        is (as :meth:`head`), and the value is :attr:`NOT_READ`, for
+        :meth:`load` later if it is needed at all. A smaller one is read whole
+        in one request, which costs less than a second look.
+        """
+        if defer_above is not None:
             try:
-                table = serializers.conform(table, parsed.schema)
-            except Exception as exc:
-                raise CorruptResultError(f"its schema does not match the stored one: {exc}") from exc
-        if info.format == serializers.PICKLE:
-            return self._unpickle_verified(info, table, parsed.signature)
-        rest = {k: v for k, v in (table.schema.metadata or {}).items() if k != METADATA_KEY}
-        table = table.replace_schema_metadata(rest or None)
+                size = self._location.stat(_entry_name(key)).size
+            except FileNotFoundError:
+                return None
+            except Exception:
+                size = 0  # let read() say what is wrong with the storage
+            if size > defer_above:
+                info = self.head(key, now=now)
+                return None if info is None else (info, self.NOT_READ)
+        found = self.read(key, now=now)
+        return None if found is None else (found.info, found.value)
+
+    def load(self, key: str, version: str, *, item: int | None = None) -> Any:
+        """The value of version ``version`` of the entry for ``key``: all of it, or item ``item`` of a list.
+
+        For a value found by :meth:`head` and wanted later, or elsewhere: the
+        version makes sure the value is the one looked up, not what a rewrite
+        of the key left since. Expiry is not checked again. Everything
+        ``read`` checks is checked, but nothing is a quiet miss any more:
+
+        * ``FileNotFoundError``: the entry is gone (deleted, pruned);
+        * :class:`StaleResultError`: it now holds another version;
+        * ``CorruptResultError`` / ``UnsignedResultError``: it cannot be
+          used, with the reason ``read`` would warn, naming the key and path.
+
+        ``item`` picks one item of a stored list or tuple, negative as in
+        Python: of a list of DataFrames only that frame's row groups are
+        decoded; other lists are decoded whole first. ``IndexError`` for an
+        item out of range, ``ResultError`` when the value is not a list or tuple.
+        """
+        _load_libraries()
+        name = _entry_name(key)
+        path = self._location.display(name)
+        data = self._location.read_bytes(name)
         try:
-            return serializers.decode(table, info.format, parsed.codec)
-        except Exception as exc:
-            raise CorruptResultError(
-                f"its {info.format} data does not decode ({type(exc).__name__}: {exc}); "
-                f"it was written with {_describe_versions(info.versions)}"
-            ) from exc
+            parquet, parsed = _open_entry(data, key, path)
+            if parsed.info.version != version:
+                raise StaleResultError(
+                    f"cached result {key!r} at {path} was rewritten since it was looked up: it holds "
+                    f"version {parsed.info.version!r}, not {version!r}. Fix: look the key up again (head)."
+                )
+            return self._decode(parquet, parsed, item)
+        except (CorruptResultError, UnsignedResultError) as exc:
+            error = UnsignedResultError if isinstance(exc, UnsignedResultError) else CorruptResultError
+            raise error(f"cached result {key!r} at {path} is unusable: {exc}") from exc
+
+    def _decode(self, parquet: Any, parsed: _Parsed, item: int | None = None) -> Any:
+        """The value of an opened entry (or item ``item`` of it): what ``read`` and ``load`` share."""
+        if item is not None:
+            return self._decode_item(parquet, parsed, item)
+        info = parsed.info
+        if info.format == serializers.FRAMES:
+            # Frame by frame, from each one's row groups: each reads as in load(item=...).
+            tables = [_read_data(parquet, parsed, part) for part in _frame_parts(parquet, parsed)]
+            try:
+                value = serializers.decode_frames(tables, parsed.codec)
+            except Exception as exc:
+                raise _undecodable(info, exc) from exc
+        elif info.format == serializers.PICKLE:
+            value = self._unpickle_verified(info, _read_data(parquet, parsed), parsed.signature)
+        else:
+            table = _read_data(parquet, parsed)
+            rest = {k: v for k, v in (table.schema.metadata or {}).items() if k != METADATA_KEY}
+            table = table.replace_schema_metadata(rest or None)
+            try:
+                value = serializers.decode(table, info.format, parsed.codec)
+            except Exception as exc:
+                raise _undecodable(info, exc) from exc
+        if parsed.recorded:
+            # The footer is the one part no checksum covers: its length must agree with the data.
+            length = len(value) if isinstance(value, list | tuple) else None
+            if length != info.length:
+                raise CorruptResultError(
+                    f"its metadata records length {info.length}, but its value has "
+                    f"{'no length' if length is None else length}"
+                )
+        return value
+
+    def _decode_item(self, parquet: Any, parsed: _Parsed, item: int) -> Any:
+        info = parsed.info
+        if parsed.recorded and info.length is None:
+            raise ResultError(
+                f"cached result {info.key!r} at {info.path} holds a value of format {info.format!r}, not a list "
+                f"or tuple: it has no item {item!r}. Fix: load it without item=."
+            )
+        if info.format == serializers.FRAMES:
+            parts = _frame_parts(parquet, parsed)
+            index = _item_index(item, len(parts), info)
+            table = _read_data(parquet, parsed, parts[index])
+            try:
+                return serializers.decode_frame(table, parsed.codec, index)
+            except Exception as exc:
+                raise _undecodable(info, exc) from exc
+        if info.length is not None:
+            _item_index(item, info.length, info)  # out of range: said before the data is read
+        value = self._decode(parquet, parsed)
+        if not isinstance(value, list | tuple):
+            raise ResultError(
+                f"cached result {info.key!r} at {info.path} holds a {serializers._qualname(type(value))}, not a list "
+                f"or tuple: it has no item {item!r}. Fix: load it without item=."
+            )
+        return value[_item_index(item, len(value), info)]
 
     def _unpickle_verified(self, info: EntryInfo, table: Any, signature: str | None) -> Any:
         try:
             payload = serializers.pickle_payload(table)
         except Exception as exc:
             raise CorruptResultError(f"its pickle column is malformed ({exc})") from exc
-        scheme, _, digest = (signature or "").partition(":")
-        if not digest:
-            raise UnsignedResultError("it is a pickled entry without a signature; it was not unpickled")
-        if scheme != signing.SIGNATURE_SCHEME:
-            raise UnsignedResultError(f"its signature scheme {scheme!r} is unknown; it was not unpickled")
+        digest = _signature_digest(signature)
         try:
             key_bytes = self._signing_key()
         except (OSError, ConfigurationError) as exc:
@@ -473,6 +639,10 @@ class ResultStore:
     # -- internals -----------------------------------------------------------
 
     def _read_info(self, key: str, file: StoredFile) -> EntryInfo:
+        return self._read_footer(key, file).info
+
+    def _read_footer(self, key: str, file: StoredFile) -> _Parsed:
+        """The entry's metadata from its footer alone: ranged reads of the file's tail, no data page is decoded."""
         _load_libraries()
         import pyarrow.parquet as pq
 
@@ -483,8 +653,8 @@ class ResultStore:
             try:
                 metadata = pq.read_metadata(f)
             except Exception as exc:
-                raise CorruptResultError(f"its Parquet footer does not read ({type(exc).__name__}: {exc})") from exc
-        return _parse_metadata(metadata.metadata, key, path, file.size).info
+                raise _not_parquet(exc) from exc
+        return _parse_metadata(metadata.metadata, key, path, file.size)
 
     def _signing_key(self) -> bytes:
         with self._key_lock:
@@ -510,12 +680,21 @@ class ResultStore:
         )
 
 
-def _write_parquet(table: Any, sink: IO[bytes]) -> None:
+def _write_parquet(table: Any, row_groups: tuple[int, ...] | None, sink: IO[bytes]) -> None:
     import pyarrow.parquet as pq
 
     # Page checksums make a flipped bit in the data a detected error, not a wrong
     # value. Non-"compliant" nesting keeps Arrow's own list field names ("item").
-    pq.write_table(table, sink, compression="zstd", write_page_checksum=True, use_compliant_nested_type=False)
+    options: dict[str, Any] = {"compression": "zstd", "write_page_checksum": True, "use_compliant_nested_type": False}
+    if row_groups is None:
+        pq.write_table(table, sink, **options)
+        return
+    with pq.ParquetWriter(sink, table.schema, **options) as writer:
+        start = 0
+        for rows in row_groups:
+            # An empty slice may write an empty row group or none: readers go by the codec's row counts.
+            writer.write_table(table.slice(start, rows), row_group_size=max(rows, 1))
+            start += rows
 
 
 def _open_parquet(data: bytes) -> Any:
@@ -527,19 +706,125 @@ def _open_parquet(data: bytes) -> Any:
     try:
         return pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True)
     except Exception as exc:
-        raise CorruptResultError(
-            f"it is not a readable Parquet file: truncated or damaged ({type(exc).__name__}: {exc})"
-        ) from exc
+        raise _not_parquet(exc) from exc
+
+
+def _open_entry(data: bytes, key: str, path: str) -> tuple[Any, _Parsed]:
+    """The entry in ``data``, opened (its footer read and checked, its data pages not yet)."""
+    parquet = _open_parquet(data)
+    return parquet, _parse_metadata(parquet.metadata.metadata, key, path, len(data))
+
+
+def _read_data(parquet: Any, parsed: _Parsed, part: _Part | None = None) -> Any:
+    """The entry's table with its stored schema: all of it, or the rows of ``part`` only.
+
+    Only the row groups read have their page checksums checked: damage
+    elsewhere in the file does not spoil a part that is whole.
+    """
+    try:
+        if part is None:
+            table = parquet.read()
+        elif part.groups:
+            table = parquet.read_row_groups(part.groups).slice(part.first, part.rows)
+        else:
+            table = parquet.schema_arrow.empty_table()
+    except Exception as exc:
+        raise CorruptResultError(f"its data pages do not read back ({type(exc).__name__}: {exc})") from exc
+    if parsed.schema is not None:
+        try:
+            table = serializers.conform(table, parsed.schema)
+        except Exception as exc:
+            raise CorruptResultError(f"its schema does not match the stored one: {exc}") from exc
+    return table
+
+
+@dataclass(frozen=True)
+class _Part:
+    """Where one frame of a frames entry lies: ``rows`` rows from row ``first`` of row groups ``groups``."""
+
+    groups: list[int]
+    first: int
+    rows: int
+
+
+def _frame_parts(parquet: Any, parsed: _Parsed) -> list[_Part]:
+    """Where each frame of a frames entry lies, from the frames' row counts and the row groups' own.
+
+    The writer puts each frame in a row group of its own, but nothing here
+    relies on it (an empty frame may have an empty row group or none): the
+    frames' rows are laid end to end over the row groups' rows.
+    """
+    try:
+        rows = serializers.frame_rows(parsed.codec)
+    except Exception as exc:
+        raise CorruptResultError(f"its {parsed.info.format} codec is malformed ({exc})") from exc
+    if len(rows) != parsed.info.length:
+        raise CorruptResultError(f"its metadata records length {parsed.info.length}, but its codec {len(rows)} frames")
+    metadata = parquet.metadata
+    counts = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
+    if sum(counts) != sum(rows):
+        raise CorruptResultError(f"its row groups hold {sum(counts)} rows, but its frames {sum(rows)}")
+    ends = list(itertools.accumulate(counts))
+    parts, start = [], 0
+    for count in rows:
+        if count:
+            first, last = bisect.bisect_right(ends, start), bisect.bisect_left(ends, start + count)
+            groups = [group for group in range(first, last + 1) if counts[group]]
+            parts.append(_Part(groups, start - (ends[first] - counts[first]), count))
+        else:
+            parts.append(_Part([], 0, 0))
+        start += count
+    return parts
+
+
+def _signature_digest(signature: str | None) -> str:
+    """The digest of a pickled entry's signature; ``UnsignedResultError`` if it has none of a known scheme."""
+    scheme, _, digest = (signature or "").partition(":")
+    if not digest:
+        raise UnsignedResultError("it is a pickled entry without a signature; it was not unpickled")
+    if scheme != signing.SIGNATURE_SCHEME:
+        raise UnsignedResultError(f"its signature scheme {scheme!r} is unknown; it was not unpickled")
+    return digest
+
+
+def _item_index(item: int, length: int, info: EntryInfo) -> int:
+    index = operator.index(item)
+    if not -length <= index < length:
+        raise IndexError(
+            f"item {item} is out of range: cached result {info.key!r} at {info.path} holds {length} items"
+        )
+    return index + length if index < 0 else index
+
+
+def _not_parquet(exc: Exception) -> CorruptResultError:
+    return CorruptResultError(f"it is not a readable Parquet file: truncated or damaged ({type(exc).__name__}: {exc})")
+
+
+def _storage_failed(exc: Exception) -> str:
+    return f"it could not be read from the storage ({type(exc).__name__}: {exc})"
+
+
+def _undecodable(info: EntryInfo, exc: Exception) -> CorruptResultError:
+    return CorruptResultError(
+        f"its {info.format} data does not decode ({type(exc).__name__}: {exc}); "
+        f"it was written with {_describe_versions(info.versions)}"
+    )
+
 
 
 @dataclass(frozen=True)
 class _Parsed:
-    """An entry's metadata, checked: the info plus what decoding needs."""
+    """An entry's metadata, checked: the info plus what decoding needs.
+
+    ``recorded``: the entry records its version and length (it was written
+    since they exist), so a ``None`` length means "not a list or tuple".
+    """
 
     info: EntryInfo
     codec: dict[str, Any]
     schema: str | None
     signature: str | None
+    recorded: bool = True
 
 
 def _parse_metadata(raw: Mapping[bytes, bytes] | None, key: str, path: str, size: int) -> _Parsed:
@@ -559,16 +844,25 @@ def _parse_metadata(raw: Mapping[bytes, bytes] | None, key: str, path: str, size
         if meta["format"] not in serializers.FORMATS:
             raise CorruptResultError(f"its format {meta['format']!r} is unknown")
         expiration = meta["expiration"]
+        created = datetime.fromisoformat(meta["created"])
+        version, length = meta.get("version"), meta.get("length")
+        if version is not None and (not isinstance(version, str) or not version):
+            raise ValueError(f"version {version!r} is not a non-empty string")
+        if length is not None and (type(length) is not int or length < 0):
+            raise ValueError(f"length {length!r} is not a count")
         info = EntryInfo(
             key=key,
             task_name=str(meta["task_name"]),
-            created=datetime.fromisoformat(meta["created"]),
+            created=created,
             expiration=datetime.fromisoformat(expiration) if expiration else None,
             format=meta["format"],
             size=size,
             path=path,
+            # Entries from before versions: stable, and new for every rewrite unless two share a microsecond.
+            version=f"{key}@{created.isoformat()}" if version is None else version,
             versions={str(k): str(v) for k, v in dict(meta.get("versions") or {}).items()},
             signed=bool(meta.get("signature")),
+            length=length,
         )
         codec = dict(meta.get("codec") or {})
         schema, signature = meta.get("schema"), meta.get("signature")
@@ -581,6 +875,7 @@ def _parse_metadata(raw: Mapping[bytes, bytes] | None, key: str, path: str, size
         codec=codec,
         schema=None if schema is None else str(schema),
         signature=None if signature is None else str(signature),
+        recorded=version is not None,
     )
 
 

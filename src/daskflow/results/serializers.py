@@ -4,25 +4,33 @@ Every entry is a Parquet file, so every value becomes a ``pyarrow.Table``
 plus a small JSON-able ``codec`` dict of what the table alone cannot say.
 The format is picked from the value's exact type:
 
-==================  =========================================================
-``arrow.Table``     a ``pyarrow.Table``, stored as itself
-``pandas.*``        a DataFrame, Series or Index through pandas' own Arrow
-                    metadata; the codec adds what that metadata loses (a
-                    Series' name, a RangeIndex of columns, an index ``freq``,
-                    every column's dtype, so that object columns of strings
-                    stay objects under pandas 3 and any other change of
-                    dtype reads as damage)
-``numpy.ndarray``   a column of the flattened array, or raw bytes in rows of
-                    64 MiB for dtypes Arrow lacks; dtype, shape and memory
-                    order in the codec
-``python``          plain values in the typed node table of :mod:`.values`
-``pickle``          cloudpickle bytes in rows of 64 MiB, only when allowed;
-                    signing and checking them is the caller's job
-==================  =========================================================
+======================  =====================================================
+``arrow.Table``         a ``pyarrow.Table``, stored as itself
+``pandas.*``            a DataFrame, Series or Index through pandas' own Arrow
+                        metadata; the codec adds what that metadata loses (a
+                        Series' name, a RangeIndex of columns, an index ``freq``,
+                        every column's dtype, so that object columns of strings
+                        stay objects under pandas 3 and any other change of
+                        dtype reads as damage)
+``pandas.DataFrame[]``  a list or tuple of DataFrames of one Arrow schema:
+                        one row group per frame, each frame's codec and pandas
+                        metadata in the codec, so one frame reads back alone
+``numpy.ndarray``       a column of the flattened array, or raw bytes in rows of
+                        64 MiB for dtypes Arrow lacks; dtype, shape and memory
+                        order in the codec
+``python``              plain values in the typed node table of :mod:`.values`
+``pickle``              cloudpickle bytes in rows of 64 MiB, only when allowed;
+                        signing and checking them is the caller's job
+======================  =====================================================
 
 Whatever the format, the writer also stores the table's Arrow schema
 (:func:`schema_text`) and the reader casts back to it (:func:`conform`):
 Parquet returns some types as a relative (``timestamp[s]`` as ``[ms]``).
+
+A list of DataFrames is the usual result of a task that splits its work; as
+one table it stays columnar and one frame can be read without the others
+(:func:`frame_rows`, :func:`decode_frame`). Frames of different schemas
+cannot share a table and need pickle.
 
 Subclasses (a DataFrame subclass, an ``OrderedDict``, a ``namedtuple``) are
 not stored as their base type, which would silently change the type: they
@@ -33,6 +41,7 @@ this module stays cheap.
 from __future__ import annotations
 
 import base64
+import itertools
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,26 +51,31 @@ from daskflow.results.values import UnsupportedValueError, decode_value, encode_
 
 __all__ = [
     "FORMATS",
+    "FRAMES",
     "PICKLE",
     "Encoded",
     "conform",
     "decode",
+    "decode_frame",
+    "decode_frames",
     "encode",
+    "frame_rows",
     "pickle_payload",
     "schema_text",
     "unpickle",
 ]
 
-ARROW, DATAFRAME, SERIES, INDEX, NDARRAY, PYTHON, PICKLE = (
+ARROW, DATAFRAME, FRAMES, SERIES, INDEX, NDARRAY, PYTHON, PICKLE = (
     "arrow.Table",
     "pandas.DataFrame",
+    "pandas.DataFrame[]",
     "pandas.Series",
     "pandas.Index",
     "numpy.ndarray",
     "python",
     "pickle",
 )
-FORMATS = frozenset({ARROW, DATAFRAME, SERIES, INDEX, NDARRAY, PYTHON, PICKLE})
+FORMATS = frozenset({ARROW, DATAFRAME, FRAMES, SERIES, INDEX, NDARRAY, PYTHON, PICKLE})
 
 # Parquet stores one binary value in at most 2 GiB; big blobs are split in rows.
 _BLOB_ROW_BYTES = 64 << 20
@@ -70,12 +84,18 @@ _PICKLE_PROTOCOL = 5
 
 @dataclass(frozen=True)
 class Encoded:
-    """A value ready to be written: its table, format and codec."""
+    """A value ready to be written: its table, format and codec.
+
+    ``row_groups``: the sizes of the row groups to cut the table into, in
+    order (the frames format: one per frame, so that one frame reads alone);
+    ``None`` leaves the cut to the writer.
+    """
 
     table: Any
     format: str
     codec: dict[str, Any] = field(default_factory=dict)
     pickled: bytes | None = None  # the bytes to sign, for the pickle format
+    row_groups: tuple[int, ...] | None = None
 
 
 def encode(value: Any, *, allow_pickle: bool, subject: str = "a result") -> Encoded:
@@ -109,6 +129,15 @@ def decode(table: Any, format: str, codec: dict[str, Any]) -> Any:
         return table
     if format in (DATAFRAME, SERIES, INDEX):
         return _decode_pandas(table, format, codec)
+    if format == FRAMES:
+        rows = frame_rows(codec)
+        if sum(rows) != table.num_rows:
+            raise ValueError(f"entry records {sum(rows)} rows of frames, but its table holds {table.num_rows}")
+        # An empty frame gets an empty table of its own, as if read from its own row group, rather
+        # than a slice that would carry a neighbour's dictionaries (the categories of a categorical).
+        starts = itertools.accumulate(rows, initial=0)
+        tables = [table.slice(start, count) if count else table.schema.empty_table() for start, count in zip(starts, rows)]
+        return decode_frames(tables, codec)
     if format == NDARRAY:
         return _decode_ndarray(table, codec)
     if format == PYTHON:
@@ -153,6 +182,8 @@ def _encode_native(value: Any) -> Encoded:
     pd = _loaded("pandas")
     if pd is not None and (cls in (pd.DataFrame, pd.Series) or isinstance(value, pd.Index)):
         return _encode_pandas(value)
+    if pd is not None and cls in (list, tuple) and value and all(type(item) is pd.DataFrame for item in value):
+        return _encode_frames(value)
     np = _loaded("numpy")
     if np is not None and cls is np.ndarray and not value.dtype.hasobject and value.dtype.fields is None:
         return _encode_ndarray(value)
@@ -189,6 +220,85 @@ def _encode_pandas(value: Any) -> Encoded:
         raise _Inexact(f"pyarrow cannot convert it ({exc})") from None
     _refuse_changed_object_columns(table)
     return Encoded(table, fmt, codec)
+
+
+def _encode_frames(frames: list[Any] | tuple[Any, ...]) -> Encoded:
+    """DataFrames of one Arrow schema as one table, one row group per frame.
+
+    Each frame is encoded as a DataFrame entry of its own would be; their
+    tables may then differ only in pandas' metadata (the index range, an
+    object column that another frame holds as strings), which the codec keeps
+    per frame with the frame's own codec and row count. The table itself
+    carries no pandas metadata: it describes no single frame.
+    """
+    import pyarrow as pa
+
+    encoded = []
+    for position, frame in enumerate(frames):
+        try:
+            encoded.append(_encode_pandas(frame))
+        except _Inexact as exc:
+            raise _Inexact(f"its DataFrame value[{position}]: {exc}") from None
+    schema = encoded[0].table.schema.remove_metadata()
+    for position, item in enumerate(encoded[1:], start=1):
+        other = item.table.schema.remove_metadata()
+        if not other.equals(schema):
+            raise _Inexact(
+                f"its DataFrames differ in columns or types, so they cannot share one Parquet table: "
+                f"value[{position}] has ({_describe_schema(other)}) where value[0] has ({_describe_schema(schema)})"
+            )
+    items = [
+        {
+            "rows": item.table.num_rows,
+            "codec": item.codec,
+            "pandas": (item.table.schema.metadata or {}).get(b"pandas", b"").decode(),
+        }
+        for item in encoded
+    ]
+    table = pa.concat_tables([item.table.replace_schema_metadata(None) for item in encoded])
+    codec = {"container": type(frames).__name__, "items": items}
+    return Encoded(table, FRAMES, codec, row_groups=tuple(item["rows"] for item in items))
+
+
+def frame_rows(codec: dict[str, Any]) -> list[int]:
+    """The row count of each DataFrame of a frames entry, in order; ``ValueError`` if the codec is malformed."""
+    items = codec.get("items")
+    if codec.get("container") not in ("list", "tuple") or not isinstance(items, list) or not items:
+        raise ValueError("the frames codec names no container or no items")
+    rows: list[int] = []
+    for position, item in enumerate(items):
+        count = item.get("rows") if isinstance(item, dict) else None
+        if type(count) is not int or count < 0:
+            raise ValueError(f"the frames codec gives frame {position} the row count {count!r}")
+        rows.append(count)
+    return rows
+
+
+def decode_frames(tables: list[Any], codec: dict[str, Any]) -> list[Any] | tuple[Any, ...]:
+    """The DataFrames of a frames entry from each one's rows, in the stored container (list or tuple)."""
+    if len(tables) != len(frame_rows(codec)):
+        raise ValueError(f"{len(tables)} tables for {len(frame_rows(codec))} frames")
+    frames = [decode_frame(table, codec, position) for position, table in enumerate(tables)]
+    return tuple(frames) if codec["container"] == "tuple" else frames
+
+
+def decode_frame(table: Any, codec: dict[str, Any], position: int) -> Any:
+    """DataFrame ``position`` of a frames entry, from its rows alone (``table``).
+
+    Decoded exactly as a DataFrame entry of its own: with its own pandas
+    metadata, which restores its index, and its own codec.
+    """
+    item = codec["items"][position]
+    if table.num_rows != item["rows"]:
+        raise ValueError(f"frame {position} has {table.num_rows} rows, but {item['rows']} were stored")
+    pandas_metadata = str(item["pandas"])
+    table = table.replace_schema_metadata({b"pandas": pandas_metadata.encode()} if pandas_metadata else None)
+    return _decode_pandas(table, DATAFRAME, dict(item["codec"]))
+
+
+def _describe_schema(schema: Any, limit: int = 300) -> str:
+    text = ", ".join(f"{column.name}: {column.type}" for column in schema)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _refuse_changed_object_columns(table: Any) -> None:
