@@ -5,18 +5,22 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
 import threading
 import types
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pytest
 
+from daskflow import flow, task
 from daskflow.cache_policies import (
     DEFAULT,
     FLOW_PARAMETERS,
@@ -28,6 +32,7 @@ from daskflow.cache_policies import (
     CacheKeyFnPolicy,
     CachePolicy,
     CompoundCachePolicy,
+    FileVersions,
     Inputs,
     NoCache,
     RunId,
@@ -37,6 +42,7 @@ from daskflow.cache_policies import (
     task_source_key,
 )
 from daskflow.exceptions import ConfigurationError, UnhashableInputError
+from daskflow.states import State
 
 
 @dataclass
@@ -346,3 +352,335 @@ def test_policy_key_identical_across_processes(tmp_path: Path) -> None:
         assert out.returncode == 0, f"PYTHONHASHSEED={seed}: exit {out.returncode}: {out.stderr}"
         keys.append(json.loads(out.stdout))
     assert len(set(keys)) == 1 and keys[0] is not None, f"keys across seeds: {keys}"
+
+
+# -- FileVersions -------------------------------------------------------------------------
+
+
+def read_flights(path: Any, limit: int = 10) -> str:
+    return str(path)
+
+
+def fv_key(policy: CachePolicy, **inputs: Any) -> str | None:
+    """The key of a read_flights run with these arguments."""
+    return key(policy, {"limit": 10, **inputs}, context=ctx(read_flights))
+
+
+def rewrite(path: Path, text: str) -> None:
+    """Write ``text`` and move the mtime 10 s on, so the test never depends on clock resolution."""
+    before = path.stat().st_mtime_ns if path.exists() else 0
+    path.write_text(text, encoding="utf-8")
+    bumped = before + 10_000_000_000
+    os.utime(path, ns=(bumped, bumped))
+
+
+@pytest.fixture
+def memory_folder() -> Iterator[str]:
+    """A fresh memory:// folder, removed afterwards (memory:// is shared by the whole process)."""
+    url = f"memory://file-versions-{uuid.uuid4().hex}"
+    yield url
+    fs = fsspec.filesystem("memory")
+    if fs.exists(url):
+        fs.rm(url, recursive=True)
+
+
+def test_file_versions_key_is_stable_and_follows_a_rewritten_file(tmp_path: Path) -> None:
+    data = tmp_path / "flights.csv"
+    data.write_text("origin,dest\nJFK,LAX\n", encoding="utf-8")
+    policy = FileVersions("path")
+    k1, k1_stat = fv_key(policy, path=str(data)), data.stat()
+    assert k1 is not None and k1 == fv_key(policy, path=str(data)), "unchanged file, two keys"
+    assert k1 == fv_key(policy, path=data) == fv_key(policy, path=data.as_uri()), (
+        "a str path, a Path and a file:// URL of one file must give one key"
+    )
+    assert k1 == fv_key(policy, path=str(data), limit=99), "FileVersions read an argument it does not name"
+    rewrite(data, "origin,dest\nEWR,SFO\n")  # same size: only the mtime tells the versions apart
+    k2 = fv_key(policy, path=str(data))
+    assert k2 != k1, "a rewritten file (same size, new mtime) kept its key"
+    # With no checksum from the storage, a local file's version is (size, mtime): nothing else.
+    k1_mtime = k1_stat.st_mtime_ns
+    os.utime(data, ns=(k1_mtime, k1_mtime))
+    assert fv_key(policy, path=str(data)) == k1, "the key read more than path, size and mtime"
+    rewrite(data, "origin,dest\nEWR,SFO\n")
+    assert k2 == fv_key(policy, path=str(data)), "the rewritten file's key is not stable"
+    rewrite(data, "origin,dest\nEWR,SFO\nJFK,BOS\n")
+    assert fv_key(policy, path=str(data)) not in (k1, k2), "a longer file kept an old key"
+    other = tmp_path / "other.csv"
+    other.write_bytes(data.read_bytes())
+    os.utime(other, ns=(data.stat().st_mtime_ns,) * 2)
+    assert fv_key(policy, path=str(other)) != fv_key(policy, path=str(data)), "the path is not in the key"
+
+
+def test_file_versions_on_memory_files_and_folders(memory_folder: str) -> None:
+    fs = fsspec.filesystem("memory")
+    url = f"{memory_folder}/flights.csv"
+    fs.pipe_file(url, b"a,b\n1,2\n")
+    policy = FileVersions("path")
+    k1 = fv_key(policy, path=url)
+    assert k1 == fv_key(policy, path=url), "unchanged memory:// file, two keys"
+    fs.pipe_file(url, b"a,b\n1,2\n3,4\n")
+    assert fv_key(policy, path=url) != k1, "a rewritten memory:// file kept its key"
+
+    folder = f"{memory_folder}/dataset"
+    fs.pipe_file(f"{folder}/part-0.parquet", b"zero")
+    d1 = fv_key(policy, path=folder)
+    assert d1 == fv_key(policy, path=folder)
+    fs.pipe_file(f"{folder}/nested/part-1.parquet", b"one")
+    assert fv_key(policy, path=folder) != d1, "a file added under a memory:// folder kept its key"
+
+
+def test_file_versions_of_a_folder_follow_every_file_under_it(tmp_path: Path) -> None:
+    dataset = tmp_path / "flights.parquet"
+    (dataset / "year=2013").mkdir(parents=True)
+    rewrite(dataset / "year=2013" / "part-0.parquet", "zero")
+    policy = FileVersions("path")
+    k1 = fv_key(policy, path=str(dataset))
+    assert k1 == fv_key(policy, path=str(dataset)), "unchanged folder, two keys"
+    rewrite(dataset / "year=2013" / "part-1.parquet", "one")
+    k2 = fv_key(policy, path=str(dataset))
+    assert k2 != k1, "a file added to the folder kept its key"
+    rewrite(dataset / "year=2013" / "part-0.parquet", "ZERO")
+    k3 = fv_key(policy, path=str(dataset))
+    assert k3 not in (k1, k2), "a file changed inside the folder kept its key"
+    (dataset / "year=2013" / "part-1.parquet").unlink()
+    assert fv_key(policy, path=str(dataset)) not in (k1, k2, k3), "a removed file kept a key"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert fv_key(policy, path=str(empty)) is not None, "an empty folder has a version too"
+
+
+def test_file_versions_of_a_list_of_paths(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    rewrite(a, "a")
+    rewrite(b, "b")
+    policy = FileVersions("paths")
+    k1 = fv_key(policy, paths=[str(a), b])
+    assert k1 == fv_key(policy, paths=(a, str(b))), "a list and a tuple of the same paths differ"
+    rewrite(b, "B")
+    assert fv_key(policy, paths=[str(a), b]) != k1, "a rewritten second file kept the list's key"
+    assert fv_key(policy, paths=[]) is not None, "an empty list is no files, still a key"
+    assert fv_key(policy, paths=None) == fv_key(policy, paths=None) != fv_key(policy, paths=[]), (
+        "None (no file) must be a key of its own"
+    )
+    both = FileVersions("first", "second")
+    assert both == FileVersions("second", "first", "first"), "argument order or repeats changed the part"
+    k_both = key(both, {"first": str(a), "second": str(b)})
+    rewrite(a, "A")
+    assert key(both, {"first": str(a), "second": str(b)}) != k_both, "the first of two arguments was ignored"
+
+
+def test_file_versions_compose_with_inputs_and_task_source(tmp_path: Path) -> None:
+    data = tmp_path / "flights.csv"
+    rewrite(data, "v1")
+    policy = INPUTS + FileVersions("path")
+    assert isinstance(policy, CompoundCachePolicy) and FileVersions("path") in policy.policies
+    k1 = fv_key(policy, path=str(data))
+    assert k1 == fv_key(FileVersions("path") + INPUTS, path=str(data)), "order of parts changed the key"
+    assert k1 != fv_key(policy, path=str(data), limit=5), "INPUTS part ignored next to FileVersions"
+    assert k1 != fv_key(INPUTS, path=str(data)), "the FileVersions part added nothing"
+    before_inputs = fv_key(INPUTS, path=str(data))
+    rewrite(data, "v2")
+    assert fv_key(INPUTS, path=str(data)) == before_inputs, "INPUTS alone must not see the file"
+    assert fv_key(policy, path=str(data)) != k1, "INPUTS + FileVersions kept its key after a rewrite"
+    # FileVersions is independent of INPUTS: leaving the argument out of INPUTS keeps its file.
+    assert (policy - "path") == Inputs(("path",)) + FileVersions("path")
+    assert (FileVersions("path") - "path") == FileVersions("path")
+    out = fv_key(policy - "path", path=str(data))
+    rewrite(data, "v3")
+    assert fv_key(policy - "path", path=str(data)) != out, "INPUTS - 'path' dropped the file's version"
+
+    source = TASK_SOURCE + FileVersions("path")
+    s1 = key(source, {"path": str(data)}, context=ctx(read_flights))
+    assert s1 == key(source, {"path": str(data)}, context=ctx(read_flights))
+    assert s1 != key(source, {"path": str(data)}, context=ctx(load_rows)), "TASK_SOURCE part ignored"
+    rewrite(data, "v4")
+    assert key(source, {"path": str(data)}, context=ctx(read_flights)) != s1, "file change ignored"
+    assert (FileVersions("path") + NO_CACHE) == FileVersions("path")
+
+
+def test_file_versions_repr_equality_and_construction_errors() -> None:
+    assert repr(FileVersions("path")) == "FileVersions('path')"
+    with_options = FileVersions("b", "a", storage_options={"key": "AKIA", "secret": "hunter2"})
+    text = repr(with_options)
+    assert text == "FileVersions('a', 'b', storage_options={'key': ..., 'secret': ...})", text
+    assert "hunter2" not in repr(INPUTS + with_options), "a storage option's value leaked into a repr"
+    assert with_options == FileVersions("a", "b", storage_options={"secret": "hunter2", "key": "AKIA"})
+    assert with_options != FileVersions("a", "b"), "storage_options ignored by equality"
+    assert FileVersions("a", storage_options={}) == FileVersions("a")
+    assert len({FileVersions("a"), FileVersions("a"), with_options, FileVersions("b")}) == 3
+    assert pickle.loads(pickle.dumps(with_options)) == with_options, "the part must travel to workers"
+    with pytest.raises(AttributeError):
+        FileVersions("a").arguments = ("b",)  # type: ignore[misc]
+
+    with pytest.raises(TypeError, match=r"needs the names of the task's arguments"):
+        FileVersions()
+    with pytest.raises(TypeError, match=r"got 3 \(type int\)"):
+        FileVersions(3)  # type: ignore[arg-type]
+    for not_a_name in ("data/flights.csv", "s3://bucket/key", "", "class"):
+        with pytest.raises(ValueError, match="not an argument name") as info:
+            FileVersions(not_a_name)
+        assert "FileVersions('flights_path')" in str(info.value), str(info.value)
+    with pytest.raises(TypeError, match="storage_options"):
+        FileVersions("a", storage_options=["anon"])  # type: ignore[arg-type]
+
+
+def _message(policy: CachePolicy, **inputs: Any) -> str:
+    with pytest.raises(UnhashableInputError) as info:
+        fv_key(policy, **inputs)
+    return str(info.value)
+
+
+def assert_says(message: str, *texts: str) -> None:
+    missing = [text for text in texts if text not in message]
+    assert not missing, f"{missing} missing from:\n{message}"
+
+
+def test_file_versions_errors_name_the_task_the_argument_and_the_fix(tmp_path: Path, memory_folder: str) -> None:
+    import pandas as pd
+
+    assert_says(
+        _message(FileVersions("flights_path"), path="x.csv"),
+        "task 'read_flights'",
+        "FileVersions('flights_path') names an argument the task does not have",
+        "its arguments are: 'path', 'limit'",
+        "FileVersions('path')",
+    )
+    for value, type_name in ((3, "int"), (pd.DataFrame({"a": [1]}), "pandas.DataFrame"), (b"x.csv", "bytes")):
+        assert_says(
+            _message(FileVersions("path"), path=value),
+            "task 'read_flights'",
+            f"FileVersions('path') needs a path or URL, got {type_name}",
+            "pass the path of the file the task reads in argument 'path'",
+            "remove 'path' from FileVersions",
+        )
+    assert_says(
+        _message(FileVersions("path"), path=[str(tmp_path), 7]),
+        "FileVersions('path') needs a path or URL, got int at path[1]",
+    )
+    missing = tmp_path / "not-yet-written.csv"
+    for url in (str(missing), f"{memory_folder}/nothing.csv"):
+        assert_says(
+            _message(FileVersions("path"), path=url),
+            "task 'read_flights'",
+            "argument 'path'",
+            url,
+            "does not exist",
+            "create the file first",
+            "remove 'path' from FileVersions(...)",
+        )
+    assert_says(_message(FileVersions("path"), path=str(tmp_path / "*.csv")), "does not expand wildcards")
+    assert_says(
+        _message(FileVersions("path"), path="nosuchprotocol://bucket/x.csv"),
+        "task 'read_flights'",
+        "FileVersions('path') could not read the version of 'nosuchprotocol://bucket/x.csv'",
+        "storage_options",
+        "remove 'path' from FileVersions(...)",
+    )
+    # A storage that reports no version at all (fsspec's reference filesystem: name, type, size).
+    no_versions = FileVersions("path", storage_options={"fo": {"flights.csv": "a,b"}})
+    assert_says(
+        _message(no_versions, path="reference://flights.csv"),
+        "task 'read_flights'",
+        "FileVersions('path') cannot tell versions of 'reference://flights.csv' apart",
+        "remove 'path' from FileVersions(...)",
+        "cache_key_fn=",
+        "NO_CACHE",
+    )
+
+
+def test_file_versions_on_s3_use_the_etag_and_storage_options(s3_options: dict[str, Any]) -> None:
+    from conftest import S3_BUCKET
+
+    folder = f"s3://{S3_BUCKET}/file-versions-{uuid.uuid4().hex}"
+    url = f"{folder}/flights.csv"
+    # Another client writes; the key is read through fsspec's cached instance for these options.
+    writer = fsspec.filesystem("s3", skip_instance_cache=True, **s3_options)
+    writer.pipe_file(url, b"a,b\n1,2\n")
+    policy = FileVersions("path", storage_options=s3_options)
+    k1 = fv_key(policy, path=url)
+    assert k1 == fv_key(policy, path=url), "unchanged S3 object, two keys"
+    reader, _ = fsspec.core.url_to_fs(url, **s3_options)
+    reader.ls(folder)  # a listing cached in this process: the key must not be read from it
+    writer.pipe_file(url, b"a,b\n3,4\n")  # same size: the ETag tells the versions apart
+    k2 = fv_key(policy, path=url)
+    assert k2 != k1, "a rewritten S3 object kept its key"
+    d1 = fv_key(policy, path=folder)
+    writer.pipe_file(f"{folder}/more.csv", b"c\n")
+    assert fv_key(policy, path=folder) != d1, "an object added under an S3 prefix kept its key"
+    assert_says(_message(policy, path=f"{folder}/missing.csv"), "does not exist", "create the file first")
+
+
+FILE_VERSIONS_SCRIPT = r"""
+import json, sys
+from dataclasses import dataclass
+from daskflow.cache_policies import INPUTS, FileVersions
+@dataclass
+class T:
+    name: str
+    fn: object
+@dataclass
+class C:
+    task: T
+    task_run_id: str = "t"
+    flow_run_id: str = "f"
+def read_flights(path, limit=10):
+    return path
+policy = INPUTS + FileVersions("path")
+inputs = {"path": sys.argv[1:], "limit": 10}
+print(json.dumps(policy.compute_key(C(T("read_flights", read_flights)), inputs, {})))
+"""
+
+
+def test_file_versions_key_identical_across_processes(tmp_path: Path) -> None:
+    data, dataset = tmp_path / "flights.csv", tmp_path / "dataset"
+    rewrite(data, "a,b\n1,2\n")
+    (dataset / "x=1").mkdir(parents=True)
+    rewrite(dataset / "x=1" / "part-0.parquet", "zero")
+    rewrite(dataset / "part-1.parquet", "one")
+    paths = [str(data), str(dataset)]
+    here = key(INPUTS + FileVersions("path"), {"path": paths, "limit": 10}, context=ctx(read_flights))
+    keys = []
+    for seed in ("0", "1", "random"):
+        out = subprocess.run(
+            [sys.executable, "-c", FILE_VERSIONS_SCRIPT, *paths],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
+        assert out.returncode == 0, f"PYTHONHASHSEED={seed}: exit {out.returncode}: {out.stderr}"
+        keys.append(json.loads(out.stdout))
+    assert keys == [here] * 3, f"in this process {here}, across seeds {keys}"
+
+
+def test_a_flow_misses_the_cache_after_its_input_file_is_rewritten(tmp_path: Path, executions: Any) -> None:
+    data = tmp_path / "flights.csv"
+    rewrite(data, "v1")
+
+    @task(cache_policy=INPUTS + FileVersions("path"), result_storage=(tmp_path / "results").as_uri())
+    def read(path: str) -> str:
+        executions.record("read")
+        return Path(path).read_text(encoding="utf-8")
+
+    states: list[State] = []
+
+    @flow
+    def pipeline(path: str) -> str:
+        state: State = read(path, return_state=True)  # type: ignore[call-arg, assignment]
+        states.append(state)
+        return str(state.result())
+
+    assert pipeline(str(data)) == "v1" and not states[-1].is_cached(), states[-1]
+    assert pipeline(str(data)) == "v1" and states[-1].is_cached(), f"unchanged file: {states[-1]}"
+    assert executions.count("read") == 1
+    rewrite(data, "v2")  # same size, new mtime
+    assert pipeline(str(data)) == "v2", "the rewritten file was read from the cache"
+    assert not states[-1].is_cached() and states[-1].is_completed(), states[-1]
+    assert pipeline(str(data)) == "v2" and states[-1].is_cached(), f"new version not cached: {states[-1]}"
+    assert executions.count("read") == 2, f"{executions.count('read')} executions, expected 2"
+    data.unlink()
+    with pytest.raises(UnhashableInputError, match="does not exist"):
+        pipeline(str(data))
+    assert states[-1].is_failed(), states[-1]
+    assert_says(states[-1].message or "", "task 'read'", "argument 'path'", str(data), "does not exist")
