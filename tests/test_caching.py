@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -443,3 +444,126 @@ def test_values_lost_with_a_worker_come_back_from_the_cache_not_a_recompute(
     assert killed["lost"] > 0 and len(hits) == killed["lost"], (killed["lost"], hits)
     counts = [executions.count(f"work-{i}") for i in range(20)]
     assert counts == [1] * 20, f"{sum(counts) - 20} of {killed['lost']} lost values were recomputed, not read back"
+
+
+# -- data versions: a run over a cached value is keyed by the value's version --------------
+
+
+def _flip_a_data_byte(store: ResultStore, key_prefix: str) -> str:
+    """Damage a data page of the one entry whose key starts with ``key_prefix``; its footer stays readable."""
+    [entry] = [e for e in store.entries() if e.key.startswith(key_prefix)]
+    with fsspec.open(entry.path, "rb", **store.storage_options) as f:
+        data = bytearray(f.read())
+    data[len(data) // 3] ^= 0xFF
+    with fsspec.open(entry.path, "wb", **store.storage_options) as f:
+        f.write(bytes(data))
+    return entry.key
+
+
+def _version_pipeline(task_runner: Any, storage: Any, executions: Any, **split_options: Any) -> Any:
+    @task(name="split", cache_policy=INPUTS, result_storage=storage, **split_options)
+    def split(seed: int) -> list[pd.DataFrame]:
+        executions.record("split")
+        rng = np.random.default_rng(seed)  # random floats: the entry stays over 1 MiB on disk
+        return [pd.DataFrame({"x": rng.random(100_000), "part": i}) for i in range(3)]
+
+    @task(name="summarise", cache_policy=INPUTS, result_storage=storage)
+    def summarise(part: pd.DataFrame) -> float:
+        executions.record("summarise")
+        return float(part["x"].sum())
+
+    @flow(task_runner=task_runner)
+    def pipeline(seed: int) -> list[float]:
+        return summarise.map(split.submit(seed)).result()
+
+    return pipeline
+
+
+def test_a_map_over_a_cached_list_is_keyed_by_its_version_and_never_reads_it(
+    task_runner: Any, storage: Any, executions: Any
+) -> None:
+    pipeline = _version_pipeline(task_runner, storage, executions)
+    cold, cold_run = _flow_run_of(pipeline, 7)
+    assert executions.keys().count("summarise") == 3 and executions.count("split") == 1
+    # The list's data pages are damaged: a warm run that read them would fail or miss.
+    _flip_a_data_byte(storage, "split-")
+    warm, warm_run = _flow_run_of(pipeline, 7)
+    assert warm == cold and len(cold) == 3
+    assert (warm_run.cache_hits, warm_run.cache_misses) == (4, 0), [r.state for r in warm_run.task_runs]
+    assert len(executions.all()) == 4, executions.keys()
+    keys = {run.map_index: run.cache_key for run in cold_run.task_runs if run.task_name == "summarise"}
+    assert keys == {run.map_index: run.cache_key for run in warm_run.task_runs if run.task_name == "summarise"}
+
+
+def test_a_damaged_value_needed_downstream_fails_clearly_and_the_next_run_recomputes(
+    task_runner: Any, storage: Any, executions: Any
+) -> None:
+    pipeline = _version_pipeline(task_runner, storage, executions)
+    expected = pipeline(3)
+    for entry in list(storage.entries()):
+        if entry.key.startswith("summarise-"):
+            storage.delete(entry.key)  # the runs downstream now need the list's items
+    key = _flip_a_data_byte(storage, "split-")
+    state = pipeline(3, return_state=True)
+    assert state.is_failed()
+    failed = [run for run in state.flow_run.task_runs if run.state.is_failed()]
+    assert {run.task_name for run in failed} == {"summarise"}, [(r.task_name, r.state) for r in state.flow_run.task_runs]
+    messages = [run.state.message or "" for run in failed]
+    assert all("argument 'part'" in m and key in m for m in messages), messages
+    assert any("the entry was removed" in m for m in messages), messages
+    assert not storage.exists(key)
+    assert pipeline(3) == expected  # recomputed from scratch
+    assert executions.count("split") == 2
+
+
+def test_refreshing_a_cached_upstream_gives_its_value_a_new_version(task_runner: Any, storage: Any, executions: Any) -> None:
+    pipeline = _version_pipeline(task_runner, storage, executions)
+    first = pipeline(5)
+    refreshed = _version_pipeline(task_runner, storage, executions, refresh_cache=True)
+    assert refreshed(5) == first
+    # Same inputs, same values; but a rewritten upstream entry is new data to what runs downstream.
+    assert executions.count("split") == 2 and executions.count("summarise") == 6
+
+
+def test_the_caller_reads_a_hit_left_in_storage(task_runner: Any, storage: Any, executions: Any) -> None:
+    @task(cache_policy=INPUTS, result_storage=storage)
+    def frames(seed: int) -> list[pd.DataFrame]:
+        executions.record("frames")
+        rng = np.random.default_rng(seed)
+        return [pd.DataFrame({"x": rng.random(100_000)}) for _ in range(2)]
+
+    @flow(task_runner=task_runner)
+    def pipeline() -> tuple[list[pd.DataFrame], bool]:
+        future = frames.submit(1)
+        return future.result(), future.state.is_cached()  # (a state in the return value would be resolved)
+
+    cold, _ = pipeline()
+    warm, cached = pipeline()
+    assert cached and executions.count("frames") == 1
+    assert len(warm) == 2
+    for got, want in zip(warm, cold):
+        pd.testing.assert_frame_equal(got, want)
+
+
+def test_a_cache_key_fn_downstream_of_a_cached_value_gets_the_value(task_runner: Any, storage: Any) -> None:
+    seen: list[str] = []
+
+    @task(cache_policy=INPUTS, result_storage=storage)
+    def numbers(n: int) -> list[int]:
+        return list(range(n))
+
+    def by_length(context: Any, arguments: dict[str, Any]) -> str:
+        seen.append(type(arguments["values"]).__name__)
+        return f"n{len(arguments['values'])}"
+
+    @task(cache_key_fn=by_length, result_storage=storage)
+    def count(values: list[int]) -> int:
+        return len(values)
+
+    @flow(task_runner=task_runner)
+    def pipeline() -> int:
+        return count(numbers.submit(1000))
+
+    assert pipeline() == pipeline() == 1000
+    if seen:  # on Dask's process workers the key function runs there
+        assert set(seen) == {"list"}, seen

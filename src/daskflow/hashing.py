@@ -25,7 +25,8 @@ instances are hashed by class and pickle state (as Prefect does, minus the
 pickle bytes); functions, lambdas included, by qualified name, source,
 defaults and closure values — not by the globals they read. A type that knows
 better defines ``__daskflow_hash__(self)`` returning plain data to hash in its
-place; ``daskflow.blocks.Secret`` uses it to be hashed by name, never value.
+place (and may name itself with ``__daskflow_hash_name__``, where several
+classes stand for the same thing: the data versions of cached values); ``daskflow.blocks.Secret`` uses it to be hashed by name, never value.
 """
 
 from __future__ import annotations
@@ -241,7 +242,8 @@ class _Encoder:
             self.enter(obj)
             try:
                 value = obj.__daskflow_hash__()
-                _put_str(sink, b"hook", _type_name(cls))
+                # A family of classes that stand for the same thing may share one name.
+                _put_str(sink, b"hook", getattr(cls, "__daskflow_hash_name__", None) or _type_name(cls))
                 self.child(value, sink, depth + 1, ".__daskflow_hash__()")
             finally:
                 self.leave(obj)

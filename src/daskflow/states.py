@@ -47,7 +47,10 @@ __all__ = [
     "State",
     "StateType",
     "TimedOut",
+    "DeferredData",
+    "KnownValue",
     "html_card",
+    "item_state",
     "state_colour",
 ]
 
@@ -71,10 +74,90 @@ _FINAL = frozenset({StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, St
 _NO_VALUE: Any = object()
 
 
+class DeferredData:
+    """A run's value held by reference and named by its *data version*.
+
+    A cached task's value carries the version of the cache entry that holds it
+    (a fresh id per write, see :class:`daskflow.results.EntryInfo`), so what
+    runs downstream can name its input by that version instead of hashing its
+    content: the key of a run over a cached upstream is then known without
+    loading the upstream's value at all, and a hit a few steps down a pipeline
+    never reads what it would not use. ``load`` gives the value (once, then
+    kept); ``item(i)`` is item ``i`` of a list value, versioned ``<version>/<i>``.
+    A :class:`State` unwraps it in ``state.data``, so nothing else needs to know.
+    """
+
+    __slots__ = ()
+    __daskflow_hash_name__ = "daskflow.DeferredData"  # a stored hit and a fresh result of one version hash alike
+
+    @property
+    def version(self) -> str:
+        """The data version: the entry's, then ``/<i>`` per item taken."""
+        raise NotImplementedError
+
+    @property
+    def length(self) -> int | None:
+        """The length of a list or tuple value, when known without loading it."""
+        return None
+
+    def get(self) -> Any:
+        """The value, loaded if need be."""
+        raise NotImplementedError
+
+    def in_memory(self) -> bool:
+        """Whether ``get`` returns without reading storage."""
+        return True
+
+    def item(self, index: int) -> DeferredData:
+        raise NotImplementedError
+
+    def __daskflow_hash__(self) -> Any:
+        # What a cache key sees of a versioned input: its version, never its content.
+        return ("daskflow.data_version", self.version)
+
+
+class KnownValue(DeferredData):
+    """A value in memory whose data version is known: a cached task's fresh result."""
+
+    __slots__ = ("value", "_version")
+
+    def __init__(self, value: Any, version: str) -> None:
+        self.value = value
+        self._version = version
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def length(self) -> int | None:
+        return len(self.value) if isinstance(self.value, (list, tuple)) else None
+
+    def get(self) -> Any:
+        return self.value
+
+    def item(self, index: int) -> DeferredData:
+        return KnownValue.of_item(self.value, index, self.version)
+
+    @staticmethod
+    def of_item(value: Any, index: int, version: str) -> KnownValue:
+        """Item ``index`` of ``value``, versioned by its position (a negative index counts from the end)."""
+        item = value[index]
+        if index < 0:
+            index += len(value)
+        return KnownValue(item, f"{version}/{index}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (KnownValue, (self.value, self.version))
+
+    def __repr__(self) -> str:
+        return f"KnownValue({type(self.value).__name__}, version={self.version!r})"
+
+
 class State:
     """One state of a run. Build them with the constructors: ``Completed(data=1)``."""
 
-    __slots__ = ("type", "name", "message", "data", "exception", "traceback", "_ts", "flow_run")
+    __slots__ = ("type", "name", "message", "_data", "exception", "traceback", "_ts", "flow_run")
 
     def __init__(
         self,
@@ -89,7 +172,7 @@ class State:
         self.type = type
         self.name = name or type.value.title()
         self.message = message
-        self.data = None if data is _NO_VALUE else data
+        self._data = None if data is _NO_VALUE else data
         self.exception = exception
         # The text survives pickling to other processes, where tracebacks do not.
         self.traceback = traceback_text
@@ -98,6 +181,36 @@ class State:
         # holding the run keeps its task runs alive, which a notebook wants and a map's
         # 100,000 task states must not pay for. Not pickled (see __reduce__).
         self.flow_run: FlowRun | None = None
+
+    @property
+    def data(self) -> Any:
+        """The run's value (read from the cache's storage the first time, for a deferred hit)."""
+        data = self._data
+        if isinstance(data, DeferredData):
+            return data.get()
+        return data
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        self._data = value
+
+    @property
+    def data_version(self) -> str | None:
+        """The version of the cache entry that holds this run's value, if it has one."""
+        data = self._data
+        return data.version if isinstance(data, DeferredData) else None
+
+    @property
+    def deferred(self) -> DeferredData | None:
+        """The value's reference when it is versioned (kept in storage or in memory), else None."""
+        data = self._data
+        return data if isinstance(data, DeferredData) else None
+
+    def _result_type(self) -> str:
+        data = self._data
+        if isinstance(data, DeferredData) and not data.in_memory():
+            return "stored"  # naming its type would mean reading it
+        return type(self.data).__name__
 
     @property
     def timestamp(self) -> datetime:
@@ -170,7 +283,7 @@ class State:
             parts.append(f"message={self.message!r}")
         parts.append(f"type={self.type.value}")
         if self.type is StateType.COMPLETED:
-            parts.append(f"result={type(self.data).__name__}")
+            parts.append(f"result={self._result_type()}")
         return f"{self.name}({', '.join(parts)})"
 
     def _repr_html_(self) -> str:
@@ -179,14 +292,14 @@ class State:
             return self.flow_run._repr_html_()
         rows = [("at", html.escape(self.timestamp.strftime("%Y-%m-%d %H:%M:%S UTC")))]
         if self.is_completed():
-            rows.append(("result", html.escape(type(self.data).__name__)))
+            rows.append(("result", html.escape(self._result_type())))
         return html_card("State", None, self, rows)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild,
             # Leaving this process, the exception loses any loaded secret (the object here is unchanged).
-            (self.type, self.name, self.message, self.data, _travelling(self.exception), self._ts, self.traceback),
+            (self.type, self.name, self.message, self._data, _travelling(self.exception), self._ts, self.traceback),
         )
 
 
@@ -322,6 +435,23 @@ def Crashed(message: str | None = None, exception: BaseException | None = None, 
 
 def Cancelled(message: str | None = None, exception: BaseException | None = None, with_traceback: bool = True) -> State:
     return _failure(StateType.CANCELLED, "Cancelled", message, exception, with_traceback)
+
+
+def item_state(state: State, index: int) -> State:
+    """Item ``index`` of a completed run's list value, as a state of its own.
+
+    A versioned value gives a versioned item without being loaded (so a map over
+    a cached list can find its runs' keys without reading the list). A run that
+    did not complete passes its state on, as the whole list would.
+    """
+    if not state.is_completed():
+        return state
+    deferred = state.deferred
+    try:
+        item: Any = deferred.item(index) if deferred is not None else state.data[index]
+    except Exception as exc:
+        return State(StateType.FAILED, "UpstreamFailed", f"item {index} of an upstream value could not be taken: {exc}")
+    return State(StateType.COMPLETED, data=item)
 
 
 def type_name(exc: BaseException) -> str:

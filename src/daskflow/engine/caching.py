@@ -12,6 +12,15 @@ Identical runs in flight at once compute once (single flight): after a miss
 the run takes a lock named by its key (:func:`key_lock`), looks again, and
 either finds the entry the holder wrote or computes and writes it itself.
 
+A hit on a large entry (over ``daskflow.results.defer_above`` bytes) reads only
+its footer: the run ends ``Cached`` with a reference to the entry (a
+:class:`~daskflow.results.deferred.StoredValue`), read when a downstream run
+or the caller needs the value. A smaller one is read at once, as a reference
+would save nothing. Either way the value carries the entry's data version, and
+a run downstream keys its input by that version instead of by content (see
+:class:`~daskflow.states.DeferredData`); a fresh result carries the version of
+the entry just written.
+
 Storage trouble never fails a run and never loses a value: a corrupt entry is a
 miss (with a warning in the run's log) and a failed write is a warning. Only a
 successful run writes; a failed one never does. The stored key is prefixed with
@@ -33,7 +42,9 @@ from daskflow import settings
 from daskflow.concurrency import LOCAL
 from daskflow.exceptions import ResultError
 from daskflow.logging import RunLoggerAdapter
-from daskflow.results import ResultStore, StoredResult, open_store
+from daskflow.results import ResultStore, open_store
+from daskflow.results.deferred import StoredValue
+from daskflow.states import DeferredData, KnownValue
 
 __all__ = ["caching_enabled", "key_lock", "read_entry", "result_store", "storage_key", "write_entry"]
 
@@ -101,27 +112,38 @@ def _warnings_to(logger: RunLoggerAdapter) -> Iterator[None]:
         logger.warning("%s", warning.message)
 
 
-def read_entry(store: ResultStore, key: str, logger: RunLoggerAdapter) -> StoredResult | None:
-    """The stored entry for ``key``, or None on a miss (absent, expired or unusable)."""
+def read_entry(store: ResultStore, key: str, logger: RunLoggerAdapter) -> DeferredData | None:
+    """The stored value for ``key`` with its version, or None on a miss (absent, expired or unusable).
+
+    Entries larger than ``daskflow.results.defer_above`` bytes stay in storage
+    (footer read only); smaller ones are read now.
+    """
     with _warnings_to(logger):
         try:
-            return store.read(key)
+            found = store.lookup(key, defer_above=int(settings.get("results.defer_above")))
         except Exception as exc:  # a storage we cannot even ask is a miss, not a failed run
             logger.warning("cache lookup of %s failed (%s: %s); running the task", key, type(exc).__name__, exc)
             return None
+    if found is None:
+        return None
+    info, value = found
+    if value is store.NOT_READ:
+        return StoredValue(store, key, info.version, info.length)
+    return KnownValue(value, info.version)
 
 
-def write_entry(store: ResultStore, key: str, value: Any, options: Any, logger: RunLoggerAdapter) -> bool:
-    """Store a successful run's value; a failure is a warning and the value is still returned."""
+def write_entry(store: ResultStore, key: str, value: Any, options: Any, logger: RunLoggerAdapter) -> str | None:
+    """Store a successful run's value; its entry's version, or None (with a warning) if it was not stored."""
     expiration = None
     if options.cache_expiration is not None:
         expiration = datetime.now(timezone.utc) + options.cache_expiration
     serializer = options.result_serializer or settings.get("results.serializer")
     with _warnings_to(logger):
         try:
-            return store.write(key, value, task_name=options.name, expiration=expiration, serializer=serializer) is not None
+            info = store.write(key, value, task_name=options.name, expiration=expiration, serializer=serializer)
+            return None if info is None else info.version
         except ResultError as exc:
             logger.warning("the result was not cached: %s", exc)
         except Exception as exc:
             logger.warning("the result was not cached (%s: %s)", type(exc).__name__, exc)
-    return False
+    return None

@@ -6,6 +6,13 @@ run's value; an upstream run that did not complete stops the task with
 :class:`~daskflow.exceptions.UpstreamFailedError`, unless the argument is
 wrapped in ``allow_failure``, in which case it receives the upstream's
 exception. ``quote`` hands a value over untouched, ``unmapped`` is unwrapped.
+
+A task that caches resolves its inputs in two steps: first with each
+versioned upstream value kept as its reference (a
+:class:`~daskflow.states.DeferredData`, which a cache key hashes by version,
+not content), then, only if the key misses, with the values themselves
+(:func:`materialize`). A stored value that cannot be read then stops the task
+as an upstream failure saying why.
 Containers are only rebuilt when something inside them changed, so a large
 list of plain values costs one type check per item and no copy.
 """
@@ -16,11 +23,21 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from daskflow.annotations import BaseAnnotation, allow_failure, quote
-from daskflow.exceptions import UpstreamFailedError
+from daskflow.exceptions import ResultError, UpstreamFailedError
 from daskflow.futures import DaskflowFuture
-from daskflow.states import State
+from daskflow.states import DeferredData, State
 
-__all__ = ["UNCHANGED", "StateHandler", "find_upstream_runs", "iter_upstreams", "resolve_inputs", "resolve_runs", "transform", "wait_for_all"]
+__all__ = [
+    "UNCHANGED",
+    "StateHandler",
+    "find_upstream_runs",
+    "iter_upstreams",
+    "materialize",
+    "resolve_inputs",
+    "resolve_runs",
+    "transform",
+    "wait_for_all",
+]
 
 _ATOMS = (str, bytes, int, float, bool, type(None), complex)
 _CONTAINERS = (list, tuple, set, frozenset, dict)
@@ -57,10 +74,22 @@ def find_upstream_runs(values: Iterable[Any]) -> tuple[str, ...]:
 StateHandler = Callable[[State, bool], Any]
 
 
-def _upstream_value(where: str, argument: str) -> StateHandler:
+def _unreadable(where: str, argument: str, exc: Exception) -> UpstreamFailedError:
+    return UpstreamFailedError(f"{where}: argument {argument!r} comes from a cached value that could not be read: {exc}")
+
+
+def _upstream_value(where: str, argument: str, kept: list[DeferredData] | None = None) -> StateHandler:
     def on_state(state: State, allowed: bool) -> Any:
         if state.is_completed():
-            return state.data
+            if kept is not None:
+                deferred = state.deferred
+                if deferred is not None:
+                    kept.append(deferred)
+                    return deferred
+            try:
+                return state.data
+            except ResultError as exc:
+                raise _unreadable(where, argument, exc) from exc
         if allowed:
             return state.result(raise_on_failure=False)
         raise UpstreamFailedError(
@@ -138,15 +167,38 @@ def resolve_runs(value: Any, on_state: StateHandler) -> tuple[Any, bool]:
     return transform(value, visit)
 
 
-def resolve_inputs(parameters: dict[str, Any], where: str) -> dict[str, Any]:
+def resolve_inputs(parameters: dict[str, Any], where: str, kept: list[DeferredData] | None = None) -> dict[str, Any]:
     """``parameters`` with futures, states and annotations replaced by values.
 
     Waits for upstream futures. Raises ``UpstreamFailedError`` naming ``where``
-    and the argument when an upstream run did not complete.
+    and the argument when an upstream run did not complete. Given a ``kept``
+    list, a versioned upstream value stays a reference (see the module
+    docstring), appended to ``kept``; :func:`materialize` then gives the values.
     """
     resolved = parameters
     for name, value in parameters.items():
-        new, changed = resolve_runs(value, _upstream_value(where, name))
+        new, changed = resolve_runs(value, _upstream_value(where, name, kept))
+        if changed:
+            if resolved is parameters:
+                resolved = dict(parameters)
+            resolved[name] = new
+    return resolved
+
+
+def materialize(parameters: dict[str, Any], where: str) -> dict[str, Any]:
+    """``parameters`` (from ``resolve_inputs(..., keep_versions=True)``) with every reference loaded."""
+    resolved = parameters
+    for name, value in parameters.items():
+
+        def visit(leaf: Any, allowed: bool, argument: str = name) -> Any:
+            if isinstance(leaf, DeferredData):
+                try:
+                    return leaf.get()
+                except ResultError as exc:
+                    raise _unreadable(where, argument, exc) from exc
+            return _UNCHANGED
+
+        new, changed = transform(value, visit)
         if changed:
             if resolved is parameters:
                 resolved = dict(parameters)

@@ -30,23 +30,38 @@ from contextlib import AbstractContextManager
 from functools import lru_cache
 from typing import Any, TypeVar
 
+from daskflow.cache_policies import CompoundCachePolicy, FlowParameters, Inputs, NoCache, RunId, TaskSource
 from daskflow.concurrency import LOCAL, Limit, limits_for_task
 from daskflow.context import TaskRunContext, use_task_run_context
 from daskflow.engine.caching import key_lock, read_entry, result_store, storage_key, write_entry
 from daskflow.engine.calls import TaskCall
-from daskflow.engine.inputs import resolve_inputs, wait_for_all
+from daskflow.engine.inputs import materialize, resolve_inputs, wait_for_all
 from daskflow.engine.retries import retry_delay
 from daskflow.engine.timeouts import call_with_timeout
 from daskflow.exceptions import CancelledRunError, RunTimeoutError, UnhashableInputError, UpstreamFailedError
 from daskflow.logging import TASK_LOGGER, RunLoggerAdapter, install_print_capture, run_logger_for
 from daskflow.results import ResultStore
-from daskflow.states import AwaitingRetry, Cached, Cancelled, Completed, Crashed, Failed, Retrying, Running, State, TimedOut
+from daskflow.states import (
+    AwaitingRetry,
+    Cached,
+    Cancelled,
+    Completed,
+    Crashed,
+    DeferredData,
+    Failed,
+    KnownValue,
+    Retrying,
+    Running,
+    State,
+    TimedOut,
+)
 
 __all__ = ["TaskRunEngine", "run_coroutine", "run_task_async", "run_task_sync", "split_arguments"]
 
 T = TypeVar("T")
 _task_logger = logging.getLogger(TASK_LOGGER)
 _CANCELS = (CancelledRunError, KeyboardInterrupt, asyncio.CancelledError)
+_VALUE_BLIND = (Inputs, TaskSource, FlowParameters, RunId, NoCache)
 
 
 def _NOTHING_HELD() -> None:
@@ -101,7 +116,9 @@ def split_arguments(fn: Callable[..., Any], parameters: dict[str, Any]) -> tuple
 class TaskRunEngine:
     """The state machine of one task run (see the module docstring)."""
 
-    __slots__ = ("call", "task", "options", "run", "parameters", "context", "store", "key", "limits", "_logger", "_flight")
+    __slots__ = (
+        "call", "task", "options", "run", "parameters", "context", "store", "key", "limits", "_logger", "_flight", "_kept",
+    )
 
     def __init__(self, call: TaskCall) -> None:
         self.call = call
@@ -115,6 +132,8 @@ class TaskRunEngine:
         self._logger: RunLoggerAdapter | None = None
         self._flight: AbstractContextManager[None] | None = None
         self.limits: tuple[Limit, ...] = ()
+        # The versioned upstream values kept as references while the cache key is computed.
+        self._kept: list[DeferredData] | None = None
 
     @property
     def logger(self) -> RunLoggerAdapter:
@@ -147,12 +166,18 @@ class TaskRunEngine:
         call = self.call
         if self.cancelled():
             return self.finish(Cancelled("the flow run was cancelled before this task started"), hooks=False)
+        caching = getattr(self.task, "caching", False)
+        # A cache key names versioned inputs by their version: they are only read on a miss.
+        kept: list[DeferredData] | None = [] if caching else None
         try:
             if call.wait_for:
                 wait_for_all(call.wait_for, self.where)
-            self.parameters = resolve_inputs(call.parameters, self.where)
+            self.parameters = resolve_inputs(call.parameters, self.where, kept)
+            if kept and (self.options.task_run_name is not None or _policy_reads_values(self.task.cache_policy)):
+                self.parameters, kept = materialize(self.parameters, self.where), None
         except UpstreamFailedError as exc:
             return self.finish(Failed(str(exc), exc, name="UpstreamFailed"), hooks=False)
+        self._kept = kept or None
         template = self.options.task_run_name
         if template is not None:
             try:
@@ -181,8 +206,16 @@ class TaskRunEngine:
         options = self.options
         if options.concurrency_limit is not None or call.concurrency_limits:
             self.limits = limits_for_task(options.name, options.tags, options.concurrency_limit, call.concurrency_limits)
-        if getattr(self.task, "caching", False):
-            return self._look_up_cache()
+        if caching:
+            early = self._look_up_cache()
+            if early is not None or not self._kept:
+                return early
+            try:  # a miss: now the inputs are needed
+                self.parameters = self.context.parameters = materialize(self.parameters, self.where)
+            except UpstreamFailedError as exc:
+                return self.finish(Failed(str(exc), exc, name="UpstreamFailed"), hooks=False)
+            finally:
+                self._kept = None
         return None
 
     def _look_up_cache(self) -> State | None:
@@ -208,7 +241,7 @@ class TaskRunEngine:
                 entry = read_entry(self.store, self.key, self.logger)
         if entry is None:
             return None
-        return self.finish(Cached(entry.value, f"cache hit: {self.key}"))
+        return self.finish(Cached(entry, f"cache hit: {self.key}"))
 
     def release(self) -> None:
         """Let identical runs waiting on this one go (they find its entry, or compute)."""
@@ -247,7 +280,9 @@ class TaskRunEngine:
 
     def handle_success(self, value: Any) -> State:
         if self.key is not None and self.store is not None:
-            write_entry(self.store, self.key, value, self.options, self.logger)
+            version = write_entry(self.store, self.key, value, self.options, self.logger)
+            if version is not None:  # downstream keys name this value by the entry's version
+                return self.finish(Completed(KnownValue(value, version)))
         return self.finish(Completed(value))
 
     def handle_exception(self, exc: BaseException) -> float | None:
@@ -329,6 +364,18 @@ class TaskRunEngine:
                 hook(self.task, self.run, state)
             except Exception:
                 self.logger.exception("hook %s raised; the run's state is unchanged", getattr(hook, "__name__", hook))
+
+
+def _policy_reads_values(policy: Any) -> bool:
+    """Whether a cache policy looks at argument values (so versioned references must be loaded first).
+
+    The built-in parts hash what they are given, a reference by its version; a
+    ``cache_key_fn``, ``FileVersions`` (it reads the paths) or a policy of the
+    user's own is handed the values themselves.
+    """
+    if isinstance(policy, CompoundCachePolicy):
+        return any(_policy_reads_values(part) for part in policy.policies)
+    return not isinstance(policy, _VALUE_BLIND)
 
 
 def run_task_sync(call: TaskCall) -> State:

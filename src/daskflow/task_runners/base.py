@@ -23,7 +23,7 @@ from typing import Any, Self
 
 from daskflow.engine import TaskCall, run_task_sync
 from daskflow.futures import DaskflowFuture
-from daskflow.states import State
+from daskflow.states import State, item_state
 
 __all__ = ["TaskRunner"]
 
@@ -77,8 +77,18 @@ class TaskRunner(abc.ABC):
         return self.submit_batch([call])[0]
 
     def expand_future(self, future: DaskflowFuture[Any]) -> list[Any]:
-        """The items to map over when ``.map`` is given a future of a list."""
-        return list(future.result())
+        """The items to map over when ``.map`` is given a future of a list.
+
+        A versioned list (a cached run's) gives one state per item, versioned by
+        position and not read yet, so each run's cache key is known without it.
+        """
+        future.wait()
+        state = future.state
+        deferred = state.deferred if state.is_completed() else None
+        if deferred is None:
+            return list(future.result())
+        length = deferred.length if deferred.length is not None else len(state.data)
+        return [item_state(state, index) for index in range(length)]
 
     def call(self, call: TaskCall) -> State:
         """Run one call to its final state for a direct task call; here, in this thread."""

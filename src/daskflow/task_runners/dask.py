@@ -47,7 +47,7 @@ from daskflow.annotations import BaseAnnotation
 from daskflow.engine import UNCHANGED, TaskCall, TaskRunEngine, retry_delay, transform
 from daskflow.exceptions import ConfigurationError, SchedulerUnreachableError, UnserializableInputError
 from daskflow.futures import DaskflowFuture
-from daskflow.states import AwaitingRetry, Cancelled, Crashed, Failed, State, StateType
+from daskflow.states import AwaitingRetry, Cancelled, Crashed, DeferredData, Failed, State, StateType
 from daskflow.task_runners.base import TaskRunner
 from daskflow.task_runners.dask_worker import (
     EVENT_TOPIC,
@@ -59,6 +59,8 @@ from daskflow.task_runners.dask_worker import (
     mark_client_process,
     replay_artifact,
     run_on_worker,
+    state_length,
+    state_value,
     take_item,
 )
 
@@ -120,7 +122,8 @@ class DaskFuture(DaskflowFuture[Any]):
             return self._settled
         if self.dask_future.status != "finished":
             return None
-        state: State = self.dask_future.result()  # the value comes to the client: it was asked for
+        # The value comes to the client: it was asked for (a hit left in storage comes as a reference).
+        state: State = _on_client(self.dask_future.result(), self._runner.client, self.dask_future)
         self._settled = state
         if not self.task_run.state.is_final():
             self.task_run.set_state(state)
@@ -577,14 +580,21 @@ class DaskTaskRunner(TaskRunner):
         if not isinstance(future, DaskFuture):
             return super().expand_future(future)
         assert self.client is not None
-        length = self.client.submit(_state_length, future.dask_future, pure=False).result()
+        length, where = self.client.submit(_length_and_worker, future.dask_future, pure=False).result()
         if length is None:  # the upstream did not complete: let each item fail as its downstream
             future.wait()
             return list(future.result())
         source = future.dask_future.key
         prefix = f"{future.task_run.task_name}-item-{future.task_run.id.replace('-', '')}"  # grouped as <task>-item
+        # Next to the list: what moves is each item to its run, never the whole list to every worker.
         items = self.client.map(
-            take_item, [future.dask_future] * length, range(length), key=[f"{prefix}-{i}" for i in range(length)], pure=False
+            take_item,
+            [future.dask_future] * length,
+            range(length),
+            key=[f"{prefix}-{i}" for i in range(length)],
+            pure=False,
+            workers=[where] if where else None,
+            allow_other_workers=True,
         )
         return [MapItem(future, i, item, source) for i, item in enumerate(items)]
 
@@ -805,10 +815,72 @@ def _stdlib(module: ModuleType) -> bool:
     return path is None or path.startswith(sysconfig.get_paths()["stdlib"])
 
 
-def _state_length(state: State) -> int | None:
-    if not state.is_completed():
-        return None
-    return len(state.data) if state.data is not None else 0
+def _length_and_worker(state: State) -> tuple[int | None, str | None]:
+    """The length of a run's list value, and the worker that holds it (this task runs next to it)."""
+    try:
+        where: str | None = distributed.get_worker().address
+    except ValueError:
+        where = None
+    return state_length(state), where
+
+
+class ClusterValue(DeferredData):
+    """A hit the client received as a reference: read where the cluster keeps it, through Dask.
+
+    The entry may be on a worker's own disk (the default storage is under each
+    machine's home), so the client asks the worker that ran the hit to read it;
+    once the cluster is gone, it reads the storage itself.
+    """
+
+    __slots__ = ("inner", "client", "future", "_value", "_loaded")
+
+    def __init__(self, inner: DeferredData, client: Client, future: distributed.Future) -> None:
+        self.inner = inner
+        self.client = client
+        self.future = future
+        self._value: Any = None
+        self._loaded = False
+
+    @property
+    def version(self) -> str:
+        return self.inner.version
+
+    @property
+    def length(self) -> int | None:
+        return self.inner.length
+
+    def in_memory(self) -> bool:
+        return self._loaded or self.inner.in_memory()
+
+    def get(self) -> Any:
+        if not self._loaded:
+            if self.inner.in_memory() or self.client.status != "running":
+                self._value = self.inner.get()
+            else:
+                self._value = self.client.submit(state_value, self.future, pure=False).result()
+            self._loaded = True
+        return self._value
+
+    def item(self, index: int) -> DeferredData:
+        return self.inner.item(index)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_inner_value, (self.inner,))
+
+
+def _inner_value(inner: DeferredData) -> DeferredData:
+    return inner
+
+
+def _on_client(state: State, client: Client | None, future: distributed.Future) -> State:
+    """``state`` as the client keeps it: a hit left in storage is read through the cluster."""
+    deferred = state.deferred
+    if client is None or deferred is None or deferred.in_memory():
+        return state
+    # A copy: with workers in this process the state may be the very object the worker holds.
+    return State(
+        state.type, state.name, state.message, ClusterValue(deferred, client, future), state.exception, state.epoch, state.traceback
+    )
 
 
 def _unserializable(calls: Sequence[TaskCall]) -> UnserializableInputError:

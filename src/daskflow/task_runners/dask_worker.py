@@ -41,7 +41,7 @@ from daskflow.exceptions import CancelledRunError, UpstreamFailedError
 from daskflow.logging import ARTIFACT_LOGGER, set_console_enabled
 from daskflow.runs import TaskRun, add_state_listener
 from daskflow.runstore import ArtifactRecord
-from daskflow.states import State, StateType
+from daskflow.states import State, StateType, item_state
 
 __all__ = [
     "EVENT_TOPIC",
@@ -51,6 +51,8 @@ __all__ = [
     "mark_client_process",
     "replay_artifact",
     "run_on_worker",
+    "state_length",
+    "state_value",
     "take_item",
 ]
 
@@ -86,20 +88,14 @@ class ItemRef:
 
 
 def substitute(value: Any, upstream: list[State]) -> Any:
-    """``value`` with every reference replaced by its upstream state (or an item of its value)."""
+    """``value`` with every reference replaced by its upstream state (or a state of an item of its value)."""
 
     def visit(leaf: Any, allowed: bool) -> Any:
         if isinstance(leaf, UpstreamRef):
             return upstream[leaf.index]
         if isinstance(leaf, ItemRef):
-            state = upstream[leaf.index]
-            if not state.is_completed():
-                return state  # the engine turns it into UpstreamFailedError, or allow_failure's error
-            data: Any = state.data
-            try:
-                return data[leaf.item]
-            except Exception as exc:
-                raise UpstreamFailedError(f"item {leaf.item} of an upstream value could not be taken: {exc}") from exc
+            # A versioned list gives a versioned item, not read yet; the engine resolves it.
+            return item_state(upstream[leaf.index], leaf.item)
         return UNCHANGED
 
     return transform(value, visit, unwrap=False)[0]
@@ -143,17 +139,23 @@ def _extras(item: list[Any]) -> dict[str, Any]:
 
 
 def take_item(state: State, index: int) -> State:
-    """Item ``index`` of an upstream run's list value, as a state of its own (a Dask task).
+    """Item ``index`` of an upstream run's list value, as a state of its own (a Dask task next to the list)."""
+    return item_state(state, index)
 
-    An upstream that did not complete passes its state on, as the whole list would.
-    """
+
+def state_length(state: State) -> int | None:
+    """The length of a completed run's list value (None if it did not complete), without reading a stored one."""
     if not state.is_completed():
-        return state
-    values: Any = state.data
-    try:
-        return State(StateType.COMPLETED, data=values[index])
-    except Exception as exc:
-        return State(StateType.FAILED, "UpstreamFailed", f"item {index} of an upstream value could not be taken: {exc}")
+        return None
+    deferred = state.deferred
+    if deferred is not None and deferred.length is not None:
+        return deferred.length
+    return len(state.data) if state.data is not None else 0
+
+
+def state_value(state: State) -> Any:
+    """A completed run's value, read here (where its storage is) if the hit left it there."""
+    return state.data
 
 
 def encode_state(state: State) -> list[Any]:
