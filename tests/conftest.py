@@ -357,3 +357,15 @@ def run_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'runs.db'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+def raw_bytes(store: Any, key: str) -> bytes:
+    """The bytes of ``key``'s entry file in a result store, as stored."""
+    with fsspec.open(store.path(key), "rb", **store.storage_options) as f:
+        return bytes(f.read())
+
+
+def put_raw(store: Any, key: str, data: bytes) -> None:
+    """Overwrite ``key``'s entry file with ``data`` (to damage it, or to plant an old one)."""
+    with fsspec.open(store.path(key), "wb", **store.storage_options) as f:
+        f.write(data)

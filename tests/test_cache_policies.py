@@ -318,12 +318,9 @@ def test_resolve_cache_policy() -> None:
 
 # -- across processes ---------------------------------------------------------------------
 
-POLICY_SCRIPT = r'''
-import importlib.util, json, sys
+# The task and run context a policy reads, as a script in another process builds them.
+CONTEXT_CLASSES = """
 from dataclasses import dataclass
-from daskflow.cache_policies import INPUTS, TASK_SOURCE, FLOW_PARAMETERS, RUN_ID
-spec = importlib.util.spec_from_file_location("flow_tasks", sys.argv[1])
-module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
 @dataclass
 class T:
     name: str
@@ -333,6 +330,13 @@ class C:
     task: T
     task_run_id: str = "t"
     flow_run_id: str = "f"
+"""
+
+POLICY_SCRIPT = CONTEXT_CLASSES + r'''
+import importlib.util, json, sys
+from daskflow.cache_policies import INPUTS, TASK_SOURCE, FLOW_PARAMETERS, RUN_ID
+spec = importlib.util.spec_from_file_location("flow_tasks", sys.argv[1])
+module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
 policy = INPUTS + TASK_SOURCE + FLOW_PARAMETERS + RUN_ID
 inputs = {"ids": {3, 1, 2}, "opts": {"b": 1.5, "a": [None, "x"]}}
 print(json.dumps(policy.compute_key(C(T("transform", module.transform)), inputs, {"day": "mon"})))
@@ -610,19 +614,9 @@ def test_file_versions_on_s3_use_the_etag_and_storage_options(s3_options: dict[s
     assert_says(_message(policy, path=f"{folder}/missing.csv"), "does not exist", "create the file first")
 
 
-FILE_VERSIONS_SCRIPT = r"""
+FILE_VERSIONS_SCRIPT = CONTEXT_CLASSES + r"""
 import json, sys
-from dataclasses import dataclass
 from daskflow.cache_policies import INPUTS, FileVersions
-@dataclass
-class T:
-    name: str
-    fn: object
-@dataclass
-class C:
-    task: T
-    task_run_id: str = "t"
-    flow_run_id: str = "f"
 def read_flights(path, limit=10):
     return path
 policy = INPUTS + FileVersions("path")

@@ -36,7 +36,7 @@ from daskflow.states import State
 from daskflow.task_runners import DaskTaskRunner, ThreadPoolTaskRunner
 from daskflow.tasks import task_input_hash
 
-from conftest import RUNNER_FACTORIES
+from conftest import RUNNER_FACTORIES, put_raw, raw_bytes
 
 
 @pytest.fixture(params=sorted(RUNNER_FACTORIES))
@@ -452,11 +452,9 @@ def test_values_lost_with_a_worker_come_back_from_the_cache_not_a_recompute(
 def _flip_a_data_byte(store: ResultStore, key_prefix: str) -> str:
     """Damage a data page of the one entry whose key starts with ``key_prefix``; its footer stays readable."""
     [entry] = [e for e in store.entries() if e.key.startswith(key_prefix)]
-    with fsspec.open(entry.path, "rb", **store.storage_options) as f:
-        data = bytearray(f.read())
+    data = bytearray(raw_bytes(store, entry.key))
     data[len(data) // 3] ^= 0xFF
-    with fsspec.open(entry.path, "wb", **store.storage_options) as f:
-        f.write(bytes(data))
+    put_raw(store, entry.key, bytes(data))
     return entry.key
 
 

@@ -37,6 +37,8 @@ import pytest
 from daskflow.exceptions import ConfigurationError, ResultError
 from daskflow.results import PruneReport, ResultStore, ResultWarning, StoredResult
 
+from conftest import put_raw, raw_bytes
+
 pytestmark = pytest.mark.timeout(60)
 
 UTC = dt.UTC
@@ -57,16 +59,6 @@ def daskflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("DASKFLOW_HOME", str(home))
     return home
-
-
-def raw_bytes(store: ResultStore, key: str) -> bytes:
-    with fsspec.open(store.path(key), "rb", **store.storage_options) as f:
-        return bytes(f.read())
-
-
-def put_raw(store: ResultStore, key: str, data: bytes) -> None:
-    with fsspec.open(store.path(key), "wb", **store.storage_options) as f:
-        f.write(data)
 
 
 def read_expecting_warning(store: ResultStore, key: str, reason: str) -> str:

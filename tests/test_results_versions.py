@@ -33,6 +33,8 @@ from daskflow.results import (
 )
 from daskflow.results.entries import LAYOUT_VERSION
 
+from conftest import put_raw, raw_bytes
+
 pytestmark = pytest.mark.timeout(60)
 
 UTC = dt.UTC
@@ -50,16 +52,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultStor
     memory = fsspec.filesystem("memory")
     if memory.exists(url):
         memory.rm(url, recursive=True)
-
-
-def raw_bytes(store: ResultStore, key: str) -> bytes:
-    with fsspec.open(store.path(key), "rb", **store.storage_options) as f:
-        return bytes(f.read())
-
-
-def put_raw(store: ResultStore, key: str, data: bytes) -> None:
-    with fsspec.open(store.path(key), "wb", **store.storage_options) as f:
-        f.write(data)
 
 
 def rewrite_metadata(store: ResultStore, key: str, drop: tuple[str, ...] = (), **changes: Any) -> None:

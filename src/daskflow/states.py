@@ -49,6 +49,7 @@ __all__ = [
     "TimedOut",
     "DeferredData",
     "KnownValue",
+    "LoadedOnce",
     "html_card",
     "item_state",
     "state_colour",
@@ -114,6 +115,28 @@ class DeferredData:
     def __daskflow_hash__(self) -> Any:
         # What a cache key sees of a versioned input: its version, never its content.
         return ("daskflow.data_version", self.version)
+
+
+class LoadedOnce(DeferredData):
+    """A reference read at most once: ``_load`` reads it, ``get`` keeps what it read."""
+
+    __slots__ = ("_value", "_loaded")
+
+    def __init__(self) -> None:
+        self._value: Any = None
+        self._loaded = False
+
+    def _load(self) -> Any:
+        raise NotImplementedError
+
+    def in_memory(self) -> bool:
+        return self._loaded
+
+    def get(self) -> Any:
+        if not self._loaded:
+            self._value = self._load()
+            self._loaded = True
+        return self._value
 
 
 class KnownValue(DeferredData):

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from daskflow.exceptions import CorruptResultError, ResultError
-from daskflow.states import DeferredData, KnownValue
+from daskflow.states import DeferredData, KnownValue, LoadedOnce
 
 __all__ = ["StoredValue", "UnreadableValueError"]
 
@@ -29,21 +29,20 @@ class UnreadableValueError(ResultError):
     """A deferred cache hit whose entry could not be read when its value was needed."""
 
 
-class StoredValue(DeferredData):
+class StoredValue(LoadedOnce):
     """The value of entry ``key`` (data version ``entry_version``) in ``store``; item ``path`` of it."""
 
-    __slots__ = ("store", "key", "entry_version", "_length", "path", "_value", "_loaded")
+    __slots__ = ("store", "key", "entry_version", "_length", "path")
 
     def __init__(
         self, store: Any, key: str, entry_version: str, length: int | None = None, path: tuple[int, ...] = ()
     ) -> None:
+        super().__init__()
         self.store = store
         self.key = key
         self.entry_version = entry_version
         self._length = length
         self.path = path
-        self._value: Any = None
-        self._loaded = False
 
     @property
     def version(self) -> str:
@@ -52,15 +51,6 @@ class StoredValue(DeferredData):
     @property
     def length(self) -> int | None:
         return self._length
-
-    def in_memory(self) -> bool:
-        return self._loaded
-
-    def get(self) -> Any:
-        if not self._loaded:
-            self._value = self._load()
-            self._loaded = True
-        return self._value
 
     def _load(self) -> Any:
         path = self.path

@@ -47,7 +47,7 @@ from daskflow.annotations import BaseAnnotation
 from daskflow.engine import UNCHANGED, TaskCall, TaskRunEngine, retry_delay, transform
 from daskflow.exceptions import ConfigurationError, SchedulerUnreachableError, UnserializableInputError
 from daskflow.futures import DaskflowFuture
-from daskflow.states import AwaitingRetry, Cancelled, Crashed, DeferredData, Failed, State, StateType
+from daskflow.states import AwaitingRetry, Cancelled, Crashed, DeferredData, Failed, LoadedOnce, State, StateType
 from daskflow.task_runners.base import TaskRunner
 from daskflow.task_runners.dask_worker import (
     EVENT_TOPIC,
@@ -824,7 +824,7 @@ def _length_and_worker(state: State) -> tuple[int | None, str | None]:
     return state_length(state), where
 
 
-class ClusterValue(DeferredData):
+class ClusterValue(LoadedOnce):
     """A hit the client received as a reference: read where the cluster keeps it, through Dask.
 
     The entry may be on a worker's own disk (the default storage is under each
@@ -832,14 +832,13 @@ class ClusterValue(DeferredData):
     once the cluster is gone, it reads the storage itself.
     """
 
-    __slots__ = ("inner", "client", "future", "_value", "_loaded")
+    __slots__ = ("inner", "client", "future")
 
     def __init__(self, inner: DeferredData, client: Client, future: distributed.Future) -> None:
+        super().__init__()
         self.inner = inner
         self.client = client
         self.future = future
-        self._value: Any = None
-        self._loaded = False
 
     @property
     def version(self) -> str:
@@ -852,14 +851,10 @@ class ClusterValue(DeferredData):
     def in_memory(self) -> bool:
         return self._loaded or self.inner.in_memory()
 
-    def get(self) -> Any:
-        if not self._loaded:
-            if self.inner.in_memory() or self.client.status != "running":
-                self._value = self.inner.get()
-            else:
-                self._value = self.client.submit(state_value, self.future, pure=False).result()
-            self._loaded = True
-        return self._value
+    def _load(self) -> Any:
+        if self.inner.in_memory() or self.client.status != "running":
+            return self.inner.get()
+        return self.client.submit(state_value, self.future, pure=False).result()
 
     def item(self, index: int) -> DeferredData:
         return self.inner.item(index)
