@@ -565,3 +565,14 @@ def test_a_cache_key_fn_downstream_of_a_cached_value_gets_the_value(task_runner:
     assert pipeline() == pipeline() == 1000
     if seen:  # on Dask's process workers the key function runs there
         assert set(seen) == {"list"}, seen
+
+
+@pytest.mark.parametrize("first", ["threadpool", "dask"])
+def test_versioned_keys_are_the_same_on_every_runner(first: str, dask_client: Any, tmp_path: Path, executions: Any) -> None:
+    storage = ResultStore((tmp_path / "results").as_uri())
+    order = [first, *(name for name in sorted(RUNNER_FACTORIES) if name != first)]
+    runners = [RUNNER_FACTORIES[name]() for name in order]
+    pipelines = [_version_pipeline(runner, storage, executions) for runner in runners]
+    values = [pipeline(11) for pipeline in pipelines]  # computed on the first, hits on the others
+    assert values[0] == values[1] == values[2]
+    assert executions.count("split") == 1 and executions.count("summarise") == 3, executions.keys()
