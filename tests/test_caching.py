@@ -576,3 +576,19 @@ def test_versioned_keys_are_the_same_on_every_runner(first: str, dask_client: An
     values = [pipeline(11) for pipeline in pipelines]  # computed on the first, hits on the others
     assert values[0] == values[1] == values[2]
     assert executions.count("split") == 1 and executions.count("summarise") == 3, executions.keys()
+
+
+def test_a_map_over_a_cached_set_takes_its_items_as_iteration_gives_them(task_runner: Any, storage: Any) -> None:
+    @task(cache_policy=INPUTS, result_storage=storage)
+    def letters(word: str) -> set[str]:
+        return set(word)
+
+    @task(cache_policy=INPUTS, result_storage=storage)
+    def upper(letter: str) -> str:
+        return letter.upper()
+
+    @flow(task_runner=task_runner)
+    def pipeline(word: str) -> list[str]:
+        return sorted(upper.map(letters.submit(word)).result())
+
+    assert pipeline("abca") == pipeline("abca") == ["A", "B", "C"]

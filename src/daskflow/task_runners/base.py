@@ -85,10 +85,9 @@ class TaskRunner(abc.ABC):
         future.wait()
         state = future.state
         deferred = state.deferred if state.is_completed() else None
-        if deferred is None:
+        if deferred is None or deferred.length is None:  # not a versioned list or tuple: its items as they are
             return list(future.result())
-        length = deferred.length if deferred.length is not None else len(state.data)
-        return [item_state(state, index) for index in range(length)]
+        return [item_state(state, index) for index in range(deferred.length)]
 
     def call(self, call: TaskCall) -> State:
         """Run one call to its final state for a direct task call; here, in this thread."""

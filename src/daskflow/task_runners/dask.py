@@ -581,7 +581,7 @@ class DaskTaskRunner(TaskRunner):
             return super().expand_future(future)
         assert self.client is not None
         length, where = self.client.submit(_length_and_worker, future.dask_future, pure=False).result()
-        if length is None:  # the upstream did not complete: let each item fail as its downstream
+        if length is None:  # did not complete (each item fails as its downstream), or not items by position
             future.wait()
             return list(future.result())
         source = future.dask_future.key

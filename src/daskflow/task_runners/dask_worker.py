@@ -144,13 +144,24 @@ def take_item(state: State, index: int) -> State:
 
 
 def state_length(state: State) -> int | None:
-    """The length of a completed run's list value (None if it did not complete), without reading a stored one."""
+    """The length of a completed run's value when its items can be taken by position, else None.
+
+    A stored list's length comes from its entry, without reading it. None for a
+    run that did not complete, and for values whose items are not ``value[i]``
+    (a set, a dict, a DataFrame): those are iterated whole where the map is made.
+    """
     if not state.is_completed():
         return None
     deferred = state.deferred
     if deferred is not None and deferred.length is not None:
         return deferred.length
-    return len(state.data) if state.data is not None else 0
+    data = state.data
+    if data is None:
+        return 0
+    by_position = isinstance(data, (list, tuple, range, str, bytes)) or (
+        type(data).__name__ == "ndarray" and type(data).__module__ == "numpy"
+    )
+    return len(data) if by_position else None
 
 
 def state_value(state: State) -> Any:
