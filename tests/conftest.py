@@ -223,6 +223,16 @@ def s3_options() -> Iterator[dict[str, Any]]:
         server.stop()
 
 
+@pytest.fixture
+def memory_url() -> Iterator[str]:
+    """A fresh memory:// folder, removed afterwards (memory:// is shared by the whole process)."""
+    url = f"memory://test-{uuid.uuid4().hex}"
+    yield url
+    memory = fsspec.filesystem("memory")
+    if memory.exists(url):
+        memory.rm(url, recursive=True)
+
+
 @pytest.fixture(params=["file", "memory", "s3"])
 def location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(url, storage_options) of an empty folder on each storage."""
@@ -230,11 +240,7 @@ def location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[s
     if kind == "file":
         yield (tmp_path / "results").as_uri(), {}
     elif kind == "memory":
-        url = f"memory://results-{uuid.uuid4().hex}"
-        yield url, {}
-        memory = fsspec.filesystem("memory")
-        if memory.exists(url):
-            memory.rm(url, recursive=True)
+        yield request.getfixturevalue("memory_url"), {}
     else:
         options = request.getfixturevalue("s3_options")
         yield f"s3://{S3_BUCKET}/{uuid.uuid4().hex}", options

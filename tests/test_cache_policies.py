@@ -12,7 +12,7 @@ import textwrap
 import threading
 import types
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -378,14 +378,6 @@ def rewrite(path: Path, text: str) -> None:
     os.utime(path, ns=(bumped, bumped))
 
 
-@pytest.fixture
-def memory_folder() -> Iterator[str]:
-    """A fresh memory:// folder, removed afterwards (memory:// is shared by the whole process)."""
-    url = f"memory://file-versions-{uuid.uuid4().hex}"
-    yield url
-    fs = fsspec.filesystem("memory")
-    if fs.exists(url):
-        fs.rm(url, recursive=True)
 
 
 def test_file_versions_key_is_stable_and_follows_a_rewritten_file(tmp_path: Path) -> None:
@@ -415,9 +407,9 @@ def test_file_versions_key_is_stable_and_follows_a_rewritten_file(tmp_path: Path
     assert fv_key(policy, path=str(other)) != fv_key(policy, path=str(data)), "the path is not in the key"
 
 
-def test_file_versions_on_memory_files_and_folders(memory_folder: str) -> None:
+def test_file_versions_on_memory_files_and_folders(memory_url: str) -> None:
     fs = fsspec.filesystem("memory")
-    url = f"{memory_folder}/flights.csv"
+    url = f"{memory_url}/flights.csv"
     fs.pipe_file(url, b"a,b\n1,2\n")
     policy = FileVersions("path")
     k1 = fv_key(policy, path=url)
@@ -425,7 +417,7 @@ def test_file_versions_on_memory_files_and_folders(memory_folder: str) -> None:
     fs.pipe_file(url, b"a,b\n1,2\n3,4\n")
     assert fv_key(policy, path=url) != k1, "a rewritten memory:// file kept its key"
 
-    folder = f"{memory_folder}/dataset"
+    folder = f"{memory_url}/dataset"
     fs.pipe_file(f"{folder}/part-0.parquet", b"zero")
     d1 = fv_key(policy, path=folder)
     assert d1 == fv_key(policy, path=folder)
@@ -539,7 +531,7 @@ def assert_says(message: str, *texts: str) -> None:
     assert not missing, f"{missing} missing from:\n{message}"
 
 
-def test_file_versions_errors_name_the_task_the_argument_and_the_fix(tmp_path: Path, memory_folder: str) -> None:
+def test_file_versions_errors_name_the_task_the_argument_and_the_fix(tmp_path: Path, memory_url: str) -> None:
     import pandas as pd
 
     assert_says(
@@ -562,7 +554,7 @@ def test_file_versions_errors_name_the_task_the_argument_and_the_fix(tmp_path: P
         "FileVersions('path') needs a path or URL, got int at path[1]",
     )
     missing = tmp_path / "not-yet-written.csv"
-    for url in (str(missing), f"{memory_folder}/nothing.csv"):
+    for url in (str(missing), f"{memory_url}/nothing.csv"):
         assert_says(
             _message(FileVersions("path"), path=url),
             "task 'read_flights'",

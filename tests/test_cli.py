@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dask.config
-import fsspec
 import pytest
 from click.testing import CliRunner, Result
 from dask.utils import format_bytes
@@ -32,13 +29,6 @@ def store_url(tmp_path: Path) -> str:
     return (tmp_path / "results").as_uri()
 
 
-@pytest.fixture
-def memory_url() -> Iterator[str]:
-    url = f"memory://cli-{uuid.uuid4().hex}"
-    yield url
-    memory = fsspec.filesystem("memory")
-    if memory.exists(url):
-        memory.rm(url, recursive=True)
 
 
 def run(*args: str, input: str | None = None) -> Result:

@@ -10,13 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -43,15 +41,10 @@ FRAMES = "pandas.DataFrame[]"
 
 
 @pytest.fixture(params=["file", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultStore]:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ResultStore:
     if request.param == "file":
-        yield ResultStore((tmp_path / "results").as_uri(), {}, signing_key=b"test-key")
-        return
-    url = f"memory://versions-{uuid.uuid4().hex}"
-    yield ResultStore(url, {}, signing_key=b"test-key")
-    memory = fsspec.filesystem("memory")
-    if memory.exists(url):
-        memory.rm(url, recursive=True)
+        return ResultStore((tmp_path / "results").as_uri(), {}, signing_key=b"test-key")
+    return ResultStore(request.getfixturevalue("memory_url"), {}, signing_key=b"test-key")
 
 
 def rewrite_metadata(store: ResultStore, key: str, drop: tuple[str, ...] = (), **changes: Any) -> None:
