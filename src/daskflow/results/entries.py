@@ -399,7 +399,7 @@ class ResultStore:
         moment = _utc(now, "now") or datetime.now(UTC)
         path = self._location.display(name)
         try:
-            parsed = self._read_footer(key, self._location.stat(name))
+            parsed = self._read_footer(key, self._location.stat(name), check_schema=True)
             if parsed.info.is_expired(moment):
                 return None
             if parsed.info.format == serializers.PICKLE:
@@ -641,8 +641,13 @@ class ResultStore:
     def _read_info(self, key: str, file: StoredFile) -> EntryInfo:
         return self._read_footer(key, file).info
 
-    def _read_footer(self, key: str, file: StoredFile) -> _Parsed:
-        """The entry's metadata from its footer alone: ranged reads of the file's tail, no data page is decoded."""
+    def _read_footer(self, key: str, file: StoredFile, *, check_schema: bool = False) -> _Parsed:
+        """The entry's metadata from its footer alone: ranged reads of the file's tail, no data page is decoded.
+
+        With ``check_schema``, the file's columns are also checked against the
+        stored schema (as a read would), so a lookup that reads no data still
+        sees a table that was swapped under the metadata.
+        """
         _load_libraries()
         import pyarrow.parquet as pq
 
@@ -654,7 +659,14 @@ class ResultStore:
                 metadata = pq.read_metadata(f)
             except Exception as exc:
                 raise _not_parquet(exc) from exc
-        return _parse_metadata(metadata.metadata, key, path, file.size)
+        parsed = _parse_metadata(metadata.metadata, key, path, file.size)
+        if check_schema and parsed.schema is not None:
+            try:
+                columns = metadata.schema.to_arrow_schema()
+            except Exception as exc:
+                raise _not_parquet(exc) from exc
+            _conformed(columns.empty_table(), parsed.schema)
+        return parsed
 
     def _signing_key(self) -> bytes:
         with self._key_lock:
@@ -731,11 +743,16 @@ def _read_data(parquet: Any, parsed: _Parsed, part: _Part | None = None) -> Any:
     except Exception as exc:
         raise CorruptResultError(f"its data pages do not read back ({type(exc).__name__}: {exc})") from exc
     if parsed.schema is not None:
-        try:
-            table = serializers.conform(table, parsed.schema)
-        except Exception as exc:
-            raise CorruptResultError(f"its schema does not match the stored one: {exc}") from exc
+        table = _conformed(table, parsed.schema)
     return table
+
+
+def _conformed(table: Any, schema: str) -> Any:
+    """``table`` cast to the stored ``schema``; ``CorruptResultError`` when its columns do not match."""
+    try:
+        return serializers.conform(table, schema)
+    except Exception as exc:
+        raise CorruptResultError(f"its schema does not match the stored one: {exc}") from exc
 
 
 @dataclass(frozen=True)
