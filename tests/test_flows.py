@@ -20,7 +20,7 @@ from daskflow import Flow, flow, task
 from daskflow.context import get_flow_run_context
 from daskflow.exceptions import ConfigurationError, ParameterValidationError, RunTimeoutError
 from daskflow.states import State
-from daskflow.task_runners import SequentialTaskRunner, ThreadPoolTaskRunner
+from daskflow.task_runners import SequentialTaskRunner
 
 
 def test_flow_keeps_name_docstring_and_signature() -> None:

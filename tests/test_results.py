@@ -13,21 +13,19 @@ import datetime as dt
 import decimal
 import io
 import json
-import logging
 import os
 import pickle
 import stat
 import threading
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import cloudpickle
 import dask.config
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa

@@ -47,7 +47,7 @@ import logging
 import math
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from daskflow.context import get_flow_run_context, get_task_run_context

@@ -13,15 +13,14 @@ the shell history. A bad name, kind or field is one line on stderr (exit 2).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import click
 
 from daskflow.blocks import Block, Secret, block_class, validate_name
 from daskflow.cli.history import url_option
-from daskflow.cli.output import UsageProblem, one_line, print_table, when
+from daskflow.cli.output import print_table, usage_problems, when
 from daskflow.exceptions import BlockError
 from daskflow.runstore import blocks as rows
 from daskflow.runstore.store import RunStore
@@ -36,12 +35,8 @@ def block() -> None:
     """Blocks: named configuration (secrets, JSON, storage, connections) kept in the run store."""
 
 
-@contextmanager
-def _problems() -> Iterator[None]:
-    try:
-        yield
-    except BlockError as exc:
-        raise UsageProblem(one_line(str(exc))) from exc
+def _problems() -> AbstractContextManager[None]:
+    return usage_problems(BlockError)
 
 
 def _parse(text: str) -> Any:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +26,7 @@ import click
 import dask.config
 
 from daskflow.cli.history import NoRunStore, open_run_store, parse_time, url_option
-from daskflow.cli.output import Cell, UsageProblem, count, echo_json, jsonable, one_line, print_table, when
+from daskflow.cli.output import Cell, UsageProblem, count, echo_json, jsonable, one_line, print_table, usage_problems, when
 from daskflow.deployments import Deployment, apply_deployment_file, run_deployment
 from daskflow.exceptions import DeploymentError, ScheduleError
 from daskflow.runstore import deployments as rows
@@ -41,13 +41,9 @@ def deployment() -> None:
     """Deployments: flows stored with a schedule, parameters and a work pool."""
 
 
-@contextmanager
-def _problems() -> Iterator[None]:
+def _problems() -> AbstractContextManager[None]:
     """A bad deployment, schedule or time is the user's to fix: one line, not a traceback."""
-    try:
-        yield
-    except (DeploymentError, ScheduleError) as exc:
-        raise UsageProblem(one_line(str(exc))) from exc
+    return usage_problems(DeploymentError, ScheduleError)
 
 
 @contextmanager

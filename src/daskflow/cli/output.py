@@ -18,7 +18,8 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
@@ -71,6 +72,15 @@ class UsageProblem(click.ClickException):
     """Bad input, or a store that cannot be opened or reached: one line on stderr, exit code 2."""
 
     exit_code = 2
+
+
+@contextmanager
+def usage_problems(*errors: type[BaseException]) -> Iterator[None]:
+    """Report ``errors`` (the user's to fix) as one line on stderr and exit code 2, not a traceback."""
+    try:
+        yield
+    except errors as exc:
+        raise UsageProblem(one_line(str(exc))) from exc
 
 
 def is_terminal() -> bool:

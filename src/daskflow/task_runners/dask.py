@@ -47,7 +47,17 @@ from daskflow.annotations import BaseAnnotation
 from daskflow.engine import UNCHANGED, TaskCall, TaskRunEngine, retry_delay, transform
 from daskflow.exceptions import ConfigurationError, SchedulerUnreachableError, UnserializableInputError
 from daskflow.futures import DaskflowFuture
-from daskflow.states import AwaitingRetry, Cancelled, Crashed, DeferredData, Failed, LoadedOnce, State, StateType
+from daskflow.states import (
+    AwaitingRetry,
+    Cancelled,
+    Crashed,
+    DeferredData,
+    Failed,
+    LoadedOnce,
+    State,
+    StateType,
+    item_state,
+)
 from daskflow.task_runners.base import TaskRunner
 from daskflow.task_runners.dask_worker import (
     EVENT_TOPIC,
@@ -61,7 +71,6 @@ from daskflow.task_runners.dask_worker import (
     run_on_worker,
     state_length,
     state_value,
-    take_item,
 )
 
 __all__ = ["DaskFuture", "DaskTaskRunner", "MapItem"]
@@ -588,7 +597,7 @@ class DaskTaskRunner(TaskRunner):
         prefix = f"{future.task_run.task_name}-item-{future.task_run.id.replace('-', '')}"  # grouped as <task>-item
         # Next to the list: what moves is each item to its run, never the whole list to every worker.
         items = self.client.map(
-            take_item,
+            item_state,
             [future.dask_future] * length,
             range(length),
             key=[f"{prefix}-{i}" for i in range(length)],

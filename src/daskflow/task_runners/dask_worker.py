@@ -37,7 +37,7 @@ from daskflow.artifacts import publish_artifact
 from daskflow.concurrency.cluster import cluster_coordination
 from daskflow.context import set_wait_hook, set_worker_thread
 from daskflow.engine import UNCHANGED, TaskCall, interrupt_thread, run_task_sync, transform
-from daskflow.exceptions import CancelledRunError, UpstreamFailedError
+from daskflow.exceptions import CancelledRunError
 from daskflow.logging import ARTIFACT_LOGGER, set_console_enabled
 from daskflow.runs import TaskRun, add_state_listener
 from daskflow.runstore import ArtifactRecord
@@ -53,7 +53,6 @@ __all__ = [
     "run_on_worker",
     "state_length",
     "state_value",
-    "take_item",
 ]
 
 EVENT_TOPIC = "daskflow"
@@ -136,11 +135,6 @@ def _extras(item: list[Any]) -> dict[str, Any]:
         item.append({})
     extras: dict[str, Any] = item[8]
     return extras
-
-
-def take_item(state: State, index: int) -> State:
-    """Item ``index`` of an upstream run's list value, as a state of its own (a Dask task next to the list)."""
-    return item_state(state, index)
 
 
 def state_length(state: State) -> int | None:
