@@ -30,7 +30,8 @@ process and on every machine; an argument that cannot be hashed is an
 ``UnhashableInputError`` naming the task, the argument, its type and the ways
 out — never a random key, and never a part silently dropped.
 
-Unlike Prefect, ``TASK_SOURCE`` also covers the task's module, qualified name
+Unlike Prefect, ``TASK_SOURCE`` also covers the task's module (its last name,
+so ``python etl.py`` and ``from etl import ...`` agree), qualified name
 and closure values (two factory-made tasks with the same body but different
 captured values must not share entries), and ``task_input_hash`` raises
 instead of returning ``None`` when an argument cannot be hashed.
@@ -42,8 +43,10 @@ import datetime as dt
 import inspect
 import keyword
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import fsspec.core
@@ -70,6 +73,7 @@ __all__ = [
     "NoCache",
     "RunId",
     "TaskSource",
+    "module_label",
     "resolve_cache_policy",
     "task_input_hash",
     "task_source_key",
@@ -455,11 +459,37 @@ def task_source_key(fn: Callable[..., Any]) -> str:
             closure.append(("unhashable", _type_name(value)))
     return hash_objects(
         "task-source",
-        getattr(fn, "__module__", None),
+        module_label(fn),
         getattr(fn, "__qualname__", None),
         function_source_hash(fn),
         closure,
     )
+
+
+def module_label(fn: Callable[..., Any]) -> str | None:
+    """The module part of a ``TASK_SOURCE`` key: the last part of the function's module name.
+
+    A script's functions live in ``__main__`` when it runs (``python etl.py``)
+    and in ``etl`` (or ``pipelines.etl``) when a notebook imports it: both are
+    named ``etl`` here, so the script and its import share entries. A script
+    run as ``python -m pkg.etl`` is ``pkg.etl``; one run by path is named by
+    its file. The package path is left out, since it depends on how the module
+    was reached (``sys.path``), not on what the function is; qualified name,
+    source and closure still tell functions apart. Code typed into a notebook
+    or a REPL stays ``__main__``.
+    """
+    module = getattr(fn, "__module__", None)
+    if module == "__main__":
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        path = getattr(main, "__file__", None)
+        if spec is not None and getattr(spec, "name", None) and spec.name != "__main__":
+            module = spec.name
+        elif isinstance(path, str) and path:
+            module = Path(path).stem
+    if not isinstance(module, str):
+        return None
+    return module.rpartition(".")[2]
 
 
 def task_input_hash(context: CacheKeyContext, arguments: dict[str, Any]) -> str | None:

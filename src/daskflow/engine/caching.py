@@ -23,8 +23,10 @@ the entry just written.
 
 Storage trouble never fails a run and never loses a value: a corrupt entry is a
 miss (with a warning in the run's log) and a failed write is a warning. Only a
-successful run writes; a failed one never does. The stored key is prefixed with
-the task's name, so two tasks called with equal inputs never share an entry.
+successful run writes; a failed one never does. The stored key carries the
+task's identity (its name, and a hash of the exact name), and a read checks
+the name the entry was written by: two tasks called with equal inputs never
+share an entry.
 """
 
 from __future__ import annotations
@@ -64,10 +66,18 @@ def caching_enabled(options: Any) -> bool:
 
 
 def storage_key(task_name: str, key: str) -> str:
-    """The entry's name in storage: the task's name and the policy's key, file-name safe."""
+    """The entry's name in storage: the task's identity and the policy's key, file-name safe.
+
+    ``<name>-<identity>-<key>``: the name made file-name safe and cut to 40
+    characters, for people listing the storage; a hash of the exact name, so
+    that names the first part makes equal (``"load table a"`` and
+    ``"load_table_a"``, or two long names with one beginning) never share an
+    entry; and the key (hashed when it is long or not file-name safe).
+    """
     prefix = _UNSAFE.sub("_", task_name).lstrip(".")[:40] or "task"
+    identity = hashlib.sha256(task_name.encode()).hexdigest()[:16]
     body = key if not _UNSAFE.search(key) and len(key) <= 80 else hashlib.sha256(key.encode()).hexdigest()
-    return f"{prefix}-{body}"
+    return f"{prefix}-{identity}-{body}"
 
 
 def result_store(result_storage: Any) -> ResultStore:
@@ -112,11 +122,14 @@ def _warnings_to(logger: RunLoggerAdapter) -> Iterator[None]:
         logger.warning("%s", warning.message)
 
 
-def read_entry(store: ResultStore, key: str, logger: RunLoggerAdapter) -> DeferredData | None:
-    """The stored value for ``key`` with its version, or None on a miss (absent, expired or unusable).
+def read_entry(store: ResultStore, key: str, task_name: str, logger: RunLoggerAdapter) -> DeferredData | None:
+    """The stored value for ``key`` with its version, or None on a miss (absent, expired,
+    unusable, or written by another task).
 
     Entries larger than ``daskflow.results.defer_above`` bytes stay in storage
-    (footer read only); smaller ones are read now.
+    (footer read only); smaller ones are read now. The entry's footer names
+    the task that wrote it: an entry of another task (an older layout of
+    names, a hand-copied file) is a miss with a warning, never its value.
     """
     with _warnings_to(logger):
         try:
@@ -127,6 +140,15 @@ def read_entry(store: ResultStore, key: str, logger: RunLoggerAdapter) -> Deferr
     if found is None:
         return None
     info, value = found
+    if info.task_name != task_name:
+        logger.warning(
+            "cache entry %s was written by task %r, not by this task %r: treated as a miss, and "
+            "this run's result replaces it",
+            key,
+            info.task_name,
+            task_name,
+        )
+        return None
     if value is store.NOT_READ:
         return StoredValue(store, key, info.version, info.length)
     return KnownValue(value, info.version)

@@ -231,14 +231,14 @@ class TaskRunEngine:
         self.key = self.run.cache_key = storage_key(options.name, key)
         if options.refresh_cache:
             return None
-        entry = read_entry(self.store, self.key, self.logger)
+        entry = read_entry(self.store, self.key, options.name, self.logger)
         if entry is None:
             # Single flight: wait while an identical run computes, then look again.
             flight = key_lock(options.cache_isolation, self.key, self.call.coordination)
             if flight is not None:
                 flight.__enter__()
                 self._flight = flight
-                entry = read_entry(self.store, self.key, self.logger)
+                entry = read_entry(self.store, self.key, options.name, self.logger)
         if entry is None:
             return None
         return self.finish(Cached(entry, f"cache hit: {self.key}"))
