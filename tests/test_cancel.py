@@ -10,6 +10,7 @@ task held is free for the next flow.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import warnings
@@ -200,11 +201,30 @@ def test_cancel_flow_run_in_process_cancels_the_subflow_too(tmp_path: Path) -> N
     assert not cancel_flow_run(parent_ids[0])  # no longer in flight
 
 
+class _Polled(logging.Handler):
+    """Sets an event when the cancel watcher reports that it could not read the store."""
+
+    def __init__(self, url_part: str) -> None:
+        super().__init__(logging.WARNING)
+        self.url_part = url_part
+        self.failed = threading.Event()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "cannot read cancel requests" in message and self.url_part in message:
+            self.messages.append(message)
+            self.failed.set()
+
+
 def test_an_unreachable_store_does_not_fail_a_running_flow(tmp_path: Path) -> None:
     # A path under a file: SQLite cannot create the database, so every poll fails.
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     url = f"sqlite:///{blocker / 'runs.db'}"
+    polled = _Polled(str(blocker))
+    watcher_log = logging.getLogger("daskflow.cancellation")
+    watcher_log.addHandler(polled)
 
     @task
     def add(x: int) -> int:
@@ -212,16 +232,19 @@ def test_an_unreachable_store_does_not_fail_a_running_flow(tmp_path: Path) -> No
 
     @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
     def pipeline() -> int:
-        # Long enough for the watcher to poll (and fail) at least once.
         first = add.submit(1).result()
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
+        # The flow goes on while the watcher's poll of the store fails: wait for that failure.
+        assert polled.failed.wait(30), "the cancel watcher never reported its failed poll of the store"
         return add(first)
 
-    with (
-        dask.config.set({"daskflow.runstore.enabled": True, "daskflow.runstore.url": url}),
-        warnings.catch_warnings(record=True),
-    ):
-        warnings.simplefilter("always")
-        assert pipeline() == 3
+    try:
+        with (
+            dask.config.set({"daskflow.runstore.enabled": True, "daskflow.runstore.url": url}),
+            warnings.catch_warnings(record=True),
+        ):
+            warnings.simplefilter("always")
+            assert pipeline() == 3
+    finally:
+        watcher_log.removeHandler(polled)
+    assert len(polled.messages) == 1, f"one warning per outage, got {len(polled.messages)}: {polled.messages}"
+    assert "runs cancel" in polled.messages[0], polled.messages[0]
