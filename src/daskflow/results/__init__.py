@@ -8,6 +8,7 @@ for signed pickles, :mod:`daskflow.results.datasets` for reading a map's entries
 
 from __future__ import annotations
 
+from daskflow.results.datasets import read_map
 from daskflow.results.entries import (
     DEFAULT_TEMP_GRACE,
     EntryInfo,
@@ -19,7 +20,6 @@ from daskflow.results.entries import (
     open_store,
     validate_key,
 )
-from daskflow.results.datasets import read_map
 
 __all__ = [
     "DEFAULT_TEMP_GRACE",

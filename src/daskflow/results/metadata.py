@@ -1,0 +1,236 @@
+"""An entry's footer metadata: what it holds, when it was made, by which versions, and its checks.
+
+Every entry is self-describing: the ``daskflow`` key of its Parquet footer
+holds one JSON object (see :mod:`daskflow.results.entries` for its fields).
+This module writes nothing; it turns that object into an :class:`EntryInfo`
+(and the parts only the reader needs, :class:`ParsedFooter`), or into the
+``CorruptResultError`` that says why an entry cannot be used.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import platform
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from daskflow._version import __version__
+from daskflow.exceptions import (
+    CorruptResultError,
+    ResultError,
+    UnsignedResultError,
+)
+from daskflow.results import serializers, signing
+from daskflow.results.storage import (
+    TEMP_PREFIX,
+)
+
+__all__ = [
+    "ENTRY_SUFFIX",
+    "LAYOUT_VERSION",
+    "METADATA_KEY",
+    "EntryInfo",
+    "ParsedFooter",
+    "describe_versions",
+    "entry_name",
+    "key_of",
+    "library_versions",
+    "not_parquet",
+    "parse_metadata",
+    "signature_digest",
+    "storage_failed",
+    "undecodable",
+    "utc",
+    "validate_key",
+    "versions_cached",
+]
+
+_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it can name an entry file, else raise ``ResultError``."""
+    if not isinstance(key, str) or not _KEY_PATTERN.fullmatch(key):
+        raise ResultError(
+            f"invalid result key {key!r}: a key names a file, so it must be 1 to 128 letters, "
+            "digits, '_', '-' or '.', not starting with '.' (no path separators). Keys from "
+            "daskflow's cache policies are hex digests. Fix: hash a custom key, e.g. "
+            "hashlib.sha256(key.encode()).hexdigest()."
+        )
+    return key
+
+
+ENTRY_SUFFIX = ".parquet"
+METADATA_KEY = b"daskflow"
+LAYOUT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """What an entry's metadata says about it, plus its size and path.
+
+    ``version`` names the data of one write: a rewrite of the key, even with
+    an equal value, has another, so a version looked up once still names the
+    same data later (see :meth:`ResultStore.load`). Entries written before
+    versions were recorded get ``"<key>@<created, ISO>"``. ``length`` is the
+    number of items of a stored list or tuple, ``None`` for other values (and
+    for entries written before lengths were recorded). Not to be confused
+    with ``versions``, the libraries that wrote the entry.
+    """
+
+    key: str
+    task_name: str
+    created: datetime
+    expiration: datetime | None
+    format: str
+    size: int
+    path: str
+    version: str
+    versions: Mapping[str, str] = field(default_factory=dict, hash=False)
+    signed: bool = False
+    length: int | None = None
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        """Whether the entry's expiration has been reached at ``now`` (default: now)."""
+        moment = utc(now, "now") or datetime.now(UTC)
+        return self.expiration is not None and moment >= self.expiration
+
+
+@dataclass(frozen=True)
+class ParsedFooter:
+    """An entry's metadata, checked: the info plus what decoding needs.
+
+    ``recorded``: the entry records its version and length (it was written
+    since they exist), so a ``None`` length means "not a list or tuple".
+    """
+
+    info: EntryInfo
+    codec: dict[str, Any]
+    schema: str | None
+    signature: str | None
+    recorded: bool = True
+
+
+def parse_metadata(raw: Mapping[bytes, bytes] | None, key: str, path: str, size: int) -> ParsedFooter:
+    blob = (raw or {}).get(METADATA_KEY)
+    if blob is None:
+        raise CorruptResultError("it has no daskflow metadata (the wrong schema, or not a daskflow entry)")
+    try:
+        meta = json.loads(blob)
+        layout = int(meta["layout"])
+        if layout > LAYOUT_VERSION:
+            raise CorruptResultError(
+                f"it uses entry layout {layout}, newer than this daskflow's {LAYOUT_VERSION} "
+                f"(written with {describe_versions(meta.get('versions', {}))})"
+            )
+        if meta["key"] != key:
+            raise CorruptResultError(f"its metadata names key {meta['key']!r}, not {key!r}")
+        if meta["format"] not in serializers.FORMATS:
+            raise CorruptResultError(f"its format {meta['format']!r} is unknown")
+        expiration = meta["expiration"]
+        created = datetime.fromisoformat(meta["created"])
+        version, length = meta.get("version"), meta.get("length")
+        if version is not None and (not isinstance(version, str) or not version):
+            raise ValueError(f"version {version!r} is not a non-empty string")
+        if length is not None and (type(length) is not int or length < 0):
+            raise ValueError(f"length {length!r} is not a count")
+        info = EntryInfo(
+            key=key,
+            task_name=str(meta["task_name"]),
+            created=created,
+            expiration=datetime.fromisoformat(expiration) if expiration else None,
+            format=meta["format"],
+            size=size,
+            path=path,
+            # Entries from before versions: stable, and new for every rewrite unless two share a microsecond.
+            version=f"{key}@{created.isoformat()}" if version is None else version,
+            versions={str(k): str(v) for k, v in dict(meta.get("versions") or {}).items()},
+            signed=bool(meta.get("signature")),
+            length=length,
+        )
+        codec = dict(meta.get("codec") or {})
+        schema, signature = meta.get("schema"), meta.get("signature")
+    except ResultError:
+        raise
+    except Exception as exc:
+        raise CorruptResultError(f"its daskflow metadata is malformed ({type(exc).__name__}: {exc})") from exc
+    return ParsedFooter(
+        info=info,
+        codec=codec,
+        schema=None if schema is None else str(schema),
+        signature=None if signature is None else str(signature),
+        recorded=version is not None,
+    )
+
+
+def entry_name(key: str) -> str:
+    return validate_key(key) + ENTRY_SUFFIX
+
+
+def key_of(name: str) -> str | None:
+    if not name.endswith(ENTRY_SUFFIX) or name.startswith(TEMP_PREFIX):
+        return None
+    key = name[: -len(ENTRY_SUFFIX)]
+    return key if _KEY_PATTERN.fullmatch(key) else None
+
+
+def utc(moment: datetime | None, what: str) -> datetime | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ResultError(
+            f"{what} must be a timezone-aware datetime, got naive {moment!r}; a naive time is "
+            f"ambiguous across machines. Fix: datetime.now(datetime.UTC) or .replace(tzinfo=...)."
+        )
+    return moment.astimezone(UTC)
+
+
+@functools.cache
+def versions_cached() -> tuple[tuple[str, str], ...]:
+    import pyarrow
+
+    versions = {"daskflow": __version__, "pyarrow": str(pyarrow.__version__), "python": platform.python_version()}
+    for dist in ("pandas", "numpy", "cloudpickle"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return tuple(versions.items())
+
+
+def library_versions() -> dict[str, str]:
+    return dict(versions_cached())
+
+
+def describe_versions(versions: Mapping[str, Any]) -> str:
+    return ", ".join(f"{name} {version}" for name, version in versions.items()) or "unknown versions"
+
+
+def signature_digest(signature: str | None) -> str:
+    """The digest of a pickled entry's signature; ``UnsignedResultError`` if it has none of a known scheme."""
+    scheme, _, digest = (signature or "").partition(":")
+    if not digest:
+        raise UnsignedResultError("it is a pickled entry without a signature; it was not unpickled")
+    if scheme != signing.SIGNATURE_SCHEME:
+        raise UnsignedResultError(f"its signature scheme {scheme!r} is unknown; it was not unpickled")
+    return digest
+
+
+def not_parquet(exc: Exception) -> CorruptResultError:
+    return CorruptResultError(f"it is not a readable Parquet file: truncated or damaged ({type(exc).__name__}: {exc})")
+
+
+def storage_failed(exc: Exception) -> str:
+    return f"it could not be read from the storage ({type(exc).__name__}: {exc})"
+
+
+def undecodable(info: EntryInfo, exc: Exception) -> CorruptResultError:
+    return CorruptResultError(
+        f"its {info.format} data does not decode ({type(exc).__name__}: {exc}); "
+        f"it was written with {describe_versions(info.versions)}"
+    )

@@ -1,0 +1,148 @@
+"""Parquet I/O of an entry: writing a table, opening one, and decoding its data or one item of it.
+
+A list of same-schema DataFrames is one Parquet file with one row group per
+item (:class:`FramePart` says which row groups make an item), so a map run
+reads only its own item. Pages carry checksums: a flipped bit in the data is
+a detected error, never a wrong value.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import operator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from daskflow.exceptions import (
+    CorruptResultError,
+)
+from daskflow.results import serializers
+from daskflow.results.metadata import (
+    EntryInfo,
+    ParsedFooter,
+    not_parquet,
+    parse_metadata,
+)
+
+__all__ = [
+    "FramePart",
+    "conformed",
+    "frame_parts",
+    "item_index",
+    "open_entry",
+    "open_parquet",
+    "read_data",
+    "write_parquet",
+]
+
+
+def write_parquet(table: Any, row_groups: tuple[int, ...] | None, sink: IO[bytes]) -> None:
+    import pyarrow.parquet as pq
+
+    # Page checksums make a flipped bit in the data a detected error, not a wrong
+    # value. Non-"compliant" nesting keeps Arrow's own list field names ("item").
+    options: dict[str, Any] = {"compression": "zstd", "write_page_checksum": True, "use_compliant_nested_type": False}
+    if row_groups is None:
+        pq.write_table(table, sink, **options)
+        return
+    with pq.ParquetWriter(sink, table.schema, **options) as writer:
+        start = 0
+        for rows in row_groups:
+            # An empty slice may write an empty row group or none: readers go by the codec's row counts.
+            writer.write_table(table.slice(start, rows), row_group_size=max(rows, 1))
+            start += rows
+
+
+def open_parquet(data: bytes) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not data:
+        raise CorruptResultError("the file is empty (0 bytes)")
+    try:
+        return pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True)
+    except Exception as exc:
+        raise not_parquet(exc) from exc
+
+
+def open_entry(data: bytes, key: str, path: str) -> tuple[Any, ParsedFooter]:
+    """The entry in ``data``, opened (its footer read and checked, its data pages not yet)."""
+    parquet = open_parquet(data)
+    return parquet, parse_metadata(parquet.metadata.metadata, key, path, len(data))
+
+
+def read_data(parquet: Any, parsed: ParsedFooter, part: FramePart | None = None) -> Any:
+    """The entry's table with its stored schema: all of it, or the rows of ``part`` only.
+
+    Only the row groups read have their page checksums checked: damage
+    elsewhere in the file does not spoil a part that is whole.
+    """
+    try:
+        if part is None:
+            table = parquet.read()
+        elif part.groups:
+            table = parquet.read_row_groups(part.groups).slice(part.first, part.rows)
+        else:
+            table = parquet.schema_arrow.empty_table()
+    except Exception as exc:
+        raise CorruptResultError(f"its data pages do not read back ({type(exc).__name__}: {exc})") from exc
+    if parsed.schema is not None:
+        table = conformed(table, parsed.schema)
+    return table
+
+
+def conformed(table: Any, schema: str) -> Any:
+    """``table`` cast to the stored ``schema``; ``CorruptResultError`` when its columns do not match."""
+    try:
+        return serializers.conform(table, schema)
+    except Exception as exc:
+        raise CorruptResultError(f"its schema does not match the stored one: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class FramePart:
+    """Where one frame of a frames entry lies: ``rows`` rows from row ``first`` of row groups ``groups``."""
+
+    groups: list[int]
+    first: int
+    rows: int
+
+
+def frame_parts(parquet: Any, parsed: ParsedFooter) -> list[FramePart]:
+    """Where each frame of a frames entry lies, from the frames' row counts and the row groups' own.
+
+    The writer puts each frame in a row group of its own, but nothing here
+    relies on it (an empty frame may have an empty row group or none): the
+    frames' rows are laid end to end over the row groups' rows.
+    """
+    try:
+        rows = serializers.frame_rows(parsed.codec)
+    except Exception as exc:
+        raise CorruptResultError(f"its {parsed.info.format} codec is malformed ({exc})") from exc
+    if len(rows) != parsed.info.length:
+        raise CorruptResultError(f"its metadata records length {parsed.info.length}, but its codec {len(rows)} frames")
+    metadata = parquet.metadata
+    counts = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
+    if sum(counts) != sum(rows):
+        raise CorruptResultError(f"its row groups hold {sum(counts)} rows, but its frames {sum(rows)}")
+    ends = list(itertools.accumulate(counts))
+    parts, start = [], 0
+    for count in rows:
+        if count:
+            first, last = bisect.bisect_right(ends, start), bisect.bisect_left(ends, start + count)
+            groups = [group for group in range(first, last + 1) if counts[group]]
+            parts.append(FramePart(groups, start - (ends[first] - counts[first]), count))
+        else:
+            parts.append(FramePart([], 0, 0))
+        start += count
+    return parts
+
+
+def item_index(item: int, length: int, info: EntryInfo) -> int:
+    index = operator.index(item)
+    if not -length <= index < length:
+        raise IndexError(
+            f"item {item} is out of range: cached result {info.key!r} at {info.path} holds {length} items"
+        )
+    return index + length if index < 0 else index
