@@ -16,7 +16,10 @@ Each class also subclasses the builtin a user would naturally catch, so
     ├── UnserializableInputError (TypeError)   an argument cannot travel to a worker
     ├── ResultError (ValueError)               a stored result cannot be used
     │   ├── CorruptResultError                 truncated, unreadable or of the wrong schema
-    │   └── UnsignedResultError                a pickled entry without a valid signature
+    │   ├── UnsignedResultError                a pickled entry without a valid signature
+    │   ├── StaleResultError                   rewritten since it was looked up
+    │   ├── UnreadableValueError               a deferred hit whose entry could not be read
+    │   └── UnsupportedValueError              a value the typed wrapper cannot store exactly
     ├── ScheduleError (ValueError)             a bad cron/rrule/interval or timezone
     ├── CompileError (TypeError)               a flow cannot be traced ahead into a graph
     ├── SchedulerUnreachableError (ConnectionError)  no Dask scheduler at the address
@@ -24,9 +27,20 @@ Each class also subclasses the builtin a user would naturally catch, so
     ├── ArtifactError (ValueError, TypeError)  a bad artifact key, table, link or size
     ├── DeploymentError (ValueError)           a bad deployment, deployment file entry or work pool
     │   └── DeploymentNotFoundError (LookupError)  no deployment in the run store has that name
-    └── BlockError (ValueError)                a bad block name or field, or a block that exists
-        ├── BlockNotFoundError (LookupError)   no block of that kind in the run store has that name
-        └── SecretKeyError                     no usable key to encrypt or decrypt block secrets
+    ├── BlockError (ValueError)                a bad block name or field, or a block that exists
+    │   ├── BlockNotFoundError (LookupError)   no block of that kind in the run store has that name
+    │   └── SecretKeyError                     no usable key to encrypt or decrypt block secrets
+    └── RunStoreError                          the run store cannot be used
+        ├── RunStoreUnavailableError (ConnectionError)  unreachable, locked, or refused a statement
+        ├── RunStoreVersionError (RuntimeError)  its schema is newer than this daskflow
+        └── AmbiguousRunIdError (LookupError)  a run id prefix matches more than one run
+
+Warnings say that something was not done and the run went on::
+
+    DaskflowWarning (UserWarning)
+    ├── ResultWarning                          a result was not cached, or an entry was unusable (a miss)
+    ├── RunStoreWarning                        run history was not kept
+    └── ConcurrencyWarning                     a slot's lease timed out while held
 
 Messages say what went wrong, where (task, argument, line) and how to fix it.
 """
@@ -34,29 +48,40 @@ Messages say what went wrong, where (task, argument, line) and how to fix it.
 from __future__ import annotations
 
 __all__ = [
+    "AmbiguousRunIdError",
     "ArtifactError",
     "BlockError",
     "BlockNotFoundError",
     "CancelledRunError",
     "CompileError",
     "ConcurrencyLimitError",
+    "ConcurrencyWarning",
     "ConfigurationError",
     "CorruptResultError",
     "CrashedRunError",
     "DaskflowError",
+    "DaskflowWarning",
     "DeploymentError",
     "DeploymentNotFoundError",
     "MissingContextError",
     "ParameterValidationError",
     "ResultError",
+    "ResultWarning",
     "RunNotFoundError",
+    "RunStoreError",
+    "RunStoreUnavailableError",
+    "RunStoreVersionError",
+    "RunStoreWarning",
     "RunTimeoutError",
     "ScheduleError",
     "SecretKeyError",
     "SchedulerUnreachableError",
+    "StaleResultError",
     "UnhashableInputError",
+    "UnreadableValueError",
     "UnserializableInputError",
     "UnsignedResultError",
+    "UnsupportedValueError",
     "UpstreamFailedError",
 ]
 
@@ -117,6 +142,32 @@ class UnsignedResultError(ResultError):
     """A pickled result has no signature, or one that does not match the configured key."""
 
 
+class StaleResultError(ResultError):
+    """The entry was rewritten since it was looked up: it holds another version than the one asked for.
+
+    The key is the same, the data may not be (a refresh, an expired value
+    computed again, another writer): look the key up again.
+    """
+
+
+class UnreadableValueError(ResultError):
+    """A deferred cache hit whose entry could not be read when its value was needed."""
+
+
+class UnsupportedValueError(ResultError):
+    """A value (or a part of it) that the typed wrapper cannot store exactly."""
+
+    def __init__(self, type_name: str, where: str = "", reason: str = "") -> None:
+        self.type_name = type_name
+        self.where = where
+        self.reason = reason
+        detail = f" ({reason})" if reason else ""
+        super().__init__(f"value{where} is of type {type_name}{detail}")
+
+    def inside(self, segment: str) -> UnsupportedValueError:
+        return UnsupportedValueError(self.type_name, segment + self.where, self.reason)
+
+
 class ScheduleError(DaskflowError, ValueError):
     """A schedule expression or timezone is invalid."""
 
@@ -159,3 +210,38 @@ class BlockNotFoundError(BlockError, LookupError):
 
 class SecretKeyError(BlockError):
     """The key for block secrets is missing, malformed, too widely readable, or not the key they were saved with."""
+
+
+class RunStoreError(DaskflowError):
+    """The run store cannot be used."""
+
+
+class RunStoreUnavailableError(RunStoreError, ConnectionError):
+    """The run store's database is unreachable, locked beyond the busy timeout, or refused a statement."""
+
+
+class RunStoreVersionError(RunStoreError, RuntimeError):
+    """The run store's schema was written by a newer daskflow than this one."""
+
+
+class AmbiguousRunIdError(RunStoreError, LookupError):
+    """A run id prefix matches more than one run."""
+
+
+# -- warnings -----------------------------------------------------------------------------
+
+
+class DaskflowWarning(UserWarning):
+    """Base class of every warning daskflow gives: something was not done, and the run went on."""
+
+
+class ResultWarning(DaskflowWarning):
+    """A cached result could not be written, or an entry could not be used and counts as a miss."""
+
+
+class RunStoreWarning(DaskflowWarning):
+    """Run history was not kept (the runs themselves went on)."""
+
+
+class ConcurrencyWarning(DaskflowWarning):
+    """A slot's lease timed out while it was held: the limit may have been overbooked."""

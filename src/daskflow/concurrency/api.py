@@ -23,13 +23,9 @@ from daskflow import settings
 from daskflow.concurrency.limits import flow_limit_sizes, limit_size
 from daskflow.concurrency.local import LOCAL
 from daskflow.context import get_flow_run_context, get_task_run_context
-from daskflow.exceptions import ConcurrencyLimitError
+from daskflow.exceptions import ConcurrencyLimitError, ConcurrencyWarning
 
 __all__ = ["ConcurrencyWarning", "concurrency", "coordination_here", "rate_limit"]
-
-
-class ConcurrencyWarning(UserWarning):
-    """A slot's lease timed out while it was held: the limit may have been overbooked."""
 
 
 def coordination_here() -> Any:

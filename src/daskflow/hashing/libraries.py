@@ -14,7 +14,17 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from daskflow.hashing.frames import Refusal, Sink, int_bytes, open_frame, put, put_str, short, type_name, tz_identity
+from daskflow.hashing.frames import (
+    Refusal,
+    Sink,
+    int_bytes,
+    open_frame,
+    put,
+    put_str,
+    short,
+    type_name,
+    tz_identity,
+)
 
 if TYPE_CHECKING:
     from daskflow.hashing.encoder import Encoder

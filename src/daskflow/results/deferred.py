@@ -19,14 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from daskflow.exceptions import CorruptResultError, ResultError
+from daskflow.exceptions import CorruptResultError, ResultError, UnreadableValueError
 from daskflow.states import DeferredData, KnownValue, LoadedOnce
 
 __all__ = ["StoredValue", "UnreadableValueError"]
-
-
-class UnreadableValueError(ResultError):
-    """A deferred cache hit whose entry could not be read when its value was needed."""
 
 
 class StoredValue(LoadedOnce):

@@ -67,6 +67,8 @@ from daskflow.exceptions import (
     ConfigurationError,
     CorruptResultError,
     ResultError,
+    ResultWarning,
+    StaleResultError,
     UnsignedResultError,
 )
 from daskflow.results import serializers, signing
@@ -124,18 +126,6 @@ __all__ = [
 DEFAULT_TEMP_GRACE = timedelta(hours=1)
 
 _SERIALIZERS = ("parquet", "pickle")
-
-
-class ResultWarning(UserWarning):
-    """A cached result could not be written, or an entry could not be used and counts as a miss."""
-
-
-class StaleResultError(ResultError):
-    """The entry was rewritten since it was looked up: it holds another version than the one asked for.
-
-    The key is the same, the data may not be (a refresh, an expired value
-    computed again, another writer): look the key up again.
-    """
 
 
 @dataclass(frozen=True)
@@ -676,4 +666,3 @@ class ResultStore:
             ),
             stacklevel=3,
         )
-

@@ -37,27 +37,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from daskflow.exceptions import ResultError
+from daskflow.exceptions import UnsupportedValueError
 
 __all__ = ["UnsupportedValueError", "decode_value", "encode_value"]
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 _CONTAINERS: dict[type, str] = {list: "list", tuple: "tuple", set: "set", frozenset: "frozenset"}
-
-
-class UnsupportedValueError(ResultError):
-    """A value (or a part of it) that the typed wrapper cannot store exactly."""
-
-    def __init__(self, type_name: str, where: str = "", reason: str = "") -> None:
-        self.type_name = type_name
-        self.where = where
-        self.reason = reason
-        detail = f" ({reason})" if reason else ""
-        super().__init__(f"value{where} is of type {type_name}{detail}")
-
-    def inside(self, segment: str) -> UnsupportedValueError:
-        return UnsupportedValueError(self.type_name, segment + self.where, self.reason)
 
 
 class _Nodes:

@@ -8,10 +8,11 @@
         ├── RunStoreVersionError (RuntimeError)         its schema is newer than this daskflow
         └── AmbiguousRunIdError (LookupError)           a run id prefix matches several runs
 
-    UserWarning
+    DaskflowWarning (UserWarning)
     └── RunStoreWarning                                 history was not kept; the runs went on
 
-Readers (the CLI, a notebook) get the errors: whoever asks for history wants to
+The classes are defined in :mod:`daskflow.exceptions`, with every other error and
+warning of daskflow; this module names the run store's part of that tree. Readers (the CLI, a notebook) get the errors: whoever asks for history wants to
 know why there is none. Writers never do: the run store is a record of runs, not
 a part of them, so :class:`~daskflow.runstore.writer.RunStoreWriter` turns every
 failure into one :class:`RunStoreWarning` per outage.
@@ -19,7 +20,13 @@ failure into one :class:`RunStoreWarning` per outage.
 
 from __future__ import annotations
 
-from daskflow.exceptions import DaskflowError
+from daskflow.exceptions import (
+    AmbiguousRunIdError,
+    RunStoreError,
+    RunStoreUnavailableError,
+    RunStoreVersionError,
+    RunStoreWarning,
+)
 
 __all__ = [
     "AmbiguousRunIdError",
@@ -28,23 +35,3 @@ __all__ = [
     "RunStoreVersionError",
     "RunStoreWarning",
 ]
-
-
-class RunStoreError(DaskflowError):
-    """The run store cannot be used."""
-
-
-class RunStoreUnavailableError(RunStoreError, ConnectionError):
-    """The run store's database is unreachable, locked beyond the busy timeout, or refused a statement."""
-
-
-class RunStoreVersionError(RunStoreError, RuntimeError):
-    """The run store's schema was written by a newer daskflow than this one."""
-
-
-class AmbiguousRunIdError(RunStoreError, LookupError):
-    """A run id prefix matches more than one run."""
-
-
-class RunStoreWarning(UserWarning):
-    """Run history was not kept (the runs themselves went on)."""
