@@ -78,6 +78,7 @@ class DeploymentRecord:
     paused: bool
     created: datetime
     updated: datetime
+    allow_concurrent_runs: bool = False  # runs may overlap (0005); off: one in flight, across services
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,9 @@ class DeploymentRunInfo:
     state_type: str | None
     claimed_by: str
     claimed_at: datetime
+    lease_expires: datetime | None = None  # renewed by the claiming service while the run is in flight (0005)
+    host: str | None = None  # the claiming process (0005); None for claims made before leases
+    pid: int | None = None
 
 
 def claimant() -> str:
@@ -119,6 +123,7 @@ def _record(row: sa.Row[Any]) -> DeploymentRecord:
     values["tags"] = tuple(_load(values["tags"]) or ())
     values["work_pool"] = _load(values["work_pool"])
     values["paused"] = bool(values["paused"])
+    values["allow_concurrent_runs"] = bool(values["allow_concurrent_runs"])
     return DeploymentRecord(**values)
 
 
