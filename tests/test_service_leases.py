@@ -210,6 +210,30 @@ class Service:
                 self.process.kill()
 
 
+def test_allow_concurrent_runs_is_kept_and_checked(code: Path, tmp_path: Path) -> None:
+    from daskflow.deployments.files import load_deployment_file
+    from daskflow.exceptions import DeploymentError
+
+    module = __import__(code.stem)
+    with RunStore(f"sqlite:///{tmp_path / 'runs.db'}") as store:
+        for allowed in (True, False):
+            Deployment.build_from_flow(
+                module.tick, "overlapping", parameters={"label": "x", "out": "o"}, allow_concurrent_runs=allowed
+            ).apply(store)
+            assert Deployment.load("overlapping", store).allow_concurrent_runs is allowed
+            record = rows.get_deployment(store, "overlapping")
+            assert record is not None and record.allow_concurrent_runs is allowed
+    entry = f"{{name: f, entrypoint: '{code.name}:tick', parameters: {{label: x, out: o}}"
+    good, bad = code.parent / "good.yaml", code.parent / "bad.yaml"  # entrypoints relative to the file
+    good.write_text(f"deployments: [{entry}, allow_concurrent_runs: true}}]")
+    bad.write_text(f"deployments: [{entry}, allow_concurrent_runs: 'yes'}}]")
+    assert [d.allow_concurrent_runs for d in load_deployment_file(good)] == [True]
+    with pytest.raises(DeploymentError, match="field 'allow_concurrent_runs': expected true or false, got 'yes'"):
+        load_deployment_file(bad)
+    with pytest.raises(DeploymentError, match="allow_concurrent_runs must be True or False, got 1"):
+        Deployment.build_from_flow(module.tick, "d", parameters={"label": "x", "out": "o"}, allow_concurrent_runs=1)  # type: ignore[arg-type]
+
+
 def _executions(out: Path) -> list[dict[str, Any]]:
     return sorted((json.loads(p.read_text()) for p in out.glob("*.json")), key=lambda e: e["start"])
 
