@@ -35,7 +35,7 @@ import pytest
 from daskflow.deployments import Deployment
 from daskflow.runstore import FlowRunRecord, RunStore, TaskRunRecord
 from daskflow.runstore import deployments as rows
-from daskflow.runstore.errors import RunInFlightError
+from daskflow.runstore.deployments import RunInFlightError
 from daskflow.runstore.leases import live_claims, reap_expired, renew_leases
 from daskflow.schedules import Interval
 
@@ -79,7 +79,7 @@ def test_an_exclusive_claim_waits_for_the_run_in_flight(run_store_url: str, depl
         with pytest.raises(RunInFlightError, match=r"the run for 2024-05-01T00:00:00\+00:00 is in flight") as info:
             rows.claim_run(store, deployment_id, T0 + timedelta(hours=1), "scheduled", "svc-b", lease_seconds=60,
                            exclusive=True)  # fmt: skip
-        assert info.value.claim.claimed_by == "svc-a"  # type: ignore[attr-defined]
+        assert info.value.claim.claimed_by == "svc-a"
         # The same time, claimed by another service: the usual race, lost quietly.
         assert rows.claim_run(store, deployment_id, T0, "scheduled", "svc-b", lease_seconds=60, exclusive=True) is None
         # Not exclusive (a deployment that allows concurrent runs, a backfill): claimed.

@@ -52,8 +52,8 @@ from daskflow.deployments.work_pools import pool_runner, resolve_work_pool
 from daskflow.exceptions import DeploymentError
 from daskflow.flows import Flow
 from daskflow.runs import FlowRun, TaskRun, add_state_listener, remove_state_listener
-from daskflow.runstore.deployments import claim_run, finish_run, list_runs
-from daskflow.runstore.errors import RunInFlightError, RunStoreUnavailableError
+from daskflow.runstore.deployments import RunInFlightError, claim_run, finish_run, list_runs
+from daskflow.runstore.errors import RunStoreUnavailableError
 from daskflow.runstore.leases import live_claims, renew_leases
 from daskflow.schedules import Schedule
 from daskflow.states import State, StateType

@@ -60,7 +60,8 @@ from daskflow.engine.cancellation import cancel_runs_in_thread
 from daskflow.engine.serving import Clock, SystemClock
 from daskflow.exceptions import ConfigurationError, DaskflowError
 from daskflow.runstore import deployments as rows
-from daskflow.runstore.errors import RunInFlightError, RunStoreUnavailableError
+from daskflow.runstore.deployments import RunInFlightError
+from daskflow.runstore.errors import RunStoreUnavailableError
 from daskflow.runstore.leases import crash_message, reap_expired
 from daskflow.runstore.store import RunStore
 

@@ -6,8 +6,7 @@
     └── RunStoreError                                   the run store cannot be used
         ├── RunStoreUnavailableError (ConnectionError)  unreachable, locked, or refused the statement
         ├── RunStoreVersionError (RuntimeError)         its schema is newer than this daskflow
-        ├── AmbiguousRunIdError (LookupError)           a run id prefix matches several runs
-        └── RunInFlightError (RuntimeError)             a deployment's run is in flight: no other may start
+        └── AmbiguousRunIdError (LookupError)           a run id prefix matches several runs
 
     UserWarning
     └── RunStoreWarning                                 history was not kept; the runs went on
@@ -27,7 +26,6 @@ __all__ = [
     "RunStoreError",
     "RunStoreUnavailableError",
     "RunStoreVersionError",
-    "RunInFlightError",
     "RunStoreWarning",
 ]
 
@@ -46,17 +44,6 @@ class RunStoreVersionError(RunStoreError, RuntimeError):
 
 class AmbiguousRunIdError(RunStoreError, LookupError):
     """A run id prefix matches more than one run."""
-
-
-class RunInFlightError(RunStoreError, RuntimeError):
-    """A scheduled time was not claimed: a run of its deployment is in flight under a live lease.
-
-    ``claim`` is that run's claim (a :class:`~daskflow.runstore.deployments.DeploymentRunInfo`).
-    """
-
-    def __init__(self, message: str, claim: object) -> None:
-        super().__init__(message)
-        self.claim = claim
 
 
 class RunStoreWarning(UserWarning):
