@@ -315,6 +315,7 @@ def test_a_killed_service_s_run_is_marked_crashed_by_another_and_the_next_time_f
     lease_end = crashed[0].lease_expires
     assert lease_end is not None and all(e["start"] >= lease_end.timestamp() for e in executions), report
     assert _overlaps(executions) == 0, report
+    print(report)
 
 
 @pytest.mark.slow

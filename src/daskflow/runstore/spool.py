@@ -61,7 +61,7 @@ import socket
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -404,10 +404,13 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def adopt_orphans(folder: Path, skip: Callable[[Path], bool] = lambda path: False) -> list[SpoolFile]:
     """Lock and return the spool files in ``folder`` whose writers are gone, oldest first."""
-    try:
-        paths = sorted(folder.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime)
-    except (FileNotFoundError, OSError):
-        return []
+    dated: list[tuple[float, Path]] = []
+    for path in folder.glob(f"*{SUFFIX}") if folder.is_dir() else ():
+        try:
+            dated.append((path.stat().st_mtime, path))
+        except FileNotFoundError:  # replayed and removed by another writer meanwhile
+            continue
+    paths = [path for _, path in sorted(dated)]
     adopted: list[SpoolFile] = []
     for path in paths:
         if skip(path):
@@ -428,8 +431,3 @@ def adopt_orphans(folder: Path, skip: Callable[[Path], bool] = lambda path: Fals
             continue
         adopted.append(SpoolFile(path, fd, os.fstat(fd).st_size, 0))
     return adopted
-
-
-def encode_frames(records: Iterable[Record]) -> Iterator[bytes]:
-    for record in records:
-        yield encode_frame(record)
