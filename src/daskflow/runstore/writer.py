@@ -460,7 +460,22 @@ class RunStoreWriter:
                 spool.remove()
                 if spool is self._spool:
                     self._spool = None
+            self._keep_arrivals()
         self._recovered()
+
+    def _keep_arrivals(self) -> None:
+        """During a long replay, keep what was put meanwhile (behind the spool), so the queue stays short.
+
+        Only up to the first flush marker: the marker waits for the replay, as flush promises.
+        """
+        queue = self._queue
+        if len(queue) < self._batch_size:
+            return
+        batch: list[Any] = []
+        while queue and len(batch) < self._max_batch and not isinstance(queue[0], threading.Event):
+            batch.append(queue.popleft())
+        if batch:
+            self._keep(batch)
 
     def _backoff(self) -> None:
         self._retry_at = time.monotonic() + self._retry_wait
