@@ -167,13 +167,13 @@ def code(tmp_path: Path) -> Path:
 class Service:
     """``daskflow serve`` as a subprocess, its stdout and stderr read line by line on threads."""
 
-    def __init__(self, url: str, code: Path, home: Path, lease: str) -> None:
+    def __init__(self, url: str, code: Path, home: Path, lease: str, *options: str) -> None:
         path = os.pathsep.join(p for p in (str(code.parent), os.environ.get("PYTHONPATH", "")) if p)
         env = {**os.environ, "PYTHONPATH": path, "DASKFLOW_HOME": str(home),
                "DASK_DASKFLOW__DEPLOYMENTS__LEASE": lease}  # fmt: skip
         script = Path(sys.executable).parent / "daskflow"
         self.process = subprocess.Popen(
-            [str(script), "serve", "--url", url, "--poll", "0.5"],
+            [str(script), "serve", "--url", url, "--poll", "0.5", *options],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )  # fmt: skip
         self.out: queue.Queue[str] = queue.Queue()
@@ -282,9 +282,10 @@ def test_a_killed_service_s_run_is_marked_crashed_by_another_and_the_next_time_f
         first.process.send_signal(signal.SIGKILL)
         assert first.process.wait(timeout=30) == -signal.SIGKILL
 
-        second = Service(url, code, tmp_path / "home-b", lease="2s")
+        second = Service(url, code, tmp_path / "home-b", "600s", "--lease", "2")  # the option wins
         second.wait_printed("finished", timeout=90)  # the next time, after the reap
         reaped = second.logged("marked Crashed")
+        assert second.logged("claims leased for 2 s"), second.err
         assert second.stop() == 0
     finally:
         first.stop()
