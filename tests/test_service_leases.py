@@ -93,6 +93,32 @@ def test_an_exclusive_claim_waits_for_the_run_in_flight(run_store_url: str, depl
         assert rows.claim_run(store, deployment_id, later, "scheduled", "svc-b", lease_seconds=60, exclusive=True)
 
 
+def test_exclusive_claims_of_different_times_racing_at_once_start_one_run(
+    run_store_url: str, deployment_id: str
+) -> None:
+    stores = [RunStore(run_store_url) for _ in range(6)]
+    barrier = threading.Barrier(len(stores))
+    outcomes: list[str] = []
+
+    def claim(store: RunStore, n: int) -> None:
+        barrier.wait(10)
+        try:
+            got = rows.claim_run(store, deployment_id, T0 + timedelta(minutes=n), "scheduled", f"svc-{n}",
+                                 lease_seconds=60, exclusive=True)  # fmt: skip
+            outcomes.append("claimed" if got else "taken")
+        except RunInFlightError:
+            outcomes.append("in flight")
+
+    threads = [threading.Thread(target=claim, args=(store, n)) for n, store in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for store in stores:
+        store.close()
+    assert sorted(outcomes) == ["claimed"] + ["in flight"] * 5, outcomes
+
+
 def test_an_expired_lease_is_reaped_once_and_its_runs_marked_crashed(run_store_url: str, deployment_id: str) -> None:
     with RunStore(run_store_url) as store:
         claim = rows.claim_run(store, deployment_id, T0, "scheduled", "serve@far-host:4242", lease_seconds=60)
