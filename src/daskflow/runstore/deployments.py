@@ -14,7 +14,11 @@ another got there first (:func:`claim_run` returns None). No read-then-write,
 no lock table, no clock agreement needed, on SQLite and PostgreSQL alike. The
 row is completed with the flow run's id and final state type when the run ends
 (:func:`finish_run`); a row whose state stays NULL is a run that was claimed
-and has not finished (or whose process died).
+and has not finished (or whose process died). Since schema 0005 a claim also
+carries a lease, renewed by its process while the run is in flight, which tells
+the two apart (:mod:`.leases`); and a claim may be *exclusive*, refused while
+another run of the deployment is in flight (:class:`RunInFlightError`), so that
+a deployment's runs do not overlap whichever services start them.
 
 These are plain functions over :attr:`RunStore.engine`, in the store's
 conventions: times through :class:`~.schema.UTCDateTime`, JSON in text
