@@ -100,7 +100,7 @@ def test_a_database_at_head_opens_without_alembic(tmp_path: Path) -> None:
 @pytest.mark.filterwarnings("ignore:autogenerate skipping metadata-specified expression-based index")
 def test_an_empty_database_is_migrated_to_head_and_matches_the_schema(run_store_url: str) -> None:
     with RunStore(run_store_url) as store:
-        assert store.schema_version == head_revision() == HEAD == "0004"
+        assert store.schema_version == head_revision() == HEAD == "0005"
         with store.engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
             diffs = compare_metadata(context, metadata)
@@ -110,7 +110,7 @@ def test_an_empty_database_is_migrated_to_head_and_matches_the_schema(run_store_
     assert tables == {"flow_runs", "task_runs", "states", "logs", "artifacts", "deployments", "deployment_runs", "cancel_requests", "blocks", VERSION_TABLE}
     with RunStore(run_store_url) as reopened:  # a second open finds head and keeps the data
         commits = count_commits(reopened.engine)
-        assert RunStore(run_store_url).schema_version == "0004"
+        assert RunStore(run_store_url).schema_version == HEAD
         assert [r.id for r in reopened.list_flow_runs()] == ["kept"]
     assert commits == [], "re-opening at head wrote to the database"
 
@@ -131,10 +131,10 @@ def test_stores_opened_at_once_on_an_empty_database_all_migrate_it_once(run_stor
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert not errors and versions == ["0004"] * 4, (errors, versions)
+    assert not errors and versions == [HEAD] * 4, (errors, versions)
     with RunStore(run_store_url) as store, store.engine.connect() as connection:
         rows = connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
-    assert [tuple(r) for r in rows] == [("0004",)]
+    assert [tuple(r) for r in rows] == [(HEAD,)]
 
 
 def test_a_database_at_an_older_version_is_migrated_and_keeps_its_runs(run_store_url: str) -> None:
@@ -168,7 +168,7 @@ def test_a_database_newer_than_this_code_is_refused_naming_both_versions(run_sto
         RunStore(run_store_url)
     message = str(info.value)
     assert "0042" in message and HEAD in message and "upgrade daskflow" in message, message
-    writer = RunStoreWriter(run_store_url)  # a flow is never failed by it: a warning instead
+    writer = RunStoreWriter(run_store_url)  # a flow is never failed by it: a warning instead (nothing to wait for)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         writer.put(flow("lost"))
@@ -430,51 +430,57 @@ def test_the_queue_is_bounded_while_the_database_is_slow() -> None:
     assert len(messages) == 1 and "queue was full" in messages[0] and "50 records" in messages[0], messages
 
 
-def test_a_locked_sqlite_file_is_one_warning_and_history_resumes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_locked_sqlite_file_is_spooled_with_one_warning_and_replayed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "runs.db"
     store = RunStore(f"sqlite:///{path}", busy_timeout=0.2)
-    writer = RunStoreWriter(store, interval=0.05)
+    writer = RunStoreWriter(store, interval=0.05, spool_folder=tmp_path / "spool")
     locker = sqlite3.connect(path, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
     try:
         with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING, "daskflow.runstore"):
             warnings.simplefilter("always")
-            for batch in range(3):  # three batches fail: one outage, one warning
-                writer.put(flow(f"lost-{batch}"))
+            for batch in range(3):  # three batches meet the lock: one outage, one log line, all spooled
+                writer.put(flow(f"spooled-{batch}"))
+                writer.put(StateRecord(run_id=f"spooled-{batch}", run_kind="flow", type="COMPLETED", name="Completed"))
                 assert writer.flush(timeout=30)
+            assert writer.spooled == 6 and len(writer.backlog) == 1 and writer.backlog[0].exists()
     finally:
         locker.execute("ROLLBACK")
         locker.close()
-    messages = [str(w.message) for w in caught if w.category is RunStoreWarning]
-    assert len(messages) == 1, messages
-    assert "history was not kept" in messages[0].lower() and str(path) in messages[0]
-    assert "database is locked" in messages[0], messages[0]
-    assert [r.message for r in caplog.records if r.name == "daskflow.runstore"] == messages
-    assert writer.dropped == 3
+    assert not [w for w in caught if w.category is RunStoreWarning], "nothing was lost: no RunStoreWarning"
+    outage = [r.message for r in caplog.records if r.name == "daskflow.runstore"]
+    assert len(outage) == 1 and "does not answer" in outage[0] and "database is locked" in outage[0], outage
+    assert str(path) in outage[0]
+    spool_file = writer.backlog[0]
     writer.put(flow("kept"))
-    assert writer.flush(timeout=30)
-    assert [r.id for r in store.list_flow_runs()] == ["kept"]
+    assert writer.flush(timeout=30)  # a flush tries the database at once: the spool goes first
+    assert sorted(r.id for r in store.list_flow_runs()) == ["kept", "spooled-0", "spooled-1", "spooled-2"]
+    assert [s.name for s in store.states("spooled-1")] == ["Completed"]
+    # "kept" came while records waited in the spool: it queued behind them, so order holds.
+    assert (writer.spooled, writer.replayed, writer.dropped) == (7, 7, 0)
+    assert not spool_file.exists() and writer.backlog == []
     writer.close()
     store.close()
 
 
-def test_an_unreachable_postgres_is_a_warning_never_an_error() -> None:
+def test_an_unreachable_postgres_is_spooled_never_an_error(tmp_path: Path) -> None:
     pytest.importorskip("psycopg")
     with socket.socket() as s:  # a port nobody listens on: bound, never listening
         s.bind(("127.0.0.1", 0))
         url = f"postgresql+psycopg://daskflow:hunter2@127.0.0.1:{s.getsockname()[1]}/runs"
         with pytest.raises(RunStoreUnavailableError, match=r"daskflow:\*\*\*@127\.0\.0\.1"):
             RunStore(url, connect_timeout=2)
-        writer = RunStoreWriter(url)
+        writer = RunStoreWriter(url, spool_folder=tmp_path / "spool")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            writer.put(flow("lost"))
-            writer.put(task("lost-task", "lost"))
+            writer.put(flow("kept"))
+            writer.put(task("kept-task", "kept"))
             assert writer.close(timeout=30)
-    messages = [str(w.message) for w in caught if w.category is RunStoreWarning]
-    assert len(messages) == 1 and "hunter2" not in messages[0], messages
-    assert "daskflow:***@127.0.0.1" in messages[0] and "refused" in messages[0].lower(), messages[0]
-    assert writer.dropped == 2 and writer.written == 0
+    assert not [w for w in caught if w.category is RunStoreWarning]
+    assert writer.dropped == 0 and writer.written == 0 and writer.spooled == 2
+    (left,) = (tmp_path / "spool").glob("*.spool")  # for the next writer of this store
+    text = left.read_text()
+    assert "hunter2" not in text and "daskflow:***@127.0.0.1" in text and '"id":"kept-task"' in text
 
 
 _CHILD = textwrap.dedent(

@@ -7,6 +7,7 @@ line per run that ends, and a startup summary), and maps signals to the
 service's two events. The first SIGINT/SIGTERM stops firing and waits for the
 runs in flight; the second cancels them (they end ``Cancelled``). A clean
 stop exits 0. A run store that cannot be opened is one line on stderr, exit 2.
+``--lease`` sets how long a run's claim outlives a service that died.
 """
 
 from __future__ import annotations
@@ -59,20 +60,30 @@ def _signals(stop: threading.Event, cancel: threading.Event) -> Iterator[None]:
     "--poll", "poll_seconds", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_POLL_SECONDS,
     show_default=True, metavar="SECONDS", help="How often to re-read the deployments (new, changed, paused).",
 )  # fmt: skip
-def serve(url: str | None, max_concurrent: int, poll_seconds: float) -> None:
+@click.option(
+    "--lease", "lease_seconds", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+    help="How long a run's claim outlives this service if it dies (default: daskflow.deployments.lease, 60 s).",
+)  # fmt: skip
+def serve(url: str | None, max_concurrent: int, poll_seconds: float, lease_seconds: float | None) -> None:
     """Fire every due run of every deployment in the run store, until SIGINT/SIGTERM.
 
     Each scheduled time runs at most once, even with several services on one
-    run store. Missed times after downtime follow each deployment's catchup
-    setting. The first signal waits for the runs in flight; a second cancels them.
+    run store, and a deployment's runs never overlap (unless it allows
+    concurrent runs). Missed times after downtime follow each deployment's
+    catchup setting. A service that dies leaves its runs to be marked Crashed
+    by another one once their lease runs out. The first signal waits for the
+    runs in flight; a second cancels them.
     """
     resolved = resolve_url(url)
     stop, cancel = threading.Event(), threading.Event()
-    service = DeploymentService(resolved, poll_seconds=poll_seconds, max_concurrent_runs=max_concurrent)
+    # The flow runs record their history beside the deployments, so `runs show` finds them.
+    settings: dict[str, object] = {"daskflow.runstore.url": resolved}
+    if lease_seconds is not None:
+        settings["daskflow.deployments.lease"] = f"{lease_seconds}s"
     configure_console_logging()
     try:
-        # The flow runs record their history beside the deployments, so `runs show` finds them.
-        with dask.config.set({"daskflow.runstore.url": resolved}), _signals(stop, cancel):
+        with dask.config.set(settings), _signals(stop, cancel):
+            service = DeploymentService(resolved, poll_seconds=poll_seconds, max_concurrent_runs=max_concurrent)
             service.run(stop, cancel)
     except (RunStoreUnavailableError, DaskflowError) as exc:
         raise UsageProblem(one_line(str(exc))) from exc

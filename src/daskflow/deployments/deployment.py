@@ -6,7 +6,9 @@ it needs in the run store. So a :class:`Deployment` holds only what can be
 stored: the flow by entrypoint (:mod:`.entrypoints`), the schedule as its dict
 form, parameters as JSON with per-run templates (:mod:`.templates`), tags, a
 description, a work pool (:mod:`.work_pools`), a catchup setting
-(:data:`~.running.CATCHUP`) and a paused flag.
+(:data:`~.running.CATCHUP`), a paused flag, and whether its runs may overlap
+(``allow_concurrent_runs``, off by default: one run in flight at a time, across
+every service on the store).
 
 The seed's use works as written::
 
@@ -123,6 +125,8 @@ class Deployment:
     catchup: str = DEFAULT_CATCHUP
     paused: bool = False
     id: str | None = None  # set by apply() and load()
+    # Runs of one deployment never overlap, across every service on the store, unless this is on.
+    allow_concurrent_runs: bool = False
     flow: Flow[Any, Any] | None = field(default=None, repr=False, compare=False)  # imported on first need
 
     @classmethod
@@ -139,13 +143,14 @@ class Deployment:
         catchup: str = DEFAULT_CATCHUP,
         paused: bool = False,
         work_pool: WorkPool | Mapping[str, Any] | None = None,
+        allow_concurrent_runs: bool = False,
     ) -> Deployment:
         """A deployment of ``flow``, checked (not stored: call :meth:`apply`)."""
         entrypoint = entrypoint_of(flow)
         return cls.build(
             name, entrypoint, flow=flow, schedule=schedule, parameters=parameters, tags=tags,
             description=description, catchup=catchup, paused=paused,
-            work_pool=_as_pool(work_pool_name, work_pool),
+            work_pool=_as_pool(work_pool_name, work_pool), allow_concurrent_runs=allow_concurrent_runs,
         )  # fmt: skip
 
     @classmethod
@@ -162,6 +167,7 @@ class Deployment:
         catchup: str = DEFAULT_CATCHUP,
         paused: bool = False,
         work_pool: WorkPool | None = None,
+        allow_concurrent_runs: bool = False,
     ) -> Deployment:
         """A deployment of the flow at ``entrypoint`` (imported to check it), as a deployment file makes."""
         name = _check_name(name)
@@ -171,11 +177,15 @@ class Deployment:
         check_parameters(name, flow, params, resolved)
         if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
             raise DeploymentError(f"deployment {name!r}: tags must be a list of strings, got {tags!r}.")
+        if not isinstance(allow_concurrent_runs, bool):
+            raise DeploymentError(
+                f"deployment {name!r}: allow_concurrent_runs must be True or False, got {allow_concurrent_runs!r}."
+            )
         return cls(
             name=name, entrypoint=entrypoint, flow_name=flow.name, schedule=resolved, parameters=params,
             tags=tuple(tags), description=description if description is not None else flow.description,
             work_pool=work_pool or WorkPool(), catchup=_check_catchup(catchup, f"deployment {name!r}"),
-            paused=bool(paused), flow=flow,
+            paused=bool(paused), flow=flow, allow_concurrent_runs=allow_concurrent_runs,
         )  # fmt: skip
 
     # -- the run store -----------------------------------------------------------------------
@@ -195,6 +205,7 @@ class Deployment:
                 work_pool=self.work_pool.to_dict() or None,
                 catchup=self.catchup,
                 paused=self.paused,
+                allow_concurrent_runs=self.allow_concurrent_runs,
             )
         return self.id
 
@@ -206,6 +217,7 @@ class Deployment:
             schedule=_as_schedule(record.schedule), parameters=dict(record.parameters), tags=record.tags,
             description=record.description, work_pool=WorkPool.from_dict(record.work_pool or {}),
             catchup=record.catchup, paused=record.paused, id=record.id,
+            allow_concurrent_runs=record.allow_concurrent_runs,
         )  # fmt: skip
 
     @classmethod

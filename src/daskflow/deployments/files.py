@@ -12,6 +12,7 @@
         work_pool: {name: batch}                      # or a name, or {address: ...}, {cluster_class: ...}
         catchup: latest                               # none | latest | all
         paused: false
+        allow_concurrent_runs: false                  # true: runs may overlap
 
 A relative file entrypoint is read relative to the YAML file, so the file and
 its flows move together. Every entry is built and checked (the flow imported,
@@ -40,6 +41,7 @@ __all__ = ["FIELDS", "apply_deployment_file", "load_deployment_file"]
 
 FIELDS = (
     "name", "entrypoint", "schedule", "parameters", "tags", "description", "work_pool", "catchup", "paused",
+    "allow_concurrent_runs",
 )  # fmt: skip
 _EXAMPLE = "deployments: [{name: daily, entrypoint: 'flows.py:my_flow', schedule: {cron: '0 6 * * *'}}]"
 
@@ -100,6 +102,9 @@ def _entry(entry: Any, index: int, path: Path) -> Deployment:
     paused = entry.get("paused", False)
     if not isinstance(paused, bool):
         raise DeploymentError(f"{where}, field 'paused': expected true or false, got {paused!r}.")
+    concurrent = entry.get("allow_concurrent_runs", False)
+    if not isinstance(concurrent, bool):
+        raise DeploymentError(f"{where}, field 'allow_concurrent_runs': expected true or false, got {concurrent!r}.")
     catchup = entry.get("catchup", "latest")
     if catchup not in CATCHUP:
         raise DeploymentError(f"{where}, field 'catchup': {catchup!r} is not one of {', '.join(CATCHUP)}.")
@@ -112,7 +117,7 @@ def _entry(entry: Any, index: int, path: Path) -> Deployment:
         return Deployment.build(
             name, entrypoint, flow=flow, schedule=schedule, parameters=parameters, tags=tags,
             description=None if description is None else str(description),
-            catchup=catchup, paused=paused, work_pool=pool,
+            catchup=catchup, paused=paused, work_pool=pool, allow_concurrent_runs=concurrent,
         )  # fmt: skip
     except DeploymentError as exc:  # what is left to check is the parameters
         raise DeploymentError(f"{where}, field 'parameters': {exc}") from None

@@ -21,7 +21,8 @@ of due times waiting to start (``pending``). The rules, all per deployment:
   comes due while a run of the deployment is still in flight is skipped with
   a warning, as ``flow.serve`` does: running it late, behind a slow run, would
   pile runs up and hand each of them stale data. Queued catch-up times are not
-  skipped: the catchup setting asked for them;
+  skipped: the catchup setting asked for them. A deployment that allows
+  concurrent runs (``allow_concurrent_runs``) starts each time as it comes due;
 * **a changed schedule** drops the queue (those were the old schedule's times)
   and moves ``next_time`` to the new schedule's first time after now;
   **pausing** drops the queue and stops the clock; **resuming** starts again
@@ -140,7 +141,7 @@ class Planner:
                 continue
             skipped: list[datetime] = []
             while plan.next_time is not None and plan.next_time <= now:
-                if plan.running is not None:
+                if plan.running is not None and not plan.record.allow_concurrent_runs:
                     skipped.append(plan.next_time)
                 else:
                     plan.pending.append(plan.next_time)
@@ -155,7 +156,11 @@ class Planner:
 
     def startable(self) -> list[tuple[DeploymentPlan, datetime]]:
         """The first queued time of each deployment with no run in flight, earliest first."""
-        ready = [(plan, plan.pending[0]) for plan in self.plans.values() if plan.pending and plan.running is None]
+        ready = [
+            (plan, plan.pending[0])
+            for plan in self.plans.values()
+            if plan.pending and (plan.running is None or plan.record.allow_concurrent_runs)
+        ]
         return sorted(ready, key=lambda item: (item[1], item[0].name))
 
     def next_due(self) -> datetime | None:

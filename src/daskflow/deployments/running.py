@@ -12,6 +12,16 @@ Every run of a deployment, whoever starts it, goes the same three steps:
    cluster (:mod:`.work_pools`), and record the flow run's id and final state
    type on the claim.
 
+While the run is in flight its claim carries a **lease** that a heartbeat
+thread renews every third of ``daskflow.deployments.lease`` (60 s), writing the
+flow run's id on the claim as soon as the flow run exists. A process that dies
+stops renewing, and a scheduling service then takes the run for crashed
+(:mod:`daskflow.runstore.leases`). A scheduled run of a deployment that does
+not allow concurrent runs claims *exclusively*: while another claim of the
+deployment is in flight under a live lease, in whichever service, the time is
+not claimed and :class:`~daskflow.runstore.errors.RunInFlightError` says which
+run holds it.
+
 A manual run is for "now" unless given a time; a backfill runs every
 scheduled time of a window, several at once on threads (each flow run waits on
 its cluster, not on this process's CPU), at most ``max_concurrent`` at a time,
@@ -28,16 +38,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from daskflow import settings
 from daskflow.deployments.templates import render_parameters, template_times
 from daskflow.deployments.work_pools import pool_runner, resolve_work_pool
 from daskflow.exceptions import DeploymentError
 from daskflow.flows import Flow
-from daskflow.runstore.deployments import claim_run, finish_run, list_runs
+from daskflow.runs import FlowRun, TaskRun, add_state_listener, remove_state_listener
+from daskflow.runstore.deployments import RunInFlightError, claim_run, finish_run, list_runs
+from daskflow.runstore.errors import RunStoreUnavailableError
+from daskflow.runstore.leases import live_claims, renew_leases
 from daskflow.schedules import Schedule
 from daskflow.states import State, StateType
 from daskflow.task_runners import TaskRunner
@@ -46,7 +62,7 @@ if TYPE_CHECKING:
     from daskflow.deployments.deployment import Deployment
     from daskflow.runstore.store import RunStore
 
-__all__ = ["CATCHUP", "BackfillStates", "missed_times", "run_backfill", "run_once"]
+__all__ = ["CATCHUP", "BackfillStates", "lease_seconds", "missed_times", "run_backfill", "run_once"]
 
 CATCHUP = ("none", "latest", "all")
 _log = logging.getLogger("daskflow.deployments")
@@ -75,6 +91,89 @@ def missed_times(schedule: Schedule, after: datetime, now: datetime, catchup: st
     return times if catchup == "all" else times[-1:]
 
 
+def lease_seconds() -> float:
+    """How long a claim's lease lasts without renewal: ``daskflow.deployments.lease`` in seconds."""
+    import dask.utils
+
+    value = dask.utils.parse_timedelta(settings.get("deployments.lease", "60s"), default="s")
+    if value is None or value <= 0:
+        raise DeploymentError(f"daskflow.deployments.lease={value!r} must be a duration > 0, e.g. '60s'.")
+    return float(value)
+
+
+class _Heartbeat:
+    """Renews one claim's lease until the run ends; learns the flow run's id from its first state."""
+
+    def __init__(self, store: RunStore, claim_id: str, lease: float) -> None:
+        self.store, self.claim_id, self.lease = store, claim_id, lease
+        self.flow_run_id: str | None = None
+        self._caller = threading.get_ident()
+        self._stop = threading.Event()
+        self._news = threading.Event()  # the flow run's id is known: write it now, not at the next beat
+        self._thread = threading.Thread(target=self._beat, name=f"daskflow-lease-{claim_id[:8]}", daemon=True)
+
+    def on_state(self, run: TaskRun | FlowRun, state: State) -> None:
+        # A state listener: quick, never raises. The top-level flow run of the claiming thread is ours.
+        if self.flow_run_id is None and isinstance(run, FlowRun) and threading.get_ident() == self._caller:
+            if run.parent_flow_run_id is None:
+                self.flow_run_id = run.id
+                self._news.set()
+
+    def _beat(self) -> None:
+        failing = False
+        written: str | None = None
+        while not self._stop.is_set():
+            flow_run_id = self.flow_run_id
+            try:
+                lost = renew_leases(self.store, {self.claim_id: flow_run_id}, self.lease)
+            except RunStoreUnavailableError as exc:
+                if not failing:
+                    _log.warning("the lease of claim %s could not be renewed: %s", self.claim_id, exc)
+                failing = True
+            else:
+                failing = False
+                written = flow_run_id
+                if lost:
+                    _log.error(
+                        "claim %s (flow run %s) was taken for crashed by another service: its lease ran out "
+                        "before this process renewed it. Its run goes on here; make daskflow.deployments.lease "
+                        "longer if this process pauses or loses the run store for long.", self.claim_id, flow_run_id,
+                    )  # fmt: skip
+                    return
+            if failing:
+                wait = min(self.lease / 3, 1.0)  # try again soon: the lease runs out meanwhile
+            else:
+                wait = self.lease / 3 if written == self.flow_run_id else 0.0
+            self._news.wait(wait)
+            self._news.clear()
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        add_state_listener(self.on_state)
+        self._thread.start()
+        try:
+            yield
+        finally:
+            remove_state_listener(self.on_state)
+            self._stop.set()
+            self._news.set()
+            self._thread.join(30)
+
+
+def _refuse_if_in_flight(store: RunStore, deployment: Deployment, scheduled_time: datetime) -> bool:
+    """False when this very time is claimed already; raise RunInFlightError for another run in flight."""
+    assert deployment.id is not None
+    live = live_claims(store, deployment.id)
+    if any(claim.scheduled_time == scheduled_time for claim in live):
+        return False
+    if live:
+        claim = live[0]
+        raise RunInFlightError(
+            f"the run for {claim.scheduled_time.isoformat()} is in flight (claimed by {claim.claimed_by})", claim
+        )
+    return True
+
+
 def _call(flow: Flow[Any, Any], parameters: dict[str, Any]) -> State:
     outcome = flow(**parameters, return_state=True)
     if flow.isasync:
@@ -92,18 +191,25 @@ def _run_claimed(
     kind: str,
     overrides: Mapping[str, Any] | None,
     claimed_by: str | None,
+    exclusive: bool = False,
 ) -> State | None:
-    """Claim, render, run and record one scheduled time; None if it was claimed already."""
+    """Claim, render, run and record one scheduled time; None if it was claimed already.
+
+    ``exclusive``: raise :class:`RunInFlightError` instead of claiming while a run
+    of the deployment is in flight.
+    """
     assert deployment.id is not None
     parameters = {**deployment.parameters, **(overrides or {})}
     # Rendered before claiming: a bad template must not leave a claim that never ran.
     rendered = render_parameters(flow, parameters, template_times(deployment.schedule, scheduled_time))
-    claim = claim_run(store, deployment.id, scheduled_time, kind, claimed_by)
+    lease = lease_seconds()
+    claim = claim_run(store, deployment.id, scheduled_time, kind, claimed_by, lease_seconds=lease, exclusive=exclusive)
     if claim is None:
         return None
     to_run = flow if runner is None else flow.with_options(task_runner=runner)
     try:
-        state = _call(to_run, rendered)
+        with _Heartbeat(store, claim, lease).running():
+            state = _call(to_run, rendered)
     except BaseException:
         # The flow never got a final state (a call that does not fit its signature, Ctrl-C):
         # the claim says so rather than look forever in flight.
@@ -121,17 +227,24 @@ def run_once(
     kind: str,
     overrides: Mapping[str, Any] | None = None,
     claimed_by: str | None = None,
+    exclusive: bool = False,
 ) -> State | None:
-    """Run one scheduled time of ``deployment`` on its work pool; None if that time was claimed already."""
+    """Run one scheduled time of ``deployment`` on its work pool; None if that time was claimed already.
+
+    ``exclusive`` (a scheduling service, for a deployment that does not allow
+    concurrent runs): raise :class:`RunInFlightError` while one of its runs is in flight.
+    """
     assert deployment.id is not None
     # A time another service already took is skipped before the pool is opened (which may start
     # a cluster); the claim itself, atomic, still decides between two services that look at once.
     if list_runs(store, deployment.id, since=scheduled_time, until=scheduled_time, limit=1):
         return None
+    if exclusive and not _refuse_if_in_flight(store, deployment, scheduled_time):
+        return None
     flow = deployment.load_flow()
     pool = resolve_work_pool(deployment.work_pool)
     with pool_runner(pool) as runner:
-        return _run_claimed(deployment, flow, runner, store, scheduled_time, kind, overrides, claimed_by)
+        return _run_claimed(deployment, flow, runner, store, scheduled_time, kind, overrides, claimed_by, exclusive)
 
 
 def run_backfill(

@@ -26,14 +26,19 @@ engine (:func:`~daskflow.engine.cancellation.cancel_runs_in_thread`, as
 so. ``daskflow serve`` maps the first SIGINT/SIGTERM to ``stop`` and the
 second to ``cancel``.
 
-**Runs left without a final state.** A service that died mid-run (killed,
-machine lost) leaves its claims with no state. On start the service lists
-them in one warning and does *not* run them again: their times are claimed,
-and a flow that half ran may not be safe to repeat blindly. To redo the
-work after checking what the run did, run the deployment by hand
-(``daskflow deployment run NAME --param ...``, for "now"): the claimed time
-itself is never run twice. A claim without a state may also be a run in
-flight in another live service; the warning says so rather than guess.
+**Leases: runs left by a dead service, and no overlap across services.** A
+claim carries a lease that its process renews while the run is in flight
+(:mod:`.running`; ``daskflow.deployments.lease``). At start and at every poll
+the service looks for claims whose lease ran out — their process was killed,
+or its machine lost — and marks them and their flow runs ``Crashed``, with a
+message naming the dead service's host and pid (:func:`~daskflow.runstore.leases.reap_expired`;
+of several services, one does it). Their times are not run again (a flow that
+half ran may not be safe to repeat blindly; run the deployment by hand,
+``daskflow deployment run NAME``, to redo one); the deployment's next time runs
+as scheduled, once. Claims with a live lease are runs in flight in another
+service (listed at start): a deployment that does not allow concurrent runs
+starts no run of its own meanwhile — the time is skipped with a warning, as a
+time that comes due during this service's own run is.
 
 Flow runs record their history in the configured run store
 (``daskflow.runstore.url``); keep it the same as ``store_url``
@@ -50,12 +55,14 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from daskflow.deployments.planner import DeploymentPlan, Planner
-from daskflow.deployments.running import run_once
+from daskflow.deployments.running import lease_seconds, run_once
 from daskflow.engine.cancellation import cancel_runs_in_thread
 from daskflow.engine.serving import Clock, SystemClock
 from daskflow.exceptions import ConfigurationError, DaskflowError
 from daskflow.runstore import deployments as rows
+from daskflow.runstore.deployments import RunInFlightError
 from daskflow.runstore.errors import RunStoreUnavailableError
+from daskflow.runstore.leases import crash_message, reap_expired
 from daskflow.runstore.store import RunStore
 
 __all__ = [
@@ -109,6 +116,7 @@ class DeploymentService:
         self.poll = timedelta(seconds=poll_seconds)
         self.max_concurrent_runs = max_concurrent_runs
         self.id = name or f"serve@{rows.claimant()}"
+        self.lease = lease_seconds()  # checked now: a bad daskflow.deployments.lease is an error at start
         self._lock = threading.Condition()  # guards the plans' `running` and `_runs`; notified as runs end
         self._runs: dict[threading.Thread, tuple[str, datetime]] = {}
         self._wake = threading.Event()  # set by `stop` (through the bridge) and by every run that ends
@@ -127,6 +135,7 @@ class DeploymentService:
             now = self.clock.now()
             with self._lock:
                 planner.refresh(rows.list_deployments(store), now)
+            self._reap(store, planner)
             self._report_unfinished(store, planner)
             self._summary(store, planner, now)
             next_poll = now + self.poll
@@ -175,6 +184,20 @@ class DeploymentService:
             _log.info("the run store at %s answers again", store.display_url)
             self._store_failing = False
         planner.refresh(records, now)
+        try:
+            self._reap(store, planner)
+        except RunStoreUnavailableError as exc:
+            _log.warning("%s; runs left by dead services are looked for again at the next poll", exc)
+
+    def _reap(self, store: RunStore, planner: Planner) -> None:
+        names = {plan.record.id: plan.name for plan in planner.plans.values()}
+        for claim in reap_expired(store, self.id):
+            _log.warning(
+                "deployment %r: the run for %s%s was left without a final state; marked Crashed. %s Its time is "
+                "not run again; the next time runs as scheduled.",
+                names.get(claim.deployment_id, claim.deployment_id), claim.scheduled_time.isoformat(),
+                f" (flow run {claim.flow_run_id})" if claim.flow_run_id else "", crash_message(claim, self.id),
+            )  # fmt: skip
 
     def _start_runs(self, store: RunStore, planner: Planner) -> None:
         for plan, at in planner.startable():
@@ -192,8 +215,15 @@ class DeploymentService:
     def _run_one(self, store: RunStore, plan: DeploymentPlan, at: datetime) -> None:
         name = plan.name
         _log.debug("deployment %r: starting the run for %s", name, at.isoformat())
+        exclusive = not plan.record.allow_concurrent_runs
         try:
-            state = run_once(plan.deployment, store, at, "scheduled", None, self.id)
+            state = run_once(plan.deployment, store, at, "scheduled", None, self.id, exclusive=exclusive)
+        except RunInFlightError as exc:
+            _log.warning(
+                "deployment %r: its time %s is skipped: %s. Runs of one deployment never overlap, across "
+                "services too (unless it allows concurrent runs); the next is at %s.",
+                name, at.isoformat(), exc, plan.next_time.isoformat() if plan.next_time else "(none)",
+            )  # fmt: skip
         except DaskflowError as exc:  # a flow that no longer imports, an unknown work pool: the user's to fix
             _log.error("deployment %r: the run for %s could not start: %s", name, at.isoformat(), exc)
         except BaseException:  # anything else must not take the service down with it
@@ -266,23 +296,23 @@ class DeploymentService:
         if not unfinished:
             return
         listed = "; ".join(
-            f"{names[c.deployment_id]!r} at {c.scheduled_time.isoformat()} ({c.kind}, claimed by {c.claimed_by} "
-            f"at {c.claimed_at.isoformat(timespec='seconds')})"
+            f"{names[c.deployment_id]!r} at {c.scheduled_time.isoformat()} ({c.kind}, claimed by {c.claimed_by}, "
+            f"lease until {c.lease_expires.isoformat(timespec='seconds') if c.lease_expires else '?'})"
             for c in unfinished[:20]
         )
         more = f"; and {len(unfinished) - 20} more" if len(unfinished) > 20 else ""
-        _log.warning(
-            "%d claimed run(s) have no final state: %s%s. Their process stopped mid-run, or is running them "
-            "now. They are not run again (their times are claimed); to redo one, check what it did, then run "
-            "the deployment by hand (`daskflow deployment run NAME --param ...`).",
-            len(unfinished), listed, more,
+        _log.info(
+            "%d run(s) in flight in other processes, under live leases: %s%s. Their deployments start no other "
+            "run meanwhile unless they allow concurrent runs.", len(unfinished), listed, more,
         )  # fmt: skip
 
     def _summary(self, store: RunStore, planner: Planner, now: datetime) -> None:
         plans = sorted(planner.plans.values(), key=lambda plan: plan.name)
         _log.info(
-            "serving %d deployment(s) from %s as %s (at most %d runs at once; deployments re-read every %s s)",
+            "serving %d deployment(s) from %s as %s (at most %d runs at once; deployments re-read every %s s; "
+            "claims leased for %s s)",
             len(plans), store.display_url, self.id, self.max_concurrent_runs, f"{self.poll.total_seconds():g}",
+            f"{self.lease:g}",
         )  # fmt: skip
         for plan in plans:
             if plan.record.paused:

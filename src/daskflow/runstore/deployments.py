@@ -14,7 +14,11 @@ another got there first (:func:`claim_run` returns None). No read-then-write,
 no lock table, no clock agreement needed, on SQLite and PostgreSQL alike. The
 row is completed with the flow run's id and final state type when the run ends
 (:func:`finish_run`); a row whose state stays NULL is a run that was claimed
-and has not finished (or whose process died).
+and has not finished (or whose process died). Since schema 0005 a claim also
+carries a lease, renewed by its process while the run is in flight, which tells
+the two apart (:mod:`.leases`); and a claim may be *exclusive*, refused while
+another run of the deployment is in flight (:class:`RunInFlightError`), so that
+a deployment's runs do not overlap whichever services start them.
 
 These are plain functions over :attr:`RunStore.engine`, in the store's
 conventions: times through :class:`~.schema.UTCDateTime`, JSON in text
@@ -30,23 +34,25 @@ import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from daskflow.runstore import schema
-from daskflow.runstore.errors import RunStoreUnavailableError
+from daskflow.runstore.errors import RunStoreError, RunStoreUnavailableError
 
 if TYPE_CHECKING:
     from daskflow.runstore.store import RunStore
 
 __all__ = [
     "RUN_KINDS",
+    "RunInFlightError",
     "DeploymentRecord",
     "DeploymentRunInfo",
     "claim_run",
     "claimant",
+    "live_condition",
     "delete_deployment",
     "finish_run",
     "get_deployment",
@@ -59,6 +65,18 @@ __all__ = [
 ]
 
 RUN_KINDS = ("scheduled", "backfill", "manual")
+
+
+class RunInFlightError(RunStoreError, RuntimeError):
+    """A scheduled time was not claimed: a run of its deployment is in flight under a live lease.
+
+    ``claim`` is that run's claim. (A RunStoreError: it sits under the run store's
+    part of the exception tree in daskflow.exceptions once the trees are merged.)
+    """
+
+    def __init__(self, message: str, claim: DeploymentRunInfo) -> None:
+        super().__init__(message)
+        self.claim = claim
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,7 @@ class DeploymentRecord:
     paused: bool
     created: datetime
     updated: datetime
+    allow_concurrent_runs: bool = False  # runs may overlap (0005); off: one in flight, across services
 
 
 @dataclass(frozen=True)
@@ -92,6 +111,9 @@ class DeploymentRunInfo:
     state_type: str | None
     claimed_by: str
     claimed_at: datetime
+    lease_expires: datetime | None = None  # renewed by the claiming service while the run is in flight (0005)
+    host: str | None = None  # the claiming process (0005); None for claims made before leases
+    pid: int | None = None
 
 
 def claimant() -> str:
@@ -119,6 +141,7 @@ def _record(row: sa.Row[Any]) -> DeploymentRecord:
     values["tags"] = tuple(_load(values["tags"]) or ())
     values["work_pool"] = _load(values["work_pool"])
     values["paused"] = bool(values["paused"])
+    values["allow_concurrent_runs"] = bool(values["allow_concurrent_runs"])
     return DeploymentRecord(**values)
 
 
@@ -144,6 +167,7 @@ def save_deployment(
     work_pool: Mapping[str, Any] | None,
     catchup: str,
     paused: bool,
+    allow_concurrent_runs: bool = False,
 ) -> str:
     """Create the deployment ``name``, or update it if it exists; return its id (kept on update)."""
     dp = schema.deployments
@@ -158,6 +182,7 @@ def save_deployment(
         "work_pool": _dump(None if work_pool is None else dict(work_pool)),
         "catchup": catchup,
         "paused": bool(paused),
+        "allow_concurrent_runs": bool(allow_concurrent_runs),
         "updated": now,
     }
     for _ in range(2):  # a second pass only when another process inserted the same name meanwhile
@@ -220,7 +245,14 @@ def set_paused(store: RunStore, name: str, paused: bool) -> bool:
 
 
 def claim_run(
-    store: RunStore, deployment_id: str, scheduled_time: datetime, kind: str, claimed_by: str | None = None
+    store: RunStore,
+    deployment_id: str,
+    scheduled_time: datetime,
+    kind: str,
+    claimed_by: str | None = None,
+    *,
+    lease_seconds: float | None = None,
+    exclusive: bool = False,
 ) -> str | None:
     """Claim ``scheduled_time`` of a deployment for one run; the claim's id, or None if already claimed.
 
@@ -228,25 +260,60 @@ def claim_run(
     for (deployment, time) or fails on the unique key, in which case someone
     else holds the claim. Nothing is read first, so there is no window between
     looking and claiming.
+
+    ``lease_seconds`` gives the claim a lease that its process must renew
+    (:func:`~daskflow.runstore.leases.renew_leases`) while the run is in flight;
+    past it, another service takes the run for crashed. ``exclusive`` refuses
+    the claim, raising :class:`~daskflow.runstore.errors.RunInFlightError`, while
+    another claim of the deployment is in flight under a live lease: runs of a
+    deployment that does not allow concurrent runs never overlap, whichever
+    services start them. The check and the insert are one transaction, serialised
+    per deployment (SQLite's write lock; a row lock on the deployment elsewhere).
     """
     if kind not in RUN_KINDS:
         raise ValueError(f"claim kind {kind!r} is not one of {', '.join(RUN_KINDS)}")
     claim_id = str(uuid.uuid4())
+    now = datetime.now(UTC)
     row = {
         "id": claim_id,
         "deployment_id": deployment_id,
         "scheduled_time": _utc(scheduled_time),
         "kind": kind,
         "claimed_by": claimed_by or claimant(),
-        "claimed_at": datetime.now(UTC),
+        "claimed_at": now,
+        "lease_expires": None if lease_seconds is None else now + timedelta(seconds=lease_seconds),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
     }
+    dr, dp = schema.deployment_runs, schema.deployments
     with store.database_errors():
         try:
             with _writing(store).begin() as connection:
-                connection.execute(schema.deployment_runs.insert().values(row))
+                if exclusive:
+                    connection.execute(sa.select(dp.c.id).where(dp.c.id == deployment_id).with_for_update())
+                    live = connection.execute(
+                        sa.select(dr).where(dr.c.deployment_id == deployment_id, *live_condition(now)).limit(1)
+                    ).first()
+                    if live is not None:
+                        info = DeploymentRunInfo(**live._asdict())
+                        if info.scheduled_time == row["scheduled_time"]:
+                            return None  # this very time, claimed by another: the usual race, lost
+                        raise RunInFlightError(
+                            f"the run for {info.scheduled_time.isoformat()} is in flight "
+                            f"(claimed by {info.claimed_by}, lease until "
+                            f"{info.lease_expires.isoformat(timespec='seconds') if info.lease_expires else '?'})",
+                            info,
+                        )
+                connection.execute(dr.insert().values(row))
         except sa.exc.IntegrityError:
             return None
     return claim_id
+
+
+def live_condition(now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
+    """The claims in flight at ``now``: no final state yet, and a lease that has not run out."""
+    dr = schema.deployment_runs
+    return (dr.c.state_type.is_(None), dr.c.lease_expires > now)
 
 
 def finish_run(store: RunStore, claim_id: str, flow_run_id: str | None, state_type: str | None) -> None:

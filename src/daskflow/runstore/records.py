@@ -14,6 +14,10 @@ snapshot); once put, a record belongs to the writer and is not changed.
   snapshot arriving late does not undo a newer one.
 * :class:`StateRecord`, :class:`LogEntry` and :class:`ArtifactRecord` are
   appended: every state a run passed through, every log record, every artifact.
+  Each carries an id of its own, given when the record is built (``uid``;
+  an artifact's ``id``), and the store inserts a record whose id it already
+  holds as nothing: a batch written twice — retried after a commit whose
+  answer was lost, or replayed from the spool (:mod:`.spool`) — is kept once.
 
 Run ids link the records; they are not foreign keys in the database, so a batch
 lost in an outage never makes a later batch of the same run fail.
@@ -21,12 +25,15 @@ lost in an outage never makes a later batch of the same run fail.
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
+import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal, Union
 
 __all__ = [
@@ -38,12 +45,35 @@ __all__ = [
     "StateRecord",
     "TaskRunRecord",
     "Timestamp",
+    "encode_parameters",
     "log_entry_from_record",
+    "new_record_id",
 ]
 
 # Epoch seconds (time.time()) or a datetime; naive datetimes are local time, as in Python.
 Timestamp = Union[float, datetime]
 RunKind = Literal["flow", "task"]
+
+
+def _fresh_prefix() -> None:
+    global _prefix, _counter
+    _prefix = uuid.uuid4().hex[:16] + "-"
+    _counter = itertools.count()
+
+
+_prefix = ""
+_counter: Iterator[int] = itertools.count()
+_fresh_prefix()
+os.register_at_fork(after_in_child=_fresh_prefix)  # a forked child must not repeat its parent's ids
+
+
+def new_record_id() -> str:
+    """A record id unique across processes: 64 random bits per process, then a counter.
+
+    About a tenth of a uuid4's cost: states and log records are many, and their
+    ids are made on the writer's thread, which shares the GIL with the flow.
+    """
+    return f"{_prefix}{next(_counter):x}"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -101,6 +131,7 @@ class StateRecord:
     name: str
     message: str | None = None
     timestamp: Timestamp = field(default_factory=time.time)
+    uid: str = field(default_factory=new_record_id)  # the store keeps one row per uid
 
 
 @dataclass(slots=True, kw_only=True)
@@ -114,6 +145,7 @@ class LogEntry:
     message: str = ""
     created: Timestamp = field(default_factory=time.time)
     exception: str | None = None  # the formatted exception, when the record had one
+    uid: str = field(default_factory=new_record_id)  # the store keeps one row per uid
 
 
 @dataclass(slots=True, kw_only=True)
@@ -133,6 +165,25 @@ class ArtifactRecord:
 Record = Union[FlowRunRecord, TaskRunRecord, StateRecord, LogEntry, ArtifactRecord]
 
 _FORMATTER = logging.Formatter()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    text = repr(value)
+    return text if len(text) <= 1000 else text[:1000] + "..."
+
+
+def encode_parameters(parameters: Mapping[str, Any] | None) -> str | None:
+    """A run's parameters as the JSON text the store keeps (what JSON cannot hold, as its repr)."""
+    if parameters is None:
+        return None
+    try:
+        return json.dumps(dict(parameters), default=_json_default, separators=(",", ":"))
+    except (TypeError, ValueError):  # non-str keys, cycles: keep what can be read
+        return json.dumps({str(k): _json_default(v) for k, v in parameters.items()}, separators=(",", ":"))
 
 
 def log_entry_from_record(

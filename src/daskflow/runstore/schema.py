@@ -15,7 +15,11 @@ and time is the claim, so two services never fire one time twice) and
 ``cancel_requests`` (``daskflow runs cancel`` asks; the running flow reads it).
 One of configuration (0004): ``blocks``, named settings of a kind (a secret, a
 storage, a connection) as JSON whose secret fields are encrypted
-(:mod:`daskflow.blocks`); kind and name are unique together. Run ids link them without foreign keys: history is written
+(:mod:`daskflow.blocks`); kind and name are unique together. Schema 0005 gives
+``states`` and ``logs`` rows the record's own id (``uid``, unique), so a batch
+written twice is kept once; gives ``deployment_runs`` a lease (``lease_expires``,
+``host``, ``pid``) that its service renews while the run is in flight; and lets a
+deployment allow concurrent runs (``allow_concurrent_runs``). Run ids link them without foreign keys: history is written
 best-effort, and a batch lost in an outage must not make later batches fail.
 Indexes follow the reading API: ``runs ls`` filters flow runs by flow, state
 and start time and orders them newest first; ``runs show`` and ``runs logs``
@@ -174,7 +178,9 @@ states = sa.Table(
     sa.Column("name", sa.String(), nullable=False),
     sa.Column("message", sa.Text(), nullable=True),
     sa.Column("timestamp", UTCDateTime(), nullable=False),
+    sa.Column("uid", sa.String(), nullable=True),  # the record's own id (0005): a replay inserts nothing
     sa.Index("ix_states_run", "run_id", "timestamp"),
+    sa.Index("ux_states_uid", "uid", unique=True),
 )
 
 logs = sa.Table(
@@ -188,7 +194,9 @@ logs = sa.Table(
     sa.Column("message", sa.Text(), nullable=False),
     sa.Column("created", UTCDateTime(), nullable=False),
     sa.Column("exception", sa.Text(), nullable=True),
+    sa.Column("uid", sa.String(), nullable=True),  # the record's own id (0005): a replay inserts nothing
     sa.Index("ix_logs_flow_run", "flow_run_id", "created"),
+    sa.Index("ux_logs_uid", "uid", unique=True),
 )
 
 artifacts = sa.Table(
@@ -224,6 +232,8 @@ deployments = sa.Table(
     sa.Column("paused", sa.Boolean(), nullable=False),
     sa.Column("created", UTCDateTime(), nullable=False),
     sa.Column("updated", UTCDateTime(), nullable=False),
+    # (0005) whether runs of this deployment may overlap; off: one run in flight at a time, across services
+    sa.Column("allow_concurrent_runs", sa.Boolean(), nullable=False, server_default=sa.false()),
 )
 
 deployment_runs = sa.Table(
@@ -237,7 +247,13 @@ deployment_runs = sa.Table(
     sa.Column("state_type", sa.String(), nullable=True),  # the flow run's final state type, once known
     sa.Column("claimed_by", sa.String(), nullable=False),  # the service (host, pid, start) that fired it
     sa.Column("claimed_at", UTCDateTime(), nullable=False),
+    # (0005) the claim's lease: renewed by its service while the run is in flight; past it, the run
+    # is taken for crashed. The claimant's host and pid name the dead service in that message.
+    sa.Column("lease_expires", UTCDateTime(), nullable=True),
+    sa.Column("host", sa.String(), nullable=True),
+    sa.Column("pid", sa.Integer(), nullable=True),
     sa.UniqueConstraint("deployment_id", "scheduled_time", name="uq_deployment_runs_time"),
+    sa.Index("ix_deployment_runs_open", "deployment_id", "state_type"),
 )
 
 cancel_requests = sa.Table(

@@ -25,9 +25,9 @@ from __future__ import annotations
 import json
 import operator
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from daskflow.runstore.records import (
     StateRecord,
     TaskRunRecord,
     Timestamp,
+    encode_parameters,
 )
 from daskflow.runstore.urls import mask_password, resolve_url
 
@@ -56,6 +57,7 @@ _IN_CHUNK = 500  # ids per IN (...) list: far below every backend's limit on bou
 # Dialects written through RunStore._statement's INSERT ... ON CONFLICT DO UPDATE; others go
 # through SQLAlchemy Core and read, then insert or update.
 _NATIVE_UPSERT = ("sqlite", "postgresql")
+_UPSERT = "upsert"  # how RunStore.write keeps run snapshots: by id, the latest `updated` winning
 
 
 def _to_datetime(value: Timestamp) -> datetime:
@@ -69,24 +71,6 @@ _ToStored = Callable[[Timestamp], Any]  # a record's time as the database takes 
 
 def _epoch(value: Timestamp) -> float:
     return value.timestamp() if isinstance(value, datetime) else value
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    text = repr(value)
-    return text if len(text) <= 1000 else text[:1000] + "..."
-
-
-def _encode_parameters(parameters: Mapping[str, Any] | None) -> str | None:
-    if parameters is None:
-        return None
-    try:
-        return json.dumps(dict(parameters), default=_json_default, separators=(",", ":"))
-    except (TypeError, ValueError):  # non-str keys, cycles: keep what can be read
-        return json.dumps({str(k): _json_default(v) for k, v in parameters.items()}, separators=(",", ":"))
 
 
 def _decode_parameters(text: str | None) -> dict[str, Any]:
@@ -225,7 +209,11 @@ class RunStore:
         """Write ``records`` (any mix of kinds) in one transaction; return how many were given.
 
         Run snapshots are upserted per id, the one with the latest ``updated``
-        winning (within the batch and against the database); the others are appended.
+        winning (within the batch and against the database); the others are
+        appended, once per id: a state or log record whose ``uid`` (an artifact
+        whose ``id``) the store holds already is left out. Writing a batch twice
+        therefore changes nothing, which is what makes the writer's retries and
+        spool replays safe.
         """
         flows: dict[str, FlowRunRecord] = {}
         tasks: dict[str, TaskRunRecord] = {}
@@ -251,34 +239,38 @@ class RunStore:
         fast = self.engine.dialect.name in _NATIVE_UPSERT
         # The fast path hands rows to the driver as they are stored: SQLite's times as text.
         ts = schema.sqlite_text if fast and self.engine.dialect.name == "sqlite" else _to_datetime
+        # What makes a row the same row: a run snapshot's id (the latest `updated` wins); an
+        # appended record's own id, so that a batch written twice (retried, replayed) is kept once.
         tables = (
-            (schema.flow_runs, [_flow_row(r, first_seen[r.id], ts) for r in flows.values()], True),
-            (schema.task_runs, [_task_row(r, first_seen[r.id], ts) for r in tasks.values()], True),
-            (schema.states, [_state_row(r, ts) for r in states], False),
-            (schema.logs, [_log_row(r, ts) for r in logs], False),
-            (schema.artifacts, [_artifact_row(r, ts) for r in artifacts], False),
+            (schema.flow_runs, [_flow_row(r, first_seen[r.id], ts) for r in flows.values()], _UPSERT),
+            (schema.task_runs, [_task_row(r, first_seen[r.id], ts) for r in tasks.values()], _UPSERT),
+            (schema.states, [_state_row(r, ts) for r in states], "uid"),
+            (schema.logs, [_log_row(r, ts) for r in logs], "uid"),
+            (schema.artifacts, [_artifact_row(r, ts) for r in artifacts], "id"),
         )
         with self.database_errors(), self._write_engine.begin() as connection:
-            for table, rows, upsert in tables:
+            for table, rows, key in tables:
                 if not rows:
                     continue
                 if fast:
-                    sql, as_tuple = self._statement(table, upsert)
+                    sql, as_tuple = self._statement(table, key)
                     connection.exec_driver_sql(sql, [as_tuple(row) for row in rows])
-                elif upsert:
+                elif key == _UPSERT:
                     _upsert_portably(connection, table, rows)
                 else:
-                    connection.execute(table.insert(), rows)
+                    _insert_new_portably(connection, table, key, rows)
         return count
 
-    def _statement(self, table: sa.Table, upsert: bool) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
+    def _statement(self, table: sa.Table, key: str) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
         """``INSERT`` (or upsert) SQL for the driver, and how to turn a row into its parameters.
 
         SQLAlchemy's executemany spends more time per row preparing parameters than
         SQLite spends storing them, all of it holding the GIL that the flow's own
         threads need, and the writer writes several rows per task run; so the SQL is
         built once here and the driver gets tuples. SQLite and PostgreSQL share the
-        ``ON CONFLICT ... DO UPDATE ... excluded`` syntax.
+        ``ON CONFLICT ... DO UPDATE ... excluded`` and ``ON CONFLICT ... DO NOTHING``
+        syntax. ``key`` is :data:`_UPSERT` for run snapshots, else the column whose
+        value, met again, makes the row a duplicate to leave out.
         """
         cached = self._statements.get(table.name)
         if cached is not None:
@@ -289,9 +281,11 @@ class RunStore:
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
         name = quote(table.name)
         sql = f"INSERT INTO {name} ({', '.join(map(quote, columns))}) VALUES ({', '.join([mark] * len(columns))})"
-        if upsert:
+        if key == _UPSERT:
             updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in ("id", "created"))
             sql += f" ON CONFLICT (id) DO UPDATE SET {updates} WHERE {name}.updated <= excluded.updated"
+        else:
+            sql += f" ON CONFLICT ({quote(key)}) DO NOTHING"
         getter = operator.itemgetter(*columns)
         self._statements[table.name] = (sql, getter)
         return sql, getter
@@ -427,7 +421,7 @@ class RunStore:
     ) -> list[LogInfo]:
         """A flow run's log records (its task runs' included), oldest first (``runs logs``)."""
         lg = schema.logs
-        query = sa.select(lg).where(lg.c.flow_run_id == flow_run_id).order_by(lg.c.created, lg.c.id)
+        query = sa.select(*(c for c in lg.c if c.name != "uid")).where(lg.c.flow_run_id == flow_run_id).order_by(lg.c.created, lg.c.id)
         if task_run_id is not None:
             query = query.where(lg.c.task_run_id == task_run_id)
         if min_level is not None:
@@ -480,7 +474,7 @@ def _flow_row(record: FlowRunRecord, first_seen: Timestamp, ts: _ToStored) -> di
         "name": record.name,
         "flow_name": record.flow_name,
         "parent_flow_run_id": record.parent_flow_run_id,
-        "parameters": _encode_parameters(record.parameters),
+        "parameters": encode_parameters(record.parameters),
         "state_type": record.state_type,
         "state_name": record.state_name,
         "state_message": record.state_message,
@@ -525,6 +519,7 @@ def _state_row(record: StateRecord, ts: _ToStored) -> dict[str, Any]:
         "name": record.name,
         "message": record.message,
         "timestamp": ts(record.timestamp),
+        "uid": record.uid,
     }
 
 
@@ -537,6 +532,7 @@ def _log_row(record: LogEntry, ts: _ToStored) -> dict[str, Any]:
         "message": record.message,
         "created": ts(record.created),
         "exception": record.exception,
+        "uid": record.uid,
     }
 
 
@@ -567,3 +563,17 @@ def _upsert_portably(connection: sa.Connection, table: sa.Table, rows: list[dict
     if newer:
         columns: dict[str, Any] = {c.name: sa.bindparam(c.name) for c in table.c if c.name not in ("id", "created")}
         connection.execute(table.update().where(table.c.id == sa.bindparam("b_id")).values(columns), newer)
+
+
+def _insert_new_portably(connection: sa.Connection, table: sa.Table, key: str, rows: list[dict[str, Any]]) -> None:
+    """Insert the rows whose ``key`` the table does not hold yet (``ON CONFLICT DO NOTHING``, portably)."""
+    column = table.c[key]
+    unique = list({row[key]: row for row in rows}.values())
+    keys = [row[key] for row in unique]
+    existing: set[Any] = set()
+    for start in range(0, len(keys), _IN_CHUNK):
+        query = sa.select(column).where(column.in_(keys[start : start + _IN_CHUNK]))
+        existing.update(connection.execute(query).scalars())
+    new = [row for row in unique if row[key] not in existing]
+    if new:
+        connection.execute(table.insert(), new)

@@ -1,4 +1,4 @@
-"""Writing run history off the hot path: an in-memory queue and one writer thread.
+"""Writing run history off the hot path: an in-memory queue, one writer thread, and a spool on disk.
 
 The engine calls :meth:`RunStoreWriter.put` on every state change and log
 record, so ``put`` does as little as can be done: append the record to a
@@ -8,19 +8,32 @@ migrating the database, encoding rows, waiting for locks) happens on the
 writer's daemon thread, which writes what is queued in one transaction every
 ``interval`` seconds, or at once when ``batch_size`` records are waiting.
 
-``flush`` puts a marker in the queue and waits for the writer to reach it, so
-it returns once everything put before it was written (or given up); the end of
-a flow calls it. ``close`` flushes and stops the thread; an ``atexit`` hook
-closes the writers still open when the interpreter exits.
+**Nothing is lost to an outage.** A batch that cannot be written because the
+database is away (an ``OperationalError``: stopped, unreachable, locked beyond
+the busy timeout) is appended to a spool file on local disk (:mod:`.spool`),
+and so is every later batch, in order, while the outage lasts: the flow never
+waits for the database, and memory does not grow with the outage. The writer
+tries the database again with a backoff (``daskflow.runstore.retry.first``,
+doubling up to ``retry.max``), and at once on every ``flush``; once it answers,
+the spool is replayed in order, a transaction per ``max_batch`` records, and
+removed. Writes are idempotent (see :meth:`~.store.RunStore.write`), so a
+replay cut short and started again keeps every record once. A spool left by a
+process that died is adopted and replayed by the next writer of the same
+store, before its own records. Records are dropped only past the spool's bound
+(``daskflow.runstore.spool.max_bytes``, 256 MiB), when the disk refuses them,
+when the database refuses a record itself (it is left out alone: a failed
+batch is split until the refused record is found), when the schema is newer
+than this code, or past ``max_queue`` records waiting in memory; each loss is
+counted (:attr:`RunStoreWriter.dropped`) and the first of a run of losses is
+one :class:`RunStoreWarning` — through ``warnings`` and the
+``daskflow.runstore`` logger — naming the URL (password masked) and why.
+An outage itself is one WARNING log line, and its end one INFO line.
 
-The database failing never fails a run: a batch that cannot be written (the
-file locked beyond the busy timeout, the server unreachable, a newer schema)
-is dropped, and the first loss of an *outage* emits one :class:`RunStoreWarning`
-— through ``warnings`` and the ``daskflow.runstore`` logger — naming the URL
-(password masked) and the error. The writer keeps trying with the next batch;
-the first success ends the outage and logs how many records were lost. If the
-database stays away, memory stays bounded: past ``max_queue`` waiting records,
-``put`` drops and counts instead of queueing.
+``flush`` puts a marker in the queue and waits for the writer to reach it, so
+it returns once everything put before it was written — or, while the database
+does not answer, kept in the spool — or given up; the end of a flow calls it.
+``close`` flushes and stops the thread; an ``atexit`` hook closes the writers
+still open when the interpreter exits.
 """
 
 from __future__ import annotations
@@ -32,12 +45,16 @@ import time
 import warnings
 import weakref
 from collections import deque
-from datetime import UTC, datetime
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daskflow.runstore.errors import RunStoreWarning
+from daskflow import settings
+from daskflow.runstore.errors import RunStoreUnavailableError, RunStoreWarning
 from daskflow.runstore.records import Record
+from daskflow.runstore.spool import SpoolFile, adopt_orphans, encode_frame
+from daskflow.runstore.spool import spool_folder as default_spool_folder
 from daskflow.runstore.urls import mask_password, resolve_url
 
 if TYPE_CHECKING:
@@ -62,6 +79,24 @@ def _records(count: int) -> str:
     return f"{count} record" if count == 1 else f"{count} records"
 
 
+def _database_away(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database did not answer (worth waiting for), not that it refused the data."""
+    if isinstance(exc, (RunStoreUnavailableError, ConnectionError, TimeoutError)):
+        return True
+    import sqlalchemy as sa  # loaded by then: only a store that was opened (or tried) raises
+
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError))
+
+
+def _seconds(key: str, default: float) -> float:
+    import dask.utils
+
+    value = settings.get(key, default)
+    return float(dask.utils.parse_timedelta(value, default="s") or 0.0)
+
+
 class RunStoreWriter:
     """Writes run records to a run store in batches, on its own thread; see the module docstring.
 
@@ -80,6 +115,11 @@ class RunStoreWriter:
     a record — say ``(run, state)`` pairs — and build one snapshot per run per
     batch instead of one per state change. A ``convert`` that raises loses its
     batch like a failed write.
+
+    ``spool_folder`` (default: per store under ``daskflow.runstore.spool.folder``),
+    ``spool_max_bytes`` (``daskflow.runstore.spool.max_bytes``) and
+    ``retry_first``/``retry_max`` (seconds, ``daskflow.runstore.retry.*``) set
+    how an outage is bridged.
     """
 
     def __init__(
@@ -92,7 +132,13 @@ class RunStoreWriter:
         max_queue: int = 200_000,
         busy_timeout: float | None = None,
         convert: Callable[[list[Any]], Iterable[Record]] | None = None,
+        spool_folder: str | Path | None = None,
+        spool_max_bytes: int | None = None,
+        retry_first: float | None = None,
+        retry_max: float | None = None,
     ) -> None:
+        import dask.utils
+
         if isinstance(store, str) or store is None:
             self.url = resolve_url(store)
             self._store: RunStore | None = None
@@ -108,6 +154,12 @@ class RunStoreWriter:
         self._max_queue = max_queue
         self._busy_timeout = busy_timeout
         self._convert = convert
+        self.spool_folder = Path(spool_folder) if spool_folder is not None else default_spool_folder(self.url)
+        if spool_max_bytes is None:
+            spool_max_bytes = int(dask.utils.parse_bytes(settings.get("runstore.spool.max_bytes", "256 MiB")))
+        self._spool_max_bytes = spool_max_bytes
+        self._retry_first = retry_first if retry_first is not None else _seconds("runstore.retry.first", 0.5)
+        self._retry_max = max(retry_max if retry_max is not None else _seconds("runstore.retry.max", 5.0), 0.0)
         self._queue: deque[Any] = deque()  # records (or what convert takes) and flush markers
         self._wake = threading.Event()
         self._lock = threading.Lock()  # guards the counts that put() changes: only on its overflow path
@@ -116,14 +168,21 @@ class RunStoreWriter:
         self._written = 0
         self._dropped = 0
         self._transactions = 0
-        self._outage_since: float | None = None
-        self._outage_lost = 0
+        self._spooled = 0
+        self._replayed = 0
+        self._loss_since: float | None = None  # a run of losses: warned once, counted until a write succeeds
+        self._loss_count = 0
+        self._outage_since: float | None = None  # the database away: records go to the spool meanwhile
+        self._spool: SpoolFile | None = None  # this writer's own spool, appended to while the outage lasts
+        self._backlog: list[SpoolFile] = []  # spools to replay, oldest first (adopted orphans, then our own)
+        self._retry_at = 0.0  # time.monotonic() of the next attempt to reach the database
+        self._retry_wait = self._retry_first
         self._thread = threading.Thread(target=self._run, name="daskflow-runstore-writer", daemon=True)
         self._thread.start()
         _open_writers.add(self)
 
     def __repr__(self) -> str:
-        counts = f"queued={len(self._queue)}, written={self._written}, dropped={self.dropped}"
+        counts = f"queued={len(self._queue)}, written={self._written}, spooled={self._spooled}, dropped={self.dropped}"
         return f"RunStoreWriter({self.display_url!r}, {counts})"
 
     # -- the caller's side ------------------------------------------------------------------
@@ -141,7 +200,11 @@ class RunStoreWriter:
             self._wake.set()
 
     def flush(self, timeout: float | None = 10.0) -> bool:
-        """Wait until every record put before this call is written or given up; False on timeout."""
+        """Wait until every record put before this call is written, spooled or given up; False on timeout.
+
+        A flush also tries the database at once when records wait in a spool: it
+        returns once they are written, or once that attempt failed (they stay spooled).
+        """
         if not self._thread.is_alive():
             return not self._queue
         done = threading.Event()
@@ -150,7 +213,11 @@ class RunStoreWriter:
         return done.wait(timeout)
 
     def close(self, timeout: float | None = 10.0) -> bool:
-        """Flush, stop the writer thread and close the store it opened; False if that took too long."""
+        """Flush, stop the writer thread and close the store it opened; False if that took too long.
+
+        Records still spooled (the database away) stay in their file, which the
+        next writer of this store replays.
+        """
         if self._closed:
             return not self._thread.is_alive()
         flushed = self.flush(timeout)
@@ -162,12 +229,12 @@ class RunStoreWriter:
 
     @property
     def written(self) -> int:
-        """Records (or items, with ``convert``) written so far."""
+        """Records written so far, replayed ones included (with ``convert``: the records it built)."""
         return self._written
 
     @property
     def dropped(self) -> int:
-        """Records given up so far: batches that failed, and records refused by a full queue."""
+        """Records given up so far: refused or past the spool's bound, and records refused by a full queue."""
         return self._dropped + self._overflowed
 
     @property
@@ -175,19 +242,47 @@ class RunStoreWriter:
         """Batches committed so far."""
         return self._transactions
 
+    @property
+    def spooled(self) -> int:
+        """Records appended to a spool file so far (the database away when they were to be written)."""
+        return self._spooled
+
+    @property
+    def replayed(self) -> int:
+        """Records written from spool files so far, this writer's own and adopted ones."""
+        return self._replayed
+
+    @property
+    def backlog(self) -> list[Path]:
+        """The spool files waiting to be replayed, oldest first."""
+        return [spool.path for spool in self._backlog]
+
     # -- the writer's thread ----------------------------------------------------------------
 
     def _run(self) -> None:
         try:
+            # Adopt what a dead writer of this store left, and open the store at once: a spool
+            # is replayed by the next writer even if that writer has nothing to write yet.
+            self._adopt()
+            self._catch_up(force=True, quiet=True)
             while True:
-                self._wake.wait(self._interval)
+                self._wake.wait(self._timeout())
                 self._wake.clear()
                 self._drain()
                 if self._closed and not self._queue:
                     return
         finally:
+            for spool in self._backlog:
+                spool.close()  # the lock goes; the file stays for the next writer
+            self._backlog.clear()
+            self._spool = None
             if self._owns_store and self._store is not None:
                 self._store.close()
+
+    def _timeout(self) -> float:
+        if not self._backlog:
+            return self._interval
+        return min(self._interval, max(self._retry_at - time.monotonic(), 0.01))
 
     def _drain(self) -> None:
         queue = self._queue
@@ -201,33 +296,71 @@ class RunStoreWriter:
                 else:
                     batch.append(item)
             if batch:
-                self._write(batch)
+                self._keep(batch)
             with self._lock:
                 overflowed, self._overflowed = self._overflowed, 0
             if overflowed and not self._closed:
                 self._lose(overflowed, f"the queue was full ({self._max_queue} records waiting)")
+            self._catch_up(force=bool(markers))
             for marker in markers:
                 marker.set()
             if len(batch) < self._max_batch:
                 return
 
-    def _write(self, batch: list[Any]) -> None:
+    def _keep(self, batch: list[Any]) -> None:
+        """Write a batch, or spool it while the database is away (and behind a spool, to keep the order)."""
         try:
-            records = batch if self._convert is None else self._convert(batch)
-            if self._store is None:
-                self._store = self._open()
-            self._store.write(records)
-        except Exception as exc:  # whatever the database does, the runs go on
+            records = list(batch) if self._convert is None else list(self._convert(batch))
+        except Exception as exc:  # whatever the caller's convert does, the runs go on
             self._lose(len(batch), _describe(exc))
             return
-        self._written += len(batch)
+        if self._spool is not None:
+            self._to_spool(records)
+            return
+        try:
+            store = self._open_store()
+        except Exception as exc:
+            if _database_away(exc):
+                self._outage(exc)
+                self._to_spool(records)
+            else:  # a newer schema, a bad URL: nothing to wait for
+                self._lose(len(records), _describe(exc))
+            return
+        pending = self._write_some(store, records)
+        if pending:
+            self._to_spool(pending)
+        else:
+            self._recovered()
+
+    def _write_some(self, store: RunStore, records: list[Record]) -> list[Record]:
+        """Write ``records``; return those left unwritten because the database went away.
+
+        A batch the database refuses for what it holds (not for being away) is
+        split in halves until the refused record is found, and only that one is lost.
+        """
+        if not records:
+            return []
+        try:
+            store.write(records)
+        except Exception as exc:
+            if _database_away(exc):
+                self._outage(exc)
+                return records
+            if len(records) == 1:
+                self._lose(1, _describe(exc))
+                return []
+            middle = len(records) // 2
+            left = self._write_some(store, records[:middle])
+            return left + records[middle:] if left else self._write_some(store, records[middle:])
+        self._written += len(records)
         self._transactions += 1
-        if self._outage_since is not None:
-            _log.info(
-                "The run store at %s is written again; %s from the last %.1f s were not kept.",
-                self.display_url, _records(self._outage_lost), time.time() - self._outage_since,
-            )  # fmt: skip
-            self._outage_since = None
+        return []
+
+    def _open_store(self) -> RunStore:
+        if self._store is None:
+            self._store = self._open()
+            self._adopt()
+        return self._store
 
     def _open(self) -> RunStore:
         # Imported here, on the writer's thread: SQLAlchemy and Alembic take a tenth of a
@@ -237,18 +370,156 @@ class RunStoreWriter:
         busy = DEFAULT_BUSY_TIMEOUT if self._busy_timeout is None else self._busy_timeout
         return RunStore(self.url, busy_timeout=busy)
 
-    def _lose(self, count: int, reason: str) -> None:
-        self._dropped += count
+    # -- the spool --------------------------------------------------------------------------
+
+    def _adopt(self) -> None:
+        """Queue the orphaned spool files of this store for replay, ahead of this writer's own."""
+        mine = {spool.path for spool in self._backlog}
+        try:
+            orphans = adopt_orphans(self.spool_folder, skip=lambda path: path in mine)
+        except OSError as exc:
+            _log.warning("The spool folder %s could not be read (%s); spool files there wait.", self.spool_folder, exc)
+            return
+        if orphans:
+            _log.info(
+                "Found %d spool file(s) of the run store at %s left by a process that stopped (%d bytes); "
+                "replaying them: %s", len(orphans), self.display_url, sum(o.size for o in orphans),
+                ", ".join(o.path.name for o in orphans),
+            )  # fmt: skip
+            own = [spool for spool in self._backlog if spool is self._spool]
+            self._backlog = [s for s in self._backlog if s is not self._spool] + orphans + own
+
+    def _to_spool(self, records: list[Record]) -> None:
+        """Append ``records`` to this writer's spool, dropping those past its bound."""
+        frames: list[bytes] = []
+        unspoolable = 0
+        for record in records:
+            try:
+                frames.append(encode_frame(record))
+            except (TypeError, ValueError):
+                unspoolable += 1
+        if unspoolable:
+            self._lose(unspoolable, "records that cannot be spooled")
+        try:
+            if self._spool is None:
+                self._spool = SpoolFile.create(self.spool_folder, self.url)
+                self._backlog.append(self._spool)
+            spool = self._spool
+            room = self._spool_max_bytes - spool.size
+            keep = 0
+            size = 0
+            for frame in frames:
+                if size + len(frame) > room:
+                    break
+                size += len(frame)
+                keep += 1
+            if keep:
+                spool.append(b"".join(frames[:keep]))
+                self._spooled += keep
+        except OSError as exc:
+            self._lose(len(frames), f"the spool at {self.spool_folder} could not be written: {exc}")
+            return
+        if keep < len(frames):
+            self._lose(
+                len(frames) - keep,
+                f"the spool file {spool.path} reached its bound of {self._spool_max_bytes} bytes "
+                "(daskflow.runstore.spool.max_bytes)",
+            )
+
+    def _catch_up(self, *, force: bool, quiet: bool = False) -> None:
+        """Replay the spooled records, oldest first, if the retry time has come (or ``force``)."""
+        if not self._backlog and not quiet:
+            return
+        if not force and time.monotonic() < self._retry_at:
+            return
+        try:
+            store = self._open_store()
+        except Exception as exc:
+            if not quiet and _database_away(exc):
+                self._outage(exc)
+            self._backoff()
+            return
+        while self._backlog:
+            spool = self._backlog[0]
+            try:
+                chunk = spool.read(self._max_batch)
+            except OSError as exc:
+                _log.warning("The spool file %s could not be read (%s); it is left for later.", spool.path, exc)
+                self._backlog.pop(0).close()
+                continue
+            if chunk.damaged:
+                self._dropped += chunk.damaged
+            pending = self._write_some(store, chunk.records)
+            if pending:
+                self._backoff()
+                return
+            self._replayed += len(chunk.records)
+            spool.offset = chunk.offset
+            if chunk.at_end:
+                self._backlog.pop(0)
+                spool.remove()
+                if spool is self._spool:
+                    self._spool = None
+            self._keep_arrivals()
+        self._recovered()
+
+    def _keep_arrivals(self) -> None:
+        """During a long replay, keep what was put meanwhile (behind the spool), so the queue stays short.
+
+        Only up to the first flush marker: the marker waits for the replay, as flush promises.
+        """
+        queue = self._queue
+        if len(queue) < self._batch_size:
+            return
+        batch: list[Any] = []
+        while queue and len(batch) < self._max_batch and not isinstance(queue[0], threading.Event):
+            batch.append(queue.popleft())
+        if batch:
+            self._keep(batch)
+
+    def _backoff(self) -> None:
+        self._retry_at = time.monotonic() + self._retry_wait
+        self._retry_wait = min(self._retry_wait * 2, self._retry_max)
+
+    def _outage(self, exc: BaseException) -> None:
         if self._outage_since is not None:
-            self._outage_lost += count
             return
         self._outage_since = time.time()
-        self._outage_lost = count
-        since = datetime.fromtimestamp(self._outage_since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        self._retry_wait = self._retry_first
+        self._backoff()
+        _log.warning(
+            "The run store at %s does not answer (%s). Runs go on; their history is kept in a spool file under "
+            "%s and written to the database once it answers again.", self.display_url, _describe(exc),
+            self.spool_folder,
+        )  # fmt: skip
+
+    def _recovered(self) -> None:
+        self._retry_wait = self._retry_first
+        if self._outage_since is not None:
+            _log.info(
+                "The run store at %s answers again after %.1f s; %s replayed from the spool so far.",
+                self.display_url, time.time() - self._outage_since, _records(self._replayed),
+            )  # fmt: skip
+            self._outage_since = None
+        if self._loss_since is not None:
+            _log.info(
+                "The run store at %s is written again; %s from the last %.1f s were not kept.",
+                self.display_url, _records(self._loss_count), time.time() - self._loss_since,
+            )  # fmt: skip
+            self._loss_since = None
+
+    def _lose(self, count: int, reason: str) -> None:
+        self._dropped += count
+        if self._loss_since is not None:
+            self._loss_count += count
+            return
+        self._loss_since = time.time()
+        self._loss_count = count
+        since = datetime.fromtimestamp(self._loss_since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         message = (
             f"Run history was not kept: the run store at {self.display_url} could not be written "
             f"({reason}); {_records(count)} dropped. Runs go on; daskflow keeps trying and keeps "
-            f"history again once the database answers (outage since {since}; "
+            f"history again once the database answers (since {since}; "
             f"{_records(self.dropped)} dropped by this writer so far)."
         )
         _log.warning(message)
