@@ -33,7 +33,8 @@ Each class also subclasses the builtin a user would naturally catch, so
     └── RunStoreError                          the run store cannot be used
         ├── RunStoreUnavailableError (ConnectionError)  unreachable, locked, or refused a statement
         ├── RunStoreVersionError (RuntimeError)  its schema is newer than this daskflow
-        └── AmbiguousRunIdError (LookupError)  a run id prefix matches more than one run
+        ├── AmbiguousRunIdError (LookupError)  a run id prefix matches more than one run
+        └── RunInFlightError (RuntimeError)    a deployment's run is in flight under a live lease
 
 Warnings say that something was not done and the run went on::
 
@@ -46,6 +47,8 @@ Messages say what went wrong, where (task, argument, line) and how to fix it.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "AmbiguousRunIdError",
@@ -67,6 +70,7 @@ __all__ = [
     "ParameterValidationError",
     "ResultError",
     "ResultWarning",
+    "RunInFlightError",
     "RunNotFoundError",
     "RunStoreError",
     "RunStoreUnavailableError",
@@ -226,6 +230,17 @@ class RunStoreVersionError(RunStoreError, RuntimeError):
 
 class AmbiguousRunIdError(RunStoreError, LookupError):
     """A run id prefix matches more than one run."""
+
+
+class RunInFlightError(RunStoreError, RuntimeError):
+    """A scheduled time was not claimed: a run of its deployment is in flight under a live lease.
+
+    ``claim`` is that run's claim (a ``daskflow.runstore.deployments.DeploymentRunInfo``).
+    """
+
+    def __init__(self, message: str, claim: Any) -> None:
+        super().__init__(message)
+        self.claim = claim
 
 
 # -- warnings -----------------------------------------------------------------------------

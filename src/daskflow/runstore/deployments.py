@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from daskflow.exceptions import RunInFlightError
 from daskflow.runstore import schema
-from daskflow.runstore.errors import RunStoreError, RunStoreUnavailableError
+from daskflow.runstore.errors import RunStoreUnavailableError
 
 if TYPE_CHECKING:
     from daskflow.runstore.store import RunStore
@@ -65,18 +66,6 @@ __all__ = [
 ]
 
 RUN_KINDS = ("scheduled", "backfill", "manual")
-
-
-class RunInFlightError(RunStoreError, RuntimeError):
-    """A scheduled time was not claimed: a run of its deployment is in flight under a live lease.
-
-    ``claim`` is that run's claim. (A RunStoreError: it sits under the run store's
-    part of the exception tree in daskflow.exceptions once the trees are merged.)
-    """
-
-    def __init__(self, message: str, claim: DeploymentRunInfo) -> None:
-        super().__init__(message)
-        self.claim = claim
 
 
 @dataclass(frozen=True)
