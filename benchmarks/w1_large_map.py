@@ -66,7 +66,7 @@ CHILD_TIMEOUT_S = 1800
 CONTENDERS = ("daskflow", "raw Dask")
 
 
-def run_client(contender: str, address: str, n: int) -> dict[str, Any]:
+def run_client(contender: str, address: str, n: int, warmup: int = WARMUP_N) -> dict[str, Any]:
     """One contender's run, in this fresh client process, against the cluster at ``address``."""
     quiet_daskflow()
     from distributed import Client
@@ -80,7 +80,7 @@ def run_client(contender: str, address: str, n: int) -> dict[str, Any]:
             run = lambda size: fanout(size)  # noqa: E731
         else:
             run = lambda size: raw_dask_pipeline(client, range(size), [inc], total)  # noqa: E731
-        checked(run(WARMUP_N), WARMUP_N)
+        checked(run(warmup), warmup)
         wait_until_idle(client)
         release_memory()
         before = rss_mib()

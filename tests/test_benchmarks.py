@@ -84,7 +84,7 @@ def test_w1_fanout_gives_the_same_sum_as_raw_dask(bench_client: Any) -> None:
 def test_m1_client_run_reports_its_time_and_memory(bench_client: Any) -> None:
     address = bench_client.scheduler.address
     for contender in w1_large_map.CONTENDERS:
-        figures = w1_large_map.run_client(contender, address, N)
+        figures = w1_large_map.run_client(contender, address, N, warmup=N)
         assert figures["seconds"] > 0, (contender, figures)
         assert 0 < figures["rss_before_mib"] <= figures["peak_rss_mib"], (contender, figures)
 
