@@ -9,9 +9,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# pytest-xdist processes for the suite: most tests wait on worker processes, servers and files,
-# so two per core keep the two cores of CI busy. `make pytest PYTEST_WORKERS=0` runs in one process.
-PYTEST_WORKERS ?= 4
+# pytest-xdist processes for the suite, one per core of CI: most tests wait on Dask worker
+# processes, servers and files, which the other process fills; four on two cores starve the
+# tests that count on a lease being renewed in time. Each process has its own session cluster,
+# PostgreSQL server and moto server, and gets whole files (--dist loadfile), which run in their
+# order. `make pytest PYTEST_WORKERS=0` runs the suite in one process.
+PYTEST_WORKERS ?= 2
 PYTEST_XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist loadfile)
 
 # The oldest dask and distributed that pyproject.toml allows, in a venv of their own: their
