@@ -274,14 +274,17 @@ def local_cluster(config: Mapping[str, Any] | None = None, threads_per_worker: i
     from distributed import Client, LocalCluster
 
     with dask.config.set(dict(config or {})):
-        with LocalCluster(
-            n_workers=2,
-            threads_per_worker=threads_per_worker,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            silence_logs=logging.ERROR,
-        ) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=2,
+                threads_per_worker=threads_per_worker,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+                silence_logs=logging.ERROR,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             try:
                 yield client
             finally:
@@ -386,8 +389,9 @@ def release_memory() -> None:
     if _libc is None:
         try:
             _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            getattr(_libc, "malloc_trim")  # glibc only: AttributeError elsewhere
-        except (OSError, AttributeError):
+        except OSError:
+            _libc = False
+        if _libc and not hasattr(_libc, "malloc_trim"):  # glibc only
             _libc = False
     if _libc:
         _libc.malloc_trim(0)
@@ -568,10 +572,15 @@ def prefect_in_child(script: str | Path, args: Sequence[str], timeout: float) ->
         )
     if figures is None:
         return None, f"Prefect 3 skipped: {error}"
-    return figures, f"Prefect {figures.get('version', '3')} + prefect-dask measured in a child process on the same cluster"
+    return (
+        figures,
+        f"Prefect {figures.get('version', '3')} + prefect-dask measured in a child process on the same cluster",
+    )
 
 
-def child_json(command: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> tuple[dict[str, Any] | None, str]:
+def child_json(
+    command: Sequence[str], timeout: float, env: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any] | None, str]:
     """Run ``command`` and return the JSON object it printed last on stdout, or None and what went wrong."""
     try:
         done = subprocess.run(

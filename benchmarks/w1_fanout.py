@@ -163,7 +163,9 @@ def measure_prefect(address: str, n: int) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = suite_arguments(__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--n", type=int, action="append", help="a size to run; repeatable (default 1,000 and 10,000)")
-    parser.add_argument("--variant", choices=[name for name, _ in CLUSTER_VARIANTS], action="append", help="only this scheduler setting")
+    parser.add_argument(
+        "--variant", choices=[name for name, _ in CLUSTER_VARIANTS], action="append", help="only this scheduler setting"
+    )
     parser.add_argument("--no-prefect", action="store_true", help="do not run the Prefect comparison")
     parser.add_argument("--prefect-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)

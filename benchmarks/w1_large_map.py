@@ -66,7 +66,7 @@ CHILD_TIMEOUT_S = 1800
 CONTENDERS = ("daskflow", "raw Dask")
 
 
-def run_client(contender: str, address: str, n: int) -> dict[str, Any]:
+def run_client(contender: str, address: str, n: int, warmup: int = WARMUP_N) -> dict[str, Any]:
     """One contender's run, in this fresh client process, against the cluster at ``address``."""
     quiet_daskflow()
     from distributed import Client
@@ -80,7 +80,7 @@ def run_client(contender: str, address: str, n: int) -> dict[str, Any]:
             run = lambda size: fanout(size)  # noqa: E731
         else:
             run = lambda size: raw_dask_pipeline(client, range(size), [inc], total)  # noqa: E731
-        checked(run(WARMUP_N), WARMUP_N)
+        checked(run(warmup), warmup)
         wait_until_idle(client)
         release_memory()
         before = rss_mib()
@@ -174,7 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             result.rows.append(row)
             result.notes.extend(notes)
     if "default" not in wanted:
-        result.notes.append("default queuing not run (about 5 min for raw Dask alone at N=100,000); pass --variant default")
+        result.notes.append(
+            "default queuing not run (about 5 min for raw Dask alone at N=100,000); pass --variant default"
+        )
     result.notes.append(
         f"best of {repeats}; each run in a fresh client process connected to one cluster (scheduler in the "
         f"suite's process), after a warm-up of N={WARMUP_N}; B/item = (client peak - RSS before the run) / N"

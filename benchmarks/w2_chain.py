@@ -182,7 +182,9 @@ def measure_variant(
                     row.notes += f"; Prefect {figures['seconds']:.3g} s ({figures['seconds'] / base.best_s:.1f}x)"
             rows.append(row)
             if counts.truncated:
-                notes.append(f"[{variant}] N={n}: a worker's transfer log was full; bytes to client may be undercounted")
+                notes.append(
+                    f"[{variant}] N={n}: a worker's transfer log was full; bytes to client may be undercounted"
+                )
     return rows, notes
 
 
@@ -203,13 +205,20 @@ def measure_prefect(address: str, n: int) -> dict[str, Any]:
     started = time.perf_counter()
     checked(chain(n), n)
     seconds = time.perf_counter() - started
-    return {"version": prefect.__version__, "seconds": seconds, "n": n, "unpickled_in_client": traced_unpickles() - before}
+    return {
+        "version": prefect.__version__,
+        "seconds": seconds,
+        "n": n,
+        "unpickled_in_client": traced_unpickles() - before,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = suite_arguments(__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--n", type=int, action="append", help="a size to run; repeatable (default 1,000 and 10,000)")
-    parser.add_argument("--variant", choices=[name for name, _ in CLUSTER_VARIANTS], action="append", help="only this scheduler setting")
+    parser.add_argument(
+        "--variant", choices=[name for name, _ in CLUSTER_VARIANTS], action="append", help="only this scheduler setting"
+    )
     parser.add_argument("--no-prefect", action="store_true", help="do not run the Prefect comparison")
     parser.add_argument("--prefect-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)

@@ -24,7 +24,7 @@ Prefect server set up with them, which W4's 0.4 s would be lost in.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from common import (
@@ -70,7 +70,9 @@ def total(values: list[int]) -> int:
 
 def peak(intervals: Sequence[tuple[float, float]]) -> int:
     """The most intervals in progress at once."""
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals], key=lambda e: (e[0], e[1]))
+    events = sorted(
+        [(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals], key=lambda e: (e[0], e[1])
+    )
     most = current = 0
     for _, delta in events:
         current += delta
@@ -78,28 +80,46 @@ def peak(intervals: Sequence[tuple[float, float]]) -> int:
     return most
 
 
-def measure_limit(repeats: int) -> tuple[Any, list[str]]:
-    from distributed import Semaphore
-
+def daskflow_limited(client: Any, limit: int = LIMIT) -> Callable[[int], list[tuple[float, float]]]:
+    """The W4 flow on ``client``'s cluster: ``n`` naps under a limit of ``limit``; each nap's (start, end)."""
     from daskflow import flow, task
     from daskflow.task_runners import DaskTaskRunner
 
+    nap_task = task(nap, name="w4-nap", concurrency_limit=limit)
+
+    @flow(name="w4-limit", task_runner=DaskTaskRunner(client=client))
+    def limited(n: int) -> list[tuple[float, float]]:
+        return nap_task.map(range(n)).result()
+
+    return limited
+
+
+def raw_limited(
+    client: Any, limit: int = LIMIT, name: str = "w4-raw-limit"
+) -> Callable[[int], list[tuple[float, float]]]:
+    """The baseline: ``n`` naps in raw Dask, each inside a ``distributed.Semaphore`` of ``limit``."""
+    from distributed import Semaphore
+
+    semaphore = Semaphore(max_leases=limit, name=name)
+
+    def run(n: int) -> list[tuple[float, float]]:
+        futures = client.map(raw_nap, range(n), semaphore=semaphore, pure=False)
+        intervals: list[tuple[float, float]] = client.gather(futures)
+        return intervals
+
+    return run
+
+
+def measure_limit(repeats: int) -> tuple[Any, list[str]]:
     peaks: dict[str, list[int]] = {"daskflow": [], "raw Dask": []}
     with local_cluster(threads_per_worker=10) as client:
-        nap_task = task(nap, name="w4-nap", concurrency_limit=LIMIT)
-
-        @flow(name="w4-limit", task_runner=DaskTaskRunner(client=client))
-        def limited(n: int) -> list[tuple[float, float]]:
-            return nap_task.map(range(n)).result()
-
-        semaphore = Semaphore(max_leases=LIMIT, name="w4-raw-limit")
+        limited, raw = daskflow_limited(client), raw_limited(client)
 
         def run_daskflow() -> None:
             peaks["daskflow"].append(peak(limited(N)))
 
         def run_raw() -> None:
-            futures = client.map(raw_nap, range(N), semaphore=semaphore, pure=False)
-            peaks["raw Dask"].append(peak(client.gather(futures)))
+            peaks["raw Dask"].append(peak(raw(N)))
 
         runs = {"daskflow": run_daskflow, "raw Dask": run_raw}
         settle = lambda: wait_until_idle(client)  # noqa: E731
@@ -134,19 +154,24 @@ def measure_limit(repeats: int) -> tuple[Any, list[str]]:
     return row, notes
 
 
-def measure_cost(variant: str, config: dict[str, Any], n: int, repeats: int) -> Any:
+def daskflow_capped(client: Any) -> Callable[[int, bool], int]:
+    """W1 on ``client``'s cluster, its map under a limit of 100 (never reached) or under none."""
     from daskflow import flow, task
     from daskflow.task_runners import DaskTaskRunner
 
+    plain, capped = task(inc, name="w4-inc"), task(inc, name="w4-inc-capped", concurrency_limit=100)
+    total_task = task(total)
+
+    @flow(name="w4-w1", task_runner=DaskTaskRunner(client=client))
+    def fanout(n: int, limited: bool) -> int:
+        return total_task((capped if limited else plain).map(range(n)))
+
+    return fanout
+
+
+def measure_cost(variant: str, config: dict[str, Any], n: int, repeats: int) -> Any:
     with local_cluster(config) as client:
-        plain, capped = task(inc, name="w4-inc"), task(inc, name="w4-inc-capped", concurrency_limit=100)
-        total_task = task(total)
-        runner = DaskTaskRunner(client=client)
-
-        @flow(name="w4-w1", task_runner=runner)
-        def fanout(n: int, limited: bool) -> int:
-            return total_task((capped if limited else plain).map(range(n)))
-
+        fanout = daskflow_capped(client)
         runs = {"with a limit": lambda: fanout(n, True), "without": lambda: fanout(n, False)}
         settle = lambda: wait_until_idle(client)  # noqa: E731
         alternate(runs, 1, before_each=settle)

@@ -61,11 +61,8 @@ def plain_loop(n: int) -> int:
     return total
 
 
-def measure_daskflow(n: int, calls: int, repeats: int) -> dict[str, Any]:
-    # Run logs still become records, but nothing is printed: hundreds of flow-run lines on stderr
-    # would measure the terminal and bury the table. daskflow sets up its console handler when it
-    # is imported, from dask.config, so the setting goes in the environment first.
-    os.environ.setdefault("DASK_DASKFLOW__LOGGING__CONSOLE", "False")
+def daskflow_workloads() -> tuple[Callable[[int], int], Callable[[], None], Callable[[], None]]:
+    """The flows W6 times: ``n`` direct task calls on the sequential runner, and the two empty flows."""
     from daskflow import flow, task
     from daskflow.task_runners import SequentialTaskRunner, ThreadPoolTaskRunner
 
@@ -80,6 +77,15 @@ def measure_daskflow(n: int, calls: int, repeats: int) -> dict[str, Any]:
 
     empty_sequential = flow(name="empty-sequential", task_runner=SequentialTaskRunner())(empty)
     empty_thread_pool = flow(name="empty-thread-pool", task_runner=ThreadPoolTaskRunner())(empty)
+    return task_calls, empty_sequential, empty_thread_pool
+
+
+def measure_daskflow(n: int, calls: int, repeats: int) -> dict[str, Any]:
+    # Run logs still become records, but nothing is printed: hundreds of flow-run lines on stderr
+    # would measure the terminal and bury the table. daskflow sets up its console handler when it
+    # is imported, from dask.config, so the setting goes in the environment first.
+    os.environ.setdefault("DASK_DASKFLOW__LOGGING__CONSOLE", "False")
+    task_calls, empty_sequential, empty_thread_pool = daskflow_workloads()
 
     # Warm up: the first call of a flow builds its parameter model and imports what it needs lazily.
     assert task_calls(10) == plain_loop(10)

