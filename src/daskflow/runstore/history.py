@@ -115,6 +115,7 @@ class FlowRunDetail:
     updated: datetime
     states: tuple[StateInfo, ...]
     task_runs: tuple[TaskRunInfo, ...]
+    entrypoint: str | None = None  # the flow's import path, when it has one (retry imports it)
 
     @property
     def duration(self) -> float | None:

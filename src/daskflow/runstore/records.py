@@ -64,6 +64,7 @@ class FlowRunRecord:
     traceback: str | None = None  # the failure's formatted traceback
     updated: Timestamp = field(default_factory=time.time)  # when this snapshot was taken
     created: Timestamp | None = None  # when the run was created; None: the first snapshot's time
+    entrypoint: str | None = None  # where the flow imports from ("module:flow", "/path/file.py:flow")
 
 
 @dataclass(slots=True, kw_only=True)
