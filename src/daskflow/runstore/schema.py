@@ -163,6 +163,8 @@ task_runs = sa.Table(
     sa.Column("upstream_ids", sa.Text(), nullable=True),  # JSON list of task run ids (0002)
     # (flow_run_id, cache_hit) answers the task and cache-hit counts of `runs ls` from the index alone.
     sa.Index("ix_task_runs_flow_run", "flow_run_id", "cache_hit"),
+    # (flow_run_id, state_name) counts one run's task runs by state from the index alone (the server, 0007).
+    sa.Index("ix_task_runs_flow_run_state", "flow_run_id", "state_name"),
 )
 
 states = sa.Table(
