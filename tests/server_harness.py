@@ -61,6 +61,8 @@ def prepare(i: int) -> int:
 def hold(total: int, gate: str) -> int:
     logger = get_run_logger()
     logger.info("holding at <script>window.__pwned_log = 1</script> %s", gate)
+    if gate == "fail":
+        raise RuntimeError("asked to fail")
     wait_for_gate(gate)
     logger.info("released %s", gate)
     return total

@@ -323,3 +323,66 @@ def test_the_api_over_100000_flow_runs_and_a_run_of_100000_task_runs(tmp_path: P
         assert [t["map_index"] for t in page["task_runs"]] == list(range(50_000, 50_100)), page["task_runs"][:2]
         status, html = big.get(f"/flow-runs/{BIG_RUN}")
         assert status == 200 and html.count("<tr") < 50, "the flow run page lists no task runs itself: it pages them"
+
+
+# -- the CLI's side ---------------------------------------------------------------------------------
+
+
+def _cli(url: str, folder: Path, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    command = [sys.executable, "-c", "from daskflow.cli import main; main()", "runs", *args, "--url", url]
+    return subprocess.Popen(command, env=flow_env(folder, url), text=True, **kwargs)
+
+
+def test_runs_logs_follow_tails_a_running_flow_until_it_ends(server: Server, folder: Path, store_url: str) -> None:
+    process = run_script(folder, store_url, "1", "follow-gate")
+    try:
+        run_id = _run_of(server, "follow-gate")["id"]
+        follow = _cli(store_url, folder, "logs", run_id[:8], "--follow", stdout=subprocess.PIPE)
+        assert follow.stdout is not None
+        seen = []
+        while not any("holding at" in line for line in seen):  # printed while the run is held
+            line = follow.stdout.readline()
+            assert line, f"runs logs --follow ended early: {seen}"
+            seen.append(line)
+        assert _state(server, run_id) == "Running"
+        (folder / "gates" / "follow-gate").touch()
+        rest, _ = follow.communicate(timeout=60)
+        assert follow.returncode == 0, rest
+        assert "released follow-gate" in rest and "Finished in state Completed" in rest, rest
+    finally:
+        (folder / "gates" / "follow-gate").touch()
+        process.wait(60)
+
+
+def test_runs_retry_runs_a_failed_flow_again_and_its_cached_tasks_hit(
+    server: Server, folder: Path, store_url: str
+) -> None:
+    assert run_script(folder, store_url, "2", "fail").wait(60) != 0
+    failed = _run_of(server, "fail")
+    assert failed["state_name"] == "Failed", failed
+    retry = _cli(store_url, folder, "retry", failed["id"][:8], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = retry.communicate(timeout=120)
+    assert retry.returncode == 1 and "ended Failed" in out, out  # the same parameters fail the same way
+    new_id = out.rsplit("flow run ", 1)[1].split()[0]
+    detail = server.get(f"/api/flow-runs/{new_id}")[1]
+    assert detail["parameters"] == failed["parameters"] and detail["entrypoint"] == failed["entrypoint"], detail
+    assert detail["task_counts"] == {"Cached": 2, "Failed": 1}, detail
+    done = _cli(store_url, folder, "retry", new_id, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert done.wait(120) == 1  # a retry of the retry imports the flow from the same file
+
+
+def test_the_server_over_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    with server_process(tmp_path, postgres_url, "--no-service") as pg:
+        streams = _open_streams(pg.base, 1)
+        try:
+            (tmp_path / "gates" / "pg-gate").touch()
+            assert run_script(tmp_path, postgres_url, "2", "pg-gate").wait(60) == 0
+            received = b""
+            while b"event: state" not in received:
+                received += streams[0].recv(65536)
+        finally:
+            streams[0].close()
+        (run,) = pg.get("/api/flow-runs")[1]["flow_runs"]
+        assert run["state_name"] == "Completed" and run["task_counts"] == {"Completed": 3}, run
+        assert pg.get(f"/flow-runs/{run['id']}")[0] == 200
+        assert pg.get(f"/api/flow-runs/{run['id'][:6]}/logs")[1]["logs"]

@@ -21,7 +21,7 @@ whatever the body then raises or returns.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import importlib.machinery
 import os
 import random
 import sys
@@ -109,6 +109,23 @@ def preset_flow_run_id(run_id: str) -> Iterator[None]:
 _import_paths: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
 
 
+def _finds_by_name(name: str, file: str | None) -> bool:
+    """Whether ``import <name>`` in a fresh process finds ``file`` (not so for a module loaded by path)."""
+    parent, _, last = name.rpartition(".")
+    search = None
+    if parent:
+        search = getattr(sys.modules.get(parent), "__path__", None)
+        if search is None:
+            return False
+    try:  # the path finder, not importlib.util.find_spec: that one answers from sys.modules
+        spec = importlib.machinery.PathFinder.find_spec(last, search)
+    except (ImportError, ValueError):
+        return False
+    if spec is None:
+        return False
+    return file is None or spec.origin is None or os.path.realpath(spec.origin) == os.path.realpath(file)
+
+
 def import_path(fn: Any) -> str | None:
     """Where a flow's function imports from (``module:name``, or ``/path/file.py:name``); None if nowhere.
 
@@ -123,12 +140,7 @@ def import_path(fn: Any) -> str | None:
     path = None
     if module is not None and qualname.isidentifier():  # "<locals>" or a method: nothing to import
         file = getattr(module, "__file__", None)
-        try:
-            spec = importlib.util.find_spec(module.__name__) if module.__name__ != "__main__" else None
-        except (ImportError, ValueError):
-            spec = None
-        # Importable by name only if that name finds this very file (not a module loaded by path).
-        if spec is not None and (file is None or spec.origin is None or os.path.realpath(spec.origin) == os.path.realpath(file)):
+        if module.__name__ != "__main__" and _finds_by_name(module.__name__, file):
             path = f"{module.__name__}:{qualname}"
         elif file:
             path = f"{os.path.abspath(file)}:{qualname}"

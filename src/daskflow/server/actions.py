@@ -23,6 +23,7 @@ import inspect
 import logging
 from datetime import UTC, datetime
 import threading
+import time
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -57,6 +58,9 @@ __all__ = [
 FINAL_TYPES = frozenset(t.value for t in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED))
 _RETRYABLE = frozenset(t.value for t in (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED))
 _log = logging.getLogger("daskflow.server")
+_RECORDED_WITHIN = 15.0  # seconds a Run or Retry waits for its new run to be in the store before answering
+_RECORDED_POLL = 0.05
+_WRITTEN_AFTER_END = 2.0
 
 
 class ActionError(DaskflowError, ValueError):
@@ -110,9 +114,15 @@ def retry_plan(store: RunStore, run: FlowRunDetail) -> RetryPlan:
     return RetryPlan(flow, dict(run.parameters), entrypoint)
 
 
-def start_in_background(name: str, target: Callable[[], Any]) -> str:
-    """Run ``target`` (which starts one flow run) on a daemon thread, with a fresh run id; return the id."""
+def start_in_background(store: RunStore, name: str, target: Callable[[], Any]) -> str:
+    """Run ``target`` (which starts one flow run) on a daemon thread, with a fresh run id; return the id.
+
+    Returns once the run is in the run store (or its thread has ended, or
+    :data:`_RECORDED_WITHIN` seconds passed), so that whoever is told the id can
+    read the run at once: its history is written by the writer thread, a moment later.
+    """
     run_id = new_run_id()
+    ended = threading.Event()
 
     def body() -> None:
         with preset_flow_run_id(run_id):
@@ -120,14 +130,23 @@ def start_in_background(name: str, target: Callable[[], Any]) -> str:
                 target()
             except BaseException:  # the run's own state records a failure; this is what escaped it
                 _log.exception("%s (flow run %s) raised", name, run_id)
+            finally:
+                ended.set()
 
     threading.Thread(target=body, name=f"daskflow-server-{name}", daemon=True).start()
+    deadline = time.monotonic() + _RECORDED_WITHIN
+    while store.resolve_run_id(run_id) is None and time.monotonic() < deadline:
+        if ended.wait(_RECORDED_POLL):
+            # A run that ended is written within the writer's interval; one that never began, never.
+            deadline = min(deadline, time.monotonic() + _WRITTEN_AFTER_END)
     return run_id
 
 
-def retry_in_background(plan: RetryPlan) -> str:
+def retry_in_background(store: RunStore, plan: RetryPlan) -> str:
     """Start the retry on a thread of this process; the new flow run's id."""
-    return start_in_background(f"retry-{plan.flow.name}", lambda: plan.flow(**plan.parameters, return_state=True))
+    return start_in_background(
+        store, f"retry-{plan.flow.name}", lambda: plan.flow(**plan.parameters, return_state=True)
+    )
 
 
 def run_deployment_in_background(deployment: Deployment, store: RunStore, overrides: Mapping[str, Any]) -> str:
@@ -136,6 +155,7 @@ def run_deployment_in_background(deployment: Deployment, store: RunStore, overri
     merged = {**deployment.parameters, **overrides}
     check_parameters(deployment.name, deployment.load_flow(), merged, None)
     return start_in_background(
+        store,
         f"deployment-{deployment.name}",
         lambda: run_once(deployment, store, moment, "manual", dict(overrides), None),
     )

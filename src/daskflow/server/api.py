@@ -245,7 +245,7 @@ def _add_actions(router: APIRouter) -> None:
             plan = actions.retry_plan(store, run)
         except actions.ActionError as exc:
             raise HTTPException(409, str(exc)) from None
-        return {"flow_run_id": actions.retry_in_background(plan), "retry_of": run.id}
+        return {"flow_run_id": actions.retry_in_background(store, plan), "retry_of": run.id}
 
     @router.post("/deployments/{name}/runs", status_code=201, response_model=None)
     def run_deployment(
