@@ -386,3 +386,13 @@ def test_the_server_over_postgresql(postgres_url: str, tmp_path: Path) -> None:
         assert run["state_name"] == "Completed" and run["task_counts"] == {"Completed": 3}, run
         assert pg.get(f"/flow-runs/{run['id']}")[0] == 200
         assert pg.get(f"/api/flow-runs/{run['id'][:6]}/logs")[1]["logs"]
+
+
+def test_import_daskflow_never_imports_the_server() -> None:
+    code = (
+        "import sys, daskflow, daskflow.flows, daskflow.runstore\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('daskflow.server', 'fastapi', 'uvicorn', 'starlette')))\n"
+        "print(loaded)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -27,7 +27,8 @@ from daskflow.runstore.urls import mask_password, resolve_url
 
 __all__ = ["server"]
 
-_SERVICE_STOP_SECONDS = 30.0  # how long the server waits for the service's runs in flight after a stop
+_SERVICE_STOP_SECONDS = 30.0
+_GRACEFUL_SECONDS = 2  # how long the server waits for the service's runs in flight after a stop
 
 
 @click.command()
@@ -105,7 +106,11 @@ def server(
             err=True,
         )
         try:
-            uvicorn.run(create_app(config), host=host, port=port, log_level="warning", access_log=False)
+            # Event streams never end on their own: a stop gives them a moment, then closes them.
+            uvicorn.run(
+                create_app(config), host=host, port=port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=_GRACEFUL_SECONDS,
+            )  # fmt: skip
         finally:
             stop.set()
             if service_thread is not None:

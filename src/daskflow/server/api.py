@@ -212,7 +212,7 @@ def build_router(read_only: bool) -> APIRouter:
     async def events(request: Request, flow_run_id: str | None = None) -> StreamingResponse:
         """Server-sent events: ``state`` (any run entering a state) and ``log`` (a log line)."""
         hub: EventHub = request.app.state.hub
-        subscriber = hub.subscribe(flow_run_id)
+        subscriber = await hub.subscribe(flow_run_id)
         return StreamingResponse(
             sse_stream(hub, subscriber, request.is_disconnected),
             media_type="text/event-stream",

@@ -73,6 +73,7 @@ class EventHub:
         self._state_id = 0
         self._log_id = 0
         self._fresh = True  # no listener since the last poll: skip the backlog, start from now
+        self._starting = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._polling = False
@@ -94,7 +95,15 @@ class EventHub:
                 pass
         sa.event.remove(self.store.engine, "before_cursor_execute", self._count_statement)
 
-    def subscribe(self, flow_run_id: str | None) -> Subscriber:
+    async def subscribe(self, flow_run_id: str | None) -> Subscriber:
+        """A new stream's subscriber: it gets everything written after this returns."""
+        if self._fresh:
+            # The first listener after a quiet spell fixes where the changes start *before* its
+            # stream opens: a state written the moment after it connects must not be skipped.
+            async with self._starting:
+                if self._fresh:
+                    self._state_id, self._log_id = await run_in_threadpool(latest_ids, self.store)
+                    self._fresh = False
         subscriber = Subscriber(flow_run_id)
         self.subscribers.add(subscriber)
         self._wake.set()
@@ -107,10 +116,6 @@ class EventHub:
         # On a worker thread: SQLAlchemy is synchronous. Only this thread touches the ids.
         self._polling = True
         try:
-            if self._fresh:
-                self._state_id, self._log_id = latest_ids(self.store)
-                self._fresh = False
-                return [], []
             changes = changes_after(self.store, self._state_id, self._log_id)
             self._state_id, self._log_id = changes.last_state_id, changes.last_log_id
             return changes.states, changes.logs
@@ -124,6 +129,7 @@ class EventHub:
                 self._fresh = True
                 self._wake.clear()
                 await self._wake.wait()
+                continue  # woken by a subscriber, which has fixed the starting point
             try:
                 states, logs = await run_in_threadpool(self._poll_once)
             except RunStoreError as exc:  # a blip of the database: say so once per poll, keep serving

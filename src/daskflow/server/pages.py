@@ -16,6 +16,8 @@ Content-Security-Policy forbids.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -36,10 +38,17 @@ from daskflow.report.sections import badge
 from daskflow.report.svg import graph_svg, timeline_svg
 from daskflow.runstore import deployments as deployment_rows
 from daskflow.runstore.blocks import list_blocks
-from daskflow.runstore.queries import running_task_counts, started_by, task_run, task_runs_by_id
+from daskflow.runstore.queries import (
+    running_task_counts,
+    started_by,
+    task_run,
+    task_runs_by_id,
+    task_runs_for_drawing,
+    task_state_counts,
+)
 from daskflow.runstore.store import RunStore
 from daskflow.server import actions
-from daskflow.server.api import find_run, jsonable, resolve
+from daskflow.server.api import find_run, jsonable
 from daskflow.server.security import COOKIE_NAME, ServerAccess, session_value
 
 __all__ = ["build_pages"]
@@ -112,21 +121,11 @@ def build_pages(read_only: bool) -> APIRouter:
 
     @router.get("/flow-runs/{run_id}/graph.svg")
     def graph(request: Request, run_id: str) -> Response:
-        store = _store(request)
-        groups = group_task_runs(store.task_runs(resolve(store, run_id)))
-        edges = group_edges(groups)
-        svg = graph_svg(groups, edges, layout_graph(len(groups), list(edges)))
-        return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+        return _drawing(_store(request), run_id, "graph")
 
     @router.get("/flow-runs/{run_id}/timeline.svg")
     def timeline(request: Request, run_id: str) -> Response:
-        store = _store(request)
-        run = find_run(store, run_id)
-        runs = store.task_runs(run.id)
-        starts = [r.start_time for r in runs if r.start_time is not None]
-        origin = min([m for m in (run.start_time, *starts) if m is not None], default=run.created)
-        svg = timeline_svg(layout_timeline(runs, origin))
-        return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+        return _drawing(_store(request), run_id, "timeline")
 
     @router.get("/task-runs/{task_run_id}")
     def task_run_page(request: Request, task_run_id: str) -> HTMLResponse:
@@ -260,3 +259,37 @@ def _field_value(field: dict[str, Any]) -> str:
     if field["input"] == "json" or isinstance(value, (dict, list)):
         return json.dumps(value)
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# The drawings of the last few runs looked at, by (run id, kind), with what they were drawn from:
+# a run's state and its task runs' counts by state. A finished run is drawn once, however often
+# it is viewed; a running one again when a count moved. Only a cache: every entry is checked
+# against the database, so servers sharing a store still agree.
+_DRAWINGS: OrderedDict[tuple[str, str], tuple[Any, str]] = OrderedDict()
+_DRAWINGS_KEPT = 32
+_drawings_lock = threading.Lock()
+
+
+def _drawing(store: RunStore, run_id: str, kind: str) -> Response:
+    run = find_run(store, run_id)
+    fingerprint = (run.updated, run.state_name, tuple(sorted(task_state_counts(store, run.id).items())))
+    with _drawings_lock:
+        cached = _DRAWINGS.get((run.id, kind))
+    if cached is not None and cached[0] == fingerprint:
+        svg = cached[1]
+    else:
+        runs = task_runs_for_drawing(store, run.id)
+        if kind == "graph":
+            groups = group_task_runs(runs)
+            edges = group_edges(groups)
+            svg = graph_svg(groups, edges, layout_graph(len(groups), list(edges)))
+        else:
+            starts = [r.start_time for r in runs if r.start_time is not None]
+            origin = min([m for m in (run.start_time, *starts) if m is not None], default=run.created)
+            svg = timeline_svg(layout_timeline(runs, origin))
+        with _drawings_lock:
+            _DRAWINGS[(run.id, kind)] = (fingerprint, svg)
+            _DRAWINGS.move_to_end((run.id, kind))
+            while len(_DRAWINGS) > _DRAWINGS_KEPT:
+                _DRAWINGS.popitem(last=False)
+    return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
