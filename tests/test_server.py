@@ -252,6 +252,13 @@ def test_read_only_serves_no_state_changing_route(folder: Path, store_url: str) 
         assert read_only.get("/docs")[0] == 200
 
 
+def test_without_a_token_another_host_name_is_refused(server: Server) -> None:
+    # DNS rebinding: another site's name resolving to 127.0.0.1 arrives with that name as Host.
+    status, text = server.get("/api/flow-runs", headers={"Host": "evil.example:4200"})
+    assert status == 421 and "Host header" in text, (status, text)
+    assert server.get("/api/flow-runs", headers={"Host": "localhost"})[0] == 200
+
+
 def test_every_page_carries_a_csp_without_inline_script(server: Server) -> None:
     for path in ("/", "/deployments", "/work-pools", "/concurrency", "/artifacts", "/cache", "/blocks", "/docs"):
         with urllib.request.urlopen(server.base + path, timeout=30) as response:

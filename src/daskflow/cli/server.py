@@ -94,7 +94,7 @@ def server(
             service_thread = threading.Thread(target=service.run, args=(stop,), name="daskflow-service", daemon=True)
             service_thread.start()
         config = ServerConfig(
-            store_url=resolved, token=token, read_only=read_only, event_interval=event_interval,
+            store_url=resolved, host=host, token=token, read_only=read_only, event_interval=event_interval,
             service_name=service_name,
         )  # fmt: skip
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host

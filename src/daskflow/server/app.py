@@ -38,6 +38,7 @@ class ServerConfig:
     """What one server serves: the run store's URL, who may use it, and how often events are polled."""
 
     store_url: str | None = None
+    host: str = "127.0.0.1"  # the address bound: without a token, the Host header must name it (or loopback)
     token: str | None = None
     read_only: bool = False
     event_interval: float = DEFAULT_INTERVAL
@@ -72,7 +73,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.read_only = config.read_only
     app.state.token = config.token
     app.state.token_required = config.token is not None
-    app.add_middleware(SecurityMiddleware, access=ServerAccess(config.token, config.read_only))
+    app.add_middleware(SecurityMiddleware, access=ServerAccess(config.token, config.read_only, config.host))
     app.include_router(build_router(config.read_only))
     app.include_router(build_pages(config.read_only))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

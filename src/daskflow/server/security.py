@@ -14,7 +14,9 @@ A state-changing request (any method but GET and HEAD) must also come from the
 server's own pages: a browser always sends ``Origin`` on such a request, and
 an ``Origin`` that is not this server is refused (403), token or not, so no
 other site can make a signed-in browser cancel a run. A script sends no
-``Origin`` and passes on its token alone. ``--read-only`` answers 405 to every
+``Origin`` and passes on its token alone. Without a token, a request must also
+name this machine in its ``Host`` header, so another site cannot reach the
+server by pointing its own DNS name at 127.0.0.1. ``--read-only`` answers 405 to every
 state-changing request except signing in.
 
 Every answer carries a Content-Security-Policy that allows script only from
@@ -55,7 +57,7 @@ CSP = (
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_OPEN_PATHS = ("/login", "/static/", "/api/health")  # served to anyone: sign-in needs them
+_OPEN_PATHS = ("/login", "/static/")  # served to anyone: sign-in needs them
 MAKE_TOKEN = (
     "Make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))' > ~/.daskflow/server-token "
     "&& chmod 600 ~/.daskflow/server-token, then pass --token-file ~/.daskflow/server-token "
@@ -110,6 +112,16 @@ class ServerAccess:
 
     token: str | None = None
     read_only: bool = False
+    bind_host: str = "127.0.0.1"
+
+    def host_allowed(self, host_header: str) -> bool:
+        """Without a token, only this machine's names: a page of another site that rebinds its
+        own DNS name to 127.0.0.1 (DNS rebinding) sends that name, and is refused."""
+        if self.token is not None:
+            return True
+        name = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+        name = name.strip("[]")
+        return is_loopback(name) or name == self.bind_host
 
     def token_matches(self, given: str) -> bool:
         return self.token is not None and hmac.compare_digest(given.encode(), self.token.encode())
@@ -155,6 +167,12 @@ class SecurityMiddleware(BaseHTTPMiddleware):
 
     async def _checked(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         path = request.url.path
+        if not self.access.host_allowed(request.headers.get("host", "")):
+            return PlainTextResponse(
+                "Refused: this server answers only to its own address (Host header). Open it at "
+                f"http://127.0.0.1 or http://{self.access.bind_host}.",
+                status_code=421,
+            )
         changing = request.method not in _SAFE_METHODS
         if changing:
             origin = request.headers.get("origin")
