@@ -189,6 +189,13 @@ def test_cancel_ends_a_running_flow_and_retry_hits_its_cache(
     assert detail["parameters"] == {"n": 2, "gate": "cancel-gate"} and detail["task_counts"] == {
         "Cached": 2, "Completed": 1,
     }, detail  # fmt: skip
+
+    # The Cache page lists the entries the runs wrote, per task, and clears one task's.
+    page.goto(server.base + "/cache")
+    row = page.locator("tr", has=page.locator("td", has_text="prepare"))
+    sync_api.expect(row.locator("td").nth(1)).not_to_have_text("0")
+    row.locator("button.cache-clear").click()
+    sync_api.expect(row).to_have_count(0, timeout=10_000)
     assert watched.problems == [], watched.problems
 
 

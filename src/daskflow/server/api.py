@@ -278,6 +278,16 @@ def _add_actions(router: APIRouter) -> None:
             return JSONResponse({"detail": [{"parameter": None, "message": str(exc)}]}, status_code=422)
         return {"flow_run_id": run_id, "deployment": record.name}
 
+    @router.post("/cache/{task_name}/clear")
+    def clear_cache(task_name: str) -> dict[str, Any]:
+        """Delete every result cache entry of one task (its next runs miss and recompute)."""
+        from daskflow.results import ResultStore
+
+        results = ResultStore()
+        keys = [entry.key for entry in results.entries() if entry.task_name == task_name]
+        deleted = sum(1 for key in keys if results.delete(key))
+        return {"task_name": task_name, "deleted": deleted, "storage": results.url}
+
     @router.post("/deployments/{name}/pause")
     def pause(request: Request, name: str) -> dict[str, Any]:
         """Stop the scheduling service from firing it (manual runs still work)."""

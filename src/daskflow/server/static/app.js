@@ -304,7 +304,17 @@
     });
   }
 
-  const pages = {"runs": runsPage, "flow-run": flowRunPage, "deployments": deploymentsPage, "deployment": deploymentPage};
+  function cachePage() {
+    document.getElementById("live").hidden = true;
+    for (const button of document.querySelectorAll("button.cache-clear")) {
+      button.addEventListener("click", async () => {
+        const result = await post("/api/cache/" + encodeURIComponent(button.dataset.task) + "/clear");
+        if (result.status === 200) location.reload();
+      });
+    }
+  }
+
+  const pages = {"cache": cachePage, "runs": runsPage, "flow-run": flowRunPage, "deployments": deploymentsPage, "deployment": deploymentPage};
   if (pages[page]) pages[page]();
   else document.getElementById("live").hidden = true;  // nothing on this page changes live
 })();
