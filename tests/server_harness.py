@@ -11,6 +11,7 @@ running without sleeping. Its names and texts are hostile on purpose (an
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "EventStream",
     "FLOWS", "HOSTILE_NAME", "Server", "api", "flow_env", "free_port", "run_script", "server_process", "wait_for",
 ]
 
@@ -187,3 +189,32 @@ def run_script(folder: Path, url: str, *args: str) -> subprocess.Popen[str]:
             [sys.executable, str(script), *args], env=flow_env(folder, url), stdout=log, stderr=subprocess.STDOUT,
             text=True,
         )
+
+
+class EventStream:
+    """One ``GET /api/events`` stream, read one server-sent event at a time."""
+
+    def __init__(self, base: str, query: str = "") -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        self.connection.request("GET", "/api/events" + query, headers={"Accept": "text/event-stream"})
+        self.response = self.connection.getresponse()
+        assert self.response.status == 200, self.response.status
+
+    def next(self) -> tuple[str, dict[str, Any]]:
+        """The next event: its kind (hello, state, log, reset) and its data."""
+        kind, data = "", ""
+        while True:
+            line = self.response.readline().decode()
+            if not line:
+                raise EOFError("the event stream ended")
+            line = line.rstrip("\n")
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                data += line[6:]
+            elif not line and kind:
+                return kind, json.loads(data)
+
+    def close(self) -> None:
+        self.connection.close()

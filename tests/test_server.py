@@ -23,7 +23,15 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the server extra is not installed")
 
-from server_harness import HOSTILE_NAME, Server, flow_env, run_script, server_process, wait_for  # noqa: E402
+from server_harness import (  # noqa: E402
+    HOSTILE_NAME,
+    EventStream,
+    Server,
+    flow_env,
+    run_script,
+    server_process,
+    wait_for,
+)
 
 from daskflow.runstore import FlowRunRecord, RunStore, TaskRunRecord  # noqa: E402
 
@@ -380,18 +388,28 @@ def test_runs_retry_runs_a_failed_flow_again_and_its_cached_tasks_hit(
 
 def test_the_server_over_postgresql(postgres_url: str, tmp_path: Path) -> None:
     with server_process(tmp_path, postgres_url, "--no-service") as pg:
-        streams = _open_streams(pg.base, 1)
+        stream = EventStream(pg.base)
+        events: list[dict[str, Any]] = []
         try:
+            assert stream.next()[0] == "hello"
             (tmp_path / "gates" / "pg-gate").touch()
-            assert run_script(tmp_path, postgres_url, "2", "pg-gate").wait(60) == 0
-            received = b""
-            while b"event: state" not in received:
-                received += streams[0].recv(65536)
+            flow = run_script(tmp_path, postgres_url, "2", "pg-gate")
+            while not (events and events[-1]["run_kind"] == "flow" and events[-1]["type"] == "COMPLETED"):
+                kind, data = stream.next()
+                if kind == "state":
+                    events.append(data)
+            assert flow.wait(60) == 0
         finally:
-            streams[0].close()
+            stream.close()
         (run,) = pg.get("/api/flow-runs")[1]["flow_runs"]
         assert run["state_name"] == "Completed" and run["task_counts"] == {"Completed": 3}, run
+        ids = [event["id"] for event in events]
+        assert len(ids) == len(set(ids)), f"a state was sent twice: {ids}"  # the look-back skips what it sent
+        assert {e["flow_run_id"] for e in events} == {run["id"]}, events
+        assert [e["type"] for e in events if e["run_kind"] == "flow"] == ["RUNNING", "COMPLETED"], events
         assert pg.get(f"/flow-runs/{run['id']}")[0] == 200
+        status, svg = pg.get(f"/flow-runs/{run['id']}/graph.svg")
+        assert status == 200 and "prepare" in svg, svg[:200]
         assert pg.get(f"/api/flow-runs/{run['id'][:6]}/logs")[1]["logs"]
 
 

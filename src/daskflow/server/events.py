@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,8 @@ __all__ = ["DEFAULT_INTERVAL", "EventHub", "Subscriber", "sse_stream"]
 
 DEFAULT_INTERVAL = 0.5  # seconds between polls: the UI promises an update within 2 s
 _QUEUE_SIZE = 5000  # events a subscriber may have waiting before it is told to reset
-_KEEPALIVE_SECONDS = 15.0  # a comment line now and then keeps proxies from closing an idle stream
+_KEEPALIVE_SECONDS = 15.0
+_LOOK_BACK = 200  # ids each poll re-reads on a server database, for commits that land out of id order  # a comment line now and then keeps proxies from closing an idle stream
 _log = logging.getLogger("daskflow.server")
 
 
@@ -77,6 +79,13 @@ class EventHub:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._polling = False
+        # SQLite commits one writer at a time, so ids become visible in order. A server database
+        # hands out ids before commit, so a lower id may appear after a higher one was read: there
+        # each poll looks back over the last ids too, and skips those it has sent.
+        self._lag = 0 if store.engine.dialect.name == "sqlite" else _LOOK_BACK
+        self._seen_states: deque[int] = deque(maxlen=4 * _LOOK_BACK)
+        self._seen_logs: deque[int] = deque(maxlen=4 * _LOOK_BACK)
+        self._floors = (0, 0)
         sa.event.listen(store.engine, "before_cursor_execute", self._count_statement)
 
     def _count_statement(self, *args: Any) -> None:
@@ -103,6 +112,7 @@ class EventHub:
             async with self._starting:
                 if self._fresh:
                     self._state_id, self._log_id = await run_in_threadpool(latest_ids, self.store)
+                    self._floors = (self._state_id, self._log_id)  # what was there before: never sent
                     self._fresh = False
         subscriber = Subscriber(flow_run_id)
         self.subscribers.add(subscriber)
@@ -116,12 +126,23 @@ class EventHub:
         # On a worker thread: SQLAlchemy is synchronous. Only this thread touches the ids.
         self._polling = True
         try:
-            changes = changes_after(self.store, self._state_id, self._log_id)
-            self._state_id, self._log_id = changes.last_state_id, changes.last_log_id
-            return changes.states, changes.logs
+            lag = self._lag
+            changes = changes_after(self.store, max(self._state_id - lag, 0), max(self._log_id - lag, 0))
+            self._state_id = max(self._state_id, changes.last_state_id)
+            self._log_id = max(self._log_id, changes.last_log_id)
+            states = self._unseen(changes.states, self._seen_states, self._floors[0])
+            return states, self._unseen(changes.logs, self._seen_logs, self._floors[1])
         finally:
             self._polling = False
             self.polls += 1
+
+    def _unseen(self, rows: list[dict[str, Any]], seen: deque[int], floor: int) -> list[dict[str, Any]]:
+        if not self._lag:
+            return rows
+        known = set(seen)
+        fresh = [row for row in rows if row["id"] > floor and row["id"] not in known]
+        seen.extend(row["id"] for row in fresh)  # bounded: the oldest ids fall out of the window
+        return fresh
 
     async def _run(self) -> None:
         while True:
