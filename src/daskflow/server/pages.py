@@ -241,7 +241,8 @@ def build_pages(read_only: bool) -> APIRouter:
         configured: str | None = request.app.state.token
         if configured is None or not ServerAccess(configured).token_matches(token):
             return RedirectResponse(f"/login?failed=1&next={quote(next)}", status_code=303)
-        target = next if next.startswith("/") and not next.startswith("//") else "/"
+        # Only a path of this server: "//host" and "/\\host" are other sites to a browser.
+        target = next if next.startswith("/") and not next.startswith(("//", "/\\")) else "/"
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
             COOKIE_NAME, session_value(configured), httponly=True, samesite="strict",
