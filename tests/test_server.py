@@ -421,3 +421,31 @@ def test_import_daskflow_never_imports_the_server() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def _top_level() -> None:
+    """A function at the top of an importable module."""
+
+
+def test_import_path_names_what_another_process_can_import(tmp_path: Path) -> None:
+    import importlib.util
+
+    from daskflow.engine.run_origin import import_path
+
+    assert import_path(_top_level) == f"{__name__}:_top_level"
+    assert import_path(lambda: None) is None  # "<lambda>": nothing to import
+
+    def local() -> None: ...
+
+    assert import_path(local) is None
+    script = tmp_path / "by_path.py"
+    script.write_text("def flow_fn():\n    pass\n")
+    spec = importlib.util.spec_from_file_location("loaded_by_path_xyz", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["loaded_by_path_xyz"] = module  # as daskflow.deployments loads a file: in sys.modules
+    try:
+        spec.loader.exec_module(module)
+        assert import_path(module.flow_fn) == f"{script}:flow_fn"  # its name would not import it elsewhere
+    finally:
+        del sys.modules["loaded_by_path_xyz"]

@@ -21,16 +21,11 @@ whatever the body then raises or returns.
 from __future__ import annotations
 
 import asyncio
-import importlib.machinery
-import os
 import random
-import sys
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Any
 
 from daskflow.concurrency import flow_limit_sizes
@@ -46,6 +41,7 @@ from daskflow.engine.history import recorder as history_recorder
 from daskflow.engine.inputs import resolve_runs
 from daskflow.engine.progress import ProgressDisplay, show_progress
 from daskflow.engine.retries import retry_delay
+from daskflow.engine.run_origin import import_path, take_preset_run_id
 from daskflow.engine.task_engine import split_arguments
 from daskflow.engine.timeouts import call_with_timeout, interrupt_thread
 from daskflow.exceptions import CancelledRunError, ParameterValidationError, RunTimeoutError
@@ -63,16 +59,7 @@ from daskflow.states import (
     TimedOut,
 )
 
-__all__ = [
-    "INTERRUPT_GRACE_SECONDS",
-    "FlowRunEngine",
-    "ReturnValue",
-    "generate_run_name",
-    "import_path",
-    "preset_flow_run_id",
-    "run_flow_async",
-    "run_flow_sync",
-]
+__all__ = ["INTERRUPT_GRACE_SECONDS", "FlowRunEngine", "ReturnValue", "generate_run_name", "run_flow_async", "run_flow_sync"]
 
 _ADJECTIVES = (
     "amber azure bold brave bright calm clever coral crimson daring eager fancy gentle golden "
@@ -89,66 +76,6 @@ _ANIMALS = (
 # How long a cancelled body may take to notice (its futures were cancelled) before its thread
 # is interrupted: an exception thrown into a thread may land anywhere, so it is the last resort.
 INTERRUPT_GRACE_SECONDS = 1.0
-
-
-# A run started from elsewhere (the server's Run and Retry) names its id before it exists, so that
-# the caller can answer with it at once; the next top-level flow run in this context takes it.
-_preset_run_id: ContextVar[str | None] = ContextVar("daskflow_preset_flow_run_id", default=None)
-
-
-@contextmanager
-def preset_flow_run_id(run_id: str) -> Iterator[None]:
-    """Give the next top-level flow run started in this context the id ``run_id``."""
-    token = _preset_run_id.set(run_id)
-    try:
-        yield
-    finally:
-        _preset_run_id.reset(token)
-
-
-_import_paths: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
-
-
-def _finds_by_name(name: str, file: str | None) -> bool:
-    """Whether ``import <name>`` in a fresh process finds ``file`` (not so for a module loaded by path)."""
-    parent, _, last = name.rpartition(".")
-    search = None
-    if parent:
-        search = getattr(sys.modules.get(parent), "__path__", None)
-        if search is None:
-            return False
-    try:  # the path finder, not importlib.util.find_spec: that one answers from sys.modules
-        spec = importlib.machinery.PathFinder.find_spec(last, search)
-    except (ImportError, ValueError):
-        return False
-    if spec is None:
-        return False
-    return file is None or spec.origin is None or os.path.realpath(spec.origin) == os.path.realpath(file)
-
-
-def import_path(fn: Any) -> str | None:
-    """Where a flow's function imports from (``module:name``, or ``/path/file.py:name``); None if nowhere.
-
-    Worked out once per function (a module lookup on disk) and remembered.
-    """
-    try:
-        return _import_paths[fn]
-    except (KeyError, TypeError):
-        pass
-    qualname = getattr(fn, "__qualname__", "")
-    module = sys.modules.get(getattr(fn, "__module__", None) or "")
-    path = None
-    if module is not None and qualname.isidentifier():  # "<locals>" or a method: nothing to import
-        file = getattr(module, "__file__", None)
-        if module.__name__ != "__main__" and _finds_by_name(module.__name__, file):
-            path = f"{module.__name__}:{qualname}"
-        elif file:
-            path = f"{os.path.abspath(file)}:{qualname}"
-    try:
-        _import_paths[fn] = path
-    except TypeError:  # not weakly referenceable: work it out again next time
-        pass
-    return path
 
 
 def generate_run_name() -> str:
@@ -168,16 +95,14 @@ class FlowRunEngine:
         parent_task = get_task_run_context()
         parent_id = parent.flow_run.id if parent is not None else (parent_task.flow_run_id if parent_task else None)
         self.parent = parent
-        preset = _preset_run_id.get() if parent is None and parent_task is None else None
-        if preset is not None:
-            _preset_run_id.set(None)  # the outer run only: its subflows get ids of their own
+        preset = take_preset_run_id() if parent is None and parent_task is None else None
         self.run = FlowRun(
             id=preset or new_run_id(),
             name=generate_run_name(),
             flow_name=self.options.name,
             parameters=self.parameters,
             parent_flow_run_id=parent_id,
-            entrypoint=import_path(flow.fn),
+            entrypoint=import_path(flow.fn),  # recorded so that the run can be retried
         )
         self.context: FlowRunContext | None = None
         self._logger: RunLoggerAdapter | None = None

@@ -32,7 +32,7 @@ from typing import Any
 from daskflow.deployments import Deployment, load_flow
 from daskflow.deployments.running import run_once
 from daskflow.deployments.templates import check_parameters
-from daskflow.engine.flow_engine import preset_flow_run_id
+from daskflow.engine.run_origin import preset_flow_run_id
 from daskflow.exceptions import DaskflowError
 from daskflow.flows import Flow
 from daskflow.runs import new_run_id
