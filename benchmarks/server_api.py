@@ -14,7 +14,8 @@ temporary SQLite store seeded through the store's own ``RunStore.write``:
   ``chromium`` are there) the time until its task table shows, and the number
   of DOM elements, which stays bounded because task runs are paged and maps
   are one node of the graph. Target: under 1 s. The graph and timeline images
-  load after the page; their first drawing is reported on its own.
+  load after the page; their first drawing (one read of every task run, then
+  kept until the run changes) is reported on its own.
 * **S3** live latency: a state written to the store (a commit by another
   process's writer, here this script) until a connected browser's
   ``EventSource`` has it: median and p99 of 30.
@@ -142,10 +143,10 @@ def s2_flow_run_page(base: str, n: int, repeats: int, browser: Any) -> list[Row]
     for _ in range(repeats):
         totals.append(sum(get(base, path)[0] for path in paths))
     median = statistics.median(totals)
-    first_graph = get(base, f"/flow-runs/{BIG_RUN}/graph.svg")[0]
-    first_timeline = get(base, f"/flow-runs/{BIG_RUN}/timeline.svg")[0]
-    again = get(base, f"/flow-runs/{BIG_RUN}/timeline.svg")[0]
-    metrics: dict[str, Any] = {"graph_first_s": first_graph, "timeline_first_s": first_timeline, "timeline_cached_s": again}
+    first = get(base, f"/flow-runs/{BIG_RUN}/graph.svg")[0]  # draws the graph and the timeline from one read
+    other = get(base, f"/flow-runs/{BIG_RUN}/timeline.svg")[0]
+    again = get(base, f"/flow-runs/{BIG_RUN}/graph.svg")[0]
+    metrics: dict[str, Any] = {"drawings_first_s": first, "timeline_after_s": other, "graph_cached_s": again}
     notes = f"median {median * 1000:.0f} ms server time for the page and its 3 API calls (target < 1 s)"
     if browser is not None:
         page = browser.new_page()
@@ -159,8 +160,9 @@ def s2_flow_run_page(base: str, n: int, repeats: int, browser: Any) -> list[Row]
         notes += f"; Chromium: task table shown in {shown * 1000:.0f} ms, {elements} DOM elements"
     rows = [Row("S2", f"flow-run page of a {n:,}-task-run run", n, median, 1.0, "target", notes=notes, metrics=metrics)]
     rows.append(Row(
-        "S2", "its graph + timeline images, first drawing", n, first_graph + first_timeline, 1.0, "target",
-        notes=f"graph {first_graph:.2f} s, timeline {first_timeline:.2f} s; drawn again from cache {again * 1000:.0f} ms",
+        "S2", "its graph + timeline images, first drawing", n, first + other, 1.0, "target",
+        notes=f"both drawn from one read in {first:.2f} s (they load after the page); then {other * 1000:.0f} ms "
+        f"and {again * 1000:.0f} ms from the cache",
     ))  # fmt: skip
     return rows
 

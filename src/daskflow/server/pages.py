@@ -262,35 +262,33 @@ def _field_value(field: dict[str, Any]) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-# The drawings of the last few runs looked at, by (run id, kind), with what they were drawn from:
-# a run's state and its task runs' counts by state. A finished run is drawn once, however often
-# it is viewed; a running one again when a count moved. Only a cache: every entry is checked
-# against the database, so servers sharing a store still agree.
-_DRAWINGS: OrderedDict[tuple[str, str], tuple[Any, str]] = OrderedDict()
-_DRAWINGS_KEPT = 32
-_drawings_lock = threading.Lock()
+# The drawings of the last few runs looked at, by run id, with what they were drawn from: the
+# run's state and its task runs' counts by state. A finished run is drawn once, however often it
+# is viewed; a running one again when a count moved. The page asks for the graph and the timeline
+# at once: both are drawn from one read, the second request waiting for the first. Only a cache:
+# every entry is checked against the database, so servers sharing a store still agree.
+_DRAWINGS: OrderedDict[str, tuple[Any, dict[str, str]]] = OrderedDict()
+_DRAWINGS_KEPT = 16
+_drawing_lock = threading.Lock()
 
 
 def _drawing(store: RunStore, run_id: str, kind: str) -> Response:
     run = find_run(store, run_id)
     fingerprint = (run.updated, run.state_name, tuple(sorted(task_state_counts(store, run.id).items())))
-    with _drawings_lock:
-        cached = _DRAWINGS.get((run.id, kind))
-    if cached is not None and cached[0] == fingerprint:
-        svg = cached[1]
-    else:
-        runs = task_runs_for_drawing(store, run.id)
-        if kind == "graph":
+    with _drawing_lock:
+        cached = _DRAWINGS.get(run.id)
+        if cached is None or cached[0] != fingerprint:
+            runs = task_runs_for_drawing(store, run.id)
             groups = group_task_runs(runs)
             edges = group_edges(groups)
-            svg = graph_svg(groups, edges, layout_graph(len(groups), list(edges)))
-        else:
             starts = [r.start_time for r in runs if r.start_time is not None]
             origin = min([m for m in (run.start_time, *starts) if m is not None], default=run.created)
-            svg = timeline_svg(layout_timeline(runs, origin))
-        with _drawings_lock:
-            _DRAWINGS[(run.id, kind)] = (fingerprint, svg)
-            _DRAWINGS.move_to_end((run.id, kind))
+            drawn = {
+                "graph": graph_svg(groups, edges, layout_graph(len(groups), list(edges))),
+                "timeline": timeline_svg(layout_timeline(runs, origin)),
+            }
+            cached = _DRAWINGS[run.id] = (fingerprint, drawn)
             while len(_DRAWINGS) > _DRAWINGS_KEPT:
                 _DRAWINGS.popitem(last=False)
-    return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+        _DRAWINGS.move_to_end(run.id)
+    return Response(cached[1][kind], media_type="image/svg+xml", headers={"Cache-Control": "no-store"})

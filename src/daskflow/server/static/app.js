@@ -187,10 +187,11 @@
         rows.length ? (taskOffset + 1) + "\u2013" + (taskOffset + rows.length) : "none";
     }
 
+    // The drawings read every task run: they are asked for once the tables show, not before.
     function reloadImages() {
       for (const id of ["graph-img", "timeline-img"]) {
         const img = document.getElementById(id);
-        img.src = img.src.replace(/\?.*$/, "") + "?t=" + Date.now();
+        img.src = img.dataset.src + "?t=" + Date.now();
       }
     }
 
@@ -249,8 +250,7 @@
       if (result.status === 201) location.assign("/flow-runs/" + encodeURIComponent(result.data.flow_run_id));
       else message.textContent = "Not retried: " + detailText(result.data);
     });
-    loadHeader().catch(console.warn);
-    loadTasks().catch(console.warn);
+    Promise.all([loadHeader(), loadTasks()]).catch(console.warn).finally(reloadImages);
     loadLogs().catch(console.warn);
   }
 
