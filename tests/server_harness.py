@@ -82,7 +82,7 @@ if __name__ == "__main__":
     if sys.argv[1] == "deploy":
         from daskflow.deployments import Deployment
 
-        Deployment.build_from_flow(demo, name=sys.argv[2], parameters={"gate": "deploy-gate"}).apply()
+        Deployment.build_from_flow(demo, name=sys.argv[2], parameters={"gate": "deploy-gate"}, tags=["nightly"]).apply()
     else:
         demo(int(sys.argv[1]), sys.argv[2])
 '''

@@ -187,6 +187,11 @@ def test_a_deployment_runs_from_the_api_with_typed_parameters(server: Server, fo
     wait_for(lambda: _state(server, started["flow_run_id"]) == "Completed", 60, "the deployment's run to complete")
     detail = server.get(f"/api/flow-runs/{started['flow_run_id']}")[1]
     assert detail["parameters"] == {"n": 2, "gate": "deploy-gate"} and detail["task_runs_total"] == 3, detail
+    # The runs a deployment started, and those of deployments with a tag (once the run has ended).
+    for query in ("deployment=api-deployment", "tag=nightly", "tag=nightly&deployment=api-deployment"):
+        listed = [r["id"] for r in server.get(f"/api/flow-runs?{query}")[1]["flow_runs"]]
+        assert started["flow_run_id"] in listed, (query, listed)
+    assert server.get("/api/flow-runs?tag=no-such-tag")[1]["flow_runs"] == []
     assert server.post("/api/deployments/api-deployment/pause")[1]["paused"] is True
     assert server.post("/api/deployments/api-deployment/resume")[1]["paused"] is False
 

@@ -86,13 +86,17 @@ def flow_run_page(
     *,
     flow_name: str | None = None,
     states: Sequence[str] = (),
-    deployment_id: str | None = None,
+    deployment_ids: Sequence[str] | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> FlowRunPage:
-    """Flow runs newest first, ``since <= start < until``; a deployment's are those its claims name."""
+    """Flow runs newest first, ``since <= start < until``.
+
+    ``deployment_ids``: only the runs these deployments started (those their claims
+    name; a claim names its run once the run has ended).
+    """
     fr = schema.flow_runs
     query = sa.select(
         fr.c.id, fr.c.name, fr.c.flow_name, fr.c.state_type, fr.c.state_name,
@@ -106,9 +110,11 @@ def flow_run_page(
         query = query.where(schema.started >= since)
     if until is not None:
         query = query.where(schema.started < until)
-    if deployment_id is not None:
+    if deployment_ids is not None:
         dr = schema.deployment_runs
-        claimed = sa.select(dr.c.flow_run_id).where(dr.c.deployment_id == deployment_id, dr.c.flow_run_id.is_not(None))
+        claimed = sa.select(dr.c.flow_run_id).where(
+            dr.c.deployment_id.in_(list(deployment_ids)), dr.c.flow_run_id.is_not(None)
+        )
         query = query.where(fr.c.id.in_(claimed))
     query = query.limit(limit + 1).offset(offset)
     with store.database_errors(), store.engine.connect() as connection:

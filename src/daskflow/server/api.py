@@ -138,19 +138,28 @@ def build_router(read_only: bool) -> APIRouter:
         flow: str | None = None,
         state: list[str] = Query(default=[]),
         deployment: str | None = None,
+        tag: str | None = None,
         since: str | None = None,
         until: str | None = None,
         limit: int = Query(default=50, ge=1, le=500),
         offset: int = Query(default=0, ge=0),
     ) -> dict[str, Any]:
-        """Flow runs newest first, with task runs counted by state; filters combine."""
+        """Flow runs newest first, with task runs counted by state; filters combine.
+
+        ``deployment`` and ``tag`` select the runs that a deployment (with that tag) started.
+        """
         store = _store(request)
-        deployment_id = _deployment(store, deployment).id if deployment else None
+        deployment_ids: list[str] | None = None
+        if deployment:
+            deployment_ids = [_deployment(store, deployment).id]
+        if tag:
+            tagged = {d.id for d in deployment_rows.list_deployments(store) if tag in d.tags}
+            deployment_ids = [d for d in deployment_ids if d in tagged] if deployment_ids is not None else list(tagged)
         page = flow_run_page(
             store,
             flow_name=flow,
             states=[s for s in state if s],
-            deployment_id=deployment_id,
+            deployment_ids=deployment_ids,
             since=parse_since(since, "since"),
             until=parse_since(until, "until"),
             limit=limit,

@@ -100,9 +100,13 @@ def build_pages(read_only: bool) -> APIRouter:
 
     @router.get("/")
     def runs_page(request: Request) -> HTMLResponse:
-        flows = sorted({d.flow_name for d in deployment_rows.list_deployments(_store(request))})
-        names = [d.name for d in deployment_rows.list_deployments(_store(request))]
-        return _page(request, "runs.html", "runs", flows=flows, deployments=names, params=dict(request.query_params))
+        records = deployment_rows.list_deployments(_store(request))
+        flows = sorted({d.flow_name for d in records})
+        tags = sorted({t for d in records for t in d.tags})
+        return _page(
+            request, "runs.html", "runs", flows=flows, deployments=[d.name for d in records], tags=tags,
+            params=dict(request.query_params),
+        )  # fmt: skip
 
     @router.get("/flow-runs/{run_id}")
     def flow_run_page(request: Request, run_id: str) -> Response:
