@@ -454,3 +454,38 @@ def test_import_path_names_what_another_process_can_import(tmp_path: Path) -> No
         assert import_path(module.flow_fn) == f"{script}:flow_fn"  # its name would not import it elsewhere
     finally:
         del sys.modules["loaded_by_path_xyz"]
+
+
+def test_a_dask_run_records_its_dashboard_and_the_page_links_it_while_running(
+    server: Server, store_url: str, history: Any, dask_client: Any
+) -> None:
+    from daskflow import flow, task
+    from daskflow.task_runners import DaskTaskRunner
+
+    @task
+    def one() -> int:
+        return 1
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def on_dask() -> int:
+        return one()
+
+    state = on_dask(return_state=True)
+    recorded = history().flow_run(state.flow_run.id)
+    assert recorded.dashboard_link == dask_client.dashboard_link and recorded.dashboard_link, recorded
+
+    now = time.time()
+    links = {"running": "http://127.0.0.1:8787/status", "ended": "http://127.0.0.1:8787/status",
+             "hostile": "javascript:alert(1)"}  # fmt: skip
+    with RunStore(store_url) as store:
+        store.write([
+            FlowRunRecord(id=f"dddddddd-0000-4000-8000-00000000000{i}", name=name, flow_name="dash",
+                          state_type="COMPLETED" if name == "ended" else "RUNNING",
+                          state_name="Completed" if name == "ended" else "Running",
+                          start_time=now, updated=now, dashboard_link=link)
+            for i, (name, link) in enumerate(links.items())
+        ])  # fmt: skip
+    pages = {name: server.get(f"/flow-runs/dddddddd-0000-4000-8000-00000000000{i}")[1] for i, name in enumerate(links)}
+    assert 'href="http://127.0.0.1:8787/status"' in pages["running"]
+    assert "8787" not in pages["ended"], "a run that ended links to no cluster"
+    assert "javascript:" not in pages["hostile"] and 'id="run-dashboard"' not in pages["hostile"]

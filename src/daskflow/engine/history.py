@@ -210,4 +210,5 @@ def _snapshot(run: FlowRun | TaskRun) -> FlowRunRecord | TaskRunRecord:
         run_count=run.run_count,
         traceback=traceback,
         entrypoint=run.entrypoint,
+        dashboard_link=run.dashboard_link,
     )

@@ -129,6 +129,7 @@ flow_runs = sa.Table(
     sa.Column("created", UTCDateTime(), nullable=False),
     sa.Column("updated", UTCDateTime(), nullable=False),
     sa.Column("entrypoint", sa.Text(), nullable=True),  # the flow's import path, "module:flow" (0007)
+    sa.Column("dashboard_link", sa.Text(), nullable=True),  # the Dask dashboard of the run's cluster (0007)
     sa.Index("ix_flow_runs_flow_name", "flow_name"),
     sa.Index("ix_flow_runs_state_type", "state_type"),
     sa.Index("ix_flow_runs_parent", "parent_flow_run_id"),

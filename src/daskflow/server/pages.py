@@ -31,7 +31,7 @@ from daskflow import settings
 from daskflow.deployments import Deployment
 from daskflow.deployments.work_pools import configured_pools
 from daskflow.exceptions import DaskflowError
-from daskflow.report.artifact_html import render_artifact
+from daskflow.report.artifact_html import render_artifact, safe_href
 from daskflow.report.layout import layout_graph, layout_timeline
 from daskflow.report.model import STATE_STYLES, format_duration, format_time, group_edges, group_task_runs
 from daskflow.report.sections import badge
@@ -94,6 +94,14 @@ def _page(request: Request, template: str, page: str, **values: Any) -> HTMLResp
     return HTMLResponse(html)
 
 
+def _dashboard(link: str | None, state_type: str) -> str | None:
+    """The Dask dashboard to link to: while the run has not ended (a cluster it started ends with
+    it), and only a web address (a stored ``javascript:`` is no link)."""
+    if link is None or state_type in actions.FINAL_TYPES:
+        return None
+    return safe_href(link) if link.lower().startswith(("http://", "https://")) else None
+
+
 def build_pages(read_only: bool) -> APIRouter:
     """The HTML routes (the buttons on them call the API, so read-only needs nothing removed here)."""
     router = APIRouter(include_in_schema=False)
@@ -121,6 +129,7 @@ def build_pages(read_only: bool) -> APIRouter:
         return _page(
             request, "flow_run.html", "flow-run", run=run, artifacts=rendered, subflows=subflows,
             parent=parent, levels=_LEVELS, started_by=started_by(store, run.id),
+            dashboard=_dashboard(run.dashboard_link, run.state_type),
         )  # fmt: skip
 
     @router.get("/flow-runs/{run_id}/graph.svg")
