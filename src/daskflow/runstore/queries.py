@@ -22,6 +22,7 @@ Errors are the store's: a database that cannot be used raises
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,12 @@ class Changes:
     logs: list[dict[str, Any]] = field(default_factory=list)
     last_state_id: int = 0
     last_log_id: int = 0
+
+
+def _columns(table: sa.Table, kind: type) -> list[sa.Column[Any]]:
+    """The columns of ``table`` that the dataclass ``kind`` has fields for (a later column is not read)."""
+    wanted = {f.name for f in dataclasses.fields(kind)}
+    return [c for c in table.c if c.name in wanted]
 
 
 def _state_filter(column_type: Any, column_name: Any, wanted: Sequence[str]) -> Any:
@@ -150,7 +157,7 @@ def flow_run_header(store: RunStore, flow_run_id: str) -> FlowRunDetail | None:
     """One flow run and its states, without its task runs (``task_runs`` is empty: page them instead)."""
     fr, st = schema.flow_runs, schema.states
     with store.database_errors(), store.engine.connect() as connection:
-        row = connection.execute(sa.select(fr).where(fr.c.id == flow_run_id)).first()
+        row = connection.execute(sa.select(*_columns(fr, FlowRunDetail)).where(fr.c.id == flow_run_id)).first()
         if row is None:
             return None
         query = sa.select(st.c.run_id, st.c.run_kind, st.c.type, st.c.name, st.c.message, st.c.timestamp)
@@ -176,7 +183,7 @@ def task_runs_by_id(store: RunStore, ids: Sequence[str]) -> list[TaskRunInfo]:
     """The task runs with these ids (those that exist), in creation order."""
     tr = schema.task_runs
     found: list[TaskRunInfo] = []
-    columns = [c for c in tr.c if c.name != "updated"]
+    columns = _columns(tr, TaskRunInfo)
     with store.database_errors(), store.engine.connect() as connection:
         for start in range(0, len(ids), _IN_CHUNK):
             query = sa.select(*columns).where(tr.c.id.in_(list(ids[start : start + _IN_CHUNK])))
@@ -243,7 +250,7 @@ def task_run_page(
     ``name`` matches a task run name or a task name, or a part of either.
     """
     tr = schema.task_runs
-    query = sa.select(*(c for c in tr.c if c.name != "updated")).where(tr.c.flow_run_id == flow_run_id)
+    query = sa.select(*_columns(tr, TaskRunInfo)).where(tr.c.flow_run_id == flow_run_id)
     if states:
         query = query.where(_state_filter(tr.c.state_type, tr.c.state_name, states))
     if name:
@@ -273,7 +280,7 @@ def logs_after(
 ) -> list[LogInfo]:
     """A flow run's log records with ids above ``after``, oldest first (at most ``limit``)."""
     lg = schema.logs
-    query = sa.select(lg).where(lg.c.flow_run_id == flow_run_id, lg.c.id > after)
+    query = sa.select(*_columns(lg, LogInfo)).where(lg.c.flow_run_id == flow_run_id, lg.c.id > after)
     if min_level is not None:
         query = query.where(lg.c.level >= min_level)
     if task_run_id is not None:
