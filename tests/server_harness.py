@@ -82,7 +82,12 @@ if __name__ == "__main__":
     if sys.argv[1] == "deploy":
         from daskflow.deployments import Deployment
 
-        Deployment.build_from_flow(demo, name=sys.argv[2], parameters={"gate": "deploy-gate"}, tags=["nightly"]).apply()
+        from daskflow.deployments import WorkPool
+
+        pool = WorkPool(address=sys.argv[3]) if len(sys.argv) > 3 else None
+        Deployment.build_from_flow(
+            demo, name=sys.argv[2], parameters={"gate": "deploy-gate"}, tags=["nightly"], work_pool=pool
+        ).apply()
     else:
         demo(int(sys.argv[1]), sys.argv[2])
 '''

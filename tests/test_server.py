@@ -489,3 +489,15 @@ def test_a_dask_run_records_its_dashboard_and_the_page_links_it_while_running(
     assert 'href="http://127.0.0.1:8787/status"' in pages["running"]
     assert "8787" not in pages["ended"], "a run that ended links to no cluster"
     assert "javascript:" not in pages["hostile"] and 'id="run-dashboard"' not in pages["hostile"]
+
+
+def test_work_pools_show_their_live_workers(server: Server, folder: Path, store_url: str, dask_cluster: Any) -> None:
+    address = dask_cluster.scheduler_address
+    assert run_script(folder, store_url, "deploy", "on-cluster", address).wait(60) == 0
+    assert run_script(folder, store_url, "deploy", "on-nothing", "tcp://127.0.0.1:9").wait(60) == 0
+    status, html = server.get("/work-pools")
+    assert status == 200
+    row = html.split(f'<tr data-pool="{address}">', 1)[1].split("</tr>", 1)[0]
+    assert "2 workers" in row and "on-cluster" in row, row  # the session cluster: 2 workers
+    dead = html.split('<tr data-pool="tcp://127.0.0.1:9">', 1)[1].split("</tr>", 1)[0]
+    assert "unreachable" in dead and "on-nothing" in dead, dead

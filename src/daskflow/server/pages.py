@@ -29,7 +29,6 @@ from markupsafe import Markup
 
 from daskflow import settings
 from daskflow.deployments import Deployment
-from daskflow.deployments.work_pools import configured_pools
 from daskflow.exceptions import DaskflowError
 from daskflow.report.artifact_html import render_artifact, safe_href
 from daskflow.report.layout import layout_graph, layout_timeline
@@ -48,7 +47,8 @@ from daskflow.runstore.queries import (
 )
 from daskflow.runstore.store import RunStore
 from daskflow.server import actions
-from daskflow.server.api import find_run, jsonable
+from daskflow.server.api import find_run
+from daskflow.server.pools import pool_rows
 from daskflow.server.security import COOKIE_NAME, ServerAccess, session_value
 
 __all__ = ["build_pages"]
@@ -187,15 +187,8 @@ def build_pages(read_only: bool) -> APIRouter:
 
     @router.get("/work-pools")
     def work_pools_page(request: Request) -> HTMLResponse:
-        used: dict[str, list[str]] = {}
-        for record in deployment_rows.list_deployments(_store(request)):
-            pool = (record.work_pool or {}).get("name") or "default"
-            used.setdefault(str(pool), []).append(record.name)
-        try:
-            pools = {name: jsonable(value) for name, value in configured_pools().items()}
-        except DaskflowError as exc:
-            pools = {"(configuration error)": str(exc)}
-        return _page(request, "work_pools.html", "work-pools", pools=pools, used=used)
+        rows = pool_rows(deployment_rows.list_deployments(_store(request)))
+        return _page(request, "work_pools.html", "work-pools", rows=rows)
 
     @router.get("/concurrency")
     def concurrency_page(request: Request) -> HTMLResponse:
