@@ -195,15 +195,22 @@
       }
     }
 
+    // A line may come twice: from the first read of the tail and from the event stream, which
+    // opened before that read answered. Each record id is shown once.
+    let shownLogs = new Set();
+
     function appendLog(log) {
-      if (log.level < Number(levelFilter.value)) return;
+      if (log.level < Number(levelFilter.value) || shownLogs.has(log.id)) return;
+      shownLogs.add(log.id);
       const line = el("div", {className: "log level-" + (log.level_name || "").toLowerCase(), "data-log-id": log.id},
         el("span", {className: "time", text: when(log.created)}), " ",
         el("span", {className: "lvl", text: log.level_name || String(log.level)}), " ",
         el("span", {className: "msg", text: log.message}));
       if (log.exception) line.append(el("pre", {text: log.exception}));
       const atBottom = tail.scrollTop + tail.clientHeight >= tail.scrollHeight - 4;
-      tail.append(line);
+      let after = tail.lastElementChild;  // in record order, whichever way a line arrived
+      while (after && Number(after.dataset.logId) > log.id) after = after.previousElementSibling;
+      if (after) after.after(line); else tail.prepend(line);
       if (atBottom) tail.scrollTop = tail.scrollHeight;
     }
 
@@ -211,7 +218,7 @@
       for (;;) {
         const data = await getJSON(base + "/logs?after=" + lastLogId + "&level=" + levelFilter.value);
         data.logs.forEach(appendLog);
-        lastLogId = data.last_id;
+        lastLogId = Math.max(lastLogId, data.last_id);
         if (data.logs.length < 500) return;
       }
     }
@@ -224,18 +231,19 @@
     const refreshImages = throttled(reloadImages, 1500);
     listen("?flow_run_id=" + encodeURIComponent(runId), {
       state: () => { refreshAll(); refreshImages(); },
-      log: (log) => {
-        if (log.id <= lastLogId) return;
-        lastLogId = log.id;
-        appendLog({...log, level_name: levelNames[log.level] || String(log.level)});
-      },
+      log: (log) => appendLog({...log, level_name: levelNames[log.level] || String(log.level)}),
       reset: () => { refreshAll(); loadLogs().catch(console.warn); },
     });
     nameFilter.addEventListener("input", throttled(() => { taskOffset = 0; loadTasks().catch(console.warn); }, 300));
     stateFilter.addEventListener("change", () => { taskOffset = 0; loadTasks().catch(console.warn); });
     document.getElementById("task-prev").addEventListener("click", () => { taskOffset = Math.max(0, taskOffset - taskLimit); loadTasks(); });
     document.getElementById("task-next").addEventListener("click", () => { taskOffset += taskLimit; loadTasks(); });
-    levelFilter.addEventListener("change", () => { tail.replaceChildren(); lastLogId = 0; loadLogs().catch(console.warn); });
+    levelFilter.addEventListener("change", () => {
+      tail.replaceChildren();
+      shownLogs = new Set();
+      lastLogId = 0;
+      loadLogs().catch(console.warn);
+    });
 
     const message = document.getElementById("action-message");
     const cancel = document.getElementById("cancel-button");
