@@ -448,6 +448,7 @@ def where_to_look(state: Any) -> None:
     for line, what in see:
         print(f"  {line:<{width}}    {what}")
     print(f"  the report: {report}  (open it in a browser)")
+    print(f"Watch it live: {command} server   then open http://127.0.0.1:4200/flow-runs/{run.id}")
 
 
 def daskflow_command() -> str:

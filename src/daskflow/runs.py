@@ -174,6 +174,7 @@ class FlowRun(_Run):
     parent_flow_run_id: str | None = None
     task_runs: list[TaskRun] = field(default_factory=list)
     dashboard_link: str | None = None  # the Dask dashboard of the cluster the run used, if any
+    entrypoint: str | None = None  # where the flow imports from, recorded so that the run can be retried
 
     @property
     def cache_hits(self) -> int:

@@ -21,6 +21,7 @@ import time
 from datetime import datetime
 
 import click
+import dask.config
 from rich.text import Text
 
 from daskflow.cli import run_detail
@@ -51,6 +52,8 @@ from daskflow.cli.output import (
 from daskflow.report import write_report
 from daskflow.runstore import FlowRunSummary, LogInfo, TaskRunInfo
 from daskflow.runstore.cancellation import request_cancel
+from daskflow.runstore.queries import flow_run_header, logs_after
+from daskflow.runstore.urls import resolve_url
 from daskflow.states import StateType
 
 __all__ = ["runs"]
@@ -203,12 +206,21 @@ def runs_show(url: str | None, run_id: str, all_tasks: bool, as_json: bool) -> N
     help="Only records at this level or above.",
 )
 @click.option("--limit", metavar="N", type=click.IntRange(min=1), default=None, help="Only the last N records.")
-def runs_logs(url: str | None, run_id: str, task: str | None, level: str | None, limit: int | None) -> None:
+@click.option(
+    "-f", "--follow", is_flag=True, help="Keep printing new records as the run writes them, until it ends (or Ctrl-C)."
+)
+def runs_logs(
+    url: str | None, run_id: str, task: str | None, level: str | None, limit: int | None, follow: bool
+) -> None:
     """Print a flow run's log records, oldest first.
 
     Its task runs' records are included: time (UTC), level, run name, message,
-    and the exception of a record that had one.
+    and the exception of a record that had one. With --follow, new records are
+    read from the run store as they arrive, until the run ends.
     """
+    if follow:
+        _follow_logs(url, run_id, task, level, limit)
+        return
     min_level = logging.getLevelName(level.upper()) if level is not None else None
     with open_run_store(url) as store:
         flow_run = find_flow_run(store, run_id)
@@ -227,6 +239,64 @@ def runs_logs(url: str | None, run_id: str, task: str | None, level: str | None,
         click.echo(f"No log records{about}{above} in flow run {flow_run_id}.")
         return
     _print_logs(logs, names, flow_run.name)
+
+
+_FOLLOW_POLL_SECONDS = 0.5  # how often --follow reads new records: the store offers nothing to wait on
+
+
+def _follow_logs(url: str | None, run_id: str, task: str | None, level: str | None, limit: int | None) -> None:
+    """``runs logs --follow``: the last records, then each new one, until the run has ended and all are read."""
+    min_level = logging.getLevelName(level.upper()) if level is not None else None
+    with open_run_store(url) as store:
+        flow_run = find_flow_run(store, run_id)
+        after, first = 0, True
+        while True:
+            ended = (flow_run_header(store, flow_run.id) or flow_run).state_type in _FINAL_TYPES
+            batch = logs_after(store, flow_run.id, after=after, min_level=min_level, limit=5000)
+            if batch:
+                after = batch[-1].id
+                task_runs = store.task_runs(flow_run.id)  # new task runs may have started since the last read
+                names = {t.id: t.name for t in task_runs}
+                wanted = _task_run_ids(task_runs, task, flow_run.id) if task else None
+                shown = [log for log in batch if wanted is None or log.task_run_id in wanted]
+                if first and limit is not None:
+                    shown = shown[-limit:]
+                if shown:
+                    _print_logs(shown, names, flow_run.name)
+            first = False
+            if len(batch) == 5000:
+                continue  # a backlog: read on before waiting
+            if ended:
+                return  # records are written before the final state, so none come after this read
+            time.sleep(_FOLLOW_POLL_SECONDS)
+
+
+@runs.command("retry")
+@url_option
+@click.argument("run_id", metavar="ID")
+def runs_retry(url: str | None, run_id: str) -> None:
+    """Run a failed, crashed or cancelled flow run again: same flow, same parameters.
+
+    The flow is imported from the path its run recorded, and runs here, in the
+    foreground, recording its history in the same run store; its tasks whose
+    results are cached hit. Prints the new run's id and final state.
+    """
+    from daskflow.server.actions import ActionError, retry_plan
+
+    resolved = resolve_url(url)
+    with open_run_store(url) as store:
+        flow_run = find_flow_run(store, run_id)
+        try:
+            plan = retry_plan(store, flow_run)
+        except ActionError as exc:
+            raise UsageProblem(str(exc)) from None
+    click.echo(f"Retrying flow run {flow_run.id} ({plan.entrypoint}, parameters {plan.parameters})")
+    with dask.config.set({"daskflow.runstore.url": resolved, "daskflow.runstore.enabled": True}):
+        state = plan.flow(**plan.parameters, return_state=True)
+    new_run = getattr(state, "flow_run", None)
+    click.echo(f"flow run {getattr(new_run, 'id', '?')} ended {state.name}")
+    if not state.is_completed():
+        raise SystemExit(1)
 
 
 

@@ -41,6 +41,7 @@ from daskflow.engine.history import recorder as history_recorder
 from daskflow.engine.inputs import resolve_runs
 from daskflow.engine.progress import ProgressDisplay, show_progress
 from daskflow.engine.retries import retry_delay
+from daskflow.engine.run_origin import import_path, take_preset_run_id
 from daskflow.engine.task_engine import split_arguments
 from daskflow.engine.timeouts import call_with_timeout, interrupt_thread
 from daskflow.exceptions import CancelledRunError, ParameterValidationError, RunTimeoutError
@@ -94,12 +95,14 @@ class FlowRunEngine:
         parent_task = get_task_run_context()
         parent_id = parent.flow_run.id if parent is not None else (parent_task.flow_run_id if parent_task else None)
         self.parent = parent
+        preset = take_preset_run_id() if parent is None and parent_task is None else None
         self.run = FlowRun(
-            id=new_run_id(),
+            id=preset or new_run_id(),
             name=generate_run_name(),
             flow_name=self.options.name,
             parameters=self.parameters,
             parent_flow_run_id=parent_id,
+            entrypoint=import_path(flow.fn),  # recorded so that the run can be retried
         )
         self.context: FlowRunContext | None = None
         self._logger: RunLoggerAdapter | None = None

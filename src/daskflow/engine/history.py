@@ -209,4 +209,6 @@ def _snapshot(run: FlowRun | TaskRun) -> FlowRunRecord | TaskRunRecord:
         end_time=run.end_time,
         run_count=run.run_count,
         traceback=traceback,
+        entrypoint=run.entrypoint,
+        dashboard_link=run.dashboard_link,
     )

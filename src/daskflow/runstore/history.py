@@ -115,6 +115,8 @@ class FlowRunDetail:
     updated: datetime
     states: tuple[StateInfo, ...]
     task_runs: tuple[TaskRunInfo, ...]
+    entrypoint: str | None = None  # the flow's import path, when it has one (retry imports it)
+    dashboard_link: str | None = None  # the Dask dashboard of the cluster the run used, if any
 
     @property
     def duration(self) -> float | None:

@@ -94,6 +94,8 @@ class FlowRunRecord:
     traceback: str | None = None  # the failure's formatted traceback
     updated: Timestamp = field(default_factory=time.time)  # when this snapshot was taken
     created: Timestamp | None = None  # when the run was created; None: the first snapshot's time
+    entrypoint: str | None = None  # where the flow imports from ("module:flow", "/path/file.py:flow")
+    dashboard_link: str | None = None  # the Dask dashboard of the cluster the run used, if any
 
 
 @dataclass(slots=True, kw_only=True)

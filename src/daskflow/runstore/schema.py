@@ -132,6 +132,8 @@ flow_runs = sa.Table(
     sa.Column("traceback", sa.Text(), nullable=True),
     sa.Column("created", UTCDateTime(), nullable=False),
     sa.Column("updated", UTCDateTime(), nullable=False),
+    sa.Column("entrypoint", sa.Text(), nullable=True),  # the flow's import path, "module:flow" (0007)
+    sa.Column("dashboard_link", sa.Text(), nullable=True),  # the Dask dashboard of the run's cluster (0007)
     sa.Index("ix_flow_runs_flow_name", "flow_name"),
     sa.Index("ix_flow_runs_state_type", "state_type"),
     sa.Index("ix_flow_runs_parent", "parent_flow_run_id"),
@@ -166,6 +168,8 @@ task_runs = sa.Table(
     sa.Column("upstream_ids", sa.Text(), nullable=True),  # JSON list of task run ids (0002)
     # (flow_run_id, cache_hit) answers the task and cache-hit counts of `runs ls` from the index alone.
     sa.Index("ix_task_runs_flow_run", "flow_run_id", "cache_hit"),
+    # (flow_run_id, state_name) counts one run's task runs by state from the index alone (the server, 0007).
+    sa.Index("ix_task_runs_flow_run_state", "flow_run_id", "state_name"),
 )
 
 states = sa.Table(

@@ -484,6 +484,8 @@ def _flow_row(record: FlowRunRecord, first_seen: Timestamp, ts: _ToStored) -> di
         "traceback": record.traceback,
         "created": ts(record.created if record.created is not None else first_seen),
         "updated": ts(record.updated),
+        "entrypoint": record.entrypoint,
+        "dashboard_link": record.dashboard_link,
     }
 
 

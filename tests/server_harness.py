@@ -1,0 +1,225 @@
+"""What the server tests share: ``daskflow server`` as a real subprocess, a flow module, and small HTTP calls.
+
+The flow module (:data:`FLOWS`) is written into the test's folder and run as a
+script in its own process, as a user would (``python server_flows.py``), so
+its runs record a file import path that the server can import again for Retry
+and for a deployment's Run. Its ``hold`` task waits for a *gate file*: a test
+lets a run finish by creating the file, so it can watch a run while it is
+running without sleeping. Its names and texts are hostile on purpose (an
+``<img onerror>`` flow name, ``<script>`` in a log line and an artifact).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "EventStream",
+    "FLOWS", "HOSTILE_NAME", "Server", "api", "flow_env", "free_port", "run_script", "server_process", "wait_for",
+]
+
+HOSTILE_NAME = "<img src=x onerror=alert(1)>"
+
+FLOWS = '''
+import os
+import sys
+import time
+from pathlib import Path
+
+from daskflow import flow, get_run_logger, task
+from daskflow.artifacts import create_markdown_artifact
+from daskflow.cache_policies import INPUTS
+
+GATES = Path(os.environ["SERVER_TEST_GATES"])
+
+
+def wait_for_gate(name: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not (GATES / name).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {name} was never opened")
+        time.sleep(0.02)
+
+
+@task(cache_policy=INPUTS)
+def prepare(i: int) -> int:
+    return i * 10
+
+
+@task
+def hold(total: int, gate: str) -> int:
+    logger = get_run_logger()
+    logger.info("holding at <script>window.__pwned_log = 1</script> %s", gate)
+    if gate == "fail":
+        raise RuntimeError("asked to fail")
+    wait_for_gate(gate)
+    logger.info("released %s", gate)
+    return total
+
+
+@flow(name="<img src=x onerror=alert(1)>")
+def demo(n: int = 3, gate: str = "go") -> int:
+    create_markdown_artifact("notes <script>window.__pwned_artifact = 1</script>", key="notes")
+    values = prepare.map(range(n)).result()
+    get_run_logger().info("prepared %d values", len(values))
+    return hold(sum(values), gate)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "deploy":
+        from daskflow.deployments import Deployment
+
+        from daskflow.deployments import WorkPool
+
+        pool = WorkPool(address=sys.argv[3]) if len(sys.argv) > 3 else None
+        Deployment.build_from_flow(
+            demo, name=sys.argv[2], parameters={"gate": "deploy-gate"}, tags=["nightly"], work_pool=pool
+        ).apply()
+    else:
+        demo(int(sys.argv[1]), sys.argv[2])
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+def api(
+    base: str, path: str, *, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """One HTTP call; (status, decoded JSON or text)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data, method=method, headers=dict(headers or {}))
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, raw, kind = response.status, response.read(), response.headers.get("content-type", "")
+    except urllib.error.HTTPError as exc:
+        status, raw, kind = exc.code, exc.read(), exc.headers.get("content-type", "")
+    text = raw.decode()
+    return status, json.loads(text) if "json" in kind else text
+
+
+class Server:
+    """A running ``daskflow server`` subprocess."""
+
+    def __init__(self, process: subprocess.Popen[str], base: str, log: Path) -> None:
+        self.process, self.base, self.log = process, base, log
+
+    def get(self, path: str, **kwargs: Any) -> tuple[int, Any]:
+        return api(self.base, path, **kwargs)
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any]:
+        return api(self.base, path, method="POST", body=body if body is not None else {}, **kwargs)
+
+
+def flow_env(folder: Path, url: str) -> dict[str, str]:
+    """The environment of the flows and the server: one run store, one daskflow home, the gates."""
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = os.pathsep.join([src, str(folder), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["DASK_DASKFLOW__RUNSTORE__URL"] = url
+    env["DASK_DASKFLOW__RUNSTORE__ENABLED"] = "true"
+    env["DASK_DASKFLOW__PROGRESS"] = "false"
+    env["SERVER_TEST_GATES"] = str(folder / "gates")
+    (folder / "gates").mkdir(exist_ok=True)
+    return env
+
+
+@contextmanager
+def server_process(folder: Path, url: str, *args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """``daskflow server --url URL --port <free> ARGS`` until the block ends (then SIGINT, bounded wait)."""
+    port = free_port()
+    log = folder / f"server-{port}.log"
+    command = [sys.executable, "-c", "from daskflow.cli import main; main()", "server", "--url", url]
+    command += ["--port", str(port), "--event-interval", "0.2", *args]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, env=env or flow_env(folder, url), stdout=out, stderr=subprocess.STDOUT, text=True)
+    server = Server(process, f"http://127.0.0.1:{port}", log)
+    try:
+        def up() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"daskflow server exited {process.returncode}: {log.read_text()}")
+            try:
+                return server.get("/api/health")[0] in (200, 401)
+            except OSError:
+                return False
+
+        wait_for(up, 60, "the server to answer /api/health")
+        yield server
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def run_script(folder: Path, url: str, *args: str) -> subprocess.Popen[str]:
+    """Run the flow module as a script (``python server_flows.py ARGS``) in its own process."""
+    script = folder / "server_flows.py"
+    if not script.exists():
+        script.write_text(FLOWS)
+    with open(folder / f"flow-{time.monotonic_ns()}.log", "w") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, str(script), *args], env=flow_env(folder, url), stdout=log, stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+class EventStream:
+    """One ``GET /api/events`` stream, read one server-sent event at a time."""
+
+    def __init__(self, base: str, query: str = "") -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        self.connection.request("GET", "/api/events" + query, headers={"Accept": "text/event-stream"})
+        self.response = self.connection.getresponse()
+        assert self.response.status == 200, self.response.status
+
+    def next(self) -> tuple[str, dict[str, Any]]:
+        """The next event: its kind (hello, state, log, reset) and its data."""
+        kind, data = "", ""
+        while True:
+            line = self.response.readline().decode()
+            if not line:
+                raise EOFError("the event stream ended")
+            line = line.rstrip("\n")
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                data += line[6:]
+            elif not line and kind:
+                return kind, json.loads(data)
+
+    def close(self) -> None:
+        self.connection.close()
