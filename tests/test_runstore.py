@@ -100,17 +100,17 @@ def test_a_database_at_head_opens_without_alembic(tmp_path: Path) -> None:
 @pytest.mark.filterwarnings("ignore:autogenerate skipping metadata-specified expression-based index")
 def test_an_empty_database_is_migrated_to_head_and_matches_the_schema(run_store_url: str) -> None:
     with RunStore(run_store_url) as store:
-        assert store.schema_version == head_revision() == HEAD == "0004"
+        assert store.schema_version == head_revision() == HEAD == "0006"
         with store.engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
             diffs = compare_metadata(context, metadata)
             tables = set(sa.inspect(connection).get_table_names())
         store.write([flow("kept")])
     assert not diffs, f"migrations and schema.py disagree: {diffs}"
-    assert tables == {"flow_runs", "task_runs", "states", "logs", "artifacts", "deployments", "deployment_runs", "cancel_requests", "blocks", VERSION_TABLE}
+    assert tables == {"flow_runs", "task_runs", "states", "logs", "artifacts", "deployments", "deployment_runs", "cancel_requests", "blocks", "variables", VERSION_TABLE}
     with RunStore(run_store_url) as reopened:  # a second open finds head and keeps the data
         commits = count_commits(reopened.engine)
-        assert RunStore(run_store_url).schema_version == "0004"
+        assert RunStore(run_store_url).schema_version == "0006"
         assert [r.id for r in reopened.list_flow_runs()] == ["kept"]
     assert commits == [], "re-opening at head wrote to the database"
 
@@ -131,10 +131,10 @@ def test_stores_opened_at_once_on_an_empty_database_all_migrate_it_once(run_stor
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert not errors and versions == ["0004"] * 4, (errors, versions)
+    assert not errors and versions == ["0006"] * 4, (errors, versions)
     with RunStore(run_store_url) as store, store.engine.connect() as connection:
         rows = connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
-    assert [tuple(r) for r in rows] == [("0004",)]
+    assert [tuple(r) for r in rows] == [("0006",)]
 
 
 def test_a_database_at_an_older_version_is_migrated_and_keeps_its_runs(run_store_url: str) -> None:

@@ -54,7 +54,7 @@ def test_with_options_returns_a_changed_copy() -> None:
         ({"retry_jitter_factor": -1}, "retry_jitter_factor must be a number >= 0"),
         ({"tags": [1, 2]}, "tags must be a list of strings"),
         ({"on_failure": ["not callable"]}, "on_failure must be a function or a list of functions"),
-        ({"result_serializer": "json"}, "result_serializer must be 'parquet' or 'pickle', got 'json'"),
+        ({"result_serializer": "yaml"}, "result_serializer must be 'parquet'.* or 'pickle', got 'yaml'"),
         ({"cache_isolation": "strict"}, "cache_isolation must be one of None, 'none', 'serializable', got 'strict'"),
         ({"concurrency_limit": 0}, "concurrency_limit must be a whole number >= 1, got 0"),
         ({"resources": {"GPU": -1}}, r"resources must map resource names to positive amounts"),

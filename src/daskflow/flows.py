@@ -171,6 +171,25 @@ class Flow(Generic[P, R]):
     def on_cancellation(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         return self._add_hook("on_cancellation", fn)
 
+    def on_running(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: add ``fn(flow, flow_run, state)``, called as each attempt starts running."""
+        return self._add_hook("on_running", fn)
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        """``@flow`` on a method: reading it from an instance (or, for a classmethod, a class) binds it.
+
+        The bound flow is a copy whose function is the bound method, so its
+        parameters are the method's without ``self``/``cls``; as in Prefect.
+        """
+        if instance is None:
+            return self
+        bound = copy.copy(self)
+        bound.fn = self.fn.__get__(instance, owner)  # type: ignore[attr-defined]
+        bound._binder = Binder(bound.fn, self.options.where())
+        bound._schema = ParameterSchema(bound.fn, self.options.where())
+        bound.isasync = self.isasync
+        return bound
+
 
 @overload
 def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...

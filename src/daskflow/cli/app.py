@@ -19,6 +19,7 @@ from daskflow.cli.cache import cache
 from daskflow.cli.deployments import deployment
 from daskflow.cli.runs import runs
 from daskflow.cli.serve import serve
+from daskflow.cli.variables import variable
 
 __all__ = ["main"]
 
@@ -41,3 +42,4 @@ main.add_command(artifacts)
 main.add_command(deployment)
 main.add_command(serve)
 main.add_command(block)
+main.add_command(variable)

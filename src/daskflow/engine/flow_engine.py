@@ -26,13 +26,17 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from daskflow.concurrency import flow_limit_sizes
 from daskflow.context import (
     FlowRunContext,
+    get_current_tags,
     get_flow_run_context,
     get_task_run_context,
+    scheduled_run_info,
+    tags,
     use_flow_run_context,
 )
 from daskflow.engine.cancellation import register as register_cancellable
@@ -57,6 +61,7 @@ from daskflow.states import (
     State,
     TimedOut,
 )
+from daskflow.transactions import call_hooks
 
 __all__ = ["INTERRUPT_GRACE_SECONDS", "FlowRunEngine", "ReturnValue", "generate_run_name", "run_flow_async", "run_flow_sync"]
 
@@ -94,12 +99,17 @@ class FlowRunEngine:
         parent_task = get_task_run_context()
         parent_id = parent.flow_run.id if parent is not None else (parent_task.flow_run_id if parent_task else None)
         self.parent = parent
+        # A scheduler (daskflow serve, flow.serve) says when this run was due and for which deployment.
+        scheduled = scheduled_run_info() if parent is None and parent_task is None else None
         self.run = FlowRun(
             id=new_run_id(),
             name=generate_run_name(),
             flow_name=self.options.name,
             parameters=self.parameters,
             parent_flow_run_id=parent_id,
+            tags=get_current_tags() | scheduled.tags if scheduled is not None else get_current_tags(),
+            scheduled_start_time=(scheduled and scheduled.scheduled_start_time) or datetime.now(UTC),
+            deployment=scheduled.deployment if scheduled is not None else None,
         )
         self.context: FlowRunContext | None = None
         self._logger: RunLoggerAdapter | None = None
@@ -159,6 +169,8 @@ class FlowRunEngine:
             run.set_state(Running())
         else:
             run.set_state(Retrying(f"attempt {run.run_count}"))
+        if self.options.on_running:
+            call_hooks(self.options.on_running, (self.flow, run, run.state), self.logger)
 
     def new_runner(self) -> Any:
         runner = self.options.task_runner
@@ -187,7 +199,8 @@ class FlowRunEngine:
             self._runner = runner
             register_cancellable(self.run.id, self.run.parent_flow_run_id, self.cancel_from_outside, self._store_url)
             try:
-                with use_flow_run_context(ctx):
+                # The run's tags (a deployment's among them) go to every task run it starts.
+                with use_flow_run_context(ctx), tags(*self.run.tags):
                     self._enter_body()
                     yield ctx
             except BaseException as exc:

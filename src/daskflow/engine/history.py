@@ -195,6 +195,7 @@ def _snapshot(run: FlowRun | TaskRun) -> FlowRunRecord | TaskRunRecord:
             slot_wait=run.slot_wait,
             traceback=traceback,
             upstream_ids=run.upstream_ids,
+            tags=tuple(run.tags),
         )
     return FlowRunRecord(
         id=run.id,
@@ -209,4 +210,8 @@ def _snapshot(run: FlowRun | TaskRun) -> FlowRunRecord | TaskRunRecord:
         end_time=run.end_time,
         run_count=run.run_count,
         traceback=traceback,
+        tags=tuple(run.tags),
+        scheduled_start_time=run.scheduled_start_time,
+        deployment_id=run.deployment.id if run.deployment is not None else None,
+        deployment_name=run.deployment.name if run.deployment is not None else None,
     )

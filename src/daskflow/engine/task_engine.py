@@ -55,6 +55,7 @@ from daskflow.states import (
     State,
     TimedOut,
 )
+from daskflow.transactions import call_hooks, commit_of
 
 __all__ = ["TaskRunEngine", "run_coroutine", "run_task_async", "run_task_sync", "split_arguments"]
 
@@ -202,10 +203,11 @@ class TaskRunEngine:
             concurrency_limits=call.concurrency_limits,
             coordination=call.coordination,
             cancel_event=call.cancel_event,
+            flow_facts=call.flow_facts,
         )
         options = self.options
         if options.concurrency_limit is not None or call.concurrency_limits:
-            self.limits = limits_for_task(options.name, options.tags, options.concurrency_limit, call.concurrency_limits)
+            self.limits = limits_for_task(options.name, self.run.tags, options.concurrency_limit, call.concurrency_limits)
         if caching:
             early = self._look_up_cache()
             if early is not None or not self._kept:
@@ -277,6 +279,8 @@ class TaskRunEngine:
         run = self.run
         run.run_count += 1
         run.set_state(Running() if run.run_count == 1 else Retrying(f"attempt {run.run_count}"))
+        if self.options.on_running:
+            call_hooks(self.options.on_running, (self.task, run, run.state), self.logger)
 
     def handle_success(self, value: Any) -> State:
         if self.key is not None and self.store is not None:
@@ -355,6 +359,8 @@ class TaskRunEngine:
         options = self.options
         if state.is_completed():
             hooks = options.on_completion
+            if options.on_commit and not state.is_cached():  # a hit's result was committed by its first run
+                call_hooks(options.on_commit, (commit_of(self.run, state),), self.logger)
         elif state.is_failed() or state.is_crashed():
             hooks = options.on_failure
         else:

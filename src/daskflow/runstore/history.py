@@ -84,6 +84,7 @@ class TaskRunInfo:
     traceback: str | None
     created: datetime
     upstream_ids: tuple[str, ...] = ()  # the task runs whose results this one took
+    tags: tuple[str, ...] = ()
 
     @property
     def retries(self) -> int:
@@ -115,6 +116,10 @@ class FlowRunDetail:
     updated: datetime
     states: tuple[StateInfo, ...]
     task_runs: tuple[TaskRunInfo, ...]
+    tags: tuple[str, ...] = ()
+    scheduled_start_time: datetime | None = None  # when it was due (a deployment's or flow.serve's time)
+    deployment_id: str | None = None
+    deployment_name: str | None = None
 
     @property
     def duration(self) -> float | None:

@@ -64,6 +64,10 @@ class FlowRunRecord:
     traceback: str | None = None  # the failure's formatted traceback
     updated: Timestamp = field(default_factory=time.time)  # when this snapshot was taken
     created: Timestamp | None = None  # when the run was created; None: the first snapshot's time
+    tags: tuple[str, ...] = ()
+    scheduled_start_time: Timestamp | None = None
+    deployment_id: str | None = None
+    deployment_name: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -89,6 +93,7 @@ class TaskRunRecord:
     upstream_ids: tuple[str, ...] = ()  # the task runs whose results this one took
     updated: Timestamp = field(default_factory=time.time)
     created: Timestamp | None = None
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(slots=True, kw_only=True)

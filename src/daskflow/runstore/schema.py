@@ -49,6 +49,7 @@ __all__ = [
     "started",
     "states",
     "task_runs",
+    "variables",
 ]
 
 VERSION_TABLE = "runstore_version"
@@ -128,6 +129,10 @@ flow_runs = sa.Table(
     sa.Column("traceback", sa.Text(), nullable=True),
     sa.Column("created", UTCDateTime(), nullable=False),
     sa.Column("updated", UTCDateTime(), nullable=False),
+    sa.Column("tags", sa.Text(), nullable=True),  # JSON list, sorted (0006)
+    sa.Column("scheduled_start_time", UTCDateTime(), nullable=True),  # when it was due (0006)
+    sa.Column("deployment_id", sa.String(), nullable=True),  # the deployment it ran for (0006)
+    sa.Column("deployment_name", sa.String(), nullable=True),
     sa.Index("ix_flow_runs_flow_name", "flow_name"),
     sa.Index("ix_flow_runs_state_type", "state_type"),
     sa.Index("ix_flow_runs_parent", "parent_flow_run_id"),
@@ -160,6 +165,7 @@ task_runs = sa.Table(
     sa.Column("created", UTCDateTime(), nullable=False),
     sa.Column("updated", UTCDateTime(), nullable=False),
     sa.Column("upstream_ids", sa.Text(), nullable=True),  # JSON list of task run ids (0002)
+    sa.Column("tags", sa.Text(), nullable=True),  # JSON list, sorted (0006)
     # (flow_run_id, cache_hit) answers the task and cache-hit counts of `runs ls` from the index alone.
     sa.Index("ix_task_runs_flow_run", "flow_run_id", "cache_hit"),
 )
@@ -258,4 +264,16 @@ blocks = sa.Table(
     sa.Column("created", UTCDateTime(), nullable=False),
     sa.Column("updated", UTCDateTime(), nullable=False),
     sa.UniqueConstraint("kind", "name", name="uq_blocks_kind_name"),
+)
+
+# Variables (0006): named JSON values that flows read and write (daskflow.variables).
+variables = sa.Table(
+    "variables",
+    metadata,
+    sa.Column("id", sa.String(), primary_key=True),
+    sa.Column("name", sa.String(), nullable=False, unique=True),
+    sa.Column("value", sa.Text(), nullable=False),  # JSON
+    sa.Column("tags", sa.Text(), nullable=True),  # JSON list
+    sa.Column("created", UTCDateTime(), nullable=False),
+    sa.Column("updated", UTCDateTime(), nullable=False),
 )
