@@ -75,6 +75,8 @@ def test_public_names_are_pinned() -> None:
             "flow",
             "get_run_logger",
             "quote",
+            "runtime",
+            "tags",
             "task",
             "unmapped",
             "wait",

@@ -6,7 +6,9 @@ import line. This module only re-exports the public names.
 
 from daskflow._version import __version__
 from daskflow.annotations import allow_failure, quote, unmapped
+from daskflow import runtime
 from daskflow.compiler import compile
+from daskflow.context import tags
 from daskflow.flows import Flow, flow
 from daskflow.futures import DaskflowFuture, as_completed, wait
 from daskflow.logging import get_run_logger
@@ -25,6 +27,8 @@ __all__ = [
     "flow",
     "get_run_logger",
     "quote",
+    "runtime",
+    "tags",
     "task",
     "unmapped",
     "wait",

@@ -33,10 +33,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from daskflow.context import ScheduledRunInfo, starting_scheduled_run
 from daskflow.deployments.templates import render_parameters, template_times
 from daskflow.deployments.work_pools import pool_runner, resolve_work_pool
 from daskflow.exceptions import DeploymentError
 from daskflow.flows import Flow
+from daskflow.runs import DeploymentRef
 from daskflow.runstore.deployments import claim_run, finish_run, list_runs
 from daskflow.schedules import Schedule
 from daskflow.states import State, StateType
@@ -102,8 +104,11 @@ def _run_claimed(
     if claim is None:
         return None
     to_run = flow if runner is None else flow.with_options(task_runner=runner)
+    # The run records its scheduled time and deployment, and takes the deployment's tags (daskflow.runtime).
+    info = ScheduledRunInfo(scheduled_time, DeploymentRef(deployment.id, deployment.name, rendered), frozenset(deployment.tags))
     try:
-        state = _call(to_run, rendered)
+        with starting_scheduled_run(info):
+            state = _call(to_run, rendered)
     except BaseException:
         # The flow never got a final state (a call that does not fit its signature, Ctrl-C):
         # the claim says so rather than look forever in flight.

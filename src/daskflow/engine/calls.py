@@ -53,6 +53,8 @@ class TaskCall:
     coordination: Any = None
     # The flow run's tags, scheduled time, attempt and deployment, for daskflow.runtime.
     flow_facts: FlowRunFacts | None = None
+    # The run's tags when its record is rebuilt elsewhere (a Dask worker); task_run.tags here.
+    run_tags: frozenset[str] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = {name: getattr(self, name) for name in self.__slots__}
