@@ -25,7 +25,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,6 +48,7 @@ from daskflow.engine.retries import retry_delay
 from daskflow.engine.task_engine import split_arguments
 from daskflow.engine.timeouts import call_with_timeout, interrupt_thread
 from daskflow.exceptions import CancelledRunError, ParameterValidationError, RunTimeoutError
+from daskflow.futures import DaskflowFuture
 from daskflow.logging import RunLoggerAdapter, configure_console_logging, install_print_capture, run_logger_for
 from daskflow.runs import FlowRun, new_run_id
 from daskflow.states import (
@@ -60,6 +61,7 @@ from daskflow.states import (
     Running,
     State,
     TimedOut,
+    is_state_iterable,
 )
 from daskflow.transactions import call_hooks
 
@@ -263,8 +265,20 @@ class FlowRunEngine:
         return call_with_timeout(self.flow.fn, args, kwargs, timeout, f"flow run {self.run.name!r}")
 
     def collect_return(self, value: Any) -> ReturnValue:
-        """Wait for the futures in the body's return value and take their values."""
+        """Wait for the futures in the body's return value and take their values (see :class:`ReturnValue`)."""
         ret = ReturnValue()
+        if isinstance(value, DaskflowFuture):
+            value.wait()
+            value = value.state
+        if isinstance(value, State):
+            ret.returned = value
+            return ret
+        # As in Prefect, only a collection of runs alone decides the flow's state; a failed run
+        # next to other values (``("bar", failed_state)``) is part of a completed return value.
+        ret.decides = is_state_iterable(value) or (
+            isinstance(value, (list, tuple, set, frozenset)) and bool(value)
+            and all(isinstance(v, (State, DaskflowFuture)) for v in value)
+        )
         ret.data, _ = resolve_runs(value, ret.on_state)
         return ret
 
@@ -273,6 +287,8 @@ class FlowRunEngine:
         if self.cancel_reason is not None:
             self.cancel(self.cancel_reason)
             return None
+        if ret.returned is not None:
+            return self._returned_state(ret.returned)
         if not ret.failed:
             self.finish(Completed(ret.data, "All states completed."))
             return None
@@ -280,6 +296,20 @@ class FlowRunEngine:
         state = Failed(f"{len(ret.failed)}/{ret.total} states failed: {first.message}", first.exception)
         state.data = ret.data
         return self._failed_attempt(state)
+
+    def _returned_state(self, returned: State) -> float | None:
+        """A body that returned a state (or a run's future) ends in that state, as in Prefect."""
+        if not returned.is_final():
+            message = (
+                f"flow {self.options.name!r} returned the state {returned.name}, which is not final; return a final "
+                "state (Completed, Failed, ...), a value, or the run's future"
+            )
+            return self._failed_attempt(Failed(message))
+        state = returned.copy()
+        if state.is_failed():
+            return self._failed_attempt(state)
+        self.finish(state)
+        return None
 
     def handle_exception(self, exc: BaseException) -> float | None:
         if self.cancel_reason is not None:  # whatever the cancelled body raised on its way out
@@ -342,11 +372,10 @@ class FlowRunEngine:
             hooks = options.on_crashed
         elif state.is_cancelled():
             hooks = options.on_cancellation
-        for hook in hooks:
-            try:
-                hook(self.flow, run, state)
-            except Exception:
-                self.logger.exception("hook %s raised; the run's state is unchanged", getattr(hook, "__name__", hook))
+        if hooks:
+            # Inside the run's context again, so a hook's print under log_prints is logged as the run's.
+            with use_flow_run_context(self.context) if self.context is not None else nullcontext():
+                call_hooks(hooks, (self.flow, run, state), self.logger)
         return state
 
     def outcome(self, return_state: bool) -> Any:
@@ -364,11 +393,15 @@ class ReturnValue:
         self.data: Any = None
         self.failed: list[State] = []
         self.total = 0
+        self.returned: State | None = None  # the body returned a state, or a run's future: the flow's state
+        self.decides = True  # whether the runs in the value decide the flow's state (see collect_return)
 
     def on_state(self, state: State, allowed: bool) -> Any:
         self.total += 1
         if state.is_completed():
             return state.data
+        if not self.decides:
+            return state  # kept as the state, as Prefect keeps it
         self.failed.append(state)
         return state.result(raise_on_failure=False)
 

@@ -283,11 +283,21 @@ class TaskRunEngine:
             call_hooks(self.options.on_running, (self.task, run, run.state), self.logger)
 
     def handle_success(self, value: Any) -> State:
+        if isinstance(value, State):  # the function said how its run ends, as Prefect allows
+            return self._returned_state(value)
         if self.key is not None and self.store is not None:
             version = write_entry(self.store, self.key, value, self.options, self.logger)
             if version is not None:  # downstream keys name this value by the entry's version
                 return self.finish(Completed(KnownValue(value, version)))
         return self.finish(Completed(value))
+
+    def _returned_state(self, returned: State) -> State:
+        if not returned.is_final():
+            return self.finish(Failed(
+                f"{self.where} returned the state {returned.name}, which is not final; return a final state "
+                "(Completed, Failed, ...) or a value"
+            ))
+        return self.finish(returned.copy())
 
     def handle_exception(self, exc: BaseException) -> float | None:
         """Record a failed attempt: seconds to wait before retrying, or None if it was final."""
