@@ -370,3 +370,19 @@ def test_flows_on_methods_and_classmethods_bind_as_in_prefect() -> None:
     state = _Pipelines(2).shifted(x=1, return_state=True)
     assert state.result() == 3 and state.flow_run.parameters == {"x": 1}
     assert _Pipelines.shifted.name == "shifted"
+
+
+def test_map_over_a_dict_iterates_its_keys_on_every_runner(task_runner: Any) -> None:
+    @task
+    def region(name: str) -> str:
+        return name.upper()
+
+    @task
+    def regions() -> dict[str, int]:
+        return {"eu": 1, "us": 2}
+
+    @flow(task_runner=task_runner)
+    def pipeline() -> tuple[list[str], list[str]]:
+        return region.map({"eu": 1, "us": 2}).result(), region.map(regions.submit()).result()
+
+    assert pipeline() == (["EU", "US"], ["EU", "US"])

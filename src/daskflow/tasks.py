@@ -37,7 +37,8 @@ __all__ = ["ResultStorageKey", "Task", "exponential_backoff", "task", "task_inpu
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_STATIC_TYPES = (str, bytes, bytearray, Mapping)
+# Never iterated by .map (Prefect's rule too); a mapping is iterated over its keys, as in Prefect.
+_STATIC_TYPES = (str, bytes, bytearray)
 # Values whose identity says nothing of where they came from: equal ones are often one shared object.
 _UNTRACKED = (str, bytes, int, float, bool, type(None), complex)
 _default_runner: TaskRunner | None = None
@@ -164,9 +165,9 @@ class Task(Generic[P, R]):
         """Start one run per item of the iterable arguments, in one batch.
 
         Iterable arguments (lists, tuples, ranges, generators, sets, futures
-        whose value is a list) are iterated in step; strings, bytes, mappings
-        and DataFrames, and anything wrapped in ``unmapped(...)``, go whole to
-        every run.
+        whose value is a list) are iterated in step, and a dict over its keys,
+        as in Prefect; strings, bytes and DataFrames, and anything wrapped in
+        ``unmapped(...)``, go whole to every run.
         """
         runner = self._runner()
         bound = self._bind(args, kwargs)
@@ -208,7 +209,10 @@ class Task(Generic[P, R]):
             )
         lengths = {name: len(items) for name, items in mapped.items()}
         if len(set(lengths.values())) > 1:
-            detail = ", ".join(f"{name}: {n}" for name, n in lengths.items())
+            detail = ", ".join(
+                f"{name}: {n}{' (a dict: its keys are mapped over)' if isinstance(bound[name], Mapping) else ''}"
+                for name, n in lengths.items()
+            )
             raise ConfigurationError(
                 f"{where}: .map() got iterables of different lengths ({detail}); "
                 "give them the same length, or wrap the ones to pass whole in unmapped(...)"
