@@ -76,6 +76,7 @@ def test_public_names_are_pinned() -> None:
             "get_run_logger",
             "quote",
             "runtime",
+            "serve",
             "tags",
             "task",
             "unmapped",

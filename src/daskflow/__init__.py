@@ -9,7 +9,7 @@ from daskflow.annotations import allow_failure, quote, unmapped
 from daskflow import runtime
 from daskflow.compiler import compile
 from daskflow.context import tags
-from daskflow.flows import Flow, flow
+from daskflow.flows import Flow, flow, serve
 from daskflow.futures import DaskflowFuture, as_completed, wait
 from daskflow.logging import get_run_logger
 from daskflow.states import State
@@ -28,6 +28,7 @@ __all__ = [
     "get_run_logger",
     "quote",
     "runtime",
+    "serve",
     "tags",
     "task",
     "unmapped",

@@ -261,6 +261,7 @@ def serve_flow(
     limit: int | None = None,
     clock: Clock | None = None,
     stop: threading.Event | None = None,
+    tags: frozenset[str] = frozenset(),
 ) -> list[State]:
     """Run ``flow`` at each time of ``schedule`` in this process until stopped; return the runs' final states.
 
@@ -274,6 +275,7 @@ def serve_flow(
     render_parameters(parameters, datetime.now(UTC), None)  # an unknown template fails now, not at the first run
     session = _ServeSession(flow, dict(parameters or {}), on_stop, label, stop or threading.Event())
     session.deployment_name = name
+    session.tags = frozenset(tags)
     configure_console_logging()
     with session.signals():
         return run_schedule(schedule, session.fire, stop=session.stop, clock=clock, limit=limit, name=label)
@@ -292,6 +294,7 @@ class _ServeSession:
         self.wake = threading.Event()  # the waiting main thread looks at the flags again
         self.signals_seen = 0
         self.deployment_name: str | None = None  # serve(name=...): what daskflow.runtime.deployment.name says
+        self.tags: frozenset[str] = frozenset()  # serve(tags=...): every run's tags
 
     @contextmanager
     def signals(self) -> Iterator[None]:
@@ -320,7 +323,7 @@ class _ServeSession:
         finished = threading.Event()
 
         deployment = DeploymentRef(None, self.deployment_name, parameters) if self.deployment_name else None
-        info = ScheduledRunInfo(scheduled_start_time=slot.scheduled_time, deployment=deployment)
+        info = ScheduledRunInfo(scheduled_start_time=slot.scheduled_time, deployment=deployment, tags=self.tags)
 
         def run() -> None:
             try:
