@@ -17,6 +17,7 @@ from daskflow.cli.artifacts import artifacts
 from daskflow.cli.blocks import block
 from daskflow.cli.cache import cache
 from daskflow.cli.deployments import deployment
+from daskflow.cli.events import events
 from daskflow.cli.runs import runs
 from daskflow.cli.serve import serve
 from daskflow.cli.variables import variable
@@ -43,3 +44,4 @@ main.add_command(deployment)
 main.add_command(serve)
 main.add_command(block)
 main.add_command(variable)
+main.add_command(events)

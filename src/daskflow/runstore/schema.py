@@ -42,6 +42,7 @@ __all__ = [
     "cancel_requests",
     "deployment_runs",
     "deployments",
+    "events",
     "flow_runs",
     "logs",
     "metadata",
@@ -276,4 +277,21 @@ variables = sa.Table(
     sa.Column("tags", sa.Text(), nullable=True),  # JSON list
     sa.Column("created", UTCDateTime(), nullable=False),
     sa.Column("updated", UTCDateTime(), nullable=False),
+)
+
+# Events (0006): what emit_event() recorded (daskflow.events); state changes are read from `states`.
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.String(), primary_key=True),
+    sa.Column("occurred", UTCDateTime(), nullable=False),
+    sa.Column("event", sa.String(), nullable=False),
+    sa.Column("resource_id", sa.String(), nullable=False),
+    sa.Column("resource", sa.Text(), nullable=False),  # JSON object of labels
+    sa.Column("payload", sa.Text(), nullable=True),  # JSON
+    sa.Column("related", sa.Text(), nullable=True),  # JSON list of resources
+    sa.Column("flow_run_id", sa.String(), nullable=True),
+    sa.Column("task_run_id", sa.String(), nullable=True),
+    sa.Index("ix_events_occurred", "occurred"),
+    sa.Index("ix_events_event", "event"),
 )

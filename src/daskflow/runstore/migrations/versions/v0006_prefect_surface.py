@@ -1,4 +1,4 @@
-"""Tags on runs, a flow run's scheduled time and deployment, and variables (issue 16).
+"""Tags on runs, a flow run's scheduled time and deployment, variables and events (issue 16).
 
 Revision ID: 0006
 Revises: 0004
@@ -34,9 +34,24 @@ def upgrade() -> None:
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated", sa.DateTime(timezone=True), nullable=False),
     )
+    op.create_table(
+        "events",
+        sa.Column("id", sa.String(), primary_key=True),
+        sa.Column("occurred", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("event", sa.String(), nullable=False),
+        sa.Column("resource_id", sa.String(), nullable=False),
+        sa.Column("resource", sa.Text(), nullable=False),
+        sa.Column("payload", sa.Text(), nullable=True),
+        sa.Column("related", sa.Text(), nullable=True),
+        sa.Column("flow_run_id", sa.String(), nullable=True),
+        sa.Column("task_run_id", sa.String(), nullable=True),
+        sa.Index("ix_events_occurred", "occurred"),
+        sa.Index("ix_events_event", "event"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("events")
     op.drop_table("variables")
     with op.batch_alter_table("task_runs") as batch:
         batch.drop_column("tags")
