@@ -12,6 +12,7 @@ from daskflow.context import tags
 from daskflow.flows import Flow, flow, serve
 from daskflow.futures import DaskflowFuture, as_completed, wait
 from daskflow.logging import get_run_logger
+from daskflow.pausing import pause_flow_run, resume_flow_run, suspend_flow_run
 from daskflow.states import State
 from daskflow.tasks import Task, task
 
@@ -26,9 +27,12 @@ __all__ = [
     "compile",
     "flow",
     "get_run_logger",
+    "pause_flow_run",
     "quote",
+    "resume_flow_run",
     "runtime",
     "serve",
+    "suspend_flow_run",
     "tags",
     "task",
     "unmapped",

@@ -18,6 +18,7 @@ from daskflow.cli.blocks import block
 from daskflow.cli.cache import cache
 from daskflow.cli.deployments import deployment
 from daskflow.cli.events import events
+from daskflow.cli.pausing import runs_resume
 from daskflow.cli.runs import runs
 from daskflow.cli.serve import serve
 from daskflow.cli.variables import variable
@@ -45,3 +46,4 @@ main.add_command(serve)
 main.add_command(block)
 main.add_command(variable)
 main.add_command(events)
+runs.add_command(runs_resume)

@@ -46,6 +46,7 @@ __all__ = [
     "flow_runs",
     "logs",
     "metadata",
+    "paused_runs",
     "sqlite_text",
     "started",
     "states",
@@ -294,4 +295,17 @@ events = sa.Table(
     sa.Column("task_run_id", sa.String(), nullable=True),
     sa.Index("ix_events_occurred", "occurred"),
     sa.Index("ix_events_event", "event"),
+)
+
+# Paused flow runs (0006): pause_flow_run() waits for a row's input; resume_flow_run() gives it.
+paused_runs = sa.Table(
+    "paused_runs",
+    metadata,
+    sa.Column("flow_run_id", sa.String(), primary_key=True),
+    sa.Column("schema", sa.Text(), nullable=True),  # the input model's JSON schema, to show
+    sa.Column("paused_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("input", sa.Text(), nullable=True),  # JSON given by resume, until the run takes or refuses it
+    sa.Column("input_error", sa.Text(), nullable=True),  # why the run refused the last input
+    sa.Column("resumed_at", UTCDateTime(), nullable=True),
 )

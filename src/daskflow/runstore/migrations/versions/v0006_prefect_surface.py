@@ -1,4 +1,4 @@
-"""Tags on runs, a flow run's scheduled time and deployment, variables and events (issue 16).
+"""Tags on runs, a flow run's scheduled time and deployment, variables, events and paused runs (issue 16).
 
 Revision ID: 0006
 Revises: 0004
@@ -48,9 +48,20 @@ def upgrade() -> None:
         sa.Index("ix_events_occurred", "occurred"),
         sa.Index("ix_events_event", "event"),
     )
+    op.create_table(
+        "paused_runs",
+        sa.Column("flow_run_id", sa.String(), primary_key=True),
+        sa.Column("schema", sa.Text(), nullable=True),
+        sa.Column("paused_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("input", sa.Text(), nullable=True),
+        sa.Column("input_error", sa.Text(), nullable=True),
+        sa.Column("resumed_at", sa.DateTime(timezone=True), nullable=True),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("paused_runs")
     op.drop_table("events")
     op.drop_table("variables")
     with op.batch_alter_table("task_runs") as batch:
