@@ -10,6 +10,7 @@ never needs the live flow object, which stays on the client.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import threading
 import time
@@ -25,15 +26,20 @@ from daskflow.runs import DeploymentRef, FlowRun, TaskRun
 
 __all__ = [
     "CANCEL_POLL_SECONDS",
+    "CommitMode",
     "FlowRunContext",
     "FlowRunFacts",
+    "IsolationLevel",
     "ScheduledRunInfo",
     "TaskRunContext",
+    "Transaction",
+    "TransactionState",
     "deadline_passed",
     "get_current_tags",
     "get_flow_run_context",
     "get_run_context",
     "get_task_run_context",
+    "get_transaction",
     "on_worker_thread",
     "run_cancelled",
     "scheduled_run_info",
@@ -43,6 +49,7 @@ __all__ = [
     "tags",
     "use_flow_run_context",
     "use_task_run_context",
+    "use_transaction",
     "wait_deadline",
     "waiting",
 ]
@@ -295,3 +302,95 @@ def tags(*names: str) -> Iterator[frozenset[str]]:
 def get_current_tags() -> frozenset[str]:
     """The tags of the enclosing ``with tags(...)`` blocks (empty outside any)."""
     return _tags.get()
+
+
+class IsolationLevel(enum.Enum):
+    """How concurrent runs of one key see each other (a task's ``cache_isolation``: None / "serializable")."""
+
+    READ_COMMITTED = "READ_COMMITTED"
+    SERIALIZABLE = "SERIALIZABLE"
+
+
+class CommitMode(enum.Enum):
+    EAGER = "EAGER"
+    LAZY = "LAZY"
+    OFF = "OFF"
+
+
+class TransactionState(enum.Enum):
+    PENDING = "PENDING"
+    ACTIVE = "ACTIVE"
+    STAGED = "STAGED"
+    COMMITTED = "COMMITTED"
+    ROLLED_BACK = "ROLLED_BACK"
+
+
+class Transaction:
+    """A unit of work whose task runs' results commit together (see :mod:`daskflow.transactions`).
+
+    ``key`` names it (for a task's own commit, the run's cache key), ``value``
+    is what was committed, ``get``/``set`` hold values that hooks share. A
+    ``transaction()`` block also records the task runs started inside it.
+    """
+
+    def __init__(
+        self,
+        key: str | None = None,
+        *,
+        value: Any = None,
+        state: TransactionState = TransactionState.PENDING,
+        isolation_level: IsolationLevel | None = None,
+        commit_mode: CommitMode | None = None,
+    ) -> None:
+        self.key = key
+        self.value = value
+        self.state = state
+        self.isolation_level = isolation_level
+        self.commit_mode = commit_mode
+        self._values: dict[str, Any] = {}
+        self.runs: list[tuple[Any, TaskRun]] = []  # (task, its run) started inside the block, in order
+        self._runs_lock = threading.Lock()
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """A value set on this transaction with :meth:`set`; ``default`` if there is none."""
+        return self._values.get(name, default)
+
+    def set(self, name: str, value: Any) -> None:
+        self._values[name] = value
+
+    def track(self, task: Any, runs: list[TaskRun]) -> None:
+        """Record task runs started inside the block (called as they are created)."""
+        with self._runs_lock:
+            self.runs.extend((task, run) for run in runs)
+
+    def is_committed(self) -> bool:
+        return self.state is TransactionState.COMMITTED
+
+    def is_rolled_back(self) -> bool:
+        return self.state is TransactionState.ROLLED_BACK
+
+    def is_staged(self) -> bool:
+        return self.state is TransactionState.STAGED
+
+    def is_active(self) -> bool:
+        return self.state is TransactionState.ACTIVE
+
+    def __repr__(self) -> str:
+        return f"Transaction(key={self.key!r}, state={self.state.value})"
+
+
+_transaction: ContextVar[Transaction | None] = ContextVar("daskflow_transaction", default=None)
+
+
+def get_transaction() -> Transaction | None:
+    """The ``transaction()`` block this code runs in, or None."""
+    return _transaction.get()
+
+
+@contextmanager
+def use_transaction(txn: Transaction) -> Iterator[Transaction]:
+    token = _transaction.set(txn)
+    try:
+        yield txn
+    finally:
+        _transaction.reset(token)

@@ -24,6 +24,7 @@ from daskflow.context import (
     get_current_tags,
     get_flow_run_context,
     get_task_run_context,
+    get_transaction,
 )
 from daskflow.engine.inputs import find_upstream_runs
 from daskflow.runs import TaskRun, new_run_id
@@ -55,6 +56,8 @@ class TaskCall:
     flow_facts: FlowRunFacts | None = None
     # The run's tags when its record is rebuilt elsewhere (a Dask worker); task_run.tags here.
     run_tags: frozenset[str] | None = None
+    # Started inside a transaction() block: its on_commit hooks wait for the block to commit.
+    in_transaction: bool = False
 
     def __getstate__(self) -> dict[str, Any]:
         state = {name: getattr(self, name) for name in self.__slots__}
@@ -163,4 +166,9 @@ def make_calls(
         )
     if runs_list is not None:
         runs_list.extend(call.task_run for call in calls)
+    txn = get_transaction()
+    if txn is not None:  # the block commits or rolls these runs back together (daskflow.transactions)
+        txn.track(task, [call.task_run for call in calls])
+        for call in calls:
+            call.in_transaction = True
     return calls

@@ -63,7 +63,7 @@ from daskflow.states import (
     TimedOut,
     is_state_iterable,
 )
-from daskflow.transactions import call_hooks
+from daskflow.engine.hooks import call_hooks
 
 __all__ = ["INTERRUPT_GRACE_SECONDS", "FlowRunEngine", "ReturnValue", "generate_run_name", "run_flow_async", "run_flow_sync"]
 

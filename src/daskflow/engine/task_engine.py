@@ -55,7 +55,7 @@ from daskflow.states import (
     State,
     TimedOut,
 )
-from daskflow.transactions import call_hooks, commit_of
+from daskflow.engine.hooks import call_hooks, commit_of
 
 __all__ = ["TaskRunEngine", "run_coroutine", "run_task_async", "run_task_sync", "split_arguments"]
 
@@ -369,7 +369,8 @@ class TaskRunEngine:
         options = self.options
         if state.is_completed():
             hooks = options.on_completion
-            if options.on_commit and not state.is_cached():  # a hit's result was committed by its first run
+            # A hit's result was committed by its first run; inside a transaction() the block commits.
+            if options.on_commit and not state.is_cached() and not self.call.in_transaction:
                 call_hooks(options.on_commit, (commit_of(self.run, state),), self.logger)
         elif state.is_failed() or state.is_crashed():
             hooks = options.on_failure
