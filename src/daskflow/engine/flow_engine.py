@@ -3,9 +3,11 @@
 A flow run binds and validates its parameters (a bad one ends the run before
 any task starts), then runs the body inside a fresh task runner and a flow-run
 context, so tasks called in the body know their flow. The run's final state
-follows from the body: an exception fails it; otherwise the returned value
-decides — futures in it are waited for, and if any of them (or any state
-returned) did not complete, the flow fails; else it completes. Flow retries
+follows from the body, as in Prefect: an exception fails it; a returned
+State, or a run's future, is the final state; otherwise futures in the value
+are waited for, and when the value is a collection of runs only, any of them
+that did not complete fails the flow (a failed run beside other values is
+just part of the value); else it completes. Flow retries
 rerun the body. Ctrl-C cancels the run: tasks not yet started never start,
 running ones are interrupted, every run is left in a final state. A cancel
 from elsewhere (``daskflow runs cancel``, ``flow.serve`` stopping, see
@@ -42,6 +44,7 @@ from daskflow.context import (
 from daskflow.engine.cancellation import register as register_cancellable
 from daskflow.engine.cancellation import unregister as unregister_cancellable
 from daskflow.engine.history import recorder as history_recorder
+from daskflow.engine.hooks import call_hooks
 from daskflow.engine.inputs import resolve_runs
 from daskflow.engine.progress import ProgressDisplay, show_progress
 from daskflow.engine.retries import retry_delay
@@ -63,7 +66,6 @@ from daskflow.states import (
     TimedOut,
     is_state_iterable,
 )
-from daskflow.engine.hooks import call_hooks
 
 __all__ = ["INTERRUPT_GRACE_SECONDS", "FlowRunEngine", "ReturnValue", "generate_run_name", "run_flow_async", "run_flow_sync"]
 

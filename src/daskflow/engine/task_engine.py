@@ -35,6 +35,7 @@ from daskflow.concurrency import LOCAL, Limit, limits_for_task
 from daskflow.context import TaskRunContext, use_task_run_context
 from daskflow.engine.caching import key_lock, read_entry, result_store, storage_key, write_entry
 from daskflow.engine.calls import TaskCall
+from daskflow.engine.hooks import call_hooks, commit_of
 from daskflow.engine.inputs import materialize, resolve_inputs, wait_for_all
 from daskflow.engine.retries import retry_delay
 from daskflow.engine.timeouts import call_with_timeout
@@ -55,7 +56,6 @@ from daskflow.states import (
     State,
     TimedOut,
 )
-from daskflow.engine.hooks import call_hooks, commit_of
 
 __all__ = ["TaskRunEngine", "run_coroutine", "run_task_async", "run_task_sync", "split_arguments"]
 
