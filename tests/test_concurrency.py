@@ -325,7 +325,7 @@ def test_rate_limit_spaces_the_starts(runner: Any, executions: Any) -> None:
 def test_limit_errors_name_the_limit_and_the_fix() -> None:
     @task
     def unknown() -> None:
-        with concurrency("nowhere"):
+        with concurrency("nowhere", strict=True):
             pass
 
     @task
@@ -342,7 +342,7 @@ def test_limit_errors_name_the_limit_and_the_fix() -> None:
     with pytest.raises(ConcurrencyLimitError, match=r"only 2 slots, so this would wait forever"):
         pipeline("too_big")
     with pytest.raises(ConcurrencyLimitError, match=r"rate_limit\('api'\): no rate is set"):
-        with rate_limit("api"):
+        with rate_limit("api", strict=True):
             pass
 
 

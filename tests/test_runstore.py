@@ -107,7 +107,7 @@ def test_an_empty_database_is_migrated_to_head_and_matches_the_schema(run_store_
             tables = set(sa.inspect(connection).get_table_names())
         store.write([flow("kept")])
     assert not diffs, f"migrations and schema.py disagree: {diffs}"
-    assert tables == {"flow_runs", "task_runs", "states", "logs", "artifacts", "deployments", "deployment_runs", "cancel_requests", "blocks", VERSION_TABLE}
+    assert tables == {"flow_runs", "task_runs", "states", "logs", "artifacts", "deployments", "deployment_runs", "cancel_requests", "blocks", "variables", "events", "paused_runs", VERSION_TABLE}
     with RunStore(run_store_url) as reopened:  # a second open finds head and keeps the data
         commits = count_commits(reopened.engine)
         assert RunStore(run_store_url).schema_version == HEAD

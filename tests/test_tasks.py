@@ -8,7 +8,7 @@ from typing import Any
 import cloudpickle
 import pytest
 
-from daskflow import Task, flow, task
+from daskflow import Task, flow, task, unmapped
 from daskflow.exceptions import ConfigurationError
 from daskflow.futures import DaskflowFuture
 from daskflow.states import State
@@ -54,7 +54,7 @@ def test_with_options_returns_a_changed_copy() -> None:
         ({"retry_jitter_factor": -1}, "retry_jitter_factor must be a number >= 0"),
         ({"tags": [1, 2]}, "tags must be a list of strings"),
         ({"on_failure": ["not callable"]}, "on_failure must be a function or a list of functions"),
-        ({"result_serializer": "json"}, "result_serializer must be 'parquet' or 'pickle', got 'json'"),
+        ({"result_serializer": "yaml"}, "result_serializer must be 'parquet'.* or 'pickle', got 'yaml'"),
         ({"cache_isolation": "strict"}, "cache_isolation must be one of None, 'none', 'serializable', got 'strict'"),
         ({"concurrency_limit": 0}, "concurrency_limit must be a whole number >= 1, got 0"),
         ({"resources": {"GPU": -1}}, r"resources must map resource names to positive amounts"),
@@ -127,12 +127,20 @@ def test_map_errors_name_the_task_and_the_lengths() -> None:
         nothing_to_map()
 
 
-def test_strings_and_mappings_are_passed_whole_by_map() -> None:
+def test_strings_are_passed_whole_by_map_and_dicts_give_their_keys() -> None:
     @task
     def describe(item: int, label: str, config: dict[str, int]) -> str:
         return f"{label}{item}{config['k']}"
 
-    assert describe.map([1, 2], "x", {"k": 9}).result() == ["x19", "x29"]
+    assert describe.map([1, 2], "x", unmapped({"k": 9})).result() == ["x19", "x29"]
+    with pytest.raises(ConfigurationError, match=r"different lengths \(item: 2, config: 1 \(a dict: its keys are mapped over\)\)"):
+        describe.map([1, 2], "x", {"k": 9})
+
+    @task
+    def key_of(name: str) -> str:
+        return name.upper()
+
+    assert key_of.map({"eu": 1, "us": 2}).result() == ["EU", "US"]  # as in Prefect: a dict maps over its keys
 
 
 def test_task_round_trips_through_cloudpickle() -> None:

@@ -6,10 +6,13 @@ import line. This module only re-exports the public names.
 
 from daskflow._version import __version__
 from daskflow.annotations import allow_failure, quote, unmapped
+from daskflow import runtime
 from daskflow.compiler import compile
-from daskflow.flows import Flow, flow
+from daskflow.context import tags
+from daskflow.flows import Flow, flow, serve
 from daskflow.futures import DaskflowFuture, as_completed, wait
 from daskflow.logging import get_run_logger
+from daskflow.pausing import pause_flow_run, resume_flow_run, suspend_flow_run
 from daskflow.states import State
 from daskflow.tasks import Task, task
 
@@ -24,7 +27,13 @@ __all__ = [
     "compile",
     "flow",
     "get_run_logger",
+    "pause_flow_run",
     "quote",
+    "resume_flow_run",
+    "runtime",
+    "serve",
+    "suspend_flow_run",
+    "tags",
     "task",
     "unmapped",
     "wait",

@@ -6,13 +6,15 @@
   the argument receives the upstream's exception instead of a value.
 - ``quote(x)``: hand ``x`` over as it is, without looking inside it for
   futures (useful for a huge list known to hold none).
+- ``opaque(x)``: the same as ``quote`` for a task's argument (Prefect's
+  newer name for an object that is never looked into).
 """
 
 from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-__all__ = ["BaseAnnotation", "allow_failure", "quote", "unmapped"]
+__all__ = ["BaseAnnotation", "allow_failure", "opaque", "quote", "unmapped"]
 
 T = TypeVar("T")
 
@@ -58,5 +60,15 @@ class allow_failure(BaseAnnotation[T]):
 
 class quote(BaseAnnotation[T]):
     """Pass the value as it is, without searching it for futures."""
+
+    __slots__ = ()
+
+    def unquote(self) -> T:
+        """The wrapped value (Prefect's name for :meth:`unwrap`)."""
+        return self.value
+
+
+class opaque(quote[T]):
+    """Pass the value as it is, never looking inside it (for futures or anything else)."""
 
     __slots__ = ()

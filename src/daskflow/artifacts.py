@@ -53,15 +53,19 @@ from typing import Any
 from daskflow.context import get_flow_run_context, get_task_run_context
 from daskflow.exceptions import ArtifactError
 from daskflow.logging import ARTIFACT_LOGGER
-from daskflow.runstore import ArtifactRecord
+from daskflow.runstore import ArtifactRecord, RunStore
 
 __all__ = [
     "MAX_ARTIFACT_BYTES",
     "MAX_TABLE_ROWS",
+    "Artifact",
+    "create_image_artifact",
     "create_link_artifact",
     "create_markdown_artifact",
+    "create_progress_artifact",
     "create_table_artifact",
     "publish_artifact",
+    "update_progress_artifact",
 ]
 
 MAX_TABLE_ROWS = 10_000
@@ -115,6 +119,121 @@ def create_link_artifact(
     if link_text is not None and not isinstance(link_text, str):
         raise ArtifactError(f"link_text must be a str or None, got {type(link_text).__name__}. Fix: pass link_text=str(...).")
     return _create("link", json.dumps({"link": link, "link_text": link_text}, ensure_ascii=False), key, description)
+
+
+def create_image_artifact(image_url: str, key: str | None = None, description: str | None = None) -> str:
+    """Publish an image by its URL as an artifact of the current run; returns its id (data ``{"image_url": url}``)."""
+    _check_options(key, description)
+    if not isinstance(image_url, str) or not image_url:
+        raise ArtifactError(
+            f"create_image_artifact() takes the image's URL as a non-empty str, got {image_url!r}. "
+            "Fix: upload the image where readers can reach it and pass its address."
+        )
+    return _create("image", json.dumps({"image_url": image_url}, ensure_ascii=False), key, description)
+
+
+# The progress artifacts created in this process: id -> (key, description, flow run id, task run id),
+# so that an update is kept against the same run and key as the artifact it updates.
+_progress: dict[str, tuple[str | None, str | None, str | None, str | None]] = {}
+
+
+def create_progress_artifact(progress: float, key: str | None = None, description: str | None = None) -> str:
+    """Publish a progress between 0 and 100 as an artifact of the current run; returns its id for updates."""
+    _check_options(key, description)
+    value = _percent(progress)
+    artifact_id = _create("progress", json.dumps({"progress": value}), key, description)
+    flow_run_id, task_run_id = _run_ids()
+    _progress[artifact_id] = (key, description, flow_run_id, task_run_id)
+    return artifact_id
+
+
+def update_progress_artifact(artifact_id: str, progress: float, description: str | None = None) -> str:
+    """Record a new progress for the progress artifact ``artifact_id``; returns the id of the update.
+
+    The run store appends: an update is a new record of the same key and run,
+    whose data names the artifact it updates (``{"progress": 80.0, "updates": id}``);
+    the newest record of a key is the current progress.
+    """
+    if not isinstance(artifact_id, str) or not artifact_id:
+        raise ArtifactError(f"update_progress_artifact() needs the id create_progress_artifact returned, got {artifact_id!r}.")
+    value = _percent(progress)
+    key, first_description, flow_run_id, task_run_id = _progress.get(artifact_id, (None, None, *_run_ids()))
+    _check_options(key, description)
+    artifact = ArtifactRecord(
+        type="progress",
+        data=json.dumps({"progress": value, "updates": artifact_id}),
+        key=key,
+        description=description if description is not None else first_description,
+        flow_run_id=flow_run_id,
+        task_run_id=task_run_id,
+    )
+    publish_artifact(artifact)
+    return artifact.id
+
+
+def _percent(progress: Any) -> float:
+    if isinstance(progress, bool) or not isinstance(progress, int | float) or not 0 <= progress <= 100:
+        raise ArtifactError(f"a progress is a number from 0 to 100 (percent), got {progress!r}. Fix: e.g. 100 * done / total.")
+    return float(progress)
+
+
+def _run_ids() -> tuple[str | None, str | None]:
+    task_ctx = get_task_run_context()
+    if task_ctx is not None:
+        return task_ctx.flow_run_id, task_ctx.task_run.id
+    flow_ctx = get_flow_run_context()
+    return (flow_ctx.flow_run.id if flow_ctx is not None else None), None
+
+
+class Artifact:
+    """Prefect's ``Artifact`` object: ``Artifact(type=..., key=..., data=...).create()`` and ``Artifact.get(key)``.
+
+    ``type`` is one of markdown, table, link, image, progress; ``data`` what the
+    matching ``create_*_artifact`` function takes (for a link, the URL). ``get``
+    reads the newest artifact of a key from the run store (what history has
+    written so far: records are written in batches, within a second).
+    """
+
+    def __init__(self, type: str, data: Any = None, key: str | None = None, description: str | None = None) -> None:
+        self.type = type
+        self.data = data
+        self.key = key
+        self.description = description
+        self.id: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Artifact(type={self.type!r}, key={self.key!r}, id={self.id!r})"
+
+    def create(self) -> Artifact:
+        makers: dict[str, Any] = {
+            "markdown": create_markdown_artifact,
+            "table": create_table_artifact,
+            "link": create_link_artifact,
+            "image": create_image_artifact,
+            "progress": create_progress_artifact,
+        }
+        maker = makers.get(self.type)
+        if maker is None:
+            raise ArtifactError(f"Artifact type {self.type!r} is not one of {', '.join(makers)}.")
+        self.id = maker(self.data, key=self.key, description=self.description)
+        return self
+
+    @classmethod
+    def get(cls, key: str, *, url: str | None = None) -> Artifact | None:
+        """The newest artifact of ``key`` in the run store, or None; its ``data`` as stored (JSON text decoded)."""
+        _check_options(key, None)
+        with RunStore(url) as store:
+            found = store.artifacts(key=key, limit=1)
+        if not found:
+            return None
+        info = found[0]
+        try:
+            data: Any = info.data if info.type == "markdown" else json.loads(info.data)
+        except ValueError:
+            data = info.data
+        artifact = cls(info.type, data, info.key, info.description)
+        artifact.id = info.id
+        return artifact
 
 
 def publish_artifact(artifact: ArtifactRecord) -> None:

@@ -10,30 +10,47 @@ never needs the live flow object, which stays on the client.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from daskflow.exceptions import MissingContextError
-from daskflow.runs import FlowRun, TaskRun
+from daskflow.runs import DeploymentRef, FlowRun, TaskRun
 
 __all__ = [
     "CANCEL_POLL_SECONDS",
+    "CommitMode",
     "FlowRunContext",
+    "FlowRunFacts",
+    "IsolationLevel",
+    "ScheduledRunInfo",
     "TaskRunContext",
+    "Transaction",
+    "TransactionState",
+    "deadline_passed",
+    "get_current_tags",
     "get_flow_run_context",
     "get_run_context",
     "get_task_run_context",
+    "get_transaction",
     "on_worker_thread",
     "run_cancelled",
+    "scheduled_run_info",
     "set_wait_hook",
     "set_worker_thread",
+    "starting_scheduled_run",
+    "tags",
     "use_flow_run_context",
     "use_task_run_context",
+    "use_transaction",
+    "wait_deadline",
     "waiting",
 ]
 
@@ -65,6 +82,52 @@ class FlowRunContext:
         return next(counter)
 
 
+@dataclass(frozen=True, slots=True)
+class FlowRunFacts:
+    """What a task run may ask about its flow run wherever it runs (``daskflow.runtime``).
+
+    A snapshot taken when the task run is created on the client; it travels to
+    a Dask worker with the task run, where the flow run itself does not.
+    """
+
+    tags: frozenset[str] = frozenset()
+    scheduled_start_time: datetime | None = None
+    run_count: int = 0
+    parent_flow_run_id: str | None = None
+    deployment: DeploymentRef | None = None
+
+    @classmethod
+    def of(cls, run: FlowRun) -> FlowRunFacts:
+        return cls(run.tags, run.scheduled_start_time, run.run_count, run.parent_flow_run_id, run.deployment)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledRunInfo:
+    """Facts a scheduler knows about the flow run it is about to start (see :func:`starting_scheduled_run`)."""
+
+    scheduled_start_time: datetime | None = None
+    deployment: DeploymentRef | None = None
+    tags: frozenset[str] = frozenset()
+
+
+_scheduled: ContextVar[ScheduledRunInfo | None] = ContextVar("daskflow_scheduled_run", default=None)
+
+
+@contextmanager
+def starting_scheduled_run(info: ScheduledRunInfo) -> Iterator[None]:
+    """The flow run started in this block (not its subflows) is due at ``info``'s time, for its deployment."""
+    token = _scheduled.set(info)
+    try:
+        yield
+    finally:
+        _scheduled.reset(token)
+
+
+def scheduled_run_info() -> ScheduledRunInfo | None:
+    """What :func:`starting_scheduled_run` said about the flow run being started here, if anything."""
+    return _scheduled.get()
+
+
 @dataclass(eq=False, slots=True)
 class TaskRunContext:
     """The running task run, wherever it runs (in a thread of the client, on a worker)."""
@@ -83,6 +146,8 @@ class TaskRunContext:
     coordination: Any = None
     # Set when the run's flow run is cancelled: long waits inside the run (for a slot) watch it.
     cancel_event: threading.Event | None = None
+    # Its flow run's tags, scheduled time, attempt and deployment (daskflow.runtime).
+    flow_facts: FlowRunFacts | None = None
 
     @property
     def task_run_id(self) -> str:
@@ -147,11 +212,40 @@ def set_wait_hook(hook: Callable[[], AbstractContextManager[None]] | None) -> No
 CANCEL_POLL_SECONDS = 0.5
 
 
+# A deadline (time.monotonic()) for the long wait in progress in this context: set by
+# ``concurrency(..., timeout_seconds=)`` around its wait for slots, so the coordinations' step-wise
+# waits, which already watch run_cancelled(), give up at the deadline too.
+_wait_deadline: ContextVar[float | None] = ContextVar("daskflow_wait_deadline", default=None)
+
+
 def run_cancelled() -> bool:
-    """True inside a task run whose flow run was cancelled (a wait for a slot then gives up)."""
+    """True when a long wait should give up: the task run's flow run was cancelled, or the
+    wait's deadline (see :func:`wait_deadline`) has passed."""
+    deadline = _wait_deadline.get()
+    if deadline is not None and time.monotonic() >= deadline:
+        return True
     ctx = _task_ctx.get()
     event = ctx.cancel_event if ctx is not None else None
     return event is not None and event.is_set()
+
+
+@contextmanager
+def wait_deadline(seconds: float | None) -> Iterator[None]:
+    """Long waits in this block give up (as if cancelled) once ``seconds`` have passed; None: no deadline."""
+    if seconds is None:
+        yield
+        return
+    token = _wait_deadline.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _wait_deadline.reset(token)
+
+
+def deadline_passed() -> bool:
+    """True inside :func:`wait_deadline` once its time is up."""
+    deadline = _wait_deadline.get()
+    return deadline is not None and time.monotonic() >= deadline
 
 
 @contextmanager
@@ -177,3 +271,126 @@ def use_task_run_context(ctx: TaskRunContext) -> Iterator[TaskRunContext]:
         yield ctx
     finally:
         _task_ctx.reset(token)
+
+
+# Tags from the enclosing ``with tags(...)`` blocks. A run started inside takes them when it is
+# created (in the thread that starts it), so a task run carries them to a Dask worker in its record.
+_tags: ContextVar[frozenset[str]] = ContextVar("daskflow_tags", default=frozenset())
+
+
+@contextmanager
+def tags(*names: str) -> Iterator[frozenset[str]]:
+    """Add ``names`` to every flow run and task run started inside the block (nested blocks add up).
+
+    Yields the tags now in force. As in Prefect, a run's tags are its own
+    (``@task(tags=...)``) plus these; they are kept in the run history
+    (``daskflow runs ls --tag``) and count as the run's tags for concurrency limits.
+    """
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise TypeError(
+                f"tags(): every tag must be a non-empty string, got {name!r}; e.g. with tags('etl', 'nightly'):"
+            )
+    current = _tags.get() | frozenset(names)
+    token = _tags.set(current)
+    try:
+        yield current
+    finally:
+        _tags.reset(token)
+
+
+def get_current_tags() -> frozenset[str]:
+    """The tags of the enclosing ``with tags(...)`` blocks (empty outside any)."""
+    return _tags.get()
+
+
+class IsolationLevel(enum.Enum):
+    """How concurrent runs of one key see each other (a task's ``cache_isolation``: None / "serializable")."""
+
+    READ_COMMITTED = "READ_COMMITTED"
+    SERIALIZABLE = "SERIALIZABLE"
+
+
+class CommitMode(enum.Enum):
+    EAGER = "EAGER"
+    LAZY = "LAZY"
+    OFF = "OFF"
+
+
+class TransactionState(enum.Enum):
+    PENDING = "PENDING"
+    ACTIVE = "ACTIVE"
+    STAGED = "STAGED"
+    COMMITTED = "COMMITTED"
+    ROLLED_BACK = "ROLLED_BACK"
+
+
+class Transaction:
+    """A unit of work whose task runs' results commit together (see :mod:`daskflow.transactions`).
+
+    ``key`` names it (for a task's own commit, the run's cache key), ``value``
+    is what was committed, ``get``/``set`` hold values that hooks share. A
+    ``transaction()`` block also records the task runs started inside it.
+    """
+
+    def __init__(
+        self,
+        key: str | None = None,
+        *,
+        value: Any = None,
+        state: TransactionState = TransactionState.PENDING,
+        isolation_level: IsolationLevel | None = None,
+        commit_mode: CommitMode | None = None,
+    ) -> None:
+        self.key = key
+        self.value = value
+        self.state = state
+        self.isolation_level = isolation_level
+        self.commit_mode = commit_mode
+        self._values: dict[str, Any] = {}
+        self.runs: list[tuple[Any, TaskRun]] = []  # (task, its run) started inside the block, in order
+        self._runs_lock = threading.Lock()
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """A value set on this transaction with :meth:`set`; ``default`` if there is none."""
+        return self._values.get(name, default)
+
+    def set(self, name: str, value: Any) -> None:
+        self._values[name] = value
+
+    def track(self, task: Any, runs: list[TaskRun]) -> None:
+        """Record task runs started inside the block (called as they are created)."""
+        with self._runs_lock:
+            self.runs.extend((task, run) for run in runs)
+
+    def is_committed(self) -> bool:
+        return self.state is TransactionState.COMMITTED
+
+    def is_rolled_back(self) -> bool:
+        return self.state is TransactionState.ROLLED_BACK
+
+    def is_staged(self) -> bool:
+        return self.state is TransactionState.STAGED
+
+    def is_active(self) -> bool:
+        return self.state is TransactionState.ACTIVE
+
+    def __repr__(self) -> str:
+        return f"Transaction(key={self.key!r}, state={self.state.value})"
+
+
+_transaction: ContextVar[Transaction | None] = ContextVar("daskflow_transaction", default=None)
+
+
+def get_transaction() -> Transaction | None:
+    """The ``transaction()`` block this code runs in, or None."""
+    return _transaction.get()
+
+
+@contextmanager
+def use_transaction(txn: Transaction) -> Iterator[Transaction]:
+    token = _transaction.set(txn)
+    try:
+        yield txn
+    finally:
+        _transaction.reset(token)

@@ -6,6 +6,7 @@ Each class also subclasses the builtin a user would naturally catch, so
     DaskflowError
     ├── ConfigurationError (ValueError)        bad option to @task, @flow or a runner
     │   └── ConcurrencyLimitError              a named limit with no size, or a bad size
+    │       └── ConcurrencySlotTimeoutError (TimeoutError)  concurrency(timeout_seconds=) ran out
     ├── ParameterValidationError (ValueError)  a flow parameter failed its type hint
     ├── MissingContextError (RuntimeError)     run-only API used outside a run
     ├── UpstreamFailedError (RuntimeError)     a task's input came from a failed run
@@ -58,6 +59,7 @@ __all__ = [
     "CancelledRunError",
     "CompileError",
     "ConcurrencyLimitError",
+    "ConcurrencySlotTimeoutError",
     "ConcurrencyWarning",
     "ConfigurationError",
     "CorruptResultError",
@@ -100,6 +102,10 @@ class ConfigurationError(DaskflowError, ValueError):
 
 class ConcurrencyLimitError(ConfigurationError):
     """A named concurrency limit has no size, or a size that is not a positive int."""
+
+
+class ConcurrencySlotTimeoutError(ConcurrencyLimitError, TimeoutError):
+    """``concurrency(..., timeout_seconds=)`` did not get its slots in time."""
 
 
 class ParameterValidationError(DaskflowError, ValueError):

@@ -26,7 +26,11 @@ __all__ = [
     "DaskflowFutureList",
     "DoneAndNotDoneFutures",
     "LocalFuture",
+    "PrefectFuture",
+    "PrefectFutureList",
     "as_completed",
+    "resolve_futures_to_results",
+    "resolve_futures_to_states",
     "wait",
 ]
 
@@ -171,3 +175,37 @@ def as_completed(
             seen.add(id(future))
             yield future
 
+
+
+# Prefect's names for the same objects, so annotations and isinstance checks keep working.
+PrefectFuture = DaskflowFuture
+PrefectFutureList = DaskflowFutureList
+
+
+def _replace_futures(value: Any, leaf: Callable[[DaskflowFuture[Any]], Any]) -> Any:
+    if isinstance(value, DaskflowFuture):
+        return leaf(value)
+    if isinstance(value, dict):
+        items = {k: _replace_futures(v, leaf) for k, v in value.items()}
+        return items if type(value) is dict else type(value)(items)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        listed = [_replace_futures(v, leaf) for v in value]
+        if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+            return type(value)(*listed)
+        return listed if isinstance(value, DaskflowFutureList) else type(value)(listed)
+    return value
+
+
+def resolve_futures_to_states(value: Any) -> Any:
+    """``value`` with every future in it (in lists, tuples, sets, dicts) waited for and replaced by its final state."""
+
+    def leaf(future: DaskflowFuture[Any]) -> State:
+        future.wait()
+        return future.state
+
+    return _replace_futures(value, leaf)
+
+
+def resolve_futures_to_results(value: Any) -> Any:
+    """``value`` with every future in it replaced by its run's value (raising a failed run's error)."""
+    return _replace_futures(value, lambda future: future.result())

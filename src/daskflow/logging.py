@@ -15,7 +15,8 @@ import builtins
 import io
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any
 
 from daskflow import secrets_mask, settings
@@ -25,6 +26,8 @@ __all__ = [
     "ARTIFACT_LOGGER",
     "RunLoggerAdapter",
     "configure_console_logging",
+    "disable_run_logger",
+    "get_logger",
     "get_run_logger",
     "install_print_capture",
     "run_logger_for",
@@ -81,7 +84,11 @@ def get_run_logger() -> RunLoggerAdapter:
     """The logger of the flow run or task run this code runs in.
 
     Raises ``MissingContextError`` outside a run; use ``logging.getLogger`` there.
+    Inside ``disable_run_logger()`` it gives a disabled logger instead, so a
+    task's ``.fn`` can be called plainly in a unit test, as with Prefect.
     """
+    if get_task_run_context() is None and get_flow_run_context() is None and _run_loggers_disabled():
+        return RunLoggerAdapter(_null_logger(), {})
     ctx = get_run_context()
     task_ctx = get_task_run_context()
     if task_ctx is not None:
@@ -101,6 +108,39 @@ def get_run_logger() -> RunLoggerAdapter:
         flow_run_name=flow_ctx.flow_run.name,
         flow_name=flow_ctx.flow_run.flow_name,
     )
+
+
+def get_logger(name: str | None = None) -> logging.Logger:
+    """The ``daskflow`` logger, or its child ``daskflow.<name>``: for code outside runs (Prefect's ``get_logger``)."""
+    return logging.getLogger("daskflow" if not name else f"daskflow.{name}")
+
+
+def _run_loggers_disabled() -> bool:
+    return logging.getLogger(FLOW_LOGGER).disabled and logging.getLogger(TASK_LOGGER).disabled
+
+
+def _null_logger() -> logging.Logger:
+    logger = logging.getLogger("daskflow.null")
+    logger.disabled = True
+    return logger
+
+
+@contextmanager
+def disable_run_logger() -> Iterator[None]:
+    """Silence the run loggers in the block; outside runs ``get_run_logger()`` then gives a disabled logger.
+
+    For unit tests of a task's function (``my_task.fn(...)``) that calls
+    ``get_run_logger()``; the loggers are restored as they were on leaving.
+    """
+    loggers = [logging.getLogger(FLOW_LOGGER), logging.getLogger(TASK_LOGGER)]
+    before = [logger.disabled for logger in loggers]
+    for logger in loggers:
+        logger.disabled = True
+    try:
+        yield
+    finally:
+        for logger, was in zip(loggers, before, strict=True):
+            logger.disabled = was
 
 
 class _ConsoleFormatter(logging.Formatter):

@@ -46,6 +46,10 @@ class RunOptions:
     result_storage: Any = None
     on_completion: tuple[Hook, ...] = ()
     on_failure: tuple[Hook, ...] = ()
+    on_running: tuple[Hook, ...] = ()
+    # Prefect keeps a run's result in memory unless told not to; daskflow always does (a state
+    # holds its value), so False is accepted and changes nothing (README: Coming from Prefect).
+    cache_result_in_memory: bool = True
 
     kind = "run"
 
@@ -60,9 +64,9 @@ class RunOptions:
         _set(self, "retry_delay_seconds", _delays(self.retry_delay_seconds, where))
         if self.timeout_seconds is not None:
             _set(self, "timeout_seconds", _positive_number(self.timeout_seconds, where, "timeout_seconds"))
-        for name in ("log_prints", "persist_result"):
+        for name in ("log_prints", "persist_result", "cache_result_in_memory"):
             _optional_bool(getattr(self, name), where, name)
-        for name in ("on_completion", "on_failure", *self._extra_hooks()):
+        for name in ("on_completion", "on_failure", "on_running", *self._extra_hooks()):
             _set(self, name, _hooks(getattr(self, name), where, name))
 
     def _extra_hooks(self) -> tuple[str, ...]:
@@ -85,8 +89,17 @@ class TaskOptions(RunOptions):
     task_run_name: str | Callable[[], str] | None = None
     concurrency_limit: int | None = None
     resources: Mapping[str, float] | None = None
+    # Prefect's: the key the result is stored (and looked up) under, a template over the run's
+    # parameters, flow_run and task_run; setting it persists the result (see daskflow.tasks).
+    result_storage_key: str | None = None
+    on_commit: tuple[Hook, ...] = ()
+    on_rollback: tuple[Hook, ...] = ()
+    viz_return_value: Any = None  # Prefect's flow visualisation placeholder; daskflow.compile draws real values
 
     kind = "task"
+
+    def _extra_hooks(self) -> tuple[str, ...]:
+        return ("on_commit", "on_rollback")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -105,10 +118,16 @@ class TaskOptions(RunOptions):
                 f"got {self.cache_isolation!r}: None runs identical calls once per process, "
                 "'serializable' once per cluster, 'none' never waits"
             )
-        if self.result_serializer not in (None, "parquet", "pickle"):
-            raise ConfigurationError(
-                f"{where}: result_serializer must be 'parquet' or 'pickle', got {self.result_serializer!r}"
-            )
+        _set(self, "result_serializer", _serializer(self.result_serializer, where))
+        if self.result_storage_key is not None:
+            if not isinstance(self.result_storage_key, str) or not self.result_storage_key.strip():
+                raise ConfigurationError(
+                    f"{where}: result_storage_key must be a non-empty string such as "
+                    f"'sales-{{parameters[day]}}', got {self.result_storage_key!r}"
+                )
+            _check_storage_key_template(self.result_storage_key, where)
+            if self.persist_result is None:
+                _set(self, "persist_result", True)
         _name_template(self.task_run_name, where, "task_run_name")
         if self.concurrency_limit is not None:
             _set(self, "concurrency_limit", _positive_int(self.concurrency_limit, where, "concurrency_limit"))
@@ -126,6 +145,7 @@ class FlowOptions(RunOptions):
     on_crashed: tuple[Hook, ...] = ()
     on_cancellation: tuple[Hook, ...] = ()
     concurrency_limit: Mapping[str, int] | None = None
+    result_serializer: str | None = None
 
     kind = "flow"
 
@@ -136,6 +156,7 @@ class FlowOptions(RunOptions):
         super().__post_init__()
         where = self.where()
         _optional_bool(self.validate_parameters, where, "validate_parameters")
+        _set(self, "result_serializer", _serializer(self.result_serializer, where))
         _name_template(self.flow_run_name, where, "flow_run_name")
         if self.task_runner is not None:
             runner = self.task_runner
@@ -297,6 +318,36 @@ def _name_template(value: Any, where: str, name: str) -> None:
             f"{where}: {name} must be a format string over the parameters, e.g. 'load-{{table}}', "
             f"or a function returning a string; got {type(value).__name__}"
         )
+
+
+# Prefect's serializer names -> daskflow's. "json" values are stored in the typed Parquet wrapper,
+# which holds every JSON value (and refuses what JSON could not hold, as Prefect's JSON serializer does).
+_SERIALIZERS = {None: None, "parquet": "parquet", "json": "parquet", "pickle": "pickle", "cloudpickle": "pickle"}
+
+
+def _serializer(value: Any, where: str) -> str | None:
+    if not isinstance(value, (str, type(None))) or value not in _SERIALIZERS:
+        raise ConfigurationError(
+            f"{where}: result_serializer must be 'parquet' (the default; 'json' is accepted as Prefect's name for "
+            f"plain values) or 'pickle', got {value!r}"
+        )
+    return _SERIALIZERS[value]
+
+
+_STORAGE_KEY_NAMES = ("parameters", "flow_run", "task_run", "flow", "task")
+
+
+def _check_storage_key_template(template: str, where: str) -> None:
+    try:
+        names = template_fields(template)
+    except ValueError as exc:
+        raise ConfigurationError(f"{where}: result_storage_key={template!r} is not a valid template: {exc}") from None
+    for name in names:
+        if name not in _STORAGE_KEY_NAMES:
+            raise ConfigurationError(
+                f"{where}: result_storage_key={template!r} refers to {{{name}}}; a key template may use "
+                "{parameters[name]}, {flow_run.id}, {flow_run.name}, {task_run.id}, {task_run.name} and the like"
+            )
 
 
 def _resources(value: Any, where: str) -> dict[str, float]:

@@ -27,11 +27,13 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Union
 
 from daskflow.states import Pending, State, StateType, html_card, state_colour
 
 __all__ = [
+    "DeploymentRef",
     "FlowRun",
     "StateListener",
     "TaskRun",
@@ -165,6 +167,15 @@ class TaskRun(_Run):
         return html_card("Task run", self.name, self.state, rows)
 
 
+@dataclass(frozen=True, slots=True)
+class DeploymentRef:
+    """The deployment a flow run was started for: what ``daskflow.runtime.deployment`` tells."""
+
+    id: str | None
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(eq=False, slots=True, kw_only=True)
 class FlowRun(_Run):
     """One run of a flow, with the task runs it started (in submission order)."""
@@ -175,6 +186,9 @@ class FlowRun(_Run):
     task_runs: list[TaskRun] = field(default_factory=list)
     dashboard_link: str | None = None  # the Dask dashboard of the cluster the run used, if any
     entrypoint: str | None = None  # where the flow imports from, recorded so that the run can be retried
+    # When the run was due: its schedule's time for a deployment or flow.serve run, else its creation.
+    scheduled_start_time: datetime | None = None
+    deployment: DeploymentRef | None = None  # the deployment this run is for, if any
 
     @property
     def cache_hits(self) -> int:

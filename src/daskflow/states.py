@@ -23,6 +23,7 @@ import enum
 import html
 import time
 import traceback
+import types
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -34,24 +35,32 @@ if TYPE_CHECKING:
     from daskflow.runs import FlowRun
 
 __all__ = [
+    "AwaitingConcurrencySlot",
     "AwaitingRetry",
     "Cached",
     "Cancelled",
     "Completed",
+    "Cancelling",
     "Crashed",
     "Failed",
+    "Late",
+    "Paused",
     "Pending",
     "Retrying",
     "Running",
     "Scheduled",
     "State",
     "StateType",
+    "Suspended",
     "TimedOut",
     "DeferredData",
     "KnownValue",
     "LoadedOnce",
+    "get_state_exception",
     "html_card",
+    "is_state_iterable",
     "item_state",
+    "raise_state_exception",
     "state_colour",
 ]
 
@@ -66,6 +75,8 @@ class StateType(str, enum.Enum):
     FAILED = "FAILED"
     CRASHED = "CRASHED"
     CANCELLED = "CANCELLED"
+    PAUSED = "PAUSED"
+    CANCELLING = "CANCELLING"
 
     def __repr__(self) -> str:
         return f"StateType.{self.value}"
@@ -300,6 +311,20 @@ class State:
     def is_final(self) -> bool:
         return self.type in _FINAL
 
+    def is_paused(self) -> bool:
+        return self.type is StateType.PAUSED
+
+    def is_cancelling(self) -> bool:
+        return self.type is StateType.CANCELLING
+
+    def copy(self) -> State:
+        """A new state of the same type, name, message, value and error, stamped now."""
+        return State(self.type, self.name, self.message, self._data, self.exception, traceback_text=self.traceback)
+
+    def __class_getitem__(cls, item: Any) -> Any:
+        # State[int] in annotations, as Prefect's State is generic over its value's type.
+        return types.GenericAlias(cls, item)
+
     def __repr__(self) -> str:
         parts = []
         if self.message:
@@ -458,6 +483,58 @@ def Crashed(message: str | None = None, exception: BaseException | None = None, 
 
 def Cancelled(message: str | None = None, exception: BaseException | None = None, with_traceback: bool = True) -> State:
     return _failure(StateType.CANCELLED, "Cancelled", message, exception, with_traceback)
+
+
+def Paused(
+    message: str | None = None,
+    timeout_seconds: float | None = None,
+    pause_expiration_time: datetime | None = None,
+    reschedule: bool = False,
+    pause_key: str | None = None,
+    name: str = "Paused",
+) -> State:
+    """A run waiting to be resumed (Prefect's constructor; its pause options are accepted, not acted on)."""
+    return State(StateType.PAUSED, name, message)
+
+
+def Suspended(
+    message: str | None = None,
+    timeout_seconds: float | None = None,
+    pause_expiration_time: datetime | None = None,
+    pause_key: str | None = None,
+) -> State:
+    return Paused(message, timeout_seconds, pause_expiration_time, True, pause_key, name="Suspended")
+
+
+def Late(message: str | None = None, scheduled_time: datetime | None = None) -> State:
+    """A scheduled run whose time has passed without it starting."""
+    return State(StateType.SCHEDULED, "Late", message)
+
+
+def AwaitingConcurrencySlot(message: str | None = None) -> State:
+    return State(StateType.SCHEDULED, "AwaitingConcurrencySlot", message)
+
+
+def Cancelling(message: str | None = None) -> State:
+    return State(StateType.CANCELLING, "Cancelling", message)
+
+
+def get_state_exception(state: State) -> BaseException:
+    """The error of a failed, crashed or cancelled state (Prefect's helper); for others a DaskflowError saying so."""
+    if state.is_completed():
+        return DaskflowError(f"the state {state.name} completed: it has no exception")
+    return state._error()
+
+
+def raise_state_exception(state: State) -> None:
+    """Raise the error of a failed, crashed or cancelled state; do nothing for any other state."""
+    if state.is_failed() or state.is_crashed() or state.is_cancelled():
+        raise state._error()
+
+
+def is_state_iterable(value: Any) -> bool:
+    """True for a non-empty list, tuple or set whose items are all states (Prefect's rule for a returned value)."""
+    return isinstance(value, (list, tuple, set, frozenset)) and bool(value) and all(isinstance(v, State) for v in value)
 
 
 def item_state(state: State, index: int) -> State:

@@ -12,6 +12,7 @@ it and the flow's task runner decides where.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import sys
@@ -20,22 +21,24 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from daskflow.annotations import BaseAnnotation, quote, unmapped
-from daskflow.cache_policies import resolve_cache_policy, task_input_hash, task_source_key
-from daskflow.context import get_flow_run_context, get_task_run_context
+from daskflow import runtime
+from daskflow.cache_policies import CachePolicy, resolve_cache_policy, task_input_hash, task_source_key
+from daskflow.context import get_flow_run_context, get_task_run_context, use_task_run_context
 from daskflow.engine import TaskCall, exponential_backoff, make_calls, run_task_async, run_task_sync
 from daskflow.engine.caching import caching_enabled
-from daskflow.exceptions import ConfigurationError
+from daskflow.exceptions import ConfigurationError, UnhashableInputError
 from daskflow.futures import DaskflowFuture, DaskflowFutureList
 from daskflow.options import TaskOptions, build_options, with_changes
 from daskflow.parameters import Binder
 from daskflow.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-__all__ = ["Task", "exponential_backoff", "task", "task_input_hash"]
+__all__ = ["ResultStorageKey", "Task", "exponential_backoff", "task", "task_input_hash"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_STATIC_TYPES = (str, bytes, bytearray, Mapping)
+# Never iterated by .map (Prefect's rule too); a mapping is iterated over its keys, as in Prefect.
+_STATIC_TYPES = (str, bytes, bytearray)
 # Values whose identity says nothing of where they came from: equal ones are often one shared object.
 _UNTRACKED = (str, bytes, int, float, bool, type(None), complex)
 _default_runner: TaskRunner | None = None
@@ -162,9 +165,9 @@ class Task(Generic[P, R]):
         """Start one run per item of the iterable arguments, in one batch.
 
         Iterable arguments (lists, tuples, ranges, generators, sets, futures
-        whose value is a list) are iterated in step; strings, bytes, mappings
-        and DataFrames, and anything wrapped in ``unmapped(...)``, go whole to
-        every run.
+        whose value is a list) are iterated in step, and a dict over its keys,
+        as in Prefect; strings, bytes and DataFrames, and anything wrapped in
+        ``unmapped(...)``, go whole to every run.
         """
         runner = self._runner()
         bound = self._bind(args, kwargs)
@@ -206,7 +209,10 @@ class Task(Generic[P, R]):
             )
         lengths = {name: len(items) for name, items in mapped.items()}
         if len(set(lengths.values())) > 1:
-            detail = ", ".join(f"{name}: {n}" for name, n in lengths.items())
+            detail = ", ".join(
+                f"{name}: {n}{' (a dict: its keys are mapped over)' if isinstance(bound[name], Mapping) else ''}"
+                for name, n in lengths.items()
+            )
             raise ConfigurationError(
                 f"{where}: .map() got iterables of different lengths ({detail}); "
                 "give them the same length, or wrap the ones to pass whole in unmapped(...)"
@@ -242,6 +248,18 @@ class Task(Generic[P, R]):
     def on_failure(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """Decorator: add ``fn(task, task_run, state)`` as a failure hook."""
         return self._add_hook("on_failure", fn)
+
+    def on_running(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: add ``fn(task, task_run, state)``, called as each attempt starts running."""
+        return self._add_hook("on_running", fn)
+
+    def on_commit(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: add ``fn(transaction)``, called once the run's result is committed (see daskflow.transactions)."""
+        return self._add_hook("on_commit", fn)
+
+    def on_rollback(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: add ``fn(transaction)`` as a rollback hook (see daskflow.transactions)."""
+        return self._add_hook("on_rollback", fn)
 
 
 def _by_value_modules() -> set[str]:
@@ -283,7 +301,37 @@ def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
     return code.replace(co_filename=filename, co_consts=consts)
 
 
+@dataclasses.dataclass(frozen=True)
+class ResultStorageKey(CachePolicy):
+    """The cache policy of a task with ``result_storage_key``: the key is the rendered template.
+
+    As in Prefect, the result is stored under that key and a later run whose
+    template renders to the same key reads it instead of running. The
+    template sees ``parameters`` (the task's arguments), ``flow_run`` and
+    ``task_run`` (the :mod:`daskflow.runtime` modules, so ``{flow_run.id}``,
+    ``{task_run.name}``...), rendered where the run executes.
+    """
+
+    template: str
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any]) -> str | None:
+        with use_task_run_context(task_ctx):
+            try:
+                return self.template.format(
+                    parameters=inputs, flow_run=runtime.flow_run, task_run=runtime.task_run,
+                    task=runtime.task_run, flow=runtime.flow_run,
+                )
+            except (KeyError, IndexError, AttributeError) as exc:
+                raise UnhashableInputError(
+                    f"result_storage_key={self.template!r} could not be rendered: {type(exc).__name__}: {exc}. "
+                    "Fix: refer to arguments the task has, as {parameters[name]}, or to runtime facts such as "
+                    "{flow_run.id} and {task_run.name}"
+                ) from None
+
+
 def _cache_policy(options: TaskOptions) -> Any:
+    if options.result_storage_key is not None:
+        return ResultStorageKey(options.result_storage_key)
     try:
         return resolve_cache_policy(options.cache_policy, options.cache_key_fn)
     except ConfigurationError as exc:

@@ -17,9 +17,12 @@ from daskflow.cli.artifacts import artifacts
 from daskflow.cli.blocks import block
 from daskflow.cli.cache import cache
 from daskflow.cli.deployments import deployment
+from daskflow.cli.events import events
+from daskflow.cli.pausing import runs_resume
 from daskflow.cli.runs import runs
 from daskflow.cli.serve import serve
 from daskflow.cli.server import server
+from daskflow.cli.variables import variable
 
 __all__ = ["main"]
 
@@ -43,3 +46,6 @@ main.add_command(deployment)
 main.add_command(serve)
 main.add_command(block)
 main.add_command(server)
+main.add_command(variable)
+main.add_command(events)
+runs.add_command(runs_resume)

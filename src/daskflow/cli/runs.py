@@ -89,6 +89,7 @@ def runs() -> None:
     "--limit", metavar="N", type=click.IntRange(min=1), default=20, show_default=True, help="At most N, the newest."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON list (times in ISO 8601).")
+@click.option("--tag", "tags", metavar="TAG", multiple=True, help="Only runs with this tag (from `with tags(...)`); repeatable: all of them.")
 def runs_ls(
     url: str | None,
     flow_name: str | None,
@@ -97,6 +98,7 @@ def runs_ls(
     until: str | None,
     limit: int,
     as_json: bool,
+    tags: tuple[str, ...] = (),
 ) -> None:
     """List flow runs, newest first.
 
@@ -112,7 +114,8 @@ def runs_ls(
     try:
         with open_run_store(url) as store:
             found = store.list_flow_runs(
-                flow_name=flow_name, state=list(states) or None, since=since_at, until=until_at, limit=limit
+                flow_name=flow_name, state=list(states) or None, since=since_at, until=until_at, limit=limit,
+                tag=list(tags) or None,
             )
             where = store.display_url
     except NoRunStore as exc:

@@ -46,11 +46,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from daskflow import settings
+from daskflow.context import ScheduledRunInfo, starting_scheduled_run
 from daskflow.deployments.templates import render_parameters, template_times
 from daskflow.deployments.work_pools import pool_runner, resolve_work_pool
 from daskflow.exceptions import DeploymentError
 from daskflow.flows import Flow
-from daskflow.runs import FlowRun, TaskRun, add_state_listener, remove_state_listener
+from daskflow.runs import DeploymentRef, FlowRun, TaskRun, add_state_listener, remove_state_listener
 from daskflow.runstore.deployments import RunInFlightError, claim_run, finish_run, list_runs
 from daskflow.runstore.errors import RunStoreUnavailableError
 from daskflow.runstore.leases import live_claims, renew_leases
@@ -207,8 +208,10 @@ def _run_claimed(
     if claim is None:
         return None
     to_run = flow if runner is None else flow.with_options(task_runner=runner)
+    # The run records its scheduled time and deployment, and takes the deployment's tags (daskflow.runtime).
+    info = ScheduledRunInfo(scheduled_time, DeploymentRef(deployment.id, deployment.name, rendered), frozenset(deployment.tags))
     try:
-        with _Heartbeat(store, claim, lease).running():
+        with _Heartbeat(store, claim, lease).running(), starting_scheduled_run(info):
             state = _call(to_run, rendered)
     except BaseException:
         # The flow never got a final state (a call that does not fit its signature, Ctrl-C):

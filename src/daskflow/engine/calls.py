@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daskflow.concurrency import flow_limit_sizes
-from daskflow.context import FlowRunContext, TaskRunContext, get_flow_run_context, get_task_run_context
+from daskflow.context import (
+    FlowRunContext,
+    FlowRunFacts,
+    TaskRunContext,
+    get_current_tags,
+    get_flow_run_context,
+    get_task_run_context,
+    get_transaction,
+)
 from daskflow.engine.inputs import find_upstream_runs
 from daskflow.runs import TaskRun, new_run_id
 from daskflow.states import Pending
@@ -44,6 +52,12 @@ class TaskCall:
     concurrency_limits: dict[str, int] = field(default_factory=dict)
     # Where limits and locks live when not in this process (the cluster's, on Dask workers).
     coordination: Any = None
+    # The flow run's tags, scheduled time, attempt and deployment, for daskflow.runtime.
+    flow_facts: FlowRunFacts | None = None
+    # The run's tags when its record is rebuilt elsewhere (a Dask worker); task_run.tags here.
+    run_tags: frozenset[str] | None = None
+    # Started inside a transaction() block: its on_commit hooks wait for the block to commit.
+    in_transaction: bool = False
 
     def __getstate__(self) -> dict[str, Any]:
         state = {name: getattr(self, name) for name in self.__slots__}
@@ -104,6 +118,7 @@ def make_calls(
             "flow_parameters": flow_ctx.parameters,
             "cancel_event": flow_ctx.cancel_event,
             "concurrency_limits": flow_ctx.concurrency_limits,
+            "flow_facts": FlowRunFacts.of(flow_run),
         }
         default_prints = flow_ctx.log_prints
         index = flow_ctx.next_index
@@ -115,6 +130,7 @@ def make_calls(
             "flow_name": task_ctx.flow_name,
             "flow_parameters": task_ctx.flow_parameters,
             "concurrency_limits": task_ctx.concurrency_limits,
+            "flow_facts": task_ctx.flow_facts,
         }
         default_prints = task_ctx.log_prints
         index = _orphan_index
@@ -125,6 +141,8 @@ def make_calls(
         index = _orphan_index
         runs_list = None
     log_prints = default_prints if options.log_prints is None else options.log_prints
+    current_tags = get_current_tags()  # from enclosing `with tags(...)` blocks (and the flow run's own)
+    run_tags = options.tags | current_tags if current_tags else options.tags
     flow_run_id = flow_fields.get("flow_run_id")
     calls = []
     pending = Pending()  # one shared record: the runs of a batch became pending together
@@ -139,7 +157,7 @@ def make_calls(
             task_name=name,
             flow_run_id=flow_run_id,
             map_index=map_index if mapped else None,
-            tags=options.tags,
+            tags=run_tags,
             upstream_ids=tuple(dict.fromkeys(upstream + wait_ids)) if wait_ids else upstream,
             state=pending,
         )
@@ -148,4 +166,9 @@ def make_calls(
         )
     if runs_list is not None:
         runs_list.extend(call.task_run for call in calls)
+    txn = get_transaction()
+    if txn is not None:  # the block commits or rolls these runs back together (daskflow.transactions)
+        txn.track(task, [call.task_run for call in calls])
+        for call in calls:
+            call.in_transaction = True
     return calls

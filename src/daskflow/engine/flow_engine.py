@@ -3,9 +3,11 @@
 A flow run binds and validates its parameters (a bad one ends the run before
 any task starts), then runs the body inside a fresh task runner and a flow-run
 context, so tasks called in the body know their flow. The run's final state
-follows from the body: an exception fails it; otherwise the returned value
-decides — futures in it are waited for, and if any of them (or any state
-returned) did not complete, the flow fails; else it completes. Flow retries
+follows from the body, as in Prefect: an exception fails it; a returned
+State, or a run's future, is the final state; otherwise futures in the value
+are waited for, and when the value is a collection of runs only, any of them
+that did not complete fails the flow (a failed run beside other values is
+just part of the value); else it completes. Flow retries
 rerun the body. Ctrl-C cancels the run: tasks not yet started never start,
 running ones are interrupted, every run is left in a final state. A cancel
 from elsewhere (``daskflow runs cancel``, ``flow.serve`` stopping, see
@@ -25,19 +27,24 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from datetime import UTC, datetime
 from typing import Any
 
 from daskflow.concurrency import flow_limit_sizes
 from daskflow.context import (
     FlowRunContext,
+    get_current_tags,
     get_flow_run_context,
     get_task_run_context,
+    scheduled_run_info,
+    tags,
     use_flow_run_context,
 )
 from daskflow.engine.cancellation import register as register_cancellable
 from daskflow.engine.cancellation import unregister as unregister_cancellable
 from daskflow.engine.history import recorder as history_recorder
+from daskflow.engine.hooks import call_hooks
 from daskflow.engine.inputs import resolve_runs
 from daskflow.engine.progress import ProgressDisplay, show_progress
 from daskflow.engine.retries import retry_delay
@@ -45,6 +52,7 @@ from daskflow.engine.run_origin import import_path, take_preset_run_id
 from daskflow.engine.task_engine import split_arguments
 from daskflow.engine.timeouts import call_with_timeout, interrupt_thread
 from daskflow.exceptions import CancelledRunError, ParameterValidationError, RunTimeoutError
+from daskflow.futures import DaskflowFuture
 from daskflow.logging import RunLoggerAdapter, configure_console_logging, install_print_capture, run_logger_for
 from daskflow.runs import FlowRun, new_run_id
 from daskflow.states import (
@@ -57,6 +65,7 @@ from daskflow.states import (
     Running,
     State,
     TimedOut,
+    is_state_iterable,
 )
 
 __all__ = ["INTERRUPT_GRACE_SECONDS", "FlowRunEngine", "ReturnValue", "generate_run_name", "run_flow_async", "run_flow_sync"]
@@ -96,6 +105,8 @@ class FlowRunEngine:
         parent_id = parent.flow_run.id if parent is not None else (parent_task.flow_run_id if parent_task else None)
         self.parent = parent
         preset = take_preset_run_id() if parent is None and parent_task is None else None
+        # A scheduler (daskflow serve, flow.serve) says when this run was due and for which deployment.
+        scheduled = scheduled_run_info() if parent is None and parent_task is None else None
         self.run = FlowRun(
             id=preset or new_run_id(),
             name=generate_run_name(),
@@ -103,6 +114,9 @@ class FlowRunEngine:
             parameters=self.parameters,
             parent_flow_run_id=parent_id,
             entrypoint=import_path(flow.fn),  # recorded so that the run can be retried
+            tags=get_current_tags() | scheduled.tags if scheduled is not None else get_current_tags(),
+            scheduled_start_time=(scheduled and scheduled.scheduled_start_time) or datetime.now(UTC),
+            deployment=scheduled.deployment if scheduled is not None else None,
         )
         self.context: FlowRunContext | None = None
         self._logger: RunLoggerAdapter | None = None
@@ -162,6 +176,8 @@ class FlowRunEngine:
             run.set_state(Running())
         else:
             run.set_state(Retrying(f"attempt {run.run_count}"))
+        if self.options.on_running:
+            call_hooks(self.options.on_running, (self.flow, run, run.state), self.logger)
 
     def new_runner(self) -> Any:
         runner = self.options.task_runner
@@ -190,7 +206,8 @@ class FlowRunEngine:
             self._runner = runner
             register_cancellable(self.run.id, self.run.parent_flow_run_id, self.cancel_from_outside, self._store_url)
             try:
-                with use_flow_run_context(ctx):
+                # The run's tags (a deployment's among them) go to every task run it starts.
+                with use_flow_run_context(ctx), tags(*self.run.tags):
                     self._enter_body()
                     yield ctx
             except BaseException as exc:
@@ -253,8 +270,20 @@ class FlowRunEngine:
         return call_with_timeout(self.flow.fn, args, kwargs, timeout, f"flow run {self.run.name!r}")
 
     def collect_return(self, value: Any) -> ReturnValue:
-        """Wait for the futures in the body's return value and take their values."""
+        """Wait for the futures in the body's return value and take their values (see :class:`ReturnValue`)."""
         ret = ReturnValue()
+        if isinstance(value, DaskflowFuture):
+            value.wait()
+            value = value.state
+        if isinstance(value, State):
+            ret.returned = value
+            return ret
+        # As in Prefect, only a collection of runs alone decides the flow's state; a failed run
+        # next to other values (``("bar", failed_state)``) is part of a completed return value.
+        ret.decides = is_state_iterable(value) or (
+            isinstance(value, (list, tuple, set, frozenset)) and bool(value)
+            and all(isinstance(v, (State, DaskflowFuture)) for v in value)
+        )
         ret.data, _ = resolve_runs(value, ret.on_state)
         return ret
 
@@ -263,6 +292,8 @@ class FlowRunEngine:
         if self.cancel_reason is not None:
             self.cancel(self.cancel_reason)
             return None
+        if ret.returned is not None:
+            return self._returned_state(ret.returned)
         if not ret.failed:
             self.finish(Completed(ret.data, "All states completed."))
             return None
@@ -270,6 +301,20 @@ class FlowRunEngine:
         state = Failed(f"{len(ret.failed)}/{ret.total} states failed: {first.message}", first.exception)
         state.data = ret.data
         return self._failed_attempt(state)
+
+    def _returned_state(self, returned: State) -> float | None:
+        """A body that returned a state (or a run's future) ends in that state, as in Prefect."""
+        if not returned.is_final():
+            message = (
+                f"flow {self.options.name!r} returned the state {returned.name}, which is not final; return a final "
+                "state (Completed, Failed, ...), a value, or the run's future"
+            )
+            return self._failed_attempt(Failed(message))
+        state = returned.copy()
+        if state.is_failed():
+            return self._failed_attempt(state)
+        self.finish(state)
+        return None
 
     def handle_exception(self, exc: BaseException) -> float | None:
         if self.cancel_reason is not None:  # whatever the cancelled body raised on its way out
@@ -332,11 +377,10 @@ class FlowRunEngine:
             hooks = options.on_crashed
         elif state.is_cancelled():
             hooks = options.on_cancellation
-        for hook in hooks:
-            try:
-                hook(self.flow, run, state)
-            except Exception:
-                self.logger.exception("hook %s raised; the run's state is unchanged", getattr(hook, "__name__", hook))
+        if hooks:
+            # Inside the run's context again, so a hook's print under log_prints is logged as the run's.
+            with use_flow_run_context(self.context) if self.context is not None else nullcontext():
+                call_hooks(hooks, (self.flow, run, state), self.logger)
         return state
 
     def outcome(self, return_state: bool) -> Any:
@@ -354,11 +398,15 @@ class ReturnValue:
         self.data: Any = None
         self.failed: list[State] = []
         self.total = 0
+        self.returned: State | None = None  # the body returned a state, or a run's future: the flow's state
+        self.decides = True  # whether the runs in the value decide the flow's state (see collect_return)
 
     def on_state(self, state: State, allowed: bool) -> Any:
         self.total += 1
         if state.is_completed():
             return state.data
+        if not self.decides:
+            return state  # kept as the state, as Prefect keeps it
         self.failed.append(state)
         return state.result(raise_on_failure=False)
 

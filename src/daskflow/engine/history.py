@@ -195,6 +195,7 @@ def _snapshot(run: FlowRun | TaskRun) -> FlowRunRecord | TaskRunRecord:
             slot_wait=run.slot_wait,
             traceback=traceback,
             upstream_ids=run.upstream_ids,
+            tags=tuple(run.tags),
         )
     return FlowRunRecord(
         id=run.id,
@@ -211,4 +212,8 @@ def _snapshot(run: FlowRun | TaskRun) -> FlowRunRecord | TaskRunRecord:
         traceback=traceback,
         entrypoint=run.entrypoint,
         dashboard_link=run.dashboard_link,
+        tags=tuple(run.tags),
+        scheduled_start_time=run.scheduled_start_time,
+        deployment_id=run.deployment.id if run.deployment is not None else None,
+        deployment_name=run.deployment.name if run.deployment is not None else None,
     )

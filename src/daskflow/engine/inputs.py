@@ -19,6 +19,8 @@ list of plain values costs one type check per item and no copy.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -33,6 +35,7 @@ __all__ = [
     "find_upstream_runs",
     "iter_upstreams",
     "materialize",
+    "object_fields",
     "resolve_inputs",
     "resolve_runs",
     "transform",
@@ -58,6 +61,8 @@ def iter_upstreams(value: Any) -> Iterable[DaskflowFuture[Any]]:
             stack.extend(item)
         elif isinstance(item, BaseAnnotation) and not isinstance(item, quote):
             stack.append(item.value)
+        elif (fields := object_fields(item)) is not None:
+            stack.extend(value for _, value in fields)
 
 
 def find_upstream_runs(values: Iterable[Any]) -> tuple[str, ...]:
@@ -72,6 +77,31 @@ def find_upstream_runs(values: Iterable[Any]) -> tuple[str, ...]:
 
 
 StateHandler = Callable[[State, bool], Any]
+
+
+def object_fields(value: Any) -> list[tuple[str, Any]] | None:
+    """The fields of a dataclass instance or a pydantic model, where futures may hide; None for anything else.
+
+    Prefect looks inside both for futures and states (its ``visit_collection``),
+    so a future in a dataclass reaches the task as its value, not as a pending future.
+    """
+    cls = type(value)
+    if hasattr(cls, "__dataclass_fields__") and not isinstance(value, type):
+        return [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
+    model_fields = getattr(cls, "model_fields", None)
+    if isinstance(model_fields, dict) and hasattr(value, "model_copy") and not isinstance(value, type):
+        return [(name, getattr(value, name, None)) for name in model_fields]
+    return None
+
+
+def _with_fields(value: Any, changed: dict[str, Any]) -> Any:
+    """A copy of the dataclass or pydantic model ``value`` with ``changed`` fields replaced (no validation)."""
+    if hasattr(type(value), "__dataclass_fields__"):
+        new = copy.copy(value)
+        for name, item in changed.items():
+            object.__setattr__(new, name, item)  # frozen dataclasses too: the copy is ours
+        return new
+    return value.model_copy(update=changed)
 
 
 def _unreadable(where: str, argument: str, exc: Exception) -> UpstreamFailedError:
@@ -150,6 +180,15 @@ def transform(value: Any, visit: Visitor, allowed: bool = False, unwrap: bool = 
         if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
             return type(value)(*items), True
         return type(value)(items), True
+    fields = object_fields(value)
+    if fields:
+        changed_fields = {}
+        for name, item in fields:
+            new, did = transform(item, visit, allowed, unwrap)
+            if did:
+                changed_fields[name] = new
+        if changed_fields:
+            return _with_fields(value, changed_fields), True
     return value, False
 
 

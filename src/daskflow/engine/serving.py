@@ -40,6 +40,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from daskflow.engine.cancellation import cancel_runs_in_thread
+from daskflow.context import ScheduledRunInfo, starting_scheduled_run
+from daskflow.runs import DeploymentRef
 from daskflow.exceptions import ConfigurationError
 from daskflow.logging import configure_console_logging
 from daskflow.schedules import Schedule
@@ -259,6 +261,7 @@ def serve_flow(
     limit: int | None = None,
     clock: Clock | None = None,
     stop: threading.Event | None = None,
+    tags: frozenset[str] = frozenset(),
 ) -> list[State]:
     """Run ``flow`` at each time of ``schedule`` in this process until stopped; return the runs' final states.
 
@@ -271,6 +274,8 @@ def serve_flow(
     label = f"serve {name or flow.name!r}"
     render_parameters(parameters, datetime.now(UTC), None)  # an unknown template fails now, not at the first run
     session = _ServeSession(flow, dict(parameters or {}), on_stop, label, stop or threading.Event())
+    session.deployment_name = name
+    session.tags = frozenset(tags)
     configure_console_logging()
     with session.signals():
         return run_schedule(schedule, session.fire, stop=session.stop, clock=clock, limit=limit, name=label)
@@ -288,6 +293,8 @@ class _ServeSession:
         self.force = threading.Event()  # the second signal: cancel and stop waiting
         self.wake = threading.Event()  # the waiting main thread looks at the flags again
         self.signals_seen = 0
+        self.deployment_name: str | None = None  # serve(name=...): what daskflow.runtime.deployment.name says
+        self.tags: frozenset[str] = frozenset()  # serve(tags=...): every run's tags
 
     @contextmanager
     def signals(self) -> Iterator[None]:
@@ -315,9 +322,13 @@ class _ServeSession:
         outcome: dict[str, State] = {}
         finished = threading.Event()
 
+        deployment = DeploymentRef(None, self.deployment_name, parameters) if self.deployment_name else None
+        info = ScheduledRunInfo(scheduled_start_time=slot.scheduled_time, deployment=deployment, tags=self.tags)
+
         def run() -> None:
             try:
-                outcome["state"] = self.flow(**parameters, return_state=True)
+                with starting_scheduled_run(info):  # the run knows when it was due (daskflow.runtime)
+                    outcome["state"] = self.flow(**parameters, return_state=True)
             except BaseException as exc:  # a bad parameter call, an interrupt: keep serving, report the run
                 _log.exception("%s: the run for %s raised", self.label, slot.scheduled_time.isoformat())
                 outcome["state"] = Crashed(f"{type(exc).__name__}: {exc}", exc)

@@ -35,6 +35,7 @@ from daskflow.concurrency import LOCAL, Limit, limits_for_task
 from daskflow.context import TaskRunContext, use_task_run_context
 from daskflow.engine.caching import key_lock, read_entry, result_store, storage_key, write_entry
 from daskflow.engine.calls import TaskCall
+from daskflow.engine.hooks import call_hooks, commit_of
 from daskflow.engine.inputs import materialize, resolve_inputs, wait_for_all
 from daskflow.engine.retries import retry_delay
 from daskflow.engine.timeouts import call_with_timeout
@@ -202,10 +203,11 @@ class TaskRunEngine:
             concurrency_limits=call.concurrency_limits,
             coordination=call.coordination,
             cancel_event=call.cancel_event,
+            flow_facts=call.flow_facts,
         )
         options = self.options
         if options.concurrency_limit is not None or call.concurrency_limits:
-            self.limits = limits_for_task(options.name, options.tags, options.concurrency_limit, call.concurrency_limits)
+            self.limits = limits_for_task(options.name, self.run.tags, options.concurrency_limit, call.concurrency_limits)
         if caching:
             early = self._look_up_cache()
             if early is not None or not self._kept:
@@ -277,13 +279,25 @@ class TaskRunEngine:
         run = self.run
         run.run_count += 1
         run.set_state(Running() if run.run_count == 1 else Retrying(f"attempt {run.run_count}"))
+        if self.options.on_running:
+            call_hooks(self.options.on_running, (self.task, run, run.state), self.logger)
 
     def handle_success(self, value: Any) -> State:
+        if isinstance(value, State):  # the function said how its run ends, as Prefect allows
+            return self._returned_state(value)
         if self.key is not None and self.store is not None:
             version = write_entry(self.store, self.key, value, self.options, self.logger)
             if version is not None:  # downstream keys name this value by the entry's version
                 return self.finish(Completed(KnownValue(value, version)))
         return self.finish(Completed(value))
+
+    def _returned_state(self, returned: State) -> State:
+        if not returned.is_final():
+            return self.finish(Failed(
+                f"{self.where} returned the state {returned.name}, which is not final; return a final state "
+                "(Completed, Failed, ...) or a value"
+            ))
+        return self.finish(returned.copy())
 
     def handle_exception(self, exc: BaseException) -> float | None:
         """Record a failed attempt: seconds to wait before retrying, or None if it was final."""
@@ -355,6 +369,9 @@ class TaskRunEngine:
         options = self.options
         if state.is_completed():
             hooks = options.on_completion
+            # A hit's result was committed by its first run; inside a transaction() the block commits.
+            if options.on_commit and not state.is_cached() and not self.call.in_transaction:
+                call_hooks(options.on_commit, (commit_of(self.run, state),), self.logger)
         elif state.is_failed() or state.is_crashed():
             hooks = options.on_failure
         else:

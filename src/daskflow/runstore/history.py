@@ -84,6 +84,7 @@ class TaskRunInfo:
     traceback: str | None
     created: datetime
     upstream_ids: tuple[str, ...] = ()  # the task runs whose results this one took
+    tags: tuple[str, ...] = ()
 
     @property
     def retries(self) -> int:
@@ -117,6 +118,10 @@ class FlowRunDetail:
     task_runs: tuple[TaskRunInfo, ...]
     entrypoint: str | None = None  # the flow's import path, when it has one (retry imports it)
     dashboard_link: str | None = None  # the Dask dashboard of the cluster the run used, if any
+    tags: tuple[str, ...] = ()
+    scheduled_start_time: datetime | None = None  # when it was due (a deployment's or flow.serve's time)
+    deployment_id: str | None = None
+    deployment_name: str | None = None
 
     @property
     def duration(self) -> float | None:

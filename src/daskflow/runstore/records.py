@@ -96,6 +96,10 @@ class FlowRunRecord:
     created: Timestamp | None = None  # when the run was created; None: the first snapshot's time
     entrypoint: str | None = None  # where the flow imports from ("module:flow", "/path/file.py:flow")
     dashboard_link: str | None = None  # the Dask dashboard of the cluster the run used, if any
+    tags: tuple[str, ...] = ()
+    scheduled_start_time: Timestamp | None = None
+    deployment_id: str | None = None
+    deployment_name: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -121,6 +125,7 @@ class TaskRunRecord:
     upstream_ids: tuple[str, ...] = ()  # the task runs whose results this one took
     updated: Timestamp = field(default_factory=time.time)
     created: Timestamp | None = None
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(slots=True, kw_only=True)

@@ -46,13 +46,16 @@ __all__ = [
     "cancel_requests",
     "deployment_runs",
     "deployments",
+    "events",
     "flow_runs",
     "logs",
     "metadata",
+    "paused_runs",
     "sqlite_text",
     "started",
     "states",
     "task_runs",
+    "variables",
 ]
 
 VERSION_TABLE = "runstore_version"
@@ -134,6 +137,10 @@ flow_runs = sa.Table(
     sa.Column("updated", UTCDateTime(), nullable=False),
     sa.Column("entrypoint", sa.Text(), nullable=True),  # the flow's import path, "module:flow" (0007)
     sa.Column("dashboard_link", sa.Text(), nullable=True),  # the Dask dashboard of the run's cluster (0007)
+    sa.Column("tags", sa.Text(), nullable=True),  # JSON list, sorted (0006)
+    sa.Column("scheduled_start_time", UTCDateTime(), nullable=True),  # when it was due (0006)
+    sa.Column("deployment_id", sa.String(), nullable=True),  # the deployment it ran for (0006)
+    sa.Column("deployment_name", sa.String(), nullable=True),
     sa.Index("ix_flow_runs_flow_name", "flow_name"),
     sa.Index("ix_flow_runs_state_type", "state_type"),
     sa.Index("ix_flow_runs_parent", "parent_flow_run_id"),
@@ -166,6 +173,7 @@ task_runs = sa.Table(
     sa.Column("created", UTCDateTime(), nullable=False),
     sa.Column("updated", UTCDateTime(), nullable=False),
     sa.Column("upstream_ids", sa.Text(), nullable=True),  # JSON list of task run ids (0002)
+    sa.Column("tags", sa.Text(), nullable=True),  # JSON list, sorted (0006)
     # (flow_run_id, cache_hit) answers the task and cache-hit counts of `runs ls` from the index alone.
     sa.Index("ix_task_runs_flow_run", "flow_run_id", "cache_hit"),
     # (flow_run_id, state_name) counts one run's task runs by state from the index alone (the server, 0007).
@@ -278,4 +286,46 @@ blocks = sa.Table(
     sa.Column("created", UTCDateTime(), nullable=False),
     sa.Column("updated", UTCDateTime(), nullable=False),
     sa.UniqueConstraint("kind", "name", name="uq_blocks_kind_name"),
+)
+
+# Variables (0006): named JSON values that flows read and write (daskflow.variables).
+variables = sa.Table(
+    "variables",
+    metadata,
+    sa.Column("id", sa.String(), primary_key=True),
+    sa.Column("name", sa.String(), nullable=False, unique=True),
+    sa.Column("value", sa.Text(), nullable=False),  # JSON
+    sa.Column("tags", sa.Text(), nullable=True),  # JSON list
+    sa.Column("created", UTCDateTime(), nullable=False),
+    sa.Column("updated", UTCDateTime(), nullable=False),
+)
+
+# Events (0006): what emit_event() recorded (daskflow.events); state changes are read from `states`.
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.String(), primary_key=True),
+    sa.Column("occurred", UTCDateTime(), nullable=False),
+    sa.Column("event", sa.String(), nullable=False),
+    sa.Column("resource_id", sa.String(), nullable=False),
+    sa.Column("resource", sa.Text(), nullable=False),  # JSON object of labels
+    sa.Column("payload", sa.Text(), nullable=True),  # JSON
+    sa.Column("related", sa.Text(), nullable=True),  # JSON list of resources
+    sa.Column("flow_run_id", sa.String(), nullable=True),
+    sa.Column("task_run_id", sa.String(), nullable=True),
+    sa.Index("ix_events_occurred", "occurred"),
+    sa.Index("ix_events_event", "event"),
+)
+
+# Paused flow runs (0006): pause_flow_run() waits for a row's input; resume_flow_run() gives it.
+paused_runs = sa.Table(
+    "paused_runs",
+    metadata,
+    sa.Column("flow_run_id", sa.String(), primary_key=True),
+    sa.Column("schema", sa.Text(), nullable=True),  # the input model's JSON schema, to show
+    sa.Column("paused_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("input", sa.Text(), nullable=True),  # JSON given by resume, until the run takes or refuses it
+    sa.Column("input_error", sa.Text(), nullable=True),  # why the run refused the last input
+    sa.Column("resumed_at", UTCDateTime(), nullable=True),
 )

@@ -301,13 +301,15 @@ class RunStore:
         until: Timestamp | None = None,
         parent_flow_run_id: str | None = None,
         limit: int | None = 50,
+        tag: str | Sequence[str] | None = None,
     ) -> list[FlowRunSummary]:
         """Flow runs, newest first, with their task run and cache hit counts (``runs ls``).
 
         ``state`` matches a state type (``"completed"`` includes cached runs) or a
         state name (``"Cached"``), case-insensitively; several may be given.
         ``since``/``until`` bound when a run started (or was created, if it never
-        started): ``since <= start < until``.
+        started): ``since <= start < until``. ``tag`` keeps the runs that have
+        that tag (every one of them, when several are given).
         """
         fr = schema.flow_runs
         query = sa.select(
@@ -330,6 +332,10 @@ class RunStore:
             query = query.where(schema.started < _to_datetime(until))
         if parent_flow_run_id is not None:
             query = query.where(fr.c.parent_flow_run_id == parent_flow_run_id)
+        for one in [tag] if isinstance(tag, str) else list(tag or ()):
+            # The column is a sorted JSON list of strings: the tag's JSON form appears in it as is.
+            pattern = json.dumps(one).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(fr.c.tags.like(f"%{pattern}%", escape="\\"))
         if limit is not None:
             query = query.limit(limit)
         with self.database_errors(), self.engine.connect() as connection:
@@ -382,6 +388,7 @@ class RunStore:
             task_runs = self._task_runs(connection, run_id)
         values = row._asdict()
         values["parameters"] = _decode_parameters(values["parameters"])
+        values["tags"] = _decode_tags(values["tags"])
         return FlowRunDetail(**values, states=tuple(states), task_runs=tuple(task_runs))
 
     def task_runs(self, flow_run_id: str) -> list[TaskRunInfo]:
@@ -397,6 +404,7 @@ class RunStore:
         for row in connection.execute(query):
             values = row._asdict()
             values["upstream_ids"] = tuple(json.loads(values["upstream_ids"])) if values["upstream_ids"] else ()
+            values["tags"] = _decode_tags(values["tags"])
             runs.append(TaskRunInfo(**values))
         return runs
 
@@ -486,7 +494,19 @@ def _flow_row(record: FlowRunRecord, first_seen: Timestamp, ts: _ToStored) -> di
         "updated": ts(record.updated),
         "entrypoint": record.entrypoint,
         "dashboard_link": record.dashboard_link,
+        "tags": _encode_tags(record.tags),
+        "scheduled_start_time": None if record.scheduled_start_time is None else ts(record.scheduled_start_time),
+        "deployment_id": record.deployment_id,
+        "deployment_name": record.deployment_name,
     }
+
+
+def _encode_tags(tags: tuple[str, ...]) -> str | None:
+    return json.dumps(sorted(tags), separators=(",", ":")) if tags else None
+
+
+def _decode_tags(text: str | None) -> tuple[str, ...]:
+    return tuple(json.loads(text)) if text else ()
 
 
 def _task_row(record: TaskRunRecord, first_seen: Timestamp, ts: _ToStored) -> dict[str, Any]:
@@ -510,6 +530,7 @@ def _task_row(record: TaskRunRecord, first_seen: Timestamp, ts: _ToStored) -> di
         "created": ts(record.created if record.created is not None else first_seen),
         "updated": ts(record.updated),
         "upstream_ids": json.dumps(list(record.upstream_ids), separators=(",", ":")) if record.upstream_ids else None,
+        "tags": _encode_tags(record.tags),
     }
 
 

@@ -329,7 +329,7 @@ class DaskTaskRunner(TaskRunner):
         self._futures: list[DaskFuture] = []
         self._reported_upto = 0
         self._shared_objects: dict[int, tuple[Any, Any, int]] = {}
-        self._flow_infos: dict[tuple[str | None, bool], dict[str, Any]] = {}
+        self._flow_infos: dict[tuple[str | None, bool, frozenset[str], bool], dict[str, Any]] = {}
         self._cancelled = False
         self._recovery_lock = threading.RLock()
 
@@ -493,7 +493,7 @@ class DaskTaskRunner(TaskRunner):
         return (run.id, run.name, run.map_index, run.upstream_ids, parameters, tuple(wait_for), run.run_count)
 
     def _flow_info(self, call: TaskCall) -> dict[str, Any]:
-        key = (call.flow_run_id, call.log_prints)
+        key = (call.flow_run_id, call.log_prints, call.task_run.tags, call.in_transaction)
         info = self._flow_infos.get(key)
         if info is None:
             info = self._flow_infos[key] = self._make_flow_info(call)
@@ -507,6 +507,9 @@ class DaskTaskRunner(TaskRunner):
             "flow_parameters": call.flow_parameters,
             "log_prints": call.log_prints,
             "concurrency_limits": call.concurrency_limits,
+            "flow_facts": call.flow_facts,  # daskflow.runtime on the worker
+            "run_tags": call.task_run.tags,  # the task's and those of tags(...) where it was submitted
+            "in_transaction": call.in_transaction,  # on_commit hooks wait for the block (daskflow.transactions)
         }
 
     def submit_batch(self, calls: Sequence[TaskCall]) -> list[DaskflowFuture[Any]]:

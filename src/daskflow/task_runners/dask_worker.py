@@ -420,7 +420,7 @@ def run_on_worker(task: Any, flow_info: dict[str, Any], spec: tuple[Any, ...], u
         task_name=task.name,
         flow_run_id=flow_info.get("flow_run_id"),
         map_index=map_index,
-        tags=task.options.tags,
+        tags=flow_info.get("run_tags") or task.options.tags,
         upstream_ids=upstream_ids,
         run_count=run_count,
         worker=forwarder.worker.address if forwarder.worker is not None else None,

@@ -14,7 +14,7 @@ from alembic import op
 __all__ = ["downgrade", "upgrade"]
 
 revision = "0007"
-down_revision: str | None = "0005"
+down_revision: str | None = "0006"
 branch_labels: str | None = None
 depends_on: str | None = None
 

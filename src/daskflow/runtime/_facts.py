@@ -1,0 +1,65 @@
+"""How the three runtime modules read the run context, and the environment overrides they share."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from daskflow.context import FlowRunFacts, get_flow_run_context, get_task_run_context
+from daskflow.exceptions import ConfigurationError
+
+__all__ = ["flow_facts", "module_getattr"]
+
+
+def flow_facts() -> FlowRunFacts | None:
+    """The facts of the flow run of this code: from the flow run itself on its client, else from the task run."""
+    flow_ctx = get_flow_run_context()
+    task_ctx = get_task_run_context()
+    if task_ctx is not None and (flow_ctx is None or task_ctx.flow_run_id != flow_ctx.flow_run.id):
+        return task_ctx.flow_facts
+    if flow_ctx is not None:
+        return FlowRunFacts.of(flow_ctx.flow_run)
+    return None
+
+
+def _from_env(module: str, name: str, default: Any) -> Any:
+    raw = os.environ.get(f"DASKFLOW__RUNTIME__{module.upper()}__{name.upper()}")
+    if raw is None:
+        return None
+    where = f"DASKFLOW__RUNTIME__{module.upper()}__{name.upper()}={raw!r}"
+    if isinstance(default, bool):
+        return raw.lower() in ("1", "true", "yes")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigurationError(f"{where}: {module}.{name} is a whole number") from None
+    if isinstance(default, (Mapping, list)):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ConfigurationError(f"{where}: {module}.{name} is given as JSON, e.g. '{{\"x\": 1}}'") from None
+    if isinstance(default, datetime) or name.endswith("_time"):
+        try:
+            return datetime.fromisoformat(raw)
+        except ValueError:
+            raise ConfigurationError(f"{where}: {module}.{name} is an ISO 8601 time") from None
+    return raw
+
+
+def module_getattr(module: str, getters: Mapping[str, Callable[[], Any]], defaults: Mapping[str, Any]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` answering ``getters`` (with environment overrides), AttributeError otherwise."""
+
+    def __getattr__(name: str) -> Any:
+        getter = getters.get(name)
+        if getter is None:
+            raise AttributeError(
+                f"daskflow.runtime.{module} has no attribute {name!r}; it has: {', '.join(sorted(getters))}"
+            )
+        overridden = _from_env(module, name, defaults.get(name))
+        return overridden if overridden is not None else getter()
+
+    return __getattr__
