@@ -141,7 +141,7 @@ def resume_flow_run(
     from daskflow.runstore.store import RunStore
 
     with RunStore(url) as store:
-        run_id = store.resolve_run_id(flow_run_id) or flow_run_id
+        run_id = rows.resolve_paused(store, flow_run_id) or store.resolve_run_id(flow_run_id) or flow_run_id
         if not rows.set_input(store, run_id, text):
             raise PauseError(
                 f"flow run {flow_run_id} is not paused (or was resumed already). Fix: check it with "
