@@ -37,9 +37,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
-
-import pydantic
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from daskflow import settings
 from daskflow.context import CANCEL_POLL_SECONDS, get_flow_run_context, get_task_run_context
@@ -48,7 +46,10 @@ from daskflow.states import Paused, Running, Suspended
 
 __all__ = ["PauseError", "PausedRunTimeoutError", "pause_flow_run", "resume_flow_run", "suspend_flow_run"]
 
-M = TypeVar("M", bound=pydantic.BaseModel)
+if TYPE_CHECKING:  # pydantic is imported when a run pauses: `import daskflow` stays light
+    import pydantic
+
+M = TypeVar("M", bound="pydantic.BaseModel")
 
 
 class PauseError(DaskflowError, ValueError):
@@ -80,6 +81,8 @@ def pause_flow_run(
             "pause_flow_run() needs the run history, where the run waits to be resumed, but "
             "daskflow.runstore.enabled is off. Fix: turn it on (it is on by default)."
         )
+    import pydantic  # as the runstore modules below: only when a run pauses
+
     if wait_for_input is not None and not (isinstance(wait_for_input, type) and issubclass(wait_for_input, pydantic.BaseModel)):
         raise PauseError(f"wait_for_input must be a pydantic model class, got {wait_for_input!r}")
     # Here, not at the top: `import daskflow` (which re-exports this module) stays free of SQLAlchemy.
@@ -134,14 +137,14 @@ def resume_flow_run(
     run is not waiting to be resumed.
     """
     try:
-        text = json.dumps(run_input if not isinstance(run_input, pydantic.BaseModel) else run_input.model_dump(mode="json"))
+        text = json.dumps(run_input.model_dump(mode="json") if hasattr(run_input, "model_dump") else run_input)
     except (TypeError, ValueError) as exc:
         raise PauseError(f"the input for flow run {flow_run_id} must be JSON: {exc}") from None
     from daskflow.runstore import pausing as rows  # as above: only when used
     from daskflow.runstore.store import RunStore
 
     with RunStore(url) as store:
-        run_id = store.resolve_run_id(flow_run_id) or flow_run_id
+        run_id = rows.resolve_paused(store, flow_run_id) or store.resolve_run_id(flow_run_id) or flow_run_id
         if not rows.set_input(store, run_id, text):
             raise PauseError(
                 f"flow run {flow_run_id} is not paused (or was resumed already). Fix: check it with "

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from daskflow.runstore import schema
 from daskflow.runstore.store import RunStore
 
-__all__ = ["PausedRow", "mark_paused", "read_paused", "refuse_input", "set_input", "take_input"]
+__all__ = ["PausedRow", "mark_paused", "read_paused", "refuse_input", "resolve_paused", "set_input", "take_input"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,22 @@ def read_paused(store: RunStore, flow_run_id: str) -> PausedRow | None:
     with store.database_errors(), store.engine.connect() as connection:
         row = connection.execute(sa.select(table).where(table.c.flow_run_id == flow_run_id)).first()
     return None if row is None else PausedRow(**row._mapping)
+
+
+def resolve_paused(store: RunStore, id_or_prefix: str) -> str | None:
+    """The id of the one waiting paused run whose id is or starts with ``id_or_prefix`` (None if none or several).
+
+    Read here rather than from the flow runs: a run that just paused may not be in the history's batch yet.
+    """
+    table = schema.paused_runs
+    query = (
+        sa.select(table.c.flow_run_id)
+        .where(table.c.flow_run_id.startswith(id_or_prefix, autoescape=True), table.c.resumed_at.is_(None))
+        .limit(2)
+    )
+    with store.database_errors(), store.engine.connect() as connection:
+        found = [row[0] for row in connection.execute(query)]
+    return found[0] if len(found) == 1 else None
 
 
 def set_input(store: RunStore, flow_run_id: str, text: str) -> bool:
