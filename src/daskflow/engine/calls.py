@@ -18,6 +18,7 @@ from typing import Any
 
 from daskflow.concurrency import flow_limit_sizes
 from daskflow.context import FlowRunContext, TaskRunContext, get_flow_run_context, get_task_run_context
+from daskflow.engine.history import record_submitted
 from daskflow.engine.inputs import find_upstream_runs
 from daskflow.runs import TaskRun, new_run_id
 from daskflow.states import Pending
@@ -44,6 +45,9 @@ class TaskCall:
     concurrency_limits: dict[str, int] = field(default_factory=dict)
     # Where limits and locks live when not in this process (the cluster's, on Dask workers).
     coordination: Any = None
+    # Why the run's previous attempt ended with its process (a worker died under it), when the
+    # runner starts the run again: the engine judges that crash by the task's policy first.
+    crash: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = {name: getattr(self, name) for name in self.__slots__}
@@ -148,4 +152,5 @@ def make_calls(
         )
     if runs_list is not None:
         runs_list.extend(call.task_run for call in calls)
+        record_submitted([call.task_run for call in calls])
     return calls

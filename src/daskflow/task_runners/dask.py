@@ -22,6 +22,7 @@ waiting thread, never in Dask's callback thread.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import importlib
 import importlib.util
@@ -39,16 +40,25 @@ from typing import Any
 
 import cloudpickle
 import distributed
+from dask.base import annotate
 from dask.utils import parse_timedelta
 from distributed import Client, KilledWorker
 
 from daskflow import settings
 from daskflow.annotations import BaseAnnotation
-from daskflow.engine import UNCHANGED, TaskCall, TaskRunEngine, retry_delay, transform
+from daskflow.concurrency.distributed_compat import (
+    MARK_ANNOTATION,
+    graph_deserialization_failed,
+    install_crash_counter,
+    killed_worker_address,
+    killed_worker_deaths,
+    pickling_failed,
+    unknown_keys,
+)
+from daskflow.engine import UNCHANGED, TaskCall, TaskRunEngine, transform
 from daskflow.exceptions import ConfigurationError, SchedulerUnreachableError, UnserializableInputError
 from daskflow.futures import DaskflowFuture
 from daskflow.states import (
-    AwaitingRetry,
     Cancelled,
     Crashed,
     DeferredData,
@@ -79,6 +89,7 @@ _log = logging.getLogger("daskflow.dask")
 _EVENT_WAIT_SECONDS = 5.0
 _REPORT_WAIT_SECONDS = 0.1  # how long the final states of a flow run's last runs may take to arrive
 _INLINE_BYTES = 2 << 20  # bytes of a shared object over all the tasks of one submission
+_LOST_CHECKS = 4  # how many times per daskflow.dask.lost_timeout a wait asks the scheduler what it lost
 _NO_UPSTREAMS: tuple[DaskFuture, ...] = ()
 # The parameters of a call that ended on the cluster, once the client has let them go.
 RELEASED_PARAMETERS: dict[str, Any] = {}
@@ -110,8 +121,9 @@ class DaskFuture(DaskflowFuture[Any]):
     """A task run on a Dask cluster; resolves to its final state."""
 
     # A map of 100,000 items makes 100,000 of these: no per-future lock or list (recovery
-    # takes the runner's lock; a run without upstreams shares one empty tuple).
-    __slots__ = ("_runner", "call", "dask_future", "upstreams", "_settled")
+    # claims a future under the runner's lock; a run without upstreams shares one empty tuple).
+    # ``attempts``: the attempts the run had made before its current Dask task started.
+    __slots__ = ("_runner", "call", "dask_future", "upstreams", "_settled", "attempts")
 
     def __init__(
         self, runner: DaskTaskRunner, call: TaskCall, dask_future: distributed.Future, upstreams: Sequence[DaskFuture]
@@ -122,6 +134,7 @@ class DaskFuture(DaskflowFuture[Any]):
         self.dask_future = dask_future
         self.upstreams = upstreams
         self._settled: State | None = None
+        self.attempts = call.task_run.run_count
 
     def done(self) -> bool:
         return self._settled is not None or self.dask_future.status == "finished"
@@ -146,14 +159,16 @@ class DaskFuture(DaskflowFuture[Any]):
         while self._settled is None:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
-                self._runner.wait_dask([self.dask_future], timeout=remaining)
+                self._runner.wait_watched([self], timeout=remaining)
             except TimeoutError:
                 return
             status = self.dask_future.status
             if status == "finished":
                 return
-            if status in ("error", "cancelled") and not self._runner.recover(self):
-                return
+            if status in ("error", "cancelled"):
+                self._runner.recover_erred()
+                if not self._runner.recover(self):
+                    return
             if deadline is not None and time.monotonic() >= deadline:
                 return
 
@@ -183,6 +198,7 @@ class _EventRouter:
         self.checked_modules: set[str] = set()
         self.ship_lock = threading.Lock()
         client.subscribe_topic(EVENT_TOPIC, self.handle)
+        install_crash_counter(client)  # once per client: worker deaths the scheduler retries count as attempts
 
     def handle(self, event: tuple[float, dict[str, Any]]) -> None:
         _, message = event
@@ -331,12 +347,17 @@ class DaskTaskRunner(TaskRunner):
         self._shared_objects: dict[int, tuple[Any, Any, int]] = {}
         self._flow_infos: dict[tuple[str | None, bool], dict[str, Any]] = {}
         self._cancelled = False
-        self._recovery_lock = threading.RLock()
+        self._recovery_lock = threading.Lock()
+        self._recovering: dict[int, threading.Event] = {}
+        self._lost_timeout = 180.0  # daskflow.dask.lost_timeout, read when the runner starts
+        self._unknown_since: dict[Any, float] = {}  # Dask key -> when the scheduler was first found not to know it
+        self._resubmits = 0
 
     # -- connecting ------------------------------------------------------------------------
 
     def start(self) -> None:
         super().start()
+        self._lost_timeout = float(parse_timedelta(settings.get("dask.lost_timeout")))
         self.client, self.cluster, self._owns_client = self._connect()
         self._router = _router_for(self.client)
 
@@ -396,12 +417,12 @@ class DaskTaskRunner(TaskRunner):
     # -- submitting ------------------------------------------------------------------------
 
     def _shared(self, obj: Any, count: int) -> Any:
-        """``obj`` itself, or a future of it scattered once for this runner.
+        """``obj`` itself, or a future of it shipped once for this runner.
 
         An object inside ``client.map`` is pickled into every one of its tasks:
         nothing for a few small tasks, but a 1 KB task object in each of 100,000
         tasks is 100 MB through the scheduler. Past :data:`_INLINE_BYTES` in all,
-        it is scattered once, at the price of a dependency per task.
+        it goes once, as a task of its own, at the price of a dependency per task.
         """
         entry = self._shared_objects.get(id(obj))
         if entry is not None and (entry[1] is not obj or entry[2] * count <= _INLINE_BYTES):
@@ -410,7 +431,10 @@ class DaskTaskRunner(TaskRunner):
         size = entry[2] if entry is not None else len(cloudpickle.dumps(obj))
         shared: Any = obj
         if size * count > _INLINE_BYTES:
-            [shared] = self.client.scatter([obj], hash=False, broadcast=True)
+            # A task that returns it, not a scattered value: Dask cannot recompute scattered
+            # data, so every map task depending on it would fail with its holders. A task's
+            # result is computed again on another worker when all its holders die.
+            shared = self.client.submit(_shared_value, obj, key=f"daskflow-shared-{uuid.uuid4().hex}", pure=False)
         self._shared_objects[id(obj)] = (obj, shared, size)  # keeps obj alive so its id is not reused
         return shared
 
@@ -463,7 +487,9 @@ class DaskTaskRunner(TaskRunner):
         _log.debug("module %s was missing on a worker; it is shipped by value from now on", name)
         return True
 
-    def _spec(self, call: TaskCall, deps: list[distributed.Future], upstreams: list[DaskFuture]) -> tuple[Any, ...]:
+    def _spec(
+        self, call: TaskCall, deps: list[distributed.Future], upstreams: list[DaskFuture], attempts: int, crash: str | None
+    ) -> tuple[Any, ...]:
         index: dict[Any, int] = {}
 
         def ref(future: DaskFuture, dask_future: distributed.Future | None = None) -> int:
@@ -490,7 +516,7 @@ class DaskTaskRunner(TaskRunner):
         parameters = transform(call.parameters, visit, unwrap=False)[0]
         wait_for = transform(list(call.wait_for), visit, unwrap=False)[0] if call.wait_for else ()
         run = call.task_run
-        return (run.id, run.name, run.map_index, run.upstream_ids, parameters, tuple(wait_for), run.run_count)
+        return (run.id, run.name, run.map_index, run.upstream_ids, parameters, tuple(wait_for), attempts, crash)
 
     def _flow_info(self, call: TaskCall) -> dict[str, Any]:
         key = (call.flow_run_id, call.log_prints)
@@ -523,7 +549,13 @@ class DaskTaskRunner(TaskRunner):
             futures.sort(key=lambda f: order[id(f.task_run)])
         return futures
 
-    def _submit_group(self, calls: Sequence[TaskCall], keys: list[str] | None = None) -> list[DaskFuture]:
+    def _submit_group(
+        self,
+        calls: Sequence[TaskCall],
+        keys: list[str] | None = None,
+        resume: list[tuple[int, str | None]] | None = None,
+        record: bool = True,
+    ) -> list[DaskFuture]:
         """Submit calls of one task: one ``client.map`` per window of ``daskflow.dask.map_window`` calls.
 
         A window bounds what a huge map holds at once on the client (the specs, the
@@ -540,20 +572,34 @@ class DaskTaskRunner(TaskRunner):
         with distributed.span(f"flow {flow_info['flow_name']} run {flow_info['flow_run_name']}"):
             for start in range(0, len(calls), window):
                 part = calls[start : start + window]
-                made.extend(self._submit_window(task, task_ref, flow_ref, part, keys[start : start + window] if keys else None))
-        self._futures.extend(made)
+                made.extend(
+                    self._submit_window(
+                        task, task_ref, flow_ref, part,
+                        keys[start : start + window] if keys else None,
+                        resume[start : start + window] if resume else None,
+                    )
+                )  # fmt: skip
+        if record:
+            self._futures.extend(made)
         return made
 
     def _submit_window(
-        self, task: Any, task_ref: Any, flow_ref: Any, calls: Sequence[TaskCall], keys: list[str] | None
+        self,
+        task: Any,
+        task_ref: Any,
+        flow_ref: Any,
+        calls: Sequence[TaskCall],
+        keys: list[str] | None,
+        resume: list[tuple[int, str | None]] | None,
     ) -> list[DaskFuture]:
         assert self.client is not None
         specs, deps_lists, ups_lists = [], [], []
         runs = self._router.runs
-        for call in calls:
+        for position, call in enumerate(calls):
             deps: list[distributed.Future] = []
             ups: list[DaskFuture] = []
-            specs.append(self._spec(call, deps, ups))
+            attempts, crash = resume[position] if resume else (call.task_run.run_count, None)
+            specs.append(self._spec(call, deps, ups, attempts, crash))
             deps_lists.append(deps)
             ups_lists.append(ups or _NO_UPSTREAMS)
             runs[call.task_run.id] = call
@@ -562,21 +608,26 @@ class DaskTaskRunner(TaskRunner):
             keys = [prefix + call.task_run.id.replace("-", "") for call in calls]
         count = len(calls)
         try:
-            dask_futures = self.client.map(
-                run_on_worker,
-                [task_ref] * count,
-                [flow_ref] * count,
-                specs,
-                deps_lists,
-                key=keys,
-                pure=False,
-                resources=task.options.resources,
-            )
+            with annotate(**{MARK_ANNOTATION: True}):  # a daskflow task: its worker deaths are counted
+                dask_futures = self.client.map(
+                    run_on_worker,
+                    [task_ref] * count,
+                    [flow_ref] * count,
+                    specs,
+                    deps_lists,
+                    key=keys,
+                    pure=False,
+                    resources=task.options.resources,
+                )
         except TypeError as exc:
-            if "serialize" not in str(exc):
+            if not pickling_failed(exc):
                 raise
             raise _unserializable(calls) from None
-        return [DaskFuture(self, call, dask_future, ups) for call, dask_future, ups in zip(calls, dask_futures, ups_lists)]
+        made = [DaskFuture(self, call, dask_future, ups) for call, dask_future, ups in zip(calls, dask_futures, ups_lists)]
+        if resume:
+            for future, (attempts, _) in zip(made, resume):
+                future.attempts = attempts
+        return made
 
     def call(self, call: TaskCall) -> State:
         """A direct task call runs on the cluster too; its value comes back here."""
@@ -610,72 +661,101 @@ class DaskTaskRunner(TaskRunner):
     # -- failures ----------------------------------------------------------------------------
 
     def recover(self, future: DaskFuture) -> bool:
-        """Handle an erred Dask future. True if it was resubmitted, False if it is settled."""
+        """Handle an erred Dask future. True if it was resubmitted, False if it is settled.
+
+        Never blocks for long: a crashed run is started again at once and its
+        worker's engine judges the crash (and waits the retry delay there), so
+        runs that crashed together wait their delays together. One thread
+        recovers a future; others that find it erred meanwhile wait for that.
+        """
         with self._recovery_lock:
             if future._settled is not None or future.dask_future.status not in ("error", "cancelled"):
                 return future._settled is None
-            run = future.task_run
-            engine = TaskRunEngine(future.call)
-            if self._cancelled or future.dask_future.status == "cancelled":
-                state = Cancelled("the Dask task was cancelled")
-                engine.finish(state)
-                future.settle(run.state)
-                return False
-            broken = [up for up in future.upstreams if up.dask_future.status in ("error", "cancelled")]
-            if broken:
-                for up in broken:
-                    up.wait()
-                failed = [up for up in future.upstreams if not up.state.is_completed()]
-                if failed:
-                    engine.finish(Failed(f"upstream task run {failed[0].task_run.name!r} ended {failed[0].state.name}", name="UpstreamFailed"), hooks=False)
-                    future.settle(run.state)
-                    return False
-                self._resubmit(future)
-                return True
-            exc = future.dask_future.exception()
-            if isinstance(exc, KilledWorker):
-                message = (
-                    f"the Dask worker running task run {run.name!r} died ({exc}); "
-                    "the run crashed with it"
-                )
-                state = Crashed(message, exc)
-            elif isinstance(exc, ModuleNotFoundError) and self._ship_missing(exc.name):
-                self._resubmit(future)  # the module goes by value now: not a retry of the task
-                return True
-            elif isinstance(exc, ModuleNotFoundError) or "deserializ" in str(exc):
-                state = Failed(_code_missing_message(future.call.task, exc), exc)
-            else:
-                state = Crashed(f"Dask could not run task run {run.name!r}: {type(exc).__name__}: {exc}", exc)
-            run.run_count = max(run.run_count + 1, 1)
-            options = future.call.task.options
-            if future.call.parameters is RELEASED_PARAMETERS:  # it completed, then its value was lost
-                state = Crashed(
-                    f"task run {run.name!r} completed, then the Dask worker holding its value died and Dask "
-                    f"could not recompute it ({type(exc).__name__}: {exc})",
-                    exc,
-                )
-                run.set_state(state)  # after the Completed whose value is gone
-                future.settle(state)
-                return False
-            if state.is_crashed() and run.run_count <= options.retries:
-                run.set_state(state)
-                delay = retry_delay(options.retry_delay_seconds, options.retries, run.run_count - 1, options.retry_jitter_factor)
-                engine.logger.warning("%s; retry %d of %d in %.3g s", state.message, run.run_count, options.retries, delay)
-                run.set_state(AwaitingRetry(f"retry {run.run_count} of {options.retries} after a crash"))
-                if delay:
-                    time.sleep(delay)
-                self._resubmit(future)
-                return True
-            engine.logger.error("Finished in state %s: %s", state.name, state.message)
-            engine.finish(state)
+            claim = self._recovering.get(id(future))
+            mine = claim is None
+            if claim is None:
+                claim = self._recovering[id(future)] = threading.Event()
+        if not mine:
+            claim.wait()
+            return future._settled is None
+        try:
+            return self._recover(future)
+        finally:
+            with self._recovery_lock:
+                del self._recovering[id(future)]
+            claim.set()
+
+    def _recover(self, future: DaskFuture) -> bool:
+        run = future.task_run
+        engine = TaskRunEngine(future.call)
+        if self._cancelled or future.dask_future.status == "cancelled":
+            engine.finish(Cancelled("the Dask task was cancelled"))
             future.settle(run.state)
             return False
+        broken = [up for up in future.upstreams if up.dask_future.status in ("error", "cancelled")]
+        if broken:
+            for up in broken:
+                self.recover(up)
+            failed = [up for up in future.upstreams if up._settled is not None and not up._settled.is_completed()]
+            if failed:
+                engine.finish(Failed(f"upstream task run {failed[0].task_run.name!r} ended {failed[0].state.name}", name="UpstreamFailed"), hooks=False)
+                future.settle(run.state)
+                return False
+            self._resubmit(future)  # on the upstreams' new Dask tasks: not an attempt of this run
+            return True
+        exc = future.dask_future.exception()
+        if isinstance(exc, ModuleNotFoundError) and self._ship_missing(exc.name):
+            self._resubmit(future)  # the module goes by value now: not a retry of the task
+            return True
+        if isinstance(exc, ModuleNotFoundError) or (exc is not None and graph_deserialization_failed(exc)):
+            engine.finish(Failed(_code_missing_message(future.call.task, exc), exc))
+            future.settle(run.state)
+            return False
+        if future.call.parameters is RELEASED_PARAMETERS:  # it completed, then its value was lost
+            state = Crashed(
+                f"task run {run.name!r} completed, then the Dask worker holding its value died and Dask "
+                f"could not recompute it ({type(exc).__name__}: {exc})",
+                exc,
+            )
+            run.set_state(state)  # after the Completed whose value is gone
+            future.settle(state)
+            return False
+        if isinstance(exc, KilledWorker):
+            where = killed_worker_address(exc)
+            message = f"the Dask worker running task run {run.name!r} died{f' ({where})' if where else ''}; the run crashed with it"
+            deaths = killed_worker_deaths(exc)
+        else:
+            message = f"Dask could not run task run {run.name!r}: {type(exc).__name__}: {exc}"
+            deaths = 1
+        # Each death is one attempt; the engine judges the crash by the task's policy.
+        future.attempts += deaths
+        run.run_count = max(run.run_count, future.attempts)
+        if future.attempts > future.call.task.options.retries:
+            # No retry is left whatever the policy says: the engine ends the run here rather
+            # than on a worker (which also ends a fault that strikes before the engine runs).
+            engine.handle_crash(message)
+            future.settle(run.state)
+            return False
+        self._resubmit(future, crash=message)  # its worker's engine judges the crash first
+        return True
 
-    def _resubmit(self, future: DaskFuture) -> None:
+    def recover_erred(self) -> None:
+        """Recover every run whose Dask task erred, without waiting for any.
+
+        Called when one erred run is found: the runs that crashed with it (one worker
+        death takes all its runs) start again together, not each when it is waited for.
+        """
+        for future in list(self._futures):
+            if future._settled is None and future.dask_future.status in ("error", "cancelled"):
+                self.recover(future)
+
+    def _resubmit(self, future: DaskFuture, crash: str | None = None) -> None:
+        """Start the run again as a new Dask task, after ``future.attempts`` attempts (the last
+        of which crashed, with ``crash`` as its cause, if given)."""
         run = future.task_run
-        key = f"{run.task_name}-{run.id.replace('-', '')}-{run.run_count + 1}"
-        [fresh] = self._submit_group([future.call], keys=[key])
-        self._futures.remove(fresh)
+        self._resubmits += 1
+        key = f"{run.task_name}-{run.id.replace('-', '')}-r{self._resubmits}"
+        [fresh] = self._submit_group([future.call], keys=[key], resume=[(future.attempts, crash)], record=False)
         future.dask_future = fresh.dask_future
         future.upstreams = fresh.upstreams
 
@@ -708,7 +788,12 @@ class DaskTaskRunner(TaskRunner):
         if client is None:
             raise RuntimeError("the Dask runner of this future is closed; its result can no longer be fetched")
         with client.as_current():
-            distributed.wait(futures, timeout=timeout)
+            try:
+                distributed.wait(futures, timeout=timeout)
+            except concurrent.futures.CancelledError:
+                # Some were cancelled or forgotten at the scheduler (distributed raises for that
+                # since 2024): they are done for our purpose, and recovery gives each its state.
+                pass
 
     def _wait_all(self) -> None:
         """Wait for every run: one wait for all, then recovery only where something erred."""
@@ -716,10 +801,67 @@ class DaskTaskRunner(TaskRunner):
             pending = [f for f in self._futures if f._settled is None and f.dask_future.status != "finished"]
             if not pending:
                 return
-            self.wait_dask([f.dask_future for f in pending])
-            for future in pending:
-                if future.dask_future.status in ("error", "cancelled"):
-                    future.wait()
+            self.wait_watched(pending)
+            self.recover_erred()
+
+    def wait_watched(self, futures: Sequence[DaskFuture], timeout: float | None = None) -> None:
+        """Wait for runs' Dask tasks; a run whose task the scheduler lost meanwhile ends ``Crashed``.
+
+        A task the scheduler does not know (its graph never arrived or could not be
+        used, or the scheduler lost it) would leave its future pending forever. So
+        the wait is cut in steps, and after each the scheduler is asked which of the
+        pending tasks it knows; a task unknown for ``daskflow.dask.lost_timeout``
+        ends its run with a message naming it. Raises ``TimeoutError`` after ``timeout``.
+        """
+        bound = self._lost_timeout
+        step = max(bound / _LOST_CHECKS, 0.05)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            pending = [f for f in futures if f._settled is None]
+            if not pending:
+                return
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"{len(pending)} runs unfinished after {timeout} s")
+            try:
+                self.wait_dask([f.dask_future for f in pending], timeout=step if remaining is None else min(step, remaining))
+                return
+            except TimeoutError:
+                self._end_lost([f for f in pending if f.dask_future.status == "pending"], bound)
+
+    def _end_lost(self, pending: list[DaskFuture], bound: float) -> None:
+        """End the runs whose Dask tasks the scheduler has not known for ``bound`` seconds."""
+        client = self.client
+        if client is None or not pending:
+            return
+        try:
+            unknown = set(client.run_on_scheduler(unknown_keys, keys=[f.dask_future.key for f in pending]))
+        except Exception:  # the scheduler does not answer: the connection's own timeouts apply
+            _log.debug("could not ask the scheduler which tasks it knows", exc_info=True)
+            return
+        now = time.monotonic()
+        since = self._unknown_since
+        for future in pending:
+            key = future.dask_future.key
+            if key not in unknown:
+                since.pop(key, None)
+                continue
+            first = since.setdefault(key, now)
+            if now - first < bound:
+                continue
+            del since[key]
+            run = future.task_run
+            message = (
+                f"task run {run.name!r} never started: the Dask scheduler has not known its task {key!r} for "
+                f"{now - first:.3g} s (the graph did not reach the scheduler or could not be used there, or the "
+                "scheduler lost it, e.g. in a restart). See the scheduler's log; the bound is dask.config "
+                "daskflow.dask.lost_timeout."
+            )
+            engine = TaskRunEngine(future.call)
+            engine.logger.error("%s", message)
+            engine.finish(Crashed(message))
+            future.settle(run.state)
+            client.cancel([future.dask_future])
 
     def _all_reported(self) -> bool:
         """True when every run's final state (and so all it logged) has come from its worker."""
@@ -782,6 +924,11 @@ class DaskTaskRunner(TaskRunner):
             if not future.task_run.state.is_final():
                 future.task_run.set_state(Cancelled("the flow run was cancelled"))
             future.settle(future.task_run.state)
+
+
+def _shared_value(obj: Any) -> Any:
+    """The task that holds an object shipped once (see ``DaskTaskRunner._shared``)."""
+    return obj
 
 
 def _importable(names: list[str]) -> dict[str, bool]:

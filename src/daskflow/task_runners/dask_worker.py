@@ -35,6 +35,7 @@ from distributed import get_worker, rejoin, secede
 from daskflow import secrets_mask
 from daskflow.artifacts import publish_artifact
 from daskflow.concurrency.cluster import cluster_coordination
+from daskflow.concurrency.distributed_compat import active_task_threads, current_task_crashes
 from daskflow.context import set_wait_hook, set_worker_thread
 from daskflow.engine import UNCHANGED, TaskCall, interrupt_thread, run_task_sync, transform
 from daskflow.exceptions import CancelledRunError
@@ -403,17 +404,22 @@ async def interrupt_runs(flow_run_id: str | None, keys: list[str], dask_worker: 
     event = _cancel_event(flow_run_id)
     if event is not None:
         event.set()
-    worker = dask_worker  # Client.run hands the worker in: there is no task context to ask
-    wanted = set(keys)
-    with worker.active_threads_lock:
-        threads = [t for t, key in worker.active_threads.items() if key in wanted and t not in _waiting_threads]
+    # Client.run hands the worker in: there is no task context to ask.
+    threads = active_task_threads(dask_worker, keys, _waiting_threads)
     return sum(interrupt_thread(thread, CancelledRunError) for thread in threads)
 
 
 def run_on_worker(task: Any, flow_info: dict[str, Any], spec: tuple[Any, ...], upstream: list[State]) -> State:
     """Run one task call on this worker; returns its final state (with its value)."""
     forwarder = _install_forwarder()
-    run_id, name, map_index, upstream_ids, parameters, wait_for, run_count = spec
+    run_id, name, map_index, upstream_ids, parameters, wait_for, run_count, crash = spec
+    deaths = current_task_crashes()
+    if deaths:  # the scheduler ran this Dask task again after its worker died: each death was an attempt
+        run_count += deaths
+        crash = (
+            f"the Dask worker running task run {name!r} died; the run crashed with it "
+            f"(Dask started the task again: worker death {deaths} under this Dask task)"
+        )
     run = TaskRun(
         id=run_id,
         name=name,
@@ -433,6 +439,7 @@ def run_on_worker(task: Any, flow_info: dict[str, Any], spec: tuple[Any, ...], u
         **flow_info,
         coordination=cluster_coordination(),
         cancel_event=_cancel_event(flow_info.get("flow_run_id")),
+        crash=crash,
     )
     forwarder.begin_run(run_id)
     set_wait_hook(_seceded)
