@@ -85,6 +85,10 @@ def test_the_scheduler_counts_worker_deaths_on_its_task_states() -> None:
     assert "suspicious" in TaskState.__slots__ and "annotations" in TaskState.__slots__
     params = inspect.signature(compat.WorkerDeaths.transition).parameters
     assert {"key", "start", "finish"} <= set(params)
+    # A worker's log_event reaches scheduler plugins: how a task says that it waits.
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    assert {"topic", "msg"} <= set(inspect.signature(SchedulerPlugin.log_event).parameters)
 
 
 def test_killed_worker_says_how_many_workers_died(dask_client: Client) -> None:
@@ -96,6 +100,7 @@ def test_killed_worker_says_how_many_workers_died(dask_client: Client) -> None:
     data, address = dask_client.run_on_scheduler(make)
     exc = pickle.loads(data)
     assert compat.killed_worker_deaths(exc) == 4
+    assert compat.killed_worker_task(exc) == "x"
     assert compat.killed_worker_address(exc) == address
 
 
@@ -116,3 +121,16 @@ def test_the_plugin_registers_once_per_scheduler(dask_client: Client) -> None:
         return [name for name, plugin in dask_scheduler.plugins.items() if isinstance(plugin, compat.WorkerDeaths)]
 
     assert dask_client.run_on_scheduler(plugins) == ["daskflow-worker-deaths"]
+
+    def waits(key: str) -> bool:
+        compat.mark_waiting(True)
+        return True
+
+    future = dask_client.submit(waits, "x", pure=False, key="daskflow-compat-waits")
+    assert future.result()
+    key = future.key
+
+    def seen(dask_scheduler: Any) -> bool:
+        return key in dask_scheduler.plugins["daskflow-worker-deaths"].waiting
+
+    _wait_until(lambda: dask_client.run_on_scheduler(seen), 10)

@@ -42,11 +42,15 @@ __all__ = [
     "WorkerDeaths",
     "acquire_owned",
     "active_task_threads",
+    "WAITING_TOPIC",
     "current_task_crashes",
+    "died_waiting",
+    "mark_waiting",
     "graph_deserialization_failed",
     "install_crash_counter",
     "killed_worker_address",
     "killed_worker_deaths",
+    "killed_worker_task",
     "lease_ids",
     "leases_alive",
     "pickling_failed",
@@ -59,6 +63,7 @@ _log = logging.getLogger("daskflow.dask")
 MARK_ANNOTATION = "daskflow"  # set on every task daskflow submits
 CRASHES_ANNOTATION = "daskflow-crashes"  # how many workers died running this Dask task so far
 _PLUGIN_NAME = "daskflow-worker-deaths"
+WAITING_TOPIC = "daskflow-waiting"  # a task tells the scheduler that it waits (not runs) from now, or no longer
 _OWNED_PREFIX = "daskflow-"  # the semaphores (limits, rate limits, locks) whose leases say their owner
 _OWNER_SEP = "#"
 
@@ -70,6 +75,17 @@ class WorkerDeaths(SchedulerPlugin):
 
     def __init__(self) -> None:
         self.scheduler: Any = None
+        self.waiting: set[Any] = set()  # daskflow tasks that wait (seceded) rather than run an attempt
+        self.died_waiting: set[Any] = set()  # erred tasks whose last worker died while they waited
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        if topic != WAITING_TOPIC:
+            return
+        key, waiting = msg
+        if waiting:
+            self.waiting.add(key)
+        else:
+            self.waiting.discard(key)
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
@@ -78,7 +94,20 @@ class WorkerDeaths(SchedulerPlugin):
         if start != "processing" or finish not in ("released", "waiting", "erred") or self.scheduler is None:
             return
         ts = self.scheduler.tasks.get(key)
-        if ts is None or not ts.suspicious:
+        if ts is None:
+            return
+        if key in self.waiting:
+            # It waited (for a slot, a lock, a retry's delay): no attempt was running, so the
+            # death is not one; Dask's own count (allowed-failures) is given back too.
+            self.waiting.discard(key)
+            if finish == "erred":
+                self.died_waiting.add(key)
+            elif ts.suspicious:
+                ts.suspicious -= 1
+                ts.prefix.suspicious -= 1
+            return
+        self.died_waiting.discard(key)
+        if not ts.suspicious:
             return
         annotations = ts.annotations or {}
         if MARK_ANNOTATION in annotations and annotations.get(CRASHES_ANNOTATION) != ts.suspicious:
@@ -120,6 +149,23 @@ def install_crash_counter(client: Any) -> bool:
         return False
 
 
+def mark_waiting(waiting: bool) -> None:
+    """On a worker, inside a daskflow task: tell the scheduler's plugin that the task waits, or runs again."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+        worker.log_event(WAITING_TOPIC, [worker.get_current_task(), waiting])
+    except Exception:  # not in a task on a worker, or the worker is closing: nothing to tell
+        pass
+
+
+def died_waiting(dask_scheduler: Any, key: Any) -> bool:
+    """On the scheduler: whether the erred task ``key``'s worker died while it waited (not an attempt)."""
+    plugin = dask_scheduler.plugins.get(_PLUGIN_NAME)
+    return bool(plugin is not None and key in getattr(plugin, "died_waiting", ()))
+
+
 def current_task_crashes() -> int:
     """On a worker, inside a task: how many workers died running this Dask task before."""
     from distributed import get_worker
@@ -137,6 +183,11 @@ def killed_worker_deaths(exc: BaseException) -> int:
     """How many workers died running the task before Dask gave up with this ``KilledWorker``."""
     allowed = getattr(exc, "allowed_failures", None)
     return int(allowed) + 1 if isinstance(allowed, int) else 1
+
+
+def killed_worker_task(exc: BaseException) -> Any:
+    """The key of the task whose workers died (a run's own, or one it depends on)."""
+    return getattr(exc, "task", None)
 
 
 def killed_worker_address(exc: BaseException) -> str | None:

@@ -325,8 +325,11 @@ class TaskRunEngine:
                 "Attempt %d failed with %s; retry %d of %d in %.3g s",
                 run.run_count, state.message, retry_number + 1, options.retries, delay,
             )
-            # A crash is named in the wait's message: a Crashed state here would read as the run's end.
-            cause = f" after a crash: {state.message}" if state.is_crashed() else ""
+            cause = ""
+            if state.is_crashed():
+                # The history shows the crash, then the wait (runners carry it as a state the run went on from).
+                run.set_state(state)
+                cause = f" after a crash: {state.message}"
             run.set_state(AwaitingRetry(f"retry {retry_number + 1} of {options.retries} in {delay:.3g} s{cause}"))
             return delay
         state = make_state(True)
