@@ -30,7 +30,7 @@ from daskflow.exceptions import SchedulerUnreachableError, UnserializableInputEr
 from daskflow.runs import FlowRun, add_state_listener, remove_state_listener
 from daskflow.states import State
 from daskflow.task_runners import DaskTaskRunner
-from daskflow.task_runners import dask as dask_runner
+from daskflow.task_runners import dask_shipping
 
 from conftest import TEST_DASK_CONFIG
 
@@ -382,7 +382,7 @@ def test_a_module_the_workers_lack_and_that_cannot_travel_is_named(
         "from daskflow import task\n\n@task\ndef triple(x: int) -> int:\n    return 3 * x\n"
     )
     monkeypatch.syspath_prepend(str(library))
-    monkeypatch.setattr(dask_runner, "_installed_roots", lambda: (str(library),))
+    monkeypatch.setattr(dask_shipping, "_installed_roots", lambda: (str(library),))
     import daskflow_installed_lib as lib  # type: ignore[import-not-found]
 
     @flow(task_runner=DaskTaskRunner(address=scheduler_and_workers))
@@ -469,6 +469,7 @@ def test_a_worker_killed_during_a_map_crashes_then_retries_the_item(
     assert "Crashed" in names, names
     assert names.index("Crashed") < len(names) - 1 and names[-1] == "Completed", names
     assert "died" in (victim.state_history[names.index("Crashed")].message or "")
+    assert victim.run_count == 2, (names, victim.run_count)
     others = [r for name, r in runs.items() if name != "work-50"]
     assert all(r.state.is_completed() for r in others), [r.state for r in others if not r.state.is_completed()]
 

@@ -9,7 +9,9 @@ semaphore of its own instead of distributed's "Inconsistent max leases". A
 slot is a lease: released when its holder ends however it ends, and by the
 scheduler when its worker dies and stops refreshing it
 (``distributed.scheduler.locks.lease-timeout``, checked every
-``lease-validation-interval``). A worker keeps a slot its run finished with
+``lease-validation-interval``) — or at once when the scheduler removes that
+worker: a lease's id names the worker that took it, and daskflow's scheduler
+plugin releases a removed worker's leases (:mod:`.distributed_compat`). A worker keeps a slot its run finished with
 for a few milliseconds for its next run (tiny tasks then make no round trip),
 unless its runs had to wait for that limit lately (others may be waiting too).
 A holder that kept a slot longer than the lease
@@ -39,8 +41,9 @@ from typing import Any
 
 import dask.config
 from dask.utils import parse_timedelta
-from distributed import Lock, Semaphore, get_client
+from distributed import Lock, Semaphore, get_client, get_worker
 
+from daskflow.concurrency.distributed_compat import acquire_owned, lease_ids, leases_alive, release_lease_soon
 from daskflow.concurrency.limits import Limit
 from daskflow.concurrency.local import bucket_shape
 from daskflow.context import CANCEL_POLL_SECONDS, run_cancelled, waiting
@@ -137,7 +140,7 @@ class ClusterCoordination:
         warning = None
         for limit, semaphore in reversed(held):
             # The leases this process holds on the semaphore (all alike to the scheduler).
-            if long_held and not _leases_alive(semaphore.name, list(semaphore._leases)):
+            if long_held and not _leases_alive(semaphore.name, lease_ids(semaphore)):
                 warning = (
                     f"limit {limit.name!r} was overbooked: a slot timed out while this run held it (its lease "
                     f"was not refreshed within distributed.scheduler.locks.lease-timeout={_lease_timeout():g}s) "
@@ -225,17 +228,26 @@ def _release_soon(semaphore: Semaphore) -> None:
     loop instead (the same message, the same retries). Until it arrives the slot
     counts as taken: a limit can only be under-used for that moment, never overbooked.
     """
-    lease_id = semaphore._leases.popleft()  # what Semaphore.release does, minus the wait
-    semaphore.loop.add_callback(semaphore._release, lease_id)
+    release_lease_soon(semaphore)
+
+
+def _owner() -> str | None:
+    """This worker's address: the leases it takes are named after it, so that the scheduler
+    gives them back at once when it removes this worker (see distributed_compat.WorkerDeaths)."""
+    try:
+        return str(get_worker().address)
+    except ValueError:  # not on a worker
+        return None
 
 
 def _acquire(semaphore: Semaphore) -> bool:
     """Acquire at once if free (True); otherwise wait outside the worker's thread pool (False)."""
-    if semaphore.acquire(timeout=0):
+    owner = _owner()
+    if acquire_owned(semaphore, 0, owner):
         return True
     with waiting():
         # In steps, so a run of a cancelled flow stops waiting (a timed-out request leaves no lease).
-        while not semaphore.acquire(timeout=CANCEL_POLL_SECONDS):
+        while not acquire_owned(semaphore, CANCEL_POLL_SECONDS, owner):
             if run_cancelled():
                 raise CancelledRunError("the flow run was cancelled while this run waited for a concurrency slot")
     return False
@@ -249,15 +261,8 @@ def _lease_timeout() -> float:
 def _leases_alive(name: str, leases: list[str]) -> bool:
     """False if the scheduler lost one of ``leases`` or now counts more leases than slots."""
 
-    def check(dask_scheduler: Any, name: str, leases: list[str]) -> bool:
-        extension = dask_scheduler.extensions["semaphores"]
-        known = extension.leases.get(name, {})
-        # A timed-out lease that its holder refreshes later comes back: then there are
-        # more leases than slots, which is the overbooking itself.
-        return all(lease in known for lease in leases) and len(known) <= extension.max_leases.get(name, len(known))
-
     try:
-        return bool(get_client().run_on_scheduler(check, name=name, leases=leases))
+        return bool(get_client().run_on_scheduler(leases_alive, name=name, leases=leases))
     except Exception:  # cannot ask: say nothing rather than cry wolf
         return True
 

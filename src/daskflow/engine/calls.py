@@ -26,6 +26,7 @@ from daskflow.context import (
     get_task_run_context,
     get_transaction,
 )
+from daskflow.engine.history import record_submitted
 from daskflow.engine.inputs import find_upstream_runs
 from daskflow.runs import TaskRun, new_run_id
 from daskflow.states import Pending
@@ -58,6 +59,9 @@ class TaskCall:
     run_tags: frozenset[str] | None = None
     # Started inside a transaction() block: its on_commit hooks wait for the block to commit.
     in_transaction: bool = False
+    # Why the run's previous attempt ended with its process (a worker died under it), when the
+    # runner starts the run again: the engine judges that crash by the task's policy first.
+    crash: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = {name: getattr(self, name) for name in self.__slots__}
@@ -166,6 +170,7 @@ def make_calls(
         )
     if runs_list is not None:
         runs_list.extend(call.task_run for call in calls)
+        record_submitted([call.task_run for call in calls])
     txn = get_transaction()
     if txn is not None:  # the block commits or rolls these runs back together (daskflow.transactions)
         txn.track(task, [call.task_run for call in calls])

@@ -87,6 +87,25 @@ _ANIMALS = (
 INTERRUPT_GRACE_SECONDS = 1.0
 
 
+def _close_task_runs(flow_run: FlowRun, state: State) -> None:
+    """Give every task run of a flow run that ends a final state, so the history keeps none open.
+
+    By now the runner has waited for every run it could; a run that is still not
+    final never started (it ends ``Cancelled``, saying so) or its end never came
+    back from where it ran (it ends ``Crashed``).
+    """
+    for task_run in flow_run.task_runs:
+        current = task_run.state
+        if current.is_final():
+            continue
+        if current.is_pending():
+            task_run.set_state(Cancelled(f"never started: the flow run ended {state.name} first"))
+        else:
+            task_run.set_state(
+                Crashed(f"the flow run ended {state.name} while this run was {current.name}; its end never came back")
+            )
+
+
 def generate_run_name() -> str:
     """A name a person can say aloud, e.g. ``"swift-otter"``."""
     return f"{random.choice(_ADJECTIVES)}-{random.choice(_ANIMALS)}"
@@ -357,6 +376,7 @@ class FlowRunEngine:
 
     def finish(self, state: State) -> State:
         run = self.run
+        _close_task_runs(run, state)
         run.set_state(state)
         if self.progress is not None:  # final counts drawn before the "Finished" line below
             self.progress.stop()

@@ -48,7 +48,7 @@ from daskflow.runstore import (
 )
 from daskflow.states import State
 
-__all__ = ["HistoryRecorder", "flush", "recorder", "stop_recording", "to_records"]
+__all__ = ["HistoryRecorder", "flush", "record_submitted", "recorder", "stop_recording", "to_records"]
 
 _FLUSH_SECONDS = 10.0
 
@@ -135,6 +135,27 @@ def recorder() -> HistoryRecorder | None:
         return _recorder
 
 
+class _Submitted:
+    """Task runs just submitted: each gets its row (a snapshot, no state record) before it starts."""
+
+    __slots__ = ("runs",)
+
+    def __init__(self, runs: tuple[TaskRun, ...]) -> None:
+        self.runs = runs
+
+
+def record_submitted(runs: Iterable[TaskRun]) -> None:
+    """Keep task runs in the history from their submission (one queue item for a whole map).
+
+    A run that never starts (its flow run failed or was cancelled first) then still
+    has its row, which the flow engine ends with a final state. Only the recorder a
+    flow run started in this process records; worker threads of this process do not.
+    """
+    current = _recorder
+    if current is not None and not on_worker_thread():
+        current.writer.put(_Submitted(tuple(runs)))
+
+
 def flush(timeout: float = _FLUSH_SECONDS) -> bool:
     """Wait until everything recorded so far in this process is written; False on timeout."""
     current = _recorder
@@ -165,6 +186,9 @@ def to_records(batch: list[Any]) -> Iterable[Record]:
                 message=state.message,
                 timestamp=state.epoch,
             )
+        elif isinstance(item, _Submitted):
+            for run in item.runs:
+                runs.setdefault(run.id, run)
         elif isinstance(item, logging.LogRecord):
             yield log_entry_from_record(item)
         else:

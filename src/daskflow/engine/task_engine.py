@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from daskflow.cache_policies import CompoundCachePolicy, FlowParameters, Inputs, NoCache, RunId, TaskSource
 from daskflow.concurrency import LOCAL, Limit, limits_for_task
-from daskflow.context import TaskRunContext, use_task_run_context
+from daskflow.context import TaskRunContext, use_task_run_context, waiting
 from daskflow.engine.caching import key_lock, read_entry, result_store, storage_key, write_entry
 from daskflow.engine.calls import TaskCall
 from daskflow.engine.hooks import call_hooks, commit_of
@@ -310,13 +310,27 @@ class TaskRunEngine:
             make_state = Failed
         else:  # SystemExit and friends: the process, not the task, gave up
             make_state = functools.partial(Crashed, f"{type(exc).__name__} raised inside the task")
+        return self._judge(lambda traceback: make_state(exception=exc, with_traceback=traceback), exc)
+
+    def handle_crash(self, message: str) -> float | None:
+        """Record that the last attempt ended with its process (infrastructure, not the task's code).
+
+        The runner reports it (a Dask worker died under the attempt); it counts as
+        one attempt under the task's own policy, like an exception: seconds to wait
+        before retrying, or None if the run ended ``Crashed``.
+        """
+        if self.cancelled():
+            self.finish(Cancelled("the flow run was cancelled after an attempt crashed"), hooks=False)
+            return None
+        return self._judge(lambda traceback: Crashed(message), None)
+
+    def _judge(self, make_state: Callable[[bool], State], exc: BaseException | None) -> float | None:
+        """The one retry decision, for every cause: retries left, the condition, the delay."""
         options = self.options
         run = self.run
         # Formatting a traceback costs about 100 µs: an attempt that will be retried
         # is judged on a state without one; only the final failure keeps it.
-        if run.run_count <= options.retries and self._should_retry(
-            state := make_state(exception=exc, with_traceback=False)
-        ):
+        if run.run_count <= options.retries and self._should_retry(state := make_state(False)):
             retry_number = run.run_count - 1
             delay = retry_delay(
                 options.retry_delay_seconds, options.retries, retry_number, options.retry_jitter_factor, self.where
@@ -325,9 +339,14 @@ class TaskRunEngine:
                 "Attempt %d failed with %s; retry %d of %d in %.3g s",
                 run.run_count, state.message, retry_number + 1, options.retries, delay,
             )
-            run.set_state(AwaitingRetry(f"retry {retry_number + 1} of {options.retries} in {delay:.3g} s"))
+            cause = ""
+            if state.is_crashed():
+                # The history shows the crash, then the wait (runners carry it as a state the run went on from).
+                run.set_state(state)
+                cause = f" after a crash: {state.message}"
+            run.set_state(AwaitingRetry(f"retry {retry_number + 1} of {options.retries} in {delay:.3g} s{cause}"))
             return delay
-        state = make_state(exception=exc)
+        state = make_state(True)
         retried = f" after {run.run_count - 1} retries" if run.run_count > 1 else ""
         self.logger.error("Finished in state %s%s: %s", state.name, retried, state.message, exc_info=exc)
         self.finish(state)
@@ -346,11 +365,18 @@ class TaskRunEngine:
     def wait_before_retry(self, delay: float) -> bool:
         """Sleep ``delay`` seconds; False (and the run Cancelled) if the flow was cancelled meanwhile."""
         event = self.call.cancel_event
-        if event is None:
-            if delay > 0:
-                time.sleep(delay)
-            return True
-        if event.wait(delay) or event.is_set():
+        if delay <= 0:
+            cancelled = event is not None and event.is_set()
+        else:
+            # The runner may lend this thread meanwhile (a Dask worker secedes): runs that
+            # failed together wait their delays together, not one after another.
+            with waiting():
+                if event is None:
+                    time.sleep(delay)
+                    cancelled = False
+                else:
+                    cancelled = event.wait(delay) or event.is_set()
+        if cancelled:
             self.finish(Cancelled("the flow run was cancelled while waiting to retry"))
             return False
         return True
@@ -408,6 +434,11 @@ def run_task_sync(call: TaskCall) -> State:
 
 
 def _drive_sync(engine: TaskRunEngine, fn: Callable[..., Any]) -> State:
+    crash = engine.call.crash
+    if crash is not None:  # the runner reports that the previous attempt crashed: judged first
+        delay = engine.handle_crash(crash)
+        if delay is None or not engine.wait_before_retry(delay):
+            return engine.state
     early = engine.prepare()
     if early is not None:
         return early
@@ -452,6 +483,10 @@ async def run_task_async(call: TaskCall) -> State:
 
 
 async def _drive_async(engine: TaskRunEngine, call: TaskCall) -> State:
+    if call.crash is not None:  # the runner reports that the previous attempt crashed: judged first
+        delay = engine.handle_crash(call.crash)
+        if delay is None or not await asyncio.to_thread(engine.wait_before_retry, delay):
+            return engine.state
     if call.wait_for or engine.run.upstream_ids or getattr(call.task, "caching", False):
         # Waiting on upstream futures or on an identical run's cache lock blocks:
         # keep the event loop free meanwhile.

@@ -35,6 +35,7 @@ from distributed import get_worker, rejoin, secede
 from daskflow import secrets_mask
 from daskflow.artifacts import publish_artifact
 from daskflow.concurrency.cluster import cluster_coordination
+from daskflow.concurrency.distributed_compat import active_task_threads, current_task_crashes, mark_waiting
 from daskflow.context import set_wait_hook, set_worker_thread
 from daskflow.engine import UNCHANGED, TaskCall, interrupt_thread, run_task_sync, transform
 from daskflow.exceptions import CancelledRunError
@@ -42,6 +43,7 @@ from daskflow.logging import ARTIFACT_LOGGER, set_console_enabled
 from daskflow.runs import TaskRun, add_state_listener
 from daskflow.runstore import ArtifactRecord
 from daskflow.states import State, StateType, item_state
+from daskflow.task_runners.dask_protocol import RunSpec
 
 __all__ = [
     "EVENT_TOPIC",
@@ -114,7 +116,7 @@ def fold_running(batch: list[list[Any]]) -> list[list[Any]]:
     """
     final_at: dict[tuple[str, int], int] = {}
     for position, item in enumerate(batch):
-        if item[0] == "s" and item[3] in _FINAL_TYPES:
+        if item[0] == "s" and item[3] in _FINAL_TYPES and not (len(item) > 8 and item[8].get("interim")):
             final_at[(item[1], item[2])] = position
     if not final_at:
         return batch
@@ -213,6 +215,14 @@ class _Forwarder(logging.Handler):
     def on_state(self, run: Any, state: State) -> None:
         if isinstance(run, TaskRun):
             item = ["s", run.id, run.run_count, *encode_state(state)]
+            current = self.current
+            held = getattr(current, "final", None)
+            if held is not None and not state.is_final() and getattr(current, "run_id", None) == run.id:
+                # The run went on from a final-looking state (a crash judged before a retry): it
+                # goes now, marked so that the client does not take it for the run's end.
+                current.final = None
+                _extras(held)["interim"] = True
+                self._add(held)
             if state.is_final():
                 if run.cache_key is not None:
                     _extras(item)["key"] = run.cache_key
@@ -357,11 +367,15 @@ def _seceded() -> Iterator[None]:
     """A long wait inside a task: give the worker's thread back meanwhile (secede, then rejoin)."""
     ident = threading.get_ident()
     _waiting_threads.add(ident)
+    # The scheduler learns that this task waits (for a slot, a lock, a retry's delay) rather
+    # than runs an attempt: a worker death meanwhile is then not counted as an attempt.
+    mark_waiting(True)
     secede()
     try:
         yield
     finally:
         rejoin()
+        mark_waiting(False)
         _waiting_threads.discard(ident)
 
 
@@ -403,25 +417,31 @@ async def interrupt_runs(flow_run_id: str | None, keys: list[str], dask_worker: 
     event = _cancel_event(flow_run_id)
     if event is not None:
         event.set()
-    worker = dask_worker  # Client.run hands the worker in: there is no task context to ask
-    wanted = set(keys)
-    with worker.active_threads_lock:
-        threads = [t for t, key in worker.active_threads.items() if key in wanted and t not in _waiting_threads]
+    # Client.run hands the worker in: there is no task context to ask.
+    threads = active_task_threads(dask_worker, keys, _waiting_threads)
     return sum(interrupt_thread(thread, CancelledRunError) for thread in threads)
 
 
-def run_on_worker(task: Any, flow_info: dict[str, Any], spec: tuple[Any, ...], upstream: list[State]) -> State:
+def run_on_worker(task: Any, flow_info: dict[str, Any], spec: RunSpec, upstream: list[State]) -> State:
     """Run one task call on this worker; returns its final state (with its value)."""
     forwarder = _install_forwarder()
-    run_id, name, map_index, upstream_ids, parameters, wait_for, run_count = spec
+    run_id, name, parameters, wait_for = spec.run_id, spec.name, spec.parameters, spec.wait_for
+    run_count, crash = spec.attempts, spec.crash
+    deaths = current_task_crashes()
+    if deaths:  # the scheduler ran this Dask task again after its worker died: each death was an attempt
+        run_count += deaths
+        crash = (
+            f"the Dask worker running task run {name!r} died; the run crashed with it "
+            f"(Dask started the task again: worker death {deaths} under this Dask task)"
+        )
     run = TaskRun(
         id=run_id,
         name=name,
         task_name=task.name,
         flow_run_id=flow_info.get("flow_run_id"),
-        map_index=map_index,
+        map_index=spec.map_index,
         tags=flow_info.get("run_tags") or task.options.tags,
-        upstream_ids=upstream_ids,
+        upstream_ids=spec.upstreams,
         run_count=run_count,
         worker=forwarder.worker.address if forwarder.worker is not None else None,
     )
@@ -433,6 +453,7 @@ def run_on_worker(task: Any, flow_info: dict[str, Any], spec: tuple[Any, ...], u
         **flow_info,
         coordination=cluster_coordination(),
         cancel_event=_cancel_event(flow_info.get("flow_run_id")),
+        crash=crash,
     )
     forwarder.begin_run(run_id)
     set_wait_hook(_seceded)
