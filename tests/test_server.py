@@ -23,6 +23,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the server extra is not installed")
 
+from daskflow.runstore import FlowRunRecord, RunStore, TaskRunRecord  # noqa: E402
 from server_harness import (  # noqa: E402
     HOSTILE_NAME,
     EventStream,
@@ -32,8 +33,6 @@ from server_harness import (  # noqa: E402
     server_process,
     wait_for,
 )
-
-from daskflow.runstore import FlowRunRecord, RunStore, TaskRunRecord  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +195,40 @@ def test_a_deployment_runs_from_the_api_with_typed_parameters(server: Server, fo
     assert server.post("/api/deployments/api-deployment/resume")[1]["paused"] is False
 
 
+def test_a_paused_run_is_resumed_from_the_api_and_a_bad_input_is_a_422_naming_it(
+    server: Server, folder: Path, store_url: str
+) -> None:
+    process = run_script(folder, store_url, "pause", "api-pause")
+    try:
+        def paused() -> str | None:
+            for run in server.get("/api/flow-runs?flow=approve&limit=100")[1]["flow_runs"]:
+                if run["state_type"] == "PAUSED":  # the only run of flow "approve" in this store
+                    return str(run["id"])
+            return None
+
+        run_id = wait_for(paused, 60, "the approve run to pause")
+        status, bad = server.post(f"/api/flow-runs/{run_id[:12]}/resume", {"run_input": {"approved": True}})
+        assert status == 422 and [p["parameter"] for p in bad["detail"]] == ["reviewer"], bad
+        status, bad = server.post(
+            f"/api/flow-runs/{run_id}/resume", {"run_input": {"approved": True, "reviewer": "bo", "copies": "x"}}
+        )
+        assert status == 422 and bad["detail"][0]["parameter"] == "copies", bad
+        assert "valid integer" in bad["detail"][0]["message"], bad
+        assert _state(server, run_id) == "Paused"
+        status, done = server.post(
+            f"/api/flow-runs/{run_id}/resume", {"run_input": {"approved": True, "reviewer": "bo", "copies": 2}}
+        )
+        assert status == 200 and done == {"flow_run_id": run_id, "resumed": True}, done
+        assert process.wait(60) == 0
+        assert _state(server, run_id) == "Completed"
+        status, again = server.post(f"/api/flow-runs/{run_id}/resume", {"run_input": {}})
+        assert status == 409 and "not paused" in again["detail"], again
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(60)
+
+
 # -- security -----------------------------------------------------------------------------------
 
 
@@ -255,7 +288,7 @@ def test_read_only_serves_no_state_changing_route(folder: Path, store_url: str) 
     with server_process(folder, store_url, "--read-only", "--no-service") as read_only:
         assert read_only.get("/api/health")[1]["read_only"] is True
         assert read_only.get("/api/flow-runs")[0] == 200
-        for path in ("/api/flow-runs/x/cancel", "/api/flow-runs/x/retry", "/api/deployments/x/runs"):
+        for path in ("/api/flow-runs/x/cancel", "/api/flow-runs/x/retry", "/api/flow-runs/x/resume", "/api/deployments/x/runs"):
             status, text = read_only.post(path)
             assert status == 405 and "--read-only" in text, (path, status, text)
         paths = read_only.get("/openapi.json")[1]["paths"]

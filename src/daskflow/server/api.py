@@ -256,6 +256,22 @@ def _add_actions(router: APIRouter) -> None:
             raise HTTPException(409, str(exc)) from None
         return {"flow_run_id": actions.retry_in_background(store, plan), "retry_of": run.id}
 
+    @router.post("/flow-runs/{run_id}/resume", response_model=None)
+    def resume_run(
+        request: Request, run_id: str, body: dict[str, Any] = Body(default_factory=dict)
+    ) -> dict[str, Any] | JSONResponse:
+        """Resume a run paused for input with ``{"run_input": {...}}``; an input that does not fit is a 422 naming the field."""
+        store = _store(request)
+        run = find_run(store, run_id)
+        try:
+            problems = actions.resume_with(store, run, body.get("run_input"))
+        except actions.ActionError as exc:
+            raise HTTPException(409, str(exc)) from None
+        if problems:
+            detail = [{"parameter": p.parameter, "message": p.message} for p in problems]
+            return JSONResponse({"detail": detail}, status_code=422)
+        return {"flow_run_id": run.id, "resumed": True}
+
     @router.post("/deployments/{name}/runs", status_code=201, response_model=None)
     def run_deployment(
         request: Request, name: str, body: dict[str, Any] = Body(default_factory=dict)

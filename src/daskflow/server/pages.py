@@ -126,10 +126,13 @@ def build_pages(read_only: bool) -> APIRouter:
         rendered = [(a, Markup(render_artifact(a))) for a in artifacts]
         subflows = store.list_flow_runs(parent_flow_run_id=run.id, limit=100)
         parent = None if run.parent_flow_run_id is None else store.resolve_run_id(run.parent_flow_run_id)
+        pause = actions.pause_of(store, run)
+        resume = None if pause is None else actions.resume_fields(pause.schema)
         return _page(
             request, "flow_run.html", "flow-run", run=run, artifacts=rendered, subflows=subflows,
             parent=parent, levels=_LEVELS, started_by=started_by(store, run.id),
-            dashboard=_dashboard(run.dashboard_link, run.state_type),
+            dashboard=_dashboard(run.dashboard_link, run.state_type), resume=resume,
+            field_values={f["name"]: _field_value(f) for f in resume or []},
         )  # fmt: skip
 
     @router.get("/flow-runs/{run_id}/graph.svg")

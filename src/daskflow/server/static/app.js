@@ -144,7 +144,7 @@
     const runId = body.dataset.flowRunId;
     const base = "/api/flow-runs/" + encodeURIComponent(runId);
     const taskLimit = 50;
-    let taskOffset = 0, lastLogId = 0;
+    let taskOffset = 0, lastLogId = 0, pausedSeen = body.dataset.state === "PAUSED";
     const nameFilter = document.getElementById("task-name-filter");
     const stateFilter = document.getElementById("task-state-filter");
     const levelFilter = document.getElementById("log-level");
@@ -164,6 +164,9 @@
       const cancel = document.getElementById("cancel-button"), retry = document.getElementById("retry-button");
       if (cancel) cancel.hidden = ended;
       if (retry) retry.hidden = !ended || run.state_type === "COMPLETED";
+      const resumeSection = document.getElementById("resume-section");
+      if (resumeSection && run.state_type !== "PAUSED") resumeSection.hidden = true;
+      else if (!resumeSection && run.state_type === "PAUSED" && !pausedSeen) { pausedSeen = true; location.reload(); }
     }
 
     async function loadTasks() {
@@ -258,6 +261,11 @@
       if (result.status === 201) location.assign("/flow-runs/" + encodeURIComponent(result.data.flow_run_id));
       else message.textContent = "Not retried: " + detailText(result.data);
     });
+    const resumeForm = document.getElementById("resume-form");
+    if (resumeForm) wireForm(resumeForm, base + "/resume", "run_input", "Not resumed: ", () => {
+      document.getElementById("resume-section").hidden = true;
+      message.textContent = "Resumed: the run took the input.";
+    });
     Promise.all([loadHeader(), loadTasks()]).catch(console.warn).finally(reloadImages);
     loadLogs().catch(console.warn);
   }
@@ -285,31 +293,34 @@
     return raw;  // a bad number stays text: the server names the parameter that does not fit
   }
 
-  function deploymentPage() {
-    const form = document.getElementById("run-form");
-    if (!form) return;
-    const name = body.dataset.deployment;
+  // A form of typed fields posted as {key: {field: value}}; a 422's problems are shown under their fields.
+  function wireForm(form, url, key, refused, done) {
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       for (const error of form.querySelectorAll(".error")) error.textContent = "";
-      const parameters = {};
+      const values = {};
       for (const input of form.querySelectorAll("[data-input]")) {
         const value = parseField(input);
-        if (value !== undefined) parameters[input.name] = value;
+        if (value !== undefined) values[input.name] = value;
       }
-      const result = await post("/api/deployments/" + encodeURIComponent(name) + "/runs", {parameters});
-      if (result.status === 201) {
-        location.assign("/flow-runs/" + encodeURIComponent(result.data.flow_run_id));
-        return;
-      }
+      const result = await post(url, {[key]: values});
+      if (result.status === 200 || result.status === 201) { done(result.data); return; }
       const problems = result.data && Array.isArray(result.data.detail) ? result.data.detail : [];
       let shown = false;
       for (const problem of problems) {
         const slot = problem.parameter ? document.getElementById("error-" + problem.parameter) : null;
         if (slot) { slot.textContent = problem.message; shown = true; }
       }
-      if (!shown) document.getElementById("form-error").textContent = "Not run: " + detailText(result.data);
+      if (!shown) document.getElementById("form-error").textContent = refused + detailText(result.data);
     });
+  }
+
+  function deploymentPage() {
+    const form = document.getElementById("run-form");
+    if (!form) return;
+    const url = "/api/deployments/" + encodeURIComponent(body.dataset.deployment) + "/runs";
+    wireForm(form, url, "parameters", "Not run: ",
+             (data) => location.assign("/flow-runs/" + encodeURIComponent(data.flow_run_id)));
   }
 
   function cachePage() {
