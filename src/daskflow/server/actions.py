@@ -17,9 +17,10 @@
   rules, :mod:`daskflow.pausing`), so a refusal comes back as the run's own
   validation error, split here into one problem per field.
 
-Runs started here execute on a daemon thread of this process, on the flow's
-own task runner (a deployment's: its work pool), and record their history in
-the configured run store like any other run.
+A retry started here executes on a daemon thread of this process, on the
+flow's own task runner, and records its history in the configured run store
+like any other run. A deployment's Run is not started here: it is queued
+(:mod:`daskflow.deployments.queue`) for a scheduling service.
 """
 
 from __future__ import annotations
@@ -32,12 +33,9 @@ import time
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from daskflow.deployments import Deployment, load_flow
-from daskflow.deployments.running import run_once
-from daskflow.deployments.templates import check_parameters
+from daskflow.deployments import load_flow
 from daskflow.engine.run_origin import preset_flow_run_id
 from daskflow.exceptions import DaskflowError
 from daskflow.flows import Flow
@@ -61,7 +59,6 @@ __all__ = [
     "resume_fields",
     "resume_with",
     "retry_plan",
-    "run_deployment_in_background",
     "start_in_background",
     "validate_parameters",
 ]
@@ -157,18 +154,6 @@ def retry_in_background(store: RunStore, plan: RetryPlan) -> str:
     """Start the retry on a thread of this process; the new flow run's id."""
     return start_in_background(
         store, f"retry-{plan.flow.name}", lambda: plan.flow(**plan.parameters, return_state=True)
-    )
-
-
-def run_deployment_in_background(deployment: Deployment, store: RunStore, overrides: Mapping[str, Any]) -> str:
-    """Start one manual run of ``deployment`` now, on its work pool; the new flow run's id."""
-    moment = datetime.now(UTC)
-    merged = {**deployment.parameters, **overrides}
-    check_parameters(deployment.name, deployment.load_flow(), merged, None)
-    return start_in_background(
-        store,
-        f"deployment-{deployment.name}",
-        lambda: run_once(deployment, store, moment, "manual", dict(overrides), None),
     )
 
 

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from daskflow._version import __version__
 from daskflow.deployments import Deployment
+from daskflow.deployments.queue import queue_deployment_run
 from daskflow.exceptions import DaskflowError
 from daskflow.runstore import deployments as deployment_rows
 from daskflow.runstore.errors import AmbiguousRunIdError
@@ -276,7 +277,10 @@ def _add_actions(router: APIRouter) -> None:
     def run_deployment(
         request: Request, name: str, body: dict[str, Any] = Body(default_factory=dict)
     ) -> dict[str, Any] | JSONResponse:
-        """Run a deployment now with ``{"parameters": {...}}``; a bad parameter is a 422 naming it."""
+        """Queue a run of a deployment now with ``{"parameters": {...}}``; a bad parameter is a 422 naming it.
+
+        The new flow run exists at once (``Scheduled``); a scheduling service starts it within its poll interval.
+        """
         store = _store(request)
         record = _deployment(store, name)
         overrides = body.get("parameters", {})
@@ -298,10 +302,11 @@ def _add_actions(router: APIRouter) -> None:
             detail = [{"parameter": p.parameter, "message": p.message} for p in problems]
             return JSONResponse({"detail": detail}, status_code=422)
         try:
-            run_id = actions.run_deployment_in_background(deployment, store, overrides)
+            run_id = queue_deployment_run(deployment, store, overrides)
         except DaskflowError as exc:
             return JSONResponse({"detail": [{"parameter": None, "message": str(exc)}]}, status_code=422)
-        return {"flow_run_id": run_id, "deployment": record.name}
+        # Queued, not run here: a scheduling service (this server's, or a `daskflow serve`) starts it.
+        return {"flow_run_id": run_id, "deployment": record.name, "state": "Scheduled"}
 
     @router.post("/cache/{task_name}/clear")
     def clear_cache(task_name: str) -> dict[str, Any]:
