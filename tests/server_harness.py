@@ -93,8 +93,22 @@ def approve(gate: str = "pause") -> str:
     return f"{answer.reviewer}:{answer.copies}"
 
 
+@task(tags=["db"])
+def slotted(i: int, gate: str) -> int:
+    wait_for_gate(gate)
+    return i
+
+
+@flow(name="limited")
+def limited(gate: str = "limits") -> int:
+    # Under "db" (a tag, size 1) and "slotted" (the task's name, size 2): one holds, two wait.
+    return sum(slotted.map(range(3), gate=gate).result())
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "pause":
+    if sys.argv[1] == "limited":
+        limited(sys.argv[2])
+    elif sys.argv[1] == "pause":
         approve(sys.argv[2])
     elif sys.argv[1] == "deploy":
         from daskflow.deployments import Deployment
@@ -167,6 +181,7 @@ def flow_env(folder: Path, url: str) -> dict[str, str]:
     env["DASK_DASKFLOW__RUNSTORE__ENABLED"] = "true"
     env["DASK_DASKFLOW__PROGRESS"] = "false"
     env["SERVER_TEST_GATES"] = str(folder / "gates")
+    env["DASK_DASKFLOW__CONCURRENCY__LIMITS"] = "{'db': 1, 'slotted': 2}"  # the `limited` flow's
     (folder / "gates").mkdir(exist_ok=True)
     return env
 

@@ -186,7 +186,7 @@ def test_a_deployment_runs_from_the_api_with_typed_parameters(server: Server, fo
     wait_for(lambda: _state(server, started["flow_run_id"]) == "Completed", 60, "the deployment's run to complete")
     detail = server.get(f"/api/flow-runs/{started['flow_run_id']}")[1]
     assert detail["parameters"] == {"n": 2, "gate": "deploy-gate"} and detail["task_runs_total"] == 3, detail
-    # The runs a deployment started, and those of deployments with a tag (once the run has ended).
+    # The runs a deployment started, and those of deployments with a tag.
     for query in ("deployment=api-deployment", "tag=nightly", "tag=nightly&deployment=api-deployment"):
         listed = [r["id"] for r in server.get(f"/api/flow-runs?{query}")[1]["flow_runs"]]
         assert started["flow_run_id"] in listed, (query, listed)
@@ -227,6 +227,33 @@ def test_a_paused_run_is_resumed_from_the_api_and_a_bad_input_is_a_422_naming_it
         if process.poll() is None:
             process.kill()
         process.wait(60)
+
+
+def test_the_concurrency_page_shows_the_holders_of_limits_by_task_name_and_tag(
+    server: Server, folder: Path, store_url: str
+) -> None:
+    process = run_script(folder, store_url, "limited", "limits-gate")
+    try:
+        def holding() -> dict[str, Any] | None:
+            limits = {row["name"]: row for row in server.get("/api/concurrency")[1]["limits"]}
+            return limits if limits["db"]["holders"] else None
+
+        limits = wait_for(holding, 60, "a slotted task run to hold 'db'", every=0.2)
+        assert limits["db"]["size"] == 1 and limits["slotted"]["size"] == 2, limits
+        # One run holds "db" (a tag, size 1) and so "slotted" (its task's name) too; the other two wait.
+        assert len(limits["db"]["holders"]) == 1, limits
+        assert limits["slotted"]["holders"] == limits["db"]["holders"], limits
+        holder = limits["db"]["holders"][0]
+        assert holder["name"].startswith("slotted-") and holder["since"], holder
+        status, page = server.get("/concurrency")
+        assert status == 200 and holder["name"] in page and 'data-limit="db"' in page
+    finally:
+        (folder / "gates" / "limits-gate").touch()
+        assert process.wait(60) == 0
+    wait_for(
+        lambda: all(not r["holders"] and not r["waiters"] for r in server.get("/api/concurrency")[1]["limits"]),
+        30, "the limits to be free once the run ended",
+    )  # fmt: skip
 
 
 # -- security -----------------------------------------------------------------------------------

@@ -54,6 +54,24 @@ def test_runs_queued_by_the_server_run_once_in_one_of_two_services(tmp_path: Pat
         assert server.get("/api/health")[1]["service"] is None
         logs = [stack.enter_context(serve_process(tmp_path, url, name)) for name in ("a", "b")]
 
+        # A run in flight is listed by its deployment and by the deployment's tag: queued, then running.
+        status, held = server.post("/api/deployments/queued/runs", {"parameters": {"n": 1, "gate": "queue-hold"}})
+        assert status == 201, held
+        held_id = held["flow_run_id"]
+
+        def listed_by_filters() -> bool:
+            return all(
+                held_id in [r["id"] for r in server.get(f"/api/flow-runs?{q}")[1]["flow_runs"]]
+                for q in ("deployment=queued", "tag=nightly", "deployment=queued&tag=nightly")
+            )
+
+        assert listed_by_filters(), "a queued run is not listed by its deployment and tag"
+        wait_for(lambda: server.get(f"/api/flow-runs/{held_id}")[1]["state_name"] == "Running", 60, "the held run")
+        assert listed_by_filters(), "a running run is not listed by its deployment and tag"
+        assert server.get("/api/flow-runs?deployment=queued&state=Running")[1]["flow_runs"][0]["id"] == held_id
+        (tmp_path / "gates" / "queue-hold").touch()
+        wait_for(lambda: server.get(f"/api/flow-runs/{held_id}")[1]["state_name"] == "Completed", 60, "the held run")
+
         status, bad = server.post("/api/deployments/queued/runs", {"parameters": {"n": "two"}})
         assert status == 422 and bad["detail"][0]["parameter"] == "n", bad
         ids = []
@@ -76,12 +94,13 @@ def test_runs_queued_by_the_server_run_once_in_one_of_two_services(tmp_path: Pat
                 detail
             )
         listed = [r["id"] for r in server.get("/api/flow-runs?deployment=queued&tag=nightly")[1]["flow_runs"]]
-        assert sorted(listed) == sorted(ids), listed
+        assert sorted(listed) == sorted([*ids, held_id]), listed
 
     # Exactly once: one claim per queued run, one Running state each, one service's log line each.
     with RunStore(url) as store, store.engine.connect() as connection:
         dr, st = schema.deployment_runs, schema.states
         claims = connection.execute(sa.select(dr.c.flow_run_id, dr.c.kind, dr.c.state_type)).all()
+        ids.append(held_id)
         assert sorted(claims) == sorted((i, "manual", "COMPLETED") for i in ids), claims
         for run_id in ids:
             running = connection.execute(

@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import APIRouter, Body, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from daskflow import settings
 from daskflow._version import __version__
 from daskflow.deployments import Deployment
 from daskflow.deployments.queue import queue_deployment_run
@@ -34,6 +35,7 @@ from daskflow.runstore.history import FlowRunDetail
 from daskflow.runstore.queries import flow_run_header, flow_run_page, logs_after, task_run_page, task_state_counts
 from daskflow.runstore.store import RunStore
 from daskflow.server import actions
+from daskflow.server.concurrency import limit_rows
 from daskflow.server.events import EventHub, sse_stream
 
 __all__ = ["build_router", "find_run", "jsonable", "parse_since", "resolve"]
@@ -217,6 +219,13 @@ def build_router(read_only: bool) -> APIRouter:
     def get_deployments(request: Request) -> dict[str, Any]:
         """Every deployment with its schedule and next 5 times."""
         return {"deployments": [_deployment_json(r) for r in deployment_rows.list_deployments(_store(request))]}
+
+    @router.get("/concurrency")
+    def get_concurrency(request: Request) -> dict[str, Any]:
+        """Each limit of ``daskflow.concurrency.limits``: size, and the task runs holding and waiting now (by name or tag)."""
+        sizes = dict(settings.get("concurrency.limits", None) or {})
+        rates = dict(settings.get("concurrency.rate_limits", None) or {})
+        return {"limits": limit_rows(_store(request), sizes), "rate_limits": rates}
 
     @router.get("/events")
     async def events(request: Request, flow_run_id: str | None = None) -> StreamingResponse:

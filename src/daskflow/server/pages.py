@@ -38,7 +38,6 @@ from daskflow.report.svg import graph_svg, timeline_svg
 from daskflow.runstore import deployments as deployment_rows
 from daskflow.runstore.blocks import list_blocks
 from daskflow.runstore.queries import (
-    running_task_counts,
     started_by,
     task_run,
     task_runs_by_id,
@@ -48,6 +47,7 @@ from daskflow.runstore.queries import (
 from daskflow.runstore.store import RunStore
 from daskflow.server import actions
 from daskflow.server.api import find_run
+from daskflow.server.concurrency import limit_rows
 from daskflow.server.pools import pool_rows
 from daskflow.server.security import COOKIE_NAME, ServerAccess, session_value
 
@@ -195,10 +195,9 @@ def build_pages(read_only: bool) -> APIRouter:
 
     @router.get("/concurrency")
     def concurrency_page(request: Request) -> HTMLResponse:
-        limits = dict(settings.get("concurrency.limits", None) or {})
+        limits = limit_rows(_store(request), dict(settings.get("concurrency.limits", None) or {}))
         rates = dict(settings.get("concurrency.rate_limits", None) or {})
-        running = running_task_counts(_store(request), list(limits))
-        return _page(request, "concurrency.html", "concurrency", limits=limits, rates=rates, running=running)
+        return _page(request, "concurrency.html", "concurrency", limits=limits, rates=rates)
 
     @router.get("/artifacts")
     def artifacts_page(request: Request, key: str | None = None) -> HTMLResponse:

@@ -323,6 +323,26 @@
              (data) => location.assign("/flow-runs/" + encodeURIComponent(data.flow_run_id)));
   }
 
+  // -- Concurrency ------------------------------------------------------------------------------
+
+  function concurrencyPage() {
+    const tbody = document.getElementById("limits-body");
+    function runs(className, list) {
+      const cell = el("td", {className}, el("span", {className: "count", text: String(list.length)}));
+      for (const r of list) cell.append(" ", el("a", {href: "/task-runs/" + encodeURIComponent(r.task_run_id), text: r.name}));
+      return cell;
+    }
+    async function load() {
+      const data = await getJSON("/api/concurrency");
+      if (!data.limits.length) return;  // the page says there are none
+      tbody.replaceChildren(...data.limits.map((limit) => el("tr", {"data-limit": limit.name},
+        el("td", {text: limit.name}), el("td", {text: String(limit.size)}),
+        runs("holders", limit.holders), runs("waiters", limit.waiters))));
+    }
+    const refresh = throttled(() => load().catch(console.warn), 500);
+    listen("", {state: refresh, reset: refresh});
+  }
+
   function cachePage() {
     document.getElementById("live").hidden = true;
     for (const button of document.querySelectorAll("button.cache-clear")) {
@@ -333,7 +353,7 @@
     }
   }
 
-  const pages = {"cache": cachePage, "runs": runsPage, "flow-run": flowRunPage, "deployments": deploymentsPage, "deployment": deploymentPage};
+  const pages = {"cache": cachePage, "runs": runsPage, "flow-run": flowRunPage, "deployments": deploymentsPage, "deployment": deploymentPage, "concurrency": concurrencyPage};
   if (pages[page]) pages[page]();
   else document.getElementById("live").hidden = true;  // nothing on this page changes live
 })();
