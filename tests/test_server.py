@@ -207,6 +207,9 @@ def test_a_paused_run_is_resumed_from_the_api_and_a_bad_input_is_a_422_naming_it
             return None
 
         run_id = wait_for(paused, 60, "the approve run to pause")
+        for drawing in ("graph", "timeline"):  # nothing to draw yet: a line of text, still an image
+            status, svg = server.get(f"/flow-runs/{run_id}/{drawing}.svg")
+            assert status == 200 and svg.startswith("<svg") and "no task run" in svg.lower(), svg
         status, bad = server.post(f"/api/flow-runs/{run_id[:12]}/resume", {"run_input": {"approved": True}})
         assert status == 422 and [p["parameter"] for p in bad["detail"]] == ["reviewer"], bad
         status, bad = server.post(

@@ -25,7 +25,7 @@ from urllib.parse import quote
 import jinja2
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from daskflow import settings
 from daskflow.deployments import Deployment
@@ -299,4 +299,15 @@ def _drawing(store: RunStore, run_id: str, kind: str) -> Response:
             while len(_DRAWINGS) > _DRAWINGS_KEPT:
                 _DRAWINGS.popitem(last=False)
         _DRAWINGS.move_to_end(run.id)
-    return Response(cached[1][kind], media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+    return Response(_as_svg(cached[1][kind]), media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+
+
+def _as_svg(drawing: str) -> str:
+    """The drawing, or the report's note for nothing to draw (HTML: a broken image in an <img>) as an SVG line."""
+    if drawing.lstrip().startswith("<svg"):
+        return drawing
+    text = escape(Markup(drawing).striptags())
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{8 * len(text) + 16}" height="28" font-family="sans-serif" '
+        f'font-size="13"><text x="4" y="18" fill="#6b7280">{text}</text></svg>'
+    )

@@ -153,6 +153,7 @@
     async function loadHeader() {
       const run = await getJSON(base);
       document.getElementById("run-state").replaceChildren(badge(run.state_type, run.state_name));
+      document.getElementById("run-name").textContent = run.name;  // a queued run gets its name when it starts
       document.getElementById("run-start").textContent = when(run.start_time);
       document.getElementById("run-end").textContent = when(run.end_time);
       document.getElementById("run-duration").textContent = seconds(run.duration);
