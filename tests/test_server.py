@@ -246,6 +246,12 @@ def test_the_concurrency_page_shows_the_holders_of_limits_by_task_name_and_tag(
         # One run holds "db" (a tag, size 1) and so "slotted" (its task's name) too; the other two wait.
         assert len(limits["db"]["holders"]) == 1, limits
         assert limits["slotted"]["holders"] == limits["db"]["holders"], limits
+        # The others wait: pending, never listed as holders (listed as waiters once the engine records
+        # a task run from its submission).
+        held = {r["task_run_id"] for r in limits["db"]["holders"]}
+        for name in ("db", "slotted"):
+            waiting = {r["task_run_id"] for r in limits[name]["waiters"]}
+            assert not waiting & held and len(waiting) in (0, 2), limits
         holder = limits["db"]["holders"][0]
         assert holder["name"].startswith("slotted-") and holder["since"], holder
         status, page = server.get("/concurrency")

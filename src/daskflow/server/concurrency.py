@@ -10,10 +10,9 @@ store's latest snapshots, as every other page is:
   acquired its slots before it entered it;
 * **waiting** — a task run under the limit recorded ``Pending`` in a flow run
   that is running: it waits for a slot, or for its inputs or a worker first.
-  The flow engine records a task run's first state when it starts running
-  (its initial ``Pending`` is not a state change), so today a run that waits
-  for a slot is not in the store yet and this list stays empty; it fills as
-  soon as the engine records ``Pending`` on entering the wait.
+  Task runs are in the store from their submission only where the flow engine
+  records submitted runs (``engine.history.record_submitted``, on main since
+  this session); before, a run that waits for a slot shows once it starts.
 
 Task runs of flow runs that ended (a process that died leaves its task runs
 ``Running`` forever) are left out. One query over the task runs that are
