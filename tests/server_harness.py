@@ -39,7 +39,9 @@ import sys
 import time
 from pathlib import Path
 
-from daskflow import flow, get_run_logger, task
+import pydantic
+
+from daskflow import flow, get_run_logger, pause_flow_run, task
 from daskflow.artifacts import create_markdown_artifact
 from daskflow.cache_policies import INPUTS
 
@@ -78,8 +80,37 @@ def demo(n: int = 3, gate: str = "go") -> int:
     return hold(sum(values), gate)
 
 
+class Approval(pydantic.BaseModel):
+    approved: bool
+    reviewer: str
+    copies: int = 1
+
+
+@flow(name="approve")
+def approve(gate: str = "pause") -> str:
+    answer = pause_flow_run(wait_for_input=Approval, timeout=120)
+    get_run_logger().info("approved=%s by %s, %d copies", answer.approved, answer.reviewer, answer.copies)
+    return f"{answer.reviewer}:{answer.copies}"
+
+
+@task(tags=["db"])
+def slotted(i: int, gate: str) -> int:
+    wait_for_gate(gate)
+    return i
+
+
+@flow(name="limited")
+def limited(gate: str = "limits") -> int:
+    # Under "db" (a tag, size 1) and "slotted" (the task's name, size 2): one holds, two wait.
+    return sum(slotted.map(range(3), gate=gate).result())
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "deploy":
+    if sys.argv[1] == "limited":
+        limited(sys.argv[2])
+    elif sys.argv[1] == "pause":
+        approve(sys.argv[2])
+    elif sys.argv[1] == "deploy":
         from daskflow.deployments import Deployment
 
         from daskflow.deployments import WorkPool
@@ -150,6 +181,7 @@ def flow_env(folder: Path, url: str) -> dict[str, str]:
     env["DASK_DASKFLOW__RUNSTORE__ENABLED"] = "true"
     env["DASK_DASKFLOW__PROGRESS"] = "false"
     env["SERVER_TEST_GATES"] = str(folder / "gates")
+    env["DASK_DASKFLOW__CONCURRENCY__LIMITS"] = "{'db': 1, 'slotted': 2}"  # the `limited` flow's
     (folder / "gates").mkdir(exist_ok=True)
     return env
 

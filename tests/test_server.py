@@ -23,6 +23,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the server extra is not installed")
 
+from daskflow.runstore import FlowRunRecord, RunStore, TaskRunRecord  # noqa: E402
 from server_harness import (  # noqa: E402
     HOSTILE_NAME,
     EventStream,
@@ -32,8 +33,6 @@ from server_harness import (  # noqa: E402
     server_process,
     wait_for,
 )
-
-from daskflow.runstore import FlowRunRecord, RunStore, TaskRunRecord  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -187,13 +186,83 @@ def test_a_deployment_runs_from_the_api_with_typed_parameters(server: Server, fo
     wait_for(lambda: _state(server, started["flow_run_id"]) == "Completed", 60, "the deployment's run to complete")
     detail = server.get(f"/api/flow-runs/{started['flow_run_id']}")[1]
     assert detail["parameters"] == {"n": 2, "gate": "deploy-gate"} and detail["task_runs_total"] == 3, detail
-    # The runs a deployment started, and those of deployments with a tag (once the run has ended).
+    # The runs a deployment started, and those of deployments with a tag.
     for query in ("deployment=api-deployment", "tag=nightly", "tag=nightly&deployment=api-deployment"):
         listed = [r["id"] for r in server.get(f"/api/flow-runs?{query}")[1]["flow_runs"]]
         assert started["flow_run_id"] in listed, (query, listed)
     assert server.get("/api/flow-runs?tag=no-such-tag")[1]["flow_runs"] == []
     assert server.post("/api/deployments/api-deployment/pause")[1]["paused"] is True
     assert server.post("/api/deployments/api-deployment/resume")[1]["paused"] is False
+
+
+def test_a_paused_run_is_resumed_from_the_api_and_a_bad_input_is_a_422_naming_it(
+    server: Server, folder: Path, store_url: str
+) -> None:
+    process = run_script(folder, store_url, "pause", "api-pause")
+    try:
+        def paused() -> str | None:
+            for run in server.get("/api/flow-runs?flow=approve&limit=100")[1]["flow_runs"]:
+                if run["state_type"] == "PAUSED":  # the only run of flow "approve" in this store
+                    return str(run["id"])
+            return None
+
+        run_id = wait_for(paused, 60, "the approve run to pause")
+        for drawing in ("graph", "timeline"):  # nothing to draw yet: a line of text, still an image
+            status, svg = server.get(f"/flow-runs/{run_id}/{drawing}.svg")
+            assert status == 200 and svg.startswith("<svg") and "no task run" in svg.lower(), svg
+        status, bad = server.post(f"/api/flow-runs/{run_id[:12]}/resume", {"run_input": {"approved": True}})
+        assert status == 422 and [p["parameter"] for p in bad["detail"]] == ["reviewer"], bad
+        status, bad = server.post(
+            f"/api/flow-runs/{run_id}/resume", {"run_input": {"approved": True, "reviewer": "bo", "copies": "x"}}
+        )
+        assert status == 422 and bad["detail"][0]["parameter"] == "copies", bad
+        assert "valid integer" in bad["detail"][0]["message"], bad
+        assert _state(server, run_id) == "Paused"
+        status, done = server.post(
+            f"/api/flow-runs/{run_id}/resume", {"run_input": {"approved": True, "reviewer": "bo", "copies": 2}}
+        )
+        assert status == 200 and done == {"flow_run_id": run_id, "resumed": True}, done
+        assert process.wait(60) == 0
+        assert _state(server, run_id) == "Completed"
+        status, again = server.post(f"/api/flow-runs/{run_id}/resume", {"run_input": {}})
+        assert status == 409 and "not paused" in again["detail"], again
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(60)
+
+
+def test_the_concurrency_page_shows_the_holders_of_limits_by_task_name_and_tag(
+    server: Server, folder: Path, store_url: str
+) -> None:
+    process = run_script(folder, store_url, "limited", "limits-gate")
+    try:
+        def holding() -> dict[str, Any] | None:
+            limits = {row["name"]: row for row in server.get("/api/concurrency")[1]["limits"]}
+            return limits if limits["db"]["holders"] else None
+
+        limits = wait_for(holding, 60, "a slotted task run to hold 'db'", every=0.2)
+        assert limits["db"]["size"] == 1 and limits["slotted"]["size"] == 2, limits
+        # One run holds "db" (a tag, size 1) and so "slotted" (its task's name) too; the other two wait.
+        assert len(limits["db"]["holders"]) == 1, limits
+        assert limits["slotted"]["holders"] == limits["db"]["holders"], limits
+        # The others wait: pending, never listed as holders (listed as waiters once the engine records
+        # a task run from its submission).
+        held = {r["task_run_id"] for r in limits["db"]["holders"]}
+        for name in ("db", "slotted"):
+            waiting = {r["task_run_id"] for r in limits[name]["waiters"]}
+            assert not waiting & held and len(waiting) in (0, 2), limits
+        holder = limits["db"]["holders"][0]
+        assert holder["name"].startswith("slotted-") and holder["since"], holder
+        status, page = server.get("/concurrency")
+        assert status == 200 and holder["name"] in page and 'data-limit="db"' in page
+    finally:
+        (folder / "gates" / "limits-gate").touch()
+        assert process.wait(60) == 0
+    wait_for(
+        lambda: all(not r["holders"] and not r["waiters"] for r in server.get("/api/concurrency")[1]["limits"]),
+        30, "the limits to be free once the run ended",
+    )  # fmt: skip
 
 
 # -- security -----------------------------------------------------------------------------------
@@ -255,7 +324,7 @@ def test_read_only_serves_no_state_changing_route(folder: Path, store_url: str) 
     with server_process(folder, store_url, "--read-only", "--no-service") as read_only:
         assert read_only.get("/api/health")[1]["read_only"] is True
         assert read_only.get("/api/flow-runs")[0] == 200
-        for path in ("/api/flow-runs/x/cancel", "/api/flow-runs/x/retry", "/api/deployments/x/runs"):
+        for path in ("/api/flow-runs/x/cancel", "/api/flow-runs/x/retry", "/api/flow-runs/x/resume", "/api/deployments/x/runs"):
             status, text = read_only.post(path)
             assert status == 405 and "--read-only" in text, (path, status, text)
         paths = read_only.get("/openapi.json")[1]["paths"]

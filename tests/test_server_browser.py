@@ -223,3 +223,36 @@ def test_the_deployment_form_runs_typed_parameters_and_shows_a_bad_one(
     assert '"n": 2' in page.locator("pre.params").inner_text()  # an int, not "2"
     # The deliberate bad value is the one error the console saw: the API's 422 for it.
     assert watched.unexpected("status of 422") == [], watched.problems
+
+
+def test_a_run_paused_for_input_is_resumed_from_its_page_with_typed_input(
+    server: Server, folder: Path, store_url: str, watched: Watched
+) -> None:
+    process = run_script(folder, store_url, "pause", "pause-gate")
+    try:
+        run_id = _run_id(server, "pause-gate")
+        wait_for(lambda: server.get(f"/api/flow-runs/{run_id}")[1]["state_type"] == "PAUSED", 60, "the run to pause")
+        page = watched.page
+        page.goto(f"{server.base}/flow-runs/{run_id}")
+        sync_api.expect(page.locator("#run-state .badge")).to_have_text("Paused")
+        page.select_option("#param-approved", "true")
+        page.fill("#param-reviewer", "ada")
+        page.fill("#param-copies", "lots")
+        page.click("#resume-button")
+        sync_api.expect(page.locator("#error-copies")).to_contain_text("valid integer", timeout=30_000)
+        assert server.get(f"/api/flow-runs/{run_id}")[1]["state_type"] == "PAUSED", "a bad input resumed the run"
+
+        page.fill("#param-copies", "3")
+        page.click("#resume-button")
+        sync_api.expect(page.locator("#action-message")).to_contain_text("Resumed", timeout=30_000)
+        sync_api.expect(page.locator("#resume-section")).to_be_hidden()
+        sync_api.expect(page.locator("#run-state .badge")).to_have_text("Completed", timeout=30_000)
+        sync_api.expect(page.locator("#log-tail .log", has_text="approved=True by ada, 3 copies")).to_have_count(
+            1, timeout=30_000
+        )
+        assert process.wait(60) == 0
+        assert watched.unexpected("status of 422") == [], watched.problems
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(60)

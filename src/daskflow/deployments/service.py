@@ -40,6 +40,12 @@ service (listed at start): a deployment that does not allow concurrent runs
 starts no run of its own meanwhile — the time is skipped with a warning, as a
 time that comes due during this service's own run is.
 
+**Queued runs.** At start and at every poll the service also takes the runs
+queued for now (the server's Run button, :mod:`.queue`), oldest first, each
+taken by exactly one service (:func:`~daskflow.runstore.queued.take_queued`),
+and starts them as manual runs under their queued ids, within
+``max_concurrent_runs`` too.
+
 Flow runs record their history in the configured run store
 (``daskflow.runstore.url``); keep it the same as ``store_url``
 (``daskflow serve --url`` does that for you).
@@ -54,7 +60,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
+from daskflow.deployments.deployment import Deployment
 from daskflow.deployments.planner import DeploymentPlan, Planner
+from daskflow.deployments.queue import start_queued
 from daskflow.deployments.running import lease_seconds, run_once
 from daskflow.engine.cancellation import cancel_runs_in_thread
 from daskflow.engine.serving import Clock, SystemClock
@@ -63,6 +71,7 @@ from daskflow.runstore import deployments as rows
 from daskflow.runstore.deployments import RunInFlightError
 from daskflow.runstore.errors import RunStoreUnavailableError
 from daskflow.runstore.leases import crash_message, reap_expired
+from daskflow.runstore.queued import QueuedRun, fail_queued, queued_runs, take_queued
 from daskflow.runstore.store import RunStore
 
 __all__ = [
@@ -138,6 +147,8 @@ class DeploymentService:
             self._reap(store, planner)
             self._report_unfinished(store, planner)
             self._summary(store, planner, now)
+            with self._lock:
+                self._start_queued(store, planner)
             next_poll = now + self.poll
             while not stop.is_set():
                 self._wake.clear()  # before looking: a run that ends after this wakes the next wait
@@ -145,6 +156,7 @@ class DeploymentService:
                 with self._lock:
                     if now >= next_poll:
                         self._poll(store, planner, now)
+                        self._start_queued(store, planner)
                         next_poll = now + self.poll
                     planner.advance(now)
                     self._start_runs(store, planner)
@@ -211,6 +223,51 @@ class DeploymentService:
             )
             self._runs[thread] = (plan.name, at)
             thread.start()
+
+    def _start_queued(self, store: RunStore, planner: Planner) -> None:
+        free = self.max_concurrent_runs - len(self._runs)
+        if free <= 0:
+            return
+        try:
+            waiting = queued_runs(store, limit=free)
+        except RunStoreUnavailableError as exc:
+            _log.warning("%s; queued runs are looked for again at the next poll", exc)
+            return
+        plans = {plan.record.id: plan for plan in planner.plans.values()}
+        for queued in waiting:
+            if not take_queued(store, queued.flow_run_id, self.id):
+                continue  # another service took it: it runs there
+            plan = plans.get(queued.deployment_id)
+            # Applied since this service last read the list: read it now rather than wait a poll.
+            record = plan.record if plan is not None else rows.get_deployment(store, queued.deployment_id)
+            if record is None:
+                fail_queued(store, queued.flow_run_id, f"deployment {queued.deployment_name!r} no longer exists")
+                continue
+            deployment = plan.deployment if plan is not None else Deployment.from_record(record)
+            thread = threading.Thread(
+                target=self._run_queued, args=(store, deployment, queued), name=f"daskflow-serve-{record.name}",
+                daemon=True,
+            )  # fmt: skip
+            self._runs[thread] = (record.name, queued.queued_at)
+            thread.start()
+
+    def _run_queued(self, store: RunStore, deployment: Deployment, queued: QueuedRun) -> None:
+        name = deployment.name
+        _log.info("deployment %r: starting queued flow run %s", name, queued.flow_run_id)
+        try:
+            state = start_queued(deployment, store, queued, self.id)
+        except DaskflowError as exc:
+            _log.error("deployment %r: queued flow run %s could not start: %s", name, queued.flow_run_id, exc)
+        except BaseException:
+            _log.exception("deployment %r: queued flow run %s raised", name, queued.flow_run_id)
+        else:
+            if state is not None:
+                _log.info("deployment %r: queued flow run %s ended %s", name, queued.flow_run_id, state.name)
+        finally:
+            with self._lock:
+                self._runs.pop(threading.current_thread(), None)
+                self._wake.set()
+                self._lock.notify_all()
 
     def _run_one(self, store: RunStore, plan: DeploymentPlan, at: datetime) -> None:
         name = plan.name

@@ -101,8 +101,9 @@ def flow_run_page(
 ) -> FlowRunPage:
     """Flow runs newest first, ``since <= start < until``.
 
-    ``deployment_ids``: only the runs these deployments started (those their claims
-    name; a claim names its run once the run has ended).
+    ``deployment_ids``: only the runs these deployments started: the runs that
+    record their deployment (schema 0006: queued, in flight or ended) and those
+    their claims name (runs recorded before 0006).
     """
     fr = schema.flow_runs
     query = sa.select(
@@ -122,7 +123,7 @@ def flow_run_page(
         claimed = sa.select(dr.c.flow_run_id).where(
             dr.c.deployment_id.in_(list(deployment_ids)), dr.c.flow_run_id.is_not(None)
         )
-        query = query.where(fr.c.id.in_(claimed))
+        query = query.where(sa.or_(fr.c.deployment_id.in_(list(deployment_ids)), fr.c.id.in_(claimed)))
     query = query.limit(limit + 1).offset(offset)
     with store.database_errors(), store.engine.connect() as connection:
         rows = connection.execute(query).all()

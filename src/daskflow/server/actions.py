@@ -11,17 +11,23 @@
   type, default, JSON schema), and :func:`validate_parameters` checks values
   against the type hints one parameter at a time, so a bad value is reported
   against its own name (the API's 422, the form's message under its field).
+* :func:`pause_of` and :func:`resume_fields` describe what a run paused for
+  input waits for (a form from its model's JSON schema); :func:`resume_with`
+  hands it the input. The paused run validates the input itself (pydantic's
+  rules, :mod:`daskflow.pausing`), so a refusal comes back as the run's own
+  validation error, split here into one problem per field.
 
-Runs started here execute on a daemon thread of this process, on the flow's
-own task runner (a deployment's: its work pool), and record their history in
-the configured run store like any other run.
+A retry started here executes on a daemon thread of this process, on the
+flow's own task runner, and records its history in the configured run store
+like any other run. A deployment's Run is not started here: it is queued
+(:mod:`daskflow.deployments.queue`) for a scheduling service.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
-from datetime import UTC, datetime
 import threading
 import time
 import typing
@@ -29,15 +35,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from daskflow.deployments import Deployment, load_flow
-from daskflow.deployments.running import run_once
-from daskflow.deployments.templates import check_parameters
+from daskflow.deployments import load_flow
 from daskflow.engine.run_origin import preset_flow_run_id
 from daskflow.exceptions import DaskflowError
 from daskflow.flows import Flow
+from daskflow.pausing import PauseError, resume_flow_run
 from daskflow.runs import new_run_id
 from daskflow.runstore.cancellation import request_cancel
 from daskflow.runstore.history import FlowRunDetail
+from daskflow.runstore.pausing import PausedRow, read_paused
 from daskflow.runstore.queries import flow_run_entrypoint
 from daskflow.runstore.store import RunStore
 from daskflow.states import StateType
@@ -49,8 +55,10 @@ __all__ = [
     "RetryPlan",
     "cancel_flow_run",
     "parameter_fields",
+    "pause_of",
+    "resume_fields",
+    "resume_with",
     "retry_plan",
-    "run_deployment_in_background",
     "start_in_background",
     "validate_parameters",
 ]
@@ -149,18 +157,6 @@ def retry_in_background(store: RunStore, plan: RetryPlan) -> str:
     )
 
 
-def run_deployment_in_background(deployment: Deployment, store: RunStore, overrides: Mapping[str, Any]) -> str:
-    """Start one manual run of ``deployment`` now, on its work pool; the new flow run's id."""
-    moment = datetime.now(UTC)
-    merged = {**deployment.parameters, **overrides}
-    check_parameters(deployment.name, deployment.load_flow(), merged, None)
-    return start_in_background(
-        store,
-        f"deployment-{deployment.name}",
-        lambda: run_once(deployment, store, moment, "manual", dict(overrides), None),
-    )
-
-
 def _hints(flow: Flow[Any, Any]) -> dict[str, Any]:
     try:
         return typing.get_type_hints(flow.fn)
@@ -232,3 +228,68 @@ def validate_parameters(flow: Flow[Any, Any], values: Mapping[str, Any]) -> list
             label = getattr(hint, "__name__", str(hint))
             problems.append(ParameterProblem(name, f"got {value!r}, expected {label}: {first.get('msg', '')}"))
     return problems
+
+
+def pause_of(store: RunStore, run: FlowRunDetail) -> PausedRow | None:
+    """The pause ``run`` waits in now, or None (not paused, resumed already, or its pause timed out)."""
+    if run.state_type != StateType.PAUSED.value:
+        return None
+    row = read_paused(store, run.id)
+    return row if row is not None and row.resumed_at is None else None
+
+
+def resume_fields(schema_text: str | None) -> list[dict[str, Any]]:
+    """A form field per property of a pause's input model (its JSON schema), shaped as :func:`parameter_fields`."""
+    if not schema_text:
+        return []
+    schema = json.loads(schema_text)
+    required = set(schema.get("required", []))
+    fields = []
+    for name, prop in schema.get("properties", {}).items():
+        kind = prop.get("type") if isinstance(prop.get("type"), str) else "json"
+        fields.append(
+            {
+                "name": name,
+                "type": prop.get("title", name) if kind == "json" else kind,
+                "input": kind if kind in ("integer", "number", "boolean", "string") else "json",
+                "default": _json_default(prop.get("default")),
+                "required": name in required,
+                "description": prop.get("description"),
+            }
+        )
+    return fields
+
+
+def _input_problems(error: str) -> list[ParameterProblem]:
+    """pydantic's ValidationError text, one problem per field.
+
+    Its lines are a header (``N validation errors for Model``), then for each
+    error the field's location on a line of its own and the message indented under it.
+    """
+    problems: list[ParameterProblem] = []
+    lines = error.splitlines()
+    for where, line in enumerate(lines[1:], start=1):
+        if line and not line[0].isspace() and where + 1 < len(lines) and lines[where + 1].startswith("  "):
+            message = lines[where + 1].strip().split(" [type=")[0]
+            problems.append(ParameterProblem(line.strip(), message))
+    return problems or [ParameterProblem("", error)]
+
+
+def resume_with(store: RunStore, run: FlowRunDetail, run_input: Any, wait: float = 15.0) -> list[ParameterProblem]:
+    """Resume ``run`` with ``run_input``; what was wrong with the input (empty: it was taken and the run goes on).
+
+    A run that is not waiting for input is an :class:`ActionError`.
+    """
+    if pause_of(store, run) is None:
+        raise ActionError(
+            f"flow run {run.id} is {run.state_name}, not paused for input: nothing to resume. "
+            f"Fix: check it with daskflow runs show {run.id}."
+        )
+    try:
+        resume_flow_run(run.id, run_input, wait=wait, url=store.url)
+    except PauseError as exc:
+        refused = read_paused(store, run.id)
+        if refused is not None and refused.input_error and refused.resumed_at is None:
+            return _input_problems(refused.input_error)
+        raise ActionError(str(exc)) from None
+    return []

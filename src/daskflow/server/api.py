@@ -24,8 +24,10 @@ from typing import Any
 from fastapi import APIRouter, Body, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from daskflow import settings
 from daskflow._version import __version__
 from daskflow.deployments import Deployment
+from daskflow.deployments.queue import queue_deployment_run
 from daskflow.exceptions import DaskflowError
 from daskflow.runstore import deployments as deployment_rows
 from daskflow.runstore.errors import AmbiguousRunIdError
@@ -33,6 +35,7 @@ from daskflow.runstore.history import FlowRunDetail
 from daskflow.runstore.queries import flow_run_header, flow_run_page, logs_after, task_run_page, task_state_counts
 from daskflow.runstore.store import RunStore
 from daskflow.server import actions
+from daskflow.server.concurrency import limit_rows
 from daskflow.server.events import EventHub, sse_stream
 
 __all__ = ["build_router", "find_run", "jsonable", "parse_since", "resolve"]
@@ -217,6 +220,13 @@ def build_router(read_only: bool) -> APIRouter:
         """Every deployment with its schedule and next 5 times."""
         return {"deployments": [_deployment_json(r) for r in deployment_rows.list_deployments(_store(request))]}
 
+    @router.get("/concurrency")
+    def get_concurrency(request: Request) -> dict[str, Any]:
+        """Each limit of ``daskflow.concurrency.limits``: size, and the task runs holding and waiting now (by name or tag)."""
+        sizes = dict(settings.get("concurrency.limits", None) or {})
+        rates = dict(settings.get("concurrency.rate_limits", None) or {})
+        return {"limits": limit_rows(_store(request), sizes), "rate_limits": rates}
+
     @router.get("/events")
     async def events(request: Request, flow_run_id: str | None = None) -> StreamingResponse:
         """Server-sent events: ``state`` (any run entering a state) and ``log`` (a log line)."""
@@ -256,11 +266,30 @@ def _add_actions(router: APIRouter) -> None:
             raise HTTPException(409, str(exc)) from None
         return {"flow_run_id": actions.retry_in_background(store, plan), "retry_of": run.id}
 
+    @router.post("/flow-runs/{run_id}/resume", response_model=None)
+    def resume_run(
+        request: Request, run_id: str, body: dict[str, Any] = Body(default_factory=dict)
+    ) -> dict[str, Any] | JSONResponse:
+        """Resume a run paused for input with ``{"run_input": {...}}``; an input that does not fit is a 422 naming the field."""
+        store = _store(request)
+        run = find_run(store, run_id)
+        try:
+            problems = actions.resume_with(store, run, body.get("run_input"))
+        except actions.ActionError as exc:
+            raise HTTPException(409, str(exc)) from None
+        if problems:
+            detail = [{"parameter": p.parameter, "message": p.message} for p in problems]
+            return JSONResponse({"detail": detail}, status_code=422)
+        return {"flow_run_id": run.id, "resumed": True}
+
     @router.post("/deployments/{name}/runs", status_code=201, response_model=None)
     def run_deployment(
         request: Request, name: str, body: dict[str, Any] = Body(default_factory=dict)
     ) -> dict[str, Any] | JSONResponse:
-        """Run a deployment now with ``{"parameters": {...}}``; a bad parameter is a 422 naming it."""
+        """Queue a run of a deployment now with ``{"parameters": {...}}``; a bad parameter is a 422 naming it.
+
+        The new flow run exists at once (``Scheduled``); a scheduling service starts it within its poll interval.
+        """
         store = _store(request)
         record = _deployment(store, name)
         overrides = body.get("parameters", {})
@@ -282,10 +311,11 @@ def _add_actions(router: APIRouter) -> None:
             detail = [{"parameter": p.parameter, "message": p.message} for p in problems]
             return JSONResponse({"detail": detail}, status_code=422)
         try:
-            run_id = actions.run_deployment_in_background(deployment, store, overrides)
+            run_id = queue_deployment_run(deployment, store, overrides)
         except DaskflowError as exc:
             return JSONResponse({"detail": [{"parameter": None, "message": str(exc)}]}, status_code=422)
-        return {"flow_run_id": run_id, "deployment": record.name}
+        # Queued, not run here: a scheduling service (this server's, or a `daskflow serve`) starts it.
+        return {"flow_run_id": run_id, "deployment": record.name, "state": "Scheduled"}
 
     @router.post("/cache/{task_name}/clear")
     def clear_cache(task_name: str) -> dict[str, Any]:

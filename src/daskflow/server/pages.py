@@ -25,7 +25,7 @@ from urllib.parse import quote
 import jinja2
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from daskflow import settings
 from daskflow.deployments import Deployment
@@ -38,7 +38,6 @@ from daskflow.report.svg import graph_svg, timeline_svg
 from daskflow.runstore import deployments as deployment_rows
 from daskflow.runstore.blocks import list_blocks
 from daskflow.runstore.queries import (
-    running_task_counts,
     started_by,
     task_run,
     task_runs_by_id,
@@ -48,6 +47,7 @@ from daskflow.runstore.queries import (
 from daskflow.runstore.store import RunStore
 from daskflow.server import actions
 from daskflow.server.api import find_run
+from daskflow.server.concurrency import limit_rows
 from daskflow.server.pools import pool_rows
 from daskflow.server.security import COOKIE_NAME, ServerAccess, session_value
 
@@ -126,10 +126,13 @@ def build_pages(read_only: bool) -> APIRouter:
         rendered = [(a, Markup(render_artifact(a))) for a in artifacts]
         subflows = store.list_flow_runs(parent_flow_run_id=run.id, limit=100)
         parent = None if run.parent_flow_run_id is None else store.resolve_run_id(run.parent_flow_run_id)
+        pause = actions.pause_of(store, run)
+        resume = None if pause is None else actions.resume_fields(pause.schema)
         return _page(
             request, "flow_run.html", "flow-run", run=run, artifacts=rendered, subflows=subflows,
             parent=parent, levels=_LEVELS, started_by=started_by(store, run.id),
-            dashboard=_dashboard(run.dashboard_link, run.state_type),
+            dashboard=_dashboard(run.dashboard_link, run.state_type), resume=resume,
+            field_values={f["name"]: _field_value(f) for f in resume or []},
         )  # fmt: skip
 
     @router.get("/flow-runs/{run_id}/graph.svg")
@@ -192,10 +195,9 @@ def build_pages(read_only: bool) -> APIRouter:
 
     @router.get("/concurrency")
     def concurrency_page(request: Request) -> HTMLResponse:
-        limits = dict(settings.get("concurrency.limits", None) or {})
+        limits = limit_rows(_store(request), dict(settings.get("concurrency.limits", None) or {}))
         rates = dict(settings.get("concurrency.rate_limits", None) or {})
-        running = running_task_counts(_store(request), list(limits))
-        return _page(request, "concurrency.html", "concurrency", limits=limits, rates=rates, running=running)
+        return _page(request, "concurrency.html", "concurrency", limits=limits, rates=rates)
 
     @router.get("/artifacts")
     def artifacts_page(request: Request, key: str | None = None) -> HTMLResponse:
@@ -297,4 +299,15 @@ def _drawing(store: RunStore, run_id: str, kind: str) -> Response:
             while len(_DRAWINGS) > _DRAWINGS_KEPT:
                 _DRAWINGS.popitem(last=False)
         _DRAWINGS.move_to_end(run.id)
-    return Response(cached[1][kind], media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+    return Response(_as_svg(cached[1][kind]), media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+
+
+def _as_svg(drawing: str) -> str:
+    """The drawing, or the report's note for nothing to draw (HTML: a broken image in an <img>) as an SVG line."""
+    if drawing.lstrip().startswith("<svg"):
+        return drawing
+    text = escape(Markup(drawing).striptags())
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{8 * len(text) + 16}" height="28" font-family="sans-serif" '
+        f'font-size="13"><text x="4" y="18" fill="#6b7280">{text}</text></svg>'
+    )

@@ -144,7 +144,7 @@
     const runId = body.dataset.flowRunId;
     const base = "/api/flow-runs/" + encodeURIComponent(runId);
     const taskLimit = 50;
-    let taskOffset = 0, lastLogId = 0;
+    let taskOffset = 0, lastLogId = 0, pausedSeen = body.dataset.state === "PAUSED";
     const nameFilter = document.getElementById("task-name-filter");
     const stateFilter = document.getElementById("task-state-filter");
     const levelFilter = document.getElementById("log-level");
@@ -153,6 +153,7 @@
     async function loadHeader() {
       const run = await getJSON(base);
       document.getElementById("run-state").replaceChildren(badge(run.state_type, run.state_name));
+      document.getElementById("run-name").textContent = run.name;  // a queued run gets its name when it starts
       document.getElementById("run-start").textContent = when(run.start_time);
       document.getElementById("run-end").textContent = when(run.end_time);
       document.getElementById("run-duration").textContent = seconds(run.duration);
@@ -164,6 +165,9 @@
       const cancel = document.getElementById("cancel-button"), retry = document.getElementById("retry-button");
       if (cancel) cancel.hidden = ended;
       if (retry) retry.hidden = !ended || run.state_type === "COMPLETED";
+      const resumeSection = document.getElementById("resume-section");
+      if (resumeSection && run.state_type !== "PAUSED") resumeSection.hidden = true;
+      else if (!resumeSection && run.state_type === "PAUSED" && !pausedSeen) { pausedSeen = true; location.reload(); }
     }
 
     async function loadTasks() {
@@ -258,6 +262,11 @@
       if (result.status === 201) location.assign("/flow-runs/" + encodeURIComponent(result.data.flow_run_id));
       else message.textContent = "Not retried: " + detailText(result.data);
     });
+    const resumeForm = document.getElementById("resume-form");
+    if (resumeForm) wireForm(resumeForm, base + "/resume", "run_input", "Not resumed: ", () => {
+      document.getElementById("resume-section").hidden = true;
+      message.textContent = "Resumed: the run took the input.";
+    });
     Promise.all([loadHeader(), loadTasks()]).catch(console.warn).finally(reloadImages);
     loadLogs().catch(console.warn);
   }
@@ -285,31 +294,54 @@
     return raw;  // a bad number stays text: the server names the parameter that does not fit
   }
 
-  function deploymentPage() {
-    const form = document.getElementById("run-form");
-    if (!form) return;
-    const name = body.dataset.deployment;
+  // A form of typed fields posted as {key: {field: value}}; a 422's problems are shown under their fields.
+  function wireForm(form, url, key, refused, done) {
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       for (const error of form.querySelectorAll(".error")) error.textContent = "";
-      const parameters = {};
+      const values = {};
       for (const input of form.querySelectorAll("[data-input]")) {
         const value = parseField(input);
-        if (value !== undefined) parameters[input.name] = value;
+        if (value !== undefined) values[input.name] = value;
       }
-      const result = await post("/api/deployments/" + encodeURIComponent(name) + "/runs", {parameters});
-      if (result.status === 201) {
-        location.assign("/flow-runs/" + encodeURIComponent(result.data.flow_run_id));
-        return;
-      }
+      const result = await post(url, {[key]: values});
+      if (result.status === 200 || result.status === 201) { done(result.data); return; }
       const problems = result.data && Array.isArray(result.data.detail) ? result.data.detail : [];
       let shown = false;
       for (const problem of problems) {
         const slot = problem.parameter ? document.getElementById("error-" + problem.parameter) : null;
         if (slot) { slot.textContent = problem.message; shown = true; }
       }
-      if (!shown) document.getElementById("form-error").textContent = "Not run: " + detailText(result.data);
+      if (!shown) document.getElementById("form-error").textContent = refused + detailText(result.data);
     });
+  }
+
+  function deploymentPage() {
+    const form = document.getElementById("run-form");
+    if (!form) return;
+    const url = "/api/deployments/" + encodeURIComponent(body.dataset.deployment) + "/runs";
+    wireForm(form, url, "parameters", "Not run: ",
+             (data) => location.assign("/flow-runs/" + encodeURIComponent(data.flow_run_id)));
+  }
+
+  // -- Concurrency ------------------------------------------------------------------------------
+
+  function concurrencyPage() {
+    const tbody = document.getElementById("limits-body");
+    function runs(className, list) {
+      const cell = el("td", {className}, el("span", {className: "count", text: String(list.length)}));
+      for (const r of list) cell.append(" ", el("a", {href: "/task-runs/" + encodeURIComponent(r.task_run_id), text: r.name}));
+      return cell;
+    }
+    async function load() {
+      const data = await getJSON("/api/concurrency");
+      if (!data.limits.length) return;  // the page says there are none
+      tbody.replaceChildren(...data.limits.map((limit) => el("tr", {"data-limit": limit.name},
+        el("td", {text: limit.name}), el("td", {text: String(limit.size)}),
+        runs("holders", limit.holders), runs("waiters", limit.waiters))));
+    }
+    const refresh = throttled(() => load().catch(console.warn), 500);
+    listen("", {state: refresh, reset: refresh});
   }
 
   function cachePage() {
@@ -322,7 +354,7 @@
     }
   }
 
-  const pages = {"cache": cachePage, "runs": runsPage, "flow-run": flowRunPage, "deployments": deploymentsPage, "deployment": deploymentPage};
+  const pages = {"cache": cachePage, "runs": runsPage, "flow-run": flowRunPage, "deployments": deploymentsPage, "deployment": deploymentPage, "concurrency": concurrencyPage};
   if (pages[page]) pages[page]();
   else document.getElementById("live").hidden = true;  // nothing on this page changes live
 })();

@@ -1,0 +1,86 @@
+"""Queueing a deployment run for a scheduling service, and starting a queued run there.
+
+:func:`queue_deployment_run` is how a run of a deployment is asked for by
+someone who does not run it: the server's **Run** button and
+``POST /api/deployments/{name}/runs`` (and Prefect's
+``run_deployment(name, parameters=, timeout=)``, which then waits on the id).
+It checks the parameters against the flow's signature (a bad one is a
+:class:`~daskflow.exceptions.DeploymentError` and nothing is queued), writes the
+flow run ``Scheduled`` for now with an id fixed here
+(:mod:`daskflow.runstore.queued`) and returns that id at once: the run is in
+the store, with its parameters and deployment, before any service looks.
+
+A scheduling service (:class:`~.service.DeploymentService`) takes the queued
+runs at its polls, exactly one service each, and starts them with
+:func:`start_queued`: the same claim, render and run as a manual run
+(:func:`~.running.run_once`, kind ``"manual"``, for the time it was queued),
+the flow run taking the queued id. So with ``daskflow server --no-service`` a
+separate ``daskflow serve`` over the same store runs what the server queued.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from daskflow.deployments.running import run_once
+from daskflow.deployments.templates import check_parameters
+from daskflow.engine.run_origin import preset_flow_run_id
+from daskflow.exceptions import DaskflowError, DeploymentError
+from daskflow.runs import new_run_id
+from daskflow.runstore.queued import QueuedRun, fail_queued, queue_flow_run
+from daskflow.states import State
+
+if TYPE_CHECKING:
+    from daskflow.deployments.deployment import Deployment
+    from daskflow.runstore.store import RunStore
+
+__all__ = ["queue_deployment_run", "start_queued"]
+
+_log = logging.getLogger("daskflow.deployments")
+
+
+def queue_deployment_run(
+    deployment: Deployment,
+    store: RunStore,
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    flow_run_id: str | None = None,
+) -> str:
+    """Queue one run of ``deployment`` now with ``parameters`` over its own; the new flow run's id.
+
+    The flow is imported here to check the parameters (a :class:`DeploymentError`
+    names a bad one; nothing is queued then). A scheduling service over ``store``
+    starts the run within its poll interval.
+    """
+    if deployment.id is None:
+        raise DeploymentError(
+            f"deployment {deployment.name!r} was not applied, so no scheduling service knows it. Fix: call "
+            ".apply() (or daskflow deployment apply) first."
+        )
+    merged = {**deployment.parameters, **(parameters or {})}
+    flow = deployment.load_flow()
+    check_parameters(deployment.name, flow, merged, None)
+    run_id = flow_run_id or new_run_id()
+    queue_flow_run(
+        store, run_id, deployment_id=deployment.id, deployment_name=deployment.name, flow_name=flow.name,
+        parameters=merged, tags=tuple(deployment.tags), entrypoint=deployment.entrypoint,
+    )  # fmt: skip
+    return run_id
+
+
+def start_queued(deployment: Deployment, store: RunStore, queued: QueuedRun, claimed_by: str | None) -> State | None:
+    """Run a queued run (taken already, :func:`~daskflow.runstore.queued.take_queued`) under its own id.
+
+    A run that cannot start ends ``Failed`` with the reason; the exception is raised on.
+    """
+    try:
+        with preset_flow_run_id(queued.flow_run_id):
+            state = run_once(deployment, store, queued.queued_at, "manual", queued.parameters, claimed_by)
+    except DaskflowError as exc:
+        fail_queued(store, queued.flow_run_id, f"the run could not start: {exc}")
+        raise
+    if state is None:
+        fail_queued(store, queued.flow_run_id, f"the time {queued.queued_at.isoformat()} was claimed already")
+    return state
