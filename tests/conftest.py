@@ -35,8 +35,13 @@ RUNNER_FACTORIES: dict[str, Callable[[], Any]] = {
 
 # Short lease settings and quick failure detection for every cluster the tests start.
 TEST_DASK_CONFIG = {
-    "distributed.scheduler.locks.lease-timeout": "200ms",
-    "distributed.scheduler.locks.lease-validation-interval": "50ms",
+    # 1 s, not distributed's 30 s, so that a lease no one refreshes ends within a test; not the
+    # 200 ms testing.md first suggested: on 2 loaded cores (two xdist processes and their clusters) a
+    # worker's event loop misses a 40 ms refresh often enough to expire live leases and overbook the
+    # limits under test. A dead worker's slots no longer wait for the timeout at all: the scheduler
+    # plugin releases them when it removes the worker (issue 15, defect 9).
+    "distributed.scheduler.locks.lease-timeout": "1s",
+    "distributed.scheduler.locks.lease-validation-interval": "100ms",
     "distributed.comm.timeouts.connect": "5s",
 }
 

@@ -248,3 +248,47 @@ def test_an_unreachable_store_does_not_fail_a_running_flow(tmp_path: Path) -> No
         watcher_log.removeHandler(polled)
     assert len(polled.messages) == 1, f"one warning per outage, got {len(polled.messages)}: {polled.messages}"
     assert "runs cancel" in polled.messages[0], polled.messages[0]
+
+
+def _make_shielded_task() -> Any:
+    @task
+    def wait_in_a_shield(folder: str) -> str:
+        """Inside context.shielded (as while taking a slot), wait until the flow run is cancelled."""
+        from daskflow.context import run_cancelled, shielded
+
+        ctx = get_run_context()
+        with shielded():
+            (Path(folder) / "in-shield").write_text(str(getattr(ctx, "flow_run_id", "")))
+            deadline = time.monotonic() + TASK_TIMEOUT
+            while not run_cancelled() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            (Path(folder) / "left-shield").write_text("cancelled" if run_cancelled() else "timed out")
+        return "done"
+
+    return wait_in_a_shield
+
+
+wait_in_a_shield = _make_shielded_task()
+
+
+@pytest.mark.timeout(120)
+def test_a_cancel_never_interrupts_a_thread_talking_to_the_scheduler_about_a_slot(
+    dask_client: Any, tmp_path: Path
+) -> None:
+    # An exception raised into a thread between "the scheduler granted a lease" and "the lease is
+    # recorded" leaks the slot for good (its worker refreshes it for ever); context.shielded marks
+    # those moments, and the cancel leaves such a thread to see the run's cancel event instead.
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline(folder: str) -> str:
+        return wait_in_a_shield.submit(folder).result()
+
+    running = _run_in_thread(lambda: pipeline(str(tmp_path), return_state=True))
+    marker = tmp_path / "in-shield"
+    _wait_for(lambda: marker.exists() or running.done(), 60, "the task to enter its shield")
+    assert not running.done(), running.result()
+    assert cancel_flow_run(marker.read_text(), "testing the shield")
+    state = running.result(timeout=60)
+    assert state.is_cancelled(), state
+    left = tmp_path / "left-shield"
+    _wait_for(left.exists, 30, "the task to leave its shield")
+    assert left.read_text() == "cancelled", "the task's shielded wait was interrupted or never saw the cancel"

@@ -4,8 +4,8 @@ Peaks are measured, not inferred: each execution writes its start and end to
 the ``executions`` side channel, and the tests compute the most executions
 ever in progress at once. The Dask tests run on clusters of worker processes
 with several threads each (a limit below the thread count is the case that
-matters), with short lease settings so that a killed slot holder's lease ends
-within a fraction of a second.
+matters), with short lease settings (1 s) so that a lease nobody refreshes ends within
+a test (a killed holder's slot comes back as soon as the scheduler removes its worker).
 """
 
 from __future__ import annotations
@@ -220,11 +220,11 @@ def test_a_cancelled_holder_releases_its_slot() -> None:
 def test_overbooking_the_scheduler_detects_is_a_warning(threaded_client: Client, caplog: pytest.LogCaptureFixture) -> None:
     @task(concurrency_limit=1, name="gil-hog")
     def hog() -> int:
-        # One C call that holds the GIL for about a second: its lease is not refreshed for
-        # longer than the tests' 200 ms lease timeout, the scheduler drops it, and the
+        # One C call that holds the GIL for about three seconds: its lease is not refreshed for
+        # longer than the tests' 1 s lease timeout, the scheduler drops it, and the
         # waiting run takes the slot while this one still runs.
         time.sleep(0.3)  # first, with the GIL free, so that the client sees it Running
-        return sum(range(40_000_000)) % 7
+        return sum(range(120_000_000)) % 7
 
     @task(concurrency_limit=1, name="gil-hog")
     def waiter() -> None:

@@ -44,6 +44,8 @@ __all__ = [
     "run_cancelled",
     "scheduled_run_info",
     "set_wait_hook",
+    "shielded",
+    "shielded_threads",
     "set_worker_thread",
     "starting_scheduled_run",
     "tags",
@@ -246,6 +248,33 @@ def deadline_passed() -> bool:
     """True inside :func:`wait_deadline` once its time is up."""
     deadline = _wait_deadline.get()
     return deadline is not None and time.monotonic() >= deadline
+
+
+# Threads in a conversation with the cluster about a slot or a lock (taking one, giving one back).
+# An exception raised into such a thread from outside (a cancel interrupts the threads of its
+# runs) could land after the scheduler granted a lease and before anyone recorded it: the lease
+# would then be refreshed by its worker for ever and never released. The canceller leaves these
+# threads alone; they see the run's cancel event instead (the engine hands on a slot taken then).
+_shielded_threads: set[int] = set()
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Around taking or giving back a cluster slot or lock: no interrupt is raised in this thread."""
+    ident = threading.get_ident()
+    if ident in _shielded_threads:  # nested: the outer block ends the shield
+        yield
+        return
+    _shielded_threads.add(ident)
+    try:
+        yield
+    finally:
+        _shielded_threads.discard(ident)
+
+
+def shielded_threads() -> frozenset[int]:
+    """The threads inside :func:`shielded` now."""
+    return frozenset(_shielded_threads)
 
 
 @contextmanager

@@ -46,7 +46,7 @@ from distributed import Lock, Semaphore, get_client, get_worker
 from daskflow.concurrency.distributed_compat import acquire_owned, lease_ids, leases_alive, release_lease_soon
 from daskflow.concurrency.limits import Limit
 from daskflow.concurrency.local import bucket_shape
-from daskflow.context import CANCEL_POLL_SECONDS, run_cancelled, waiting
+from daskflow.context import CANCEL_POLL_SECONDS, run_cancelled, shielded, waiting
 from daskflow.exceptions import CancelledRunError
 
 __all__ = ["ClusterCoordination", "cluster_coordination"]
@@ -107,14 +107,15 @@ class ClusterCoordination:
         """Take ``occupy`` slots of every limit (in the given order); returns the release,
         which returns a warning to log if a slot's lease timed out while held."""
         held: list[tuple[Limit, Semaphore]] = []
-        try:
-            for limit in limits:
-                semaphore = self._semaphore(f"daskflow-limit-{limit.name}-{limit.size}", limit.size)
-                self._take(limit, semaphore, occupy)
-                held.append((limit, semaphore))
-        except BaseException:
-            self._give_back(held, occupy, time.monotonic())
-            raise
+        with shielded():  # a cancel must not land between a lease granted and `held` (see context.shielded)
+            try:
+                for limit in limits:
+                    semaphore = self._semaphore(f"daskflow-limit-{limit.name}-{limit.size}", limit.size)
+                    self._take(limit, semaphore, occupy)
+                    held.append((limit, semaphore))
+            except BaseException:
+                self._give_back(held, occupy, time.monotonic())
+                raise
         started = time.monotonic()
         return lambda: self._give_back(held, occupy, started)
 
@@ -135,6 +136,10 @@ class ClusterCoordination:
                 _acquire(semaphore)
 
     def _give_back(self, held: list[tuple[Limit, Semaphore]], occupy: int, since: float) -> str | None:
+        with shielded():  # a lease taken off this process's list is always sent back
+            return self._give_back_shielded(held, occupy, since)
+
+    def _give_back_shielded(self, held: list[tuple[Limit, Semaphore]], occupy: int, since: float) -> str | None:
         # A lease can only have timed out if it was held longer than the timeout.
         long_held = time.monotonic() - since > _lease_timeout()
         warning = None
@@ -187,19 +192,30 @@ class ClusterCoordination:
         """Wait until ``occupy`` starts are allowed under the rate limit ``name``, cluster-wide."""
         tokens, period = bucket_shape(per_second)
         semaphore = self._semaphore(f"daskflow-rate-{name}-{per_second:g}", tokens)
-        for _ in range(occupy):
-            _acquire(semaphore)
-            self._releases.at(time.monotonic() + period, semaphore.release)
+        with shielded():
+            for _ in range(occupy):
+                _acquire(semaphore)
+                self._releases.at(time.monotonic() + period, semaphore.release)
 
     # -- locks -------------------------------------------------------------------------------
 
     @contextmanager
     def _hold(self, lock: Lock) -> Iterator[None]:
-        _acquire(lock)
+        # Shielded while the lock is taken and given back, not while it is held: the run's own
+        # code, which a cancel interrupts, runs in between.
+        shield = shielded()
+        shield.__enter__()
         try:
+            _acquire(lock)
+        except BaseException:
+            shield.__exit__(None, None, None)
+            raise
+        try:
+            shield.__exit__(None, None, None)
             yield
         finally:
-            lock.release()
+            with shielded():
+                lock.release()
 
     def lock(self, key: str) -> AbstractContextManager[None]:
         """A cluster-wide lock for ``key`` (one of a fixed set of stripes: a shared stripe only costs

@@ -36,7 +36,7 @@ from daskflow import secrets_mask
 from daskflow.artifacts import publish_artifact
 from daskflow.concurrency.cluster import cluster_coordination
 from daskflow.concurrency.distributed_compat import active_task_threads, current_task_crashes, mark_waiting
-from daskflow.context import set_wait_hook, set_worker_thread
+from daskflow.context import set_wait_hook, set_worker_thread, shielded_threads
 from daskflow.engine import UNCHANGED, TaskCall, interrupt_thread, run_task_sync, transform
 from daskflow.exceptions import CancelledRunError
 from daskflow.logging import ARTIFACT_LOGGER, set_console_enabled
@@ -418,7 +418,8 @@ async def interrupt_runs(flow_run_id: str | None, keys: list[str], dask_worker: 
     if event is not None:
         event.set()
     # Client.run hands the worker in: there is no task context to ask.
-    threads = active_task_threads(dask_worker, keys, _waiting_threads)
+    # Not the threads waiting (seceded) or talking to the scheduler about a slot: see context.shielded.
+    threads = active_task_threads(dask_worker, keys, _waiting_threads | shielded_threads())
     return sum(interrupt_thread(thread, CancelledRunError) for thread in threads)
 
 
