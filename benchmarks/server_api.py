@@ -251,7 +251,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="daskflow-bench-server-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'runs.db'}"
         seeded = seed(url, n, n)
-        result.notes.append(f"seeded {n:,} flow runs and a run of {n:,} task runs through RunStore.write in {seeded:.1f} s")
+        result.notes.append(
+            f"seeded {n:,} flow runs and a run of {n:,} task runs through RunStore.write in {seeded:.1f} s"
+        )
         manager, browser = launch_browser()
         if browser is None:
             result.notes.append("no Playwright or chromium: the browser figures (S2's DOM, S3) are left out")

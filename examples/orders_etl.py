@@ -39,7 +39,7 @@ import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -312,7 +312,7 @@ def daily_order_etl(execution_date: str | None = None, db_url: str | None = None
     """Extract, validate, transform and load one day of orders."""
     if execution_date is None:
         # A daily run loads yesterday: today's orders are still arriving.
-        execution_date = (datetime.now(timezone.utc).date() - timedelta(days=1)).isoformat()
+        execution_date = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
     if db_url is None:
         db_url = sqlite_url(default_db_path())
     logger = get_run_logger()
@@ -358,7 +358,9 @@ def print_report(fact: pd.DataFrame) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--db", type=Path, default=None, help="SQLite file (default: examples/orders_etl.db under the daskflow home)")
+    parser.add_argument(
+        "--db", type=Path, default=None, help="SQLite file (default: examples/orders_etl.db under the daskflow home)"
+    )
     parser.add_argument(
         "--runner",
         choices=("dask", "threads"),
@@ -391,9 +393,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         etl = daily_order_etl
         if args.runner == "dask":
             # One cluster for every run of the demo; each flow run uses it and leaves it open.
-            cluster = stack.enter_context(LocalCluster(n_workers=2, threads_per_worker=2, host="127.0.0.1", dashboard_address="127.0.0.1:0"))
+            cluster = stack.enter_context(
+                LocalCluster(n_workers=2, threads_per_worker=2, host="127.0.0.1", dashboard_address="127.0.0.1:0")
+            )
             client = stack.enter_context(Client(cluster, set_as_default=False))
-            print(f"Dask LocalCluster with {len(client.scheduler_info()['workers'])} workers; dashboard: {client.dashboard_link}\n")
+            print(
+                f"Dask LocalCluster with {len(client.scheduler_info()['workers'])} workers; dashboard: {client.dashboard_link}\n"
+            )
             etl = daily_order_etl.with_options(task_runner=DaskTaskRunner(client=client))
         status, last = run_days(etl, db_url, dates)
     if status:

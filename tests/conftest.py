@@ -85,7 +85,11 @@ def dask_inprocess_client() -> Iterator[Any]:
 
     with dask.config.set(TEST_DASK_CONFIG):
         cluster = LocalCluster(
-            n_workers=2, threads_per_worker=2, processes=False, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR
+            n_workers=2,
+            threads_per_worker=2,
+            processes=False,
+            dashboard_address="127.0.0.1:0",
+            silence_logs=logging.ERROR,
         )
     client = Client(cluster, set_as_default=False)
     try:
@@ -160,7 +164,13 @@ class Executions:
         self.folder = folder
 
     def record(self, key: str, start: float | None = None, **extra: Any) -> None:
-        entry = {"key": key, "pid": os.getpid(), "start": start if start is not None else time.time(), "end": time.time(), **extra}
+        entry = {
+            "key": key,
+            "pid": os.getpid(),
+            "start": start if start is not None else time.time(),
+            "end": time.time(),
+            **extra,
+        }
         path = self.folder / f"{uuid.uuid4().hex}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(entry))
@@ -270,7 +280,12 @@ class PostgresServer:
         import psycopg
 
         with psycopg.connect(
-            host="127.0.0.1", port=self.port, user="postgres", password=self.password, dbname="postgres", autocommit=True
+            host="127.0.0.1",
+            port=self.port,
+            user="postgres",
+            password=self.password,
+            dbname="postgres",
+            autocommit=True,
         ) as connection:
             connection.execute(sql)  # type: ignore[arg-type]
 

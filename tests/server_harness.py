@@ -28,12 +28,20 @@ from typing import Any
 
 __all__ = [
     "EventStream",
-    "FLOWS", "HOSTILE_NAME", "Server", "api", "flow_env", "free_port", "run_script", "server_process", "wait_for",
+    "FLOWS",
+    "HOSTILE_NAME",
+    "Server",
+    "api",
+    "flow_env",
+    "free_port",
+    "run_script",
+    "server_process",
+    "wait_for",
 ]
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
 
-FLOWS = '''
+FLOWS = """
 import os
 import sys
 import time
@@ -121,7 +129,7 @@ if __name__ == "__main__":
         ).apply()
     else:
         demo(int(sys.argv[1]), sys.argv[2])
-'''
+"""
 
 
 def free_port() -> int:
@@ -194,9 +202,12 @@ def server_process(folder: Path, url: str, *args: str, env: dict[str, str] | Non
     command = [sys.executable, "-c", "from daskflow.cli import main; main()", "server", "--url", url]
     command += ["--port", str(port), "--event-interval", "0.2", *args]
     with open(log, "w") as out:
-        process = subprocess.Popen(command, env=env or flow_env(folder, url), stdout=out, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            command, env=env or flow_env(folder, url), stdout=out, stderr=subprocess.STDOUT, text=True
+        )
     server = Server(process, f"http://127.0.0.1:{port}", log)
     try:
+
         def up() -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"daskflow server exited {process.returncode}: {log.read_text()}")
@@ -223,7 +234,10 @@ def run_script(folder: Path, url: str, *args: str) -> subprocess.Popen[str]:
         script.write_text(FLOWS)
     with open(folder / f"flow-{time.monotonic_ns()}.log", "w") as log:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, str(script), *args], env=flow_env(folder, url), stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, str(script), *args],
+            env=flow_env(folder, url),
+            stdout=log,
+            stderr=subprocess.STDOUT,
             text=True,
         )
 

@@ -144,7 +144,14 @@ def test_a_dataframe_becomes_json_rows(history: Any) -> None:
     [plain] = store.artifacts(key="frame")
     assert (plain.flow_run_id, plain.task_run_id) == (None, None)
     assert json.loads(plain.data) == [
-        {"n": 1, "x": 1.5, "when": "2024-01-02T03:04:05", "tz": "2024-01-02T00:00:00+00:00", "label": "a", "flag": True},
+        {
+            "n": 1,
+            "x": 1.5,
+            "when": "2024-01-02T03:04:05",
+            "tz": "2024-01-02T00:00:00+00:00",
+            "label": "a",
+            "flag": True,
+        },
         {"n": 2, "x": None, "when": None, "tz": "2024-06-01T12:00:00+00:00", "label": None, "flag": False},
     ], plain.data
     assert "NaN" not in plain.data and "NaT" not in plain.data  # strict JSON, readable anywhere
@@ -159,7 +166,9 @@ def test_a_dataframe_becomes_json_rows(history: Any) -> None:
 
 def test_other_table_shapes_become_json_rows(history: Any) -> None:
     create_table_artifact({"city": ["Oslo", "Lima"], "temp": [np.float32(-3.5), math.inf]}, key="columns")
-    create_table_artifact([[1, "a", np.datetime64("2024-01-02T03:04:05.123456789")], [2, "b", np.datetime64("NaT")]], key="lists")
+    create_table_artifact(
+        [[1, "a", np.datetime64("2024-01-02T03:04:05.123456789")], [2, "b", np.datetime64("NaT")]], key="lists"
+    )
     create_table_artifact([{"k": 1, 2: {"nested": [np.int64(3)]}}, {"k": Path("/tmp/x")}], key="dicts")
     store = history()
     [columns] = store.artifacts(key="columns")
@@ -176,18 +185,27 @@ def test_other_table_shapes_become_json_rows(history: Any) -> None:
 @pytest.mark.parametrize(
     ("create", "match"),
     [
-        (lambda: create_markdown_artifact("x", key="Daily Report"), r"'Daily Report'.*lowercase letters, digits and dashes.*key='daily-report'"),
+        (
+            lambda: create_markdown_artifact("x", key="Daily Report"),
+            r"'Daily Report'.*lowercase letters, digits and dashes.*key='daily-report'",
+        ),
         (lambda: create_markdown_artifact("x", key="a_b"), r"'a_b' is not valid.*key='a-b'"),
         (lambda: create_markdown_artifact("x", key=""), r"'' is not valid"),
         (lambda: create_markdown_artifact(b"x"), r"markdown as a str, got bytes"),  # type: ignore[arg-type]
         (lambda: create_link_artifact(Path("/tmp/report.html")), r"link as a str URL, got PosixPath.*as_uri"),  # type: ignore[arg-type]
         (lambda: create_table_artifact(pd.Series([1, 2])), r"cannot make a table of a Series.*to_frame"),
         (lambda: create_table_artifact("a,b\n1,2"), r"cannot make a table of a str"),
-        (lambda: create_table_artifact({"a": [1, 2, 3], "b": [1, 2]}), r"different lengths \(a=3, b=2\).*pad the short columns"),
+        (
+            lambda: create_table_artifact({"a": [1, 2, 3], "b": [1, 2]}),
+            r"different lengths \(a=3, b=2\).*pad the short columns",
+        ),
         (lambda: create_table_artifact({"a": 1}), r"value for 'a' is a int, not a column"),
         (lambda: create_table_artifact([{"a": 1}, [1]]), r"items are dict, list.*all dicts"),
         (lambda: create_table_artifact(pd.DataFrame([[1, 2]], columns=["a", "a"])), r"duplicate column names \['a'\]"),
-        (lambda: create_table_artifact([[i] for i in range(MAX_TABLE_ROWS + 1)]), r"10,001 rows.*too large.*persist_result"),
+        (
+            lambda: create_table_artifact([[i] for i in range(MAX_TABLE_ROWS + 1)]),
+            r"10,001 rows.*too large.*persist_result",
+        ),
         (lambda: create_markdown_artifact("x" * (6 * 2**20)), r"6\.0 MiB.*too large.*persist_result"),
     ],
 )

@@ -52,7 +52,10 @@ def test_every_kind_saves_and_loads_and_secrets_are_encrypted_at_rest(run_store_
         loaded = type(block).load(name, url=run_store_url)
         assert type(loaded) is type(block) and loaded == block and loaded.block_name == name
     assert Secret.load("aws-creds", url=run_store_url).get() == {"key": "AKIA", "secret": SECRET}
-    assert [(b.kind, b.name) for b in Secret.list(url=run_store_url)] == [("secret", "api-token"), ("secret", "aws-creds")]
+    assert [(b.kind, b.name) for b in Secret.list(url=run_store_url)] == [
+        ("secret", "api-token"),
+        ("secret", "aws-creds"),
+    ]
     assert len(Block.list(url=run_store_url)) == 5
     assert isinstance(Block.load("settings", url=run_store_url), JSON)  # any kind, through the base
 
@@ -100,7 +103,9 @@ def test_secret_repr_and_str_are_redacted() -> None:
     assert SECRET not in repr(connector)
 
 
-def test_key_file_is_private_and_a_readable_one_is_refused(daskflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_key_file_is_private_and_a_readable_one_is_refused(
+    daskflow_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(KEY_ENV_VAR, raising=False)
     Secret(value=SECRET).save("pw")
     path = key_file()
@@ -133,7 +138,9 @@ def test_a_wrong_key_is_a_clear_error_never_garbage(monkeypatch: pytest.MonkeyPa
         Secret.load("pw")
 
 
-def test_a_saved_block_pickles_by_name_and_an_unsaved_one_by_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_saved_block_pickles_by_name_and_an_unsaved_one_by_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     Secret(value=SECRET).save("pw")
     data = pickle.dumps(Secret.load("pw"))
     assert SECRET.encode() not in data and b"pw" in data
@@ -158,7 +165,9 @@ def _load_on_worker(data: bytes, url: str, key: str) -> Any:
         del os.environ[KEY_ENV_VAR]
 
 
-def test_a_secret_travels_to_a_dask_worker_by_name(dask_client: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_secret_travels_to_a_dask_worker_by_name(
+    dask_client: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     key = Fernet.generate_key().decode()
     monkeypatch.setenv(KEY_ENV_VAR, key)
     url = f"sqlite:///{tmp_path / 'runs.db'}"
@@ -229,8 +238,19 @@ def test_cli_create_ls_show_delete(daskflow_home: Path) -> None:
     assert Secret.load("api-token").get() == SECRET
     done = runner.invoke(main, ["block", "create", "json", "limits", "--value", '{"max": 3}'])
     assert done.exit_code == 0, done.output
-    done = runner.invoke(main, ["block", "create", "remote-storage", "lake", "--field", "url=memory://lake",
-                                "--field", 'storage_options={"a": 1}'])
+    done = runner.invoke(
+        main,
+        [
+            "block",
+            "create",
+            "remote-storage",
+            "lake",
+            "--field",
+            "url=memory://lake",
+            "--field",
+            'storage_options={"a": 1}',
+        ],
+    )
     assert done.exit_code == 0, done.output
     assert RemoteStorage.load("lake").storage_options == {"a": 1}
 

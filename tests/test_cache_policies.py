@@ -74,8 +74,12 @@ def ctx(fn: Callable[..., Any] = load_rows, **kw: Any) -> CacheKeyContext:
     return Context(Task(fn.__name__, fn), **kw)
 
 
-def key(policy: CachePolicy, inputs: dict[str, Any] | None = None,
-        params: dict[str, Any] | None = None, context: CacheKeyContext | None = None) -> str | None:
+def key(
+    policy: CachePolicy,
+    inputs: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+    context: CacheKeyContext | None = None,
+) -> str | None:
     return policy.compute_key(context or ctx(), inputs or {}, params or {})
 
 
@@ -141,8 +145,9 @@ def test_task_source_covers_identity_and_closures() -> None:
 
         return scaled
 
-    assert key(TASK_SOURCE, context=ctx(factory(2))) != key(TASK_SOURCE, context=ctx(factory(3))), \
+    assert key(TASK_SOURCE, context=ctx(factory(2))) != key(TASK_SOURCE, context=ctx(factory(3))), (
         "two factory-made tasks with different captured values share a key"
+    )
     locked = key(TASK_SOURCE, context=ctx(factory(threading.Lock())))
     assert locked is not None, "a task closing over a lock must still have a source key"
     assert key(TASK_SOURCE, context=ctx(load_rows)) != key(TASK_SOURCE, context=ctx(other_task))
@@ -167,8 +172,9 @@ def test_flow_parameters_and_run_id() -> None:
     assert p1 == key(FLOW_PARAMETERS, params={"n": {2, 1}, "day": "2024-01-01"})
     assert p1 != key(FLOW_PARAMETERS, params={"day": "2024-01-02", "n": {1, 2}})
     assert key(RUN_ID, context=ctx(flow_run_id="f-9")) == "f-9"
-    assert key(RUN_ID, context=ctx(flow_run_id=None, task_run_id="t-3")) == "t-3", \
+    assert key(RUN_ID, context=ctx(flow_run_id=None, task_run_id="t-3")) == "t-3", (
         "RUN_ID outside a flow must fall back to the task run id"
+    )
 
 
 # -- algebra ----------------------------------------------------------------------
@@ -285,8 +291,7 @@ def test_unhashable_flow_parameter_message() -> None:
     with pytest.raises(UnhashableInputError) as info:
         key(FLOW_PARAMETERS, params={"client": threading.Lock()})
     message = str(info.value)
-    for text in ("task 'load_rows'", "flow parameter 'client'", "_thread.lock",
-                 "without FLOW_PARAMETERS", "NO_CACHE"):
+    for text in ("task 'load_rows'", "flow parameter 'client'", "_thread.lock", "without FLOW_PARAMETERS", "NO_CACHE"):
         assert text in message, f"{text!r} missing from {message}"
 
 
@@ -332,7 +337,9 @@ class C:
     flow_run_id: str = "f"
 """
 
-POLICY_SCRIPT = CONTEXT_CLASSES + r'''
+POLICY_SCRIPT = (
+    CONTEXT_CLASSES
+    + r"""
 import importlib.util, json, sys
 from daskflow.cache_policies import INPUTS, TASK_SOURCE, FLOW_PARAMETERS, RUN_ID
 spec = importlib.util.spec_from_file_location("flow_tasks", sys.argv[1])
@@ -340,19 +347,28 @@ module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
 policy = INPUTS + TASK_SOURCE + FLOW_PARAMETERS + RUN_ID
 inputs = {"ids": {3, 1, 2}, "opts": {"b": 1.5, "a": [None, "x"]}}
 print(json.dumps(policy.compute_key(C(T("transform", module.transform)), inputs, {"day": "mon"})))
-'''
+"""
+)
 
 
 def test_policy_key_identical_across_processes(tmp_path: Path) -> None:
     tasks = tmp_path / "flow_tasks.py"
-    tasks.write_text(textwrap.dedent('''
+    tasks.write_text(
+        textwrap.dedent("""
         def transform(ids, opts):
             return sorted(ids), opts
-    '''), encoding="utf-8")
+    """),
+        encoding="utf-8",
+    )
     keys = []
     for seed in ("0", "1", "random"):
-        out = subprocess.run([sys.executable, "-c", POLICY_SCRIPT, str(tasks)], capture_output=True,
-                             text=True, timeout=60, env={**os.environ, "PYTHONHASHSEED": seed})
+        out = subprocess.run(
+            [sys.executable, "-c", POLICY_SCRIPT, str(tasks)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
         assert out.returncode == 0, f"PYTHONHASHSEED={seed}: exit {out.returncode}: {out.stderr}"
         keys.append(json.loads(out.stdout))
     assert len(set(keys)) == 1 and keys[0] is not None, f"keys across seeds: {keys}"
@@ -376,8 +392,6 @@ def rewrite(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
     bumped = before + 10_000_000_000
     os.utime(path, ns=(bumped, bumped))
-
-
 
 
 def test_file_versions_key_is_stable_and_follows_a_rewritten_file(tmp_path: Path) -> None:
@@ -606,7 +620,9 @@ def test_file_versions_on_s3_use_the_etag_and_storage_options(s3_options: dict[s
     assert_says(_message(policy, path=f"{folder}/missing.csv"), "does not exist", "create the file first")
 
 
-FILE_VERSIONS_SCRIPT = CONTEXT_CLASSES + r"""
+FILE_VERSIONS_SCRIPT = (
+    CONTEXT_CLASSES
+    + r"""
 import json, sys
 from daskflow.cache_policies import INPUTS, FileVersions
 def read_flights(path, limit=10):
@@ -615,6 +631,7 @@ policy = INPUTS + FileVersions("path")
 inputs = {"path": sys.argv[1:], "limit": 10}
 print(json.dumps(policy.compute_key(C(T("read_flights", read_flights)), inputs, {})))
 """
+)
 
 
 def test_file_versions_key_identical_across_processes(tmp_path: Path) -> None:

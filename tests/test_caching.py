@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import RUNNER_FACTORIES, put_raw, raw_bytes
 from daskflow import flow, task
 from daskflow.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from daskflow.context import get_flow_run_context
@@ -35,8 +36,6 @@ from daskflow.runs import FlowRun
 from daskflow.states import State
 from daskflow.task_runners import DaskTaskRunner, ThreadPoolTaskRunner
 from daskflow.tasks import task_input_hash
-
-from conftest import RUNNER_FACTORIES, put_raw, raw_bytes
 
 
 @pytest.fixture(params=sorted(RUNNER_FACTORIES))
@@ -377,7 +376,11 @@ def test_keys_match_across_processes_with_different_hash_seeds(tmp_path: Path) -
     outputs = []
     for seed in ("0", "1", "12345"):
         result = subprocess.run(
-            [sys.executable, str(script)], env={**env, "PYTHONHASHSEED": seed}, capture_output=True, text=True, timeout=120
+            [sys.executable, str(script)],
+            env={**env, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode == 0, result.stderr[-2000:]
         outputs.append(result.stdout)
@@ -404,9 +407,7 @@ def test_editing_the_source_misses_the_cache(tmp_path: Path, monkeypatch: pytest
 
 
 @pytest.mark.slow
-def test_values_lost_with_a_worker_come_back_from_the_cache_not_a_recompute(
-    tmp_path: Path, executions: Any
-) -> None:
+def test_values_lost_with_a_worker_come_back_from_the_cache_not_a_recompute(tmp_path: Path, executions: Any) -> None:
     from distributed import Client, LocalCluster
 
     storage = ResultStore((tmp_path / "results").as_uri())
@@ -423,9 +424,17 @@ def test_values_lost_with_a_worker_come_back_from_the_cache_not_a_recompute(
     def total(values: list[int]) -> int:
         return sum(values)
 
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=50
-    ) as cluster, Client(cluster, set_as_default=False) as client:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            silence_logs=50,
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         killed: dict[str, Any] = {}
 
         @flow(task_runner=DaskTaskRunner(client=client))
@@ -505,7 +514,9 @@ def test_a_damaged_value_needed_downstream_fails_clearly_and_the_next_run_recomp
     state = pipeline(3, return_state=True)
     assert state.is_failed()
     failed = [run for run in state.flow_run.task_runs if run.state.is_failed()]
-    assert {run.task_name for run in failed} == {"summarise"}, [(r.task_name, r.state) for r in state.flow_run.task_runs]
+    assert {run.task_name for run in failed} == {"summarise"}, [
+        (r.task_name, r.state) for r in state.flow_run.task_runs
+    ]
     messages = [run.state.message or "" for run in failed]
     assert all("argument 'part'" in m and key in m for m in messages), messages
     assert any("the entry was removed" in m for m in messages), messages
@@ -514,7 +525,9 @@ def test_a_damaged_value_needed_downstream_fails_clearly_and_the_next_run_recomp
     assert executions.count("split") == 2
 
 
-def test_refreshing_a_cached_upstream_gives_its_value_a_new_version(task_runner: Any, storage: Any, executions: Any) -> None:
+def test_refreshing_a_cached_upstream_gives_its_value_a_new_version(
+    task_runner: Any, storage: Any, executions: Any
+) -> None:
     pipeline = _version_pipeline(task_runner, storage, executions)
     first = pipeline(5)
     refreshed = _version_pipeline(task_runner, storage, executions, refresh_cache=True)
@@ -567,7 +580,9 @@ def test_a_cache_key_fn_downstream_of_a_cached_value_gets_the_value(
 
 
 @pytest.mark.parametrize("first", ["threadpool", "dask"])
-def test_versioned_keys_are_the_same_on_every_runner(first: str, dask_client: Any, tmp_path: Path, executions: Any) -> None:
+def test_versioned_keys_are_the_same_on_every_runner(
+    first: str, dask_client: Any, tmp_path: Path, executions: Any
+) -> None:
     storage = ResultStore((tmp_path / "results").as_uri())
     order = [first, *(name for name in sorted(RUNNER_FACTORIES) if name != first)]
     runners = [RUNNER_FACTORIES[name]() for name in order]

@@ -26,7 +26,6 @@ from daskflow.engine.caching import storage_key
 from daskflow.results import ResultStore
 from daskflow.states import State
 
-
 _seen: list[State] = []
 
 
@@ -37,7 +36,9 @@ def _states_of(pipeline: Any) -> list[State]:
     return list(_seen)
 
 
-def test_names_equal_once_made_file_safe_have_their_own_entries(task_runner: Any, tmp_path: Path, executions: Any) -> None:
+def test_names_equal_once_made_file_safe_have_their_own_entries(
+    task_runner: Any, tmp_path: Path, executions: Any
+) -> None:
     storage = ResultStore((tmp_path / "results").as_uri())
     long_name = "extract the orders table from the warehouse, region "
 
@@ -103,7 +104,7 @@ def test_an_entry_written_by_another_task_is_a_miss_with_a_warning(
     assert (again.name, again.result()) == ("Cached", "orders:1"), "the recomputed value replaces the foreign entry"
 
 
-_ETL = '''
+_ETL = """
 import sys
 from pathlib import Path
 
@@ -139,7 +140,7 @@ def run(n):
 
 if __name__ == "__main__":
     run(3)
-'''
+"""
 
 
 @pytest.mark.parametrize("runner", ["sequential", "dask"])

@@ -29,8 +29,6 @@ def store_url(tmp_path: Path) -> str:
     return (tmp_path / "results").as_uri()
 
 
-
-
 def run(*args: str, input: str | None = None) -> Result:
     return CliRunner().invoke(cli.main, list(args), input=input)
 
@@ -243,7 +241,13 @@ def test_bad_grace_is_a_one_line_error(grace: str, store_url: str) -> None:
 def test_storage_option_values_are_yaml_scalars() -> None:
     raw = ["anon=true", "port=9000", "ratio=0.5", "token='0123'", "url=http://h:1/x", "a=[1]", "b=x=y"]
     assert cache_cli._parse_storage_options(raw) == {
-        "anon": True, "port": 9000, "ratio": 0.5, "token": "0123", "url": "http://h:1/x", "a": "[1]", "b": "x=y"
+        "anon": True,
+        "port": 9000,
+        "ratio": 0.5,
+        "token": "0123",
+        "url": "http://h:1/x",
+        "a": "[1]",
+        "b": "x=y",
     }
 
 

@@ -30,7 +30,6 @@ from daskflow.engine.history import flush, stop_recording
 from daskflow.runstore import ArtifactRecord, FlowRunRecord, RunStore
 from daskflow.task_runners import DaskTaskRunner
 
-
 FLOWS = ("etl", "cached", "broken", "wide", "child", "nested")  # in the order they run
 
 
@@ -383,7 +382,9 @@ def test_in_a_terminal_runs_ls_draws_a_table(recorded: Recorded, monkeypatch: py
     assert "| 1 |" not in ok("artifacts", "show", "scores", "--url", recorded.url)
 
 
-def test_report_writes_the_runs_page_where_asked_or_in_the_home(recorded: Recorded, tmp_path: Path, daskflow_home: Path) -> None:
+def test_report_writes_the_runs_page_where_asked_or_in_the_home(
+    recorded: Recorded, tmp_path: Path, daskflow_home: Path
+) -> None:
     run_id = recorded.ids["broken"][0]
     target = tmp_path / "pages" / "broken.html"
     out = ok("runs", "report", run_id[:8], "-o", str(target), "--url", recorded.url)

@@ -26,8 +26,8 @@ from dask.base import key_split
 from dask.delayed import Delayed
 
 from daskflow import allow_failure, flow, task, unmapped
-from daskflow.compiler import __all__ as compiler_all
 from daskflow.compiler import CompiledFlow, compile, compile_flow
+from daskflow.compiler import __all__ as compiler_all
 from daskflow.exceptions import CompileError, ParameterValidationError, UpstreamFailedError
 
 # -- tasks and flows (module level, so the processes scheduler can import them) ------------------

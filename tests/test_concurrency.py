@@ -22,22 +22,29 @@ import dask.config
 import pytest
 from distributed import Client, LocalCluster
 
+from conftest import TEST_DASK_CONFIG
 from daskflow import flow, task
 from daskflow.concurrency import concurrency, rate_limit
 from daskflow.context import get_task_run_context
 from daskflow.exceptions import ConcurrencyLimitError
 from daskflow.task_runners import DaskTaskRunner, SequentialTaskRunner, ThreadPoolTaskRunner
 
-from conftest import TEST_DASK_CONFIG
-
 
 @pytest.fixture(scope="module")
 def threaded_client() -> Any:
     """2 worker processes x 4 threads, loopback, short leases."""
     with dask.config.set(TEST_DASK_CONFIG):
-        with LocalCluster(
-            n_workers=2, threads_per_worker=4, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=50
-        ) as cluster, Client(cluster, set_as_default=False) as client:
+        with (
+            LocalCluster(
+                n_workers=2,
+                threads_per_worker=4,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+                silence_logs=50,
+            ) as cluster,
+            Client(cluster, set_as_default=False) as client,
+        ):
             yield client
 
 
@@ -217,7 +224,9 @@ def test_a_cancelled_holder_releases_its_slot() -> None:
 
 
 @pytest.mark.slow
-def test_overbooking_the_scheduler_detects_is_a_warning(threaded_client: Client, caplog: pytest.LogCaptureFixture) -> None:
+def test_overbooking_the_scheduler_detects_is_a_warning(
+    threaded_client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
     @task(concurrency_limit=1, name="gil-hog")
     def hog() -> int:
         # One C call that holds the GIL for about three seconds: its lease is not refreshed for
@@ -278,9 +287,17 @@ def test_a_killed_slot_holder_releases_its_slot_within_the_lease_timeout(tmp_pat
 
     config = {**TEST_DASK_CONFIG, "distributed.scheduler.allowed-failures": 0}
     with dask.config.set(config):
-        with LocalCluster(
-            n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=50
-        ) as cluster, Client(cluster, set_as_default=False) as client:
+        with (
+            LocalCluster(
+                n_workers=2,
+                threads_per_worker=2,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+                silence_logs=50,
+            ) as cluster,
+            Client(cluster, set_as_default=False) as client,
+        ):
             killed_at: list[float] = []
 
             def killer() -> None:
@@ -337,7 +354,9 @@ def test_limit_errors_name_the_limit_and_the_fix() -> None:
     def pipeline(which: str) -> None:
         (unknown if which == "unknown" else too_big)()
 
-    with pytest.raises(ConcurrencyLimitError, match=r"concurrency\('nowhere'\): no limit of that name has a size.*concurrency_limit="):
+    with pytest.raises(
+        ConcurrencyLimitError, match=r"concurrency\('nowhere'\): no limit of that name has a size.*concurrency_limit="
+    ):
         pipeline("unknown")
     with pytest.raises(ConcurrencyLimitError, match=r"only 2 slots, so this would wait forever"):
         pipeline("too_big")
@@ -347,7 +366,9 @@ def test_limit_errors_name_the_limit_and_the_fix() -> None:
 
 
 def _peak(entries: list[dict[str, Any]]) -> int:
-    events = sorted([(e["start"], 1) for e in entries] + [(e["end"], -1) for e in entries], key=lambda ev: (ev[0], ev[1]))
+    events = sorted(
+        [(e["start"], 1) for e in entries] + [(e["end"], -1) for e in entries], key=lambda ev: (ev[0], ev[1])
+    )
     peak = current = 0
     for _, delta in events:
         current += delta

@@ -46,7 +46,9 @@ def test_outside_a_dask_worker_it_says_what_is_needed() -> None:
     def pipeline() -> Any:
         return _total(3)
 
-    with pytest.raises(ConfigurationError, match=r"task run '_total-0', which does not run on a Dask worker.*DaskTaskRunner"):
+    with pytest.raises(
+        ConfigurationError, match=r"task run '_total-0', which does not run on a Dask worker.*DaskTaskRunner"
+    ):
         pipeline()
     with pytest.raises(ConfigurationError, match=r"code outside any task"):
         with get_dask_client():

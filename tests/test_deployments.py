@@ -38,7 +38,7 @@ from daskflow.runstore import RunStore
 from daskflow.runstore import deployments as rows
 from daskflow.schedules import Cron, Interval
 
-FLOWS = '''
+FLOWS = """
 import json, os, time, uuid
 from datetime import date, datetime
 from pathlib import Path
@@ -64,7 +64,7 @@ def typed(when: datetime, day_of: date, label: str = "") -> str:
 @flow
 def fails(day: str = "") -> None:
     raise RuntimeError("boom on " + day)
-'''
+"""
 
 
 def write_flows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
@@ -113,7 +113,9 @@ def test_templates_follow_the_schedule_zone_and_keep_datetime_and_date_types(flo
     berlin = Cron("0 6 * * MON", timezone="Europe/Berlin")
     times = template_times(berlin, datetime(2024, 4, 1, 4, tzinfo=UTC))  # 06:00 CEST, a Monday
     rendered = render_parameters(
-        flows.typed, {"when": "{{ data_interval_start }}", "day_of": "{{ scheduled_time }}", "label": "{{ scheduled_time }}"}, times
+        flows.typed,
+        {"when": "{{ data_interval_start }}", "day_of": "{{ scheduled_time }}", "label": "{{ scheduled_time }}"},
+        times,
     )
     # A week back, across the spring-forward night: 06:00 CET then.
     assert rendered["when"] == datetime(2024, 3, 25, 5, tzinfo=UTC) and isinstance(rendered["when"], datetime)
@@ -173,7 +175,12 @@ def test_apply_upserts_by_name_and_load_list_delete(flows: ModuleType, store: An
     loaded = Deployment.load("orders", store)
     assert loaded.id == deployment_id and loaded.entrypoint == f"{flows.__name__}:daily"
     assert loaded.schedule == Interval(3600, anchor_date="2024-01-01T00:30:00+00:00")
-    assert (loaded.parameters, loaded.catchup, loaded.work_pool, loaded.tags) == ({"day": "x"}, "all", WorkPool("gpu"), ())
+    assert (loaded.parameters, loaded.catchup, loaded.work_pool, loaded.tags) == (
+        {"day": "x"},
+        "all",
+        WorkPool("gpu"),
+        (),
+    )
     assert [d.name for d in Deployment.list(store)] == ["orders"]
     loaded.pause(store)
     assert Deployment.load("orders", store).paused
@@ -235,7 +242,9 @@ def test_catchup_decides_which_missed_times_run() -> None:
 
 
 def test_run_deployment_renders_runs_and_records_the_claim(flows: ModuleType, store: Any) -> None:
-    deployment = Deployment.build_from_flow(flows.daily, "orders", schedule=DAILY_6, parameters={"day": "{{ data_interval_end | %Y-%m-%d }}"})
+    deployment = Deployment.build_from_flow(
+        flows.daily, "orders", schedule=DAILY_6, parameters={"day": "{{ data_interval_end | %Y-%m-%d }}"}
+    )
     deployment.apply(store)
     at = datetime(2024, 1, 15, 6, tzinfo=UTC)
 
@@ -300,16 +309,20 @@ def test_backfill_runs_a_month_on_a_cluster_by_address_within_its_bound(
 def test_work_pools_resolve_from_config_and_an_unknown_name_lists_the_known() -> None:
     assert resolve_work_pool({"name": "default-agent-pool"}).is_default
     assert resolve_work_pool(None).is_default
-    with dask.config.set({"daskflow.work_pools": {"batch": {"cluster_kwargs": {"n_workers": 2}, "adapt": {"maximum": 4}}}}):
+    with dask.config.set(
+        {"daskflow.work_pools": {"batch": {"cluster_kwargs": {"n_workers": 2}, "adapt": {"maximum": 4}}}}
+    ):
         batch = resolve_work_pool({"name": "batch"})
         assert (batch.cluster_kwargs, batch.adapt_maximum, batch.is_default) == ({"n_workers": 2}, 4, False)
-        with pytest.raises(DeploymentError, match="unknown work pool 'gpu'; known here: batch, default, default-agent-pool"):
+        with pytest.raises(
+            DeploymentError, match="unknown work pool 'gpu'; known here: batch, default, default-agent-pool"
+        ):
             resolve_work_pool({"name": "gpu"})
     with pytest.raises(DeploymentError, match="address.*or cluster_class"):
         WorkPool(address="tcp://x:1", cluster_class="distributed.LocalCluster")
-    assert WorkPool.from_dict(WorkPool("p", cluster_class="a.B", adapt_minimum=0, adapt_maximum=3).to_dict()) == WorkPool(
-        "p", cluster_class="a.B", adapt_minimum=0, adapt_maximum=3
-    )
+    assert WorkPool.from_dict(
+        WorkPool("p", cluster_class="a.B", adapt_minimum=0, adapt_maximum=3).to_dict()
+    ) == WorkPool("p", cluster_class="a.B", adapt_minimum=0, adapt_maximum=3)
 
 
 def test_an_unknown_pool_fails_the_run_not_the_apply(flows: ModuleType, store: Any) -> None:
@@ -324,7 +337,8 @@ def test_an_unknown_pool_fails_the_run_not_the_apply(flows: ModuleType, store: A
 
 def test_a_deployment_file_applies_every_entry(flows: ModuleType, store: Any, tmp_path: Path) -> None:
     spec = tmp_path / "code" / "deployments.yaml"
-    spec.write_text(textwrap.dedent(f"""
+    spec.write_text(
+        textwrap.dedent(f"""
         deployments:
           - name: by-module
             entrypoint: {flows.__name__}:daily
@@ -338,11 +352,17 @@ def test_a_deployment_file_applies_every_entry(flows: ModuleType, store: Any, tm
             entrypoint: {flows.__name__}.py:typed
             schedule: {{interval: 3600, anchor_date: "2024-01-01T00:00:00+00:00"}}
             parameters: {{when: "{{{{ scheduled_time }}}}", day_of: "{{{{ scheduled_time }}}}"}}
-    """))
+    """)
+    )
     applied = apply_deployment_file(spec, store)
     assert [d.name for d in applied] == ["by-module", "by-file"]
     by_module, by_file = Deployment.load("by-module", store), Deployment.load("by-file", store)
-    assert (by_module.paused, by_module.catchup, by_module.work_pool.name, by_module.tags) == (True, "all", "batch", ("etl",))
+    assert (by_module.paused, by_module.catchup, by_module.work_pool.name, by_module.tags) == (
+        True,
+        "all",
+        "batch",
+        ("etl",),
+    )
     assert by_file.entrypoint == f"{tmp_path / 'code' / flows.__name__}.py:typed"  # relative to the file
     state = by_file.run("2024-01-01T05:00:00+00:00", store=store)
     assert state.result() == "2024-01-01T05:00:00+00:00|2024-01-01|"
@@ -352,9 +372,18 @@ def test_a_deployment_file_applies_every_entry(flows: ModuleType, store: Any, tm
     ("entry", "message"),
     [
         ("{name: a, entrypoint: 'nowhere_xyz:f'}", r"deployments\[0\] \('a'\), field 'entrypoint': .*'nowhere_xyz'"),
-        ("{name: a, entrypoint: 'MOD:daily', schedule: {cron: '61 * * * *'}}", r"deployments\[0\] \('a'\), field 'schedule': .*minute"),
-        ("{name: a, entrypoint: 'MOD:daily', parameters: {day: 1, bad: 2}}", r"deployments\[0\] \('a'\), field 'parameters': .*'bad'"),
-        ("{name: a, entrypoint: 'MOD:daily', work_pool: {adress: x}}", r"deployments\[0\] \('a'\), field 'work_pool': .*'adress'"),
+        (
+            "{name: a, entrypoint: 'MOD:daily', schedule: {cron: '61 * * * *'}}",
+            r"deployments\[0\] \('a'\), field 'schedule': .*minute",
+        ),
+        (
+            "{name: a, entrypoint: 'MOD:daily', parameters: {day: 1, bad: 2}}",
+            r"deployments\[0\] \('a'\), field 'parameters': .*'bad'",
+        ),
+        (
+            "{name: a, entrypoint: 'MOD:daily', work_pool: {adress: x}}",
+            r"deployments\[0\] \('a'\), field 'work_pool': .*'adress'",
+        ),
         ("{name: a, entrypoint: 'MOD:daily', catchup: yes}", r"deployments\[0\] \('a'\), field 'catchup'"),
         ("{entrypoint: 'MOD:daily'}", r"deployments\[0\], field 'name'"),
     ],

@@ -40,7 +40,10 @@ def test_an_event_emitted_in_a_task_is_kept_with_its_runs_on_every_runner(
     history()  # the run's states are written
     [found] = list_events(prefix="warehouse.", url=url)
     assert (found.id, found.event, found.resource_id, found.payload) == (
-        event_id, "warehouse.table.refreshed", "warehouse.table.sales", {"rows": 1200}
+        event_id,
+        "warehouse.table.refreshed",
+        "warehouse.table.sales",
+        {"rows": 1200},
     )
     assert found.related == [{"prefect.resource.id": "warehouse.db", "prefect.resource.role": "database"}]
     run_id = state.flow_run.id

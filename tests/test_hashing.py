@@ -134,14 +134,14 @@ SUPPORTED: dict[str, Any] = {
     "ordered dict": lambda: collections.OrderedDict(a=1, b=2),
     "namedtuple": lambda: Pair(1, 2),
     "dataclass": lambda: Point(1, [2, 3]),
-    "pydantic": lambda: Model(a=1, when=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)),
+    "pydantic": lambda: Model(a=1, when=dt.datetime(2024, 1, 1, tzinfo=dt.UTC)),
     "enum": lambda: Color.RED,
     "int enum": lambda: Level.LOW,
     "datetime naive": lambda: dt.datetime(2024, 1, 2, 3, 4, 5, 6),
     "datetime zoneinfo": lambda: dt.datetime(2024, 1, 2, 3, tzinfo=ZoneInfo("Europe/Paris")),
     "datetime fixed": lambda: dt.datetime(2024, 1, 2, 3, tzinfo=dt.timezone(dt.timedelta(hours=1))),
     "date": lambda: dt.date(2024, 2, 29),
-    "time": lambda: dt.time(12, 30, tzinfo=dt.timezone.utc),
+    "time": lambda: dt.time(12, 30, tzinfo=dt.UTC),
     "timedelta": lambda: dt.timedelta(days=1, microseconds=5),
     "decimal": lambda: decimal.Decimal("1.10"),
     "fraction": lambda: fractions.Fraction(1, 3),
@@ -208,10 +208,43 @@ def test_supported_types_all_hash_differently() -> None:
 
 
 def test_type_tags_keep_lookalikes_apart() -> None:
-    lookalikes = [1, 1.0, "1", True, b"1", [1], (1,), {1}, frozenset({1}), {1: None}, None,
-                  0, False, 0.0, -0.0, "", b"", bytearray(), [], (), {}, set(), frozenset(),
-                  np.int64(1), np.float64(1.0), decimal.Decimal(1), Level.LOW, Pair(1, 2), (1, 2),
-                  Point(1, [2]), OtherPoint(1, [2]), "None", [[]], [(), ()], [[], []]]
+    lookalikes = [
+        1,
+        1.0,
+        "1",
+        True,
+        b"1",
+        [1],
+        (1,),
+        {1},
+        frozenset({1}),
+        {1: None},
+        None,
+        0,
+        False,
+        0.0,
+        -0.0,
+        "",
+        b"",
+        bytearray(),
+        [],
+        (),
+        {},
+        set(),
+        frozenset(),
+        np.int64(1),
+        np.float64(1.0),
+        decimal.Decimal(1),
+        Level.LOW,
+        Pair(1, 2),
+        (1, 2),
+        Point(1, [2]),
+        OtherPoint(1, [2]),
+        "None",
+        [[]],
+        [(), ()],
+        [[], []],
+    ]
     digests = [stable_hash(v) for v in lookalikes]
     clashes = len(digests) - len(set(digests))
     assert clashes == 0, f"{clashes} collisions among {len(lookalikes)} look-alike values"
@@ -243,11 +276,15 @@ def test_dicts_and_sets_ignore_order() -> None:
         (Point(1, [2]), OtherPoint(1, [2])),
         (Plain(1), Plain(2)),
         (Model(a=1, when=dt.datetime(2024, 1, 1)), Model(a=2, when=dt.datetime(2024, 1, 1))),
-        (dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)),
-        (dt.datetime(2024, 1, 1, 12, tzinfo=ZoneInfo("Europe/Paris")),
-         dt.datetime(2024, 1, 1, 11, tzinfo=dt.timezone.utc)),  # one instant, two zones
-        (dt.datetime(2024, 1, 1, tzinfo=ZoneInfo("Europe/Paris")),
-         dt.datetime(2024, 1, 1, tzinfo=ZoneInfo("Europe/Berlin"))),
+        (dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 1, tzinfo=dt.UTC)),
+        (
+            dt.datetime(2024, 1, 1, 12, tzinfo=ZoneInfo("Europe/Paris")),
+            dt.datetime(2024, 1, 1, 11, tzinfo=dt.UTC),
+        ),  # one instant, two zones
+        (
+            dt.datetime(2024, 1, 1, tzinfo=ZoneInfo("Europe/Paris")),
+            dt.datetime(2024, 1, 1, tzinfo=ZoneInfo("Europe/Berlin")),
+        ),
         (dt.date(2024, 1, 1), dt.datetime(2024, 1, 1)),
         (pathlib.PurePosixPath("a/b"), pathlib.PureWindowsPath("a/b")),
         (np.arange(6).reshape(2, 3), np.arange(6).reshape(3, 2)),
@@ -284,15 +321,15 @@ def test_equal_content_in_different_layouts_hashes_alike() -> None:
         "arrow chunking": (pa.chunked_array([[1, 2, 3]]), pa.chunked_array([[1], [2, 3]])),
         "arrow slice": (pa.array([2, None]), pa.array([1, 2, None])[1:]),
         "frame copy": (_frame(), _frame().copy(deep=True)),
-        "frame from dict order": (pd.DataFrame({"a": [1], "b": [2]}),
-                                  pd.DataFrame([[1, 2]], columns=["a", "b"])),
+        "frame from dict order": (pd.DataFrame({"a": [1], "b": [2]}), pd.DataFrame([[1, 2]], columns=["a", "b"])),
         "numpy scalar vs 0-d": (np.float64(2.0), np.float64(np.array([2.0])[0])),
-        "arrow strings chunked": (pa.array(["a", None, "bcd", ""]),
-                                  pa.chunked_array([["a"], [None, "bcd", ""]])),
+        "arrow strings chunked": (pa.array(["a", None, "bcd", ""]), pa.chunked_array([["a"], [None, "bcd", ""]])),
         "arrow strings sliced": (pa.array([None, "bcd"]), pa.array(["zz", None, "bcd", "x"])[1:3]),
         "arrow binary sliced": (pa.array([b"\x00\x01", b""]), pa.array([b"q", b"\x00\x01", b""])[1:]),
-        "pandas arrow strings": (pd.Series(["x", None, "yz"], dtype="string[pyarrow]"),
-                                 pd.Series(["w", "x", None, "yz"], dtype="string[pyarrow]").iloc[1:].reset_index(drop=True)),
+        "pandas arrow strings": (
+            pd.Series(["x", None, "yz"], dtype="string[pyarrow]"),
+            pd.Series(["w", "x", None, "yz"], dtype="string[pyarrow]").iloc[1:].reset_index(drop=True),
+        ),
     }
     for name, (a, b) in cases.items():
         ha, hb = stable_hash(a), stable_hash(b)
@@ -453,10 +490,8 @@ def test_functions_as_values_include_closures_and_defaults() -> None:
 
 def test_module_imports_no_heavy_library() -> None:
     tree = ast.parse(pathlib.Path(hashing.__file__).read_text(encoding="utf-8"))
-    top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import)
-           for alias in node.names}
-    top |= {node.module.split(".")[0] for node in tree.body
-            if isinstance(node, ast.ImportFrom) and node.module}
+    top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    top |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
     heavy = top & {"numpy", "pandas", "pyarrow", "pydantic", "dask", "distributed"}
     assert not heavy, f"hashing imports {sorted(heavy)} at module top"
     script = (
@@ -469,7 +504,7 @@ def test_module_imports_no_heavy_library() -> None:
     assert out.stdout.strip() == "[]", f"hashing plain data imported {out.stdout.strip()}"
 
 
-CROSS_PROCESS_VALUES = r'''
+CROSS_PROCESS_VALUES = r"""
 import dataclasses, datetime as dt, decimal, uuid, pathlib, enum
 from zoneinfo import ZoneInfo
 import numpy as np, pandas as pd, pyarrow as pa, pydantic
@@ -507,13 +542,16 @@ values = {
                   dt.timedelta(hours=5), pd.Timestamp("2024-01-01T00:00:00.000000001")],
     "misc": [decimal.Decimal("3.14"), uuid.UUID(int=7), pathlib.PurePosixPath("/x/y"), 1 + 2j],
 }
-'''
+"""
 
-CROSS_PROCESS_SCRIPT = CROSS_PROCESS_VALUES + r'''
+CROSS_PROCESS_SCRIPT = (
+    CROSS_PROCESS_VALUES
+    + r"""
 import json
 from daskflow.hashing import stable_hash
 print(json.dumps({name: stable_hash(value) for name, value in values.items()}))
-'''
+"""
+)
 
 
 def test_hashes_identical_across_processes_and_hash_seeds() -> None:
@@ -522,8 +560,13 @@ def test_hashes_identical_across_processes_and_hash_seeds() -> None:
     here = {name: stable_hash(value) for name, value in namespace["values"].items()}
     seeds = ["0", "1", "random"]
     procs = [
-        subprocess.Popen([sys.executable, "-c", CROSS_PROCESS_SCRIPT], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONHASHSEED": seed})
+        subprocess.Popen(
+            [sys.executable, "-c", CROSS_PROCESS_SCRIPT],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
         for seed in seeds
     ]
     for seed, proc in zip(seeds, procs, strict=True):

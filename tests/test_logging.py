@@ -37,7 +37,9 @@ def test_get_run_logger_outside_a_run_is_a_clear_error() -> None:
         get_run_logger()
 
 
-def test_log_prints_turns_prints_into_records(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+def test_log_prints_turns_prints_into_records(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
     @task
     def chatty() -> None:
         print("from the task", 1)

@@ -46,7 +46,9 @@ class Webhook:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 status = recorder.script.pop(0) if recorder.script else 200
-                recorder.received.put({"path": self.path, "headers": dict(self.headers), "body": body, "status": status})
+                recorder.received.put(
+                    {"path": self.path, "headers": dict(self.headers), "body": body, "status": status}
+                )
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -97,12 +99,14 @@ class Mailbox:
         self.logins: list[tuple[str, str]] = []
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.put({
-            "mail_from": envelope.mail_from,
-            "rcpt_tos": list(envelope.rcpt_tos),
-            "content": envelope.original_content or envelope.content,
-            "authenticated": session.authenticated,
-        })
+        self.messages.put(
+            {
+                "mail_from": envelope.mail_from,
+                "rcpt_tos": list(envelope.rcpt_tos),
+                "content": envelope.original_content or envelope.content,
+                "authenticated": session.authenticated,
+            }
+        )
         return "250 OK"
 
     def __call__(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
@@ -118,7 +122,12 @@ def smtp_server() -> Iterator[tuple[Mailbox, int]]:
     mailbox = Mailbox()
     port = _free_port()
     controller = Controller(
-        mailbox, hostname="127.0.0.1", port=port, authenticator=mailbox, auth_require_tls=False, server_hostname="mx.test"
+        mailbox,
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=mailbox,
+        auth_require_tls=False,
+        server_hostname="mx.test",
     )
     controller.start()
     try:
@@ -160,9 +169,17 @@ def test_a_failing_flow_posts_one_payload_naming_the_failed_task(webhook: Webhoo
     payload = json.loads(request["body"])
     run = runs[0]
     expected = {
-        "kind": "flow", "name": "nightly-etl", "flow_name": "nightly-etl", "run_name": run.name, "run_id": run.id,
-        "flow_run_id": run.id, "state": "Failed", "state_type": "FAILED", "host": socket.gethostname(),
-        "inspect": f"daskflow runs show {run.id}", "task_run_counts": {"Completed": 3, "Failed": 1},
+        "kind": "flow",
+        "name": "nightly-etl",
+        "flow_name": "nightly-etl",
+        "run_name": run.name,
+        "run_id": run.id,
+        "flow_run_id": run.id,
+        "state": "Failed",
+        "state_type": "FAILED",
+        "host": socket.gethostname(),
+        "inspect": f"daskflow runs show {run.id}",
+        "task_run_counts": {"Completed": 3, "Failed": 1},
     }
     assert {k: payload.get(k) for k in expected} == expected, payload
     assert payload["parameters"]["n"] == 3 and payload["parameters"]["day"] == "2024-05-01", payload["parameters"]
@@ -176,6 +193,7 @@ def test_a_failing_flow_posts_one_payload_naming_the_failed_task(webhook: Webhoo
 
 def test_a_completing_flow_calls_its_completion_notifier_with_a_shaped_body(webhook: Webhook) -> None:
     url = webhook.url.replace("http://", "http://robot:p%40ss@")
+
     @flow(name="tidy", on_completion=[WebhookNotifier(url, body=text_body)], on_failure=[WebhookNotifier(webhook.url)])
     def tidy(x: int) -> int:
         return x + 1
@@ -242,7 +260,9 @@ def test_a_client_error_is_not_retried_and_is_a_warning(webhook: Webhook, caplog
     assert len(warnings) == 1 and "HTTP 404" in warnings[0] and "after 1 attempt:" in warnings[0], warnings
 
 
-def test_an_unreachable_endpoint_is_a_redacted_warning_and_the_run_is_unaffected(caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unreachable_endpoint_is_a_redacted_warning_and_the_run_is_unaffected(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     port = _free_port()  # nothing listens there any more: connections are refused
     url = f"http://robot:hunter2@127.0.0.1:{port}/services/T000/B000/XXXXXXXXXXXXXXXXXXXXXXXX?token=abc123"
     notifier = WebhookNotifier(url, retries=1, backoff_seconds=0.0, timeout=2)
@@ -267,8 +287,13 @@ def test_an_unreachable_endpoint_is_a_redacted_warning_and_the_run_is_unaffected
 def test_an_email_arrives_with_subject_recipients_body_and_login(smtp_server: tuple[Mailbox, int]) -> None:
     mailbox, port = smtp_server
     notifier = EmailNotifier(
-        "127.0.0.1", port=port, from_addr="daskflow@example.com", to_addrs=["ops@example.com", "oncall@example.com"],
-        username="robot", password="s3cret", timeout=5,
+        "127.0.0.1",
+        port=port,
+        from_addr="daskflow@example.com",
+        to_addrs=["ops@example.com", "oncall@example.com"],
+        username="robot",
+        password="s3cret",
+        timeout=5,
     )
     runs: list[FlowRun] = []
     etl = _failing_flow(notifier, runs)
@@ -288,17 +313,32 @@ def test_an_email_arrives_with_subject_recipients_body_and_login(smtp_server: tu
     html = msg.get_body(("html",))
     assert plain is not None and html is not None, msg.as_string()
     text = plain.get_content()
-    for expected in ("ended Failed", "explode-0 (explode) Failed: ValueError: boom at 2", "2 Completed, 1 Failed",
-                     f"daskflow runs show {runs[0].id}", "Traceback", '"day": "2024-05-01"'):
+    for expected in (
+        "ended Failed",
+        "explode-0 (explode) Failed: ValueError: boom at 2",
+        "2 Completed, 1 Failed",
+        f"daskflow runs show {runs[0].id}",
+        "Traceback",
+        '"day": "2024-05-01"',
+    ):
         assert expected in text, f"{expected!r} not in the body:\n{text}"
     assert "boom at 2" in html.get_content(), html.get_content()
 
 
-def test_a_refused_login_is_a_warning_not_a_failure(smtp_server: tuple[Mailbox, int], caplog: pytest.LogCaptureFixture) -> None:
+def test_a_refused_login_is_a_warning_not_a_failure(
+    smtp_server: tuple[Mailbox, int], caplog: pytest.LogCaptureFixture
+) -> None:
     mailbox, port = smtp_server
     notifier = EmailNotifier(
-        "127.0.0.1", port=port, from_addr="daskflow@example.com", to_addrs="ops@example.com",
-        username="robot", password="wrong", subject="ETL {state}: {message}", retries=2, backoff_seconds=0,
+        "127.0.0.1",
+        port=port,
+        from_addr="daskflow@example.com",
+        to_addrs="ops@example.com",
+        username="robot",
+        password="wrong",
+        subject="ETL {state}: {message}",
+        retries=2,
+        backoff_seconds=0,
     )
 
     @flow(on_completion=[notifier])
@@ -320,7 +360,10 @@ def test_a_refused_login_is_a_warning_not_a_failure(smtp_server: tuple[Mailbox, 
     [
         (lambda: EmailNotifier("mx", from_addr="a@b.c", to_addrs=[]), "to_addrs is empty"),
         (lambda: EmailNotifier("mx", from_addr="a@b.c", to_addrs=["ops"]), "'ops' is not an e-mail address"),
-        (lambda: EmailNotifier("mx", from_addr="a@b.c", to_addrs=["o@b.c"], ssl=True, starttls=True), "exclude each other"),
+        (
+            lambda: EmailNotifier("mx", from_addr="a@b.c", to_addrs=["o@b.c"], ssl=True, starttls=True),
+            "exclude each other",
+        ),
         (lambda: EmailNotifier("mx", from_addr="a@b.c", to_addrs=["o@b.c"], password="p"), "without a username"),
         (lambda: EmailNotifier("mx", from_addr="a@b.c", to_addrs=["o@b.c"], subject="{flow}"), "refers to {flow}"),
         (lambda: WebhookNotifier("ftp://example.com/x"), "http:// or https:// URL"),
@@ -335,7 +378,9 @@ def test_bad_arguments_are_clear_errors_at_construction(factory: Any, message: s
 
 
 def test_notifiers_pickle_and_hide_secrets_in_repr() -> None:
-    email = EmailNotifier("mx.example.com", from_addr="a@b.c", to_addrs="o@b.c", username="u", password="p@ss", ssl=True)
+    email = EmailNotifier(
+        "mx.example.com", from_addr="a@b.c", to_addrs="o@b.c", username="u", password="p@ss", ssl=True
+    )
     hook = WebhookNotifier("https://hooks.example.com/services/T0/B0/abcdefghijklmnopqrstuvwx?sig=xyz", body=text_body)
     assert email.port == 465 and email.to_addrs == ("o@b.c",)
     for notifier in (email, hook):
@@ -375,7 +420,9 @@ def test_an_undeliverable_task_notification_on_a_worker_is_logged_on_the_client(
     assert getattr(warnings[0], "task_name", None) == "noop", vars(warnings[0])
 
 
-def test_a_broken_body_function_is_one_warning_and_no_request(webhook: Webhook, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_broken_body_function_is_one_warning_and_no_request(
+    webhook: Webhook, caplog: pytest.LogCaptureFixture
+) -> None:
     def shape(payload: dict[str, Any]) -> dict[str, Any]:
         raise KeyError("channel")
 
@@ -387,4 +434,6 @@ def test_a_broken_body_function_is_one_warning_and_no_request(webhook: Webhook, 
         assert ok() == 5
     assert webhook.requests() == []
     warnings = [r.getMessage() for r in caplog.records if r.name == "daskflow.notifications"]
-    assert len(warnings) == 1 and "body 'shape' raised KeyError" in warnings[0] and "after 1 attempt" in warnings[0], warnings
+    assert len(warnings) == 1 and "body 'shape' raised KeyError" in warnings[0] and "after 1 attempt" in warnings[0], (
+        warnings
+    )

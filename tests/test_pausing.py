@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from daskflow import flow, pause_flow_run, resume_flow_run, runtime, suspend_flow_run, task
 from daskflow.cli import main
-from daskflow.flow_runs import PauseError, PausedRunTimeoutError
+from daskflow.flow_runs import PausedRunTimeoutError, PauseError
 from daskflow.runstore import RunStore
 from daskflow.runstore import pausing as rows
 

@@ -68,7 +68,12 @@ def test_a_flow_returning_a_state_keeps_its_name_and_message(task_runner: Any) -
         return _ten()
 
     state = maybe(True, return_state=True)
-    assert (state.type, state.name, state.message, state.result()) == (StateType.COMPLETED, "Skipped", "nothing new upstream", None)
+    assert (state.type, state.name, state.message, state.result()) == (
+        StateType.COMPLETED,
+        "Skipped",
+        "nothing new upstream",
+        None,
+    )
     assert state.flow_run.state.name == "Skipped"
     assert maybe(False) == 10
 

@@ -166,7 +166,10 @@ def test_hooks_on_running_and_on_commit_on_every_runner(task_runner: Any, execut
 
     assert pipeline() == [2, 4]
     assert sorted(executions.keys()) == [
-        "commit-doubled-1-2", "commit-doubled-2-4", "running-doubled-0-RUNNING", "running-doubled-1-RUNNING",
+        "commit-doubled-1-2",
+        "commit-doubled-2-4",
+        "running-doubled-0-RUNNING",
+        "running-doubled-1-RUNNING",
     ]
     assert pipeline() == [2, 4]  # both hits under the storage key: nothing runs, nothing commits
     assert len(executions.keys()) == 4, executions.keys()

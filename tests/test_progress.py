@@ -261,7 +261,9 @@ def test_cards_escape_user_text() -> None:
     assert "&lt;b&gt;bold&lt;/b&gt;" in card and "a&amp;b" in card and "&lt;oops&gt;" in card
     assert 'href="http://h:8787/status?x=&quot;1&quot;&amp;y=&lt;2&gt;"' in card
     task_card = task_run._repr_html_()
-    assert "&lt;script&gt;" in task_card and "<script>" not in task_card and "&lt;oops&gt; &amp; &lt;more&gt;" in task_card
+    assert (
+        "&lt;script&gt;" in task_card and "<script>" not in task_card and "&lt;oops&gt; &amp; &lt;more&gt;" in task_card
+    )
 
 
 def test_a_state_alone_shows_what_it_has_and_pickles_without_its_run() -> None:

@@ -160,18 +160,26 @@ def _run_demo(task_runner: Any, history: Any, tmp_path: Path) -> tuple[Any, str]
                 data="# Nightly summary\n\n| region | rows |\n|---|---|\n| north | 10 |\n\n<script>alert('x')</script>",
                 flow_run_id=run_id,
             ),
-            ArtifactRecord(type="table", key="rows", data=json.dumps([{"a": 1, "b": "<i>x</i>"}, {"a": 2}]), flow_run_id=run_id),
             ArtifactRecord(
-                type="link", key="dashboard", data=json.dumps({"link": "https://example.com/d", "link_text": "Dashboard"}),
+                type="table", key="rows", data=json.dumps([{"a": 1, "b": "<i>x</i>"}, {"a": 2}]), flow_run_id=run_id
+            ),
+            ArtifactRecord(
+                type="link",
+                key="dashboard",
+                data=json.dumps({"link": "https://example.com/d", "link_text": "Dashboard"}),
                 flow_run_id=run_id,
             ),  # fmt: skip
-            ArtifactRecord(type="link", key="evil", data=json.dumps({"link": "javascript:alert(1)"}), flow_run_id=run_id),
+            ArtifactRecord(
+                type="link", key="evil", data=json.dumps({"link": "javascript:alert(1)"}), flow_run_id=run_id
+            ),
         ]
     )
     return store, run_id
 
 
-def test_the_report_of_a_dask_run_says_what_failed_where_and_why(dask_client: Any, history: Any, tmp_path: Path) -> None:
+def test_the_report_of_a_dask_run_says_what_failed_where_and_why(
+    dask_client: Any, history: Any, tmp_path: Path
+) -> None:
     store, run_id = _run_demo(DaskTaskRunner(client=dask_client), history, tmp_path)
     html = render_report(store, run_id)
     root = parse(html)
@@ -207,7 +215,9 @@ def test_the_report_of_a_dask_run_says_what_failed_where_and_why(dask_client: An
     articles = {a.find_all("h3")[0].all_text().split()[0]: a for a in root.find_all("article", class_="artifact")}
     assert articles["summary"].find_all("h1") and articles["summary"].find_all("table"), articles["summary"]
     assert len(root.find_all("script")) == 1, "only the page's own script"
-    assert "&lt;script&gt;alert('x')&lt;/script&gt;" in articles["summary"].all_text().replace("<", "&lt;").replace(">", "&gt;")
+    assert "&lt;script&gt;alert('x')&lt;/script&gt;" in articles["summary"].all_text().replace("<", "&lt;").replace(
+        ">", "&gt;"
+    )
     assert "<script>alert" not in html
     assert [th.all_text() for th in articles["rows"].find_all("th")] == ["a", "b"]
     assert "&lt;i&gt;x&lt;/i&gt;" in html
@@ -273,9 +283,19 @@ def _write_big_history(store: Any, n: int = 10_000, names: int = 3) -> str:
     ]  # fmt: skip
     load_id = str(uuid.uuid4())
     records.append(
-        TaskRunRecord(id=load_id, flow_run_id=flow_id, name="load-0", task_name="load", state_type="COMPLETED",
-                      state_name="Cached", cache_hit=True, start_time=t0, end_time=t0 + timedelta(milliseconds=5),
-                      run_count=1, created=t0)  # fmt: skip
+        TaskRunRecord(
+            id=load_id,
+            flow_run_id=flow_id,
+            name="load-0",
+            task_name="load",
+            state_type="COMPLETED",
+            state_name="Cached",
+            cache_hit=True,
+            start_time=t0,
+            end_time=t0 + timedelta(milliseconds=5),
+            run_count=1,
+            created=t0,
+        )  # fmt: skip
     )
     ids = []
     for i in range(n):
@@ -295,13 +315,27 @@ def _write_big_history(store: Any, n: int = 10_000, names: int = 3) -> str:
             )
         )  # fmt: skip
     records.append(
-        TaskRunRecord(id=str(uuid.uuid4()), flow_run_id=flow_id, name="total-0", task_name="total", state_type="PENDING",
-                      state_name="Pending", upstream_ids=tuple(ids), created=t0 + timedelta(seconds=119))  # fmt: skip
+        TaskRunRecord(
+            id=str(uuid.uuid4()),
+            flow_run_id=flow_id,
+            name="total-0",
+            task_name="total",
+            state_type="PENDING",
+            state_name="Pending",
+            upstream_ids=tuple(ids),
+            created=t0 + timedelta(seconds=119),
+        )  # fmt: skip
     )
     for i in range(6_000):
         records.append(
-            LogEntry(flow_run_id=flow_id, task_run_id=ids[i % n], logger="daskflow.task_runs", level=20 if i % 3 else 30,
-                     message=f"item {i} <done>", created=t0 + timedelta(milliseconds=i))  # fmt: skip
+            LogEntry(
+                flow_run_id=flow_id,
+                task_run_id=ids[i % n],
+                logger="daskflow.task_runs",
+                level=20 if i % 3 else 30,
+                message=f"item {i} <done>",
+                created=t0 + timedelta(milliseconds=i),
+            )  # fmt: skip
         )
     store.write(records)
     return flow_id
@@ -409,7 +443,10 @@ def test_artifacts_are_rendered_and_cannot_inject_anything() -> None:
         assert "href" not in render_link(json.dumps({"link": url}))
     for url in ("https://e.com", "http://e.com", "mailto:a@b.c", "reports/x.html", "#top"):
         assert safe_href(url) == url, url
-    assert render_link("https://e.com/x") == '<p><a href="https://e.com/x" rel="noopener noreferrer">https://e.com/x</a></p>'
+    assert (
+        render_link("https://e.com/x")
+        == '<p><a href="https://e.com/x" rel="noopener noreferrer">https://e.com/x</a></p>'
+    )
 
 
 def test_the_graph_layout_layers_by_longest_path_and_survives_cycles() -> None:

@@ -32,10 +32,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import put_raw, raw_bytes
 from daskflow.exceptions import ConfigurationError, ResultError
 from daskflow.results import PruneReport, ResultStore, ResultWarning, StoredResult
-
-from conftest import put_raw, raw_bytes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -313,9 +312,9 @@ def test_entries_list_metadata_without_values(store: ResultStore) -> None:
     for info in found.values():
         assert info.size == len(raw_bytes(store, info.key)), f"{info.key}: size {info.size}"
         assert {"daskflow", "pyarrow", "pandas"} <= set(info.versions), f"versions {info.versions}"
-        assert info.created.tzinfo is not None and abs(info.created - dt.datetime.now(UTC)) < dt.timedelta(
-            minutes=5
-        ), f"created {info.created}"
+        assert info.created.tzinfo is not None and abs(info.created - dt.datetime.now(UTC)) < dt.timedelta(minutes=5), (
+            f"created {info.created}"
+        )
 
 
 def test_prune_removes_expired_and_keeps_the_rest(store: ResultStore) -> None:
@@ -466,9 +465,7 @@ def test_unsigned_or_tampered_pickle_is_refused(store: ResultStore, tmp_path: Pa
 
 def _replace_payload(store: ResultStore, key: str, payload: bytes) -> None:
     table = pq.read_table(io.BytesIO(raw_bytes(store, key)))
-    forged = pa.table({"pickle": pa.array([payload], pa.large_binary())}).replace_schema_metadata(
-        table.schema.metadata
-    )
+    forged = pa.table({"pickle": pa.array([payload], pa.large_binary())}).replace_schema_metadata(table.schema.metadata)
     buffer = io.BytesIO()
     pq.write_table(forged, buffer)
     put_raw(store, key, buffer.getvalue())

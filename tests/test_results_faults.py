@@ -302,7 +302,9 @@ def test_no_flipped_byte_gives_a_wrong_value(tmp_path: Path) -> None:
     folder = tmp_path / "flips"
     store = ResultStore(folder.as_uri(), signing_key=b"k")
     values: dict[str, Any] = {
-        "frame": pd.DataFrame({"x": np.arange(50), "s": [f"s{i}" for i in range(50)], "c": pd.Categorical(["a", "b"] * 25)}),
+        "frame": pd.DataFrame(
+            {"x": np.arange(50), "s": [f"s{i}" for i in range(50)], "c": pd.Categorical(["a", "b"] * 25)}
+        ),
         "plain": {"a": [1, 2.5, "x"], "b": (None, True), "d": dt.datetime(2020, 1, 1, tzinfo=dt.UTC)},
         "array": np.arange(40.0).reshape(4, 10),
         "pickle": Opaque(7),
@@ -349,9 +351,10 @@ def _same(expected: Any, actual: Any) -> bool:
             return False
         return True
     if isinstance(expected, np.ndarray):
-        return bool(
-            type(actual) is np.ndarray and actual.dtype == expected.dtype and actual.shape == expected.shape
-        ) and actual.tobytes() == expected.tobytes()
+        return (
+            bool(type(actual) is np.ndarray and actual.dtype == expected.dtype and actual.shape == expected.shape)
+            and actual.tobytes() == expected.tobytes()
+        )
     if isinstance(expected, Opaque):
         return bool(actual == expected)
     # repr tells apart what == does not: 1 and True, a naive and an aware datetime.

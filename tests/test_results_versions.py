@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import put_raw, raw_bytes
 from daskflow.exceptions import CorruptResultError, ResultError, UnsignedResultError
 from daskflow.results import (
     EntryInfo,
@@ -30,8 +31,6 @@ from daskflow.results import (
     serializers,
 )
 from daskflow.results.entries import LAYOUT_VERSION
-
-from conftest import put_raw, raw_bytes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -157,7 +156,9 @@ class Opaque:
     ],
     ids=["list", "tuple", "empty-list", "frames", "pickled-list", "dict", "str", "frame", "array", "pickled-object"],
 )
-def test_length_is_recorded_for_lists_and_tuples(store: ResultStore, value: Any, length: int | None, serializer: str) -> None:
+def test_length_is_recorded_for_lists_and_tuples(
+    store: ResultStore, value: Any, length: int | None, serializer: str
+) -> None:
     written = store.write("k", value, task_name="t", serializer=serializer)
     head = store.head("k")
     assert written is not None and head is not None
@@ -337,7 +338,11 @@ def test_load_item_out_of_range_or_of_a_non_sequence(store: ResultStore) -> None
     scalar = store.write("scalar", {"a": 1}, task_name="t")
     assert frames is not None and plain is not None and scalar is not None
     assert store.load("plain", plain.version, item=1) == 2 and store.load("plain", plain.version, item=-3) == 1
-    for key, version, item in (("frames", frames.version, 2), ("plain", plain.version, 3), ("plain", plain.version, -4)):
+    for key, version, item in (
+        ("frames", frames.version, 2),
+        ("plain", plain.version, 3),
+        ("plain", plain.version, -4),
+    ):
         with pytest.raises(IndexError, match=f"item {item} is out of range: cached result '{key}' .* holds"):
             store.load(key, version, item=item)
     with pytest.raises(ResultError, match="not a list or tuple") as excinfo:

@@ -55,13 +55,23 @@ def store(run_store_url: str) -> Iterator[RunStore]:
         yield opened
 
 
-def flow(run_id: str, state: str = "Completed", type_: str = "COMPLETED", *, at: float = T0, **kw: Any) -> FlowRunRecord:
-    fields: dict[str, Any] = {"name": f"run-{run_id}", "flow_name": "etl", "start_time": at, "end_time": at + 2.5, "run_count": 1}
+def flow(
+    run_id: str, state: str = "Completed", type_: str = "COMPLETED", *, at: float = T0, **kw: Any
+) -> FlowRunRecord:
+    fields: dict[str, Any] = {
+        "name": f"run-{run_id}",
+        "flow_name": "etl",
+        "start_time": at,
+        "end_time": at + 2.5,
+        "run_count": 1,
+    }
     fields.update(kw)
     return FlowRunRecord(id=run_id, state_type=type_, state_name=state, updated=fields.pop("updated", at + 3), **fields)
 
 
-def task(run_id: str, flow_run_id: str, *, index: int = 0, cache_hit: bool = False, at: float = T0, **kw: Any) -> TaskRunRecord:
+def task(
+    run_id: str, flow_run_id: str, *, index: int = 0, cache_hit: bool = False, at: float = T0, **kw: Any
+) -> TaskRunRecord:
     fields: dict[str, Any] = {
         "name": f"double-{index}", "task_name": "double", "map_index": index, "state_type": "COMPLETED",
         "state_name": "Cached" if cache_hit else "Completed", "start_time": at, "end_time": at + 0.5, "run_count": 1,
@@ -107,7 +117,21 @@ def test_an_empty_database_is_migrated_to_head_and_matches_the_schema(run_store_
             tables = set(sa.inspect(connection).get_table_names())
         store.write([flow("kept")])
     assert not diffs, f"migrations and schema.py disagree: {diffs}"
-    assert tables == {"flow_runs", "task_runs", "states", "logs", "artifacts", "deployments", "deployment_runs", "cancel_requests", "blocks", "variables", "events", "paused_runs", VERSION_TABLE}
+    assert tables == {
+        "flow_runs",
+        "task_runs",
+        "states",
+        "logs",
+        "artifacts",
+        "deployments",
+        "deployment_runs",
+        "cancel_requests",
+        "blocks",
+        "variables",
+        "events",
+        "paused_runs",
+        VERSION_TABLE,
+    }
     with RunStore(run_store_url) as reopened:  # a second open finds head and keeps the data
         commits = count_commits(reopened.engine)
         assert RunStore(run_store_url).schema_version == HEAD
@@ -292,13 +316,20 @@ def test_logs_come_back_in_order(store: RunStore) -> None:
     except ValueError:
         record = logger.makeRecord(logger.name, logging.ERROR, __file__, 1, "failed %s", ("t1",), sys.exc_info())
     record.flow_run_id, record.task_run_id = "f", "t1"
-    entries = [LogEntry(flow_run_id="f", logger="daskflow.flow_runs", message=f"line {i}", created=T0 + i // 3) for i in range(9)]
+    entries = [
+        LogEntry(flow_run_id="f", logger="daskflow.flow_runs", message=f"line {i}", created=T0 + i // 3)
+        for i in range(9)
+    ]
     store.write([*entries[:5], LogEntry(flow_run_id="other", message="elsewhere")])
     store.write([*entries[5:], log_entry_from_record(record)])
     logs = store.logs("f")
     assert [x.message for x in logs] == [f"line {i}" for i in range(9)] + ["failed t1"]
     last = logs[-1]
-    assert (last.task_run_id, last.level_name, last.created) == ("t1", "ERROR", datetime.fromtimestamp(record.created, UTC))
+    assert (last.task_run_id, last.level_name, last.created) == (
+        "t1",
+        "ERROR",
+        datetime.fromtimestamp(record.created, UTC),
+    )
     assert last.exception is not None and "ValueError: row 7" in last.exception
     assert [x.message for x in store.logs("f", task_run_id="t1")] == ["failed t1"]
     assert [x.message for x in store.logs("f", min_level=logging.WARNING)] == ["failed t1"]
@@ -430,7 +461,9 @@ def test_the_queue_is_bounded_while_the_database_is_slow() -> None:
     assert len(messages) == 1 and "queue was full" in messages[0] and "50 records" in messages[0], messages
 
 
-def test_a_locked_sqlite_file_is_spooled_with_one_warning_and_replayed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_locked_sqlite_file_is_spooled_with_one_warning_and_replayed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "runs.db"
     store = RunStore(f"sqlite:///{path}", busy_timeout=0.2)
     writer = RunStoreWriter(store, interval=0.05, spool_folder=tmp_path / "spool")
@@ -507,7 +540,10 @@ def test_many_processes_share_one_fresh_sqlite_file(tmp_path: Path) -> None:
     children = [
         subprocess.Popen(
             [sys.executable, "-W", "error::UserWarning", "-c", _CHILD, url, f"p{n}"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for n in range(4)
     ]

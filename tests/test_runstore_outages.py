@@ -70,7 +70,9 @@ class PrivatePostgres:
         return f"postgresql+psycopg://postgres:outage@127.0.0.1:{self.port}/postgres"
 
     def _run(self, tool: str, *args: str) -> None:
-        done = subprocess.run([*self.run_as, str(self.bindir / tool), *args], capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [*self.run_as, str(self.bindir / tool), *args], capture_output=True, text=True, timeout=120
+        )
         if done.returncode != 0:
             log = self.log.read_text() if self.log.exists() else ""
             raise RuntimeError(f"{tool} {' '.join(args)} failed: {done.stderr}\n{log}")

@@ -137,7 +137,7 @@ def test_a_torn_tail_and_a_damaged_line_spoil_nothing_else(tmp_path: Path, caplo
     spool = SpoolFile.create(tmp_path, "sqlite:///x.db")
     records = _all_kinds()
     spool.append(b"".join(encode_frame(r) for r in records[:3]))
-    spool.append(b"0badc0de {\"v\":1}\n")  # a damaged line between good ones
+    spool.append(b'0badc0de {"v":1}\n')  # a damaged line between good ones
     spool.append(b"".join(encode_frame(r) for r in records[3:]))
     spool.close()
     with spool.path.open("ab") as f:
@@ -164,7 +164,9 @@ def test_a_live_writers_spool_is_not_adopted(tmp_path: Path) -> None:
 def test_past_its_bound_the_spool_drops_counts_and_warns_once(tmp_path: Path) -> None:
     path = tmp_path / "runs.db"
     store = RunStore(f"sqlite:///{path}", busy_timeout=0.1)
-    frame = len(encode_frame(StateRecord(run_id="r-0000", run_kind="flow", type="RUNNING", name="Running", timestamp=T0)))
+    frame = len(
+        encode_frame(StateRecord(run_id="r-0000", run_kind="flow", type="RUNNING", name="Running", timestamp=T0))
+    )
     writer = RunStoreWriter(store, interval=30, spool_folder=tmp_path / "spool", spool_max_bytes=200 + 10 * frame)
     locker = sqlite3.connect(path, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
@@ -172,7 +174,9 @@ def test_past_its_bound_the_spool_drops_counts_and_warns_once(tmp_path: Path) ->
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for i in range(30):
-                writer.put(StateRecord(run_id=f"r-{i:04d}", run_kind="flow", type="RUNNING", name="Running", timestamp=T0))
+                writer.put(
+                    StateRecord(run_id=f"r-{i:04d}", run_kind="flow", type="RUNNING", name="Running", timestamp=T0)
+                )
             assert writer.flush(timeout=30)
     finally:
         locker.execute("ROLLBACK")

@@ -13,7 +13,6 @@ from daskflow import flow, runtime, task
 from daskflow.context import tags
 from daskflow.runtime import deployment
 from daskflow.runtime import flow_run as flow_run_facts
-from daskflow.schedules import Interval
 
 
 def test_outside_a_run_the_facts_are_empty_as_in_prefect() -> None:
@@ -151,7 +150,11 @@ def test_a_served_run_knows_when_it_was_due_and_its_deployment(history: Any) -> 
 
     start = datetime(2024, 5, 1, 6, 0, tzinfo=UTC)
     states = hourly.serve(
-        "hourly-eu", interval=3600, anchor_date=start, parameters={"region": "eu"}, limit=2,
+        "hourly-eu",
+        interval=3600,
+        anchor_date=start,
+        parameters={"region": "eu"},
+        limit=2,
         clock=_Clock(start - timedelta(seconds=1)),
     )
     seen = [state.result() for state in states]

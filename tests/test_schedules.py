@@ -117,9 +117,7 @@ def test_start_just_before_and_at_the_jump() -> None:
     cron = Cron("30 2 * * *", timezone=NY)
     assert as_utc(cron.next_times(1, utc(2026, 3, 8, 6, 59, 59))) == [utc(2026, 3, 8, 7)]
     assert as_utc(cron.next_times(1, utc(2026, 3, 8, 7))) == [utc(2026, 3, 9, 6, 30)]
-    assert as_utc(list(cron.times_between(utc(2026, 3, 8, 7), utc(2026, 3, 8, 8)))) == [
-        utc(2026, 3, 8, 7)
-    ]
+    assert as_utc(list(cron.times_between(utc(2026, 3, 8, 7), utc(2026, 3, 8, 8)))) == [utc(2026, 3, 8, 7)]
 
 
 def test_start_in_the_repeated_hour() -> None:
@@ -337,15 +335,11 @@ def test_round_trips(schedule: Schedule) -> None:
 
 def test_repr_reads_like_the_constructor() -> None:
     assert repr(Cron("0 6 * * *")) == "Cron('0 6 * * *', timezone='UTC')"
-    assert repr(Cron("0 0 13 * 5", day_or=False)) == (
-        "Cron('0 0 13 * 5', timezone='UTC', day_or=False)"
-    )
+    assert repr(Cron("0 0 13 * 5", day_or=False)) == ("Cron('0 0 13 * 5', timezone='UTC', day_or=False)")
     assert repr(Interval(3600, anchor_date=utc(2026, 1, 1))) == (
         "Interval(3600, anchor_date='2026-01-01T00:00:00+00:00', timezone='UTC')"
     )
-    assert repr(RRule("FREQ=DAILY", timezone=NY)) == (
-        "RRule('FREQ=DAILY', timezone='America/New_York')"
-    )
+    assert repr(RRule("FREQ=DAILY", timezone=NY)) == ("RRule('FREQ=DAILY', timezone='America/New_York')")
 
 
 def test_schedules_are_frozen() -> None:
@@ -356,9 +350,7 @@ def test_schedules_are_frozen() -> None:
 def test_construct_schedule() -> None:
     assert construct_schedule(cron="0 6 * * *", timezone=NY) == Cron("0 6 * * *", timezone=NY)
     assert construct_schedule(interval=timedelta(hours=1)) == Interval(3600)
-    assert construct_schedule(interval=60, anchor_date=utc(2026, 1, 1)) == Interval(
-        60, anchor_date=utc(2026, 1, 1)
-    )
+    assert construct_schedule(interval=60, anchor_date=utc(2026, 1, 1)) == Interval(60, anchor_date=utc(2026, 1, 1))
     assert construct_schedule(rrule="FREQ=DAILY") == RRule("FREQ=DAILY")
     cron = Cron("0 6 * * *")
     assert construct_schedule(schedule=cron) is cron

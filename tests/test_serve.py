@@ -73,7 +73,12 @@ def test_a_run_that_outlasts_the_next_times_skips_them_with_a_warning(caplog: An
         return run
 
     fired = run_schedule(
-        Cron("0 * * * *"), fire, stop=threading.Event(), clock=clock, limit=2, on_missed=lambda s, n: missed.append((s, n))
+        Cron("0 * * * *"),
+        fire,
+        stop=threading.Event(),
+        clock=clock,
+        limit=2,
+        on_missed=lambda s, n: missed.append((s, n)),
     )
     assert [r.scheduled_time.hour for r in fired] == [1, 4]
     assert fired[1].previous_time == datetime(2024, 5, 1, 3, tzinfo=UTC)  # the schedule's, skipped or not
@@ -92,15 +97,29 @@ def test_templates_across_the_berlin_spring_forward() -> None:
     )  # fmt: skip
     # 02:00 does not exist on 2024-03-31: the run is at the jump, 03:00 CEST (01:00 UTC).
     assert fired == [
-        {"day": "2024-03-30T02:00:00+01:00", "window": ["2024-03-29T02:00:00+01:00", "2024-03-30T02:00:00+01:00"], "n": 3},
-        {"day": "2024-03-31T03:00:00+02:00", "window": ["2024-03-30T02:00:00+01:00", "2024-03-31T03:00:00+02:00"], "n": 3},
-        {"day": "2024-04-01T02:00:00+02:00", "window": ["2024-03-31T03:00:00+02:00", "2024-04-01T02:00:00+02:00"], "n": 3},
+        {
+            "day": "2024-03-30T02:00:00+01:00",
+            "window": ["2024-03-29T02:00:00+01:00", "2024-03-30T02:00:00+01:00"],
+            "n": 3,
+        },
+        {
+            "day": "2024-03-31T03:00:00+02:00",
+            "window": ["2024-03-30T02:00:00+01:00", "2024-03-31T03:00:00+02:00"],
+            "n": 3,
+        },
+        {
+            "day": "2024-04-01T02:00:00+02:00",
+            "window": ["2024-03-31T03:00:00+02:00", "2024-04-01T02:00:00+02:00"],
+            "n": 3,
+        },
     ]
 
 
 def test_render_parameters_rules() -> None:
     t = datetime(2024, 2, 29, 6, tzinfo=UTC)
-    assert render_parameters({"path": "s3://b/{{ scheduled_time }}.csv", "d": {"k": ("{{ data_interval_start }}",)}}, t, None) == {
+    assert render_parameters(
+        {"path": "s3://b/{{ scheduled_time }}.csv", "d": {"k": ("{{ data_interval_start }}",)}}, t, None
+    ) == {
         "path": "s3://b/2024-02-29T06:00:00+00:00.csv",
         "d": {"k": ("2024-02-29T06:00:00+00:00",)},  # no previous time: an empty interval
     }
@@ -136,7 +155,7 @@ def test_bad_serve_arguments_are_clear_errors() -> None:
 
 # -- flow.serve in a process of its own: real clock, real signals ------------------------------
 
-SLOW_SERVE = '''
+SLOW_SERVE = """
 import sys, time
 from daskflow import flow
 
@@ -150,7 +169,7 @@ def slow() -> str:
 if __name__ == "__main__":
     states = slow.serve(interval=1, on_stop=sys.argv[1])
     print("states", ",".join(state.type.value for state in states), flush=True)
-'''
+"""
 
 
 @pytest.mark.parametrize(("on_stop", "final"), [("finish", "COMPLETED"), ("cancel", "CANCELLED")])

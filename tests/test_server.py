@@ -70,7 +70,9 @@ def _state(server: Server, run_id: str) -> str:
     return str(server.get(f"/api/flow-runs/{run_id}")[1]["state_name"])
 
 
-def test_the_api_shows_a_running_flow_run_its_task_runs_and_its_logs(server: Server, folder: Path, store_url: str) -> None:
+def test_the_api_shows_a_running_flow_run_its_task_runs_and_its_logs(
+    server: Server, folder: Path, store_url: str
+) -> None:
     process = run_script(folder, store_url, "3", "api-gate")
     try:
         _watch_a_held_run(server, folder, process)
@@ -134,7 +136,9 @@ def _open_streams(base: str, count: int, query: str = "") -> list[socket.socket]
     streams = []
     for _ in range(count):
         sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        sock.sendall(f"GET /api/events{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n".encode())
+        sock.sendall(
+            f"GET /api/events{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
+        )
         streams.append(sock)
     for sock in streams:
         head = b""
@@ -200,6 +204,7 @@ def test_a_paused_run_is_resumed_from_the_api_and_a_bad_input_is_a_422_naming_it
 ) -> None:
     process = run_script(folder, store_url, "pause", "api-pause")
     try:
+
         def paused() -> str | None:
             for run in server.get("/api/flow-runs?flow=approve&limit=100")[1]["flow_runs"]:
                 if run["state_type"] == "PAUSED":  # the only run of flow "approve" in this store
@@ -237,6 +242,7 @@ def test_the_concurrency_page_shows_the_holders_of_limits_by_task_name_and_tag(
 ) -> None:
     process = run_script(folder, store_url, "limited", "limits-gate")
     try:
+
         def holding() -> dict[str, Any] | None:
             limits = {row["name"]: row for row in server.get("/api/concurrency")[1]["limits"]}
             return limits if limits["db"]["holders"] else None
@@ -290,6 +296,7 @@ def test_with_a_token_the_api_wants_it_and_browsers_sign_in(folder: Path, store_
         good = {"Authorization": f"Bearer {token}"}
         assert secured.get("/api/flow-runs", headers=good)[0] == 200
         assert secured.get("/openapi.json")[0] == 401
+
         # A page without the cookie leads to the sign-in form, which sets an HttpOnly, SameSite=Strict cookie.
         class NoRedirect(urllib.request.HTTPRedirectHandler):
             def redirect_request(self, *args: Any) -> None:
@@ -324,7 +331,12 @@ def test_read_only_serves_no_state_changing_route(folder: Path, store_url: str) 
     with server_process(folder, store_url, "--read-only", "--no-service") as read_only:
         assert read_only.get("/api/health")[1]["read_only"] is True
         assert read_only.get("/api/flow-runs")[0] == 200
-        for path in ("/api/flow-runs/x/cancel", "/api/flow-runs/x/retry", "/api/flow-runs/x/resume", "/api/deployments/x/runs"):
+        for path in (
+            "/api/flow-runs/x/cancel",
+            "/api/flow-runs/x/retry",
+            "/api/flow-runs/x/resume",
+            "/api/deployments/x/runs",
+        ):
             status, text = read_only.post(path)
             assert status == 405 and "--read-only" in text, (path, status, text)
         paths = read_only.get("/openapi.json")[1]["paths"]
@@ -347,7 +359,7 @@ def test_every_page_carries_a_csp_without_inline_script(server: Server) -> None:
             csp = response.headers["Content-Security-Policy"]
             html = response.read().decode()
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src", 1)[1].split(";")[0]
-        assert "<script>" not in html and "<script src=\"/static/app.js\" defer></script>" in html, path
+        assert "<script>" not in html and '<script src="/static/app.js" defer></script>' in html, path
         assert "http://" not in html and "https://" not in html, f"{path} refers to another site"
 
 
@@ -364,9 +376,14 @@ def _seed(url: str, flow_runs: int, task_runs: int) -> None:
         for i in range(flow_runs):
             batch.append(
                 FlowRunRecord(
-                    id=f"{i:08x}-0000-4000-8000-000000000000", name=f"run-{i}", flow_name=f"flow-{i % 7}",
-                    state_type="COMPLETED" if i % 10 else "FAILED", state_name="Completed" if i % 10 else "Failed",
-                    start_time=now - flow_runs + i, end_time=now - flow_runs + i + 0.5, updated=now,
+                    id=f"{i:08x}-0000-4000-8000-000000000000",
+                    name=f"run-{i}",
+                    flow_name=f"flow-{i % 7}",
+                    state_type="COMPLETED" if i % 10 else "FAILED",
+                    state_name="Completed" if i % 10 else "Failed",
+                    start_time=now - flow_runs + i,
+                    end_time=now - flow_runs + i + 0.5,
+                    updated=now,
                 )  # fmt: skip
             )
             if len(batch) == 25_000:
@@ -374,16 +391,29 @@ def _seed(url: str, flow_runs: int, task_runs: int) -> None:
                 batch = []
         batch.append(
             FlowRunRecord(
-                id=BIG_RUN, name="big", flow_name="big", state_type="COMPLETED", state_name="Completed",
-                start_time=now, end_time=now + 60, updated=now,
+                id=BIG_RUN,
+                name="big",
+                flow_name="big",
+                state_type="COMPLETED",
+                state_name="Completed",
+                start_time=now,
+                end_time=now + 60,
+                updated=now,
             )  # fmt: skip
         )
         for i in range(task_runs):
             batch.append(
                 TaskRunRecord(
-                    id=f"eeeeeeee-{i % 65536:04x}-4000-8000-{i:012d}", flow_run_id=BIG_RUN, name=f"work-{i}",
-                    task_name="work", map_index=i, state_type="COMPLETED", state_name="Cached" if i % 3 == 0 else "Completed",
-                    start_time=now + i / task_runs * 50, end_time=now + i / task_runs * 50 + 0.01, worker=f"w{i % 4}",
+                    id=f"eeeeeeee-{i % 65536:04x}-4000-8000-{i:012d}",
+                    flow_run_id=BIG_RUN,
+                    name=f"work-{i}",
+                    task_name="work",
+                    map_index=i,
+                    state_type="COMPLETED",
+                    state_name="Cached" if i % 3 == 0 else "Completed",
+                    start_time=now + i / task_runs * 50,
+                    end_time=now + i / task_runs * 50 + 0.01,
+                    worker=f"w{i % 4}",
                     updated=now,
                 )  # fmt: skip
             )

@@ -36,7 +36,7 @@ from daskflow.runstore import RunStore
 from daskflow.runstore import deployments as rows
 from daskflow.schedules import Cron, Interval
 
-FLOWS = '''
+FLOWS = """
 import json, time, uuid
 from pathlib import Path
 from daskflow import flow
@@ -52,7 +52,7 @@ def stamp(label: str, window: str = "", out: str = "", hold: float = 0.0) -> str
         record = {"label": label, "window": window, "start": time.time()}
         Path(out, uuid.uuid4().hex + ".json").write_text(json.dumps(record))
     return label
-'''
+"""
 
 HOURLY = Cron("0 * * * *")
 DAY = datetime(2024, 5, 1, tzinfo=UTC)
@@ -241,8 +241,10 @@ def test_catchup_after_downtime_and_a_claim_left_by_a_dead_service(
     assert claimed(store, "none") == [at(1)]
     left = [c for c in rows.list_runs(store, dead.id) if c.state_type != "COMPLETED"]
     assert [(c.scheduled_time, c.claimed_by, c.state_type) for c in left] == [(at(2), "dead-host:1", "CRASHED")]
-    assert "deployment 'all': the run for 2024-05-01T02:00:00+00:00 was left without a final state; marked " \
-           "Crashed. The service dead-host:1 (host " in caplog.text
+    assert (
+        "deployment 'all': the run for 2024-05-01T02:00:00+00:00 was left without a final state; marked "
+        "Crashed. The service dead-host:1 (host " in caplog.text
+    )
     assert "catching up 4 missed time(s) (catchup='all')" in caplog.text
 
 

@@ -41,7 +41,7 @@ from daskflow.schedules import Interval
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 
-FLOWS = '''
+FLOWS = """
 import json, os, time, uuid
 from pathlib import Path
 from daskflow import flow
@@ -60,7 +60,7 @@ def tick(label: str, out: str, hold_first: float = 0.0, hold_each: float = 0.0) 
     Path(out, uuid.uuid4().hex + ".json").write_text(json.dumps(record))
     print("finished", label, flush=True)
     return label
-'''
+"""
 
 
 @pytest.fixture

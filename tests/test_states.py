@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -24,7 +24,9 @@ from daskflow.states import (
 def test_kinds_and_names() -> None:
     assert Completed(1).type is StateType.COMPLETED and Completed(1).name == "Completed"
     cached = Cached(2)
-    assert cached.type is StateType.COMPLETED and cached.name == "Cached" and cached.is_cached() and cached.is_completed()
+    assert (
+        cached.type is StateType.COMPLETED and cached.name == "Cached" and cached.is_cached() and cached.is_completed()
+    )
     timed_out = TimedOut("too slow")
     assert timed_out.type is StateType.FAILED and timed_out.is_failed() and timed_out.is_timed_out()
     assert Crashed("worker died").is_crashed() and Cancelled().is_cancelled()
@@ -55,8 +57,8 @@ def test_result_of_a_running_state_says_to_wait() -> None:
 
 def test_timestamp_is_timezone_aware() -> None:
     state = Completed()
-    assert state.timestamp.tzinfo is timezone.utc
-    assert abs((datetime.now(timezone.utc) - state.timestamp).total_seconds()) < 5
+    assert state.timestamp.tzinfo is UTC
+    assert abs((datetime.now(UTC) - state.timestamp).total_seconds()) < 5
 
 
 def test_states_pickle_with_their_data_and_traceback_text() -> None:

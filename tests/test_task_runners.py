@@ -20,7 +20,6 @@ from daskflow.futures import DaskflowFuture
 from daskflow.states import State, StateType
 from daskflow.task_runners import ConcurrentTaskRunner, SequentialTaskRunner, ThreadPoolTaskRunner
 
-
 _flow_runs: list[Any] = []
 
 

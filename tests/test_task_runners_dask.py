@@ -24,15 +24,13 @@ import pytest
 from dask.utils import key_split
 from distributed import Client, LocalCluster
 
+from conftest import TEST_DASK_CONFIG
 from daskflow import flow, task
 from daskflow.context import get_flow_run_context
 from daskflow.exceptions import SchedulerUnreachableError, UnserializableInputError
 from daskflow.runs import FlowRun, add_state_listener, remove_state_listener
 from daskflow.states import State
-from daskflow.task_runners import DaskTaskRunner
-from daskflow.task_runners import dask_shipping
-
-from conftest import TEST_DASK_CONFIG
+from daskflow.task_runners import DaskTaskRunner, dask_shipping
 
 
 def _wait_for(predicate: Any, timeout: float, what: str) -> None:
@@ -288,12 +286,12 @@ def test_intermediate_values_never_pass_through_the_client(dask_client: Client, 
     assert str(os.getpid()) not in pids, f"{pids.count(str(os.getpid()))} values were unpickled in the client"
 
 
-_USER_HELPERS = '''
+_USER_HELPERS = """
 def offset() -> int:
     return 1
-'''
+"""
 
-_USER_MODULE = '''
+_USER_MODULE = """
 from daskflow import task
 import daskflow_user_helpers
 
@@ -306,7 +304,7 @@ HELPER_OFFSET = 1
 @task
 def plus_offset(x: int) -> int:
     return x + HELPER_OFFSET + daskflow_user_helpers.offset()
-'''
+"""
 
 
 @pytest.fixture
@@ -320,8 +318,20 @@ def scheduler_and_workers(tmp_path: Path) -> Any:
     dask_cli = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
     procs = [
         subprocess.Popen(
-            [*dask_cli, "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)],
-            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                *dask_cli,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
     ]
     try:
@@ -329,9 +339,24 @@ def scheduler_and_workers(tmp_path: Path) -> Any:
         for i in range(2):
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
-                     "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{i}"],
-                    cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    [
+                        sys.executable,
+                        "-m",
+                        "distributed.cli.dask_worker",
+                        "--scheduler-file",
+                        str(scheduler_file),
+                        "--nthreads",
+                        "1",
+                        "--no-dashboard",
+                        "--host",
+                        "127.0.0.1",
+                        "--name",
+                        f"w{i}",
+                    ],
+                    cwd=workdir,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                 )
             )
         address = _read_json(scheduler_file)["address"]
@@ -363,7 +388,9 @@ def test_separate_scheduler_and_workers_run_tasks_from_a_local_module(
     def pipeline() -> tuple[list[int], list[int]]:
         ctx = get_flow_run_context()
         assert ctx is not None
-        found = ctx.task_runner.client.run(lambda: __import__("importlib.util").util.find_spec("daskflow_user_tasks") is None)
+        found = ctx.task_runner.client.run(
+            lambda: __import__("importlib.util").util.find_spec("daskflow_user_tasks") is None
+        )
         assert all(found.values()), "the workers must not be able to import the user's module"
         return user.square.map(range(4)).result(), user.plus_offset.map([1, 2]).result()
 
@@ -406,8 +433,13 @@ def test_a_flow_runs_over_tls_and_plain_tcp_is_refused() -> None:
         return 2 * x
 
     with LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, protocol="tls", host="127.0.0.1",
-        security=security, dashboard_address="127.0.0.1:0",
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tls",
+        host="127.0.0.1",
+        security=security,
+        dashboard_address="127.0.0.1:0",
     ) as cluster:
         address = cluster.scheduler_address
         assert address.startswith("tls://127.0.0.1:"), address
@@ -427,10 +459,17 @@ def fragile_cluster() -> Any:
     """A cluster where a dead worker fails its task at once, so daskflow's retry policy decides."""
     config = {**TEST_DASK_CONFIG, "distributed.scheduler.allowed-failures": 0}
     with dask.config.set(config):
-        with LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address="127.0.0.1:0", silence_logs=50,
-        ) as cluster, Client(cluster, set_as_default=False) as client:
+        with (
+            LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+                silence_logs=50,
+            ) as cluster,
+            Client(cluster, set_as_default=False) as client,
+        ):
             yield client
 
 
@@ -540,7 +579,10 @@ def test_sigint_cancels_the_run_and_leaves_no_cluster_behind(tmp_path: Path) -> 
     script.write_text(_SIGINT_SCRIPT)
     marker = tmp_path / "pids.json"
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, str(script), str(marker)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "DASK_DASKFLOW__LOGGING__CONSOLE": "false"},
     )
     try:

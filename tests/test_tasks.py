@@ -59,7 +59,10 @@ def test_with_options_returns_a_changed_copy() -> None:
         ({"concurrency_limit": 0}, "concurrency_limit must be a whole number >= 1, got 0"),
         ({"resources": {"GPU": -1}}, r"resources must map resource names to positive amounts"),
         ({"cache_expiration": -5}, "cache_expiration must be a number of seconds > 0"),
-        ({"task_run_name": "{nope}"}, r"task_run_name='\{nope\}' refers to \{nope\}, which is not a parameter of job\(x\)"),
+        (
+            {"task_run_name": "{nope}"},
+            r"task_run_name='\{nope\}' refers to \{nope\}, which is not a parameter of job\(x\)",
+        ),
         ({"retires": 1}, r"unknown option 'retires' \(did you mean 'retries'\?\)"),
     ],
 )
@@ -121,9 +124,13 @@ def test_map_errors_name_the_task_and_the_lengths() -> None:
     def nothing_to_map() -> None:
         pair.map(1, 2)
 
-    with pytest.raises(ConfigurationError, match=r"task 'pair': .map\(\) got iterables of different lengths \(a: 3, b: 2\)"):
+    with pytest.raises(
+        ConfigurationError, match=r"task 'pair': .map\(\) got iterables of different lengths \(a: 3, b: 2\)"
+    ):
         mismatch()
-    with pytest.raises(ConfigurationError, match=r"task 'pair': .map\(\) needs at least one iterable argument.*a=int, b=int"):
+    with pytest.raises(
+        ConfigurationError, match=r"task 'pair': .map\(\) needs at least one iterable argument.*a=int, b=int"
+    ):
         nothing_to_map()
 
 
@@ -133,7 +140,9 @@ def test_strings_are_passed_whole_by_map_and_dicts_give_their_keys() -> None:
         return f"{label}{item}{config['k']}"
 
     assert describe.map([1, 2], "x", unmapped({"k": 9})).result() == ["x19", "x29"]
-    with pytest.raises(ConfigurationError, match=r"different lengths \(item: 2, config: 1 \(a dict: its keys are mapped over\)\)"):
+    with pytest.raises(
+        ConfigurationError, match=r"different lengths \(item: 2, config: 1 \(a dict: its keys are mapped over\)\)"
+    ):
         describe.map([1, 2], "x", {"k": 9})
 
     @task

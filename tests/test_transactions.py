@@ -58,10 +58,15 @@ def test_a_block_commits_its_runs_together_on_every_runner(task_runner: Any, exe
         return written
 
     assert load("mon") == 3
-    assert [k for k in executions.keys() if k.startswith("commit")] == ["commit-extract-COMMITTED-nightly", "commit-write"]
+    assert [k for k in executions.keys() if k.startswith("commit")] == [
+        "commit-extract-COMMITTED-nightly",
+        "commit-write",
+    ]
 
 
-def test_a_failing_block_rolls_back_entries_and_calls_rollback_hooks(task_runner: Any, executions: Any, tmp_path: Path) -> None:
+def test_a_failing_block_rolls_back_entries_and_calls_rollback_hooks(
+    task_runner: Any, executions: Any, tmp_path: Path
+) -> None:
     extract, write = _tasks(executions, str(tmp_path))
 
     @flow(task_runner=task_runner)
@@ -79,7 +84,9 @@ def test_a_failing_block_rolls_back_entries_and_calls_rollback_hooks(task_runner
     assert executions.count("extract-tue") == 2, executions.keys()
 
 
-def test_an_unobserved_failure_rolls_back_with_a_warning(caplog: pytest.LogCaptureFixture, executions: Any, tmp_path: Path) -> None:
+def test_an_unobserved_failure_rolls_back_with_a_warning(
+    caplog: pytest.LogCaptureFixture, executions: Any, tmp_path: Path
+) -> None:
     extract, write = _tasks(executions, str(tmp_path))
 
     @flow

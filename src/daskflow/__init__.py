@@ -4,9 +4,9 @@ Write ``@flow`` and ``@task`` functions as with Prefect; switch by changing the
 import line. This module only re-exports the public names.
 """
 
+from daskflow import runtime
 from daskflow._version import __version__
 from daskflow.annotations import allow_failure, quote, unmapped
-from daskflow import runtime
 from daskflow.compiler import compile
 from daskflow.context import tags
 from daskflow.flows import Flow, flow, serve

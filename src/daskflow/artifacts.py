@@ -117,7 +117,9 @@ def create_link_artifact(
             "Fix: pass the address as text, e.g. path.as_uri() or 'https://...'."
         )
     if link_text is not None and not isinstance(link_text, str):
-        raise ArtifactError(f"link_text must be a str or None, got {type(link_text).__name__}. Fix: pass link_text=str(...).")
+        raise ArtifactError(
+            f"link_text must be a str or None, got {type(link_text).__name__}. Fix: pass link_text=str(...)."
+        )
     return _create("link", json.dumps({"link": link, "link_text": link_text}, ensure_ascii=False), key, description)
 
 
@@ -155,7 +157,9 @@ def update_progress_artifact(artifact_id: str, progress: float, description: str
     the newest record of a key is the current progress.
     """
     if not isinstance(artifact_id, str) or not artifact_id:
-        raise ArtifactError(f"update_progress_artifact() needs the id create_progress_artifact returned, got {artifact_id!r}.")
+        raise ArtifactError(
+            f"update_progress_artifact() needs the id create_progress_artifact returned, got {artifact_id!r}."
+        )
     value = _percent(progress)
     key, first_description, flow_run_id, task_run_id = _progress.get(artifact_id, (None, None, *_run_ids()))
     _check_options(key, description)
@@ -173,7 +177,9 @@ def update_progress_artifact(artifact_id: str, progress: float, description: str
 
 def _percent(progress: Any) -> float:
     if isinstance(progress, bool) or not isinstance(progress, int | float) or not 0 <= progress <= 100:
-        raise ArtifactError(f"a progress is a number from 0 to 100 (percent), got {progress!r}. Fix: e.g. 100 * done / total.")
+        raise ArtifactError(
+            f"a progress is a number from 0 to 100 (percent), got {progress!r}. Fix: e.g. 100 * done / total."
+        )
     return float(progress)
 
 
@@ -262,9 +268,13 @@ def publish_artifact(artifact: ArtifactRecord) -> None:
 
 
 def _create(type_: str, data: str, key: str | None, description: str | None) -> str:
-    size = len(data.encode("utf-8")) if len(data) * 4 > MAX_ARTIFACT_BYTES else len(data)  # encode only when it may matter
+    size = (
+        len(data.encode("utf-8")) if len(data) * 4 > MAX_ARTIFACT_BYTES else len(data)
+    )  # encode only when it may matter
     if size > MAX_ARTIFACT_BYTES:
-        raise ArtifactError(_too_large(f"a {type_} artifact of {size / 2**20:.1f} MiB (the limit is {MAX_ARTIFACT_BYTES // 2**20} MiB)"))
+        raise ArtifactError(
+            _too_large(f"a {type_} artifact of {size / 2**20:.1f} MiB (the limit is {MAX_ARTIFACT_BYTES // 2**20} MiB)")
+        )
     flow_run_id = task_run_id = None
     task_ctx = get_task_run_context()
     if task_ctx is not None:
@@ -287,7 +297,9 @@ def _check_options(key: Any, description: Any) -> None:
     if key is None or (isinstance(key, str) and _KEY.fullmatch(key)):
         return
     if not isinstance(key, str):
-        raise ArtifactError(f"an artifact key must be a str, got {type(key).__name__}. Fix: pass key='my-report' or no key.")
+        raise ArtifactError(
+            f"an artifact key must be a str, got {type(key).__name__}. Fix: pass key='my-report' or no key."
+        )
     suggestion = re.sub(r"[^a-z0-9-]+", "-", key.lower()).strip("-") or "my-report"
     raise ArtifactError(
         f"artifact key {key!r} is not valid: a key may contain only lowercase letters, digits and dashes. "
@@ -347,7 +359,11 @@ def _frame_rows(frame: Any, pandas: Any) -> list[Mapping[str, Any]]:
 def _column_rows(columns: Mapping[Any, Any]) -> list[Mapping[str, Any]]:
     lengths: dict[str, int] = {}
     for name, values in columns.items():
-        if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__") or not hasattr(values, "__iter__"):
+        if (
+            isinstance(values, (str, bytes, Mapping))
+            or not hasattr(values, "__len__")
+            or not hasattr(values, "__iter__")
+        ):
             raise ArtifactError(
                 f"create_table_artifact() got a dict whose value for {name!r} is a {type(values).__name__}, not a "
                 "column: a dict is read as columns, each a list of values. Fix: pass {'col': [v1, v2]}, or a list "

@@ -72,8 +72,7 @@ _FIX_RESULT = (
     "or run the flow normally ({call})"
 )
 _FIX_MAP = (
-    "map over a literal list or a flow parameter, fan out inside one task instead, "
-    "or run the flow normally ({call})"
+    "map over a literal list or a flow parameter, fan out inside one task instead, or run the flow normally ({call})"
 )
 _FIX_SUBFLOW = (
     "call the subflow's tasks from this flow directly, compile the subflow on its own with "

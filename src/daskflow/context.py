@@ -173,8 +173,7 @@ def get_run_context() -> TaskRunContext | FlowRunContext:
     ctx: TaskRunContext | FlowRunContext | None = _task_ctx.get() or _flow_ctx.get()
     if ctx is None:
         raise MissingContextError(
-            "there is no flow or task run here: this can only be called while a "
-            "@flow or @task function is running"
+            "there is no flow or task run here: this can only be called while a @flow or @task function is running"
         )
     return ctx
 

@@ -85,23 +85,37 @@ def emit_event(
 ) -> Event:
     """Record ``event`` about ``resource`` (in the run store when history is on); returns the Event."""
     if not isinstance(event, str) or not event.strip():
-        raise EventError(f"emit_event(): the event's name must be a non-empty string such as 'table.refreshed', got {event!r}")
+        raise EventError(
+            f"emit_event(): the event's name must be a non-empty string such as 'table.refreshed', got {event!r}"
+        )
     labels = _labels(resource, "resource")
     related_labels = [_labels(r, "each related resource") for r in (related or ())]
     payload_dict = dict(payload or {})
     try:
         json.dumps(payload_dict, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise EventError(f"emit_event({event!r}): the payload must be JSON: {exc}. Fix: convert its values first.") from None
+        raise EventError(
+            f"emit_event({event!r}): the payload must be JSON: {exc}. Fix: convert its values first."
+        ) from None
     made = Event(
-        id=id or str(uuid.uuid4()), occurred=occurred or datetime.now(UTC), event=event, resource=labels,
-        payload=payload_dict, related=related_labels,
+        id=id or str(uuid.uuid4()),
+        occurred=occurred or datetime.now(UTC),
+        event=event,
+        resource=labels,
+        payload=payload_dict,
+        related=related_labels,
     )
     if settings.get("runstore.enabled", True) or url is not None:
         flow_run_id, task_run_id = _run_ids()
         row = rows.EventRow(
-            id=made.id, occurred=made.occurred, event=made.event, resource=made.resource, payload=made.payload,
-            related=made.related, flow_run_id=flow_run_id, task_run_id=task_run_id,
+            id=made.id,
+            occurred=made.occurred,
+            event=made.event,
+            resource=made.resource,
+            payload=made.payload,
+            related=made.related,
+            flow_run_id=flow_run_id,
+            task_run_id=task_run_id,
         )
         with RunStore(url) as store:
             rows.write_event(store, row)
@@ -117,13 +131,24 @@ def _run_ids() -> tuple[str | None, str | None]:
 
 
 def list_events(
-    *, prefix: str | None = None, resource_id: str | None = None, limit: int = 50, states: bool = True, url: str | None = None
+    *,
+    prefix: str | None = None,
+    resource_id: str | None = None,
+    limit: int = 50,
+    states: bool = True,
+    url: str | None = None,
 ) -> list[Event]:
     """Events from the run store, newest first: emitted ones and (with ``states``) the runs' state changes."""
     with RunStore(url) as store:
         found = rows.list_events(store, prefix=prefix, resource_id=resource_id, limit=limit, states=states)
     return [
-        Event(id=r.id, occurred=r.occurred, event=r.event, resource={k: str(v) for k, v in r.resource.items()},
-              payload=r.payload, related=r.related)
+        Event(
+            id=r.id,
+            occurred=r.occurred,
+            event=r.event,
+            resource={k: str(v) for k, v in r.resource.items()},
+            payload=r.payload,
+            related=r.related,
+        )
         for r in found
     ]

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from daskflow.pausing import PauseError, PausedRunTimeoutError, pause_flow_run, resume_flow_run, suspend_flow_run
+from daskflow.pausing import PausedRunTimeoutError, PauseError, pause_flow_run, resume_flow_run, suspend_flow_run
 
 __all__ = ["PauseError", "PausedRunTimeoutError", "pause_flow_run", "resume_flow_run", "suspend_flow_run"]

@@ -38,6 +38,7 @@ __all__ = ["SERVE_OPTIONS_IGNORED", "Flow", "ServedDeployment", "flow", "serve"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
+
 def _dask_runner() -> TaskRunner:
     from daskflow.task_runners.dask import DaskTaskRunner  # imports distributed: only when asked for
 
@@ -149,8 +150,17 @@ class Flow(Generic[P, R]):
         ``daskflow.runtime.deployment.name`` tells the runs.
         """
         deployment = self.to_deployment(
-            name, cron=cron, interval=interval, rrule=rrule, schedule=schedule, schedules=schedules,
-            timezone=timezone, anchor_date=anchor_date, parameters=parameters, tags=tags, **prefect_options,
+            name,
+            cron=cron,
+            interval=interval,
+            rrule=rrule,
+            schedule=schedule,
+            schedules=schedules,
+            timezone=timezone,
+            anchor_date=anchor_date,
+            parameters=parameters,
+            tags=tags,
+            **prefect_options,
         )
         if len(deployment.schedules) == 1:
             return deployment.serve_here(on_stop=on_stop, limit=limit, clock=clock, stop=stop)
@@ -181,16 +191,27 @@ class Flow(Generic[P, R]):
                 f"name, cron, interval, rrule, schedule, schedules, timezone, anchor_date, parameters, tags and "
                 f"Prefect's {', '.join(sorted(SERVE_OPTIONS_IGNORED))} (accepted, no effect here)"
             )
-        given = {k: v for k, v in (("cron", cron), ("interval", interval), ("rrule", rrule), ("schedule", schedule)) if v is not None}
+        given = {
+            k: v
+            for k, v in (("cron", cron), ("interval", interval), ("rrule", rrule), ("schedule", schedule))
+            if v is not None
+        }
         chosen: list[Schedule] = []
         if given and schedules:
             raise ScheduleError(f"{where}: give schedules=[...] or one of cron=/interval=/rrule=/schedule=, not both.")
         if schedules:
             chosen = [construct_schedule(schedule=one) if not isinstance(one, Schedule) else one for one in schedules]
         elif len(given) == 1:
-            chosen = [construct_schedule(
-                cron=cron, interval=interval, rrule=rrule, timezone=timezone, anchor_date=anchor_date, schedule=schedule
-            )]
+            chosen = [
+                construct_schedule(
+                    cron=cron,
+                    interval=interval,
+                    rrule=rrule,
+                    timezone=timezone,
+                    anchor_date=anchor_date,
+                    schedule=schedule,
+                )
+            ]
         else:
             what = ", ".join(f"{k}={v!r}" for k, v in given.items()) or "none of them"
             raise ScheduleError(
@@ -203,6 +224,7 @@ class Flow(Generic[P, R]):
         if not all(isinstance(t, str) and t for t in tag_list):
             raise ConfigurationError(f"{where}: tags must be a list of non-empty strings, got {tags!r}")
         return ServedDeployment(self, name or self.name, chosen, dict(parameters or {}), frozenset(tag_list))
+
     def _add_hook(self, option: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         self.options = with_changes(self.options, {option: (*getattr(self.options, option), fn)}, self.fn)
         return fn
@@ -242,8 +264,18 @@ class Flow(Generic[P, R]):
 
 # Prefect's serve options that have no meaning in one process without a server: accepted, unused.
 SERVE_OPTIONS_IGNORED = (
-    "description", "version", "paused", "pause_on_shutdown", "print_starter", "webserver", "global_limit",
-    "triggers", "enforce_parameter_schema", "entrypoint_type", "concurrency_limit", "job_variables",
+    "description",
+    "version",
+    "paused",
+    "pause_on_shutdown",
+    "print_starter",
+    "webserver",
+    "global_limit",
+    "triggers",
+    "enforce_parameter_schema",
+    "entrypoint_type",
+    "concurrency_limit",
+    "job_variables",
 )
 
 
@@ -268,8 +300,15 @@ class ServedDeployment:
     ) -> list[State]:
         """Serve one of its schedules (the first by default) in this thread until stopped."""
         return serve_flow(
-            self.flow, schedule or self.schedules[0], name=self.name, parameters=self.parameters,
-            on_stop=on_stop, limit=limit, clock=clock, stop=stop, tags=self.tags,
+            self.flow,
+            schedule or self.schedules[0],
+            name=self.name,
+            parameters=self.parameters,
+            on_stop=on_stop,
+            limit=limit,
+            clock=clock,
+            stop=stop,
+            tags=self.tags,
         )
 
 
@@ -290,10 +329,14 @@ def serve(
     Prefect's ``print_starter``/``webserver`` and the like are accepted, unused.
     """
     if not deployments:
-        raise ConfigurationError("serve() needs at least one deployment: serve(my_flow.to_deployment('name', interval=60), ...)")
+        raise ConfigurationError(
+            "serve() needs at least one deployment: serve(my_flow.to_deployment('name', interval=60), ...)"
+        )
     names = [d.name for d in deployments]
     if len(set(names)) != len(names):
-        raise ConfigurationError(f"serve(): deployment names must differ, got {names}; give each to_deployment() its own name")
+        raise ConfigurationError(
+            f"serve(): deployment names must differ, got {names}; give each to_deployment() its own name"
+        )
     stop = stop or threading.Event()
     states: dict[str, list[State]] = {name: [] for name in names}
     states_lock = threading.Lock()

@@ -155,9 +155,7 @@ def wait(futures: Iterable[DaskflowFuture[Any]], timeout: float | None = None) -
     return DoneAndNotDoneFutures(done, set(pending) - done)
 
 
-def as_completed(
-    futures: Iterable[DaskflowFuture[R]], timeout: float | None = None
-) -> Iterator[DaskflowFuture[R]]:
+def as_completed(futures: Iterable[DaskflowFuture[R]], timeout: float | None = None) -> Iterator[DaskflowFuture[R]]:
     """Yield the futures as they finish. Raises ``TimeoutError`` if ``timeout`` passes first."""
     pending, done_queue = _completion_queue(futures)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -174,7 +172,6 @@ def as_completed(
         if id(future) not in seen:
             seen.add(id(future))
             yield future
-
 
 
 # Prefect's names for the same objects, so annotations and isinstance checks keep working.

@@ -46,7 +46,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from enum import Enum
@@ -75,9 +75,29 @@ _log = logging.getLogger("daskflow.notifications")
 
 # Every key build_payload returns; a subject template may use any of them.
 PAYLOAD_KEYS = (
-    "kind", "name", "flow_name", "flow_run_name", "flow_run_id", "parent_flow_run_id", "task_name",
-    "run_name", "run_id", "state", "state_type", "message", "start", "end", "duration_seconds",
-    "attempts", "parameters", "task_run_counts", "failed_task_runs", "worker", "host", "inspect", "traceback",
+    "kind",
+    "name",
+    "flow_name",
+    "flow_run_name",
+    "flow_run_id",
+    "parent_flow_run_id",
+    "task_name",
+    "run_name",
+    "run_id",
+    "state",
+    "state_type",
+    "message",
+    "start",
+    "end",
+    "duration_seconds",
+    "attempts",
+    "parameters",
+    "task_run_counts",
+    "failed_task_runs",
+    "worker",
+    "host",
+    "inspect",
+    "traceback",
 )
 _MAX_FAILED_LISTED = 20  # a map of 10,000 failed items must not become a 10,000-line message
 _MAX_REPR = 300
@@ -225,7 +245,7 @@ def _failed_line(item: Mapping[str, Any]) -> str:
 
 
 def _iso(epoch: float | None) -> str | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat()
+    return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC).isoformat()
 
 
 class _Permanent(Exception):
@@ -290,7 +310,13 @@ class Notifier:
         kind = "flow" if isinstance(run, FlowRun) else "task"
         _log.warning(
             "could not send the %s notification of %s run %r to %s%s: %s",
-            state.name, kind, run.name, self.destination(), tries, reason, extra=_record_extra(run),
+            state.name,
+            kind,
+            run.name,
+            self.destination(),
+            tries,
+            reason,
+            extra=_record_extra(run),
         )
 
 
@@ -311,15 +337,22 @@ def _record_extra(run: FlowRun | TaskRun) -> dict[str, Any]:
     # The ids a run logger would stamp: the run history files the record under the
     # run, and a Dask worker forwards it to the client (records without them stay local).
     if isinstance(run, FlowRun):
-        return {"flow_run_id": run.id, "flow_run_name": run.name, "flow_name": run.flow_name,
-                "task_run_id": None, "run_label": f"Flow run {run.name!r}"}
+        return {
+            "flow_run_id": run.id,
+            "flow_run_name": run.name,
+            "flow_name": run.flow_name,
+            "task_run_id": None,
+            "run_label": f"Flow run {run.name!r}",
+        }
     ctx = get_task_run_context()
     in_ctx = ctx is not None and ctx.task_run is run
     return {
         "flow_run_id": run.flow_run_id,
         "flow_run_name": ctx.flow_run_name if in_ctx and ctx is not None else None,
         "flow_name": ctx.flow_name if in_ctx and ctx is not None else None,
-        "task_run_id": run.id, "task_run_name": run.name, "task_name": run.task_name,
+        "task_run_id": run.id,
+        "task_run_name": run.name,
+        "task_name": run.task_name,
         "run_label": f"Task run {run.name!r}",
     }
 

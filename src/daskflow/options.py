@@ -21,7 +21,15 @@ from typing import Any, TypeVar
 
 from daskflow.exceptions import ConfigurationError
 
-__all__ = ["CACHE_ISOLATION_LEVELS", "FlowOptions", "RunOptions", "TaskOptions", "build_options", "template_fields", "with_changes"]
+__all__ = [
+    "CACHE_ISOLATION_LEVELS",
+    "FlowOptions",
+    "RunOptions",
+    "TaskOptions",
+    "build_options",
+    "template_fields",
+    "with_changes",
+]
 
 Hook = Callable[..., Any]
 
@@ -106,7 +114,11 @@ class TaskOptions(RunOptions):
         where = self.where()
         _set(self, "tags", _tags(self.tags, where))
         if self.retry_jitter_factor is not None:
-            _set(self, "retry_jitter_factor", _non_negative_number(self.retry_jitter_factor, where, "retry_jitter_factor"))
+            _set(
+                self,
+                "retry_jitter_factor",
+                _non_negative_number(self.retry_jitter_factor, where, "retry_jitter_factor"),
+            )
         _optional_callable(self.retry_condition_fn, where, "retry_condition_fn")
         _optional_callable(self.cache_key_fn, where, "cache_key_fn")
         if self.cache_expiration is not None:
@@ -379,4 +391,3 @@ def with_changes(options: Options, changes: Mapping[str, Any], fn: Callable[...,
     merged = {f.name: getattr(options, f.name) for f in fields(options)}
     merged.update(changes)
     return build_options(type(options), fn, merged)
-

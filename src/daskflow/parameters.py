@@ -144,9 +144,7 @@ class ParameterSchema:
         # A default is the author's choice, not the caller's input: like pydantic,
         # do not validate it (the seed's `execution_date: str = None` relies on this).
         subset = {
-            k: v
-            for k, v in values.items()
-            if k in fields and not (k in self._defaults and v is self._defaults[k])
+            k: v for k, v in values.items() if k in fields and not (k in self._defaults and v is self._defaults[k])
         }
         plain = self._plain
         if not subset or plain and all(type(v) is plain[k] for k, v in subset.items()):

@@ -83,7 +83,9 @@ def pause_flow_run(
         )
     import pydantic  # as the runstore modules below: only when a run pauses
 
-    if wait_for_input is not None and not (isinstance(wait_for_input, type) and issubclass(wait_for_input, pydantic.BaseModel)):
+    if wait_for_input is not None and not (
+        isinstance(wait_for_input, type) and issubclass(wait_for_input, pydantic.BaseModel)
+    ):
         raise PauseError(f"wait_for_input must be a pydantic model class, got {wait_for_input!r}")
     # Here, not at the top: `import daskflow` (which re-exports this module) stays free of SQLAlchemy.
     from daskflow.runstore import pausing as rows
@@ -127,9 +129,7 @@ def suspend_flow_run(
     return pause_flow_run(wait_for_input, timeout, key=key, _suspend=True)
 
 
-def resume_flow_run(
-    flow_run_id: str, run_input: Any = None, *, wait: float = 10.0, url: str | None = None
-) -> None:
+def resume_flow_run(flow_run_id: str, run_input: Any = None, *, wait: float = 10.0, url: str | None = None) -> None:
     """Resume a paused flow run, giving it ``run_input`` (a dict for its model, or None).
 
     Waits up to ``wait`` seconds for the run to take the input; raises

@@ -221,7 +221,9 @@ class FlowRun(_Run):
         if self.dashboard_link:
             link = html.escape(self.dashboard_link, quote=True)
             rows.append(("dashboard", f'<a href="{link}" target="_blank">{link}</a>'))
-        rows.append(("report", f"<code>daskflow runs report {html.escape(self.id)} -o {html.escape(self.id)}.html</code>"))
+        rows.append(
+            ("report", f"<code>daskflow runs report {html.escape(self.id)} -o {html.escape(self.id)}.html</code>")
+        )
         return html_card("Flow run", self.name, self.state, rows)
 
 

@@ -81,9 +81,7 @@ def _zone(name: str) -> tzinfo:
             return UTC
     known = zoneinfo.available_timezones()
     by_case = {key.lower(): key for key in known}
-    guess = by_case.get(str(name).lower()) or next(
-        iter(difflib.get_close_matches(str(name), known, n=1)), None
-    )
+    guess = by_case.get(str(name).lower()) or next(iter(difflib.get_close_matches(str(name), known, n=1)), None)
     hint = f" Did you mean {guess!r}?" if guess else ""
     raise ScheduleError(
         f"Unknown timezone {name!r}.{hint} Use an IANA tz database name such as "
@@ -222,8 +220,7 @@ def _check_cron(expression: str, day_or: bool) -> str:
     fields = normal.split(" ")
     if not normal.startswith("@") and len(fields) not in (5, 6, 7):
         raise ScheduleError(
-            f"Invalid cron expression {expression!r}: it has {len(fields)} field(s), "
-            f"cron needs 5. {_CRON_HELP}"
+            f"Invalid cron expression {expression!r}: it has {len(fields)} field(s), cron needs 5. {_CRON_HELP}"
         )
     for (label, _), value in zip(_CRON_FIELDS, fields, strict=False):
         if _NONDETERMINISTIC_FIELD.match(value):
@@ -319,8 +316,7 @@ def _as_datetime(value: datetime | str, what: str) -> datetime:
         return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     except ValueError:
         raise ScheduleError(
-            f"Invalid {what} {value!r}: give a datetime or an ISO 8601 string such as "
-            "'2026-01-05T09:00:00+01:00'."
+            f"Invalid {what} {value!r}: give a datetime or an ISO 8601 string such as '2026-01-05T09:00:00+01:00'."
         ) from None
 
 
@@ -544,8 +540,7 @@ def schedule_from_dict(data: Schedule | Mapping[str, Any]) -> Schedule:
     unknown = sorted(set(data) - _KEYS[kind])
     if unknown:
         raise ScheduleError(
-            f"Invalid schedule {dict(data)!r}: unknown key(s) {unknown}; a {kind} schedule "
-            f"takes {sorted(_KEYS[kind])}."
+            f"Invalid schedule {dict(data)!r}: unknown key(s) {unknown}; a {kind} schedule takes {sorted(_KEYS[kind])}."
         )
     if kind == "cron":
         return Cron(data["cron"], timezone=data.get("timezone"), day_or=data.get("day_or", True))
@@ -583,9 +578,7 @@ def construct_schedule(
     return RRule(rrule, timezone=timezone)
 
 
-def data_interval(
-    schedule: Schedule | Mapping[str, Any], scheduled_time: datetime
-) -> tuple[datetime, datetime]:
+def data_interval(schedule: Schedule | Mapping[str, Any], scheduled_time: datetime) -> tuple[datetime, datetime]:
     """(previous scheduled time, ``scheduled_time``) for ``{{ data_interval_start/end }}``.
 
     The previous time is the schedule's last one strictly before

@@ -21,7 +21,16 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["FILTER", "MASK", "MaskedError", "SecretMaskingFilter", "active", "add_secrets", "mask_exception", "mask_secrets"]
+__all__ = [
+    "FILTER",
+    "MASK",
+    "MaskedError",
+    "SecretMaskingFilter",
+    "active",
+    "add_secrets",
+    "mask_exception",
+    "mask_secrets",
+]
 
 MASK = "***"
 

@@ -25,7 +25,7 @@ import time
 import traceback
 import types
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from daskflow import secrets_mask
@@ -249,7 +249,7 @@ class State:
     @property
     def timestamp(self) -> datetime:
         """When the run entered this state (timezone-aware, UTC)."""
-        return datetime.fromtimestamp(self._ts, tz=timezone.utc)
+        return datetime.fromtimestamp(self._ts, tz=UTC)
 
     @property
     def epoch(self) -> float:
@@ -277,9 +277,7 @@ class State:
             return CancelledRunError(self.message or "the run was cancelled")
         if self.type is StateType.FAILED:
             return DaskflowError(self.message or "the run failed")
-        return DaskflowError(
-            f"the run is {self.name} and has no result yet; wait for it to finish first"
-        )
+        return DaskflowError(f"the run is {self.name} and has no result yet; wait for it to finish first")
 
     def is_scheduled(self) -> bool:
         return self.type is StateType.SCHEDULED

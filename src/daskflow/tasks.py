@@ -20,8 +20,8 @@ import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from daskflow.annotations import BaseAnnotation, quote, unmapped
 from daskflow import runtime
+from daskflow.annotations import BaseAnnotation, quote, unmapped
 from daskflow.cache_policies import CachePolicy, resolve_cache_policy, task_input_hash, task_source_key
 from daskflow.context import get_flow_run_context, get_task_run_context, use_task_run_context
 from daskflow.engine import TaskCall, exponential_backoff, make_calls, run_task_async, run_task_sync
@@ -318,8 +318,11 @@ class ResultStorageKey(CachePolicy):
         with use_task_run_context(task_ctx):
             try:
                 return self.template.format(
-                    parameters=inputs, flow_run=runtime.flow_run, task_run=runtime.task_run,
-                    task=runtime.task_run, flow=runtime.flow_run,
+                    parameters=inputs,
+                    flow_run=runtime.flow_run,
+                    task_run=runtime.task_run,
+                    task=runtime.task_run,
+                    flow=runtime.flow_run,
                 )
             except (KeyError, IndexError, AttributeError) as exc:
                 raise UnhashableInputError(
@@ -357,6 +360,3 @@ def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Task[P, R] | Ca
     if fn is None:
         return lambda f: Task(f, **options)
     return Task(fn, **options)
-
-
-

@@ -81,7 +81,9 @@ def transaction(
     if failed:
         _log.warning(
             "transaction %s: %d of its task runs did not complete (%s); rolling back",
-            key or "", len(failed), ", ".join(f"{run.name}: {run.state.name}" for run in failed[:5]),
+            key or "",
+            len(failed),
+            ", ".join(f"{run.name}: {run.state.name}" for run in failed[:5]),
         )
         _rollback(txn)
         return

@@ -147,4 +147,6 @@ class Variable(pydantic.BaseModel):
 
     @classmethod
     def _from_row(cls, row: rows.VariableRow) -> Variable:
-        return cls(name=row.name, value=json.loads(row.value), tags=list(row.tags), created=row.created, updated=row.updated)
+        return cls(
+            name=row.name, value=json.loads(row.value), tags=list(row.tags), created=row.created, updated=row.updated
+        )

@@ -166,7 +166,9 @@ class Block(pydantic.BaseModel):
         for field in kind_cls.secret_fields():
             stored = data.get(field)
             if isinstance(stored, dict) and set(stored) == {_ENCRYPTED}:
-                text = crypto.decrypt(stored[_ENCRYPTED], what=f"The secret field {field!r} of block {row.kind}/{row.name}")
+                text = crypto.decrypt(
+                    stored[_ENCRYPTED], what=f"The secret field {field!r} of block {row.kind}/{row.name}"
+                )
                 data[field] = json.loads(text)
                 redaction.remember_secret(data[field])
         try:

@@ -368,9 +368,7 @@ def task_input_hash(context: CacheKeyContext, arguments: dict[str, Any]) -> str 
         try:
             digests[name] = stable_hash(value, label=name)
         except UnhashableInputError as exc:
-            raise UnhashableInputError(
-                _argument_message(context, name, value, exc, via_key_fn=True)
-            ) from exc
+            raise UnhashableInputError(_argument_message(context, name, value, exc, via_key_fn=True)) from exc
     source = TASK_SOURCE.compute_key(context, arguments, {})
     return hash_objects("task_input_hash", context.task.name, source, digests)
 
@@ -452,4 +450,3 @@ def _argument_message(
         f"  4. if you own the type, give it a __daskflow_hash__(self) method returning plain "
         f"data that identifies the value"
     )
-

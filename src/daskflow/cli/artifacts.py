@@ -32,9 +32,9 @@ from daskflow.cli.output import (
     is_terminal,
     jsonable,
     make_console,
-    short_ids,
     one_line,
     print_table,
+    short_ids,
     when,
 )
 from daskflow.runstore import ArtifactInfo

@@ -115,7 +115,9 @@ def create(kind: str, name: str, value: str | None, fields: tuple[str, ...], ove
                 try:
                     data["value"] = json.loads(value)
                 except ValueError as exc:
-                    raise BlockError(f"--value is not JSON: {exc}. Fix: quote strings, e.g. --value '\"text\"'.") from None
+                    raise BlockError(
+                        f"--value is not JSON: {exc}. Fix: quote strings, e.g. --value '\"text\"'."
+                    ) from None
             else:
                 parsed = _parse(value)
                 data["value"] = parsed if isinstance(parsed, dict) else value

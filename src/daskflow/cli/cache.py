@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 import yaml
 from dask.utils import format_bytes, parse_timedelta
+
 from daskflow.cli.output import UsageProblem, count, one_line, print_table, when
 from daskflow.exceptions import ConfigurationError
 from daskflow.results import DEFAULT_TEMP_GRACE, EntryInfo, ResultStore, ResultWarning

@@ -26,7 +26,17 @@ import click
 import dask.config
 
 from daskflow.cli.history import NoRunStore, open_run_store, parse_time, url_option
-from daskflow.cli.output import Cell, UsageProblem, count, echo_json, jsonable, one_line, print_table, usage_problems, when
+from daskflow.cli.output import (
+    Cell,
+    UsageProblem,
+    count,
+    echo_json,
+    jsonable,
+    one_line,
+    print_table,
+    usage_problems,
+    when,
+)
 from daskflow.deployments import Deployment, apply_deployment_file, run_deployment
 from daskflow.exceptions import DeploymentError, ScheduleError
 from daskflow.runstore import deployments as rows
@@ -62,7 +72,9 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise UsageProblem(f"bad --param {pair!r}: expected NAME=VALUE. Fix: e.g. --param execution_date=2024-01-15.")
+            raise UsageProblem(
+                f"bad --param {pair!r}: expected NAME=VALUE. Fix: e.g. --param execution_date=2024-01-15."
+            )
         try:
             parsed[key.strip()] = json.loads(raw)
         except ValueError:
@@ -205,7 +217,9 @@ def deployment_apply(url: str | None, file: str) -> None:
 @deployment.command("backfill")
 @url_option
 @click.argument("name")
-@click.option("--start", required=True, metavar="TIME", help="First time of the window (ISO; the schedule's zone if none).")
+@click.option(
+    "--start", required=True, metavar="TIME", help="First time of the window (ISO; the schedule's zone if none)."
+)
 @click.option("--end", required=True, metavar="TIME", help="Last time of the window, included.")
 @click.option("--max-concurrent", type=click.IntRange(min=1), default=4, show_default=True, help="Runs at once.")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Override a parameter (repeatable).")

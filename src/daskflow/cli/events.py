@@ -23,7 +23,9 @@ def events() -> None:
 @click.option("--event", "prefix", metavar="PREFIX", default=None, help="Only events whose name starts with PREFIX.")
 @click.option("--resource", "resource_id", metavar="ID", default=None, help="Only events about this resource id.")
 @click.option("--no-states", is_flag=True, help="Leave out the runs' state changes.")
-@click.option("--limit", metavar="N", type=click.IntRange(min=1), default=50, show_default=True, help="At most N, the newest.")
+@click.option(
+    "--limit", metavar="N", type=click.IntRange(min=1), default=50, show_default=True, help="At most N, the newest."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the events as a JSON list.")
 def events_ls(
     url: str | None, prefix: str | None, resource_id: str | None, no_states: bool, limit: int, as_json: bool

@@ -30,8 +30,8 @@ from daskflow.cli.history import (
     NoRunStore,
     find_flow_run,
     open_run_store,
-    resolve_flow_run_id,
     parse_time,
+    resolve_flow_run_id,
     url_option,
 )
 from daskflow.cli.output import (
@@ -43,8 +43,8 @@ from daskflow.cli.output import (
     is_terminal,
     jsonable,
     make_console,
-    short_ids,
     print_table,
+    short_ids,
     state_text,
     when,
     when_precise,
@@ -89,7 +89,13 @@ def runs() -> None:
     "--limit", metavar="N", type=click.IntRange(min=1), default=20, show_default=True, help="At most N, the newest."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON list (times in ISO 8601).")
-@click.option("--tag", "tags", metavar="TAG", multiple=True, help="Only runs with this tag (from `with tags(...)`); repeatable: all of them.")
+@click.option(
+    "--tag",
+    "tags",
+    metavar="TAG",
+    multiple=True,
+    help="Only runs with this tag (from `with tags(...)`); repeatable: all of them.",
+)
 def runs_ls(
     url: str | None,
     flow_name: str | None,
@@ -114,7 +120,11 @@ def runs_ls(
     try:
         with open_run_store(url) as store:
             found = store.list_flow_runs(
-                flow_name=flow_name, state=list(states) or None, since=since_at, until=until_at, limit=limit,
+                flow_name=flow_name,
+                state=list(states) or None,
+                since=since_at,
+                until=until_at,
+                limit=limit,
                 tag=list(tags) or None,
             )
             where = store.display_url
@@ -302,7 +312,6 @@ def runs_retry(url: str | None, run_id: str) -> None:
         raise SystemExit(1)
 
 
-
 @runs.command("report")
 @url_option
 @click.argument("run_id", metavar="ID")
@@ -326,7 +335,10 @@ def runs_report(url: str | None, run_id: str, output: str | None) -> None:
         written = write_report(store, resolve_flow_run_id(store, run_id), output)
     click.echo(f"Wrote the report of flow run {run_id} to {written}")
 
-_FINAL_TYPES = frozenset(t.value for t in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED))
+
+_FINAL_TYPES = frozenset(
+    t.value for t in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
+)
 _WAIT_POLL_SECONDS = 0.25  # how often --wait reads the run's state: the store offers nothing to wait on
 
 

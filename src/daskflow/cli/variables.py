@@ -46,9 +46,7 @@ def variable_ls(url: str | None, limit: int | None, as_json: bool) -> None:
     if not found:
         click.echo("No variables. Set one with: daskflow variable set NAME VALUE")
         return
-    rows = [
-        (v.name, _short(json.dumps(v.value)), ", ".join(v.tags), when(v.updated)) for v in found
-    ]
+    rows = [(v.name, _short(json.dumps(v.value)), ", ".join(v.tags), when(v.updated)) for v in found]
     print_table(("name", "value", "tags", "updated"), rows, set(), shrink=1)
 
 

@@ -7,7 +7,13 @@ See :mod:`.limits` for which limits a task run is under, :mod:`.local` and
 
 from __future__ import annotations
 
-from daskflow.concurrency.api import ConcurrencySlotTimeoutError, ConcurrencyWarning, concurrency, coordination_here, rate_limit
+from daskflow.concurrency.api import (
+    ConcurrencySlotTimeoutError,
+    ConcurrencyWarning,
+    concurrency,
+    coordination_here,
+    rate_limit,
+)
 from daskflow.concurrency.limits import Limit, flow_limit_sizes, limit_size, limits_for_task
 from daskflow.concurrency.local import LOCAL, LocalCoordination
 

@@ -31,7 +31,12 @@ from daskflow import settings
 from daskflow.concurrency.limits import Limit, flow_limit_sizes, limit_size
 from daskflow.concurrency.local import LOCAL
 from daskflow.context import get_flow_run_context, get_task_run_context, wait_deadline
-from daskflow.exceptions import CancelledRunError, ConcurrencyLimitError, ConcurrencySlotTimeoutError, ConcurrencyWarning
+from daskflow.exceptions import (
+    CancelledRunError,
+    ConcurrencyLimitError,
+    ConcurrencySlotTimeoutError,
+    ConcurrencyWarning,
+)
 
 __all__ = ["ConcurrencySlotTimeoutError", "ConcurrencyWarning", "concurrency", "coordination_here", "rate_limit"]
 
@@ -71,14 +76,17 @@ def _check_timeout(timeout_seconds: float | None, what: str) -> None:
     if timeout_seconds is not None and (
         isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int | float) or timeout_seconds < 0
     ):
-        raise ConcurrencyLimitError(f"{what}: timeout_seconds must be a number of seconds >= 0, got {timeout_seconds!r}")
+        raise ConcurrencyLimitError(
+            f"{what}: timeout_seconds must be a number of seconds >= 0, got {timeout_seconds!r}"
+        )
 
 
 def _unsized(what: str, missing: list[str], fix: str, measure: str = "size") -> None:
     # Prefect runs code under a limit that was never created without limiting it; so do we, loudly.
     names = f"{', '.join(map(repr, missing))} {'has' if len(missing) == 1 else 'have'}"
-    _log.warning("%s: %s no %s, so the code runs without limit (strict=True makes this an error). %s",
-                 what, names, measure, fix)
+    _log.warning(
+        "%s: %s no %s, so the code runs without limit (strict=True makes this an error). %s", what, names, measure, fix
+    )
 
 
 @contextmanager
@@ -106,8 +114,11 @@ def concurrency(
     if missing:
         if strict:
             limit_size(missing[0], sizes, occupy)  # raises the error that names the limit and the fix
-        _unsized(what, missing, f"Size it with @flow(concurrency_limit={{{missing[0]!r}: 5}}) or dask.config "
-                 "daskflow.concurrency.limits.")
+        _unsized(
+            what,
+            missing,
+            f"Size it with @flow(concurrency_limit={{{missing[0]!r}: 5}}) or dask.config daskflow.concurrency.limits.",
+        )
     limits: tuple[Limit, ...] = tuple(limit_size(name, sizes, occupy) for name in listed if name in sizes)
     if not limits:
         yield
@@ -182,8 +193,12 @@ def rate_limit(
                     f"rate_limit({name!r}): no rate is set for it. Pass per_second=..., or set dask.config "
                     f"daskflow.concurrency.rate_limits: {{{name!r}: 10}}"
                 )
-            _unsized(what, [name], f"Pass per_second=... or set dask.config daskflow.concurrency.rate_limits: "
-                     f"{{{name!r}: 10}}.", "rate")
+            _unsized(
+                what,
+                [name],
+                f"Pass per_second=... or set dask.config daskflow.concurrency.rate_limits: {{{name!r}: 10}}.",
+                "rate",
+            )
             continue
         if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
             raise ConcurrencyLimitError(f"rate_limit({name!r}): the rate must be a number > 0 per second, got {rate!r}")

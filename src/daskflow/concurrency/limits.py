@@ -31,13 +31,18 @@ class Limit:
 
 def flow_limit_sizes(flow_limits: Mapping[str, int] | None) -> dict[str, int]:
     """The sizes a flow run knows: dask.config ``daskflow.concurrency.limits``, then the flow's own."""
-    sizes = {str(name): _size(size, str(name), "dask.config daskflow.concurrency.limits") for name, size in (settings.get("concurrency.limits") or {}).items()}
+    sizes = {
+        str(name): _size(size, str(name), "dask.config daskflow.concurrency.limits")
+        for name, size in (settings.get("concurrency.limits") or {}).items()
+    }
     for name, size in (flow_limits or {}).items():
         sizes[name] = _size(size, name, "the flow's concurrency_limit")
     return sizes
 
 
-def limits_for_task(task_name: str, tags: Iterable[str], own: int | None, sizes: Mapping[str, int]) -> tuple[Limit, ...]:
+def limits_for_task(
+    task_name: str, tags: Iterable[str], own: int | None, sizes: Mapping[str, int]
+) -> tuple[Limit, ...]:
     """The limits a run of ``task_name`` with ``tags`` is under, in a fixed order (by name).
 
     Acquiring in one global order means two runs needing the same two limits can

@@ -302,7 +302,9 @@ class Deployment:
         first = _aware(start, "backfill start", self.schedule)
         last = _aware(end, "backfill end", self.schedule)
         if last < first:
-            raise DeploymentError(f"backfill of {self.name!r}: end {last.isoformat()} is before start {first.isoformat()}.")
+            raise DeploymentError(
+                f"backfill of {self.name!r}: end {last.isoformat()} is before start {first.isoformat()}."
+            )
         times = list(self.schedule.times_between(first, last))
         with open_store(store) as opened:
             self._ensure_id(opened)
@@ -339,7 +341,11 @@ def run_deployment(
             deployment._ensure_id(opened)
         else:
             deployment = Deployment.load(name_or_deployment, opened)
-        moment = datetime.now(UTC) if scheduled_time is None else _aware(scheduled_time, "scheduled_time", deployment.schedule)
+        moment = (
+            datetime.now(UTC)
+            if scheduled_time is None
+            else _aware(scheduled_time, "scheduled_time", deployment.schedule)
+        )
         if parameters:
             # Overrides are checked like the deployment's own: a typo fails here, before any claim.
             merged = {**deployment.parameters, **parameters}

@@ -96,7 +96,11 @@ def _entry(entry: Any, index: int, path: Path) -> Deployment:
         raise DeploymentError(f"{where}, field 'tags': expected a list of strings, got {tags!r}.")
     pool_value = entry.get("work_pool")
     try:
-        pool = WorkPool(pool_value) if isinstance(pool_value, str) or pool_value is None else WorkPool.from_dict(pool_value)
+        pool = (
+            WorkPool(pool_value)
+            if isinstance(pool_value, str) or pool_value is None
+            else WorkPool.from_dict(pool_value)
+        )
     except DeploymentError as exc:
         raise DeploymentError(f"{where}, field 'work_pool': {exc}") from None
     paused = entry.get("paused", False)

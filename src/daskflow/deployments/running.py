@@ -209,7 +209,9 @@ def _run_claimed(
         return None
     to_run = flow if runner is None else flow.with_options(task_runner=runner)
     # The run records its scheduled time and deployment, and takes the deployment's tags (daskflow.runtime).
-    info = ScheduledRunInfo(scheduled_time, DeploymentRef(deployment.id, deployment.name, rendered), frozenset(deployment.tags))
+    info = ScheduledRunInfo(
+        scheduled_time, DeploymentRef(deployment.id, deployment.name, rendered), frozenset(deployment.tags)
+    )
     try:
         with _Heartbeat(store, claim, lease).running(), starting_scheduled_run(info):
             state = _call(to_run, rendered)

@@ -43,7 +43,6 @@ from daskflow.schedules import Schedule, data_interval
 __all__ = ["TEMPLATE_NAMES", "TemplateTimes", "check_parameters", "render_parameters", "template_times"]
 
 
-
 @dataclass(frozen=True)
 class TemplateTimes:
     """The times one run's templates render: its scheduled time and its data interval."""

@@ -37,7 +37,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from daskflow import settings
@@ -158,7 +158,7 @@ def write_entry(store: ResultStore, key: str, value: Any, options: Any, logger: 
     """Store a successful run's value; its entry's version, or None (with a warning) if it was not stored."""
     expiration = None
     if options.cache_expiration is not None:
-        expiration = datetime.now(timezone.utc) + options.cache_expiration
+        expiration = datetime.now(UTC) + options.cache_expiration
     serializer = options.result_serializer or settings.get("results.serializer")
     with _warnings_to(logger):
         try:

@@ -86,7 +86,9 @@ def _orphan_index(task_name: str) -> int:
     return next(counter)
 
 
-def _with_producers(upstream: tuple[str, ...], values: Iterable[Any], produced: dict[int, tuple[str, Any]]) -> tuple[str, ...]:
+def _with_producers(
+    upstream: tuple[str, ...], values: Iterable[Any], produced: dict[int, tuple[str, Any]]
+) -> tuple[str, ...]:
     """``upstream`` and the runs whose returned values are among ``values`` (direct calls in a flow body)."""
     found = [entry[0] for value in values if (entry := produced.get(id(value))) is not None and entry[1] is value]
     return tuple(dict.fromkeys((*upstream, *found))) if found else upstream
@@ -165,9 +167,7 @@ def make_calls(
             upstream_ids=tuple(dict.fromkeys(upstream + wait_ids)) if wait_ids else upstream,
             state=pending,
         )
-        calls.append(
-            TaskCall(task, run, params, wait, log_prints=log_prints, **flow_fields)
-        )
+        calls.append(TaskCall(task, run, params, wait, log_prints=log_prints, **flow_fields))
     if runs_list is not None:
         runs_list.extend(call.task_run for call in calls)
         record_submitted([call.task_run for call in calls])

@@ -68,7 +68,14 @@ from daskflow.states import (
     is_state_iterable,
 )
 
-__all__ = ["INTERRUPT_GRACE_SECONDS", "FlowRunEngine", "ReturnValue", "generate_run_name", "run_flow_async", "run_flow_sync"]
+__all__ = [
+    "INTERRUPT_GRACE_SECONDS",
+    "FlowRunEngine",
+    "ReturnValue",
+    "generate_run_name",
+    "run_flow_async",
+    "run_flow_sync",
+]
 
 _ADJECTIVES = (
     "amber azure bold brave bright calm clever coral crimson daring eager fancy gentle golden "
@@ -300,7 +307,8 @@ class FlowRunEngine:
         # As in Prefect, only a collection of runs alone decides the flow's state; a failed run
         # next to other values (``("bar", failed_state)``) is part of a completed return value.
         ret.decides = is_state_iterable(value) or (
-            isinstance(value, (list, tuple, set, frozenset)) and bool(value)
+            isinstance(value, (list, tuple, set, frozenset))
+            and bool(value)
             and all(isinstance(v, (State, DaskflowFuture)) for v in value)
         )
         ret.data, _ = resolve_runs(value, ret.on_state)
@@ -354,10 +362,16 @@ class FlowRunEngine:
         run = self.run
         if run.run_count <= options.retries:
             retry_number = run.run_count - 1
-            delay = retry_delay(options.retry_delay_seconds, options.retries, retry_number, None, f"flow {options.name!r}")
+            delay = retry_delay(
+                options.retry_delay_seconds, options.retries, retry_number, None, f"flow {options.name!r}"
+            )
             self.logger.warning(
                 "Attempt %d failed with %s; retry %d of %d in %.3g s",
-                run.run_count, state.message, retry_number + 1, options.retries, delay,
+                run.run_count,
+                state.message,
+                retry_number + 1,
+                options.retries,
+                delay,
             )
             run.set_state(AwaitingRetry(f"retry {retry_number + 1} of {options.retries} in {delay:.3g} s"))
             return delay
@@ -490,4 +504,3 @@ async def run_flow_async(flow: Any, args: tuple[Any, ...], kwargs: dict[str, Any
             break
         await asyncio.sleep(delay)
     return engine.outcome(return_state)
-

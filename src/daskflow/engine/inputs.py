@@ -105,7 +105,9 @@ def _with_fields(value: Any, changed: dict[str, Any]) -> Any:
 
 
 def _unreadable(where: str, argument: str, exc: Exception) -> UpstreamFailedError:
-    return UpstreamFailedError(f"{where}: argument {argument!r} comes from a cached value that could not be read: {exc}")
+    return UpstreamFailedError(
+        f"{where}: argument {argument!r} comes from a cached value that could not be read: {exc}"
+    )
 
 
 def _upstream_value(where: str, argument: str, kept: list[DeferredData] | None = None) -> StateHandler:
@@ -249,5 +251,3 @@ def wait_for_all(wait_for: Iterable[Any], where: str) -> None:
     """Wait for the ``wait_for`` runs; a failed one stops the task (unless allow_failure)."""
     for item in wait_for:
         resolve_runs(item, _upstream_value(where, "wait_for"))
-
-

@@ -39,11 +39,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from daskflow.engine.cancellation import cancel_runs_in_thread
 from daskflow.context import ScheduledRunInfo, starting_scheduled_run
-from daskflow.runs import DeploymentRef
+from daskflow.engine.cancellation import cancel_runs_in_thread
 from daskflow.exceptions import ConfigurationError
 from daskflow.logging import configure_console_logging
+from daskflow.runs import DeploymentRef
 from daskflow.schedules import Schedule
 from daskflow.states import Cancelled, Crashed, State
 
@@ -365,4 +365,3 @@ class _ServeSession:
             f" (flow run {flow_run.name!r}, id {flow_run.id})" if flow_run is not None else "",
         )  # fmt: skip
         return state
-

@@ -80,9 +80,7 @@ class Encoder:
 
     def enter(self, obj: object) -> None:
         if id(obj) in self._active:
-            raise Refusal(
-                obj, "it contains itself, and a self-referential value has no finite encoding"
-            )
+            raise Refusal(obj, "it contains itself, and a self-referential value has no finite encoding")
         self._active.add(id(obj))
 
     def leave(self, obj: object) -> None:
@@ -139,12 +137,18 @@ class Encoder:
         # Wall-clock fields + offset + zone: the same instant in two zones is two
         # values, because a function can observe the zone (formatting, DST arithmetic).
         offset = obj.utcoffset()
-        put_str(sink, b"datetime", f"{obj.replace(tzinfo=None).isoformat()}|{obj.fold}|"
-                 f"{tz_identity(obj.tzinfo)}|{offset}|{obj.tzname()}")
+        put_str(
+            sink,
+            b"datetime",
+            f"{obj.replace(tzinfo=None).isoformat()}|{obj.fold}|{tz_identity(obj.tzinfo)}|{offset}|{obj.tzname()}",
+        )
 
     def time_(self, obj: dt.time, sink: Sink, depth: int) -> None:
-        put_str(sink, b"time", f"{obj.replace(tzinfo=None).isoformat()}|{obj.fold}|"
-                 f"{tz_identity(obj.tzinfo)}|{obj.utcoffset()}")
+        put_str(
+            sink,
+            b"time",
+            f"{obj.replace(tzinfo=None).isoformat()}|{obj.fold}|{tz_identity(obj.tzinfo)}|{obj.utcoffset()}",
+        )
 
     # -- everything that is not an exact builtin ----------------------------
     def other(self, obj: Any, sink: Sink, depth: int) -> None:
@@ -184,8 +188,17 @@ class Encoder:
                     put_str(sink, b"subclass", type_name(cls))
                 encode_base(self, obj, sink, depth)
                 return
-        if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, types.MethodType,
-                            functools.partial, type, types.ModuleType)):
+        if isinstance(
+            obj,
+            (
+                types.FunctionType,
+                types.BuiltinFunctionType,
+                types.MethodType,
+                functools.partial,
+                type,
+                types.ModuleType,
+            ),
+        ):
             self.callable_(obj, sink, depth)
             return
         self.instance(obj, sink, depth)
@@ -243,13 +256,20 @@ class Encoder:
             return
         parts = tuple(reduced) + (None,) * (5 - len(reduced))
         rebuild, args, state, list_items, dict_items = parts[:5]
-        stateless = (state is None and list_items is None and dict_items is None
-                     and isinstance(args, tuple)
-                     and (args == () or (len(args) == 1 and args[0] is type(obj))))
+        stateless = (
+            state is None
+            and list_items is None
+            and dict_items is None
+            and isinstance(args, tuple)
+            and (args == () or (len(args) == 1 and args[0] is type(obj)))
+        )
         cls: Any = type(obj)
         if stateless and cls.__eq__ is object.__eq__:
-            raise Refusal(obj, "it holds no data and compares by identity, so its only "
-                           "identity is its id(), which differs in every process")
+            raise Refusal(
+                obj,
+                "it holds no data and compares by identity, so its only "
+                "identity is its id(), which differs in every process",
+            )
         self.enter(obj)
         try:
             put_str(sink, b"object", type_name(type(obj)))
@@ -274,15 +294,26 @@ _NOTHING = _Nothing()
 
 
 # Modules whose objects are live process state: threads, locks, queues, loops, connections.
-_LIVE_STATE_MODULES = ("_thread", "threading", "asyncio", "multiprocessing", "concurrent",
-                       "queue", "socket", "ssl", "selectors", "subprocess", "sqlite3", "_queue")
+_LIVE_STATE_MODULES = (
+    "_thread",
+    "threading",
+    "asyncio",
+    "multiprocessing",
+    "concurrent",
+    "queue",
+    "socket",
+    "ssl",
+    "selectors",
+    "subprocess",
+    "sqlite3",
+    "_queue",
+)
 
 
 def _refusal_reason(obj: object) -> str | None:
     module = type(obj).__module__ or ""
     if module.split(".")[0] in _LIVE_STATE_MODULES:
-        return (f"it is live process state from {module!r} (a lock, thread, queue or "
-                "connection), not data")
+        return f"it is live process state from {module!r} (a lock, thread, queue or connection), not data"
     if isinstance(obj, io.IOBase):
         return "it is an open file or stream; its data is not part of it and changes as it is read"
     if isinstance(obj, (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)):
@@ -332,21 +363,19 @@ _EXACT: dict[type, _BuiltinEncoder] = {
     dt.datetime: Encoder.datetime_,
     dt.date: _encode_scalar(b"date", lambda o: int_bytes(o.toordinal())),
     dt.time: Encoder.time_,
-    dt.timedelta: _encode_scalar(
-        b"timedelta", lambda o: b"%d|%d|%d" % (o.days, o.seconds, o.microseconds)
-    ),
+    dt.timedelta: _encode_scalar(b"timedelta", lambda o: b"%d|%d|%d" % (o.days, o.seconds, o.microseconds)),
     decimal.Decimal: _encode_scalar(b"decimal", lambda o: str(o).encode()),
-    fractions.Fraction: _encode_scalar(
-        b"fraction", lambda o: b"%d/%d" % (o.numerator, o.denominator)
-    ),
+    fractions.Fraction: _encode_scalar(b"fraction", lambda o: b"%d/%d" % (o.numerator, o.denominator)),
     uuid.UUID: _encode_scalar(b"uuid", lambda o: o.bytes),
     range: _encode_scalar(b"range", lambda o: b"%d:%d:%d" % (o.start, o.stop, o.step)),
     slice: _encode_slice,
     re.Pattern: _encode_pattern,
 }
 _PATH_TYPES: dict[type, bytes] = {
-    pathlib.PurePosixPath: b"posix-path", pathlib.PosixPath: b"posix-path",
-    pathlib.PureWindowsPath: b"windows-path", pathlib.WindowsPath: b"windows-path",
+    pathlib.PurePosixPath: b"posix-path",
+    pathlib.PosixPath: b"posix-path",
+    pathlib.PureWindowsPath: b"windows-path",
+    pathlib.WindowsPath: b"windows-path",
 }
 _EXACT.update({t: _encode_scalar(tag, lambda o: str(o).encode()) for t, tag in _PATH_TYPES.items()})
 
@@ -367,11 +396,25 @@ _SUBCLASSABLE: list[tuple[type, _BuiltinEncoder]] = [
     (pathlib.PurePath, _EXACT[pathlib.PurePosixPath]),
     (collections.OrderedDict, _EXACT[collections.OrderedDict]),
 ]
-_SUBCLASSABLE += [(t, _EXACT[t]) for t in (str, bytes, bytearray, int, float, complex, tuple,
-                                          list, dict, frozenset, set, decimal.Decimal,
-                                          fractions.Fraction, uuid.UUID)]
-
-
+_SUBCLASSABLE += [
+    (t, _EXACT[t])
+    for t in (
+        str,
+        bytes,
+        bytearray,
+        int,
+        float,
+        complex,
+        tuple,
+        list,
+        dict,
+        frozenset,
+        set,
+        decimal.Decimal,
+        fractions.Fraction,
+        uuid.UUID,
+    )
+]
 
 
 def _fail(refusal: Refusal, root: str, cause: BaseException | None = None) -> NoReturn:
@@ -379,8 +422,7 @@ def _fail(refusal: Refusal, root: str, cause: BaseException | None = None) -> No
     if len(path) > 12:
         path = [*path[:6], f"...({len(path) - 9} more)...", *path[-3:]]
     raise UnhashableInputError(
-        f"cannot hash {root}{''.join(path)} (type {refusal.type_name}) deterministically: "
-        f"{refusal.reason}"
+        f"cannot hash {root}{''.join(path)} (type {refusal.type_name}) deterministically: {refusal.reason}"
     ) from (cause or refusal.__cause__)
 
 
@@ -472,8 +514,11 @@ def function_source_hash(fn: Callable[..., Any]) -> str:
 def _encode_code(code: types.CodeType, sink: Sink) -> None:
     # Not co_filename or line numbers: moving a function must not change it.
     put_str(sink, b"co_name", code.co_name)
-    put(sink, b"co_shape", b"%d|%d|%d|%d" % (code.co_argcount, code.co_posonlyargcount,
-                                               code.co_kwonlyargcount, code.co_flags))
+    put(
+        sink,
+        b"co_shape",
+        b"%d|%d|%d|%d" % (code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags),
+    )
     put(sink, b"co_code", code.co_code)
     for names in (code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars):
         put_str(sink, b"names", "\0".join(names))

@@ -112,5 +112,3 @@ def tz_identity(tz: dt.tzinfo | None) -> str:
         return "olson:" + filename.rsplit("zoneinfo/", 1)[1]
     # Unknown tzinfo classes: the offset and name written beside this pin the value.
     return type_name(type(tz))
-
-

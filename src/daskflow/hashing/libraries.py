@@ -103,8 +103,7 @@ def _pandas_values(enc: Encoder, values: Any, sink: Sink, depth: int) -> None:
     elif isinstance(dtype, pd.DatetimeTZDtype):
         put_str(sink, b"pd-datetimetz", f"{dtype.unit}|{tz_identity(dtype.tz)}")
         _ndarray(enc, np.asarray(values.tz_convert(None)), sink, depth)
-    elif isinstance(values, (pd.arrays.IntegerArray, pd.arrays.FloatingArray,
-                             pd.arrays.BooleanArray)):
+    elif isinstance(values, (pd.arrays.IntegerArray, pd.arrays.FloatingArray, pd.arrays.BooleanArray)):
         # Masked arrays keep arbitrary bytes under NA: write the mask, zero the rest.
         put_str(sink, b"pd-masked", dtype.name)
         _ndarray(enc, np.asarray(values.isna()), sink, depth)
@@ -147,8 +146,7 @@ def _pandas(enc: Encoder, obj: Any, sink: Sink, depth: int) -> bool:
             open_frame(sink, b"pd-columns", obj.shape[1])
             for i in range(obj.shape[1]):  # by position: labels may repeat
                 values = obj.iloc[:, i].array
-                _labelled(f"[{short.repr(obj.columns[i])}]",
-                          lambda: _pandas_values(enc, values, sink, depth + 1))
+                _labelled(f"[{short.repr(obj.columns[i])}]", lambda: _pandas_values(enc, values, sink, depth + 1))
         finally:
             enc.leave(obj)
     elif isinstance(obj, pd.Series):
@@ -192,8 +190,7 @@ def _arrow_values(enc: Encoder, arr: Any, sink: Sink, depth: int) -> None:
     put_str(sink, b"arrow-values", f"{typ}|{len(arr)}")
     if arr.null_count:  # the mask, then values with zeros under nulls (their bytes are undefined)
         _ndarray(enc, arr.is_valid().to_numpy(zero_copy_only=False), sink, depth)
-    temporal = (is_.is_timestamp(typ) or is_.is_date(typ) or is_.is_time(typ)
-                or is_.is_duration(typ))
+    temporal = is_.is_timestamp(typ) or is_.is_date(typ) or is_.is_time(typ) or is_.is_duration(typ)
     if temporal or is_.is_integer(typ) or is_.is_floating(typ) or is_.is_boolean(typ):
         if temporal:
             arr = arr.view(pa.int32() if typ.bit_width == 32 else pa.int64())
@@ -219,7 +216,9 @@ def _arrow_bytes(arr: Any, sink: Sink) -> None:
     import pyarrow.compute as pc
 
     if arr.null_count:
-        arr = pc.fill_null(arr, pa.scalar(b"" if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type) else "", arr.type))
+        arr = pc.fill_null(
+            arr, pa.scalar(b"" if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type) else "", arr.type)
+        )
     large = pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)
     _, offsets_buffer, data_buffer = arr.buffers()
     offsets = np.frombuffer(offsets_buffer, dtype="<i8" if large else "<i4")[arr.offset : arr.offset + len(arr) + 1]
@@ -244,8 +243,7 @@ def _pyarrow(enc: Encoder, obj: Any, sink: Sink, depth: int) -> bool:
         _arrow_schema(obj.schema, sink)
         put(sink, b"rows", int_bytes(obj.num_rows))
         for name, column in zip(obj.schema.names, obj.columns, strict=True):
-            _labelled(f"[{short.repr(name)}]",
-                      lambda: _arrow_values(enc, column, sink, depth + 1))
+            _labelled(f"[{short.repr(name)}]", lambda: _arrow_values(enc, column, sink, depth + 1))
     elif isinstance(obj, (pa.Array, pa.ChunkedArray)):
         put(sink, b"arrow-array", b"")
         _arrow_values(enc, obj, sink, depth)
@@ -279,4 +277,3 @@ LIBRARIES: list[tuple[str, Callable[[Encoder, Any, Sink, int], bool]]] = [
     ("pyarrow", _pyarrow),
     ("pydantic", _pydantic),
 ]
-

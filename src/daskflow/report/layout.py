@@ -141,7 +141,9 @@ def layout_graph(count: int, edges: Sequence[tuple[int, int]]) -> GraphLayout:
         tallest = max(tallest, rows)
         for i, node in enumerate(column):
             sub, row = divmod(i, rows)
-            places[node] = NodePlace(index, x + sub * (NODE_WIDTH + COLUMN_GAP / 2), MARGIN + row * (NODE_HEIGHT + ROW_GAP))
+            places[node] = NodePlace(
+                index, x + sub * (NODE_WIDTH + COLUMN_GAP / 2), MARGIN + row * (NODE_HEIGHT + ROW_GAP)
+            )
         x += wraps * NODE_WIDTH + (wraps - 1) * COLUMN_GAP / 2 + COLUMN_GAP
     # Every column is centred vertically on the tallest, so short chains sit mid-height.
     height = 2 * MARGIN + tallest * (NODE_HEIGHT + ROW_GAP) - ROW_GAP

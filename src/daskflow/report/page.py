@@ -136,7 +136,9 @@ def _timeline_section(data: ReportData) -> str:
             )
         )
     if timeline.runs_placed < timeline.runs_total:
-        notes.append(f"{_count(timeline.runs_total - timeline.runs_placed, 'task run')} never started and are not drawn.")
+        notes.append(
+            f"{_count(timeline.runs_total - timeline.runs_placed, 'task run')} never started and are not drawn."
+        )
     if timeline.crowded:
         notes.append(f"{_count(timeline.crowded, 'run')} overlap others in a crowded lane.")
     return (

@@ -112,7 +112,7 @@ def header_html(data: ReportData) -> str:
         f'<header id="summary"><h1>{escape(d.flow_name)} <span class="run-name">/ {escape(d.name)}</span></h1>',
         f'<p class="final-state">{badge(d.state_type, d.state_name)}{message}</p>',
         f'<table class="facts">{rows}</table>',
-        f"<h3>Parameters</h3><pre class=\"parameters\">{escape(parameters)}</pre>",
+        f'<h3>Parameters</h3><pre class="parameters">{escape(parameters)}</pre>',
     ]
     if history:
         out.append(f'<h3>State history</h3><p class="states">{history}</p>')
@@ -155,7 +155,7 @@ def failure_summary_html(data: ReportData) -> str:
         others = f" ({len(runs)} of {total} runs failed; the first is shown)" if len(runs) > 1 else ""
         message = escape(first.state_message or "no message")
         out.append(
-            f'<li><strong>{escape(first.name)}</strong> {badge(first.state_type, first.state_name)} '
+            f"<li><strong>{escape(first.name)}</strong> {badge(first.state_type, first.state_name)} "
             f"{_where(first)}: {message}{escape(others)} "
             f'<a href="#run-{escape(first.id)}">traceback and logs</a></li>'
         )
@@ -164,7 +164,9 @@ def failure_summary_html(data: ReportData) -> str:
     out.append("</ul>")
     if causes and consequences:
         did_not_run = "1 task run" if consequences == 1 else f"{consequences:,} task runs"
-        out.append(f'<p class="note">{did_not_run} did not run because a run it depends on failed (UpstreamFailed).</p>')
+        out.append(
+            f'<p class="note">{did_not_run} did not run because a run it depends on failed (UpstreamFailed).</p>'
+        )
     if d.traceback:
         out.append(f"<details><summary>The flow run's traceback</summary><pre>{escape(d.traceback)}</pre></details>")
     out.append("</section>")
@@ -219,8 +221,10 @@ def failed_runs_html(data: ReportData) -> str:
             if logs
             else '<p class="note">This task run logged nothing.</p>'
         )
-        traceback = f"<pre class=\"traceback\">{escape(run.traceback)}</pre>" if run.traceback else (
-            '<p class="note">No traceback was recorded.</p>'
+        traceback = (
+            f'<pre class="traceback">{escape(run.traceback)}</pre>'
+            if run.traceback
+            else ('<p class="note">No traceback was recorded.</p>')
         )
         out.append(
             f'<details class="failed-run" id="run-{escape(run.id)}"{" open" if i < _OPEN_FAILURES else ""}>'
@@ -271,7 +275,7 @@ def task_runs_html(data: ReportData) -> str:
     if len(runs) <= LISTED_RUNS:
         if rest:
             out.append(
-                "<h3>Other task runs</h3><div class=\"scroll\"><table class=\"runs\"><thead><tr><th>Task run</th>"
+                '<h3>Other task runs</h3><div class="scroll"><table class="runs"><thead><tr><th>Task run</th>'
                 "<th>State</th><th>Retries</th><th>Duration</th><th>Started</th><th>Worker</th><th>Cache hit</th>"
                 "<th>Slot wait</th></tr></thead><tbody>"
             )

@@ -39,14 +39,18 @@ def _group_tooltip(group: TaskGroup) -> str:
         f"{group.size} task run{'s' if group.size != 1 else ''}: {counts}",
         f"duration {group.duration_range()}",
         f"retries {group.retries}, cache hits {group.cache_hits}, slot wait {format_duration(group.slot_wait)}",
-        "workers: " + ", ".join(group.workers[:6]) + (f" and {len(group.workers) - 6} more" if len(group.workers) > 6 else ""),
+        "workers: "
+        + ", ".join(group.workers[:6])
+        + (f" and {len(group.workers) - 6} more" if len(group.workers) > 6 else ""),
     ]
     return "\n".join(lines)
 
 
 def _stacked_bar(group: TaskGroup, x: float, y: float, width: float, height: float) -> list[str]:
     """Proportional segments for the states of the group's runs, on a white strip so red shows on red."""
-    parts = [f'<rect x="{_n(x - 2)}" y="{_n(y - 2)}" width="{_n(width + 4)}" height="{_n(height + 4)}" rx="2" fill="#ffffff"/>']
+    parts = [
+        f'<rect x="{_n(x - 2)}" y="{_n(y - 2)}" width="{_n(width + 4)}" height="{_n(height + 4)}" rx="2" fill="#ffffff"/>'
+    ]
     total = group.size or 1
     counts = group.ordered_counts()
     # Never thinner than 3 px, so one failure among 10,000 runs stays visible; the widest segment pays for it.
@@ -93,7 +97,7 @@ def graph_svg(groups: Sequence[TaskGroup], edges: Mapping[tuple[int, int], int],
             f"<title>{escape(names[source])} \u2192 {escape(names[target])}: {links} result{'s' if links != 1 else ''}"
             "</title></path>"
         )
-    out.append("</g><g class=\"nodes\">")
+    out.append('</g><g class="nodes">')
     for group in groups:
         place = layout.places[group.index]
         style = STATE_STYLES[group.summary_key]

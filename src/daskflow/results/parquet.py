@@ -142,7 +142,5 @@ def frame_parts(parquet: Any, parsed: ParsedFooter) -> list[FramePart]:
 def item_index(item: int, length: int, info: EntryInfo) -> int:
     index = operator.index(item)
     if not -length <= index < length:
-        raise IndexError(
-            f"item {item} is out of range: cached result {info.key!r} at {info.path} holds {length} items"
-        )
+        raise IndexError(f"item {item} is out of range: cached result {info.key!r} at {info.path} holds {length} items")
     return index + length if index < 0 else index

@@ -136,7 +136,9 @@ def decode(table: Any, format: str, codec: dict[str, Any]) -> Any:
         # An empty frame gets an empty table of its own, as if read from its own row group, rather
         # than a slice that would carry a neighbour's dictionaries (the categories of a categorical).
         starts = itertools.accumulate(rows, initial=0)
-        tables = [table.slice(start, count) if count else table.schema.empty_table() for start, count in zip(starts, rows)]
+        tables = [
+            table.slice(start, count) if count else table.schema.empty_table() for start, count in zip(starts, rows)
+        ]
         return decode_frames(tables, codec)
     if format == NDARRAY:
         return _decode_ndarray(table, codec)
@@ -515,4 +517,3 @@ def _loaded(module: str) -> Any:
 def _qualname(cls: type) -> str:
     module = cls.__module__
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-

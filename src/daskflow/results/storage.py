@@ -59,9 +59,7 @@ WriteStrategy = Literal["local", "put", "rename"]
 
 # Protocols whose stores publish an object whole on a single upload and have no
 # atomic rename. memory:// belongs here too: pipe_file swaps one dict entry.
-_PUT_PROTOCOLS = frozenset(
-    {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "adl", "oci", "oss", "memory"}
-)
+_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "adl", "oci", "oss", "memory"})
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
 
 # Large enough that pyarrow's many small writes become few system calls.
@@ -109,9 +107,7 @@ class Location:
                 "2. check result_storage options (daskflow.results.storage_options)."
             ) from exc
         protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-        self._strategy = (
-            "local" if protocols & _LOCAL_PROTOCOLS else "put" if protocols & _PUT_PROTOCOLS else "rename"
-        )
+        self._strategy = "local" if protocols & _LOCAL_PROTOCOLS else "put" if protocols & _PUT_PROTOCOLS else "rename"
         self._root = str(root).rstrip("/") or str(fs.root_marker)
         self._fs = fs
         return fs

@@ -60,9 +60,7 @@ def write_block(store: RunStore, kind: str, name: str, data: str, *, overwrite: 
                 connection.execute(table.update().where(where).values(data=data, updated=now))
                 return True
             connection.execute(
-                table.insert().values(
-                    id=uuid.uuid4().hex, kind=kind, name=name, data=data, created=now, updated=now
-                )
+                table.insert().values(id=uuid.uuid4().hex, kind=kind, name=name, data=data, created=now, updated=now)
             )
             return True
     except sa.exc.IntegrityError:

@@ -86,10 +86,14 @@ def list_events(
             m = row._mapping
             found.append(
                 EventRow(
-                    id=m["id"], occurred=m["occurred"], event=m["event"], resource=json.loads(m["resource"]),
+                    id=m["id"],
+                    occurred=m["occurred"],
+                    event=m["event"],
+                    resource=json.loads(m["resource"]),
                     payload=json.loads(m["payload"]) if m["payload"] else {},
                     related=json.loads(m["related"]) if m["related"] else [],
-                    flow_run_id=m["flow_run_id"], task_run_id=m["task_run_id"],
+                    flow_run_id=m["flow_run_id"],
+                    task_run_id=m["task_run_id"],
                 )
             )
         if states:
@@ -120,7 +124,9 @@ def _state_events(
         run_id = m["run_id"]
         events.append(
             EventRow(
-                id=f"state-{m['id']}", occurred=m["timestamp"], event=name,
+                id=f"state-{m['id']}",
+                occurred=m["timestamp"],
+                event=name,
                 resource={"daskflow.resource.id": f"{kind}.{run_id}", "daskflow.state-type": m["type"]},
                 payload={"message": m["message"]} if m["message"] else {},
                 flow_run_id=run_id if m["run_kind"] == "flow" else None,

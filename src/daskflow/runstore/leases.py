@@ -94,9 +94,7 @@ def crash_message(claim: DeploymentRunInfo, reaper: str) -> str:
     )
 
 
-def reap_expired(
-    store: RunStore, reaper: str, deployment_ids: Sequence[str] | None = None
-) -> list[DeploymentRunInfo]:
+def reap_expired(store: RunStore, reaper: str, deployment_ids: Sequence[str] | None = None) -> list[DeploymentRunInfo]:
     """Mark the claims whose lease ran out, and their flow runs, ``Crashed``; return the claims reaped."""
     dr = schema.deployment_runs
     now = datetime.now(UTC)
@@ -113,9 +111,7 @@ def reap_expired(
         with store.database_errors(), _writing(store).begin() as connection:
             # Taken only if still abandoned: of several services reaping at once, one wins each claim.
             taken = connection.execute(
-                dr.update()
-                .where(dr.c.id == claim.id, dr.c.state_type.is_(None), expired)
-                .values(state_type="CRASHED")
+                dr.update().where(dr.c.id == claim.id, dr.c.state_type.is_(None), expired).values(state_type="CRASHED")
             ).rowcount
             if taken != 1:
                 continue
@@ -128,17 +124,29 @@ def reap_expired(
 def _crash_flow_run(connection: sa.Connection, claim: DeploymentRunInfo, message: str, now: datetime) -> None:
     fr, tr, st, dp = schema.flow_runs, schema.task_runs, schema.states, schema.deployments
     flow_run_id = claim.flow_run_id
-    crashed = {"state_type": "CRASHED", "state_name": "Crashed", "state_message": message, "end_time": now, "updated": now}
+    crashed = {
+        "state_type": "CRASHED",
+        "state_name": "Crashed",
+        "state_message": message,
+        "end_time": now,
+        "updated": now,
+    }
     exists = connection.execute(sa.select(fr.c.id).where(fr.c.id == flow_run_id)).first() is not None
     if exists:
-        connection.execute(fr.update().where(fr.c.id == flow_run_id, fr.c.state_type.not_in(FINAL_STATE_TYPES)).values(crashed))
+        connection.execute(
+            fr.update().where(fr.c.id == flow_run_id, fr.c.state_type.not_in(FINAL_STATE_TYPES)).values(crashed)
+        )
     else:
         # Its process died before its history reached the store (it may still come, from a spool:
         # an older snapshot then, which does not undo this one, the newest).
         flow_name = connection.execute(sa.select(dp.c.flow_name).where(dp.c.id == claim.deployment_id)).scalar()
         connection.execute(
             fr.insert().values(
-                id=flow_run_id, name=flow_run_id, flow_name=flow_name or "?", run_count=1, created=claim.claimed_at,
+                id=flow_run_id,
+                name=flow_run_id,
+                flow_name=flow_name or "?",
+                run_count=1,
+                created=claim.claimed_at,
                 **crashed,
             )
         )

@@ -79,7 +79,9 @@ def take_input(store: RunStore, flow_run_id: str) -> None:
     """The run took its input: it is resumed."""
     table = schema.paused_runs
     with store.database_errors(), store._write_engine.begin() as connection:
-        connection.execute(table.update().where(table.c.flow_run_id == flow_run_id).values(resumed_at=datetime.now(UTC)))
+        connection.execute(
+            table.update().where(table.c.flow_run_id == flow_run_id).values(resumed_at=datetime.now(UTC))
+        )
 
 
 def refuse_input(store: RunStore, flow_run_id: str, error: str) -> None:

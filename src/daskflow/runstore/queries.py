@@ -162,7 +162,10 @@ def flow_run_header(store: RunStore, flow_run_id: str) -> FlowRunDetail | None:
         if row is None:
             return None
         query = sa.select(st.c.run_id, st.c.run_kind, st.c.type, st.c.name, st.c.message, st.c.timestamp)
-        states = [StateInfo(**r._asdict()) for r in connection.execute(query.where(st.c.run_id == flow_run_id).order_by(st.c.timestamp, st.c.id))]
+        states = [
+            StateInfo(**r._asdict())
+            for r in connection.execute(query.where(st.c.run_id == flow_run_id).order_by(st.c.timestamp, st.c.id))
+        ]
     values = row._asdict()
     try:
         parameters = json.loads(values["parameters"]) if values["parameters"] else {}
@@ -221,10 +224,23 @@ def task_runs_for_drawing(store: RunStore, flow_run_id: str) -> list[TaskRunInfo
              run_count, cache_key, cache_hit, worker, slot_wait, upstream) = row  # fmt: skip
             runs.append(
                 TaskRunInfo(
-                    id=run_id, flow_run_id=flow_run_id, name=name, task_name=task_name, map_index=map_index,
-                    state_type=state_type, state_name=state_name, state_message=None, start_time=_utc(start),
-                    end_time=_utc(end), run_count=run_count, cache_key=cache_key, cache_hit=bool(cache_hit),
-                    worker=worker, slot_wait=slot_wait, traceback=None, created=_utc(created) or datetime.now(UTC),
+                    id=run_id,
+                    flow_run_id=flow_run_id,
+                    name=name,
+                    task_name=task_name,
+                    map_index=map_index,
+                    state_type=state_type,
+                    state_name=state_name,
+                    state_message=None,
+                    start_time=_utc(start),
+                    end_time=_utc(end),
+                    run_count=run_count,
+                    cache_key=cache_key,
+                    cache_hit=bool(cache_hit),
+                    worker=worker,
+                    slot_wait=slot_wait,
+                    traceback=None,
+                    created=_utc(created) or datetime.now(UTC),
                     upstream_ids=tuple(json.loads(upstream)) if upstream else (),
                 )  # fmt: skip
             )
@@ -256,9 +272,7 @@ def task_run_page(
         query = query.where(_state_filter(tr.c.state_type, tr.c.state_name, states))
     if name:
         pattern = f"%{name}%"
-        query = query.where(
-            sa.or_(tr.c.name.like(pattern, escape="\\"), tr.c.task_name.like(pattern, escape="\\"))
-        )
+        query = query.where(sa.or_(tr.c.name.like(pattern, escape="\\"), tr.c.task_name.like(pattern, escape="\\")))
     query = query.order_by(tr.c.created, tr.c.map_index, tr.c.id).limit(limit + 1).offset(offset)
     with store.database_errors(), store.engine.connect() as connection:
         rows = connection.execute(query).all()

@@ -145,7 +145,9 @@ class RunStore:
         try:
             parsed = sa.make_url(self.url)
         except sa.exc.ArgumentError as exc:
-            raise ConfigurationError(f"daskflow.runstore.url {self.display_url!r} is not a database URL: {exc}") from None
+            raise ConfigurationError(
+                f"daskflow.runstore.url {self.display_url!r} is not a database URL: {exc}"
+            ) from None
         self.engine = _create_engine(parsed, busy_timeout, connect_timeout)
         self._write_engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
         self._statements: dict[str, tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]] = {}
@@ -429,7 +431,11 @@ class RunStore:
     ) -> list[LogInfo]:
         """A flow run's log records (its task runs' included), oldest first (``runs logs``)."""
         lg = schema.logs
-        query = sa.select(*(c for c in lg.c if c.name != "uid")).where(lg.c.flow_run_id == flow_run_id).order_by(lg.c.created, lg.c.id)
+        query = (
+            sa.select(*(c for c in lg.c if c.name != "uid"))
+            .where(lg.c.flow_run_id == flow_run_id)
+            .order_by(lg.c.created, lg.c.id)
+        )
         if task_run_id is not None:
             query = query.where(lg.c.task_run_id == task_run_id)
         if min_level is not None:
@@ -580,7 +586,9 @@ def _upsert_portably(connection: sa.Connection, table: sa.Table, rows: list[dict
         query = sa.select(table.c.id, table.c.updated).where(table.c.id.in_(ids[start : start + _IN_CHUNK]))
         existing.update({run_id: updated for run_id, updated in connection.execute(query)})
     new = [row for row in rows if row["id"] not in existing]
-    newer = [{**row, "b_id": row["id"]} for row in rows if row["id"] in existing and row["updated"] >= existing[row["id"]]]
+    newer = [
+        {**row, "b_id": row["id"]} for row in rows if row["id"] in existing and row["updated"] >= existing[row["id"]]
+    ]
     if new:
         connection.execute(table.insert(), new)
     if newer:

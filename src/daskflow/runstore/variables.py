@@ -41,7 +41,9 @@ def _row(row: sa.Row[tuple[object, ...]]) -> VariableRow:
     return VariableRow(str(m["name"]), str(m["value"]), tags, m["created"], m["updated"])
 
 
-def write_variable(store: RunStore, name: str, value: str, tags: Sequence[str] = (), *, overwrite: bool = False) -> bool:
+def write_variable(
+    store: RunStore, name: str, value: str, tags: Sequence[str] = (), *, overwrite: bool = False
+) -> bool:
     """Store JSON ``value`` as variable ``name``; False, and nothing written, if it exists and not ``overwrite``."""
     table = schema.variables
     now = datetime.now(UTC)

@@ -50,7 +50,9 @@ def _from_env(module: str, name: str, default: Any) -> Any:
     return raw
 
 
-def module_getattr(module: str, getters: Mapping[str, Callable[[], Any]], defaults: Mapping[str, Any]) -> Callable[[str], Any]:
+def module_getattr(
+    module: str, getters: Mapping[str, Callable[[], Any]], defaults: Mapping[str, Any]
+) -> Callable[[str], Any]:
     """A module ``__getattr__`` answering ``getters`` (with environment overrides), AttributeError otherwise."""
 
     def __getattr__(name: str) -> Any:

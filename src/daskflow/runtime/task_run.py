@@ -42,6 +42,13 @@ def _run_count() -> int:
 
 __getattr__ = module_getattr(
     "task_run",
-    {"id": _id, "name": _name, "task_name": _task_name, "parameters": _parameters, "tags": _tags, "run_count": _run_count},
+    {
+        "id": _id,
+        "name": _name,
+        "task_name": _task_name,
+        "parameters": _parameters,
+        "tags": _tags,
+        "run_count": _run_count,
+    },
     {"parameters": {}, "tags": [], "run_count": 0},
 )

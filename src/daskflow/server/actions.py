@@ -63,7 +63,9 @@ __all__ = [
     "validate_parameters",
 ]
 
-FINAL_TYPES = frozenset(t.value for t in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED))
+FINAL_TYPES = frozenset(
+    t.value for t in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
+)
 _RETRYABLE = frozenset(t.value for t in (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED))
 _log = logging.getLogger("daskflow.server")
 _RECORDED_WITHIN = 15.0  # seconds a Run or Retry waits for its new run to be in the store before answering
