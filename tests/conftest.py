@@ -18,6 +18,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,28 @@ TEST_DASK_CONFIG = {
 }
 
 _session_client: Any = None
+
+
+@contextmanager
+def private_client(n_workers: int = 2, threads_per_worker: int = 1, **config: Any) -> Iterator[Any]:
+    """A client of a LocalCluster of its own, for a test that kills or reconfigures workers:
+    worker processes, loopback only, the tests' Dask settings plus ``config``."""
+    import dask.config
+    from distributed import Client, LocalCluster
+
+    with (
+        dask.config.set({**TEST_DASK_CONFIG, **config}),
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            silence_logs=50,
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        yield client
 
 
 def _dask_runner() -> Any:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import RUNNER_FACTORIES, put_raw, raw_bytes
+from conftest import RUNNER_FACTORIES, private_client, put_raw, raw_bytes
 from daskflow import flow, task
 from daskflow.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from daskflow.context import get_flow_run_context
@@ -408,8 +408,6 @@ def test_editing_the_source_misses_the_cache(tmp_path: Path, monkeypatch: pytest
 
 @pytest.mark.slow
 def test_values_lost_with_a_worker_come_back_from_the_cache_not_a_recompute(tmp_path: Path, executions: Any) -> None:
-    from distributed import Client, LocalCluster
-
     storage = ResultStore((tmp_path / "results").as_uri())
 
     def ended(task: Any, run: Any, state: State) -> None:  # runs on a hit too: counts the runs
@@ -424,17 +422,7 @@ def test_values_lost_with_a_worker_come_back_from_the_cache_not_a_recompute(tmp_
     def total(values: list[int]) -> int:
         return sum(values)
 
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            silence_logs=50,
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-    ):
+    with private_client() as client:
         killed: dict[str, Any] = {}
 
         @flow(task_runner=DaskTaskRunner(client=client))

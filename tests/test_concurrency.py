@@ -20,9 +20,9 @@ from typing import Any
 
 import dask.config
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client
 
-from conftest import TEST_DASK_CONFIG
+from conftest import private_client
 from daskflow import flow, task
 from daskflow.concurrency import concurrency, rate_limit
 from daskflow.context import get_task_run_context
@@ -33,19 +33,8 @@ from daskflow.task_runners import DaskTaskRunner, SequentialTaskRunner, ThreadPo
 @pytest.fixture(scope="module")
 def threaded_client() -> Any:
     """2 worker processes x 4 threads, loopback, short leases."""
-    with dask.config.set(TEST_DASK_CONFIG):
-        with (
-            LocalCluster(
-                n_workers=2,
-                threads_per_worker=4,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0",
-                silence_logs=50,
-            ) as cluster,
-            Client(cluster, set_as_default=False) as client,
-        ):
-            yield client
+    with private_client(threads_per_worker=4) as client:
+        yield client
 
 
 RUNNERS = ["sequential", "threadpool", "dask"]
@@ -237,7 +226,7 @@ def test_overbooking_the_scheduler_detects_is_a_warning(
 
     @task(concurrency_limit=1, name="gil-hog")
     def waiter() -> None:
-        time.sleep(2)
+        time.sleep(6)  # still holding the slot it took over when the hog gives its own back
 
     @flow(task_runner=DaskTaskRunner(client=threaded_client))
     def pipeline() -> None:
@@ -285,37 +274,25 @@ def test_a_killed_slot_holder_releases_its_slot_within_the_lease_timeout(tmp_pat
     def next_in_line() -> float:
         return time.time()
 
-    config = {**TEST_DASK_CONFIG, "distributed.scheduler.allowed-failures": 0}
-    with dask.config.set(config):
-        with (
-            LocalCluster(
-                n_workers=2,
-                threads_per_worker=2,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0",
-                silence_logs=50,
-            ) as cluster,
-            Client(cluster, set_as_default=False) as client,
-        ):
-            killed_at: list[float] = []
+    with private_client(threads_per_worker=2, **{"distributed.scheduler.allowed-failures": 0}) as client:
+        killed_at: list[float] = []
 
-            def killer() -> None:
-                deadline = time.monotonic() + 60
-                while not pid_file.exists() and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                killed_at.append(time.time())
-                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        def killer() -> None:
+            deadline = time.monotonic() + 60
+            while not pid_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            killed_at.append(time.time())
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
-            @flow(task_runner=DaskTaskRunner(client=client))
-            def pipeline() -> tuple[str, float]:
-                crashed = holder.submit()
-                threading.Thread(target=killer, daemon=True).start()
-                crashed.wait()
-                # Its worker is dead: only the end of its lease can give the slot back.
-                return crashed.state.name, next_in_line.submit().result(timeout=60)
+        @flow(task_runner=DaskTaskRunner(client=client))
+        def pipeline() -> tuple[str, float]:
+            crashed = holder.submit()
+            threading.Thread(target=killer, daemon=True).start()
+            crashed.wait()
+            # Its worker is dead: only the end of its lease can give the slot back.
+            return crashed.state.name, next_in_line.submit().result(timeout=60)
 
-            state_name, got_slot_at = pipeline()
+        state_name, got_slot_at = pipeline()
     assert state_name == "Crashed"
     assert got_slot_at - killed_at[0] < 10, f"the slot came back {got_slot_at - killed_at[0]:.1f} s after the kill"
 

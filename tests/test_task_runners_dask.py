@@ -24,7 +24,7 @@ import pytest
 from dask.utils import key_split
 from distributed import Client, LocalCluster
 
-from conftest import TEST_DASK_CONFIG
+from conftest import private_client
 from daskflow import flow, task
 from daskflow.context import get_flow_run_context
 from daskflow.exceptions import SchedulerUnreachableError, UnserializableInputError
@@ -457,20 +457,8 @@ def test_a_flow_runs_over_tls_and_plain_tcp_is_refused() -> None:
 @pytest.fixture
 def fragile_cluster() -> Any:
     """A cluster where a dead worker fails its task at once, so daskflow's retry policy decides."""
-    config = {**TEST_DASK_CONFIG, "distributed.scheduler.allowed-failures": 0}
-    with dask.config.set(config):
-        with (
-            LocalCluster(
-                n_workers=2,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0",
-                silence_logs=50,
-            ) as cluster,
-            Client(cluster, set_as_default=False) as client,
-        ):
-            yield client
+    with private_client(**{"distributed.scheduler.allowed-failures": 0}) as client:
+        yield client
 
 
 @pytest.mark.slow
