@@ -47,10 +47,11 @@ KILL_FOR = 60.0
 @pytest.mark.timeout(300)
 @pytest.mark.xfail(
     strict=False,
-    reason="passes in some runs (29 kills, 2,000/2,000) but can still stall: the map's shared definition task "
-    "(daskflow-shared-*, which every run depends on) was seen 'processing' on a live worker for good while 1,566 "
-    "runs waited on it; see the dask2 branch's report (issue 15). Two causes are fixed: slots granted to removed "
-    "workers, and a broadcast to a dying worker failing the flow",
+    reason="passes in some runs (29 kills, 2,000/2,000) but can still stall, two ways seen with the fixes here: "
+    "the map's shared definition task (daskflow-shared-*, which every run depends on) stayed 'processing' on a "
+    "live worker while 1,566 runs waited on it; and every nanny gave up (no worker left on the scheduler after 8 "
+    "kills). See the dask2 branch's report (issue 15). Fixed: slots granted to removed workers, and a broadcast "
+    "to a dying worker failing the flow",
 )
 def test_chaos_soak(executions: Executions, history: Any, tmp_path: Path) -> None:
     config = {
