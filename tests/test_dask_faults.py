@@ -333,3 +333,53 @@ def test_a_task_the_scheduler_lost_ends_its_run_within_the_configured_bound(dask
     assert name == "Crashed", figure
     assert "'vanishing-0' never started" in message and "lost_timeout" in message, figure
     assert took < 60, figure  # not a timing: without the bound this flow never ends
+
+
+def test_a_slot_granted_to_a_worker_after_its_removal_comes_back(dask_client: Client) -> None:
+    # The chaos soak's stall: a worker's request for a slot waits on the scheduler (its handler
+    # waits there for a free slot); the worker dies and is removed, which frees slots, and the
+    # waiting handler takes one for the dead worker. Nobody would release it until the lease
+    # timeout (60 s here), so every slot of the limit could end up held by dead workers.
+    from distributed import Semaphore
+
+    from daskflow.concurrency import distributed_compat as compat
+
+    assert compat.install_crash_counter(dask_client)
+    name, gone = "daskflow-faults-late-grant", "tcp://127.0.0.1:9"
+    with dask.config.set({"distributed.scheduler.locks.lease-timeout": "60s"}), dask_client.as_current():
+        semaphore = Semaphore(max_leases=1, name=name)
+        semaphore.register()  # on the scheduler with that timeout (read then)
+    timeout = dask_client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.extensions["semaphores"].lease_timeouts[name])
+    assert timeout == 60, f"the semaphore's lease timeout is {timeout}"
+    assert semaphore.acquire(timeout=10)  # the only slot is taken: the dead worker's request waits
+    granted: list[bool] = []
+
+    def request() -> None:  # what acquire_owned sends from a worker, without a worker to refresh it
+        granted.append(dask_client.sync(dask_client.scheduler.semaphore_acquire, name=name, timeout=30, lease_id=f"{gone}#late"))
+
+    def pending(dask_scheduler: Any) -> int:
+        return int(dask_scheduler.extensions["semaphores"].metrics["pending"][name])
+
+    def remove(dask_scheduler: Any) -> None:  # what the scheduler tells its plugins when it removes a worker
+        for plugin in dask_scheduler.plugins.values():
+            if isinstance(plugin, compat.WorkerDeaths):
+                plugin.remove_worker(dask_scheduler, gone)
+
+    thread = threading.Thread(target=request, daemon=True)
+    thread.start()
+    assert _wait_until(lambda: dask_client.run_on_scheduler(pending) == 1, 10), "the request never waited"
+    dask_client.run_on_scheduler(remove)
+    started = time.monotonic()
+    semaphore.release()
+    thread.join(30)
+    assert granted == [True], f"the waiting request was not granted the freed slot: {granted}"
+    came_back = _wait_until(lambda: semaphore.get_value() == 0, 20)
+    figure = (
+        f"the slot granted to the removed worker {'came back' if came_back else 'was still held'} after "
+        f"{time.monotonic() - started:.2f} s (lease timeout 60 s)"
+    )
+    print(figure)
+    assert came_back, figure
+    assert semaphore.acquire(timeout=10), "the slot that came back cannot be taken"
+    semaphore.release()
+    semaphore.close()

@@ -23,11 +23,18 @@ the installed version (CI runs it against the oldest and the newest
   worker held, instead of after ``distributed.scheduler.locks.lease-timeout``.
   A lease does not say who holds it, so daskflow takes its leases with ids
   that start with the worker's address (:func:`acquire_owned`).
+  A dead worker's request for a slot can still be waiting on the scheduler
+  when the worker is removed (the scheduler's ``semaphore_acquire`` handler
+  waits there for a free slot and does not notice that its caller is gone);
+  it then takes the very slot that the removal freed, for a worker that will
+  never run or refresh it. So the plugin remembers the removed workers and,
+  every :data:`SWEEP_SECONDS`, releases any lease one of them took since.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -35,10 +42,12 @@ from typing import Any
 from distributed import Semaphore
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils_comm import retry_operation
+from tornado.ioloop import PeriodicCallback
 
 __all__ = [
     "CRASHES_ANNOTATION",
     "MARK_ANNOTATION",
+    "SWEEP_SECONDS",
     "WorkerDeaths",
     "acquire_owned",
     "active_task_threads",
@@ -66,6 +75,9 @@ _PLUGIN_NAME = "daskflow-worker-deaths"
 WAITING_TOPIC = "daskflow-waiting"  # a task tells the scheduler that it waits (not runs) from now, or no longer
 _OWNED_PREFIX = "daskflow-"  # the semaphores (limits, rate limits, locks) whose leases say their owner
 _OWNER_SEP = "#"
+# How often the scheduler looks for slots granted to removed workers, and how long it remembers one.
+SWEEP_SECONDS = 0.25
+_REMOVED_MEMORY_SECONDS = 600.0
 
 
 class WorkerDeaths(SchedulerPlugin):
@@ -77,6 +89,7 @@ class WorkerDeaths(SchedulerPlugin):
         self.scheduler: Any = None
         self.waiting: set[Any] = set()  # daskflow tasks that wait (seceded) rather than run an attempt
         self.died_waiting: set[Any] = set()  # erred tasks whose last worker died while they waited
+        self.removed: dict[str, float] = {}  # removed worker address -> when (a late grant to it is a leak)
 
     def log_event(self, topic: str, msg: Any) -> None:
         if topic != WAITING_TOPIC:
@@ -89,6 +102,28 @@ class WorkerDeaths(SchedulerPlugin):
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
+        # The scheduler stops its periodic callbacks when it closes.
+        sweep = PeriodicCallback(self._sweep, SWEEP_SECONDS * 1000)
+        scheduler.periodic_callbacks["daskflow-removed-leases"] = sweep
+        sweep.start()
+
+    def sweep_removed(self) -> int:
+        """Release the leases granted to removed workers after their removal; how many."""
+        if self.scheduler is None or not self.removed:
+            return 0
+        now = time.monotonic()
+        for worker in [w for w, when in self.removed.items() if now - when > _REMOVED_MEMORY_SECONDS]:
+            del self.removed[worker]
+        released = sum(release_leases_of(self.scheduler, worker) for worker in list(self.removed))
+        if released:
+            _log.info("released %d concurrency slot(s) granted to removed workers after their removal", released)
+        return released
+
+    def _sweep(self) -> None:
+        self.sweep_removed()
+
+    def add_worker(self, scheduler: Any, worker: str) -> None:
+        self.removed.pop(worker, None)  # back under the same address: its leases are its own again
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         if start != "processing" or finish not in ("released", "waiting", "erred") or self.scheduler is None:
@@ -115,6 +150,7 @@ class WorkerDeaths(SchedulerPlugin):
             ts.annotations = {**annotations, CRASHES_ANNOTATION: ts.suspicious}
 
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        self.removed[worker] = time.monotonic()
         released = release_leases_of(scheduler, worker)
         if released:
             _log.info("released %d concurrency slot(s) held by the removed worker %s", released, worker)

@@ -81,7 +81,9 @@ def ship_code(client: Client, router: EventRouter, task: Any) -> None:
         candidates = [name for name in candidates if name not in router.checked_modules]
         if candidates:
             # The scheduler unpickles the graph too: it needs the modules as much as the workers.
-            found = list(client.run(_importable, candidates).values())
+            # A worker that dies meanwhile (a broadcast to it fails) is left out: if its
+            # replacement lacks a module, ship_missing ships it when a task fails for it.
+            found = list(client.run(_importable, candidates, on_error="ignore").values())
             found.append(client.run_on_scheduler(_importable, candidates))
             for name in candidates:
                 if not all(found_on.get(name, False) for found_on in found):
