@@ -31,11 +31,10 @@ import dask.config
 import pytest
 from distributed import Client, LocalCluster
 
+from conftest import TEST_DASK_CONFIG, Executions
 from daskflow import flow, task
 from daskflow.cache_policies import INPUTS
 from daskflow.task_runners import DaskTaskRunner
-
-from conftest import TEST_DASK_CONFIG, Executions
 
 ITEMS = 2000
 LIMIT = 10
@@ -72,7 +71,11 @@ def test_chaos_soak(executions: Executions, history: Any, tmp_path: Path) -> Non
 
     with dask.config.set(config):
         cluster = LocalCluster(
-            n_workers=3, threads_per_worker=4, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
+            n_workers=3,
+            threads_per_worker=4,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
             silence_logs=50,
         )
     client = Client(cluster, set_as_default=False)

@@ -25,13 +25,12 @@ import dask.config
 import pytest
 from distributed import Client, LocalCluster
 
+from conftest import TEST_DASK_CONFIG, Executions
 from daskflow import flow, task
 from daskflow.runs import FlowRun, add_state_listener, remove_state_listener
 from daskflow.states import State
 from daskflow.task_runners import DaskTaskRunner
 from daskflow.task_runners import dask as dask_runner
-
-from conftest import TEST_DASK_CONFIG, Executions
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +40,12 @@ def _cluster(allowed_failures: int | None, n_workers: int, threads: int) -> Any:
     if allowed_failures is not None:
         config["distributed.scheduler.allowed-failures"] = allowed_failures
     return config, dict(
-        n_workers=n_workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
-        dashboard_address="127.0.0.1:0", silence_logs=50,
+        n_workers=n_workers,
+        threads_per_worker=threads,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        silence_logs=50,
     )
 
 
@@ -118,7 +121,9 @@ def test_runs_killed_together_by_one_worker_death_retry_concurrently(
     runs = ended_flows[-1].task_runs
     crashed = [r for r in runs if any("after a crash" in (s.message or "") for s in r.state_history)]
     counts = {i: executions.count(f"item-{i}") for i in range(items)}
-    figure = f"{len(crashed)} runs crashed together; the flow ended {after_death:.2f} s after the death; executions {counts}"
+    figure = (
+        f"{len(crashed)} runs crashed together; the flow ended {after_death:.2f} s after the death; executions {counts}"
+    )
     print(figure)
     assert len(crashed) >= 2, figure  # the exiting run and at least one sibling on its worker
     for run in crashed:
@@ -255,7 +260,9 @@ def test_a_dead_workers_slot_comes_back_at_once(executions: Executions) -> None:
         thread.join(10)
     [kill] = killed
     later = [e["start"] - kill for e in executions.all()[1:]]
-    figure = f"the slot's next holder started {min(later):.2f} s after its holder's worker was killed (lease timeout 60 s)"
+    figure = (
+        f"the slot's next holder started {min(later):.2f} s after its holder's worker was killed (lease timeout 60 s)"
+    )
     print(figure)
     assert min(later) < 30, figure
 
@@ -349,13 +356,17 @@ def test_a_slot_granted_to_a_worker_after_its_removal_comes_back(dask_client: Cl
     with dask.config.set({"distributed.scheduler.locks.lease-timeout": "60s"}), dask_client.as_current():
         semaphore = Semaphore(max_leases=1, name=name)
         semaphore.register()  # on the scheduler with that timeout (read then)
-    timeout = dask_client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.extensions["semaphores"].lease_timeouts[name])
+    timeout = dask_client.run_on_scheduler(
+        lambda dask_scheduler: dask_scheduler.extensions["semaphores"].lease_timeouts[name]
+    )
     assert timeout == 60, f"the semaphore's lease timeout is {timeout}"
     assert semaphore.acquire(timeout=10)  # the only slot is taken: the dead worker's request waits
     granted: list[bool] = []
 
     def request() -> None:  # what acquire_owned sends from a worker, without a worker to refresh it
-        granted.append(dask_client.sync(dask_client.scheduler.semaphore_acquire, name=name, timeout=30, lease_id=f"{gone}#late"))
+        granted.append(
+            dask_client.sync(dask_client.scheduler.semaphore_acquire, name=name, timeout=30, lease_id=f"{gone}#late")
+        )
 
     def pending(dask_scheduler: Any) -> int:
         return int(dask_scheduler.extensions["semaphores"].metrics["pending"][name])

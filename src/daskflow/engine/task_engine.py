@@ -118,7 +118,18 @@ class TaskRunEngine:
     """The state machine of one task run (see the module docstring)."""
 
     __slots__ = (
-        "call", "task", "options", "run", "parameters", "context", "store", "key", "limits", "_logger", "_flight", "_kept",
+        "call",
+        "task",
+        "options",
+        "run",
+        "parameters",
+        "context",
+        "store",
+        "key",
+        "limits",
+        "_logger",
+        "_flight",
+        "_kept",
     )
 
     def __init__(self, call: TaskCall) -> None:
@@ -207,7 +218,9 @@ class TaskRunEngine:
         )
         options = self.options
         if options.concurrency_limit is not None or call.concurrency_limits:
-            self.limits = limits_for_task(options.name, self.run.tags, options.concurrency_limit, call.concurrency_limits)
+            self.limits = limits_for_task(
+                options.name, self.run.tags, options.concurrency_limit, call.concurrency_limits
+            )
         if caching:
             early = self._look_up_cache()
             if early is not None or not self._kept:
@@ -265,7 +278,9 @@ class TaskRunEngine:
         self.run.slot_wait += time.monotonic() - started
         if gave_up or self.cancelled():  # cancelled meanwhile: a slot taken just now goes on to another run
             release_slots()
-            self.finish(Cancelled("the flow run was cancelled while this run waited for a concurrency slot"), hooks=False)
+            self.finish(
+                Cancelled("the flow run was cancelled while this run waited for a concurrency slot"), hooks=False
+            )
             return None
 
         def release() -> None:
@@ -293,16 +308,20 @@ class TaskRunEngine:
 
     def _returned_state(self, returned: State) -> State:
         if not returned.is_final():
-            return self.finish(Failed(
-                f"{self.where} returned the state {returned.name}, which is not final; return a final state "
-                "(Completed, Failed, ...) or a value"
-            ))
+            return self.finish(
+                Failed(
+                    f"{self.where} returned the state {returned.name}, which is not final; return a final state "
+                    "(Completed, Failed, ...) or a value"
+                )
+            )
         return self.finish(returned.copy())
 
     def handle_exception(self, exc: BaseException) -> float | None:
         """Record a failed attempt: seconds to wait before retrying, or None if it was final."""
         if isinstance(exc, _CANCELS):
-            self.finish(Cancelled(f"cancelled while running: {type(exc).__name__}", exc if isinstance(exc, Exception) else None))
+            self.finish(
+                Cancelled(f"cancelled while running: {type(exc).__name__}", exc if isinstance(exc, Exception) else None)
+            )
             return None
         if isinstance(exc, RunTimeoutError):
             make_state: Callable[..., State] = TimedOut
@@ -337,7 +356,11 @@ class TaskRunEngine:
             )
             self.logger.warning(
                 "Attempt %d failed with %s; retry %d of %d in %.3g s",
-                run.run_count, state.message, retry_number + 1, options.retries, delay,
+                run.run_count,
+                state.message,
+                retry_number + 1,
+                options.retries,
+                delay,
             )
             cause = ""
             if state.is_crashed():
@@ -509,7 +532,7 @@ async def _drive_async(engine: TaskRunEngine, call: TaskCall) -> State:
                 engine.begin_attempt()
                 async with asyncio.timeout(timeout) as deadline:
                     value = await fn(*args, **kwargs)
-            except TimeoutError as exc:
+            except TimeoutError:
                 if deadline.expired():
                     exc = RunTimeoutError(
                         f"{engine.where} did not finish within timeout_seconds={timeout:g}; it was marked TimedOut "

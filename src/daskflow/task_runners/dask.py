@@ -206,9 +206,15 @@ class DaskTaskRunner(TaskRunner):
         if address is not None and (cluster_class is not None or client is not None):
             raise ConfigurationError("DaskTaskRunner: give address, or cluster_class, or client; not several")
         if client is not None and not isinstance(client, Client):
-            raise ConfigurationError(f"DaskTaskRunner: client must be a distributed.Client, got {type(client).__name__}")
+            raise ConfigurationError(
+                f"DaskTaskRunner: client must be a distributed.Client, got {type(client).__name__}"
+            )
         super().__init__(
-            address=address, cluster_class=cluster_class, cluster_kwargs=cluster_kwargs, adapt_kwargs=adapt_kwargs, client=client
+            address=address,
+            cluster_class=cluster_class,
+            cluster_kwargs=cluster_kwargs,
+            adapt_kwargs=adapt_kwargs,
+            client=client,
         )
         self.address = address
         self.cluster_class = cluster_class
@@ -278,7 +284,9 @@ class DaskTaskRunner(TaskRunner):
             try:
                 cls = getattr(importlib.import_module(module_name), name)
             except (ImportError, AttributeError) as exc:
-                raise ConfigurationError(f"DaskTaskRunner: cluster_class {self.cluster_class!r} cannot be imported: {exc}") from None
+                raise ConfigurationError(
+                    f"DaskTaskRunner: cluster_class {self.cluster_class!r} cannot be imported: {exc}"
+                ) from None
         kwargs = dict(self.cluster_kwargs)
         if cls is None:
             cls = distributed.LocalCluster
@@ -317,7 +325,12 @@ class DaskTaskRunner(TaskRunner):
         return shared
 
     def _spec(
-        self, call: TaskCall, deps: list[distributed.Future], upstreams: list[DaskFuture], attempts: int, crash: str | None
+        self,
+        call: TaskCall,
+        deps: list[distributed.Future],
+        upstreams: list[DaskFuture],
+        attempts: int,
+        crash: str | None,
     ) -> RunSpec:
         index: dict[Any, int] = {}
 
@@ -335,7 +348,11 @@ class DaskTaskRunner(TaskRunner):
                 return UpstreamRef(ref(leaf))
             if isinstance(leaf, MapItem):
                 item = leaf.item
-                if item is not None and leaf.source_key == leaf.value.dask_future.key and item.status not in ("error", "cancelled"):
+                if (
+                    item is not None
+                    and leaf.source_key == leaf.value.dask_future.key
+                    and item.status not in ("error", "cancelled")
+                ):
                     return UpstreamRef(ref(leaf.value, item))
                 return ItemRef(ref(leaf.value), leaf.index)
             if isinstance(leaf, DaskflowFuture):  # from another runner: settle it here
@@ -456,7 +473,9 @@ class DaskTaskRunner(TaskRunner):
             if not pickling_failed(exc):
                 raise
             raise unserializable(calls) from None
-        made = [DaskFuture(self, call, dask_future, ups) for call, dask_future, ups in zip(calls, dask_futures, ups_lists)]
+        made = [
+            DaskFuture(self, call, dask_future, ups) for call, dask_future, ups in zip(calls, dask_futures, ups_lists)
+        ]
         if resume:
             for future, (attempts, _) in zip(made, resume):
                 future.attempts = attempts
@@ -531,7 +550,13 @@ class DaskTaskRunner(TaskRunner):
                 self.recover(up)
             failed = [up for up in future.upstreams if up._settled is not None and not up._settled.is_completed()]
             if failed:
-                engine.finish(Failed(f"upstream task run {failed[0].task_run.name!r} ended {failed[0].state.name}", name="UpstreamFailed"), hooks=False)
+                engine.finish(
+                    Failed(
+                        f"upstream task run {failed[0].task_run.name!r} ended {failed[0].state.name}",
+                        name="UpstreamFailed",
+                    ),
+                    hooks=False,
+                )
                 future.settle(run.state)
                 return False
             self._resubmit(future)  # on the upstreams' new Dask tasks: not an attempt of this run
@@ -675,7 +700,9 @@ class DaskTaskRunner(TaskRunner):
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"{len(pending)} runs unfinished after {timeout} s")
             try:
-                self.wait_dask([f.dask_future for f in pending], timeout=step if remaining is None else min(step, remaining))
+                self.wait_dask(
+                    [f.dask_future for f in pending], timeout=step if remaining is None else min(step, remaining)
+                )
                 return
             except TimeoutError:
                 self._end_lost([f for f in pending if f.dask_future.status == "pending"], bound)
@@ -776,5 +803,3 @@ class DaskTaskRunner(TaskRunner):
             if not future.task_run.state.is_final():
                 future.task_run.set_state(Cancelled("the flow run was cancelled"))
             future.settle(future.task_run.state)
-
-

@@ -101,11 +101,15 @@ class EventRouter:
             call.wait_for = ()
 
 
-_FINAL_TYPES = frozenset(t.value for t in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED))
+_FINAL_TYPES = frozenset(
+    t.value for t in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
+)
 
 
 def _emit_record(item: list[Any]) -> None:
-    (_, run_id, name, level, message, created, exc_text, run_name, task_name, flow_run_id, flow_run_name, flow_name) = item
+    (_, run_id, name, level, message, created, exc_text, run_name, task_name, flow_run_id, flow_run_name, flow_name) = (
+        item
+    )
     logger = logging.getLogger(name)
     if not logger.isEnabledFor(level):
         return

@@ -91,6 +91,7 @@ def ship_code(client: Client, router: EventRouter, task: Any) -> None:
                     _log.debug("module %s is shipped to the cluster by value", name)
         router.checked_modules.update(unchecked)
 
+
 def ship_missing(name: str | None) -> bool:
     """A worker lacked module ``name`` (it joined after the check): ship it by value if we can."""
     module = sys.modules.get(name or "")
@@ -124,7 +125,10 @@ def code_missing_message(task: Any, exc: BaseException) -> str:
     needed = sorted(
         name
         for name in modules
-        if name and (module := sys.modules.get(name)) is not None and not _stdlib(module) and name.split(".")[0] != "daskflow"
+        if name
+        and (module := sys.modules.get(name)) is not None
+        and not _stdlib(module)
+        and name.split(".")[0] != "daskflow"
     )
     missing = getattr(exc, "name", None)
     what = f"module {missing!r} is missing there" if missing else str(exc).splitlines()[0]
@@ -154,4 +158,6 @@ def unserializable(calls: Sequence[TaskCall]) -> UnserializableInputError:
                     "connections and generators cannot travel: create the object inside the task, or pass what "
                     "is needed to make it (a URL, a path, a config)."
                 )
-    return UnserializableInputError(f"task {calls[0].task.name!r}: its arguments or its function cannot be sent to the Dask workers")
+    return UnserializableInputError(
+        f"task {calls[0].task.name!r}: its arguments or its function cannot be sent to the Dask workers"
+    )

@@ -87,5 +87,11 @@ def on_client(state: State, client: Client | None, future: distributed.Future) -
         return state
     # A copy: with workers in this process the state may be the very object the worker holds.
     return State(
-        state.type, state.name, state.message, ClusterValue(deferred, client, future), state.exception, state.epoch, state.traceback
+        state.type,
+        state.name,
+        state.message,
+        ClusterValue(deferred, client, future),
+        state.exception,
+        state.epoch,
+        state.traceback,
     )

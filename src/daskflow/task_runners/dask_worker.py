@@ -20,10 +20,10 @@ to lists of plain values here and rebuilt by :func:`decode_state`.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import sys
-import collections
 import threading
 import time
 from collections.abc import Iterator
@@ -103,7 +103,9 @@ def substitute(value: Any, upstream: list[State]) -> Any:
 
 
 _RUNNING = StateType.RUNNING.value
-_FINAL_TYPES = frozenset(t.value for t in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED))
+_FINAL_TYPES = frozenset(
+    t.value for t in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
+)
 
 
 def fold_running(batch: list[list[Any]]) -> list[list[Any]]:
@@ -252,7 +254,11 @@ class _Forwarder(logging.Handler):
             return
         exc_text = record.exc_text  # formatted already (and cleaned, e.g. of secrets) by a filter, if any
         if record.exc_info and not exc_text:
-            exc_text = self.formatter.formatException(record.exc_info) if self.formatter else logging.Formatter().formatException(record.exc_info)
+            exc_text = (
+                self.formatter.formatException(record.exc_info)
+                if self.formatter
+                else logging.Formatter().formatException(record.exc_info)
+            )
         self._add(
             [
                 "l",

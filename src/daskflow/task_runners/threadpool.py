@@ -59,8 +59,12 @@ class ThreadPoolTaskRunner(TaskRunner):
     """
 
     def __init__(self, max_workers: int | None = None) -> None:
-        if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1):
-            raise ConfigurationError(f"ThreadPoolTaskRunner: max_workers must be a whole number >= 1, got {max_workers!r}")
+        if max_workers is not None and (
+            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+        ):
+            raise ConfigurationError(
+                f"ThreadPoolTaskRunner: max_workers must be a whole number >= 1, got {max_workers!r}"
+            )
         super().__init__(max_workers=max_workers)
         configured = max_workers or settings.get("task_runners.thread_pool.max_workers")
         self.max_workers: int = int(configured) if configured else min(32, (os.cpu_count() or 1) + 4)
@@ -149,7 +153,9 @@ class ThreadPoolTaskRunner(TaskRunner):
                 except BaseException as exc:  # an interrupt that landed outside the engine's own handling
                     state = job.call.task_run.state
                     if not state.is_final():
-                        state = Cancelled(exception=exc) if isinstance(exc, CancelledRunError) else Crashed(exception=exc)
+                        state = (
+                            Cancelled(exception=exc) if isinstance(exc, CancelledRunError) else Crashed(exception=exc)
+                        )
                         job.call.task_run.set_state(state)
                 with self._lock:
                     self._running.discard(job)
