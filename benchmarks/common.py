@@ -315,21 +315,29 @@ def raw_dask_pipeline(
 
 
 def wait_until_idle(client: Any, timeout: float = 60.0) -> int:
-    """Wait until the scheduler holds no task (the last run's were released); the count left.
+    """Wait until the scheduler holds no task of this client's (the last run's were released); the count left.
 
     Releasing 10,000 futures is a message the scheduler handles after the run returned:
-    without this wait the next run would pay for forgetting the last one's tasks.
+    without this wait the next run would pay for forgetting the last one's tasks. Tasks that
+    other clients of a shared cluster still want (a notebook's, another test's) are not waited for.
     """
     deadline = time.monotonic() + timeout
     while True:
-        left: int = client.run_on_scheduler(_scheduler_task_count)
+        left: int = client.run_on_scheduler(_scheduler_task_count, client_id=client.id)
         if left == 0 or time.monotonic() >= deadline:
             return left
         time.sleep(0.05)
 
 
-def _scheduler_task_count(dask_scheduler: Any) -> int:
-    return len(dask_scheduler.tasks)
+def _scheduler_task_count(dask_scheduler: Any, client_id: str | None = None) -> int:
+    """Tasks this client still wants, and those no client wants that the scheduler has yet to forget."""
+    if client_id is None:
+        return len(dask_scheduler.tasks)
+    return sum(
+        1
+        for ts in dask_scheduler.tasks.values()
+        if not ts.who_wants or any(cs.client_key == client_id for cs in ts.who_wants)
+    )
 
 
 # -- client memory of one run --------------------------------------------------------------------

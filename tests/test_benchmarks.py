@@ -32,6 +32,8 @@ from typing import Any
 import dask.config
 import pytest
 
+from conftest import private_client
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 if str(BENCHMARKS) not in sys.path:
@@ -53,19 +55,30 @@ def _importable_on_worker(names: list[str]) -> dict[str, bool]:
     return {name: importlib.util.find_spec(name) is not None for name in names}
 
 
+@pytest.fixture(scope="module")
+def bench_cluster_client() -> Iterator[Any]:
+    """A cluster of the benchmarks' own shape (2 worker processes x 1 thread), for this module alone.
+
+    Not the session cluster: the benchmarks wait for an idle scheduler between runs, and tasks
+    another test's flow left wanted there (its futures still referenced) would never go.
+    """
+    with private_client() as client:
+        yield client
+
+
 @pytest.fixture
-def bench_client(dask_client: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The session cluster's client, its workers able to import the benchmark modules by reference,
+def bench_client(bench_cluster_client: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The module cluster's client, its workers able to import the benchmark modules by reference,
     with the console quiet as ``common.quiet_daskflow`` makes it (undone after the test)."""
     monkeypatch.setenv("DASK_DASKFLOW__LOGGING__CONSOLE", "False")
-    seen = dask_client.run(_importable_on_worker, ["common", "w1_fanout", "w5_retries"])
+    seen = bench_cluster_client.run(_importable_on_worker, ["common", "w1_fanout", "w5_retries"])
     missing = {worker: found for worker, found in seen.items() if not all(found.values())}
     assert not missing, (
-        f"session workers cannot import the benchmark modules ({missing}): the cluster started before "
+        f"the workers cannot import the benchmark modules ({missing}): the cluster started before "
         f"{BENCHMARKS} was on sys.path"
     )
     with dask.config.set({"daskflow.logging.console": False}):
-        yield dask_client
+        yield bench_cluster_client
 
 
 # -- W1, M1: fan-out ------------------------------------------------------------------------------
