@@ -43,7 +43,9 @@ KILL_FOR = 60.0
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+# A passing run takes about 80 s; while the soak can still stall (xfail below), a stall costs the
+# suite at most 150 s rather than 300 s.
+@pytest.mark.timeout(150)
 @pytest.mark.xfail(
     strict=False,
     reason="passes in some runs (29 kills, 2,000/2,000) but can still stall, two ways seen with the fixes here: "
