@@ -22,7 +22,7 @@ from daskflow import flow, task
 from daskflow.cache_policies import INPUTS
 from daskflow.engine import progress
 from daskflow.engine.progress import RichRenderer, Rows, bucket_of, progress_mode, show_progress
-from daskflow.runs import FlowRun, TaskRun, _listeners
+from daskflow.runs import FlowRun, FlowRunState, TaskRun, _listeners
 from daskflow.states import Cached, Completed, Failed, Pending, Running, State
 from daskflow.task_runners import DaskTaskRunner, ThreadPoolTaskRunner
 
@@ -272,10 +272,12 @@ def test_a_state_alone_shows_what_it_has_and_pickles_without_its_run() -> None:
     state = Failed("<bad> row")
     card = state._repr_html_()
     assert "Failed" in card and "&lt;bad&gt; row" in card and "UTC" in card
-    assert state.flow_run is None
-    state.flow_run = FlowRun(id="f", name="n", flow_name="f")
-    copy = pickle.loads(pickle.dumps(state))
-    assert copy.flow_run is None and copy.message == "<bad> row"
+    assert not hasattr(state, "flow_run")  # a State knows no run; a flow run's final state does
+    run = FlowRun(id="f", name="n", flow_name="f")
+    final = FlowRunState.of(state, run)
+    assert final.flow_run is run and final.epoch == state.epoch and final.message == state.message
+    copy = pickle.loads(pickle.dumps(final))
+    assert type(copy) is State and not hasattr(copy, "flow_run") and copy.message == "<bad> row"
 
 
 def test_the_dashboard_link_of_the_runner_is_recorded_and_shown() -> None:

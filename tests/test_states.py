@@ -76,3 +76,38 @@ def test_states_pickle_with_their_data_and_traceback_text() -> None:
 def test_repr_is_readable() -> None:
     assert repr(Completed(3)) == "Completed(type=COMPLETED, result=int)"
     assert repr(Failed("boom")) == "Failed(message='boom', type=FAILED)"
+
+
+def test_states_know_no_runs_and_no_html() -> None:
+    """``states`` is the model: no back-reference to runs (no runs <-> states cycle), no drawing."""
+    import ast
+    import inspect
+
+    import daskflow.states as states
+    from daskflow.states import State
+
+    tree = ast.parse(inspect.getsource(states))
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert not {"html", "daskflow.runs", "daskflow.report"} & imported, imported
+    assert "flow_run" not in State.__slots__
+    assert not hasattr(states, "html_card") and not hasattr(states, "state_colour")
+
+
+def test_a_state_and_a_run_show_their_cards_through_the_notebook_module() -> None:
+    import daskflow  # noqa: F401  (registers the cards)
+    from daskflow.report import notebook
+    from daskflow.runs import FlowRun, FlowRunState
+
+    failed = Failed("<bad> row")
+    card = failed._repr_html_()
+    assert card is not None and card == notebook.notebook_card(failed)
+    assert "Failed" in card and "&lt;bad&gt; row" in card and "<bad>" not in card
+    run = FlowRun(id="r1", name="swift-otter", flow_name="etl")
+    final = FlowRunState.of(Completed(3), run)
+    run.set_state(final)
+    assert final._repr_html_() == run._repr_html_() and "Flow run" in (run._repr_html_() or "")

@@ -13,6 +13,7 @@ from daskflow.flows import Flow, flow, serve
 from daskflow.futures import DaskflowFuture, as_completed, wait
 from daskflow.logging import get_run_logger
 from daskflow.pausing import pause_flow_run, resume_flow_run, suspend_flow_run
+from daskflow.report import notebook as _notebook  # noqa: F401  (registers the notebook cards of states and runs)
 from daskflow.states import State
 from daskflow.tasks import Task, task
 

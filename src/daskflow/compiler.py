@@ -48,8 +48,9 @@ from dask.delayed import Delayed, delayed
 from daskflow.annotations import BaseAnnotation, quote
 from daskflow.context import FlowRunContext, use_flow_run_context
 from daskflow.engine import FlowRunEngine, TaskCall, run_task_sync
-from daskflow.engine.flow_engine import ReturnValue, generate_run_name
+from daskflow.engine.flow_engine import ReturnValue
 from daskflow.engine.inputs import resolve_runs
+from daskflow.engine.run_names import RunNameError, format_run_name, generate_run_name
 from daskflow.engine.task_engine import split_arguments
 from daskflow.exceptions import CompileError
 from daskflow.flows import Flow
@@ -522,11 +523,9 @@ def _flow_run_name(flow: Flow[..., Any], parameters: dict[str, Any]) -> str:
     if template is None:
         return generate_run_name()
     try:
-        return template.format(**parameters) if isinstance(template, str) else str(template())
-    except Exception as exc:
-        raise CompileError(
-            f"flow {flow.name!r}: flow_run_name {template!r} could not be formed: {type(exc).__name__}: {exc}"
-        ) from exc
+        return format_run_name(template, parameters, flow.options.where(), "flow_run_name")
+    except RunNameError as exc:
+        raise CompileError(str(exc)) from exc.cause
 
 
 def _run_body(flow: Flow[..., Any], context: _TraceContext) -> Any:

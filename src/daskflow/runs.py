@@ -11,15 +11,17 @@ Listeners are called synchronously on every state change, in the thread that
 changed it: they must be quick and must not raise (an exception is logged and
 swallowed so a broken observer never fails a run).
 
-In a notebook a run record shows itself as an HTML card (``_repr_html_``): its
-state, duration, for a flow run the task runs by state and the cache hits, the
-Dask dashboard it ran on, and the command that writes its report. The card
-reads only the record: no I/O, so showing it costs nothing.
+A flow run's final state is a :class:`FlowRunState`: a state that knows its
+run (``state.flow_run``), which is how the caller of ``my_flow(return_state=True)``
+reaches the run record. The back-reference lives here, on a subclass of the
+runs layer, so ``states`` knows nothing of runs.
+
+In a notebook a run record shows itself as an HTML card (``_repr_html_``),
+drawn by :mod:`daskflow.report.notebook` through the hook in ``states``.
 """
 
 from __future__ import annotations
 
-import html
 import itertools
 import logging
 import os
@@ -30,11 +32,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Union
 
-from daskflow.states import Pending, State, StateType, html_card, state_colour
+from daskflow.states import Pending, State, StateType, notebook_html
 
 __all__ = [
     "DeploymentRef",
     "FlowRun",
+    "FlowRunState",
     "StateListener",
     "TaskRun",
     "add_state_listener",
@@ -127,9 +130,8 @@ class _Run:
             return None
         return self.end_time - self.start_time
 
-    def _card_rows(self) -> list[tuple[str, str]]:
-        duration = self.duration
-        return [("duration", format_seconds(duration))]
+    def _repr_html_(self) -> str | None:
+        return notebook_html(self)
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
@@ -155,16 +157,6 @@ class TaskRun(_Run):
 
     def __repr__(self) -> str:
         return f"TaskRun(name={self.name!r}, state={self.state!r})"
-
-    def _repr_html_(self) -> str:
-        rows = self._card_rows()
-        rows.append(("task", html.escape(self.task_name)))
-        if self.retries:
-            rows.append(("retries", str(self.retries)))
-        if self.worker:
-            rows.append(("worker", html.escape(self.worker)))
-        rows.append(("run id", f"<code>{html.escape(self.id)}</code>"))
-        return html_card("Task run", self.name, self.state, rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,37 +202,26 @@ class FlowRun(_Run):
     def __repr__(self) -> str:
         return f"FlowRun(name={self.name!r}, flow={self.flow_name!r}, state={self.state!r})"
 
-    def _repr_html_(self) -> str:
-        rows = self._card_rows()
-        rows.append(("flow", html.escape(self.flow_name)))
-        rows.append(("task runs", _counts_html(self.task_runs)))
-        if any(run.cache_key is not None for run in self.task_runs):
-            hits, misses = self.cache_hits, self.cache_misses
-            rows.append(("cache", f"{hits} hit{'s' * (hits != 1)}, {misses} miss{'es' * (misses != 1)}"))
-        rows.append(("run id", f"<code>{html.escape(self.id)}</code>"))
-        if self.dashboard_link:
-            link = html.escape(self.dashboard_link, quote=True)
-            rows.append(("dashboard", f'<a href="{link}" target="_blank">{link}</a>'))
-        rows.append(
-            ("report", f"<code>daskflow runs report {html.escape(self.id)} -o {html.escape(self.id)}.html</code>")
-        )
-        return html_card("Flow run", self.name, self.state, rows)
 
+class FlowRunState(State):
+    """The final state of a flow run, knowing its run: ``state.flow_run`` (see the module docstring).
 
-def _counts_html(task_runs: list[TaskRun]) -> str:
-    """``12 total: 10 Completed, 2 Cached``, each state name in its colour."""
-    if not task_runs:
-        return "none"
-    counts: dict[str, tuple[State, int]] = {}
-    for run in task_runs:
-        state = run.state
-        known = counts.get(state.name)
-        counts[state.name] = (state, 1) if known is None else (known[0], known[1] + 1)
-    shown = ", ".join(
-        f'{n} <span style="color:{state_colour(state)};font-weight:600">{html.escape(name)}</span>'
-        for name, (state, n) in counts.items()
-    )
-    return f"{len(task_runs)} total: {shown}"
+    It is the run's own final state (``state.flow_run.state is state``). Leaving
+    the process it becomes a plain :class:`State`: the run is not pickled.
+    """
+
+    __slots__ = ("flow_run",)
+
+    flow_run: FlowRun
+
+    @classmethod
+    def of(cls, state: State, run: FlowRun) -> FlowRunState:
+        """``state`` (type, name, message, value, error, time) as the final state of ``run``."""
+        new = cls.__new__(cls)
+        for name in State.__slots__:
+            setattr(new, name, getattr(state, name))
+        new.flow_run = run
+        return new
 
 
 def format_seconds(seconds: float | None, missing: str = "\u2014") -> str:

@@ -10,29 +10,25 @@ infrastructure failed under the run) or ``Cancelled``.
 States are created on hot paths (several per task attempt), so they are slotted
 and keep their timestamp as a float; ``timestamp`` converts on demand.
 
-In a notebook a state shows itself as a small HTML card (``_repr_html_``):
-its name coloured by kind, its message and time. The final state a flow call
-returns with ``return_state=True`` also carries its run (``state.flow_run``,
-a :class:`~daskflow.runs.FlowRun`), and then shows the run's card instead.
-:func:`html_card` is that card's one layout, shared with the run records.
+This module knows nothing of runs or of HTML. In a notebook a state shows
+itself as a card (``_repr_html_``), drawn by the function the notebook code
+(:mod:`daskflow.report.notebook`) registers with :func:`register_notebook_html`
+when daskflow is imported; run records use the same hook. Without one the
+notebook falls back to the plain ``repr``.
 """
 
 from __future__ import annotations
 
 import enum
-import html
 import time
 import traceback
 import types
-from collections.abc import Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from daskflow import secrets_mask
 from daskflow.exceptions import CancelledRunError, CrashedRunError, DaskflowError
-
-if TYPE_CHECKING:
-    from daskflow.runs import FlowRun
 
 __all__ = [
     "AwaitingConcurrencySlot",
@@ -54,14 +50,16 @@ __all__ = [
     "Suspended",
     "TimedOut",
     "DeferredData",
+    "FINAL_TYPES",
+    "FINAL_TYPE_NAMES",
     "KnownValue",
     "LoadedOnce",
     "get_state_exception",
-    "html_card",
     "is_state_iterable",
     "item_state",
+    "notebook_html",
     "raise_state_exception",
-    "state_colour",
+    "register_notebook_html",
 ]
 
 
@@ -82,7 +80,12 @@ class StateType(str, enum.Enum):
         return f"StateType.{self.value}"
 
 
-_FINAL = frozenset({StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
+# The one definition of "final": a run in one of these types has ended and never changes again.
+FINAL_TYPES: frozenset[StateType] = frozenset(
+    {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
+)
+# The same set as the type names the run store and the wire carry (plain strings, for SQL and events).
+FINAL_TYPE_NAMES: frozenset[str] = frozenset(t.value for t in FINAL_TYPES)
 _NO_VALUE: Any = object()
 
 
@@ -191,7 +194,7 @@ class KnownValue(DeferredData):
 class State:
     """One state of a run. Build them with the constructors: ``Completed(data=1)``."""
 
-    __slots__ = ("type", "name", "message", "_data", "exception", "traceback", "_ts", "flow_run")
+    __slots__ = ("type", "name", "message", "_data", "exception", "traceback", "_ts")
 
     def __init__(
         self,
@@ -211,10 +214,6 @@ class State:
         # The text survives pickling to other processes, where tracebacks do not.
         self.traceback = traceback_text
         self._ts = time.time() if timestamp is None else timestamp
-        # Set by the flow engine on the state a flow call returns (return_state=True) only:
-        # holding the run keeps its task runs alive, which a notebook wants and a map's
-        # 100,000 task states must not pay for. Not pickled (see __reduce__).
-        self.flow_run: FlowRun | None = None
 
     @property
     def data(self) -> Any:
@@ -307,7 +306,7 @@ class State:
         return self.type is StateType.CANCELLED
 
     def is_final(self) -> bool:
-        return self.type in _FINAL
+        return self.type in FINAL_TYPES
 
     def is_paused(self) -> bool:
         return self.type is StateType.PAUSED
@@ -332,14 +331,9 @@ class State:
             parts.append(f"result={self._result_type()}")
         return f"{self.name}({', '.join(parts)})"
 
-    def _repr_html_(self) -> str:
-        """A compact card for notebooks: the flow run's card when the state knows its run."""
-        if self.flow_run is not None:
-            return self.flow_run._repr_html_()
-        rows = [("at", html.escape(self.timestamp.strftime("%Y-%m-%d %H:%M:%S UTC")))]
-        if self.is_completed():
-            rows.append(("result", html.escape(self._result_type())))
-        return html_card("State", None, self, rows)
+    def _repr_html_(self) -> str | None:
+        """The state's card in a notebook (see the module docstring)."""
+        return notebook_html(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
@@ -367,55 +361,20 @@ def _rebuild(
     return State(type, name, message, data, exception, ts, tb)
 
 
-# Colours of the state badge, by kind; Cached gets its own, a hit being worth seeing.
-_COLOURS = {
-    StateType.SCHEDULED: "#6b7280",
-    StateType.PENDING: "#6b7280",
-    StateType.RUNNING: "#1d4ed8",
-    StateType.COMPLETED: "#15803d",
-    StateType.FAILED: "#b91c1c",
-    StateType.CRASHED: "#c2410c",
-    StateType.CANCELLED: "#57534e",
-}
-_CACHED_COLOUR = "#0f766e"
+# Drawing in notebooks belongs to the notebook code (a layer above); it registers itself here.
+_notebook_html: Callable[[Any], str | None] | None = None
 
 
-def state_colour(state: State) -> str:
-    """The CSS colour a state's name is shown in (by kind; Cached has its own)."""
-    return _CACHED_COLOUR if state.is_cached() else _COLOURS[state.type]
+def register_notebook_html(render: Callable[[Any], str | None]) -> None:
+    """Make ``render(obj)`` draw states and run records in notebooks (their ``_repr_html_``)."""
+    global _notebook_html
+    _notebook_html = render
 
 
-def html_card(kind: str, title: str | None, state: State, rows: Sequence[tuple[str, str]]) -> str:
-    """The HTML card of a state or a run: a header, the state's message, then labelled rows.
-
-    ``kind`` and ``title`` are plain text (escaped here); the row labels are plain
-    text too, while the row values are HTML the caller has already escaped, so a
-    row may hold a link or coloured counts.
-    """
-    badge = (
-        f'<span style="background:{state_colour(state)};color:#fff;border-radius:4px;'
-        f'padding:1px 7px;font-weight:600">{html.escape(state.name)}</span>'
-    )
-    header = f"<b>{html.escape(kind)}</b>"
-    if title:
-        header += f" <code>{html.escape(title)}</code>"
-    parts = [
-        '<div class="daskflow-card" style="display:inline-block;border:1px solid #d1d5db;border-radius:6px;'
-        'padding:6px 10px;font-family:system-ui,sans-serif;font-size:13px;line-height:1.5">',
-        f"<div>{header} {badge}</div>",
-    ]
-    if state.message:
-        parts.append(f'<div style="opacity:.8">{html.escape(state.message)}</div>')
-    if rows:
-        parts.append('<table style="border-collapse:collapse;margin-top:4px">')
-        for label, value in rows:
-            parts.append(
-                f'<tr><td style="padding:0 12px 0 0;opacity:.7;text-align:left">{html.escape(label)}</td>'
-                f'<td style="padding:0;text-align:left">{value}</td></tr>'
-            )
-        parts.append("</table>")
-    parts.append("</div>")
-    return "".join(parts)
+def notebook_html(obj: Any) -> str | None:
+    """The HTML card of a state or run record, or None (the notebook shows its ``repr``) if none is registered."""
+    render = _notebook_html
+    return None if render is None else render(obj)
 
 
 def _format_traceback(exc: BaseException) -> str:

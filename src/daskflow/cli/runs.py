@@ -54,7 +54,7 @@ from daskflow.runstore import FlowRunSummary, LogInfo, TaskRunInfo
 from daskflow.runstore.cancellation import request_cancel
 from daskflow.runstore.queries import flow_run_header, logs_after
 from daskflow.runstore.urls import resolve_url
-from daskflow.states import StateType
+from daskflow.states import FINAL_TYPE_NAMES
 
 __all__ = ["runs"]
 
@@ -336,9 +336,7 @@ def runs_report(url: str | None, run_id: str, output: str | None) -> None:
     click.echo(f"Wrote the report of flow run {run_id} to {written}")
 
 
-_FINAL_TYPES = frozenset(
-    t.value for t in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
-)
+_FINAL_TYPES = FINAL_TYPE_NAMES
 _WAIT_POLL_SECONDS = 0.25  # how often --wait reads the run's state: the store offers nothing to wait on
 
 

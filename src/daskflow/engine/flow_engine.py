@@ -7,8 +7,10 @@ follows from the body, as in Prefect: an exception fails it; a returned
 State, or a run's future, is the final state; otherwise futures in the value
 are waited for, and when the value is a collection of runs only, any of them
 that did not complete fails the flow (a failed run beside other values is
-just part of the value); else it completes. Flow retries
-rerun the body. Ctrl-C cancels the run: tasks not yet started never start,
+just part of the value); else it completes. A failed attempt (an exception, a
+timeout, a failed return value, or a crash-like ``BaseException``) is judged
+by the same code as a task's (:func:`~daskflow.engine.retries.judge_attempt`):
+a retry reruns the body after its delay, which a cancel cuts short. Ctrl-C cancels the run: tasks not yet started never start,
 running ones are interrupted, every run is left in a final state. A cancel
 from elsewhere (``daskflow runs cancel``, ``flow.serve`` stopping, see
 :mod:`daskflow.engine.cancellation`) takes the same path from another thread:
@@ -23,10 +25,10 @@ whatever the body then raises or returns.
 from __future__ import annotations
 
 import asyncio
-import random
+import functools
 import threading
-import time
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
@@ -44,19 +46,19 @@ from daskflow.context import (
 from daskflow.engine.cancellation import register as register_cancellable
 from daskflow.engine.cancellation import unregister as unregister_cancellable
 from daskflow.engine.history import recorder as history_recorder
-from daskflow.engine.hooks import call_hooks
+from daskflow.engine.hooks import hooks_for, run_state_hooks
 from daskflow.engine.inputs import resolve_runs
 from daskflow.engine.progress import ProgressDisplay, show_progress
-from daskflow.engine.retries import retry_delay
+from daskflow.engine.retries import judge_attempt
+from daskflow.engine.run_names import RunNameError, format_run_name, generate_run_name
 from daskflow.engine.run_origin import import_path, take_preset_run_id
 from daskflow.engine.task_engine import split_arguments
 from daskflow.engine.timeouts import call_with_timeout, interrupt_thread
 from daskflow.exceptions import CancelledRunError, ParameterValidationError, RunTimeoutError
 from daskflow.futures import DaskflowFuture
 from daskflow.logging import RunLoggerAdapter, configure_console_logging, install_print_capture, run_logger_for
-from daskflow.runs import FlowRun, new_run_id
+from daskflow.runs import FlowRun, FlowRunState, new_run_id
 from daskflow.states import (
-    AwaitingRetry,
     Cancelled,
     Completed,
     Crashed,
@@ -72,22 +74,9 @@ __all__ = [
     "INTERRUPT_GRACE_SECONDS",
     "FlowRunEngine",
     "ReturnValue",
-    "generate_run_name",
     "run_flow_async",
     "run_flow_sync",
 ]
-
-_ADJECTIVES = (
-    "amber azure bold brave bright calm clever coral crimson daring eager fancy gentle golden "
-    "happy jolly keen lively lucky merry nimble noble olive quick quiet rapid ruby silver "
-    "smart steady sunny swift teal tidy vivid wise witty zesty"
-).split()
-_ANIMALS = (
-    "badger bear beaver bison cheetah cobra condor coyote crane dingo dolphin eagle falcon ferret "
-    "finch fox gecko heron ibis jaguar koala lemur lynx marten moose otter owl panda puffin "
-    "raven seal stork tapir tiger toucan walrus wombat yak zebra"
-).split()
-
 
 # How long a cancelled body may take to notice (its futures were cancelled) before its thread
 # is interrupted: an exception thrown into a thread may land anywhere, so it is the last resort.
@@ -111,11 +100,6 @@ def _close_task_runs(flow_run: FlowRun, state: State) -> None:
             task_run.set_state(
                 Crashed(f"the flow run ended {state.name} while this run was {current.name}; its end never came back")
             )
-
-
-def generate_run_name() -> str:
-    """A name a person can say aloud, e.g. ``"swift-otter"``."""
-    return f"{random.choice(_ADJECTIVES)}-{random.choice(_ANIMALS)}"
 
 
 class FlowRunEngine:
@@ -150,6 +134,7 @@ class FlowRunEngine:
         # Set (once) by a cancel from another thread; then the run ends Cancelled, whatever the body does.
         self.cancel_reason: str | None = None
         self._cancel_lock = threading.Lock()
+        self._cancelled = threading.Event()
         self._runner: Any = None
         self._body_thread: int | None = None
         self._body_task: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
@@ -185,10 +170,9 @@ class FlowRunEngine:
         template = options.flow_run_name
         if template is not None:
             try:
-                self.run.name = template.format(**self.parameters) if isinstance(template, str) else str(template())
-            except Exception as exc:
-                message = f"flow {options.name!r}: flow_run_name {template!r} could not be formed: {type(exc).__name__}: {exc}"
-                return self.finish(Failed(message, exc))
+                self.run.name = format_run_name(template, self.parameters, options.where(), "flow_run_name")
+            except RunNameError as exc:
+                return self.finish(Failed(str(exc), exc.cause))
             self._logger = None
         if options.log_prints:
             install_print_capture()
@@ -203,7 +187,7 @@ class FlowRunEngine:
         else:
             run.set_state(Retrying(f"attempt {run.run_count}"))
         if self.options.on_running:
-            call_hooks(self.options.on_running, (self.flow, run, run.state), self.logger)
+            run_state_hooks(self.options, self.flow, run, run.state, self.logger)
 
     def new_runner(self) -> Any:
         runner = self.options.task_runner
@@ -242,8 +226,7 @@ class FlowRunEngine:
                     runner.cancel_all()
                 raise
             finally:
-                self._leave_body()
-                unregister_cancellable(self.run.id)
+                self._leave_body()  # still cancellable until finish(): a cancel while waiting to retry ends the run
 
     def _enter_body(self) -> None:
         with self._cancel_lock:
@@ -261,6 +244,7 @@ class FlowRunEngine:
         with self._cancel_lock:
             self._body_thread = None
             self._body_task = None
+            self._runner = None  # closed with the attempt: a cancel now has no futures to cancel
 
     def cancel_from_outside(self, reason: str) -> None:
         """Cancel this run from another thread (see the module docstring); later calls do nothing."""
@@ -268,6 +252,7 @@ class FlowRunEngine:
             if self.cancel_reason is not None or self.run.state.is_final():
                 return
             self.cancel_reason = reason
+            self._cancelled.set()  # wakes a wait before a retry
             context, runner, task = self.context, self._runner, self._body_task
         self.logger.warning("Cancelling: %s", reason)
         if context is not None:
@@ -292,8 +277,9 @@ class FlowRunEngine:
         args, kwargs = split_arguments(self.flow.fn, self.parameters)
         timeout = self.options.timeout_seconds
         if timeout is None:
-            return self.flow.fn(*args, **kwargs)
-        return call_with_timeout(self.flow.fn, args, kwargs, timeout, f"flow run {self.run.name!r}")
+            return _consumed(self.flow.fn(*args, **kwargs))
+        body = _consuming(self.flow.fn)
+        return call_with_timeout(body, args, kwargs, timeout, f"flow run {self.run.name!r}")
 
     def collect_return(self, value: Any) -> ReturnValue:
         """Wait for the futures in the body's return value and take their values (see :class:`ReturnValue`)."""
@@ -350,34 +336,32 @@ class FlowRunEngine:
         if isinstance(exc, (KeyboardInterrupt, CancelledRunError, asyncio.CancelledError)):
             self.cancel(f"cancelled: {type(exc).__name__}")
             return None
+        make_state: Callable[..., State]
         if isinstance(exc, RunTimeoutError):
-            return self._failed_attempt(TimedOut(exception=exc))
-        if isinstance(exc, Exception):
-            return self._failed_attempt(Failed(exception=exc))
-        self.finish(Crashed(f"{type(exc).__name__} raised inside the flow", exc))
-        return None
+            make_state = TimedOut
+        elif isinstance(exc, Exception):
+            make_state = Failed
+        else:  # SystemExit and friends: the process, not the flow's code, gave up (judged as for a task)
+            make_state = functools.partial(Crashed, f"{type(exc).__name__} raised inside the flow")
+        return self._judge(lambda traceback: make_state(exception=exc, with_traceback=traceback), exc)
 
     def _failed_attempt(self, state: State) -> float | None:
-        options = self.options
-        run = self.run
-        if run.run_count <= options.retries:
-            retry_number = run.run_count - 1
-            delay = retry_delay(
-                options.retry_delay_seconds, options.retries, retry_number, None, f"flow {options.name!r}"
-            )
-            self.logger.warning(
-                "Attempt %d failed with %s; retry %d of %d in %.3g s",
-                run.run_count,
-                state.message,
-                retry_number + 1,
-                options.retries,
-                delay,
-            )
-            run.set_state(AwaitingRetry(f"retry {retry_number + 1} of {options.retries} in {delay:.3g} s"))
-            return delay
-        self.logger.error("Finished in state %s: %s", state.name, state.message, exc_info=state.exception)
-        self.finish(state)
-        return None
+        return self._judge(lambda traceback: state, None)
+
+    def _judge(self, make_state: Callable[[bool], State], exc: BaseException | None) -> float | None:
+        """The one retry decision tasks make too (:func:`~daskflow.engine.retries.judge_attempt`)."""
+        where = f"flow {self.options.name!r}"
+        state, delay = judge_attempt(self.run, self.options, self.flow, where, self.logger, make_state, exc)
+        if delay is None:
+            self.finish(state)
+        return delay
+
+    def wait_before_retry(self, delay: float) -> bool:
+        """Wait ``delay`` seconds before the next attempt; False if the run was cancelled meanwhile."""
+        if self._cancelled.wait(delay) or self.cancel_reason is not None:
+            self.cancel(self.cancel_reason or "cancelled while waiting to retry")
+            return False
+        return True
 
     def cancel(self, message: str) -> None:
         """End the run and every task run of it that is not final as Cancelled."""
@@ -390,7 +374,10 @@ class FlowRunEngine:
 
     def finish(self, state: State) -> State:
         run = self.run
+        unregister_cancellable(run.id)
         _close_task_runs(run, state)
+        # The final state knows its run: what the caller of return_state=True reaches it by.
+        state = FlowRunState.of(state, run)
         run.set_state(state)
         if self.progress is not None:  # final counts drawn before the "Finished" line below
             self.progress.stop()
@@ -401,28 +388,42 @@ class FlowRunEngine:
                 self.logger.info("Finished in state %r; cache: %d hits, %d misses", state, hits, run.cache_misses)
             else:
                 self.logger.info("Finished in state %r", state)
-        options = self.options
-        hooks: tuple[Any, ...] = ()
-        if state.is_completed():
-            hooks = options.on_completion
-        elif state.is_failed():
-            hooks = options.on_failure
-        elif state.is_crashed():
-            hooks = options.on_crashed
-        elif state.is_cancelled():
-            hooks = options.on_cancellation
-        if hooks:
+        if hooks_for(self.options, state):
             # Inside the run's context again, so a hook's print under log_prints is logged as the run's.
             with use_flow_run_context(self.context) if self.context is not None else nullcontext():
-                call_hooks(hooks, (self.flow, run, state), self.logger)
+                run_state_hooks(self.options, self.flow, run, state, self.logger)
         return state
 
     def outcome(self, return_state: bool) -> Any:
         state = self.run.state
         if return_state:
-            state.flow_run = self.run  # what a notebook holds: state.flow_run and its card
-            return state
+            return state  # a FlowRunState: state.flow_run is the run (see finish)
         return state.result()
+
+
+def _consumed(value: Any) -> Any:
+    """A returned generator as the list of what it yields, as Prefect documents (a run's value is kept and
+    stored, which a generator cannot be); consumed inside the run, so tasks it calls belong to the run."""
+    if isinstance(value, types.GeneratorType):
+        return list(value)
+    return value
+
+
+def _consuming(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` whose returned generator is consumed where it runs (under the flow's timeout)."""
+
+    @functools.wraps(fn)
+    def body(*args: Any, **kwargs: Any) -> Any:
+        return _consumed(fn(*args, **kwargs))
+
+    return body
+
+
+async def _consumed_async(value: Any) -> Any:
+    """As :func:`_consumed`, and an async generator (returned by an ``async def`` flow) too."""
+    if isinstance(value, types.AsyncGeneratorType):
+        return [item async for item in value]
+    return _consumed(value)
 
 
 class ReturnValue:
@@ -461,9 +462,8 @@ def run_flow_sync(flow: Any, args: tuple[Any, ...], kwargs: dict[str, Any], retu
             raise
         except BaseException as exc:
             delay = engine.handle_exception(exc)
-        if delay is None:
+        if delay is None or not engine.wait_before_retry(delay):
             break
-        time.sleep(delay)
     return engine.outcome(return_state)
 
 
@@ -480,7 +480,7 @@ async def run_flow_async(flow: Any, args: tuple[Any, ...], kwargs: dict[str, Any
                 args_, kwargs_ = split_arguments(flow.fn, engine.parameters)
                 try:
                     async with asyncio.timeout(timeout) as deadline:
-                        value = await flow.fn(*args_, **kwargs_)
+                        value = await _consumed_async(await flow.fn(*args_, **kwargs_))
                 except TimeoutError:
                     if not deadline.expired():
                         raise
@@ -500,7 +500,6 @@ async def run_flow_async(flow: Any, args: tuple[Any, ...], kwargs: dict[str, Any
             break
         except BaseException as exc:
             delay = engine.handle_exception(exc)
-        if delay is None:
+        if delay is None or not await asyncio.to_thread(engine.wait_before_retry, delay):
             break
-        await asyncio.sleep(delay)
     return engine.outcome(return_state)

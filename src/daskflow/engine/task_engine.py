@@ -35,15 +35,15 @@ from daskflow.concurrency import LOCAL, Limit, limits_for_task
 from daskflow.context import TaskRunContext, use_task_run_context, waiting
 from daskflow.engine.caching import key_lock, read_entry, result_store, storage_key, write_entry
 from daskflow.engine.calls import TaskCall
-from daskflow.engine.hooks import call_hooks, commit_of
+from daskflow.engine.hooks import call_hooks, commit_of, run_state_hooks
 from daskflow.engine.inputs import materialize, resolve_inputs, wait_for_all
-from daskflow.engine.retries import retry_delay
+from daskflow.engine.retries import judge_attempt
+from daskflow.engine.run_names import RunNameError, format_run_name
 from daskflow.engine.timeouts import call_with_timeout
 from daskflow.exceptions import CancelledRunError, RunTimeoutError, UnhashableInputError, UpstreamFailedError
 from daskflow.logging import TASK_LOGGER, RunLoggerAdapter, install_print_capture, run_logger_for
 from daskflow.results import ResultStore
 from daskflow.states import (
-    AwaitingRetry,
     Cached,
     Cancelled,
     Completed,
@@ -193,13 +193,9 @@ class TaskRunEngine:
         template = self.options.task_run_name
         if template is not None:
             try:
-                self.run.name = template.format(**self.parameters) if isinstance(template, str) else str(template())
-            except Exception as exc:
-                message = (
-                    f"task {self.options.name!r}: task_run_name {template!r} could not be formed: "
-                    f"{type(exc).__name__}: {exc}"
-                )
-                return self.finish(Failed(message, exc), hooks=False)
+                self.run.name = format_run_name(template, self.parameters, self.options.where(), "task_run_name")
+            except RunNameError as exc:
+                return self.finish(Failed(str(exc), exc.cause), hooks=False)
         if call.log_prints:
             install_print_capture()
         self.context = TaskRunContext(
@@ -295,7 +291,7 @@ class TaskRunEngine:
         run.run_count += 1
         run.set_state(Running() if run.run_count == 1 else Retrying(f"attempt {run.run_count}"))
         if self.options.on_running:
-            call_hooks(self.options.on_running, (self.task, run, run.state), self.logger)
+            run_state_hooks(self.options, self.task, run, run.state, self.logger)
 
     def handle_success(self, value: Any) -> State:
         if isinstance(value, State):  # the function said how its run ends, as Prefect allows
@@ -344,46 +340,11 @@ class TaskRunEngine:
         return self._judge(lambda traceback: Crashed(message), None)
 
     def _judge(self, make_state: Callable[[bool], State], exc: BaseException | None) -> float | None:
-        """The one retry decision, for every cause: retries left, the condition, the delay."""
-        options = self.options
-        run = self.run
-        # Formatting a traceback costs about 100 µs: an attempt that will be retried
-        # is judged on a state without one; only the final failure keeps it.
-        if run.run_count <= options.retries and self._should_retry(state := make_state(False)):
-            retry_number = run.run_count - 1
-            delay = retry_delay(
-                options.retry_delay_seconds, options.retries, retry_number, options.retry_jitter_factor, self.where
-            )
-            self.logger.warning(
-                "Attempt %d failed with %s; retry %d of %d in %.3g s",
-                run.run_count,
-                state.message,
-                retry_number + 1,
-                options.retries,
-                delay,
-            )
-            cause = ""
-            if state.is_crashed():
-                # The history shows the crash, then the wait (runners carry it as a state the run went on from).
-                run.set_state(state)
-                cause = f" after a crash: {state.message}"
-            run.set_state(AwaitingRetry(f"retry {retry_number + 1} of {options.retries} in {delay:.3g} s{cause}"))
-            return delay
-        state = make_state(True)
-        retried = f" after {run.run_count - 1} retries" if run.run_count > 1 else ""
-        self.logger.error("Finished in state %s%s: %s", state.name, retried, state.message, exc_info=exc)
-        self.finish(state)
-        return None
-
-    def _should_retry(self, state: State) -> bool:
-        condition = self.options.retry_condition_fn
-        if condition is None:
-            return True
-        try:
-            return bool(condition(self.task, self.run, state))
-        except Exception:
-            self.logger.exception("retry_condition_fn raised; not retrying")
-            return False
+        """The one retry decision (:func:`~daskflow.engine.retries.judge_attempt`), then the final state."""
+        state, delay = judge_attempt(self.run, self.options, self.task, self.where, self.logger, make_state, exc)
+        if delay is None:
+            self.finish(state)
+        return delay
 
     def wait_before_retry(self, delay: float) -> bool:
         """Sleep ``delay`` seconds; False (and the run Cancelled) if the flow was cancelled meanwhile."""
@@ -416,20 +377,10 @@ class TaskRunEngine:
 
     def _run_hooks(self, state: State) -> None:
         options = self.options
-        if state.is_completed():
-            hooks = options.on_completion
-            # A hit's result was committed by its first run; inside a transaction() the block commits.
-            if options.on_commit and not state.is_cached() and not self.call.in_transaction:
-                call_hooks(options.on_commit, (commit_of(self.run, state),), self.logger)
-        elif state.is_failed() or state.is_crashed():
-            hooks = options.on_failure
-        else:
-            return
-        for hook in hooks:
-            try:
-                hook(self.task, self.run, state)
-            except Exception:
-                self.logger.exception("hook %s raised; the run's state is unchanged", getattr(hook, "__name__", hook))
+        # A hit's result was committed by its first run; inside a transaction() the block commits.
+        if options.on_commit and state.is_completed() and not state.is_cached() and not self.call.in_transaction:
+            call_hooks(options.on_commit, (commit_of(self.run, state),), self.logger)
+        run_state_hooks(options, self.task, self.run, state, self.logger)
 
 
 def _policy_reads_values(policy: Any) -> bool:

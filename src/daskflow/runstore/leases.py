@@ -36,13 +36,14 @@ import sqlalchemy as sa
 from daskflow.runstore import schema
 from daskflow.runstore.deployments import DeploymentRunInfo, live_condition
 from daskflow.runstore.records import new_record_id
+from daskflow.states import FINAL_TYPE_NAMES
 
 if TYPE_CHECKING:
     from daskflow.runstore.store import RunStore
 
 __all__ = ["FINAL_STATE_TYPES", "crash_message", "live_claims", "reap_expired", "renew_leases"]
 
-FINAL_STATE_TYPES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+FINAL_STATE_TYPES = tuple(sorted(FINAL_TYPE_NAMES))  # for SQL: a sequence, in a stable order
 
 
 def _writing(store: RunStore) -> sa.Engine:

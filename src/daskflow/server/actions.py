@@ -46,7 +46,7 @@ from daskflow.runstore.history import FlowRunDetail
 from daskflow.runstore.pausing import PausedRow, read_paused
 from daskflow.runstore.queries import flow_run_entrypoint
 from daskflow.runstore.store import RunStore
-from daskflow.states import StateType
+from daskflow.states import FINAL_TYPE_NAMES, StateType
 
 __all__ = [
     "ActionError",
@@ -63,9 +63,7 @@ __all__ = [
     "validate_parameters",
 ]
 
-FINAL_TYPES = frozenset(
-    t.value for t in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
-)
+FINAL_TYPES = FINAL_TYPE_NAMES
 _RETRYABLE = frozenset(t.value for t in (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED))
 _log = logging.getLogger("daskflow.server")
 _RECORDED_WITHIN = 15.0  # seconds a Run or Retry waits for its new run to be in the store before answering

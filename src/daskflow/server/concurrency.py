@@ -30,11 +30,12 @@ import sqlalchemy as sa
 
 from daskflow.runstore import schema
 from daskflow.runstore.store import RunStore
+from daskflow.states import FINAL_TYPE_NAMES
 
 __all__ = ["MAX_LISTED", "limit_rows"]
 
 MAX_LISTED = 2000  # task runs read at most per look: a page of limits, not a census
-_FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+_FINAL = tuple(sorted(FINAL_TYPE_NAMES))
 
 
 def _when(value: datetime | None) -> str | None:

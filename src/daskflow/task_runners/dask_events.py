@@ -21,7 +21,7 @@ from distributed import Client
 
 from daskflow.concurrency.distributed_compat import install_crash_counter
 from daskflow.engine import TaskCall
-from daskflow.states import StateType
+from daskflow.states import FINAL_TYPE_NAMES
 from daskflow.task_runners.dask_worker import EVENT_TOPIC, decode_state, mark_client_process, replay_artifact
 
 __all__ = ["RELEASED_PARAMETERS", "EventRouter", "router_for"]
@@ -101,9 +101,7 @@ class EventRouter:
             call.wait_for = ()
 
 
-_FINAL_TYPES = frozenset(
-    t.value for t in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
-)
+_FINAL_TYPES = FINAL_TYPE_NAMES
 
 
 def _emit_record(item: list[Any]) -> None:

@@ -42,7 +42,7 @@ from daskflow.exceptions import CancelledRunError
 from daskflow.logging import ARTIFACT_LOGGER, set_console_enabled
 from daskflow.runs import TaskRun, add_state_listener
 from daskflow.runstore import ArtifactRecord
-from daskflow.states import State, StateType, item_state
+from daskflow.states import FINAL_TYPE_NAMES, State, StateType, item_state
 from daskflow.task_runners.dask_protocol import RunSpec
 
 __all__ = [
@@ -103,9 +103,7 @@ def substitute(value: Any, upstream: list[State]) -> Any:
 
 
 _RUNNING = StateType.RUNNING.value
-_FINAL_TYPES = frozenset(
-    t.value for t in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
-)
+_FINAL_TYPES = FINAL_TYPE_NAMES
 
 
 def fold_running(batch: list[list[Any]]) -> list[list[Any]]:
