@@ -248,7 +248,7 @@ def test_show_names_the_failed_task_its_worker_retries_traceback_and_logs(record
     traceback = failure[failure.index("Traceback (most recent call last):") :]
     assert ", in flaky\n" in traceback and "ValueError: bad value 7" in traceback, failure
     assert "WARNING  about to fail on 7" in failure, failure
-    assert "1 task run did not run because a task run it depends on failed (state UpstreamFailed)" in failure, failure
+    assert "1 task run did not run because a task run it depends on failed (state NotReady)" in failure, failure
 
 
 def test_show_groups_a_big_map_but_lists_each_failed_task_run(recorded: Recorded) -> None:

@@ -402,7 +402,7 @@ def test_what_went_wrong_names_the_cause_and_counts_the_runs_that_never_ran(hist
     section = page[page.index('id="failure"') : page.index("</section>", page.index('id="failure"'))]
     assert "fetch-2" in section and "source down" in section, section
     causes = section[section.index("<ul>") : section.index("</ul>")]
-    assert "store_it-2" not in causes, f"an UpstreamFailed run is a consequence, not a cause: {causes}"
+    assert "store_it-2" not in causes, f"a NotReady run is a consequence, not a cause: {causes}"
     assert "1 task run did not run because a run it depends on failed" in section, section
 
 

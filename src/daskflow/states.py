@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from daskflow import secrets_mask
-from daskflow.exceptions import CancelledRunError, CrashedRunError, DaskflowError
+from daskflow.exceptions import CancelledRunError, CrashedRunError, DaskflowError, UpstreamFailedError
 
 __all__ = [
     "AwaitingConcurrencySlot",
@@ -54,6 +54,8 @@ __all__ = [
     "FINAL_TYPE_NAMES",
     "KnownValue",
     "LoadedOnce",
+    "NOT_READY",
+    "NotReady",
     "get_state_exception",
     "is_state_iterable",
     "item_state",
@@ -87,6 +89,8 @@ FINAL_TYPES: frozenset[StateType] = frozenset(
 # The same set as the type names the run store and the wire carry (plain strings, for SQL and events).
 FINAL_TYPE_NAMES: frozenset[str] = frozenset(t.value for t in FINAL_TYPES)
 _NO_VALUE: Any = object()
+# Prefect's name for a run that never started because an input's run did not complete (see NotReady).
+NOT_READY = "NotReady"
 
 
 class DeferredData:
@@ -273,6 +277,8 @@ class State:
         if self.type is StateType.CRASHED:
             return CrashedRunError(self.message or "the run crashed")
         if self.type is StateType.CANCELLED:
+            if self.name == NOT_READY:
+                return UpstreamFailedError(self.message or "the run did not start: an input's run did not complete")
             return CancelledRunError(self.message or "the run was cancelled")
         if self.type is StateType.FAILED:
             return DaskflowError(self.message or "the run failed")
@@ -282,7 +288,8 @@ class State:
         return self.type is StateType.SCHEDULED
 
     def is_pending(self) -> bool:
-        return self.type is StateType.PENDING
+        # NotReady (see that constructor) is pending to code written for Prefect, though its run has ended.
+        return self.type is StateType.PENDING or (self.type is StateType.CANCELLED and self.name == NOT_READY)
 
     def is_running(self) -> bool:
         return self.type is StateType.RUNNING
@@ -303,7 +310,7 @@ class State:
         return self.type is StateType.CRASHED
 
     def is_cancelled(self) -> bool:
-        return self.type is StateType.CANCELLED
+        return self.type is StateType.CANCELLED and self.name != NOT_READY
 
     def is_final(self) -> bool:
         return self.type in FINAL_TYPES
@@ -440,6 +447,21 @@ def Crashed(message: str | None = None, exception: BaseException | None = None, 
 
 def Cancelled(message: str | None = None, exception: BaseException | None = None, with_traceback: bool = True) -> State:
     return _failure(StateType.CANCELLED, "Cancelled", message, exception, with_traceback)
+
+
+def NotReady(message: str | None = None, exception: BaseException | None = None) -> State:
+    """A run that never started because a run it takes an input from did not complete.
+
+    Prefect leaves such a run ``Pending`` named ``NotReady`` for ever. daskflow
+    promises that every run ends in a final state in the history, so this state
+    is final: its type is ``CANCELLED`` (the run was called off before it began)
+    and its message names the argument and how its run ended. To code written
+    for Prefect it reads as Prefect's: ``is_pending()`` is True and
+    ``is_cancelled()`` False; ``result()`` raises the
+    :class:`~daskflow.exceptions.UpstreamFailedError`. The README's "Coming from
+    Prefect" table says so.
+    """
+    return _failure(StateType.CANCELLED, NOT_READY, message, exception, with_traceback=False)
 
 
 def Paused(

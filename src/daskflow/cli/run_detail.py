@@ -44,7 +44,8 @@ __all__ = ["GROUP_ABOVE", "Failure", "FlowRunPage", "as_json", "gather", "render
 GROUP_ABOVE = 50  # task runs past which the table groups them by task
 _FAILURES_IN_DETAIL = 3  # the first root failures shown with traceback and logs; the rest are named
 _LAST_LOG_LINES = 10
-_UPSTREAM_FAILED = "UpstreamFailed"  # a task that never ran because an input failed: not a root cause
+_UPSTREAM_FAILED = "NotReady"  # a task that never ran because an input failed: not a root cause
+_DID_NOT_RUN = frozenset({_UPSTREAM_FAILED, "UpstreamFailed"})  # UpstreamFailed: its name in older stores
 _FAILED_TYPES = ("FAILED", "CRASHED")
 
 
@@ -73,7 +74,7 @@ def gather(store: RunStore, run: FlowRunDetail) -> FlowRunPage:
     subflows = store.list_flow_runs(parent_flow_run_id=run.id, limit=None)
     failed = [t for t in run.task_runs if t.state_type in _FAILED_TYPES]
     roots = sorted(
-        (t for t in failed if t.state_name != _UPSTREAM_FAILED),
+        (t for t in failed if t.state_name not in _DID_NOT_RUN),
         key=lambda t: (t.end_time or t.created, t.created),
     )
     failures = []
@@ -83,7 +84,8 @@ def gather(store: RunStore, run: FlowRunDetail) -> FlowRunPage:
     flow_logs: list[LogInfo] = []
     if run.state_type in _FAILED_TYPES and not roots:
         flow_logs = [log for log in store.logs(run.id) if log.task_run_id is None][-_LAST_LOG_LINES:]
-    return FlowRunPage(run, subflows, failures, len(failed) - len(roots), flow_logs)
+    did_not_run = sum(1 for t in run.task_runs if t.state_name in _DID_NOT_RUN)
+    return FlowRunPage(run, subflows, failures, did_not_run, flow_logs)
 
 
 def as_json(page: FlowRunPage) -> dict[str, Any]:

@@ -40,7 +40,13 @@ from daskflow.engine.inputs import materialize, resolve_inputs, wait_for_all
 from daskflow.engine.retries import judge_attempt
 from daskflow.engine.run_names import RunNameError, format_run_name
 from daskflow.engine.timeouts import call_with_timeout
-from daskflow.exceptions import CancelledRunError, RunTimeoutError, UnhashableInputError, UpstreamFailedError
+from daskflow.exceptions import (
+    CancelledRunError,
+    ResultError,
+    RunTimeoutError,
+    UnhashableInputError,
+    UpstreamFailedError,
+)
 from daskflow.logging import TASK_LOGGER, RunLoggerAdapter, install_print_capture, run_logger_for
 from daskflow.results import ResultStore
 from daskflow.states import (
@@ -51,6 +57,7 @@ from daskflow.states import (
     DeferredData,
     Failed,
     KnownValue,
+    NotReady,
     Retrying,
     Running,
     State,
@@ -188,7 +195,7 @@ class TaskRunEngine:
             if kept and (self.options.task_run_name is not None or _policy_reads_values(self.task.cache_policy)):
                 self.parameters, kept = materialize(self.parameters, self.where), None
         except UpstreamFailedError as exc:
-            return self.finish(Failed(str(exc), exc, name="UpstreamFailed"), hooks=False)
+            return self.finish(_not_run(exc), hooks=False)
         self._kept = kept or None
         template = self.options.task_run_name
         if template is not None:
@@ -224,7 +231,7 @@ class TaskRunEngine:
             try:  # a miss: now the inputs are needed
                 self.parameters = self.context.parameters = materialize(self.parameters, self.where)
             except UpstreamFailedError as exc:
-                return self.finish(Failed(str(exc), exc, name="UpstreamFailed"), hooks=False)
+                return self.finish(_not_run(exc), hooks=False)
             finally:
                 self._kept = None
         return None
@@ -381,6 +388,18 @@ class TaskRunEngine:
         if options.on_commit and state.is_completed() and not state.is_cached() and not self.call.in_transaction:
             call_hooks(options.on_commit, (commit_of(self.run, state),), self.logger)
         run_state_hooks(options, self.task, self.run, state, self.logger)
+
+
+def _not_run(exc: UpstreamFailedError) -> State:
+    """The final state of a run whose inputs could not be had.
+
+    An input whose run did not complete leaves this run ``NotReady``, as in Prefect
+    (see :func:`~daskflow.states.NotReady`); an input whose run completed but whose
+    stored value could not be read is this run's own failure (the next run recomputes).
+    """
+    if isinstance(exc.__cause__, ResultError):
+        return Failed(str(exc), exc)
+    return NotReady(str(exc), exc)
 
 
 def _policy_reads_values(policy: Any) -> bool:

@@ -51,6 +51,9 @@ DETAILED_FAILURES = 200  # failed task runs shown with traceback and logs; more 
 _OPEN_FAILURES = 10  # of those, how many start unfolded
 
 
+_DID_NOT_RUN = frozenset({"NotReady", "UpstreamFailed"})  # a run whose input's run did not complete
+
+
 def badge(state_type: str, state_name: str) -> str:
     """A state name on its colour."""
     style = STATE_STYLES[state_key(state_type, state_name)]
@@ -144,8 +147,9 @@ def failure_summary_html(data: ReportData) -> str:
         return ""
     out = ['<section id="failure" class="failure-summary"><h2>What went wrong</h2><ul>']
     # A run that never started because its input failed is a consequence, not a cause: counted below.
-    causes = [run for run in failures if run.state_name != "UpstreamFailed"]
-    consequences = len(failures) - len(causes)
+    # It ends NotReady (a kind of Cancelled, so not among the failures); older stores hold UpstreamFailed.
+    causes = [run for run in failures if run.state_name not in _DID_NOT_RUN]
+    consequences = sum(1 for run in d.task_runs if run.state_name in _DID_NOT_RUN)
     by_task: dict[str, list[TaskRunInfo]] = {}
     for run in causes or failures:
         by_task.setdefault(run.task_name, []).append(run)
@@ -164,9 +168,7 @@ def failure_summary_html(data: ReportData) -> str:
     out.append("</ul>")
     if causes and consequences:
         did_not_run = "1 task run" if consequences == 1 else f"{consequences:,} task runs"
-        out.append(
-            f'<p class="note">{did_not_run} did not run because a run it depends on failed (UpstreamFailed).</p>'
-        )
+        out.append(f'<p class="note">{did_not_run} did not run because a run it depends on failed (NotReady).</p>')
     if d.traceback:
         out.append(f"<details><summary>The flow run's traceback</summary><pre>{escape(d.traceback)}</pre></details>")
     out.append("</section>")

@@ -68,6 +68,7 @@ from daskflow.states import (
     Cancelled,
     Crashed,
     Failed,
+    NotReady,
     State,
     item_state,
 )
@@ -551,10 +552,7 @@ class DaskTaskRunner(TaskRunner):
             failed = [up for up in future.upstreams if up._settled is not None and not up._settled.is_completed()]
             if failed:
                 engine.finish(
-                    Failed(
-                        f"upstream task run {failed[0].task_run.name!r} ended {failed[0].state.name}",
-                        name="UpstreamFailed",
-                    ),
+                    NotReady(f"upstream task run {failed[0].task_run.name!r} ended {failed[0].state.name}"),
                     hooks=False,
                 )
                 future.settle(run.state)
