@@ -35,6 +35,10 @@ def _saturation(dask_scheduler: Any) -> float:
     return float(dask_scheduler.WORKER_SATURATION)
 
 
+def _stealing(dask_scheduler: Any) -> bool:
+    return "stealing" in dask_scheduler.extensions
+
+
 @task
 def scheduler_saturation() -> float:
     # Asked from inside a task: the setting of the cluster the flow's runs really ran on.
@@ -64,14 +68,23 @@ def test_a_cluster_daskflow_starts_runs_without_queuing() -> None:
     saturation, total = fanout()
     assert saturation == float("inf")
     assert total == sum(range(1, 21))
-    assert STARTED_CLUSTER_CONFIG == {"distributed.scheduler.worker-saturation": float("inf")}
+    assert STARTED_CLUSTER_CONFIG == {
+        "distributed.scheduler.worker-saturation": float("inf"),
+        "distributed.scheduler.work-stealing": False,
+    }
     # Only while the cluster was made: the process's own setting is Dask's again.
     assert float(dask.config.get("distributed.scheduler.worker-saturation")) == DASK_DEFAULT_SATURATION
 
 
 def test_a_cluster_class_by_import_path_and_a_work_pool_get_the_same_settings() -> None:
     by_path = DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=SMALL)
-    assert _saturation_of_started(by_path) == float("inf")
+    by_path.start()
+    try:
+        assert by_path.client is not None
+        assert by_path.client.run_on_scheduler(_saturation) == float("inf")
+        assert by_path.client.run_on_scheduler(_stealing) is False
+    finally:
+        by_path.shutdown()
     with pool_runner(WorkPool(name="small", cluster_kwargs=SMALL)) as runner:
         assert runner is not None
         runner.start()
@@ -84,10 +97,12 @@ def test_a_cluster_class_by_import_path_and_a_work_pool_get_the_same_settings() 
 
 def test_what_the_user_set_in_dask_config_wins() -> None:
     with dask.config.set({"distributed.scheduler.worker-saturation": 2.0}):
-        assert started_cluster_config() == {}
+        assert started_cluster_config() == {"distributed.scheduler.work-stealing": False}
         assert _saturation_of_started(DaskTaskRunner(cluster_kwargs=SMALL)) == 2.0
     with dask.config.set({"daskflow.dask.cluster_config": {}}):  # Dask's defaults, as a plain LocalCluster
         assert _saturation_of_started(DaskTaskRunner(cluster_kwargs=SMALL)) == DASK_DEFAULT_SATURATION
+    with dask.config.set({"distributed.scheduler.work-stealing": False}):  # Dask's default is on: this is set
+        assert started_cluster_config() == {"distributed.scheduler.worker-saturation": float("inf")}
     with dask.config.set({"daskflow.dask.cluster_config": {"distributed.scheduler.worker-saturation": 3.0}}):
         assert _saturation_of_started(DaskTaskRunner(cluster_kwargs=SMALL)) == 3.0
     with dask.config.set({"daskflow.dask.cluster_config": "inf"}), pytest.raises(ConfigurationError) as info:
@@ -109,6 +124,7 @@ def test_a_cluster_passed_in_keeps_its_settings_stays_open_and_gets_the_performa
             return scheduler_saturation(), sum(f.result() for f in inc.map(range(n)))
 
         assert fanout(10) == (DASK_DEFAULT_SATURATION, sum(range(1, 11)))
+        assert cluster.scheduler is not None and _stealing(cluster.scheduler)  # Dask's default, untouched
         first = report.read_text(encoding="utf-8")
         assert "Dask Performance Report" in first
         assert "inc" in first  # the flow run's tasks are in it
