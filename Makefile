@@ -4,7 +4,7 @@
 #   make test         lint (ruff, import layers), mypy --strict, the whole suite: what CI runs
 #   make test-fast    the inner loop: the suite without slow-marked tests and notebooks
 #   make test-oldest  the Dask contract tests on the oldest dask/distributed pyproject.toml allows
-#   make bench        every benchmark suite, --quick (their figures are not part of the tests)
+#   make bench        every benchmark suite, --quick, with Prefect 3 and one chart (.venv-bench)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -68,8 +68,21 @@ test-oldest: $(OLDEST_STAMP)
 	if [ $$status -eq 5 ]; then echo "test-oldest: no Dask contract test selected; nothing to check"; exit 0; fi; \
 	exit $$status
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py --quick
+# Benchmarks in a venv of their own with the bench extra (Prefect 3 + prefect-dask, matplotlib):
+# Prefect pins its own fastapi and friends, which must not move under the test venv. W1 runs
+# Prefect at N=1,000 side by side with raw Dask and daskflow; the driver draws one chart.
+BENCH_VENV ?= .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_CHART ?= docs/benchmarks.png
+
+$(BENCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python benchmarks/run_all.py --quick --chart $(BENCH_CHART)
 
 clean:
-	rm -rf $(VENV) $(OLDEST_VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST_VENV) $(BENCH_VENV) .mypy_cache .pytest_cache .ruff_cache

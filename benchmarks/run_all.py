@@ -14,6 +14,11 @@ times out is reported and the others still run; the exit code is then 1.
     python benchmarks/run_all.py --quick                  # a few seconds per suite
     python benchmarks/run_all.py --json results.json      # the full sizes
     python benchmarks/run_all.py --only W6 --quick
+    python benchmarks/run_all.py --quick --chart docs/benchmarks.png   # what `make bench` runs
+
+``--chart PNG`` draws one chart of every row (:mod:`chart`): seconds per workload for
+plain Python, raw Dask, daskflow and Prefect 3 (W1 runs Prefect at N=1,000 when it is
+installed, quick or not; without it the suite says it skipped Prefect).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from chart import chart_missing, draw_chart
 from common import Row, environment, format_table, write_json
 
 HERE = Path(__file__).resolve().parent
@@ -79,6 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="pass --quick to every suite (a few seconds each)")
     parser.add_argument("--json", metavar="FILE", help="write every suite's results to FILE as one JSON document")
     parser.add_argument("--only", action="append", metavar="SUITE", help="run only this suite (W6, ...); repeatable")
+    parser.add_argument(
+        "--chart",
+        metavar="PNG",
+        help="draw one chart of seconds per workload (plain Python, raw Dask, daskflow, Prefect)",
+    )
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one suite may take (default 3600)")
     args = parser.parse_args(argv)
 
@@ -102,6 +113,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {r['suite']} note: {note}")
     for r in failures:
         print(f"  {r['suite']} FAILED: {r['error']}")
+
+    if args.chart:
+        missing = chart_missing()
+        if missing:
+            print(f"  {missing}")
+        else:
+            title = f"daskflow benchmarks{' (quick)' if args.quick else ''}: seconds per workload, 2 workers x 1 thread"
+            print(f"  chart: {draw_chart(rows, args.chart, title)}")
 
     if args.json:
         write_json(

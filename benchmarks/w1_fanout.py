@@ -40,6 +40,7 @@ from common import (
     Row,
     SuiteResult,
     alternate,
+    best_of,
     comparison_row,
     finish_suite,
     local_cluster,
@@ -126,6 +127,7 @@ def measure_variant(
             )
             row = comparison_row(SUITE, f"fan-out map+reduce [{variant}]", n, ours, base, notes=notes_text)
             row.metrics["variant"] = variant
+            row.metrics["python_s"] = best_of(lambda: checked(total([inc(i) for i in range(n)]), n), max(repeats, 3))
             if prefect and n == min(sizes):
                 figures, note = prefect_in_child(
                     script, ["--address", client.scheduler.address, "--n", str(n)], PREFECT_TIMEOUT_S
@@ -139,6 +141,55 @@ def measure_variant(
         if left:
             notes.append(f"[{variant}] {left} tasks were still on the scheduler 60 s after a run ended")
     return rows, notes
+
+
+STARTED_SHAPE = {"n_workers": 2, "threads_per_worker": 1, "processes": True}  # Dask's own shape on 2 cores
+
+
+def measure_started(sizes: Sequence[int], repeats: int) -> list[Row]:
+    """W1 on the cluster ``DaskTaskRunner()`` starts, versus raw Dask on a default ``LocalCluster``.
+
+    Issue 14 goal 4: the clusters daskflow starts for a flow run choose settings for
+    orchestration (no queuing, see ``task_runners/dask_cluster.py``); the baseline is
+    what a Dask user gets from ``LocalCluster()`` of the same shape, default config.
+    Each side starts and closes its own cluster inside the timed run, as a flow run
+    with ``DaskTaskRunner()`` does, so both pay the same start-up.
+    """
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    from daskflow import flow, task
+    from daskflow.task_runners import DaskTaskRunner
+
+    quiet = {"silence_logs": logging.ERROR}
+    inc_task = task(inc)
+    total_task = task(total)
+
+    @flow(name="w1-fanout-started", task_runner=DaskTaskRunner(cluster_kwargs={**STARTED_SHAPE, **quiet}))
+    def fanout(n: int) -> int:
+        return total_task(inc_task.map(range(n)))
+
+    def raw(n: int) -> int:
+        shape = {**STARTED_SHAPE, **quiet, "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
+        with LocalCluster(**shape) as cluster, Client(cluster, set_as_default=False) as client:
+            return raw_dask_pipeline(client, range(n), [inc], total)
+
+    rows = []
+    for n in sizes:
+        result = alternate({"daskflow": lambda: checked(fanout(n), n), "raw Dask": lambda: checked(raw(n), n)}, repeats)
+        ours, base = result["daskflow"], result["raw Dask"]
+        row = comparison_row(
+            SUITE,
+            "fan-out on the cluster DaskTaskRunner() starts vs raw Dask on LocalCluster() [default], start-up included",
+            n,
+            ours,
+            base,
+            notes=f"{ours.best_s / n * 1e3:.2f} vs {base.best_s / n * 1e3:.2f} ms/task; speedup {base.best_s / ours.best_s:.2f}x",
+        )
+        row.metrics["variant"] = "started"
+        rows.append(row)
+    return rows
 
 
 def measure_prefect(address: str, n: int) -> dict[str, Any]:
@@ -167,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--variant", choices=[name for name, _ in CLUSTER_VARIANTS], action="append", help="only this scheduler setting"
     )
     parser.add_argument("--no-prefect", action="store_true", help="do not run the Prefect comparison")
+    parser.add_argument(
+        "--started-only", action="store_true", help="only the cluster DaskTaskRunner() starts versus LocalCluster()"
+    )
+    parser.add_argument("--no-started", action="store_true", help="leave out the started-cluster comparison")
     parser.add_argument("--prefect-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -186,10 +241,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         result.notes.append("Prefect 3 skipped: --no-prefect")
     elif missing:
         result.notes.append(missing)
-    elif args.quick:
-        result.notes.append("Prefect 3 skipped in --quick runs: it takes about 78 ms a task")
-    prefect = not (args.no_prefect or missing or args.quick)
+    # Prefect runs in quick runs too (issue 14 goal 6: `make bench` sets them side by side), at
+    # the smallest N only: it takes about 78 ms a task.
+    prefect = not (args.no_prefect or missing)
 
+    if not args.no_started:
+        result.rows.extend(measure_started(sizes, repeats))
+    if args.started_only:
+        variants = []
     for index, (variant, config) in enumerate(variants):
         # Prefect at one setting is enough: its own cost dwarfs the scheduler's.
         rows, notes = measure_variant(variant, config, sizes, repeats, prefect and index == 0, __file__)

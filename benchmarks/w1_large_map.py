@@ -63,19 +63,24 @@ SUITE = "M1"
 TITLE = "large map: inc.map(range(N)) + reduce, client peak RSS and bytes per item, daskflow versus raw Dask"
 WARMUP_N = 200
 CHILD_TIMEOUT_S = 1800
-CONTENDERS = ("daskflow", "raw Dask")
+# "daskflow, history off": the same flow with dask.config daskflow.runstore.enabled false, so that
+# the cost of the run history (issue 14 goal 3: within 1.1x) is measured side by side.
+HISTORY_OFF = "daskflow, history off"
+CONTENDERS = ("daskflow", HISTORY_OFF, "raw Dask")
 
 
 def run_client(contender: str, address: str, n: int, warmup: int = WARMUP_N) -> dict[str, Any]:
     """One contender's run, in this fresh client process, against the cluster at ``address``."""
     quiet_daskflow()
+    import dask.config
     from distributed import Client
 
     # W1's functions, importable by the workers: both contenders ship the same references.
     from w1_fanout import checked, daskflow_fanout, inc, total
 
-    with Client(address, set_as_default=False) as client:
-        if contender == "daskflow":
+    off = {"daskflow.runstore.enabled": False} if contender == HISTORY_OFF else {}
+    with dask.config.set(off), Client(address, set_as_default=False) as client:
+        if contender in ("daskflow", HISTORY_OFF):
             fanout = daskflow_fanout(client)
             run = lambda size: fanout(size)  # noqa: E731
         else:
@@ -89,7 +94,15 @@ def run_client(contender: str, address: str, n: int, warmup: int = WARMUP_N) -> 
         seconds = time.perf_counter() - started
         # The lifetime peak of this process: its imports and the warm-up are far below the run's.
         peak = peak_rss_since_reset_mib()
-    return {"seconds": seconds, "rss_before_mib": before, "peak_rss_mib": peak}
+    rows = None
+    if contender == "daskflow":  # rows the run history wrote: the warm-up's and the run's
+        from daskflow.engine import history
+
+        current = history.recorder()
+        if current is not None:
+            history.flush(600)
+            rows = current.writer.written
+    return {"seconds": seconds, "rss_before_mib": before, "peak_rss_mib": peak, "history_rows": rows}
 
 
 def measure_variant(variant: str, config: dict[str, Any], n: int, repeats: int) -> tuple[Any, list[str]]:
@@ -97,6 +110,7 @@ def measure_variant(variant: str, config: dict[str, Any], n: int, repeats: int) 
     results = {name: Contender(name) for name in CONTENDERS}
     growth_per_item: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     scheduler_peak: dict[str, float] = {name: 0.0 for name in CONTENDERS}
+    history_rows: int | None = None
     with local_cluster(config) as client:
         address = client.scheduler.address
         for repeat in range(max(1, repeats)):
@@ -115,13 +129,17 @@ def measure_variant(variant: str, config: dict[str, Any], n: int, repeats: int) 
                 growth = figures["peak_rss_mib"] - figures["rss_before_mib"]
                 contender.growth_mib = max(contender.growth_mib, growth)
                 growth_per_item[name].append(growth * 2**20 / n)
-    ours, base = results["daskflow"], results["raw Dask"]
+                if figures.get("history_rows") is not None:
+                    history_rows = figures["history_rows"]
+    ours, base, off = results["daskflow"], results["raw Dask"], results[HISTORY_OFF]
     ours_bytes, base_bytes = max(growth_per_item["daskflow"]), max(growth_per_item["raw Dask"])
     memory_ratio = ours.peak_rss_mib / base.peak_rss_mib if base.peak_rss_mib else float("inf")
     notes_text = (
         f"client peak RSS {ours.peak_rss_mib:.0f} vs {base.peak_rss_mib:.0f} MiB ({memory_ratio:.2f}x); "
         f"{ours_bytes:,.0f} vs {base_bytes:,.0f} B/item; "
-        f"{ours.best_s / n * 1e3:.2f} vs {base.best_s / n * 1e3:.2f} ms/task"
+        f"{ours.best_s / n * 1e3:.2f} vs {base.best_s / n * 1e3:.2f} ms/task; "
+        f"history on/off {ours.best_s / off.best_s:.2f}x (off: {off.best_s:.3g} s, peak RSS {off.peak_rss_mib:.0f} MiB)"
+        + (f"; {history_rows / (n + WARMUP_N):.2f} history rows per task run" if history_rows else "")
     )
     row = comparison_row(
         SUITE,
@@ -133,6 +151,10 @@ def measure_variant(variant: str, config: dict[str, Any], n: int, repeats: int) 
         metrics={
             "variant": variant,
             "client_peak_rss_ratio": memory_ratio,
+            "history_off_s": off.best_s,
+            "history_on_off_ratio": ours.best_s / off.best_s,
+            "history_off_peak_rss_mib": round(off.peak_rss_mib, 1),
+            "history_rows_per_task_run": history_rows / (n + WARMUP_N + 2) if history_rows else None,
             "daskflow_bytes_per_item": ours_bytes,
             "baseline_bytes_per_item": base_bytes,
             "daskflow_scheduler_process_peak_rss_mib": round(scheduler_peak["daskflow"], 1),

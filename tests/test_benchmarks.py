@@ -236,7 +236,11 @@ W6_WORKLOADS = {
 def test_run_all_runs_a_suite_in_a_subprocess_and_writes_its_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     env = {**os.environ, "DASKFLOW_HOME": str(tmp_path / "home")}
-    command = [sys.executable, str(BENCHMARKS / "run_all.py"), "--quick", "--only", "W6", "--json", str(out)]
+    chart = tmp_path / "chart.png"
+    command = [
+        *(sys.executable, str(BENCHMARKS / "run_all.py"), "--quick", "--only", "W6"),
+        *("--json", str(out), "--chart", str(chart)),
+    ]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
     assert done.returncode == 0, done.stdout + done.stderr
@@ -255,6 +259,29 @@ def test_run_all_runs_a_suite_in_a_subprocess_and_writes_its_json(tmp_path: Path
     assert calls["metrics"]["per_call_us"] > 0
     # The one table, printed at the end.
     assert "W6 sequential task calls" in done.stdout.split("All suites (quick):")[1]
+    # The one chart: a PNG (matplotlib is in the bench extra and the test venv).
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"chart: {chart}" in done.stdout
+
+
+def test_the_chart_places_each_figure_under_its_system() -> None:
+    import chart
+
+    rows = [
+        common.Row("W1", "fan-out map+reduce [default]", 1000, 1.5, 1.4, "raw Dask",
+                   metrics={"variant": "default", "python_s": 0.0001, "prefect_s": 80.0}),
+        common.Row("W6", "sequential task calls", 2000, 0.03, 0.001, "plain Python"),
+        common.Row("W4", "limit of 5", 20, 0.45, 0.4, "ideal: 0.4 s"),  # no system to compare with: left out
+        common.Row("W3", "all-hit run", 1000, 0.5, 1.4, "raw Dask W1"),
+    ]  # fmt: skip
+    labels, series = chart.chart_series(rows)
+    assert len(labels) == 3 and labels[0].startswith("W1 fan-out map+reduce\nN=1,000 [default]")
+    assert series == {
+        "plain Python": [0.0001, 0.001, None],
+        "raw Dask": [1.4, None, 1.4],
+        "daskflow": [1.5, 0.03, 0.5],
+        "Prefect 3 + prefect-dask": [80.0, None, None],
+    }
 
 
 def test_run_all_finds_every_suite_in_number_order() -> None:

@@ -193,3 +193,70 @@ def test_values_returned_by_direct_calls_link_their_runs(task_runner: Any, histo
     names = {run.id: run.name for run in runs}
     edges = {run.name: [names[u] for u in run.upstream_ids] for run in runs}
     assert edges == {"extract-0": [], "count-0": ["extract-0"], "label-0": []}, edges
+
+
+# -- rows per map item (issue 14 goal 3: history free at scale) ----------------------------------
+
+
+def test_a_map_item_that_ended_before_its_submission_was_drained_costs_one_task_run_row() -> None:
+    from daskflow.engine.history import _Submitted, to_records
+    from daskflow.runs import TaskRun
+    from daskflow.runstore import StateRecord, TaskRunRecord
+    from daskflow.states import Completed, Running
+
+    ended = [TaskRun(id=f"ended-{i}", name=f"inc-{i}", task_name="inc", flow_run_id="f", map_index=i) for i in range(3)]
+    waiting = TaskRun(id="waiting", name="inc-3", task_name="inc", flow_run_id="f", map_index=3)
+    for run in ended:
+        run.set_state(Running())
+        run.set_state(Completed())
+    # Drained alone (its runs' states come in a later batch): a row for the waiting run only.
+    first = list(to_records([_Submitted((*ended, waiting))]))
+    assert [(type(r).__name__, r.id) for r in first] == [("TaskRunRecord", "waiting")]
+    # The batch of the final states: one state row each (as the Dask runner sends a run that
+    # ended within one event batch: its final state only) and one snapshot each.
+    later = list(to_records([(run, run.state) for run in ended]))
+    assert sorted(r.run_id for r in later if isinstance(r, StateRecord)) == [r.id for r in ended]
+    assert sorted(r.id for r in later if isinstance(r, TaskRunRecord)) == [r.id for r in ended]
+    assert all(r.state_type == "COMPLETED" and r.start_time is not None for r in later if isinstance(r, TaskRunRecord))
+    # Submission and end in one batch: the same two rows, still one snapshot.
+    both = list(to_records([_Submitted((waiting,)), (waiting, Running())]))
+    assert [type(r).__name__ for r in both] == ["StateRecord", "TaskRunRecord"]
+
+
+def test_the_rows_a_map_leaves_per_item(dask_client: Any, history: Any, daskflow_home: Path) -> None:
+    """M1's row count, at a size a test can afford: one task run row and one Completed row per item."""
+    n = 200
+
+    @task
+    def inc(x: int) -> int:
+        return x + 1
+
+    @task
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    @flow(name="m1-rows", task_runner=DaskTaskRunner(client=dask_client))
+    def fanout(n: int) -> int:
+        return total(inc.map(range(n)))
+
+    assert fanout(n) == n * (n + 1) // 2
+    store = history()
+    [summary] = store.list_flow_runs(flow_name="m1-rows")
+    runs = store.task_runs(summary.id)
+    assert len(runs) == n + 1 and {r.state_name for r in runs} == {"Completed"}
+    db = sqlite3.connect(daskflow_home / "runs.db")
+    try:
+        per_item = db.execute(
+            "SELECT s.run_id, COUNT(*) FROM states s JOIN task_runs t ON t.id = s.run_id "
+            "WHERE t.flow_run_id = ? AND s.type = 'COMPLETED' GROUP BY s.run_id",
+            (summary.id,),
+        ).fetchall()
+        duplicates = db.execute(
+            "SELECT COUNT(*) - COUNT(DISTINCT uid) FROM states s JOIN task_runs t ON t.id = s.run_id "
+            "WHERE t.flow_run_id = ?",
+            (summary.id,),
+        ).fetchone()[0]
+    finally:
+        db.close()
+    assert len(per_item) == n + 1 and {count for _, count in per_item} == {1}, per_item[:5]
+    assert duplicates == 0

@@ -172,7 +172,14 @@ def stop_recording() -> None:
 
 
 def to_records(batch: list[Any]) -> Iterable[Record]:
-    """A batch of ``(run, state)`` pairs and log records as rows, with one snapshot per run."""
+    """A batch of ``(run, state)`` pairs and log records as rows, with one snapshot per run.
+
+    Rows are built here, on the writer's thread, from the runs as they are now. A
+    submitted run that is final by now is left to the batch of its final state (the
+    same batch or a later one, since the queue keeps order), so a map item that ends
+    before its submission is drained costs one task run row and its state rows, where
+    it cost a row at submission and the same row again when it ended.
+    """
     runs: dict[str, FlowRun | TaskRun] = {}
     for item in batch:
         if isinstance(item, tuple):
@@ -188,7 +195,10 @@ def to_records(batch: list[Any]) -> Iterable[Record]:
             )
         elif isinstance(item, _Submitted):
             for run in item.runs:
-                runs.setdefault(run.id, run)
+                # A run that ended before its submission was drained gets its row from its final
+                # state, queued after this (the queue keeps order): one task run row, not two.
+                if not run.state.is_final():
+                    runs.setdefault(run.id, run)
         elif isinstance(item, logging.LogRecord):
             yield log_entry_from_record(item)
         else:

@@ -73,6 +73,13 @@ from daskflow.states import (
     item_state,
 )
 from daskflow.task_runners.base import TaskRunner
+from daskflow.task_runners.dask_cluster import (
+    Cluster,
+    PathLike,
+    PerformanceReport,
+    check_sources,
+    started_cluster_settings,
+)
 from daskflow.task_runners.dask_events import RELEASED_PARAMETERS, router_for
 from daskflow.task_runners.dask_protocol import RunSpec
 from daskflow.task_runners.dask_shipping import code_missing_message, ship_code, ship_missing, unserializable
@@ -189,39 +196,73 @@ class DaskFuture(DaskflowFuture[Any]):
 class DaskTaskRunner(TaskRunner):
     """Runs task runs on a Dask cluster.
 
-    With nothing given it starts a ``LocalCluster`` (loopback only) for the flow
-    run and closes it after; ``address`` connects to a running scheduler;
-    ``cluster_class`` (a class or its import path) with ``cluster_kwargs`` and
-    ``adapt_kwargs`` starts that cluster; ``client`` — or a default client that
-    is already active, as in a notebook — is used and left open.
+    Where the cluster comes from, as prefect-dask's ``DaskTaskRunner`` takes it:
+
+    * nothing given: a ``LocalCluster`` (loopback only, Dask's own worker shape for
+      this machine) is started for the flow run and closed after — unless a default
+      client is already active, as in a notebook, which is then used and left open;
+    * ``cluster_class`` (a class or its import path) with ``cluster_kwargs``: that
+      cluster is started for the flow run and closed after (work pools use this);
+    * ``address``: a running scheduler is connected to; ``cluster``: a cluster
+      object you started (it may also be the first positional argument), used and
+      left open; ``client``: a ``distributed.Client`` of yours, used as it is.
+
+    ``adapt_kwargs`` makes the cluster adaptive (``cluster.adapt(**adapt_kwargs)``);
+    ``client_kwargs`` go to the ``distributed.Client`` the runner opens
+    (``set_as_default`` is False unless given); ``performance_report_path`` writes
+    Dask's performance report (``distributed.performance_report``, an HTML file;
+    the scheduler needs ``bokeh``) of each flow run to that path, replacing the
+    previous run's, as prefect-dask does.
+
+    **Settings of the clusters daskflow starts.** Dask's default queuing
+    (``distributed.scheduler.worker-saturation: 1.1``) holds tasks back on the
+    scheduler until a worker thread is about free, which costs about 4x on the
+    small tasks orchestration is made of with 1-thread workers. A cluster daskflow
+    starts itself (nothing given, ``cluster_class``, work pools) therefore starts
+    under the dask.config of :data:`STARTED_CLUSTER_CONFIG`: worker-saturation
+    ``inf`` (every ready task goes to a worker at once) and work stealing off
+    (moving small tasks between workers cost more than it saved: about 2.5x on
+    W1). A key you set yourself in dask.config to other than Dask's default wins
+    over daskflow's choice; dask.config ``daskflow.dask.cluster_config`` replaces
+    the whole choice (``{}``: Dask's defaults; put work stealing back for maps
+    whose items differ widely in duration). A cluster, client or address you
+    pass keeps its own settings: daskflow never changes them.
     """
 
     def __init__(
         self,
-        address: str | None = None,
-        cluster_class: type | str | None = None,
+        address: str | Cluster | None = None,
+        cluster_class: type | Callable[..., Any] | str | None = None,
         cluster_kwargs: dict[str, Any] | None = None,
         adapt_kwargs: dict[str, Any] | None = None,
         client: Client | None = None,
+        cluster: Cluster | None = None,
+        client_kwargs: dict[str, Any] | None = None,
+        performance_report_path: PathLike | None = None,
     ) -> None:
-        if address is not None and (cluster_class is not None or client is not None):
-            raise ConfigurationError("DaskTaskRunner: give address, or cluster_class, or client; not several")
-        if client is not None and not isinstance(client, Client):
-            raise ConfigurationError(
-                f"DaskTaskRunner: client must be a distributed.Client, got {type(client).__name__}"
-            )
+        if isinstance(address, Cluster) and cluster is None:  # DaskTaskRunner(cluster), prefect-dask's first argument
+            address, cluster = None, address
+        check_sources(address, cluster_class, cluster_kwargs, adapt_kwargs, client, cluster, client_kwargs)
         super().__init__(
             address=address,
             cluster_class=cluster_class,
             cluster_kwargs=cluster_kwargs,
             adapt_kwargs=adapt_kwargs,
             client=client,
+            cluster=cluster,
+            client_kwargs=client_kwargs,
+            performance_report_path=performance_report_path,
         )
         self.address = address
         self.cluster_class = cluster_class
         self.cluster_kwargs = dict(cluster_kwargs or {})
         self.adapt_kwargs = adapt_kwargs
+        self.client_kwargs = dict(client_kwargs or {})
+        self.performance_report_path = performance_report_path
+        # One per flow run: each run's runner is a fresh duplicate().
+        self._report = None if performance_report_path is None else PerformanceReport(performance_report_path)
         self._given_client = client
+        self._given_cluster = cluster
         self.client: Client | None = None
         self.cluster: Any = None
         self._owns_client = False
@@ -243,6 +284,13 @@ class DaskTaskRunner(TaskRunner):
         self._lost_timeout = float(parse_timedelta(settings.get("dask.lost_timeout")))
         self.client, self.cluster, self._owns_client = self._connect()
         self._router = router_for(self.client)
+        if self._report is not None:
+            try:
+                self._report.start(self.client)
+            except BaseException:
+                self._report = None
+                self.shutdown()  # closes what _connect opened
+                raise
 
     @property
     def dashboard_link(self) -> str | None:
@@ -255,13 +303,22 @@ class DaskTaskRunner(TaskRunner):
         except Exception:
             return None
 
+    def _new_client(self, target: Any, **defaults: Any) -> Client:
+        # prefect-dask's rule: the runner's client is not the process's default unless asked.
+        return Client(target, **{"set_as_default": False, **defaults, **self.client_kwargs})
+
     def _connect(self) -> tuple[Client, Any, bool]:
         if self._given_client is not None:
             return self._given_client, None, False
+        if self._given_cluster is not None:
+            if self.adapt_kwargs:  # asked for explicitly, as prefect-dask does; nothing else is changed
+                self._given_cluster.adapt(**self.adapt_kwargs)
+            # Our client, their cluster: shutdown closes the client only (self.cluster stays None).
+            return self._new_client(self._given_cluster), None, True
         timeout = parse_timedelta(settings.get("dask.connect_timeout"))
         if self.address is not None:
             try:
-                return Client(self.address, timeout=timeout, set_as_default=False), None, True
+                return self._new_client(self.address, timeout=timeout), None, True
             except (OSError, TimeoutError) as exc:
                 raise SchedulerUnreachableError(
                     f"no Dask scheduler answered at {self.address} within {timeout:g} s ({type(exc).__name__}: {exc}); "
@@ -274,7 +331,11 @@ class DaskTaskRunner(TaskRunner):
             except ValueError:
                 pass
         cluster = self._make_cluster()
-        client = Client(cluster, set_as_default=False)
+        try:
+            client = self._new_client(cluster)
+        except BaseException:
+            cluster.close()
+            raise
         _log.info("Started a Dask cluster for the flow run; dashboard: %s", client.dashboard_link)
         return client, cluster, True
 
@@ -284,17 +345,22 @@ class DaskTaskRunner(TaskRunner):
             module_name, _, name = cls.rpartition(".")
             try:
                 cls = getattr(importlib.import_module(module_name), name)
-            except (ImportError, AttributeError) as exc:
+            except (ImportError, AttributeError, ValueError) as exc:
                 raise ConfigurationError(
-                    f"DaskTaskRunner: cluster_class {self.cluster_class!r} cannot be imported: {exc}"
+                    f"DaskTaskRunner: cluster_class {self.cluster_class!r} cannot be imported: {exc}; "
+                    "give the import path of a cluster class, e.g. 'distributed.LocalCluster'"
                 ) from None
         kwargs = dict(self.cluster_kwargs)
         if cls is None:
             cls = distributed.LocalCluster
             kwargs.setdefault("host", "127.0.0.1")  # never listen beyond this machine by default
             kwargs.setdefault("dashboard_address", "127.0.0.1:0")
-        assert callable(cls)
-        cluster = cls(**kwargs)
+        if not callable(cls):
+            raise ConfigurationError(
+                f"DaskTaskRunner: cluster_class must be a cluster class or its import path, got {cls!r}"
+            )
+        with started_cluster_settings():  # daskflow's choice for the clusters it owns (dask_cluster.py)
+            cluster = cls(**kwargs)
         if self.adapt_kwargs:
             cluster.adapt(**self.adapt_kwargs)
         return cluster
@@ -641,6 +707,8 @@ class DaskTaskRunner(TaskRunner):
                 self._wait_all()
                 self._sync_records()
         finally:
+            if self._report is not None and self.client is not None:
+                self._report.finish(self.client)  # before the client closes (perfhist)
             if self.client is not None:
                 for future in self._futures:
                     self._router.runs.pop(future.task_run.id, None)
