@@ -27,6 +27,10 @@ import pytest
 
 from daskflow.task_runners import SequentialTaskRunner, ThreadPoolTaskRunner
 
+# The server tests' fixtures (a folder, a run store and a `daskflow server` per module) live with
+# the rest of their harness; loading it here lets test_server.py and test_server_browser.py share them.
+pytest_plugins = ["server_harness"]
+
 # The contract suite runs over every runner in this list.
 RUNNER_FACTORIES: dict[str, Callable[[], Any]] = {
     "sequential": SequentialTaskRunner,
