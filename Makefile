@@ -68,10 +68,12 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_XDIST) $(if $(PYTEST_MARKS),-m "$(PYTEST_MARKS)")
 
-# Lint first (it fails in a second), then mypy and the suite at once, each line of their output
-# whole (-Oline); make fails if either does, after both have ended.
+# Lint first (it fails in a second), then mypy and the suite at once; make fails if either does,
+# after both have ended. Their output is not synchronised (make -O would hold pytest's progress,
+# and a hung test's stack dump, until pytest ends: lost if CI's timeout stops it); mypy prints
+# only its result, at its end.
 test: lint
-	$(MAKE) --no-print-directory -j2 -Oline typecheck pytest
+	$(MAKE) --no-print-directory -j2 typecheck pytest
 
 test-slow: $(STAMP)
 	$(BIN)/pytest $(PYTEST_XDIST) -m slow
