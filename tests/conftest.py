@@ -27,6 +27,10 @@ import pytest
 
 from daskflow.task_runners import SequentialTaskRunner, ThreadPoolTaskRunner
 
+# The server tests' fixtures (a folder, a run store and a `daskflow server` per module) live with
+# the rest of their harness; loading it here lets test_server.py and test_server_browser.py share them.
+pytest_plugins = ["server_harness"]
+
 # The contract suite runs over every runner in this list.
 RUNNER_FACTORIES: dict[str, Callable[[], Any]] = {
     "sequential": SequentialTaskRunner,
@@ -418,3 +422,32 @@ def put_raw(store: Any, key: str, data: bytes) -> None:
     """Overwrite ``key``'s entry file with ``data`` (to damage it, or to plant an old one)."""
     with fsspec.open(store.path(key), "wb", **store.storage_options) as f:
         f.write(data)
+
+
+# -- the order in which xdist hands out files ---------------------------------------------------
+
+# The files that take longest, longest first. `make test` runs pytest-xdist with --dist loadfile
+# and --no-loadscope-reorder, which hands whole files to its processes in collection order: started
+# first, the long files run beside each other and the many short ones fill in behind them, so both
+# processes end at about the same time. (xdist's default order, by number of tests, put these
+# files of few but long tests last, and one process then ran them alone for a minute or more.)
+# A stale list costs balance only, never a result; the figures are from `pytest --durations`.
+LONG_FILES_FIRST = (
+    "test_caching_identity.py",
+    "test_server.py",
+    "test_benchmarks.py",
+    "test_server_browser.py",
+    "test_server_queue.py",
+    "test_notebooks.py",
+    "test_service.py",
+    "test_results_faults.py",
+    "test_caching.py",
+    "test_blocks.py",
+    "test_examples.py",
+    "test_history.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 __all__ = [
     "EventStream",
     "FLOWS",
@@ -35,7 +37,10 @@ __all__ = [
     "flow_env",
     "free_port",
     "run_script",
+    "server",
+    "server_folder",
     "server_process",
+    "server_store_url",
     "wait_for",
 ]
 
@@ -269,3 +274,21 @@ class EventStream:
 
     def close(self) -> None:
         self.connection.close()
+
+
+@pytest.fixture(scope="module")
+def server_folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of the test module's own: its flow script, gates, logs and run store."""
+    return tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_").replace("_", "-"))
+
+
+@pytest.fixture(scope="module")
+def server_store_url(server_folder: Path) -> str:
+    return f"sqlite:///{server_folder / 'runs.db'}"
+
+
+@pytest.fixture(scope="module")
+def server(server_folder: Path, server_store_url: str) -> Iterator[Server]:
+    """One ``daskflow server`` (with its scheduling service) for the module's tests."""
+    with server_process(server_folder, server_store_url, "--poll", "0.5") as running:
+        yield running

@@ -172,6 +172,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow  # a signal to a process tree, waited out (Makefile: make test-slow)
 @pytest.mark.parametrize(("on_stop", "final"), [("finish", "COMPLETED"), ("cancel", "CANCELLED")])
 def test_sigterm_stops_flow_serve_finishing_or_cancelling_the_run_in_flight(
     tmp_path: Any, on_stop: str, final: str

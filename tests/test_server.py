@@ -15,7 +15,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +32,6 @@ from server_harness import (  # noqa: E402
     server_process,
     wait_for,
 )
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("server")
-
-
-@pytest.fixture(scope="module")
-def store_url(folder: Path) -> str:
-    return f"sqlite:///{folder / 'runs.db'}"
-
-
-@pytest.fixture(scope="module")
-def server(folder: Path, store_url: str) -> Iterator[Server]:
-    with server_process(folder, store_url, "--poll", "0.5") as running:
-        yield running
 
 
 def _run_of(server: Server, gate: str) -> dict[str, Any]:
@@ -71,17 +54,17 @@ def _state(server: Server, run_id: str) -> str:
 
 
 def test_the_api_shows_a_running_flow_run_its_task_runs_and_its_logs(
-    server: Server, folder: Path, store_url: str
+    server: Server, server_folder: Path, server_store_url: str
 ) -> None:
-    process = run_script(folder, store_url, "3", "api-gate")
+    process = run_script(server_folder, server_store_url, "3", "api-gate")
     try:
-        _watch_a_held_run(server, folder, process)
+        _watch_a_held_run(server, server_folder, process)
     finally:
-        (folder / "gates" / "api-gate").touch()  # whatever failed, the flow's process ends
+        (server_folder / "gates" / "api-gate").touch()  # whatever failed, the flow's process ends
         process.wait(60)
 
 
-def _watch_a_held_run(server: Server, folder: Path, process: subprocess.Popen[str]) -> None:
+def _watch_a_held_run(server: Server, server_folder: Path, process: subprocess.Popen[str]) -> None:
     run = _run_of(server, "api-gate")
     run_id = run["id"]
     assert run["flow_name"] == HOSTILE_NAME and run["entrypoint"].endswith("server_flows.py:demo"), run
@@ -104,7 +87,7 @@ def _watch_a_held_run(server: Server, folder: Path, process: subprocess.Popen[st
     status, refused = server.post(f"/api/flow-runs/{run_id}/retry")
     assert status == 409 and "only a failed, crashed or cancelled run" in refused["detail"], refused
 
-    (folder / "gates" / "api-gate").touch()
+    (server_folder / "gates" / "api-gate").touch()
     assert process.wait(60) == 0
     wait_for(lambda: _state(server, run_id) == "Completed", 30, "the run to end Completed")
     newer = server.get(f"/api/flow-runs/{run_id}/logs?after={last}")[1]["logs"]
@@ -114,10 +97,10 @@ def _watch_a_held_run(server: Server, folder: Path, process: subprocess.Popen[st
     assert server.get("/api/flow-runs/00000000-dead")[0] == 404
 
 
-def test_flow_runs_filter_and_page_on_the_server(server: Server, folder: Path, store_url: str) -> None:
-    (folder / "gates" / "filter-gate").touch()
+def test_flow_runs_filter_and_page_on_the_server(server: Server, server_folder: Path, server_store_url: str) -> None:
+    (server_folder / "gates" / "filter-gate").touch()
     for _ in range(2):
-        assert run_script(folder, store_url, "1", "filter-gate").wait(60) == 0
+        assert run_script(server_folder, server_store_url, "1", "filter-gate").wait(60) == 0
     flow = urllib.parse.quote(HOSTILE_NAME)
     status, first = server.get(f"/api/flow-runs?flow={flow}&state=completed&limit=1")
     assert status == 200 and len(first["flow_runs"]) == 1 and first["has_more"], first
@@ -148,7 +131,9 @@ def _open_streams(base: str, count: int, query: str = "") -> list[socket.socket]
     return streams
 
 
-def test_fifty_event_streams_cost_one_poll_per_interval(server: Server, folder: Path, store_url: str) -> None:
+def test_fifty_event_streams_cost_one_poll_per_interval(
+    server: Server, server_folder: Path, server_store_url: str
+) -> None:
     streams = _open_streams(server.base, 50)
     try:
         wait_for(lambda: server.get("/api/health")[1]["event_clients"] >= 50, 30, "50 clients on /api/events")
@@ -161,8 +146,8 @@ def test_fifty_event_streams_cost_one_poll_per_interval(server: Server, folder: 
         # however many clients listen. Once per client would be 50 times that.
         assert statements <= 3 * polls, f"{statements} statements for {polls} polls with 50 clients"
 
-        (folder / "gates" / "event-gate").touch()
-        assert run_script(folder, store_url, "1", "event-gate").wait(60) == 0
+        (server_folder / "gates" / "event-gate").touch()
+        assert run_script(server_folder, server_store_url, "1", "event-gate").wait(60) == 0
         received = b""
         while b"event: state" not in received or b"event: log" not in received:
             received += streams[-1].recv(65536)
@@ -172,8 +157,10 @@ def test_fifty_event_streams_cost_one_poll_per_interval(server: Server, folder: 
             sock.close()
 
 
-def test_a_deployment_runs_from_the_api_with_typed_parameters(server: Server, folder: Path, store_url: str) -> None:
-    assert run_script(folder, store_url, "deploy", "api-deployment").wait(60) == 0
+def test_a_deployment_runs_from_the_api_with_typed_parameters(
+    server: Server, server_folder: Path, server_store_url: str
+) -> None:
+    assert run_script(server_folder, server_store_url, "deploy", "api-deployment").wait(60) == 0
     status, listed = server.get("/api/deployments")
     (deployment,) = [d for d in listed["deployments"] if d["name"] == "api-deployment"]
     assert deployment["parameters"] == {"gate": "deploy-gate"} and deployment["next_times"] == [], deployment
@@ -183,7 +170,7 @@ def test_a_deployment_runs_from_the_api_with_typed_parameters(server: Server, fo
     assert status == 422 and bad["detail"][0]["parameter"] == "m", bad
     assert server.post("/api/deployments/missing/runs", {"parameters": {}})[0] == 404
 
-    (folder / "gates" / "deploy-gate").touch()
+    (server_folder / "gates" / "deploy-gate").touch()
     status, started = server.post("/api/deployments/api-deployment/runs", {"parameters": {"n": 2}})
     assert status == 201, started
     wait_for(lambda: server.get(f"/api/flow-runs/{started['flow_run_id']}")[0] == 200, 30, "the new run")
@@ -200,9 +187,9 @@ def test_a_deployment_runs_from_the_api_with_typed_parameters(server: Server, fo
 
 
 def test_a_paused_run_is_resumed_from_the_api_and_a_bad_input_is_a_422_naming_it(
-    server: Server, folder: Path, store_url: str
+    server: Server, server_folder: Path, server_store_url: str
 ) -> None:
-    process = run_script(folder, store_url, "pause", "api-pause")
+    process = run_script(server_folder, server_store_url, "pause", "api-pause")
     try:
 
         def paused() -> str | None:
@@ -238,9 +225,9 @@ def test_a_paused_run_is_resumed_from_the_api_and_a_bad_input_is_a_422_naming_it
 
 
 def test_the_concurrency_page_shows_the_holders_of_limits_by_task_name_and_tag(
-    server: Server, folder: Path, store_url: str
+    server: Server, server_folder: Path, server_store_url: str
 ) -> None:
-    process = run_script(folder, store_url, "limited", "limits-gate")
+    process = run_script(server_folder, server_store_url, "limited", "limits-gate")
     try:
 
         def holding() -> dict[str, Any] | None:
@@ -263,7 +250,7 @@ def test_the_concurrency_page_shows_the_holders_of_limits_by_task_name_and_tag(
         status, page = server.get("/concurrency")
         assert status == 200 and holder["name"] in page and 'data-limit="db"' in page
     finally:
-        (folder / "gates" / "limits-gate").touch()
+        (server_folder / "gates" / "limits-gate").touch()
         assert process.wait(60) == 0
     wait_for(
         lambda: all(not r["holders"] and not r["waiters"] for r in server.get("/api/concurrency")[1]["limits"]),
@@ -274,23 +261,23 @@ def test_the_concurrency_page_shows_the_holders_of_limits_by_task_name_and_tag(
 # -- security -----------------------------------------------------------------------------------
 
 
-def test_a_non_loopback_bind_without_a_token_refuses_to_start(folder: Path, store_url: str) -> None:
-    command = [sys.executable, "-c", "from daskflow.cli import main; main()", "server", "--url", store_url]
-    env = flow_env(folder, store_url)
+def test_a_non_loopback_bind_without_a_token_refuses_to_start(server_folder: Path, server_store_url: str) -> None:
+    command = [sys.executable, "-c", "from daskflow.cli import main; main()", "server", "--url", server_store_url]
+    env = flow_env(server_folder, server_store_url)
     env.pop("DASKFLOW_SERVER_TOKEN", None)
     done = subprocess.run([*command, "--host", "0.0.0.0"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done
     assert "no token is set" in done.stderr and "--token-file" in done.stderr and "secrets" in done.stderr, done.stderr
-    short = folder / "short-token"
+    short = server_folder / "short-token"
     short.write_text("abc\n")
     done = subprocess.run([*command, "--token-file", str(short)], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "shorter than 16" in done.stderr, done.stderr
 
 
-def test_with_a_token_the_api_wants_it_and_browsers_sign_in(folder: Path, store_url: str) -> None:
+def test_with_a_token_the_api_wants_it_and_browsers_sign_in(server_folder: Path, server_store_url: str) -> None:
     token = "s3cret-token-for-tests-0123456789"
-    env = {**flow_env(folder, store_url), "DASKFLOW_SERVER_TOKEN": token}
-    with server_process(folder, store_url, "--no-service", env=env) as secured:
+    env = {**flow_env(server_folder, server_store_url), "DASKFLOW_SERVER_TOKEN": token}
+    with server_process(server_folder, server_store_url, "--no-service", env=env) as secured:
         assert secured.get("/api/flow-runs")[0] == 401
         assert secured.get("/api/flow-runs", headers={"Authorization": "Bearer wrong-token-0123456789"})[0] == 401
         good = {"Authorization": f"Bearer {token}"}
@@ -327,8 +314,8 @@ def test_with_a_token_the_api_wants_it_and_browsers_sign_in(folder: Path, store_
         assert secured.post("/api/deployments/none/pause", headers=good)[0] == 404
 
 
-def test_read_only_serves_no_state_changing_route(folder: Path, store_url: str) -> None:
-    with server_process(folder, store_url, "--read-only", "--no-service") as read_only:
+def test_read_only_serves_no_state_changing_route(server_folder: Path, server_store_url: str) -> None:
+    with server_process(server_folder, server_store_url, "--read-only", "--no-service") as read_only:
         assert read_only.get("/api/health")[1]["read_only"] is True
         assert read_only.get("/api/flow-runs")[0] == 200
         for path in (
@@ -447,16 +434,18 @@ def test_the_api_over_100000_flow_runs_and_a_run_of_100000_task_runs(tmp_path: P
 # -- the CLI's side ---------------------------------------------------------------------------------
 
 
-def _cli(url: str, folder: Path, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+def _cli(url: str, server_folder: Path, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
     command = [sys.executable, "-c", "from daskflow.cli import main; main()", "runs", *args, "--url", url]
-    return subprocess.Popen(command, env=flow_env(folder, url), text=True, **kwargs)
+    return subprocess.Popen(command, env=flow_env(server_folder, url), text=True, **kwargs)
 
 
-def test_runs_logs_follow_tails_a_running_flow_until_it_ends(server: Server, folder: Path, store_url: str) -> None:
-    process = run_script(folder, store_url, "1", "follow-gate")
+def test_runs_logs_follow_tails_a_running_flow_until_it_ends(
+    server: Server, server_folder: Path, server_store_url: str
+) -> None:
+    process = run_script(server_folder, server_store_url, "1", "follow-gate")
     try:
         run_id = _run_of(server, "follow-gate")["id"]
-        follow = _cli(store_url, folder, "logs", run_id[:8], "--follow", stdout=subprocess.PIPE)
+        follow = _cli(server_store_url, server_folder, "logs", run_id[:8], "--follow", stdout=subprocess.PIPE)
         assert follow.stdout is not None
         seen = []
         while not any("holding at" in line for line in seen):  # printed while the run is held
@@ -464,29 +453,31 @@ def test_runs_logs_follow_tails_a_running_flow_until_it_ends(server: Server, fol
             assert line, f"runs logs --follow ended early: {seen}"
             seen.append(line)
         assert _state(server, run_id) == "Running"
-        (folder / "gates" / "follow-gate").touch()
+        (server_folder / "gates" / "follow-gate").touch()
         rest, _ = follow.communicate(timeout=60)
         assert follow.returncode == 0, rest
         assert "released follow-gate" in rest and "Finished in state Completed" in rest, rest
     finally:
-        (folder / "gates" / "follow-gate").touch()
+        (server_folder / "gates" / "follow-gate").touch()
         process.wait(60)
 
 
 def test_runs_retry_runs_a_failed_flow_again_and_its_cached_tasks_hit(
-    server: Server, folder: Path, store_url: str
+    server: Server, server_folder: Path, server_store_url: str
 ) -> None:
-    assert run_script(folder, store_url, "2", "fail").wait(60) != 0
+    assert run_script(server_folder, server_store_url, "2", "fail").wait(60) != 0
     failed = _run_of(server, "fail")
     assert failed["state_name"] == "Failed", failed
-    retry = _cli(store_url, folder, "retry", failed["id"][:8], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    retry = _cli(
+        server_store_url, server_folder, "retry", failed["id"][:8], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     out, _ = retry.communicate(timeout=120)
     assert retry.returncode == 1 and "ended Failed" in out, out  # the same parameters fail the same way
     new_id = out.rsplit("flow run ", 1)[1].split()[0]
     detail = server.get(f"/api/flow-runs/{new_id}")[1]
     assert detail["parameters"] == failed["parameters"] and detail["entrypoint"] == failed["entrypoint"], detail
     assert detail["task_counts"] == {"Cached": 2, "Failed": 1}, detail
-    done = _cli(store_url, folder, "retry", new_id, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    done = _cli(server_store_url, server_folder, "retry", new_id, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert done.wait(120) == 1  # a retry of the retry imports the flow from the same file
 
 
@@ -556,7 +547,7 @@ def test_import_path_names_what_another_process_can_import(tmp_path: Path) -> No
 
 
 def test_a_dask_run_records_its_dashboard_and_the_page_links_it_while_running(
-    server: Server, store_url: str, history: Any, dask_client: Any
+    server: Server, server_store_url: str, history: Any, dask_client: Any
 ) -> None:
     from daskflow import flow, task
     from daskflow.task_runners import DaskTaskRunner
@@ -576,7 +567,7 @@ def test_a_dask_run_records_its_dashboard_and_the_page_links_it_while_running(
     now = time.time()
     links = {"running": "http://127.0.0.1:8787/status", "ended": "http://127.0.0.1:8787/status",
              "hostile": "javascript:alert(1)"}  # fmt: skip
-    with RunStore(store_url) as store:
+    with RunStore(server_store_url) as store:
         store.write([
             FlowRunRecord(id=f"dddddddd-0000-4000-8000-00000000000{i}", name=name, flow_name="dash",
                           state_type="COMPLETED" if name == "ended" else "RUNNING",
@@ -590,10 +581,12 @@ def test_a_dask_run_records_its_dashboard_and_the_page_links_it_while_running(
     assert "javascript:" not in pages["hostile"] and 'id="run-dashboard"' not in pages["hostile"]
 
 
-def test_work_pools_show_their_live_workers(server: Server, folder: Path, store_url: str, dask_cluster: Any) -> None:
+def test_work_pools_show_their_live_workers(
+    server: Server, server_folder: Path, server_store_url: str, dask_cluster: Any
+) -> None:
     address = dask_cluster.scheduler_address
-    assert run_script(folder, store_url, "deploy", "on-cluster", address).wait(60) == 0
-    assert run_script(folder, store_url, "deploy", "on-nothing", "tcp://127.0.0.1:9").wait(60) == 0
+    assert run_script(server_folder, server_store_url, "deploy", "on-cluster", address).wait(60) == 0
+    assert run_script(server_folder, server_store_url, "deploy", "on-nothing", "tcp://127.0.0.1:9").wait(60) == 0
     status, html = server.get("/work-pools")
     assert status == 200
     row = html.split(f'<tr data-pool="{address}">', 1)[1].split("</tr>", 1)[0]

@@ -24,25 +24,9 @@ import pytest
 pytest.importorskip("fastapi", reason="the server extra is not installed")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
-from server_harness import HOSTILE_NAME, Server, run_script, server_process, wait_for  # noqa: E402
+from server_harness import HOSTILE_NAME, Server, run_script, wait_for  # noqa: E402
 
 PAGES = ("/", "/deployments", "/work-pools", "/concurrency", "/artifacts", "/cache", "/blocks", "/docs")
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("server-browser")
-
-
-@pytest.fixture(scope="module")
-def store_url(folder: Path) -> str:
-    return f"sqlite:///{folder / 'runs.db'}"
-
-
-@pytest.fixture(scope="module")
-def server(folder: Path, store_url: str) -> Iterator[Server]:
-    with server_process(folder, store_url, "--poll", "0.5") as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +88,9 @@ def _screenshot(page: Any, tmp_path: Path, name: str) -> None:
 
 
 def test_a_running_flow_updates_live_and_hostile_text_stays_text(
-    server: Server, folder: Path, store_url: str, watched: Watched, tmp_path: Path
+    server: Server, server_folder: Path, server_store_url: str, watched: Watched, tmp_path: Path
 ) -> None:
-    process = run_script(folder, store_url, "3", "live-gate")
+    process = run_script(server_folder, server_store_url, "3", "live-gate")
     try:
         run_id = _run_id(server, "live-gate")
         page = watched.page
@@ -125,7 +109,7 @@ def test_a_running_flow_updates_live_and_hostile_text_stays_text(
         lines_before = page.locator("#log-tail .log").count()
         _screenshot(page, tmp_path, "server-flow-run.png")  # the README's: a run held at its gate, live
 
-        (folder / "gates" / "live-gate").touch()
+        (server_folder / "gates" / "live-gate").touch()
         sync_api.expect(hold).to_have_text("Completed", timeout=30_000)
         sync_api.expect(page.locator("#run-state .badge")).to_have_text("Completed", timeout=30_000)
         sync_api.expect(page.locator("#log-tail .log", has_text="released live-gate")).to_have_count(1, timeout=30_000)
@@ -157,14 +141,14 @@ def test_a_running_flow_updates_live_and_hostile_text_stays_text(
         _screenshot(page, tmp_path, "server-runs.png")
         assert watched.problems == [], watched.problems
     finally:
-        (folder / "gates" / "live-gate").touch()
+        (server_folder / "gates" / "live-gate").touch()
         process.wait(60)
 
 
 def test_cancel_ends_a_running_flow_and_retry_hits_its_cache(
-    server: Server, folder: Path, store_url: str, watched: Watched
+    server: Server, server_folder: Path, server_store_url: str, watched: Watched
 ) -> None:
-    process = run_script(folder, store_url, "2", "cancel-gate")
+    process = run_script(server_folder, server_store_url, "2", "cancel-gate")
     try:
         run_id = _run_id(server, "cancel-gate")
         page = watched.page
@@ -176,7 +160,7 @@ def test_cancel_ends_a_running_flow_and_retry_hits_its_cache(
         sync_api.expect(page.locator("#action-message")).to_contain_text("Cancel requested")
         sync_api.expect(page.locator("#run-state .badge")).to_have_text("Cancelled", timeout=20_000)
     finally:
-        (folder / "gates" / "cancel-gate").touch()  # the held task's thread may run on after the cancel
+        (server_folder / "gates" / "cancel-gate").touch()  # the held task's thread may run on after the cancel
         process.wait(60)
     sync_api.expect(page.locator("#retry-button")).to_be_visible()
     page.click("#retry-button")
@@ -200,10 +184,10 @@ def test_cancel_ends_a_running_flow_and_retry_hits_its_cache(
 
 
 def test_the_deployment_form_runs_typed_parameters_and_shows_a_bad_one(
-    server: Server, folder: Path, store_url: str, watched: Watched
+    server: Server, server_folder: Path, server_store_url: str, watched: Watched
 ) -> None:
-    assert run_script(folder, store_url, "deploy", "ui-deployment").wait(60) == 0
-    (folder / "gates" / "deploy-gate").touch()
+    assert run_script(server_folder, server_store_url, "deploy", "ui-deployment").wait(60) == 0
+    (server_folder / "gates" / "deploy-gate").touch()
     page = watched.page
     page.goto(server.base + "/deployments")
     page.locator("tr", has_text="ui-deployment").locator("a", has_text="Run").click()
@@ -226,9 +210,9 @@ def test_the_deployment_form_runs_typed_parameters_and_shows_a_bad_one(
 
 
 def test_a_run_paused_for_input_is_resumed_from_its_page_with_typed_input(
-    server: Server, folder: Path, store_url: str, watched: Watched
+    server: Server, server_folder: Path, server_store_url: str, watched: Watched
 ) -> None:
-    process = run_script(folder, store_url, "pause", "pause-gate")
+    process = run_script(server_folder, server_store_url, "pause", "pause-gate")
     try:
         run_id = _run_id(server, "pause-gate")
         wait_for(lambda: server.get(f"/api/flow-runs/{run_id}")[1]["state_type"] == "PAUSED", 60, "the run to pause")

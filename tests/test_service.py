@@ -273,6 +273,7 @@ def _wait_for(lines: queue.Queue[str], seen: list[str], text: str, count: int = 
         seen.append(line)
 
 
+@pytest.mark.slow  # a signal to a process tree, waited out (Makefile: make test-slow)
 @pytest.mark.parametrize("signals", [1, 2])
 def test_daskflow_serve_fires_runs_and_sigterm_ends_it_cleanly(
     flows: ModuleType, store: Any, url: str, tmp_path: Path, signals: int
