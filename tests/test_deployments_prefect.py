@@ -254,3 +254,21 @@ def test_cli_queues_a_run_and_lists_triggers(flows: ModuleType, history: Any) ->
         cli.main, ["deployment", "run", "cli-queued", "--queue", "--time", "2024-01-01", "--url", url]
     )
     assert refused.exit_code != 0 and "--time and --queue" in refused.output
+
+
+def test_from_source_loads_a_flow_from_a_local_folder_to_deploy(tmp_path: Path, history: Any) -> None:
+    from daskflow import Flow
+
+    project = tmp_path / "project" / "pipelines"
+    project.mkdir(parents=True)
+    (project / "etl.py").write_text(textwrap.dedent(FLOWS))
+    loaded = Flow.from_source(tmp_path / "project", "pipelines/etl.py:total")
+    assert loaded.name == "total" and loaded(n=2, bonus=1) == 3
+    loaded.deploy("from-source", parameters={"n": 1})
+    assert Deployment.load("from-source").entrypoint == f"{(project / 'etl.py').resolve()}:total"
+    with pytest.raises(DeploymentError, match="local folders only"):
+        Flow.from_source("https://github.com/org/repo.git", "flows.py:f")
+    with pytest.raises(DeploymentError, match="must be 'path/to/file.py:flow_name'"):
+        Flow.from_source(tmp_path, "flows:f")
+    with pytest.raises(DeploymentError, match="there is no file"):
+        Flow.from_source(tmp_path, "missing.py:f")

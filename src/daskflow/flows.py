@@ -20,12 +20,14 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from daskflow import settings
@@ -264,6 +266,32 @@ class Flow(Generic[P, R]):
             description=description,
             paused=bool(paused),
         )
+
+    @classmethod
+    def from_source(cls, source: str | os.PathLike[str], entrypoint: str) -> Flow[Any, Any]:
+        """The flow at ``entrypoint`` (``"path/in/source.py:flow_name"``) in the local folder ``source``.
+
+        Prefect's ``flow.from_source(...).deploy(...)``: a scheduling service
+        imports the flow from that file. Only local folders: daskflow fetches
+        no code (a git URL or a storage block is refused; clone it first).
+        """
+        text = os.fspath(source) if isinstance(source, os.PathLike) else source
+        where = f"Flow.from_source({source!r}, {entrypoint!r})"
+        if not isinstance(text, str) or "://" in text or text.startswith("git@"):
+            raise DeploymentError(
+                f"{where}: daskflow loads flows from local folders only; it does not fetch code from a "
+                "repository or storage. Fix: clone or copy the code where the service runs and give that folder."
+            )
+        folder = Path(text).expanduser().resolve()
+        file, sep, attr = entrypoint.rpartition(":")
+        if not sep or not file.endswith(".py") or not attr.isidentifier():
+            raise DeploymentError(
+                f"{where}: the entrypoint must be 'path/to/file.py:flow_name', relative to the folder."
+            )
+        if not folder.is_dir():
+            raise DeploymentError(f"{where}: {folder} is not a folder.")
+        loaded: Flow[Any, Any] = deployment_backend().load_flow(f"{folder / file}:{attr}")
+        return loaded
 
     def deploy(
         self,

@@ -6,6 +6,8 @@ name from anywhere (``run_deployment("flow/deployment", parameters=...,
 timeout=...)``). In daskflow a deployment is a row of the run store
 (:class:`~.deployment.Deployment`), so:
 
+* ``Flow.from_source(folder, "file.py:name")`` loads a flow from a local
+  folder (:func:`~.entrypoints.load_flow`), to ``.deploy`` it as Prefect code does;
 * ``flow.deploy`` builds that row from the flow's :class:`~daskflow.flows.ServedDeployment`
   (its schedule, parameters, tags, triggers) and applies it; a scheduling
   service (``daskflow serve``) then fires it. ``daskflow.flows`` sits below
@@ -41,11 +43,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from daskflow.deployments.deployment import DEFAULT_CATCHUP, Deployment, open_store
+from daskflow.deployments.entrypoints import load_flow
 from daskflow.deployments.queue import queue_deployment_run
 from daskflow.deployments.service import DEFAULT_POLL_SECONDS, DeploymentService
 from daskflow.engine.serving import install_deployment_backend
 from daskflow.exceptions import DeploymentError, DeploymentNotFoundError
-from daskflow.flows import ServedDeployment
+from daskflow.flows import Flow, ServedDeployment
 from daskflow.runstore import deployments as rows
 from daskflow.runstore.history import FlowRunDetail
 from daskflow.runstore.queries import flow_run_header
@@ -225,6 +228,9 @@ class _Backend:
             )
         deployment = _build(served, served.schedules[0] if served.schedules else None, options)
         return deployment.apply()
+
+    def load_flow(self, entrypoint: str) -> Flow[Any, Any]:
+        return load_flow(entrypoint)
 
     def serve_from_store(
         self, served: Sequence[ServedDeployment], *, poll_seconds: float | None

@@ -395,6 +395,10 @@ class DeploymentBackend(Protocol):
         """Register ``served`` in the run store for ``daskflow serve``; return the deployment's id."""
         ...
 
+    def load_flow(self, entrypoint: str) -> Any:
+        """The flow at ``entrypoint`` (``/path/file.py:name`` or ``module:name``), imported."""
+        ...
+
     def serve_from_store(
         self, served: Sequence[Any], *, poll_seconds: float | None
     ) -> Callable[[threading.Event, str], dict[str, list[State]]]:
