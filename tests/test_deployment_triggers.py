@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -256,3 +260,57 @@ def _exists(name: str) -> bool:
     except Exception:
         return False
     return True
+
+
+# -- two `daskflow serve` processes --------------------------------------------------------------
+
+
+def test_two_daskflow_serve_processes_fire_each_event_once(flows: ModuleType, tmp_path: Path) -> None:
+    import dask.config
+
+    from daskflow.runstore import RunStore
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    trigger = DeploymentEventTrigger(expect={"table.refreshed"}, parameters={"table": "{{ event.resource.id }}"})
+    with dask.config.set({"daskflow.runstore.url": url, "daskflow.runstore.enabled": True}):
+        flows.refresh.deploy("proc-refresher", triggers=[trigger])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1] / "src"), str(Path(flows.__file__ or "").parent)]
+    )
+    env["DASK_DASKFLOW__RUNSTORE__URL"] = url
+    env["DASK_DASKFLOW__RUNSTORE__ENABLED"] = "true"
+    env["DASK_DASKFLOW__PROGRESS"] = "false"
+    logs = [tmp_path / f"serve-{name}.log" for name in ("a", "b")]
+    command = [sys.executable, "-c", "from daskflow.cli import main; main()", "serve", "--url", url, "--poll", "0.3"]
+    processes = []
+    for log in logs:
+        with open(log, "w") as out:
+            processes.append(subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, text=True))
+    try:
+        wait_for(lambda: all("serving" in log.read_text() for log in logs), 60, "both services to start")
+        emitted = [emit_event("table.refreshed", {"prefect.resource.id": f"wh.t{i}"}, url=url) for i in range(5)]
+        with RunStore(url) as store:
+
+            def completed() -> bool:
+                found = runs_of(store, "proc-refresher")
+                return len(found) >= 5 and all(r.state_type == "COMPLETED" for r in found)
+
+            wait_for(completed, 120, "the five triggered runs to complete")
+            found = runs_of(store, "proc-refresher")
+            assert sorted(json.loads(r.parameters)["table"] for r in found) == [f"wh.t{i}" for i in range(5)]
+            assert all(running_states(store, r.id) == 1 for r in found), "a triggered run started twice"
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGINT)
+        for process in processes:
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+    texts = [log.read_text() for log in logs]
+    for made in emitted:
+        fired = sum(text.count(f"({made.id}) fired a run") for text in texts)
+        assert fired == 1, (made.id, fired, texts)
+    assert len(found) == 5, f"{len(found)} runs for 5 events"
