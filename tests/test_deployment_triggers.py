@@ -83,6 +83,17 @@ def test_expect_match_and_match_related_follow_prefect() -> None:
     assert not DeploymentEventTrigger(enabled=False).matches(state_event)
 
 
+def test_state_events_are_read_only_for_triggers_that_could_match_them() -> None:
+    wants = [
+        DeploymentEventTrigger(expect=set(expect)).wants_state_events
+        for expect in (
+            [], ["prefect.flow-run.Completed"], ["daskflow.task-run.*"], ["prefect.*"], ["*"], ["table.refreshed"],
+            ["table.*", "warehouse.loaded"],
+        )
+    ]  # fmt: skip
+    assert wants == [True, True, True, True, True, False, False]
+
+
 def test_parameters_are_rendered_from_the_event() -> None:
     trigger = DeploymentEventTrigger(
         parameters={
@@ -314,3 +325,20 @@ def test_two_daskflow_serve_processes_fire_each_event_once(flows: ModuleType, tm
         fired = sum(text.count(f"({made.id}) fired a run") for text in texts)
         assert fired == 1, (made.id, fired, texts)
     assert len(found) == 5, f"{len(found)} runs for 5 events"
+
+
+def test_a_flow_runs_completion_fires_a_deployment(flows: ModuleType, history: Any) -> None:
+    state = flows.refresh("upstream", return_state=True)
+    assert state.flow_run is not None
+    upstream = state.flow_run.id
+    history()  # written: its Completed state is in the run store now
+    trigger = DeploymentEventTrigger(
+        expect={"prefect.flow-run.Completed"},  # Prefect's name for daskflow's state event
+        match={"prefect.resource.id": f"prefect.flow-run.{upstream}"},
+        parameters={"table": "{{ event.resource.id }}"},
+    )
+    flows.refresh.deploy("downstream", triggers=[trigger])
+    with services(1):
+        wait_for(lambda: any(r.state_type == "COMPLETED" for r in runs_of(history(), "downstream")), 60, "the run")
+    (run,) = runs_of(history(), "downstream")
+    assert json.loads(run.parameters) == {"table": f"daskflow.flow-run.{upstream}", "rows": 0}

@@ -144,6 +144,21 @@ class DeploymentEventTrigger(pydantic.BaseModel):
         """The trigger's parameters with their ``{{ event... }}`` templates filled from ``event``."""
         return {name: _render(value, event) for name, value in (self.parameters or {}).items()}
 
+    @property
+    def wants_state_events(self) -> bool:
+        """Whether a run's state change (``daskflow.flow-run.*``/``task-run.*``) could match ``expect``."""
+        if not self.expect:
+            return True
+        prefixes = ("daskflow.flow-run.", "daskflow.task-run.")
+        for pattern in self.expect:
+            if pattern.startswith("!"):
+                return True
+            text = _canonical(pattern)
+            stem = text[:-1] if text.endswith("*") else text
+            if any(p.startswith(stem) if text.endswith("*") else text.startswith(p) for p in prefixes):
+                return True
+        return False
+
     def key(self) -> str:
         """A stable identity of this trigger's definition (which trigger of a deployment fired)."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), default=str)

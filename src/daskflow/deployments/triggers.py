@@ -84,7 +84,10 @@ class TriggerWatcher:
         self._seen = {run_id: at for run_id, at in self._seen.items() if at >= window}
         if not watched:
             return []
-        rows = event_rows.list_events(store, since=window, limit=MAX_EVENTS_PER_POLL, states=True)
+        # Runs' state changes are read (from the run history) only when a trigger could match one:
+        # a busy store has many more of them than emitted events.
+        states = any(t.wants_state_events for d in watched for t in d.triggers)
+        rows = event_rows.list_events(store, since=window, limit=MAX_EVENTS_PER_POLL, states=states)
         if len(rows) >= MAX_EVENTS_PER_POLL:
             _log.warning(
                 "%d events or more in the last %s s: triggers saw the newest %d only; poll more often (--poll)",
