@@ -30,7 +30,7 @@ from daskflow.deployments import (
     missed_times,
     render_parameters,
     resolve_work_pool,
-    run_deployment,
+    run_deployment_here,
     template_times,
 )
 from daskflow.exceptions import DeploymentError, DeploymentNotFoundError
@@ -248,16 +248,16 @@ def test_run_deployment_renders_runs_and_records_the_claim(flows: ModuleType, st
     deployment.apply(store)
     at = datetime(2024, 1, 15, 6, tzinfo=UTC)
 
-    state = run_deployment("orders", at, {"n": 5}, store=store)
+    state = run_deployment_here("orders", at, {"n": 5}, store=store)
 
     assert state.is_completed() and state.result() == {"day": "2024-01-15", "total": 10}
     [claim] = rows.list_runs(store, deployment.id or "")
     assert (claim.scheduled_time, claim.kind, claim.state_type) == (at, "manual", "COMPLETED")
     assert claim.flow_run_id == state.flow_run.id  # type: ignore[union-attr]
     with pytest.raises(DeploymentError, match="already ran for 2024-01-15T06:00:00"):
-        run_deployment("orders", at, store=store)
+        run_deployment_here("orders", at, store=store)
     with pytest.raises(DeploymentError, match="has no parameter.*'m'"):
-        run_deployment("orders", parameters={"m": 1}, store=store)
+        run_deployment_here("orders", parameters={"m": 1}, store=store)
 
 
 def test_a_failed_run_is_recorded_failed(flows: ModuleType, store: Any) -> None:

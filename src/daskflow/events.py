@@ -20,8 +20,24 @@ state changes are events too: ``daskflow events ls`` reads them from the run
 history as ``daskflow.flow-run.<State>`` / ``daskflow.task-run.<State>``,
 without writing them twice.
 
-Not here (issue 16, item 6): deployment triggers that the scheduling service
-fires on matching events.
+**Deployment triggers.** :class:`DeploymentEventTrigger` (Prefect's, with its
+fields) says which events start a run of a deployment: ``expect`` names the
+events (any of them; a trailing ``*`` is a wildcard), ``match`` the labels the
+event's resource must have and ``match_related`` those of one of its related
+resources (each label's value a string or a list of alternatives, with a
+trailing ``*`` wildcard and a leading ``!`` for "not"). ``prefect.`` and
+``daskflow.`` name the same thing in event names and labels, so
+``expect={"prefect.flow-run.Completed"}`` matches daskflow's state events.
+``parameters`` may use ``{{ event.payload.x }}``, ``{{ event.resource.id }}``,
+``{{ event.resource['label'] }}``, ``{{ event.event }}``, ``{{ event.id }}``,
+``{{ event.occurred }}``: a value that is a single template keeps the value's
+type. Each matching event fires the deployment once (``threshold=1``, the
+default, as in Prefect); a scheduling service does the firing
+(:mod:`daskflow.deployments.triggers`). Proactive triggers, ``after`` and
+thresholds above 1 are refused at definition. The trigger model is in
+:mod:`daskflow.event_triggers` (no I/O, so ``daskflow.flows`` can take
+triggers without importing the run store); it is re-exported here, where
+Prefect code imports it from.
 """
 
 from __future__ import annotations
@@ -36,17 +52,21 @@ import pydantic
 
 from daskflow import settings
 from daskflow.context import get_flow_run_context, get_task_run_context
-from daskflow.exceptions import DaskflowError
+from daskflow.event_triggers import DeploymentEventTrigger, DeploymentTrigger, EventError, as_triggers
 from daskflow.runstore import events as rows
 from daskflow.runstore.store import RunStore
 
-__all__ = ["Event", "EventError", "emit_event", "list_events"]
+__all__ = [
+    "DeploymentEventTrigger",
+    "DeploymentTrigger",
+    "Event",
+    "EventError",
+    "as_triggers",
+    "emit_event",
+    "list_events",
+]
 
 _ID_KEYS = ("prefect.resource.id", "daskflow.resource.id")
-
-
-class EventError(DaskflowError, ValueError):
-    """An event's name, resource or payload is not acceptable."""
 
 
 class Event(pydantic.BaseModel):

@@ -7,7 +7,12 @@ value (or raises its error); ``return_state=True`` returns the final state
 instead. A flow called inside another flow is a subflow, a child run of it.
 ``async def`` flows return a coroutine to await. ``my_flow.serve(cron=...)``
 runs it on a schedule in this process until stopped
-(:mod:`daskflow.engine.serving`).
+(:mod:`daskflow.engine.serving`); with no schedule, or with event
+``triggers``, it is also registered in the run store so that
+``run_deployment`` and events start it. ``my_flow.deploy(name, ...)``
+registers it for ``daskflow serve`` without serving it here. Both reach the
+deployments layer (above this one) only through
+:func:`daskflow.engine.serving.deployment_backend`.
 """
 
 from __future__ import annotations
@@ -15,25 +20,28 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from daskflow import settings
 from daskflow.engine import run_flow_async, run_flow_sync
-from daskflow.engine.serving import Clock, serve_flow
-from daskflow.exceptions import ConfigurationError, ScheduleError
+from daskflow.engine.serving import Clock, deployment_backend, serve_flow
+from daskflow.event_triggers import DeploymentEventTrigger, as_triggers
+from daskflow.exceptions import ConfigurationError, DeploymentError, ScheduleError
 from daskflow.options import FlowOptions, build_options, with_changes
 from daskflow.parameters import Binder, ParameterSchema
 from daskflow.schedules import Schedule, construct_schedule
 from daskflow.states import State
 from daskflow.task_runners import SequentialTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
-__all__ = ["SERVE_OPTIONS_IGNORED", "Flow", "ServedDeployment", "flow", "serve"]
+__all__ = ["DEPLOY_OPTIONS_REFUSED", "SERVE_OPTIONS_IGNORED", "Flow", "ServedDeployment", "flow", "serve"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -129,6 +137,7 @@ class Flow(Generic[P, R]):
         limit: int | None = None,
         clock: Clock | None = None,
         stop: threading.Event | None = None,
+        poll_seconds: float | None = None,
         **prefect_options: Any,
     ) -> list[State]:
         """Run this flow on a schedule in this process until stopped; return the runs' final states.
@@ -148,6 +157,12 @@ class Flow(Generic[P, R]):
         embedding. Prefect's other serve options are accepted (see
         :data:`SERVE_OPTIONS_IGNORED`); ``name`` is what
         ``daskflow.runtime.deployment.name`` tells the runs.
+
+        With no schedule (or with ``triggers=[DeploymentEventTrigger(...)]``)
+        the deployment is registered in the run store and this process runs
+        what ``run_deployment(name)`` queues for it, and a run per matching
+        event, as Prefect's ``serve`` does; the flow must then be importable
+        (defined at the top level of a module or script).
         """
         deployment = self.to_deployment(
             name,
@@ -162,9 +177,9 @@ class Flow(Generic[P, R]):
             tags=tags,
             **prefect_options,
         )
-        if len(deployment.schedules) == 1:
+        if len(deployment.schedules) == 1 and not deployment.needs_store:
             return deployment.serve_here(on_stop=on_stop, limit=limit, clock=clock, stop=stop)
-        states = serve(deployment, on_stop=on_stop, limit=limit, clock=clock, stop=stop)
+        states = serve(deployment, on_stop=on_stop, limit=limit, clock=clock, stop=stop, poll_seconds=poll_seconds)
         return states[deployment.name]
 
     def to_deployment(
@@ -180,9 +195,16 @@ class Flow(Generic[P, R]):
         anchor_date: datetime | str | None = None,
         parameters: Mapping[str, Any] | None = None,
         tags: Sequence[str] | None = None,
+        triggers: Sequence[DeploymentEventTrigger | Mapping[str, Any]] | None = None,
+        description: str | None = None,
+        paused: bool | None = None,
         **prefect_options: Any,
     ) -> ServedDeployment:
-        """This flow with a schedule, parameters and tags, to serve with others: ``serve(a.to_deployment(...), ...)``."""
+        """This flow with a schedule, parameters and tags, to serve with others: ``serve(a.to_deployment(...), ...)``.
+
+        No schedule at all is an on-demand deployment (``run_deployment`` and
+        ``triggers`` start its runs).
+        """
         where = f"flow {self.name!r}"
         unknown = sorted(set(prefect_options) - set(SERVE_OPTIONS_IGNORED))
         if unknown:
@@ -201,6 +223,8 @@ class Flow(Generic[P, R]):
             raise ScheduleError(f"{where}: give schedules=[...] or one of cron=/interval=/rrule=/schedule=, not both.")
         if schedules:
             chosen = [construct_schedule(schedule=one) if not isinstance(one, Schedule) else one for one in schedules]
+        elif not given:
+            chosen = []  # on demand: run_deployment() and triggers start its runs (Prefect's serve() too)
         elif len(given) == 1:
             chosen = [
                 construct_schedule(
@@ -218,12 +242,101 @@ class Flow(Generic[P, R]):
                 f"{where}: serve() needs exactly one of cron=, interval=, rrule= or schedule= (or schedules=[...]); "
                 f"got {what}. Fix: e.g. serve(cron='0 6 * * *') or serve(interval=3600)."
             )
-        if parameters is not None:  # a misspelled parameter fails now, not at the first scheduled time
+        if parameters is not None and chosen:  # a misspelled parameter fails now, not at the first scheduled time
             self.bind_parameters((), dict(parameters))
+        elif parameters is not None:  # on demand: run_deployment() may give the rest
+            signature = inspect.signature(self.fn)
+            takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+            unknown = sorted(set(parameters) - set(signature.parameters))
+            if unknown and not takes_any:
+                raise ConfigurationError(
+                    f"{where}: has no parameter(s) {', '.join(map(repr, unknown))}; the signature is "
+                    f"{self.fn.__name__}{signature}. Fix: rename or drop them."
+                )
         tag_list = [tags] if isinstance(tags, str) else list(tags or ())
         if not all(isinstance(t, str) and t for t in tag_list):
             raise ConfigurationError(f"{where}: tags must be a list of non-empty strings, got {tags!r}")
-        return ServedDeployment(self, name or self.name, chosen, dict(parameters or {}), frozenset(tag_list))
+        return ServedDeployment(
+            self,
+            name or self.name,
+            chosen,
+            dict(parameters or {}),
+            frozenset(tag_list),
+            triggers=as_triggers(triggers, where),
+            description=description,
+            paused=bool(paused),
+        )
+
+    @classmethod
+    def from_source(cls, source: str | os.PathLike[str], entrypoint: str) -> Flow[Any, Any]:
+        """The flow at ``entrypoint`` (``"path/in/source.py:flow_name"``) in the local folder ``source``.
+
+        Prefect's ``flow.from_source(...).deploy(...)``: a scheduling service
+        imports the flow from that file. Only local folders: daskflow fetches
+        no code (a git URL or a storage block is refused; clone it first).
+        """
+        text = os.fspath(source) if isinstance(source, os.PathLike) else source
+        where = f"Flow.from_source({source!r}, {entrypoint!r})"
+        if not isinstance(text, str) or "://" in text or text.startswith("git@"):
+            raise DeploymentError(
+                f"{where}: daskflow loads flows from local folders only; it does not fetch code from a "
+                "repository or storage. Fix: clone or copy the code where the service runs and give that folder."
+            )
+        folder = Path(text).expanduser().resolve()
+        file, sep, attr = entrypoint.rpartition(":")
+        if not sep or not file.endswith(".py") or not attr.isidentifier():
+            raise DeploymentError(
+                f"{where}: the entrypoint must be 'path/to/file.py:flow_name', relative to the folder."
+            )
+        if not folder.is_dir():
+            raise DeploymentError(f"{where}: {folder} is not a folder.")
+        loaded: Flow[Any, Any] = deployment_backend().load_flow(f"{folder / file}:{attr}")
+        return loaded
+
+    def deploy(
+        self,
+        name: str,
+        work_pool_name: str | None = None,
+        image: Any = None,
+        build: bool | None = None,
+        push: bool | None = None,
+        *,
+        job_variables: Mapping[str, Any] | None = None,
+        concurrency_limit: int | None = None,
+        **options: Any,
+    ) -> str:
+        """Register this flow in the run store as deployment ``name`` for ``daskflow serve``; return its id.
+
+        Prefect 3's ``flow.deploy``: the schedule (``cron``/``interval``/
+        ``rrule``/``schedule``, or none: on demand), ``parameters``, ``tags``,
+        ``triggers``, ``description``, ``paused`` are those of
+        :meth:`to_deployment`; ``work_pool_name`` names a Dask cluster
+        (``daskflow.work_pools`` in dask config; none: the flow's own task
+        runner). Nothing is built or pushed: a scheduling service imports the
+        flow from where it is defined, so ``image``, ``build``/``push=True``
+        and ``job_variables`` are refused with what to do instead.
+        ``concurrency_limit=1`` (the default here) keeps runs from
+        overlapping. Applying again by the same name updates it.
+        """
+        where = f"flow {self.name!r}: deploy({name!r})"
+        refused = {
+            "image": image is not None,
+            "build": bool(build),
+            "push": bool(push),
+            "job_variables": bool(job_variables),
+        }
+        for option, given in refused.items():
+            if given:
+                raise DeploymentError(f"{where}: {DEPLOY_OPTIONS_REFUSED[option]}")
+        if concurrency_limit is not None and concurrency_limit != 1:
+            raise DeploymentError(
+                f"{where}: concurrency_limit={concurrency_limit!r}; daskflow runs a deployment's runs one at a "
+                "time (concurrency_limit=1, the default) or without limit. Fix: leave it out, or pass "
+                "allow_concurrent_runs=True to let runs overlap."
+            )
+        deploy_only = {key: options.pop(key) for key in _DEPLOY_ONLY if key in options}
+        served = self.to_deployment(name, **options)
+        return deployment_backend().deploy(served, {"work_pool_name": work_pool_name, **deploy_only})
 
     def _add_hook(self, option: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         self.options = with_changes(self.options, {option: (*getattr(self.options, option), fn)}, self.fn)
@@ -264,19 +377,39 @@ class Flow(Generic[P, R]):
 
 # Prefect's serve options that have no meaning in one process without a server: accepted, unused.
 SERVE_OPTIONS_IGNORED = (
-    "description",
     "version",
-    "paused",
+    "version_type",
     "pause_on_shutdown",
     "print_starter",
+    "print_next_steps",
+    "ignore_warnings",
     "webserver",
     "global_limit",
-    "triggers",
+    "work_queue_name",
     "enforce_parameter_schema",
     "entrypoint_type",
     "concurrency_limit",
     "job_variables",
 )
+
+# deploy()'s own options, beyond to_deployment()'s: passed to the deployments layer.
+_DEPLOY_ONLY = ("catchup", "allow_concurrent_runs")
+
+# What flow.deploy() refuses, and what daskflow does instead.
+DEPLOY_OPTIONS_REFUSED = {
+    "image": (
+        "image= is not supported: daskflow builds no images. A scheduling service (daskflow serve) imports the "
+        "flow from its module or file and runs it on the work pool's Dask cluster, so install the code and its "
+        "dependencies where the service and the workers run. Fix: leave image out."
+    ),
+    "build": "build=True is not supported: daskflow builds no images (the service imports the flow). Fix: leave it out.",
+    "push": "push=True is not supported: daskflow pushes no images (the service imports the flow). Fix: leave it out.",
+    "job_variables": (
+        "job_variables are not supported: a work pool is a Dask cluster, configured in dask config "
+        "(daskflow.work_pools.<name>: {address: ...} or {cluster_class: ..., cluster_kwargs: {...}}). "
+        "Fix: leave job_variables out and put the cluster's settings there."
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -288,6 +421,14 @@ class ServedDeployment:
     schedules: list[Schedule]
     parameters: dict[str, Any]
     tags: frozenset[str]
+    triggers: tuple[DeploymentEventTrigger, ...] = ()
+    description: str | None = None
+    paused: bool = False
+
+    @property
+    def needs_store(self) -> bool:
+        """Whether serving it needs the run store: on demand (no schedule, or paused), or started by events."""
+        return not self.schedules or bool(self.triggers) or self.paused
 
     def serve_here(
         self,
@@ -318,6 +459,7 @@ def serve(
     limit: int | None = None,
     clock: Clock | None = None,
     stop: threading.Event | None = None,
+    poll_seconds: float | None = None,
     **prefect_options: Any,
 ) -> dict[str, list[State]]:
     """Serve several deployments (``flow.to_deployment(...)``) in this process until stopped, as Prefect's ``serve``.
@@ -327,6 +469,10 @@ def serve(
     ``on_stop="cancel"``) its run in flight. ``limit`` stops each schedule after
     that many runs. Returns the runs' final states by deployment name.
     Prefect's ``print_starter``/``webserver`` and the like are accepted, unused.
+
+    Deployments with no schedule or with triggers are registered in the run
+    store, and one more thread runs what ``run_deployment`` queues for them and
+    what their triggers fire (polling the store every ``poll_seconds``).
     """
     if not deployments:
         raise ConfigurationError(
@@ -349,8 +495,21 @@ def serve(
     threads = [
         threading.Thread(target=serve_one, args=(d, one), name=f"daskflow-serve-{d.name}", daemon=True)
         for d in deployments
+        if not d.paused  # paused: its schedule does not fire; run_deployment still starts runs
         for one in d.schedules
     ]
+    on_demand = [d for d in deployments if d.needs_store]
+    if on_demand:
+        # Registered now: a deployment that cannot be (a flow defined in a function) fails before any runs.
+        serve_stored_runs = deployment_backend().serve_from_store(on_demand, poll_seconds=poll_seconds)
+
+        def serve_stored() -> None:
+            done = serve_stored_runs(stop, on_stop)
+            with states_lock:
+                for name, ended in done.items():
+                    states[name].extend(ended)
+
+        threads.append(threading.Thread(target=serve_stored, name="daskflow-serve-store", daemon=True))
     with _stop_on_signals(stop):
         for thread in threads:
             thread.start()

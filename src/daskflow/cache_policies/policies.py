@@ -6,14 +6,17 @@ the one part that asks a storage for something, is in :mod:`.files`.
 
 from __future__ import annotations
 
+import copy
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 from daskflow.exceptions import ConfigurationError, UnhashableInputError
 from daskflow.hashing import function_source_hash, hash_objects, stable_hash
+from daskflow.locking import LockManager, isolation_of
 
 __all__ = [
     "DEFAULT",
@@ -75,6 +78,42 @@ CacheKeyFn = Callable[[CacheKeyContext, dict[str, Any]], str | None]
 @dataclass(frozen=True)
 class CachePolicy:
     """Base of all cache policies: ``+`` combines, ``- "arg"`` leaves an argument out."""
+
+    # Set by configure(); not fields, so not part of a policy's identity or of any key.
+    key_storage: ClassVar[Any] = None
+    isolation_level: ClassVar[Any] = None
+    lock_manager: ClassVar[LockManager | None] = None
+
+    def configure(
+        self,
+        key_storage: Any = None,
+        lock_manager: LockManager | None = None,
+        isolation_level: Any = None,
+    ) -> Self:
+        """A copy of this policy whose records go to ``key_storage`` and are locked as Prefect's.
+
+        ``key_storage``: where this policy's cache records are kept (an fsspec
+        URL or path, or a result storage object), instead of the task's
+        ``result_storage``. ``isolation_level="SERIALIZABLE"`` (or
+        ``IsolationLevel.SERIALIZABLE``) with a ``lock_manager``
+        (:mod:`daskflow.locking`) makes identical runs wait for each other
+        through it: one computes, the others read its entry. Not given: kept
+        as this policy has it.
+        """
+        if lock_manager is not None and not isinstance(lock_manager, LockManager):
+            raise ConfigurationError(
+                f"configure(lock_manager={lock_manager!r}): a lock manager needs acquire_lock, release_lock, "
+                "is_locked, is_lock_holder and wait_for_lock. Fix: use daskflow.locking.MemoryLockManager() or "
+                "FileSystemLockManager(directory)."
+            )
+        level = isolation_of(isolation_level, f"{self!r}.configure()")
+        if isinstance(key_storage, os.PathLike):
+            key_storage = os.fspath(key_storage)
+        configured = copy.copy(self)
+        for name, value in (("key_storage", key_storage), ("lock_manager", lock_manager), ("isolation_level", level)):
+            if value is not None:
+                object.__setattr__(configured, name, value)  # frozen: set on the copy, as a dataclass would
+        return configured
 
     @classmethod
     def from_cache_key_fn(cls, cache_key_fn: CacheKeyFn) -> CacheKeyFnPolicy:

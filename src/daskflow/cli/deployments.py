@@ -37,7 +37,7 @@ from daskflow.cli.output import (
     usage_problems,
     when,
 )
-from daskflow.deployments import Deployment, apply_deployment_file, run_deployment
+from daskflow.deployments import Deployment, apply_deployment_file, run_deployment, run_deployment_here
 from daskflow.exceptions import DeploymentError, ScheduleError
 from daskflow.runstore import deployments as rows
 from daskflow.schedules import Cron, Interval, RRule, Schedule
@@ -120,7 +120,7 @@ def deployment_ls(url: str | None, as_json: bool) -> None:
                 "schedule": None if item.schedule is None else item.schedule.to_dict(),
                 "next_run": jsonable(nxt), "paused": item.paused, "work_pool": item.work_pool.to_dict(),
                 "catchup": item.catchup, "tags": list(item.tags), "parameters": item.parameters,
-                "last_run": jsonable(run),
+                "last_run": jsonable(run), "triggers": [t.model_dump(mode="json") for t in item.triggers],
             }
             for item, nxt, run in listed
         ])  # fmt: skip
@@ -131,7 +131,10 @@ def deployment_ls(url: str | None, as_json: bool) -> None:
     headers = ("name", "flow", "schedule", "next run (UTC)", "paused", "work pool", "last run (UTC)", "state")
     table: list[list[Cell]] = [
         [
-            item.name, item.flow_name, describe_schedule(item.schedule), when(nxt),
+            item.name, item.flow_name,
+            describe_schedule(item.schedule) + (f" + {count(len(item.triggers), 'trigger', 'triggers')}"
+                                                if item.triggers else ""),
+            when(nxt),
             "yes" if item.paused else "no", item.work_pool.describe(),
             when(run.scheduled_time) if run else "-",
             (run.state_type or "RUNNING").title() if run else "-",
@@ -154,12 +157,36 @@ def _report(state: State, scheduled: datetime | None = None) -> str:
 @click.argument("name")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Override a parameter (repeatable).")
 @click.option("--time", "at", metavar="TIME", default=None, help="The scheduled time the run is for (default: now).")
-def deployment_run(url: str | None, name: str, params: tuple[str, ...], at: str | None) -> None:
-    """Run deployment NAME now, in this process; print its flow run id and final state."""
+@click.option(
+    "--queue",
+    is_flag=True,
+    help="Queue the run for the scheduling service (daskflow serve) instead of running it here.",
+)
+@click.option(
+    "--timeout", type=float, default=0.0, show_default=True,
+    help="With --queue: seconds to wait for the run's final state (0: print its id and return).",
+)  # fmt: skip
+def deployment_run(
+    url: str | None, name: str, params: tuple[str, ...], at: str | None, queue: bool, timeout: float
+) -> None:
+    """Run deployment NAME now, in this process; print its flow run id and final state.
+
+    With --queue, as Prefect's ``prefect deployment run``: the run is queued in
+    the run store for a scheduling service, and its id printed.
+    """
     overrides = parse_params(params)
     scheduled = parse_time(at, "--time") if at is not None else None
+    if queue:
+        if scheduled is not None:
+            raise click.UsageError("--time and --queue do not go together: a queued run is for now.")
+        with open_run_store(url) as store, _problems():
+            run = run_deployment(name, parameters=overrides or None, timeout=timeout, poll_interval=0.5, store=store)
+        click.echo(f"flow run {run.id}  {run.state_name}")
+        if timeout and run.is_final and run.state_type != "COMPLETED":
+            raise SystemExit(1)
+        return
     with open_run_store(url) as store, _problems(), _history_at(url):
-        state = run_deployment(name, scheduled, overrides or None, store=store)
+        state = run_deployment_here(name, scheduled, overrides or None, store=store)
     click.echo(_report(state))
     if not state.is_completed():
         raise SystemExit(1)

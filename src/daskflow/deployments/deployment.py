@@ -21,7 +21,7 @@ The seed's use works as written::
 (the flow is importable, parameters fit its signature, templates are known);
 ``apply`` upserts by name and returns the id; :meth:`Deployment.load`,
 :meth:`Deployment.list` and :meth:`Deployment.delete` read and remove them.
-Running is :func:`run_deployment` (or :meth:`Deployment.run`) and
+Running here is :func:`run_deployment_here` (or :meth:`Deployment.run`) and
 :meth:`Deployment.backfill` (:mod:`.running`). Pausing stops a scheduling
 service from firing the deployment; it does not stop manual runs or backfills,
 which a person asked for explicitly.
@@ -44,6 +44,7 @@ from daskflow.deployments.entrypoints import entrypoint_of, load_flow
 from daskflow.deployments.running import CATCHUP, BackfillStates, run_backfill, run_once
 from daskflow.deployments.templates import check_parameters
 from daskflow.deployments.work_pools import WorkPool
+from daskflow.event_triggers import DeploymentEventTrigger, EventError, as_triggers
 from daskflow.exceptions import DeploymentError, DeploymentNotFoundError
 from daskflow.flows import Flow
 from daskflow.runstore import deployments as rows
@@ -51,7 +52,7 @@ from daskflow.runstore.store import RunStore
 from daskflow.schedules import Schedule, schedule_from_dict
 from daskflow.states import State
 
-__all__ = ["DEFAULT_CATCHUP", "Deployment", "open_store", "run_deployment"]
+__all__ = ["DEFAULT_CATCHUP", "Deployment", "open_store", "run_deployment_here"]
 
 DEFAULT_CATCHUP = "latest"
 
@@ -128,6 +129,8 @@ class Deployment:
     # Runs of one deployment never overlap, across every service on the store, unless this is on.
     allow_concurrent_runs: bool = False
     flow: Flow[Any, Any] | None = field(default=None, repr=False, compare=False)  # imported on first need
+    # Events that start a run each (a scheduling service fires them; daskflow.deployments.triggers).
+    triggers: tuple[DeploymentEventTrigger, ...] = ()
 
     @classmethod
     def build_from_flow(
@@ -144,6 +147,7 @@ class Deployment:
         paused: bool = False,
         work_pool: WorkPool | Mapping[str, Any] | None = None,
         allow_concurrent_runs: bool = False,
+        triggers: Sequence[DeploymentEventTrigger | Mapping[str, Any]] = (),
     ) -> Deployment:
         """A deployment of ``flow``, checked (not stored: call :meth:`apply`)."""
         entrypoint = entrypoint_of(flow)
@@ -151,6 +155,7 @@ class Deployment:
             name, entrypoint, flow=flow, schedule=schedule, parameters=parameters, tags=tags,
             description=description, catchup=catchup, paused=paused,
             work_pool=_as_pool(work_pool_name, work_pool), allow_concurrent_runs=allow_concurrent_runs,
+            triggers=triggers,
         )  # fmt: skip
 
     @classmethod
@@ -168,9 +173,14 @@ class Deployment:
         paused: bool = False,
         work_pool: WorkPool | None = None,
         allow_concurrent_runs: bool = False,
+        triggers: Sequence[DeploymentEventTrigger | Mapping[str, Any]] = (),
     ) -> Deployment:
         """A deployment of the flow at ``entrypoint`` (imported to check it), as a deployment file makes."""
         name = _check_name(name)
+        try:
+            checked_triggers = as_triggers(triggers, f"deployment {name!r}")
+        except EventError as exc:
+            raise DeploymentError(str(exc)) from None
         flow = flow if flow is not None else load_flow(entrypoint)
         resolved = _as_schedule(schedule)
         params = dict(parameters or {})
@@ -186,6 +196,7 @@ class Deployment:
             tags=tuple(tags), description=description if description is not None else flow.description,
             work_pool=work_pool or WorkPool(), catchup=_check_catchup(catchup, f"deployment {name!r}"),
             paused=bool(paused), flow=flow, allow_concurrent_runs=allow_concurrent_runs,
+            triggers=checked_triggers,
         )  # fmt: skip
 
     # -- the run store -----------------------------------------------------------------------
@@ -206,6 +217,7 @@ class Deployment:
                 catchup=self.catchup,
                 paused=self.paused,
                 allow_concurrent_runs=self.allow_concurrent_runs,
+                triggers=[trigger.model_dump(mode="json") for trigger in self.triggers],
             )
         return self.id
 
@@ -218,6 +230,7 @@ class Deployment:
             description=record.description, work_pool=WorkPool.from_dict(record.work_pool or {}),
             catchup=record.catchup, paused=record.paused, id=record.id,
             allow_concurrent_runs=record.allow_concurrent_runs,
+            triggers=as_triggers(record.triggers, f"deployment {record.name!r}"),
         )  # fmt: skip
 
     @classmethod
@@ -278,8 +291,8 @@ class Deployment:
         parameters: Mapping[str, Any] | None = None,
         store: RunStore | None = None,
     ) -> State:
-        """Run now (see :func:`run_deployment`); return the flow run's final state."""
-        return run_deployment(self, scheduled_time, parameters, store=store)
+        """Run now, in this process (see :func:`run_deployment_here`); return the flow run's final state."""
+        return run_deployment_here(self, scheduled_time, parameters, store=store)
 
     def backfill(
         self,
@@ -318,7 +331,7 @@ class Deployment:
             self.id = stored.id
 
 
-def run_deployment(
+def run_deployment_here(
     name_or_deployment: str | Deployment,
     scheduled_time: datetime | str | None = None,
     parameters: Mapping[str, Any] | None = None,
@@ -328,6 +341,9 @@ def run_deployment(
     claimed_by: str | None = None,
 ) -> State:
     """Run a deployment once, in this process, on its work pool; return the flow run's final state.
+
+    (Prefect's ``run_deployment``, which queues the run for a scheduling
+    service instead, is :func:`daskflow.deployments.flow_api.run_deployment`.)
 
     ``scheduled_time`` (default: now) is the time the run is for: its templates
     are rendered for it, and it is claimed in the run store, so asking for a

@@ -39,12 +39,14 @@ __all__ = ["entrypoint_of", "load_flow"]
 _FIX = "Fix: define the flow at the top level of a module or script, as `@flow def my_flow(...)`."
 _loaded_files: dict[tuple[str, float], ModuleType] = {}
 _loading = threading.Lock()  # backfill threads may load one file at once: execute it once
+_file_module_names: set[str] = set()  # the names _load_file gave: never importable by name elsewhere
 
 
 def _importable_by_name(module: ModuleType) -> bool:
     """Whether ``import <module.__name__>`` here finds this very file (not some other module)."""
     name = module.__name__
-    if name == "__main__" or sys.modules.get(name) is not module:
+    # A file loaded here by path has a made-up name that find_spec finds in sys.modules, not on the path.
+    if name == "__main__" or name in _file_module_names or sys.modules.get(name) is not module:
         return False
     try:
         spec = importlib.util.find_spec(name)
@@ -112,6 +114,7 @@ def _load_file(path: Path, entrypoint: str) -> ModuleType:
         if spec is None or spec.loader is None:
             raise DeploymentError(f"entrypoint {entrypoint!r}: {path} cannot be loaded as Python.")
         module = importlib.util.module_from_spec(spec)
+        _file_module_names.add(name)
         sys.modules[name] = module  # before executing: dataclasses and pickling look it up there
         try:
             spec.loader.exec_module(module)

@@ -13,6 +13,8 @@
         catchup: latest                               # none | latest | all
         paused: false
         allow_concurrent_runs: false                  # true: runs may overlap
+        triggers:                                     # a run per matching event (DeploymentEventTrigger)
+          - {expect: [warehouse.table.refreshed], match: {prefect.resource.id: "warehouse.table.*"}}
 
 A relative file entrypoint is read relative to the YAML file, so the file and
 its flows move together. Every entry is built and checked (the flow imported,
@@ -33,6 +35,7 @@ from daskflow.deployments.deployment import Deployment, open_store
 from daskflow.deployments.entrypoints import load_flow
 from daskflow.deployments.running import CATCHUP
 from daskflow.deployments.work_pools import WorkPool
+from daskflow.event_triggers import EventError, as_triggers
 from daskflow.exceptions import DeploymentError, ScheduleError
 from daskflow.runstore.store import RunStore
 from daskflow.schedules import schedule_from_dict
@@ -41,7 +44,7 @@ __all__ = ["FIELDS", "apply_deployment_file", "load_deployment_file"]
 
 FIELDS = (
     "name", "entrypoint", "schedule", "parameters", "tags", "description", "work_pool", "catchup", "paused",
-    "allow_concurrent_runs",
+    "allow_concurrent_runs", "triggers",
 )  # fmt: skip
 _EXAMPLE = "deployments: [{name: daily, entrypoint: 'flows.py:my_flow', schedule: {cron: '0 6 * * *'}}]"
 
@@ -117,11 +120,18 @@ def _entry(entry: Any, index: int, path: Path) -> Deployment:
     except DeploymentError as exc:
         raise DeploymentError(f"{where}, field 'entrypoint': {exc}") from None
     description = entry.get("description")
+    triggers = entry.get("triggers") or []
+    if not isinstance(triggers, list):
+        raise DeploymentError(f"{where}, field 'triggers': expected a list of triggers, got {triggers!r}.")
+    try:
+        checked = as_triggers(triggers, f"{where}, field 'triggers'")
+    except EventError as exc:
+        raise DeploymentError(str(exc)) from None
     try:
         return Deployment.build(
             name, entrypoint, flow=flow, schedule=schedule, parameters=parameters, tags=tags,
             description=None if description is None else str(description),
-            catchup=catchup, paused=paused, work_pool=pool, allow_concurrent_runs=concurrent,
+            catchup=catchup, paused=paused, work_pool=pool, allow_concurrent_runs=concurrent, triggers=checked,
         )  # fmt: skip
     except DeploymentError as exc:  # what is left to check is the parameters
         raise DeploymentError(f"{where}, field 'parameters': {exc}") from None

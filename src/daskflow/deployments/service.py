@@ -46,6 +46,15 @@ taken by exactly one service (:func:`~daskflow.runstore.queued.take_queued`),
 and starts them as manual runs under their queued ids, within
 ``max_concurrent_runs`` too.
 
+**Triggers.** Before that, at start and at every poll, the deployments'
+event triggers are matched against the events written since the last poll
+(:mod:`.triggers`): each matching event queues one run, once across every
+service on the store, which then starts as any queued run.
+
+**A served flow's service.** ``flow.serve()`` runs a service limited to its
+own deployments (``flows=``, name -> the flow object, used as is rather than
+imported again), which leaves the store's other deployments to their services.
+
 Flow runs record their history in the configured run store
 (``daskflow.runstore.url``); keep it the same as ``store_url``
 (``daskflow serve --url`` does that for you).
@@ -56,23 +65,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from daskflow.deployments.deployment import Deployment
 from daskflow.deployments.planner import DeploymentPlan, Planner
 from daskflow.deployments.queue import start_queued
 from daskflow.deployments.running import lease_seconds, run_once
+from daskflow.deployments.triggers import TriggerWatcher
 from daskflow.engine.cancellation import cancel_runs_in_thread
 from daskflow.engine.serving import Clock, SystemClock
 from daskflow.exceptions import ConfigurationError, DaskflowError
+from daskflow.flows import Flow
 from daskflow.runstore import deployments as rows
-from daskflow.runstore.deployments import RunInFlightError
+from daskflow.runstore.deployments import DeploymentRecord, RunInFlightError
 from daskflow.runstore.errors import RunStoreUnavailableError
 from daskflow.runstore.leases import crash_message, reap_expired
 from daskflow.runstore.queued import QueuedRun, fail_queued, queued_runs, take_queued
 from daskflow.runstore.store import RunStore
+from daskflow.states import State
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENT_RUNS",
@@ -102,7 +115,9 @@ class DeploymentService:
     time source (tests pass a fake one); ``poll_seconds`` how often the
     deployment list is read again; ``max_concurrent_runs`` how many runs, of
     all deployments together, may be in flight at once (a due time waits for
-    a free slot); ``name`` what the claims record as ``claimed_by``.
+    a free slot); ``name`` what the claims record as ``claimed_by``;
+    ``flows`` limits the service to the deployments it names, run with those
+    flow objects (``flow.serve``'s service).
     """
 
     def __init__(
@@ -113,6 +128,7 @@ class DeploymentService:
         poll_seconds: float = DEFAULT_POLL_SECONDS,
         max_concurrent_runs: int = DEFAULT_MAX_CONCURRENT_RUNS,
         name: str | None = None,
+        flows: Mapping[str, Flow[Any, Any]] | None = None,
     ) -> None:
         if isinstance(poll_seconds, bool) or not isinstance(poll_seconds, (int, float)) or poll_seconds <= 0:
             raise ConfigurationError(f"serve: poll_seconds={poll_seconds!r} must be a number of seconds > 0, e.g. 5.")
@@ -130,6 +146,36 @@ class DeploymentService:
         self._runs: dict[threading.Thread, tuple[str, datetime]] = {}
         self._wake = threading.Event()  # set by `stop` (through the bridge) and by every run that ends
         self._store_failing = False
+        self._flows = dict(flows or {})
+        self._only = set(self._flows) if flows is not None else None
+        self._final: list[tuple[str, State]] = []  # (deployment name, final state) of the runs started here
+        self._triggers = TriggerWatcher(datetime.now(UTC), self.id)
+        self.trigger_polls = 0  # how many times the events were matched against triggers (tests wait on it)
+
+    def final_states(self) -> dict[str, list[State]]:
+        """The final states of the runs this service started, by deployment name, in the order they ended."""
+        with self._lock:
+            found: dict[str, list[State]] = {name: [] for name in self._only or ()}
+            for name, state in self._final:
+                found.setdefault(name, []).append(state)
+            return found
+
+    def _mine(self, records: list[DeploymentRecord]) -> list[DeploymentRecord]:
+        return records if self._only is None else [r for r in records if r.name in self._only]
+
+    def _bind_flows(self, planner: Planner) -> None:
+        # Plans are rebuilt from the store when a deployment changes: give each the flow object again.
+        for plan in planner.plans.values():
+            flow = self._flows.get(plan.name)
+            if flow is not None and plan.deployment.flow is None:
+                plan.deployment.flow = flow
+
+    def _fire_triggers(self, store: RunStore, planner: Planner) -> None:
+        try:
+            self._triggers.fire(store, [plan.deployment for plan in planner.plans.values()], datetime.now(UTC))
+        except RunStoreUnavailableError as exc:
+            _log.warning("%s; events are matched against triggers again at the next poll", exc)
+        self.trigger_polls += 1
 
     def __repr__(self) -> str:
         return f"DeploymentService({self.id!r}, max_concurrent_runs={self.max_concurrent_runs})"
@@ -143,10 +189,12 @@ class DeploymentService:
             planner = Planner(lambda deployment_id: rows.last_scheduled_time(store, deployment_id))
             now = self.clock.now()
             with self._lock:
-                planner.refresh(rows.list_deployments(store), now)
+                planner.refresh(self._mine(rows.list_deployments(store)), now)
+                self._bind_flows(planner)
             self._reap(store, planner)
             self._report_unfinished(store, planner)
             self._summary(store, planner, now)
+            self._fire_triggers(store, planner)
             with self._lock:
                 self._start_queued(store, planner)
             next_poll = now + self.poll
@@ -156,6 +204,7 @@ class DeploymentService:
                 with self._lock:
                     if now >= next_poll:
                         self._poll(store, planner, now)
+                        self._fire_triggers(store, planner)
                         self._start_queued(store, planner)
                         next_poll = now + self.poll
                     planner.advance(now)
@@ -195,7 +244,8 @@ class DeploymentService:
         if self._store_failing:
             _log.info("the run store at %s answers again", store.display_url)
             self._store_failing = False
-        planner.refresh(records, now)
+        planner.refresh(self._mine(records), now)
+        self._bind_flows(planner)
         try:
             self._reap(store, planner)
         except RunStoreUnavailableError as exc:
@@ -203,7 +253,7 @@ class DeploymentService:
 
     def _reap(self, store: RunStore, planner: Planner) -> None:
         names = {plan.record.id: plan.name for plan in planner.plans.values()}
-        for claim in reap_expired(store, self.id):
+        for claim in reap_expired(store, self.id, None if self._only is None else list(names)):
             _log.warning(
                 "deployment %r: the run for %s%s was left without a final state; marked Crashed. %s Its time is "
                 "not run again; the next time runs as scheduled.",
@@ -229,11 +279,14 @@ class DeploymentService:
         if free <= 0:
             return
         try:
-            waiting = queued_runs(store, limit=free)
+            # Limited to some deployments: look further, past the runs queued for the others.
+            waiting = queued_runs(store, limit=free if self._only is None else free + 500)
         except RunStoreUnavailableError as exc:
             _log.warning("%s; queued runs are looked for again at the next poll", exc)
             return
         plans = {plan.record.id: plan for plan in planner.plans.values()}
+        if self._only is not None:
+            waiting = [queued for queued in waiting if queued.deployment_id in plans][:free]
         for queued in waiting:
             if not take_queued(store, queued.flow_run_id, self.id):
                 continue  # another service took it: it runs there
@@ -263,6 +316,8 @@ class DeploymentService:
         else:
             if state is not None:
                 _log.info("deployment %r: queued flow run %s ended %s", name, queued.flow_run_id, state.name)
+                with self._lock:
+                    self._final.append((name, state))
         finally:
             with self._lock:
                 self._runs.pop(threading.current_thread(), None)
@@ -289,6 +344,8 @@ class DeploymentService:
             if state is None:
                 _log.debug("deployment %r: %s was claimed by another service; skipped", name, at.isoformat())
             else:
+                with self._lock:
+                    self._final.append((name, state))
                 flow_run = getattr(state, "flow_run", None)
                 _log.info(
                     "deployment %r: the run for %s ended %s%s",

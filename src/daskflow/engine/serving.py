@@ -24,16 +24,28 @@ The first signal stops the loop; the run in flight then finishes
 (``on_stop="finish"``) or is cancelled (``on_stop="cancel"``, through
 :mod:`daskflow.engine.cancellation`, as ``daskflow runs cancel`` does). A
 second signal cancels the run in flight and returns without waiting for it.
+
+**The deployments seam.** ``flow.deploy(...)``, ``flow.serve()`` with no
+schedule and ``serve(..., triggers=...)`` need the run store's deployments,
+which live in a layer *above* flows (``daskflow.deployments`` imports
+``daskflow.flows``, so the reverse import would be a cycle the layer rules
+forbid). :func:`deployment_backend` is the one sanctioned way down-to-up: it
+returns the :class:`DeploymentBackend` that :mod:`daskflow.deployments.flow_api`
+installs with :func:`install_deployment_backend` when it is imported, and
+imports that module by name (:data:`DEPLOYMENT_BACKEND_MODULE`) the first time
+it is asked, so ``import daskflow`` stays free of the deployments' imports. A
+test pins that this is the only place that names an upper layer.
 """
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import logging
 import re
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,12 +60,16 @@ from daskflow.schedules import Schedule
 from daskflow.states import Cancelled, Crashed, State
 
 __all__ = [
+    "DEPLOYMENT_BACKEND_MODULE",
     "ON_STOP",
     "TEMPLATE",
     "TEMPLATE_NAMES",
     "Clock",
+    "DeploymentBackend",
     "ScheduledRun",
     "SystemClock",
+    "deployment_backend",
+    "install_deployment_backend",
     "render_parameters",
     "render_templates",
     "run_schedule",
@@ -365,3 +381,49 @@ class _ServeSession:
             f" (flow run {flow_run.name!r}, id {flow_run.id})" if flow_run is not None else "",
         )  # fmt: skip
         return state
+
+
+# -- the deployments seam (see the module docstring) --------------------------------------------
+
+DEPLOYMENT_BACKEND_MODULE = "daskflow.deployments.flow_api"
+
+
+class DeploymentBackend(Protocol):
+    """What flows need of the deployments layer; ``served`` are ``daskflow.flows.ServedDeployment``s."""
+
+    def deploy(self, served: Any, options: Mapping[str, Any]) -> str:
+        """Register ``served`` in the run store for ``daskflow serve``; return the deployment's id."""
+        ...
+
+    def load_flow(self, entrypoint: str) -> Any:
+        """The flow at ``entrypoint`` (``/path/file.py:name`` or ``module:name``), imported."""
+        ...
+
+    def serve_from_store(
+        self, served: Sequence[Any], *, poll_seconds: float | None
+    ) -> Callable[[threading.Event, str], dict[str, list[State]]]:
+        """Register ``served`` now; return ``serve(stop, on_stop)``, which runs their queued runs and
+        trigger firings in this process until ``stop`` is set, and returns their final states by name."""
+        ...
+
+
+_backend: DeploymentBackend | None = None
+_backend_lock = threading.Lock()
+
+
+def install_deployment_backend(backend: DeploymentBackend) -> None:
+    """Called by :mod:`daskflow.deployments.flow_api` when it is imported."""
+    global _backend
+    _backend = backend
+
+
+def deployment_backend() -> DeploymentBackend:
+    """The deployments layer's backend, imported on first use (see the module docstring)."""
+    with _backend_lock:
+        if _backend is None:
+            importlib.import_module(DEPLOYMENT_BACKEND_MODULE)  # it installs itself on import
+        if _backend is None:  # pragma: no cover - the module above always installs it
+            raise ConfigurationError(
+                f"{DEPLOYMENT_BACKEND_MODULE} did not install a deployment backend; reinstall daskflow."
+            )
+        return _backend

@@ -47,6 +47,7 @@ from daskflow.exceptions import (
     UnhashableInputError,
     UpstreamFailedError,
 )
+from daskflow.locking import engine_isolation, policy_lock
 from daskflow.logging import TASK_LOGGER, RunLoggerAdapter, install_print_capture, run_logger_for
 from daskflow.results import ResultStore
 from daskflow.states import (
@@ -245,14 +246,18 @@ class TaskRunEngine:
             return self.finish(Failed(str(exc), exc), hooks=False)
         if key is None:
             return None
-        self.store = result_store(options.result_storage)
+        policy = self.task.cache_policy
+        # policy.configure(key_storage=...) keeps this policy's records elsewhere (daskflow.locking).
+        self.store = result_store(getattr(policy, "key_storage", None) or options.result_storage)
         self.key = self.run.cache_key = storage_key(options.name, key)
         if options.refresh_cache:
             return None
         entry = read_entry(self.store, self.key, options.name, self.logger)
         if entry is None:
             # Single flight: wait while an identical run computes, then look again.
-            flight = key_lock(options.cache_isolation, self.key, self.call.coordination)
+            flight = policy_lock(policy, self.key, self.run.id) or key_lock(
+                engine_isolation(options.cache_isolation, policy), self.key, self.call.coordination
+            )
             if flight is not None:
                 flight.__enter__()
                 self._flight = flight

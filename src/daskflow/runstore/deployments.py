@@ -86,6 +86,7 @@ class DeploymentRecord:
     created: datetime
     updated: datetime
     allow_concurrent_runs: bool = False  # runs may overlap (0005); off: one in flight, across services
+    triggers: tuple[dict[str, Any], ...] = ()  # event triggers, as DeploymentEventTrigger fields (0008)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ def _record(row: sa.Row[Any]) -> DeploymentRecord:
     values["work_pool"] = _load(values["work_pool"])
     values["paused"] = bool(values["paused"])
     values["allow_concurrent_runs"] = bool(values["allow_concurrent_runs"])
+    values["triggers"] = tuple(_load(values.get("triggers")) or ())
     return DeploymentRecord(**values)
 
 
@@ -157,6 +159,7 @@ def save_deployment(
     catchup: str,
     paused: bool,
     allow_concurrent_runs: bool = False,
+    triggers: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """Create the deployment ``name``, or update it if it exists; return its id (kept on update)."""
     dp = schema.deployments
@@ -172,6 +175,7 @@ def save_deployment(
         "catchup": catchup,
         "paused": bool(paused),
         "allow_concurrent_runs": bool(allow_concurrent_runs),
+        "triggers": _dump([dict(t) for t in triggers]) if triggers else None,
         "updated": now,
     }
     for _ in range(2):  # a second pass only when another process inserted the same name meanwhile

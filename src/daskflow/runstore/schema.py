@@ -246,6 +246,8 @@ deployments = sa.Table(
     sa.Column("updated", UTCDateTime(), nullable=False),
     # (0005) whether runs of this deployment may overlap; off: one run in flight at a time, across services
     sa.Column("allow_concurrent_runs", sa.Boolean(), nullable=False, server_default=sa.false()),
+    # (0008) event triggers: a JSON list of DeploymentEventTrigger fields; a service fires one run per match
+    sa.Column("triggers", sa.Text(), nullable=True),
 )
 
 deployment_runs = sa.Table(
