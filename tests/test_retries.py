@@ -100,7 +100,8 @@ def test_a_cancel_while_a_flow_waits_to_retry_ends_it_cancelled(executions: Any)
         raise RuntimeError("first attempt fails")
 
     outcome: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: outcome.setdefault("state", fails_once(return_state=True)))
+    # A daemon: were the cancel lost (the bug this test catches), the hour-long wait must not hold pytest.
+    thread = threading.Thread(target=lambda: outcome.setdefault("state", fails_once(return_state=True)), daemon=True)
     add_state_listener(on_state)
     try:
         thread.start()

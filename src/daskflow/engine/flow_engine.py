@@ -4,13 +4,19 @@ A flow run binds and validates its parameters (a bad one ends the run before
 any task starts), then runs the body inside a fresh task runner and a flow-run
 context, so tasks called in the body know their flow. The run's final state
 follows from the body, as in Prefect: an exception fails it; a returned
-State, or a run's future, is the final state; otherwise futures in the value
-are waited for, and when the value is a collection of runs only, any of them
-that did not complete fails the flow (a failed run beside other values is
-just part of the value); else it completes. A failed attempt (an exception, a
-timeout, a failed return value, or a crash-like ``BaseException``) is judged
-by the same code as a task's (:func:`~daskflow.engine.retries.judge_attempt`):
-a retry reruns the body after its delay, which a cancel cuts short. Ctrl-C cancels the run: tasks not yet started never start,
+State, or a run's future, is the final state; a returned generator is
+consumed into the list it yields (inside the run and its timeout); otherwise
+futures in the value are waited for, and when the value is a collection of
+runs only, any of them that did not complete fails the flow (a failed run
+beside other values is just part of the value); else it completes. The final
+state is a :class:`~daskflow.runs.FlowRunState`, which knows its run.
+
+A failed attempt (an exception, a timeout, a failed return value, or a
+crash-like ``BaseException``) is judged by the same code as a task's
+(:func:`~daskflow.engine.retries.judge_attempt`): a retry reruns the body
+after its delay, which a cancel cuts short.
+
+Ctrl-C cancels the run: tasks not yet started never start,
 running ones are interrupted, every run is left in a final state. A cancel
 from elsewhere (``daskflow runs cancel``, ``flow.serve`` stopping, see
 :mod:`daskflow.engine.cancellation`) takes the same path from another thread:
