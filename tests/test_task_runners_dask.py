@@ -623,3 +623,84 @@ def test_a_traceback_from_a_worker_names_the_users_file(dask_client: Any) -> Non
     traceback = state.flow_run.task_runs[0].state.traceback
     assert f'File "{__file__}"' in traceback and "<dynamic-code>" not in traceback, traceback
     assert "in <listcomp>" in traceback or "in boom" in traceback, traceback
+
+
+def _tasks_of(client: Client, marker: str) -> list[str]:
+    """The keys the scheduler holds whose name contains ``marker``."""
+
+    def keys(dask_scheduler: Any, marker: str) -> list[str]:
+        return [str(key) for key in dask_scheduler.tasks if marker in str(key)]
+
+    found: list[str] = client.run_on_scheduler(keys, marker=marker)
+    return found
+
+
+def test_a_flow_whose_body_raised_leaves_no_task_of_its_own_on_the_scheduler(dask_client: Client, history: Any) -> None:
+    # The runs still going when the body raises must not outlive the flow: unreleased, they kept
+    # the session scheduler busy for later tests, and the runner's wait for them held the exception.
+    name = f"held-{os.getpid()}-{time.monotonic_ns()}"
+
+    @task(name=name)
+    def held(i: int) -> int:
+        for _ in range(600):  # 60 s unless interrupted: short sleeps, so a cancel can stop the thread
+            time.sleep(0.1)
+        return i
+
+    @task(name=f"{name}-list")
+    def listing() -> list[int]:
+        return list(range(3))
+
+    @flow(name=f"{name}-flow", task_runner=DaskTaskRunner(client=dask_client))
+    def fails() -> None:
+        # First (the 2 workers have a thread each, which ``held`` then takes): a map over a future,
+        # whose items are Dask tasks of their own too.
+        held.map(listing.submit())
+        held.map(range(21))
+        raise ValueError("the body gives up")
+
+    started = time.monotonic()
+    state = fails(return_state=True)
+    took = time.monotonic() - started
+    assert state.is_failed() and "the body gives up" in (state.message or ""), state
+    left: list[str] = []
+
+    def released() -> bool:
+        left[:] = _tasks_of(dask_client, name)
+        return not left
+
+    _wait_for(released, 10, "the failed flow's Dask tasks to leave the scheduler")
+
+    def threads_free() -> bool:
+        busy = dask_client.run(lambda dask_worker: [str(k) for k in dask_worker.active_threads.values()])
+        return not any(name in key for keys in busy.values() for key in keys)
+
+    _wait_for(threads_free, 10, "the failed flow's running tasks to stop on the workers")
+    store = history()
+    [flow_run] = store.list_flow_runs(flow_name=f"{name}-flow")
+    runs = store.task_runs(flow_run.id)
+    by_state: dict[str, int] = {}
+    for run in runs:
+        by_state[run.state_name] = by_state.get(run.state_name, 0) + 1
+    figure = f"the flow ended {took:.2f} s after it started; {len(runs)} task runs in the history {by_state}"
+    print(figure)
+    assert len(runs) == 25 and all(run.state_type in ("COMPLETED", "CANCELLED") for run in runs), figure
+
+
+def test_a_run_no_worker_can_take_ends_crashed_within_the_bound(dask_client: Client) -> None:
+    @task(name="needs-a-gpu", resources={"GPU": 1})  # no worker of the session cluster has one
+    def needs_a_gpu() -> int:
+        return 1
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def waits() -> int:
+        return needs_a_gpu.submit().result()
+
+    started = time.monotonic()
+    with dask.config.set({"daskflow.dask.lost_timeout": "2s"}):
+        state = waits(return_state=True)
+    took = time.monotonic() - started
+    assert state.is_failed(), state
+    message = state.message or ""
+    assert "needs-a-gpu" in message and "no Dask worker could take its task" in message, message
+    assert "daskflow.dask.lost_timeout" in message, message
+    print(f"the run ended {took:.2f} s after the flow started (bound 2 s)")

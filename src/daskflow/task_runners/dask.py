@@ -27,8 +27,14 @@ scheduler re-runs the task by itself, the death count it keeps reaches the
 engine through the task's annotations (see
 :mod:`daskflow.concurrency.distributed_compat`). Recovery happens when a
 future is waited for, in the waiting thread, never in Dask's callback thread,
-and never blocks. A task the scheduler does not know for
-``daskflow.dask.lost_timeout`` ends its run ``Crashed``.
+and never blocks.
+
+Every wait ends: by the run's final state, by cancellation, or after
+``daskflow.dask.lost_timeout`` when the run cannot go on (the scheduler does
+not know its task, no worker can take it, or the value of a completed run can
+no longer be fetched), which ends it ``Crashed``. A flow whose body raised
+does not wait for its runs: it cancels those still going and releases every
+Dask task it made, so that nothing of it stays on a shared cluster.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any
 
 import cloudpickle
@@ -53,13 +60,14 @@ from daskflow import settings
 from daskflow.annotations import BaseAnnotation
 from daskflow.concurrency.distributed_compat import (
     MARK_ANNOTATION,
+    NO_WORKER,
     died_waiting,
     graph_deserialization_failed,
     killed_worker_address,
     killed_worker_deaths,
     killed_worker_task,
     pickling_failed,
-    unknown_keys,
+    stuck_keys,
 )
 from daskflow.engine import UNCHANGED, TaskCall, TaskRunEngine, transform
 from daskflow.exceptions import ConfigurationError, SchedulerUnreachableError
@@ -143,8 +151,21 @@ class DaskFuture(DaskflowFuture[Any]):
             return self._settled
         if self.dask_future.status != "finished":
             return None
-        # The value comes to the client: it was asked for (a hit left in storage comes as a reference).
-        state: State = on_client(self.dask_future.result(), self._runner.client, self.dask_future)
+        bound = self._runner._lost_timeout
+        try:
+            # The value comes to the client: it was asked for (a hit left in storage comes as a reference).
+            # Bounded: if every worker holding it died and none can compute it again, Dask would wait forever.
+            result = self.dask_future.result(timeout=bound)
+        except TimeoutError:
+            state = Crashed(
+                f"task run {self.task_run.name!r} completed, but its value could not be fetched from the Dask "
+                f"cluster within {bound:g} s (the workers holding it died, and no worker computed it again); "
+                "the bound is dask.config daskflow.dask.lost_timeout"
+            )
+        except Exception:  # it erred or was cancelled meanwhile: not final yet, recovery judges it
+            return None
+        else:
+            state = on_client(result, self._runner.client, self.dask_future)
         self._settled = state
         if not self.task_run.state.is_final():
             self.task_run.set_state(state)
@@ -194,6 +215,9 @@ class DaskTaskRunner(TaskRunner):
     ``adapt_kwargs`` starts that cluster; ``client`` — or a default client that
     is already active, as in a notebook — is used and left open.
     """
+
+    # The Dask tasks made besides the runs' own (the items of a .map over a future), released with them.
+    _made: tuple[distributed.Future, ...] = ()
 
     def __init__(
         self,
@@ -508,6 +532,7 @@ class DaskTaskRunner(TaskRunner):
             workers=[where] if where else None,
             allow_other_workers=True,
         )
+        self._made += tuple(items)
         return [MapItem(future, i, item, source) for i, item in enumerate(items)]
 
     # -- failures ----------------------------------------------------------------------------
@@ -647,6 +672,7 @@ class DaskTaskRunner(TaskRunner):
                 for future in self._futures:
                     self._router.runs.pop(future.task_run.id, None)
             self._futures = []
+            self._made = ()
             self._reported_upto = 0
             self._shared_objects = {}
             self._flow_infos = {}
@@ -708,12 +734,16 @@ class DaskTaskRunner(TaskRunner):
                 self._end_lost([f for f in pending if f.dask_future.status == "pending"], bound)
 
     def _end_lost(self, pending: list[DaskFuture], bound: float) -> None:
-        """End the runs whose Dask tasks the scheduler has not known for ``bound`` seconds."""
+        """End the runs whose Dask tasks could not make progress for ``bound`` seconds.
+
+        Stuck is what the scheduler says (:func:`~daskflow.concurrency.distributed_compat.stuck_keys`):
+        it does not know the task, or no worker can run it (none at all, or none it may go to).
+        """
         client = self.client
         if client is None or not pending:
             return
         try:
-            unknown = set(client.run_on_scheduler(unknown_keys, keys=[f.dask_future.key for f in pending]))
+            stuck = dict(client.run_on_scheduler(stuck_keys, keys=[f.dask_future.key for f in pending]))
         except Exception:  # the scheduler does not answer: the connection's own timeouts apply
             _log.debug("could not ask the scheduler which tasks it knows", exc_info=True)
             return
@@ -721,7 +751,8 @@ class DaskTaskRunner(TaskRunner):
         since = self._unknown_since
         for future in pending:
             key = future.dask_future.key
-            if key not in unknown:
+            why = stuck.get(key)
+            if why is None:
                 since.pop(key, None)
                 continue
             first = since.setdefault(key, now)
@@ -729,12 +760,20 @@ class DaskTaskRunner(TaskRunner):
                 continue
             del since[key]
             run = future.task_run
-            message = (
-                f"task run {run.name!r} never started: the Dask scheduler has not known its task {key!r} for "
-                f"{now - first:.3g} s (the graph did not reach the scheduler or could not be used there, or the "
-                "scheduler lost it, e.g. in a restart). See the scheduler's log; the bound is dask.config "
-                "daskflow.dask.lost_timeout."
-            )
+            if why == NO_WORKER:
+                message = (
+                    f"task run {run.name!r} could not run: no Dask worker could take its task {key!r} for "
+                    f"{now - first:.3g} s (the cluster has no running worker, e.g. every nanny gave up "
+                    "restarting its worker, or none has the resources or restrictions the task asks for). "
+                    "Check the workers' logs; the bound is dask.config daskflow.dask.lost_timeout."
+                )
+            else:
+                message = (
+                    f"task run {run.name!r} never started: the Dask scheduler has not known its task {key!r} for "
+                    f"{now - first:.3g} s (the graph did not reach the scheduler or could not be used there, or "
+                    "the scheduler lost it, e.g. in a restart). See the scheduler's log; the bound is dask.config "
+                    "daskflow.dask.lost_timeout."
+                )
             engine = TaskRunEngine(future.call)
             engine.logger.error("%s", message)
             engine.finish(Crashed(message))
@@ -788,18 +827,40 @@ class DaskTaskRunner(TaskRunner):
                 future._final_state()  # events were lost (a worker died): take the state itself
 
     def cancel_all(self) -> None:
+        self._release("the flow run was cancelled")
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None and not issubclass(exc_type, KeyboardInterrupt) and not self._cancelled:
+            # The body raised (a run's error it let through, its timeout, a test's): nothing will ask
+            # for the runs still going, and waiting for them would hold the exception without bound.
+            # What this flow holds on the cluster goes now, not when the last reference to it does.
+            self._release(f"the flow run's body raised {exc_type.__name__} before this run ended")
+        super().__exit__(exc_type, exc, tb)
+
+    def _release(self, reason: str) -> None:
+        """Cancel every run not yet finished (Cancelled with ``reason``) and release every Dask
+        task this runner made (runs, shared definitions, map items), so none outlives the flow."""
         self._cancelled = True
         client = self.client  # once the futures are cancelled, the flow may shut this runner down
-        if client is not None and self._futures:
-            running = [f.dask_future.key for f in self._futures if not f.task_run.state.is_final()]
-            flow_run_id = self._futures[0].task_run.flow_run_id
+        futures = self._futures
+        unfinished = [f for f in futures if f._settled is None and not f.task_run.state.is_final()]
+        if client is not None and futures:
+            flow_run_id = futures[0].task_run.flow_run_id
             try:
                 # Told first: a run of this flow must not take a slot that the cancel frees.
-                client.run(interrupt_runs, flow_run_id, running, wait=False)
+                client.run(interrupt_runs, flow_run_id, [f.dask_future.key for f in unfinished], wait=False)
             except Exception:  # the cluster is going away: so are its threads
                 _log.debug("could not interrupt the cancelled runs on the workers", exc_info=True)
-            client.cancel([f.dask_future for f in self._futures], force=True)
-        for future in self._futures:
+        if client is not None:
+            made = [*(f.dask_future for f in futures), *self._made]
+            made += [shared for _, shared, _ in self._shared_objects.values() if isinstance(shared, distributed.Future)]
+            try:
+                client.cancel(made, force=True)
+            except Exception:  # the client is closing: its futures go with it
+                _log.debug("could not cancel the flow run's Dask tasks", exc_info=True)
+        for future in futures:
             if not future.task_run.state.is_final():
-                future.task_run.set_state(Cancelled("the flow run was cancelled"))
+                future.task_run.set_state(Cancelled(reason))
             future.settle(future.task_run.state)
