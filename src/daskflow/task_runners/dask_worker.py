@@ -11,19 +11,19 @@ the client applies them to its run records and re-emits the records through
 its own loggers. Final states travel without their values: a value leaves its
 worker only when someone asks for it, and a short attempt's ``Running`` event
 is folded into its final state's (:func:`fold_running`). Artifacts created in
-a task take the same road (an ``"a"`` item), so they too reach the client's
+a task take the same road (an artifact event), so they too reach the client's
 run history ahead of the run's final state.
 
-Messages must be msgpack-serialisable, so states and records are flattened
-to lists of plain values here and rebuilt by :func:`decode_state`.
+What goes on the wire is the typed, versioned messages of :mod:`.dask_protocol`
+(a :class:`~.dask_protocol.Batch` of state, log and artifact events).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +33,6 @@ from typing import Any
 from distributed import get_worker, rejoin, secede
 
 from daskflow import secrets_mask
-from daskflow.artifacts import publish_artifact
 from daskflow.concurrency.cluster import cluster_coordination
 from daskflow.concurrency.distributed_compat import active_task_threads, current_task_crashes, mark_waiting
 from daskflow.context import set_wait_hook, set_worker_thread, shielded_threads
@@ -42,16 +41,14 @@ from daskflow.exceptions import CancelledRunError
 from daskflow.logging import ARTIFACT_LOGGER, set_console_enabled
 from daskflow.runs import TaskRun, add_state_listener
 from daskflow.runstore import ArtifactRecord
-from daskflow.states import State, StateType, item_state
-from daskflow.task_runners.dask_protocol import RunSpec
+from daskflow.states import State, item_state
+from daskflow.task_runners.dask_protocol import ArtifactEvent, Batch, Event, LogEvent, RunSpec, StateEvent
 
 __all__ = [
     "EVENT_TOPIC",
     "ItemRef",
     "UpstreamRef",
-    "decode_state",
     "mark_client_process",
-    "replay_artifact",
     "run_on_worker",
     "state_length",
     "state_value",
@@ -102,43 +99,31 @@ def substitute(value: Any, upstream: list[State]) -> Any:
     return transform(value, visit, unwrap=False)[0]
 
 
-_RUNNING = StateType.RUNNING.value
-_FINAL_TYPES = frozenset(
-    t.value for t in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
-)
-
-
-def fold_running(batch: list[list[Any]]) -> list[list[Any]]:
+def fold_running(batch: list[Event]) -> list[Event]:
     """The batch without the ``Running`` events of attempts whose final state is in it too.
 
     A short task starts and ends between two flushes: its ``Running`` event would
     cost the client a message item and a state record for nothing anyone could
-    have watched. Its timestamp is kept: it rides on the final state's item as
+    have watched. Its timestamp is kept: it rides on the final state's event as
     the run's start time.
     """
     final_at: dict[tuple[str, int], int] = {}
-    for position, item in enumerate(batch):
-        if item[0] == "s" and item[3] in _FINAL_TYPES and not (len(item) > 8 and item[8].get("interim")):
-            final_at[(item[1], item[2])] = position
+    for position, event in enumerate(batch):
+        if isinstance(event, StateEvent) and event.final:
+            final_at[(event.run_id, event.attempt)] = position
     if not final_at:
         return batch
-    folded: list[list[Any]] = []
-    for position, item in enumerate(batch):
-        if item[0] == "s" and item[3] == _RUNNING:
-            end = final_at.get((item[1], item[2]))
+    folded = list(batch)
+    dropped: set[int] = set()
+    for position, event in enumerate(batch):
+        if isinstance(event, StateEvent) and event.running:
+            end = final_at.get((event.run_id, event.attempt))
             if end is not None and end > position:
-                _extras(batch[end])["start"] = item[6]  # the attempt's start time
-                continue
-        folded.append(item)
-    return folded
-
-
-def _extras(item: list[Any]) -> dict[str, Any]:
-    """The optional last field of a state item: facts about the run that ride with the state."""
-    if len(item) == 8:
-        item.append({})
-    extras: dict[str, Any] = item[8]
-    return extras
+                end_event = folded[end]
+                assert isinstance(end_event, StateEvent)
+                folded[end] = dataclasses.replace(end_event, start=event.timestamp)
+                dropped.add(position)
+    return [event for position, event in enumerate(folded) if position not in dropped]
 
 
 def state_length(state: State) -> int | None:
@@ -167,33 +152,6 @@ def state_value(state: State) -> Any:
     return state.data
 
 
-def encode_state(state: State) -> list[Any]:
-    return [state.type.value, state.name, state.message, state.epoch, state.traceback]
-
-
-def decode_state(encoded: list[Any]) -> State:
-    type_, name, message, ts, tb = encoded[:5]
-    # Interned: a map's 100,000 states then share a handful of name strings.
-    return State(StateType(type_), sys.intern(name), message, timestamp=ts, traceback_text=tb)
-
-
-def encode_artifact(artifact: ArtifactRecord) -> list[Any]:
-    return [
-        "a", artifact.id, artifact.type, artifact.data, artifact.key, artifact.description,
-        artifact.flow_run_id, artifact.task_run_id, artifact.created,
-    ]  # fmt: skip
-
-
-def replay_artifact(item: list[Any]) -> None:
-    """On the client: publish an artifact a worker sent, for this process's run history to keep."""
-    _, id_, type_, data, key, description, flow_run_id, task_run_id, created = item
-    artifact = ArtifactRecord(
-        id=id_, type=type_, data=data, key=key, description=description,
-        flow_run_id=flow_run_id, task_run_id=task_run_id, created=created,
-    )  # fmt: skip
-    publish_artifact(artifact)
-
-
 class _Forwarder(logging.Handler):
     """Buffers this worker process's state changes and run log records for the client.
 
@@ -208,7 +166,7 @@ class _Forwarder(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
-        self.buffer: list[list[Any]] = []
+        self.buffer: list[Event] = []
         self.ready = threading.Condition(threading.Lock())
         self.urgent = False
         self.worker: Any = None
@@ -216,23 +174,20 @@ class _Forwarder(logging.Handler):
 
     def on_state(self, run: Any, state: State) -> None:
         if isinstance(run, TaskRun):
-            item = ["s", run.id, run.run_count, *encode_state(state)]
+            final = state.is_final()
+            event = StateEvent.of(run.id, run.run_count, state, run.cache_key if final else None)
             current = self.current
-            held = getattr(current, "final", None)
-            if held is not None and not state.is_final() and getattr(current, "run_id", None) == run.id:
+            mine = getattr(current, "run_id", None) == run.id
+            held: StateEvent | None = getattr(current, "final", None)
+            if held is not None and not final and mine:
                 # The run went on from a final-looking state (a crash judged before a retry): it
                 # goes now, marked so that the client does not take it for the run's end.
                 current.final = None
-                _extras(held)["interim"] = True
-                self._add(held)
-            if state.is_final():
-                if run.cache_key is not None:
-                    _extras(item)["key"] = run.cache_key
-                current = self.current
-                if getattr(current, "run_id", None) == run.id:
-                    current.final = item
-                    return
-            self._add(item)
+                self._add(dataclasses.replace(held, interim=True))
+            if final and mine:
+                current.final = event
+                return
+            self._add(event)
 
     def begin_run(self, run_id: str) -> None:
         self.current.run_id = run_id
@@ -247,7 +202,7 @@ class _Forwarder(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         artifact = getattr(record, "artifact", None)
         if isinstance(artifact, ArtifactRecord):  # from the artifacts logger: the record is the data
-            self._add(encode_artifact(artifact))
+            self._add(ArtifactEvent.of(artifact))
             return
         run_id = getattr(record, "task_run_id", None)
         if run_id is None:
@@ -259,24 +214,9 @@ class _Forwarder(logging.Handler):
                 if self.formatter
                 else logging.Formatter().formatException(record.exc_info)
             )
-        self._add(
-            [
-                "l",
-                run_id,
-                record.name,
-                record.levelno,
-                record.getMessage(),
-                record.created,
-                exc_text,
-                getattr(record, "task_run_name", None),
-                getattr(record, "task_name", None),
-                getattr(record, "flow_run_id", None),
-                getattr(record, "flow_run_name", None),
-                getattr(record, "flow_name", None),
-            ]
-        )
+        self._add(LogEvent.of(run_id, record, exc_text))
 
-    def _add(self, item: list[Any], urgent: bool = False) -> None:
+    def _add(self, item: Event, urgent: bool = False) -> None:
         with self.ready:
             self.buffer.append(item)
             if urgent:
@@ -289,7 +229,7 @@ class _Forwarder(logging.Handler):
             batch, self.buffer = self.buffer, []
             self.urgent = False
         if batch and self.worker is not None:
-            self.worker.log_event(EVENT_TOPIC, {"b": fold_running(batch), "pid": os.getpid()})
+            self.worker.log_event(EVENT_TOPIC, Batch(tuple(fold_running(batch)), os.getpid()).encode())
 
     def _gather(self) -> None:
         """Wait until there is something to send and it is time to send it."""
@@ -359,7 +299,7 @@ def flush_events(token: str) -> bool:
     if forwarder is None or forwarder.worker is None:
         return False
     forwarder.flush_now()
-    forwarder.worker.log_event(EVENT_TOPIC, {"b": [], "sync": token})
+    forwarder.worker.log_event(EVENT_TOPIC, Batch.marker(token, os.getpid()).encode())
     return True
 
 
