@@ -24,6 +24,7 @@ import pytest
 from dask.utils import key_split
 from distributed import Client, LocalCluster
 
+import daskflow
 from conftest import private_client
 from daskflow import flow, task
 from daskflow.context import get_flow_run_context
@@ -314,6 +315,8 @@ def scheduler_and_workers(tmp_path: Path) -> Any:
     workdir = tmp_path / "cluster"
     workdir.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # The daskflow under test (a worktree's, say), not the one installed: and nothing else of the path.
+    env["PYTHONPATH"] = str(Path(daskflow.__file__).resolve().parents[1])
     env["DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT"] = "5s"
     dask_cli = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
     procs = [
@@ -704,3 +707,47 @@ def test_a_run_no_worker_can_take_ends_crashed_within_the_bound(dask_client: Cli
     assert "needs-a-gpu" in message and "no Dask worker could take its task" in message, message
     assert "daskflow.dask.lost_timeout" in message, message
     print(f"the run ended {took:.2f} s after the flow started (bound 2 s)")
+
+
+def test_a_runs_final_state_is_here_before_dask_says_its_task_finished(dask_client: Client) -> None:
+    # One path for a final state: the worker's report settles the run, and it comes ahead of the
+    # Dask task's end, so no reader ever finds a finished task whose run is not settled.
+    @task
+    def quick(i: int) -> int:
+        return i
+
+    seen: list[bool] = []
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def many() -> list[int]:
+        futures = quick.map(range(60))
+        for future in futures:
+            future.dask_future.add_done_callback(lambda _, f=future: seen.append(f.done()))
+        return futures.result()
+
+    assert many() == list(range(60))
+    _wait_for(lambda: len(seen) == 60, 10, "Dask's callbacks")
+    assert all(seen), f"{seen.count(False)} of 60 runs were not settled when Dask said their task finished"
+
+
+def test_a_run_whose_report_never_arrives_ends_crashed_saying_so(dask_client: Client, tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+
+    @task(name="unreported")
+    def unreported() -> int:
+        deadline = time.monotonic() + 30
+        while not gate.exists() and time.monotonic() < deadline:  # until the client stops listening for it
+            time.sleep(0.02)
+        return 1
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def lost_report() -> int:
+        future = unreported.submit()
+        runner = get_flow_run_context().task_runner  # type: ignore[union-attr]
+        del runner._router.runs[future.task_run.id]  # as if its events were dropped on the way
+        gate.touch()
+        return future.result()
+
+    state = lost_report(return_state=True)
+    message = state.message or ""
+    assert state.is_failed() and "unreported" in message and "never reached this client" in message, state

@@ -9,13 +9,30 @@ object and the flow's facts go once per flow run as a task of their own
 (:func:`.dask_values.shared_value`) when inlining them would cost more, so a
 map of 10,000 items does not pickle the function 10,000 times.
 
-One ``.map``, end to end: :meth:`DaskTaskRunner.submit_batch` ships the
-user's code if the cluster lacks it (:mod:`.dask_shipping`) and sends one spec
-per call; each Dask task runs :func:`.dask_worker.run_on_worker`, i.e. the
-same engine as every runner; the worker reports states, logs and artifacts in
-batches on the ``daskflow`` topic, which :mod:`.dask_events` applies to this
-process's run records; a run's value stays on the cluster until asked for
-(:mod:`.dask_values`).
+One ``.map``, end to end (each step in one place):
+
+1. Client, here: :meth:`DaskTaskRunner.submit_batch` groups the calls by task;
+   :meth:`~DaskTaskRunner._submit_group` ships the user's code if the cluster
+   lacks it (:mod:`.dask_shipping`) and the task object once if that is cheaper
+   (:meth:`~DaskTaskRunner._shared`); :meth:`~DaskTaskRunner._submit_window`
+   makes one :class:`DaskFuture` and one :class:`~.dask_protocol.RunSpec` per
+   call, registers the futures with the event router, and sends them all in one
+   ``client.map`` of :func:`.dask_worker.run_on_worker`.
+2. Worker: :func:`.dask_worker.run_on_worker` rebuilds the run from its spec
+   and runs it through the same engine as every runner. Its states, logs and
+   artifacts go back as typed events (:mod:`.dask_protocol`) in batches on the
+   ``daskflow`` topic; the run's final state goes last, from the task's own
+   thread, ahead of the Dask task's end. The task's result is the final state
+   with its value, which stays on the worker.
+3. Client, :mod:`.dask_events`: the router applies each event to this
+   process's run record and, on the final state, settles the run's
+   :class:`DaskFuture`. That is the one path for a final state a worker
+   reached; the value (or the error) comes from the Dask task's result only
+   when someone asks for it (:meth:`DaskFuture._final_state`, :mod:`.dask_values`).
+4. Client, waiting (:meth:`DaskFuture.wait`, :meth:`DaskTaskRunner.shutdown`):
+   wait for the Dask tasks; one that finished has been reported
+   (:meth:`~DaskTaskRunner.await_reports` checks, bounded); one that erred or
+   was cancelled is a crash, which the runner reports to the engine (below).
 
 Failures: the engine decides, the runner reports. A worker that dies under a
 task is one attempt of its run. When Dask gives up on the task
@@ -125,54 +142,80 @@ class MapItem(BaseAnnotation[Any]):
 
 
 class DaskFuture(DaskflowFuture[Any]):
-    """A task run on a Dask cluster; resolves to its final state."""
+    """A task run on a Dask cluster; resolves to its final state.
+
+    It settles once, by one of: the run's final state reported by its worker
+    (:meth:`settle_reported`, from the event stream), or the client's own
+    judgement when the Dask task itself failed, was lost or was cancelled
+    (:meth:`settle`). A reported state's value or error stays on the cluster,
+    in the Dask task's result, until :meth:`_final_state` is asked for it.
+    """
 
     # A map of 100,000 items makes 100,000 of these: no per-future lock or list (recovery
     # claims a future under the runner's lock; a run without upstreams shares one empty tuple).
     # ``attempts``: the attempts the run had made before its current Dask task started.
-    __slots__ = ("_runner", "call", "dask_future", "upstreams", "_settled", "attempts")
+    # ``_fetched``: whether ``_settled`` holds all it will (else its value is in the Dask task's result).
+    __slots__ = ("_runner", "call", "dask_future", "upstreams", "_settled", "_fetched", "attempts")
 
     def __init__(
-        self, runner: DaskTaskRunner, call: TaskCall, dask_future: distributed.Future, upstreams: Sequence[DaskFuture]
+        self, runner: DaskTaskRunner, call: TaskCall, dask_future: Any, upstreams: Sequence[DaskFuture]
     ) -> None:
         super().__init__(call.task_run)
         self._runner = runner
         self.call = call
-        self.dask_future = dask_future
+        self.dask_future: distributed.Future = dask_future  # set by the submitter once Dask made it
         self.upstreams = upstreams
         self._settled: State | None = None
+        self._fetched = True
         self.attempts = call.task_run.run_count
 
     def done(self) -> bool:
-        return self._settled is not None or self.dask_future.status == "finished"
+        return self._settled is not None
 
     def _final_state(self) -> State | None:
-        if self._settled is not None:
-            return self._settled
-        if self.dask_future.status != "finished":
-            return None
+        settled = self._settled
+        if settled is None or self._fetched:
+            return settled
         bound = self._runner._lost_timeout
         try:
-            # The value comes to the client: it was asked for (a hit left in storage comes as a reference).
-            # Bounded: if every worker holding it died and none can compute it again, Dask would wait forever.
+            # The value (or the error) comes to the client: it was asked for (a hit left in storage
+            # comes as a reference). Bounded: if every worker holding it died and none can compute
+            # it again, Dask would wait forever.
             result = self.dask_future.result(timeout=bound)
         except TimeoutError:
-            state = Crashed(
-                f"task run {self.task_run.name!r} completed, but its value could not be fetched from the Dask "
-                f"cluster within {bound:g} s (the workers holding it died, and no worker computed it again); "
-                "the bound is dask.config daskflow.dask.lost_timeout"
+            state: State = Crashed(
+                f"task run {self.task_run.name!r} ended {settled.name}, but its result could not be fetched "
+                f"from the Dask cluster within {bound:g} s (the workers holding it died, and no worker "
+                "computed it again); the bound is dask.config daskflow.dask.lost_timeout"
             )
-        except Exception:  # it erred or was cancelled meanwhile: not final yet, recovery judges it
-            return None
+        except Exception as exc:  # lost with its workers, for good, or released
+            if not settled.is_completed():
+                self._fetched = True  # a failure's message and traceback came with its state
+                return settled
+            state = Crashed(
+                f"task run {self.task_run.name!r} completed, then the Dask worker holding its value died and "
+                f"Dask could not recompute it ({type(exc).__name__}: {exc})",
+                exc,
+            )
         else:
             state = on_client(result, self._runner.client, self.dask_future)
+            if state.type != settled.type:  # not the attempt whose end was reported: that one's is the truth
+                state = settled
+        if state.is_crashed() and settled.is_completed():
+            self.task_run.set_state(state)  # after the Completed whose value is gone
         self._settled = state
-        if not self.task_run.state.is_final():
-            self.task_run.set_state(state)
+        self._fetched = True
         return state
 
     def settle(self, state: State) -> None:
+        """The client decided the run's final state (a crash, a loss, a cancel): nothing to fetch."""
         self._settled = state
+        self._fetched = True
+
+    def settle_reported(self, state: State) -> None:
+        if self._settled is None:
+            self._settled = state
+            self._fetched = False
 
     def wait(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -184,6 +227,7 @@ class DaskFuture(DaskflowFuture[Any]):
                 return
             status = self.dask_future.status
             if status == "finished":
+                self._runner.await_reports([self])
                 return
             if status in ("error", "cancelled"):
                 self._runner.recover_erred()
@@ -194,7 +238,7 @@ class DaskFuture(DaskflowFuture[Any]):
 
     def add_done_callback(self, fn: Callable[[DaskflowFuture[Any]], None]) -> None:
         def on_done(_: distributed.Future) -> None:
-            if self.dask_future.status == "finished" or self._settled is not None:
+            if self._settled is not None:
                 fn(self)
             else:  # recovering may block: never in Dask's single callback thread
                 threading.Thread(target=self._wait_then, args=(fn,), daemon=True).start()
@@ -428,7 +472,7 @@ class DaskTaskRunner(TaskRunner):
         calls: Sequence[TaskCall],
         keys: list[str] | None = None,
         resume: list[tuple[int, str | None]] | None = None,
-        record: bool = True,
+        into: list[DaskFuture] | None = None,
     ) -> list[DaskFuture]:
         """Submit calls of one task: one ``client.map`` per window of ``daskflow.dask.map_window`` calls.
 
@@ -451,9 +495,10 @@ class DaskTaskRunner(TaskRunner):
                         task, task_ref, flow_ref, part,
                         keys[start : start + window] if keys else None,
                         resume[start : start + window] if resume else None,
+                        into[start : start + window] if into else None,
                     )
                 )  # fmt: skip
-        if record:
+        if into is None:
             self._futures.extend(made)
         return made
 
@@ -465,18 +510,22 @@ class DaskTaskRunner(TaskRunner):
         calls: Sequence[TaskCall],
         keys: list[str] | None,
         resume: list[tuple[int, str | None]] | None,
+        into: list[DaskFuture] | None,
     ) -> list[DaskFuture]:
         assert self.client is not None
-        specs, deps_lists, ups_lists = [], [], []
+        specs, deps_lists = [], []
         runs = self._router.runs
-        for position, call in enumerate(calls):
+        made = into if into is not None else [DaskFuture(self, call, None, _NO_UPSTREAMS) for call in calls]
+        for position, (call, future) in enumerate(zip(calls, made)):
             deps: list[distributed.Future] = []
             ups: list[DaskFuture] = []
             attempts, crash = resume[position] if resume else (call.task_run.run_count, None)
             specs.append(self._spec(call, deps, ups, attempts, crash))
             deps_lists.append(deps)
-            ups_lists.append(ups or _NO_UPSTREAMS)
-            runs[call.task_run.id] = call
+            future.upstreams = ups or _NO_UPSTREAMS
+            future.attempts = attempts
+            # Before Dask has the task: its worker's report may come back before client.map returns.
+            runs[call.task_run.id] = future
         if keys is None:
             prefix = f"{task.name}-"
             keys = [prefix + call.task_run.id.replace("-", "") for call in calls]
@@ -493,16 +542,14 @@ class DaskTaskRunner(TaskRunner):
                     pure=False,
                     resources=task.options.resources,
                 )
-        except TypeError as exc:
-            if not pickling_failed(exc):
-                raise
-            raise unserializable(calls) from None
-        made = [
-            DaskFuture(self, call, dask_future, ups) for call, dask_future, ups in zip(calls, dask_futures, ups_lists)
-        ]
-        if resume:
-            for future, (attempts, _) in zip(made, resume):
-                future.attempts = attempts
+        except BaseException as exc:
+            for call in calls:
+                runs.pop(call.task_run.id, None)
+            if isinstance(exc, TypeError) and pickling_failed(exc):
+                raise unserializable(calls) from None
+            raise
+        for future, dask_future in zip(made, dask_futures):
+            future.dask_future = dask_future
         return made
 
     def call(self, call: TaskCall) -> State:
@@ -573,7 +620,8 @@ class DaskTaskRunner(TaskRunner):
         if broken:
             for up in broken:
                 self.recover(up)
-            failed = [up for up in future.upstreams if up._settled is not None and not up._settled.is_completed()]
+            # (``state`` of an upstream that completed and whose task then broke: Crashed, its value lost.)
+            failed = [up for up in broken if up._settled is not None and not up.state.is_completed()]
             if failed:
                 engine.finish(
                     Failed(
@@ -593,15 +641,6 @@ class DaskTaskRunner(TaskRunner):
         if isinstance(exc, ModuleNotFoundError) or (exc is not None and graph_deserialization_failed(exc)):
             engine.finish(Failed(code_missing_message(future.call.task, exc), exc))
             future.settle(run.state)
-            return False
-        if future.call.parameters is RELEASED_PARAMETERS:  # it completed, then its value was lost
-            state = Crashed(
-                f"task run {run.name!r} completed, then the Dask worker holding its value died and Dask "
-                f"could not recompute it ({type(exc).__name__}: {exc})",
-                exc,
-            )
-            run.set_state(state)  # after the Completed whose value is gone
-            future.settle(state)
             return False
         if isinstance(exc, KilledWorker) and killed_worker_task(exc) != future.dask_future.key:
             # What it depends on (the definition a submission ships once, an item of a list) was
@@ -656,9 +695,7 @@ class DaskTaskRunner(TaskRunner):
         run = future.task_run
         self._resubmits += 1
         key = f"{run.task_name}-{run.id.replace('-', '')}-r{self._resubmits}"
-        [fresh] = self._submit_group([future.call], keys=[key], resume=[(future.attempts, crash)], record=False)
-        future.dask_future = fresh.dask_future
-        future.upstreams = fresh.upstreams
+        self._submit_group([future.call], keys=[key], resume=[(future.attempts, crash)], into=[future])
 
     # -- ending ------------------------------------------------------------------------------
 
@@ -666,14 +703,13 @@ class DaskTaskRunner(TaskRunner):
         try:
             if not self._cancelled:
                 self._wait_all()
-                self._sync_records()
+                self.await_reports(self._futures)
         finally:
             if self.client is not None:
                 for future in self._futures:
                     self._router.runs.pop(future.task_run.id, None)
             self._futures = []
             self._made = ()
-            self._reported_upto = 0
             self._shared_objects = {}
             self._flow_infos = {}
             if self._owns_client and self.client is not None:
@@ -780,35 +816,47 @@ class DaskTaskRunner(TaskRunner):
             future.settle(run.state)
             client.cancel([future.dask_future])
 
-    def _all_reported(self) -> bool:
-        """True when every run's final state (and so all it logged) has come from its worker."""
-        futures = self._futures
-        cursor = self._reported_upto
-        while cursor < len(futures) and futures[cursor].call.parameters is RELEASED_PARAMETERS:
-            cursor += 1
-        self._reported_upto = cursor
-        return cursor == len(futures)
+    def await_reports(self, futures: Sequence[DaskFuture]) -> None:
+        """Settle the runs whose Dask tasks finished: wait (bounded) for their reported final states.
 
-    def _sync_records(self) -> None:
-        """Bring every run record and log up to date before the flow run ends.
-
-        Workers send a run's final state at once, after everything it logged, so
-        the usual wait is a few milliseconds for the last ones to arrive. If they
-        do not (a worker died, events were dropped), ask every worker to flush
-        and wait (bounded) for its sync marker to come back through the same stream.
+        A worker sends a run's final state, after everything the run logged, ahead of
+        its Dask task's end, so it is here already when Dask says the task finished. If
+        it is not (a malformed or dropped event), every worker is asked to flush and
+        its sync marker waited for (bounded); a run still without its report then ends
+        ``Crashed``, saying so: nothing else settles a run that ended on a worker.
         """
-        if not self._futures or self.client is None:
+
+        def unreported() -> list[DaskFuture]:
+            return [f for f in futures if f._settled is None and f.dask_future.status == "finished"]
+
+        if not unreported() or self.client is None:
             return
         router = self._router
         deadline = time.monotonic() + _REPORT_WAIT_SECONDS
         with router.changed:
-            while not self._all_reported():
+            while unreported():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 router.changed.wait(remaining)
             else:
                 return
+        self._flush_workers()
+        for future in unreported():
+            run = future.task_run
+            message = (
+                f"task run {run.name!r} finished on the Dask cluster, but the final state its worker reported "
+                "never reached this client (see the log for refused or malformed daskflow events)"
+            )
+            engine = TaskRunEngine(future.call)
+            engine.logger.error("%s", message)
+            engine.finish(Crashed(message))
+            future.settle(run.state)
+
+    def _flush_workers(self) -> None:
+        """Ask every worker to send what it buffered, and wait (bounded) until it has arrived."""
+        assert self.client is not None
+        router = self._router
         token = uuid.uuid4().hex
         # A worker that died meanwhile has nothing to send: its runs' states are taken below.
         replies = self.client.run(flush_events, token, on_error="ignore")
@@ -822,9 +870,6 @@ class DaskTaskRunner(TaskRunner):
                     break
                 router.changed.wait(remaining)
             router.synced.pop(token, None)
-        for future in self._futures:
-            if not future.task_run.state.is_final():
-                future._final_state()  # events were lost (a worker died): take the state itself
 
     def cancel_all(self) -> None:
         self._release("the flow run was cancelled")

@@ -6,8 +6,10 @@ per client applies them here: a state to the run record of this process (so
 ``future.state``, the console and the run history look as on the local
 runners), a record re-emitted through this process's loggers, an artifact
 published for the run history. A run's final state from its latest attempt
-also tells the runner that everything the run reported has arrived, and lets
-the client drop what it kept to resubmit the run.
+settles the run's future: it is the one way a run's end on a worker reaches the
+client (its worker sends it ahead of the Dask task's end, so it is here when
+Dask says the task finished). It also says that everything the run reported
+has arrived, and lets the client drop what it kept to resubmit the run.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 from distributed import Client
 
@@ -23,7 +25,7 @@ from daskflow.artifacts import publish_artifact
 from daskflow.concurrency.distributed_compat import install_crash_counter
 from daskflow.engine import TaskCall
 from daskflow.exceptions import ConfigurationError
-from daskflow.states import StateType
+from daskflow.states import State, StateType
 from daskflow.task_runners.dask_protocol import ArtifactEvent, Batch, LogEvent, StateEvent
 from daskflow.task_runners.dask_worker import EVENT_TOPIC, mark_client_process
 
@@ -38,7 +40,7 @@ class EventRouter:
     """Applies the ``daskflow`` events of one client to this process's run records."""
 
     def __init__(self, client: Client) -> None:
-        self.runs: dict[str, TaskCall] = {}
+        self.runs: dict[str, InFlight] = {}  # run id -> the client's future of the run, while in flight
         self.changed = threading.Condition()
         self.synced: dict[str, int] = {}
         self.interim: set[str] = set()  # runs whose last state is a crash they went on from
@@ -79,9 +81,10 @@ class EventRouter:
             self.changed.notify_all()
 
     def _apply_state(self, event: StateEvent, worker: str | None) -> None:
-        call = self.runs.get(event.run_id)
-        if call is None:
+        future = self.runs.get(event.run_id)
+        if future is None:
             return
+        call = future.call
         run = call.task_run
         if event.type in _FINAL_TYPES:  # facts that ride with the end: a folded start time, the cache key
             if run.start_time is None:
@@ -98,12 +101,22 @@ class EventRouter:
             else:
                 self.interim.discard(event.run_id)
         if event.final and event.attempt >= run.run_count:  # the latest attempt's end, not a stale one
+            # The one way a run's end on a worker reaches the client: its future settles here.
+            future.settle_reported(run.state)
             # Done on the cluster, which keeps its own graph for recomputing a lost value:
             # what the client kept to resubmit the run is dead weight (a map of 100,000 items).
-            # The marker also tells the runner that this run's records have all arrived.
             del self.runs[event.run_id]
             call.parameters = RELEASED_PARAMETERS
             call.wait_for = ()
+
+
+class InFlight(Protocol):
+    """What the router needs of a run in flight (a :class:`~daskflow.task_runners.dask.DaskFuture`)."""
+
+    call: TaskCall
+
+    def settle_reported(self, state: State) -> None:
+        """The run's final state came from its worker (its value or error stays on the cluster)."""
 
 
 _FINAL_TYPES = frozenset(

@@ -156,18 +156,18 @@ class _Forwarder(logging.Handler):
     """Buffers this worker process's state changes and run log records for the client.
 
     A flusher thread sends the buffer as one event: at most :data:`_FLUSH_INTERVAL`
-    after its first item, at once when an item is urgent (a run's final state, which
-    someone may be waiting for), and never more often than every :data:`_MIN_GAP`,
-    so a busy worker sends few large batches and an idle one answers at once.
-    The final state of the run this thread executes is held back until the run
-    is over (:meth:`end_run`): whatever the run logged, hooks included, is then
-    ahead of it in the stream, and a client that has the final state has the logs.
+    after its first item, and never more often than every :data:`_MIN_GAP`, so a
+    busy worker sends few large batches. The final state of the run this thread
+    executes is held back until the run is over, then sent with the buffer by the
+    task's thread itself (:meth:`end_run`): whatever the run logged, hooks
+    included, is ahead of it in the stream, and it is ahead of the Dask task's end.
     """
 
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
         self.buffer: list[Event] = []
         self.ready = threading.Condition(threading.Lock())
+        self.sending = threading.Lock()
         self.urgent = False
         self.worker: Any = None
         self.current = threading.local()
@@ -193,11 +193,20 @@ class _Forwarder(logging.Handler):
         self.current.run_id = run_id
         self.current.final = None
 
-    def end_run(self) -> None:
+    def end_run(self, worker: Any) -> None:
+        """Send the run's final state, and all before it, from the task's own thread, before the task returns.
+
+        ``Worker.log_event`` from a task thread queues the send on the worker's event loop, where
+        the task's completion is handled only after the task returns; both go to the scheduler on
+        one ordered stream, and it forwards both to the client on one ordered stream. So a client
+        that sees the Dask task finished has the run's final state already: the final state
+        reaches the client by this one path (see :mod:`.dask`).
+        """
         current = self.current
         final, current.final, current.run_id = current.final, None, None
         if final is not None:
-            self._add(final, urgent=True)
+            self._add(final)
+            self.flush_now(worker)
 
     def emit(self, record: logging.LogRecord) -> None:
         artifact = getattr(record, "artifact", None)
@@ -224,12 +233,20 @@ class _Forwarder(logging.Handler):
             if urgent or len(self.buffer) == 1 or len(self.buffer) >= _FLUSH_SIZE:
                 self.ready.notify()
 
-    def flush_now(self) -> None:
-        with self.ready:
-            batch, self.buffer = self.buffer, []
-            self.urgent = False
-        if batch and self.worker is not None:
-            self.worker.log_event(EVENT_TOPIC, Batch(tuple(fold_running(batch)), os.getpid()).encode())
+    def flush_now(self, worker: Any = None) -> None:
+        """Send the buffer through ``worker`` (the one whose task ends), else the latest to run a task.
+
+        Workers in the client's process (``processes=False``) share this process's buffer, and may
+        belong to clusters that are closed by now: a run's end goes through its own worker.
+        """
+        worker = worker or self.worker
+        # Taken and queued under one lock: two threads flushing at once keep the batches in order.
+        with self.sending:
+            with self.ready:
+                batch, self.buffer = self.buffer, []
+                self.urgent = False
+            if batch and worker is not None:
+                worker.log_event(EVENT_TOPIC, Batch(tuple(fold_running(batch)), os.getpid()).encode())
 
     def _gather(self) -> None:
         """Wait until there is something to send and it is time to send it."""
@@ -289,17 +306,18 @@ def _install_forwarder() -> _Forwarder:
     return _forwarder
 
 
-def flush_events(token: str) -> bool:
+def flush_events(token: str, dask_worker: Any = None) -> bool:
     """Send what this worker process has buffered, then a ``sync`` marker with ``token``.
 
     Events from one worker reach the client in order, so once the marker has
     arrived, so has everything this worker reported before it.
     """
     forwarder = _forwarder
-    if forwarder is None or forwarder.worker is None:
+    worker = dask_worker or (forwarder.worker if forwarder is not None else None)  # Client.run hands it in
+    if forwarder is None or worker is None:
         return False
-    forwarder.flush_now()
-    forwarder.worker.log_event(EVENT_TOPIC, Batch.marker(token, os.getpid()).encode())
+    forwarder.flush_now(worker)
+    worker.log_event(EVENT_TOPIC, Batch.marker(token, os.getpid()).encode())
     return True
 
 
@@ -372,6 +390,8 @@ async def interrupt_runs(flow_run_id: str | None, keys: list[str], dask_worker: 
 def run_on_worker(task: Any, flow_info: dict[str, Any], spec: RunSpec, upstream: list[State]) -> State:
     """Run one task call on this worker; returns its final state (with its value)."""
     forwarder = _install_forwarder()
+    worker = get_worker()
+    forwarder.worker = worker  # the latest: see _Forwarder.flush_now
     run_id, name, parameters, wait_for = spec.run_id, spec.name, spec.parameters, spec.wait_for
     run_count, crash = spec.attempts, spec.crash
     deaths = current_task_crashes()
@@ -390,7 +410,7 @@ def run_on_worker(task: Any, flow_info: dict[str, Any], spec: RunSpec, upstream:
         tags=flow_info.get("run_tags") or task.options.tags,
         upstream_ids=spec.upstreams,
         run_count=run_count,
-        worker=forwarder.worker.address if forwarder.worker is not None else None,
+        worker=worker.address,
     )
     call = TaskCall(
         task,
@@ -410,4 +430,4 @@ def run_on_worker(task: Any, flow_info: dict[str, Any], spec: RunSpec, upstream:
     finally:
         set_worker_thread(False)
         set_wait_hook(None)
-        forwarder.end_run()
+        forwarder.end_run(worker)
