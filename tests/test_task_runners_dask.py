@@ -722,7 +722,10 @@ def test_a_runs_final_state_is_here_before_dask_says_its_task_finished(dask_clie
     def many() -> list[int]:
         futures = quick.map(range(60))
         for future in futures:
-            future.dask_future.add_done_callback(lambda _, f=future: seen.append(f.done()))
+            # Settled (not merely done: a finished Dask task made a future "done" before), and recorded.
+            future.dask_future.add_done_callback(
+                lambda _, f=future: seen.append(f._settled is not None and f.task_run.state.is_final())
+            )
         return futures.result()
 
     assert many() == list(range(60))
