@@ -15,7 +15,7 @@ One ``.map``, end to end (each step in one place):
    :meth:`~DaskTaskRunner._submit_group` ships the user's code if the cluster
    lacks it (:mod:`.dask_shipping`) and the task object once if that is cheaper
    (:meth:`~DaskTaskRunner._shared`); :meth:`~DaskTaskRunner._submit_window`
-   makes one :class:`DaskFuture` and one :class:`~.dask_protocol.RunSpec` per
+   makes one :class:`~.dask_futures.DaskFuture` and one :class:`~.dask_protocol.RunSpec` per
    call, registers the futures with the event router, and sends them all in one
    ``client.map`` of :func:`.dask_worker.run_on_worker`.
 2. Worker: :func:`.dask_worker.run_on_worker` rebuilds the run from its spec
@@ -26,10 +26,10 @@ One ``.map``, end to end (each step in one place):
    with its value, which stays on the worker.
 3. Client, :mod:`.dask_events`: the router applies each event to this
    process's run record and, on the final state, settles the run's
-   :class:`DaskFuture`. That is the one path for a final state a worker
+   :class:`~.dask_futures.DaskFuture`. That is the one path for a final state a worker
    reached; the value (or the error) comes from the Dask task's result only
-   when someone asks for it (:meth:`DaskFuture._final_state`, :mod:`.dask_values`).
-4. Client, waiting (:meth:`DaskFuture.wait`, :meth:`DaskTaskRunner.shutdown`):
+   when someone asks for it (``DaskFuture._final_state``, :mod:`.dask_values`).
+4. Client, waiting (``DaskFuture.wait``, :meth:`DaskTaskRunner.shutdown`):
    wait for the Dask tasks; one that finished has been reported
    (:meth:`~DaskTaskRunner.await_reports` checks, bounded); one that erred or
    was cancelled is a crash, which the runner reports to the engine (below).
@@ -63,7 +63,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -74,7 +74,6 @@ from dask.utils import parse_timedelta
 from distributed import Client, KilledWorker
 
 from daskflow import settings
-from daskflow.annotations import BaseAnnotation
 from daskflow.concurrency.distributed_compat import (
     MARK_ANNOTATION,
     NO_WORKER,
@@ -98,9 +97,10 @@ from daskflow.states import (
 )
 from daskflow.task_runners.base import TaskRunner
 from daskflow.task_runners.dask_events import RELEASED_PARAMETERS, router_for
+from daskflow.task_runners.dask_futures import NO_UPSTREAMS, DaskFuture, MapItem
 from daskflow.task_runners.dask_protocol import RunSpec
 from daskflow.task_runners.dask_shipping import code_missing_message, ship_code, ship_missing, unserializable
-from daskflow.task_runners.dask_values import length_and_worker, on_client, shared_value
+from daskflow.task_runners.dask_values import length_and_worker, shared_value
 from daskflow.task_runners.dask_worker import (
     ItemRef,
     UpstreamRef,
@@ -116,138 +116,6 @@ _EVENT_WAIT_SECONDS = 5.0
 _REPORT_WAIT_SECONDS = 0.1  # how long the final states of a flow run's last runs may take to arrive
 _INLINE_BYTES = 2 << 20  # bytes of a shared object over all the tasks of one submission
 _LOST_CHECKS = 4  # how many times per daskflow.dask.lost_timeout a wait asks the scheduler what it lost
-_NO_UPSTREAMS: tuple[DaskFuture, ...] = ()
-
-
-class MapItem(BaseAnnotation[Any]):
-    """Item ``index`` of the list that an upstream future will hold (a ``.map`` over a future).
-
-    ``item`` is the Dask future of a small task that takes that item out of the list
-    where the list lives, so the run that maps over it depends on its item only: the
-    scheduler can run it next to its item, and the whole list never travels to every
-    worker. ``source_key`` is the upstream's Dask key when ``item`` was made (a crash
-    retry gives the upstream a new key; then the item is taken from the list itself).
-    """
-
-    __slots__ = ("index", "item", "source_key")
-
-    def __init__(self, value: Any, index: int = 0, item: Any = None, source_key: Any = None) -> None:
-        super().__init__(value)
-        self.index = index
-        self.item = item
-        self.source_key = source_key
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (MapItem, (self.value, self.index))
-
-
-class DaskFuture(DaskflowFuture[Any]):
-    """A task run on a Dask cluster; resolves to its final state.
-
-    It settles once, by one of: the run's final state reported by its worker
-    (:meth:`settle_reported`, from the event stream), or the client's own
-    judgement when the Dask task itself failed, was lost or was cancelled
-    (:meth:`settle`). A reported state's value or error stays on the cluster,
-    in the Dask task's result, until :meth:`_final_state` is asked for it.
-    """
-
-    # A map of 100,000 items makes 100,000 of these: no per-future lock or list (recovery
-    # claims a future under the runner's lock; a run without upstreams shares one empty tuple).
-    # ``attempts``: the attempts the run had made before its current Dask task started.
-    # ``_fetched``: whether ``_settled`` holds all it will (else its value is in the Dask task's result).
-    __slots__ = ("_runner", "call", "dask_future", "upstreams", "_settled", "_fetched", "attempts")
-
-    def __init__(
-        self, runner: DaskTaskRunner, call: TaskCall, dask_future: Any, upstreams: Sequence[DaskFuture]
-    ) -> None:
-        super().__init__(call.task_run)
-        self._runner = runner
-        self.call = call
-        self.dask_future: distributed.Future = dask_future  # set by the submitter once Dask made it
-        self.upstreams = upstreams
-        self._settled: State | None = None
-        self._fetched = True
-        self.attempts = call.task_run.run_count
-
-    def done(self) -> bool:
-        return self._settled is not None
-
-    def _final_state(self) -> State | None:
-        settled = self._settled
-        if settled is None or self._fetched:
-            return settled
-        bound = self._runner._lost_timeout
-        try:
-            # The value (or the error) comes to the client: it was asked for (a hit left in storage
-            # comes as a reference). Bounded: if every worker holding it died and none can compute
-            # it again, Dask would wait forever.
-            result = self.dask_future.result(timeout=bound)
-        except TimeoutError:
-            state: State = Crashed(
-                f"task run {self.task_run.name!r} ended {settled.name}, but its result could not be fetched "
-                f"from the Dask cluster within {bound:g} s (the workers holding it died, and no worker "
-                "computed it again); the bound is dask.config daskflow.dask.lost_timeout"
-            )
-        except Exception as exc:  # lost with its workers, for good, or released
-            if not settled.is_completed():
-                self._fetched = True  # a failure's message and traceback came with its state
-                return settled
-            state = Crashed(
-                f"task run {self.task_run.name!r} completed, then the Dask worker holding its value died and "
-                f"Dask could not recompute it ({type(exc).__name__}: {exc})",
-                exc,
-            )
-        else:
-            state = on_client(result, self._runner.client, self.dask_future)
-            if state.type != settled.type:  # not the attempt whose end was reported: that one's is the truth
-                state = settled
-        if state.is_crashed() and settled.is_completed():
-            self.task_run.set_state(state)  # after the Completed whose value is gone
-        self._settled = state
-        self._fetched = True
-        return state
-
-    def settle(self, state: State) -> None:
-        """The client decided the run's final state (a crash, a loss, a cancel): nothing to fetch."""
-        self._settled = state
-        self._fetched = True
-
-    def settle_reported(self, state: State) -> None:
-        if self._settled is None:
-            self._settled = state
-            self._fetched = False
-
-    def wait(self, timeout: float | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._settled is None:
-            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            try:
-                self._runner.wait_watched([self], timeout=remaining)
-            except TimeoutError:
-                return
-            status = self.dask_future.status
-            if status == "finished":
-                self._runner.await_reports([self])
-                return
-            if status in ("error", "cancelled"):
-                self._runner.recover_erred()
-                if not self._runner.recover(self):
-                    return
-            if deadline is not None and time.monotonic() >= deadline:
-                return
-
-    def add_done_callback(self, fn: Callable[[DaskflowFuture[Any]], None]) -> None:
-        def on_done(_: distributed.Future) -> None:
-            if self._settled is not None:
-                fn(self)
-            else:  # recovering may block: never in Dask's single callback thread
-                threading.Thread(target=self._wait_then, args=(fn,), daemon=True).start()
-
-        self.dask_future.add_done_callback(on_done)
-
-    def _wait_then(self, fn: Callable[[DaskflowFuture[Any]], None]) -> None:
-        self.wait()
-        fn(self)
 
 
 class DaskTaskRunner(TaskRunner):
@@ -515,14 +383,14 @@ class DaskTaskRunner(TaskRunner):
         assert self.client is not None
         specs, deps_lists = [], []
         runs = self._router.runs
-        made = into if into is not None else [DaskFuture(self, call, None, _NO_UPSTREAMS) for call in calls]
+        made = into if into is not None else [DaskFuture(self, call, None, NO_UPSTREAMS) for call in calls]
         for position, (call, future) in enumerate(zip(calls, made)):
             deps: list[distributed.Future] = []
             ups: list[DaskFuture] = []
             attempts, crash = resume[position] if resume else (call.task_run.run_count, None)
             specs.append(self._spec(call, deps, ups, attempts, crash))
             deps_lists.append(deps)
-            future.upstreams = ups or _NO_UPSTREAMS
+            future.upstreams = ups or NO_UPSTREAMS
             future.attempts = attempts
             # Before Dask has the task: its worker's report may come back before client.map returns.
             runs[call.task_run.id] = future
@@ -713,9 +581,15 @@ class DaskTaskRunner(TaskRunner):
             self._shared_objects = {}
             self._flow_infos = {}
             if self._owns_client and self.client is not None:
-                self.client.close()
-                if self.cluster is not None:
-                    self.cluster.close()
+                try:
+                    self.client.close()
+                    if self.cluster is not None:
+                        self.cluster.close()
+                except Exception as exc:
+                    # Not over the flow's own outcome (an interrupt, its error): seen on a loaded
+                    # machine, a nanny's worker slower to exit than distributed's close timeout.
+                    _log.warning("could not close the Dask cluster the flow run started: %s: %s",
+                                 type(exc).__name__, exc)  # fmt: skip
             self.client = None
             self.cluster = None
             super().shutdown()

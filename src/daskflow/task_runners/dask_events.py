@@ -111,7 +111,7 @@ class EventRouter:
 
 
 class InFlight(Protocol):
-    """What the router needs of a run in flight (a :class:`~daskflow.task_runners.dask.DaskFuture`)."""
+    """What the router needs of a run in flight (a :class:`~daskflow.task_runners.dask_futures.DaskFuture`)."""
 
     call: TaskCall
 

@@ -2,7 +2,7 @@
 
 The runner's state
 ------------------
-The client holds, per flow run, one :class:`~daskflow.task_runners.dask.DaskFuture`
+The client holds, per flow run, one :class:`~daskflow.task_runners.dask_futures.DaskFuture`
 per task run it submitted: the run's record (a ``TaskRun``, the same object
 the flow and the run history see), the ``TaskCall`` it can start again, and
 the Dask future of the run's current attempt (a new one after a crash). The

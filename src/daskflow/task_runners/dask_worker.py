@@ -8,7 +8,10 @@ state changes and the run loggers' records are not sent one by one: they go
 into a per-process buffer that a daemon thread flushes every few milliseconds
 as one ``log_event`` on the ``daskflow`` topic (Dask's batched pub-sub), and
 the client applies them to its run records and re-emits the records through
-its own loggers. Final states travel without their values: a value leaves its
+its own loggers. A run's final state is sent last, by the task's own thread
+before the task returns, so that it reaches the client ahead of the Dask
+task's end: the client settles the run on it (the one path for a final state,
+see :mod:`.dask`). Final states travel without their values: a value leaves its
 worker only when someone asks for it, and a short attempt's ``Running`` event
 is folded into its final state's (:func:`fold_running`). Artifacts created in
 a task take the same road (an artifact event), so they too reach the client's
