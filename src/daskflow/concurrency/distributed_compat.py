@@ -47,6 +47,7 @@ from tornado.ioloop import PeriodicCallback
 __all__ = [
     "CRASHES_ANNOTATION",
     "MARK_ANNOTATION",
+    "NO_WORKER",
     "SWEEP_SECONDS",
     "WorkerDeaths",
     "acquire_owned",
@@ -64,6 +65,8 @@ __all__ = [
     "leases_alive",
     "pickling_failed",
     "release_lease_soon",
+    "stuck_keys",
+    "UNKNOWN",
     "unknown_keys",
 ]
 
@@ -288,6 +291,32 @@ def unknown_keys(dask_scheduler: Any, keys: list[Any]) -> list[Any]:
     """On the scheduler: those of ``keys`` it has no task for (never received, or forgotten)."""
     tasks = dask_scheduler.tasks
     return [key for key in keys if key not in tasks]
+
+
+UNKNOWN = "unknown"
+NO_WORKER = "no-worker"
+
+
+def stuck_keys(dask_scheduler: Any, keys: list[Any]) -> list[tuple[Any, str]]:
+    """On the scheduler: those of ``keys`` that cannot make progress, each with why.
+
+    :data:`UNKNOWN`: it has no task for the key (never received, or forgotten).
+    :data:`NO_WORKER`: no worker can run it: the task waits in ``no-worker``, or the
+    cluster has no running worker at all (every nanny gave up, an adaptive cluster at
+    zero), so that nothing it waits for can run either. Either would leave the
+    client's future pending forever; the client ends the run after a bound.
+    """
+    tasks = dask_scheduler.tasks
+    # ``running`` is the set of workers that take tasks (not paused, not closing).
+    idle_cluster = not getattr(dask_scheduler, "running", dask_scheduler.workers)
+    stuck: list[tuple[Any, str]] = []
+    for key in keys:
+        ts = tasks.get(key)
+        if ts is None:
+            stuck.append((key, UNKNOWN))
+        elif ts.state == "no-worker" or (idle_cluster and ts.state in ("waiting", "queued", "released")):
+            stuck.append((key, NO_WORKER))
+    return stuck
 
 
 def active_task_threads(worker: Any, keys: Iterable[Any], exclude: set[int]) -> list[int]:

@@ -9,13 +9,30 @@ object and the flow's facts go once per flow run as a task of their own
 (:func:`.dask_values.shared_value`) when inlining them would cost more, so a
 map of 10,000 items does not pickle the function 10,000 times.
 
-One ``.map``, end to end: :meth:`DaskTaskRunner.submit_batch` ships the
-user's code if the cluster lacks it (:mod:`.dask_shipping`) and sends one spec
-per call; each Dask task runs :func:`.dask_worker.run_on_worker`, i.e. the
-same engine as every runner; the worker reports states, logs and artifacts in
-batches on the ``daskflow`` topic, which :mod:`.dask_events` applies to this
-process's run records; a run's value stays on the cluster until asked for
-(:mod:`.dask_values`).
+One ``.map``, end to end (each step in one place):
+
+1. Client, here: :meth:`DaskTaskRunner.submit_batch` groups the calls by task;
+   :meth:`~DaskTaskRunner._submit_group` ships the user's code if the cluster
+   lacks it (:mod:`.dask_shipping`) and the task object once if that is cheaper
+   (:meth:`~DaskTaskRunner._shared`); :meth:`~DaskTaskRunner._submit_window`
+   makes one :class:`~.dask_futures.DaskFuture` and one :class:`~.dask_protocol.RunSpec` per
+   call, registers the futures with the event router, and sends them all in one
+   ``client.map`` of :func:`.dask_worker.run_on_worker`.
+2. Worker: :func:`.dask_worker.run_on_worker` rebuilds the run from its spec
+   and runs it through the same engine as every runner. Its states, logs and
+   artifacts go back as typed events (:mod:`.dask_protocol`) in batches on the
+   ``daskflow`` topic; the run's final state goes last, from the task's own
+   thread, ahead of the Dask task's end. The task's result is the final state
+   with its value, which stays on the worker.
+3. Client, :mod:`.dask_events`: the router applies each event to this
+   process's run record and, on the final state, settles the run's
+   :class:`~.dask_futures.DaskFuture`. That is the one path for a final state a worker
+   reached; the value (or the error) comes from the Dask task's result only
+   when someone asks for it (``DaskFuture._final_state``, :mod:`.dask_values`).
+4. Client, waiting (``DaskFuture.wait``, :meth:`DaskTaskRunner.shutdown`):
+   wait for the Dask tasks; one that finished has been reported
+   (:meth:`~DaskTaskRunner.await_reports` checks, bounded); one that erred or
+   was cancelled is a crash, which the runner reports to the engine (below).
 
 Failures: the engine decides, the runner reports. A worker that dies under a
 task is one attempt of its run. When Dask gives up on the task
@@ -27,8 +44,14 @@ scheduler re-runs the task by itself, the death count it keeps reaches the
 engine through the task's annotations (see
 :mod:`daskflow.concurrency.distributed_compat`). Recovery happens when a
 future is waited for, in the waiting thread, never in Dask's callback thread,
-and never blocks. A task the scheduler does not know for
-``daskflow.dask.lost_timeout`` ends its run ``Crashed``.
+and never blocks.
+
+Every wait ends: by the run's final state, by cancellation, or after
+``daskflow.dask.lost_timeout`` when the run cannot go on (the scheduler does
+not know its task, no worker can take it, or the value of a completed run can
+no longer be fetched), which ends it ``Crashed``. A flow whose body raised
+does not wait for its runs: it cancels those still going and releases every
+Dask task it made, so that nothing of it stays on a shared cluster.
 """
 
 from __future__ import annotations
@@ -41,6 +64,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any
 
 import cloudpickle
@@ -50,16 +74,16 @@ from dask.utils import parse_timedelta
 from distributed import Client, KilledWorker
 
 from daskflow import settings
-from daskflow.annotations import BaseAnnotation
 from daskflow.concurrency.distributed_compat import (
     MARK_ANNOTATION,
+    NO_WORKER,
     died_waiting,
     graph_deserialization_failed,
     killed_worker_address,
     killed_worker_deaths,
     killed_worker_task,
     pickling_failed,
-    unknown_keys,
+    stuck_keys,
 )
 from daskflow.engine import UNCHANGED, TaskCall, TaskRunEngine, transform
 from daskflow.exceptions import ConfigurationError, SchedulerUnreachableError
@@ -81,9 +105,10 @@ from daskflow.task_runners.dask_cluster import (
     started_cluster_settings,
 )
 from daskflow.task_runners.dask_events import RELEASED_PARAMETERS, router_for
+from daskflow.task_runners.dask_futures import NO_UPSTREAMS, DaskFuture, MapItem
 from daskflow.task_runners.dask_protocol import RunSpec
 from daskflow.task_runners.dask_shipping import code_missing_message, ship_code, ship_missing, unserializable
-from daskflow.task_runners.dask_values import length_and_worker, on_client, shared_value
+from daskflow.task_runners.dask_values import length_and_worker, shared_value
 from daskflow.task_runners.dask_worker import (
     ItemRef,
     UpstreamRef,
@@ -99,98 +124,6 @@ _EVENT_WAIT_SECONDS = 5.0
 _REPORT_WAIT_SECONDS = 0.1  # how long the final states of a flow run's last runs may take to arrive
 _INLINE_BYTES = 2 << 20  # bytes of a shared object over all the tasks of one submission
 _LOST_CHECKS = 4  # how many times per daskflow.dask.lost_timeout a wait asks the scheduler what it lost
-_NO_UPSTREAMS: tuple[DaskFuture, ...] = ()
-
-
-class MapItem(BaseAnnotation[Any]):
-    """Item ``index`` of the list that an upstream future will hold (a ``.map`` over a future).
-
-    ``item`` is the Dask future of a small task that takes that item out of the list
-    where the list lives, so the run that maps over it depends on its item only: the
-    scheduler can run it next to its item, and the whole list never travels to every
-    worker. ``source_key`` is the upstream's Dask key when ``item`` was made (a crash
-    retry gives the upstream a new key; then the item is taken from the list itself).
-    """
-
-    __slots__ = ("index", "item", "source_key")
-
-    def __init__(self, value: Any, index: int = 0, item: Any = None, source_key: Any = None) -> None:
-        super().__init__(value)
-        self.index = index
-        self.item = item
-        self.source_key = source_key
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (MapItem, (self.value, self.index))
-
-
-class DaskFuture(DaskflowFuture[Any]):
-    """A task run on a Dask cluster; resolves to its final state."""
-
-    # A map of 100,000 items makes 100,000 of these: no per-future lock or list (recovery
-    # claims a future under the runner's lock; a run without upstreams shares one empty tuple).
-    # ``attempts``: the attempts the run had made before its current Dask task started.
-    __slots__ = ("_runner", "call", "dask_future", "upstreams", "_settled", "attempts")
-
-    def __init__(
-        self, runner: DaskTaskRunner, call: TaskCall, dask_future: distributed.Future, upstreams: Sequence[DaskFuture]
-    ) -> None:
-        super().__init__(call.task_run)
-        self._runner = runner
-        self.call = call
-        self.dask_future = dask_future
-        self.upstreams = upstreams
-        self._settled: State | None = None
-        self.attempts = call.task_run.run_count
-
-    def done(self) -> bool:
-        return self._settled is not None or self.dask_future.status == "finished"
-
-    def _final_state(self) -> State | None:
-        if self._settled is not None:
-            return self._settled
-        if self.dask_future.status != "finished":
-            return None
-        # The value comes to the client: it was asked for (a hit left in storage comes as a reference).
-        state: State = on_client(self.dask_future.result(), self._runner.client, self.dask_future)
-        self._settled = state
-        if not self.task_run.state.is_final():
-            self.task_run.set_state(state)
-        return state
-
-    def settle(self, state: State) -> None:
-        self._settled = state
-
-    def wait(self, timeout: float | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._settled is None:
-            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            try:
-                self._runner.wait_watched([self], timeout=remaining)
-            except TimeoutError:
-                return
-            status = self.dask_future.status
-            if status == "finished":
-                return
-            if status in ("error", "cancelled"):
-                self._runner.recover_erred()
-                if not self._runner.recover(self):
-                    return
-            if deadline is not None and time.monotonic() >= deadline:
-                return
-
-    def add_done_callback(self, fn: Callable[[DaskflowFuture[Any]], None]) -> None:
-        def on_done(_: distributed.Future) -> None:
-            if self.dask_future.status == "finished" or self._settled is not None:
-                fn(self)
-            else:  # recovering may block: never in Dask's single callback thread
-                threading.Thread(target=self._wait_then, args=(fn,), daemon=True).start()
-
-        self.dask_future.add_done_callback(on_done)
-
-    def _wait_then(self, fn: Callable[[DaskflowFuture[Any]], None]) -> None:
-        self.wait()
-        fn(self)
 
 
 class DaskTaskRunner(TaskRunner):
@@ -228,6 +161,9 @@ class DaskTaskRunner(TaskRunner):
     whose items differ widely in duration). A cluster, client or address you
     pass keeps its own settings: daskflow never changes them.
     """
+
+    # The Dask tasks made besides the runs' own (the items of a .map over a future), released with them.
+    _made: tuple[distributed.Future, ...] = ()
 
     def __init__(
         self,
@@ -267,7 +203,6 @@ class DaskTaskRunner(TaskRunner):
         self.cluster: Any = None
         self._owns_client = False
         self._futures: list[DaskFuture] = []
-        self._reported_upto = 0
         self._shared_objects: dict[int, tuple[Any, Any, int]] = {}
         self._flow_infos: dict[tuple[str | None, bool, frozenset[str], bool], dict[str, Any]] = {}
         self._cancelled = False
@@ -471,7 +406,7 @@ class DaskTaskRunner(TaskRunner):
         calls: Sequence[TaskCall],
         keys: list[str] | None = None,
         resume: list[tuple[int, str | None]] | None = None,
-        record: bool = True,
+        into: list[DaskFuture] | None = None,
     ) -> list[DaskFuture]:
         """Submit calls of one task: one ``client.map`` per window of ``daskflow.dask.map_window`` calls.
 
@@ -494,9 +429,10 @@ class DaskTaskRunner(TaskRunner):
                         task, task_ref, flow_ref, part,
                         keys[start : start + window] if keys else None,
                         resume[start : start + window] if resume else None,
+                        into[start : start + window] if into else None,
                     )
                 )  # fmt: skip
-        if record:
+        if into is None:
             self._futures.extend(made)
         return made
 
@@ -508,18 +444,22 @@ class DaskTaskRunner(TaskRunner):
         calls: Sequence[TaskCall],
         keys: list[str] | None,
         resume: list[tuple[int, str | None]] | None,
+        into: list[DaskFuture] | None,
     ) -> list[DaskFuture]:
         assert self.client is not None
-        specs, deps_lists, ups_lists = [], [], []
+        specs, deps_lists = [], []
         runs = self._router.runs
-        for position, call in enumerate(calls):
+        made = into if into is not None else [DaskFuture(self, call, None, NO_UPSTREAMS) for call in calls]
+        for position, (call, future) in enumerate(zip(calls, made)):
             deps: list[distributed.Future] = []
             ups: list[DaskFuture] = []
             attempts, crash = resume[position] if resume else (call.task_run.run_count, None)
             specs.append(self._spec(call, deps, ups, attempts, crash))
             deps_lists.append(deps)
-            ups_lists.append(ups or _NO_UPSTREAMS)
-            runs[call.task_run.id] = call
+            future.upstreams = ups or NO_UPSTREAMS
+            future.attempts = attempts
+            # Before Dask has the task: its worker's report may come back before client.map returns.
+            runs[call.task_run.id] = future
         if keys is None:
             prefix = f"{task.name}-"
             keys = [prefix + call.task_run.id.replace("-", "") for call in calls]
@@ -536,16 +476,14 @@ class DaskTaskRunner(TaskRunner):
                     pure=False,
                     resources=task.options.resources,
                 )
-        except TypeError as exc:
-            if not pickling_failed(exc):
-                raise
-            raise unserializable(calls) from None
-        made = [
-            DaskFuture(self, call, dask_future, ups) for call, dask_future, ups in zip(calls, dask_futures, ups_lists)
-        ]
-        if resume:
-            for future, (attempts, _) in zip(made, resume):
-                future.attempts = attempts
+        except BaseException as exc:
+            for call in calls:
+                runs.pop(call.task_run.id, None)
+            if isinstance(exc, TypeError) and pickling_failed(exc):
+                raise unserializable(calls) from None
+            raise
+        for future, dask_future in zip(made, dask_futures):
+            future.dask_future = dask_future
         return made
 
     def call(self, call: TaskCall) -> State:
@@ -575,6 +513,7 @@ class DaskTaskRunner(TaskRunner):
             workers=[where] if where else None,
             allow_other_workers=True,
         )
+        self._made += tuple(items)
         return [MapItem(future, i, item, source) for i, item in enumerate(items)]
 
     # -- failures ----------------------------------------------------------------------------
@@ -615,7 +554,8 @@ class DaskTaskRunner(TaskRunner):
         if broken:
             for up in broken:
                 self.recover(up)
-            failed = [up for up in future.upstreams if up._settled is not None and not up._settled.is_completed()]
+            # (``state`` of an upstream that completed and whose task then broke: Crashed, its value lost.)
+            failed = [up for up in broken if up._settled is not None and not up.state.is_completed()]
             if failed:
                 engine.finish(
                     NotReady(f"upstream task run {failed[0].task_run.name!r} ended {failed[0].state.name}"),
@@ -632,15 +572,6 @@ class DaskTaskRunner(TaskRunner):
         if isinstance(exc, ModuleNotFoundError) or (exc is not None and graph_deserialization_failed(exc)):
             engine.finish(Failed(code_missing_message(future.call.task, exc), exc))
             future.settle(run.state)
-            return False
-        if future.call.parameters is RELEASED_PARAMETERS:  # it completed, then its value was lost
-            state = Crashed(
-                f"task run {run.name!r} completed, then the Dask worker holding its value died and Dask "
-                f"could not recompute it ({type(exc).__name__}: {exc})",
-                exc,
-            )
-            run.set_state(state)  # after the Completed whose value is gone
-            future.settle(state)
             return False
         if isinstance(exc, KilledWorker) and killed_worker_task(exc) != future.dask_future.key:
             # What it depends on (the definition a submission ships once, an item of a list) was
@@ -695,9 +626,7 @@ class DaskTaskRunner(TaskRunner):
         run = future.task_run
         self._resubmits += 1
         key = f"{run.task_name}-{run.id.replace('-', '')}-r{self._resubmits}"
-        [fresh] = self._submit_group([future.call], keys=[key], resume=[(future.attempts, crash)], record=False)
-        future.dask_future = fresh.dask_future
-        future.upstreams = fresh.upstreams
+        self._submit_group([future.call], keys=[key], resume=[(future.attempts, crash)], into=[future])
 
     # -- ending ------------------------------------------------------------------------------
 
@@ -705,7 +634,7 @@ class DaskTaskRunner(TaskRunner):
         try:
             if not self._cancelled:
                 self._wait_all()
-                self._sync_records()
+                self.await_reports(self._futures)
         finally:
             if self._report is not None and self.client is not None:
                 self._report.finish(self.client)  # before the client closes (perfhist)
@@ -713,13 +642,19 @@ class DaskTaskRunner(TaskRunner):
                 for future in self._futures:
                     self._router.runs.pop(future.task_run.id, None)
             self._futures = []
-            self._reported_upto = 0
+            self._made = ()
             self._shared_objects = {}
             self._flow_infos = {}
             if self._owns_client and self.client is not None:
-                self.client.close()
-                if self.cluster is not None:
-                    self.cluster.close()
+                try:
+                    self.client.close()
+                    if self.cluster is not None:
+                        self.cluster.close()
+                except Exception as exc:
+                    # Not over the flow's own outcome (an interrupt, its error): seen on a loaded
+                    # machine, a nanny's worker slower to exit than distributed's close timeout.
+                    _log.warning("could not close the Dask cluster the flow run started: %s: %s",
+                                 type(exc).__name__, exc)  # fmt: skip
             self.client = None
             self.cluster = None
             super().shutdown()
@@ -774,12 +709,16 @@ class DaskTaskRunner(TaskRunner):
                 self._end_lost([f for f in pending if f.dask_future.status == "pending"], bound)
 
     def _end_lost(self, pending: list[DaskFuture], bound: float) -> None:
-        """End the runs whose Dask tasks the scheduler has not known for ``bound`` seconds."""
+        """End the runs whose Dask tasks could not make progress for ``bound`` seconds.
+
+        Stuck is what the scheduler says (:func:`~daskflow.concurrency.distributed_compat.stuck_keys`):
+        it does not know the task, or no worker can run it (none at all, or none it may go to).
+        """
         client = self.client
         if client is None or not pending:
             return
         try:
-            unknown = set(client.run_on_scheduler(unknown_keys, keys=[f.dask_future.key for f in pending]))
+            stuck = dict(client.run_on_scheduler(stuck_keys, keys=[f.dask_future.key for f in pending]))
         except Exception:  # the scheduler does not answer: the connection's own timeouts apply
             _log.debug("could not ask the scheduler which tasks it knows", exc_info=True)
             return
@@ -787,7 +726,8 @@ class DaskTaskRunner(TaskRunner):
         since = self._unknown_since
         for future in pending:
             key = future.dask_future.key
-            if key not in unknown:
+            why = stuck.get(key)
+            if why is None:
                 since.pop(key, None)
                 continue
             first = since.setdefault(key, now)
@@ -795,47 +735,67 @@ class DaskTaskRunner(TaskRunner):
                 continue
             del since[key]
             run = future.task_run
-            message = (
-                f"task run {run.name!r} never started: the Dask scheduler has not known its task {key!r} for "
-                f"{now - first:.3g} s (the graph did not reach the scheduler or could not be used there, or the "
-                "scheduler lost it, e.g. in a restart). See the scheduler's log; the bound is dask.config "
-                "daskflow.dask.lost_timeout."
-            )
+            if why == NO_WORKER:
+                message = (
+                    f"task run {run.name!r} could not run: no Dask worker could take its task {key!r} for "
+                    f"{now - first:.3g} s (the cluster has no running worker, e.g. every nanny gave up "
+                    "restarting its worker, or none has the resources or restrictions the task asks for). "
+                    "Check the workers' logs; the bound is dask.config daskflow.dask.lost_timeout."
+                )
+            else:
+                message = (
+                    f"task run {run.name!r} never started: the Dask scheduler has not known its task {key!r} for "
+                    f"{now - first:.3g} s (the graph did not reach the scheduler or could not be used there, or "
+                    "the scheduler lost it, e.g. in a restart). See the scheduler's log; the bound is dask.config "
+                    "daskflow.dask.lost_timeout."
+                )
             engine = TaskRunEngine(future.call)
             engine.logger.error("%s", message)
             engine.finish(Crashed(message))
             future.settle(run.state)
             client.cancel([future.dask_future])
 
-    def _all_reported(self) -> bool:
-        """True when every run's final state (and so all it logged) has come from its worker."""
-        futures = self._futures
-        cursor = self._reported_upto
-        while cursor < len(futures) and futures[cursor].call.parameters is RELEASED_PARAMETERS:
-            cursor += 1
-        self._reported_upto = cursor
-        return cursor == len(futures)
+    def await_reports(self, futures: Sequence[DaskFuture]) -> None:
+        """Settle the runs whose Dask tasks finished: wait (bounded) for their reported final states.
 
-    def _sync_records(self) -> None:
-        """Bring every run record and log up to date before the flow run ends.
-
-        Workers send a run's final state at once, after everything it logged, so
-        the usual wait is a few milliseconds for the last ones to arrive. If they
-        do not (a worker died, events were dropped), ask every worker to flush
-        and wait (bounded) for its sync marker to come back through the same stream.
+        A worker sends a run's final state, after everything the run logged, ahead of
+        its Dask task's end, so it is here already when Dask says the task finished. If
+        it is not (a malformed or dropped event), every worker is asked to flush and
+        its sync marker waited for (bounded); a run still without its report then ends
+        ``Crashed``, saying so: nothing else settles a run that ended on a worker.
         """
-        if not self._futures or self.client is None:
+
+        def unreported() -> list[DaskFuture]:
+            return [f for f in futures if f._settled is None and f.dask_future.status == "finished"]
+
+        if not unreported() or self.client is None:
             return
         router = self._router
         deadline = time.monotonic() + _REPORT_WAIT_SECONDS
         with router.changed:
-            while not self._all_reported():
+            while unreported():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 router.changed.wait(remaining)
             else:
                 return
+        self._flush_workers()
+        for future in unreported():
+            run = future.task_run
+            message = (
+                f"task run {run.name!r} finished on the Dask cluster, but the final state its worker reported "
+                "never reached this client (see the log for refused or malformed daskflow events)"
+            )
+            engine = TaskRunEngine(future.call)
+            engine.logger.error("%s", message)
+            engine.finish(Crashed(message))
+            future.settle(run.state)
+
+    def _flush_workers(self) -> None:
+        """Ask every worker to send what it buffered, and wait (bounded) until it has arrived."""
+        assert self.client is not None
+        router = self._router
         token = uuid.uuid4().hex
         # A worker that died meanwhile has nothing to send: its runs' states are taken below.
         replies = self.client.run(flush_events, token, on_error="ignore")
@@ -849,23 +809,42 @@ class DaskTaskRunner(TaskRunner):
                     break
                 router.changed.wait(remaining)
             router.synced.pop(token, None)
-        for future in self._futures:
-            if not future.task_run.state.is_final():
-                future._final_state()  # events were lost (a worker died): take the state itself
 
     def cancel_all(self) -> None:
+        self._release("the flow run was cancelled")
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None and not issubclass(exc_type, KeyboardInterrupt) and not self._cancelled:
+            # The body raised (a run's error it let through, its timeout, a test's): nothing will ask
+            # for the runs still going, and waiting for them would hold the exception without bound.
+            # What this flow holds on the cluster goes now, not when the last reference to it does.
+            self._release(f"the flow run's body raised {exc_type.__name__} before this run ended")
+        super().__exit__(exc_type, exc, tb)
+
+    def _release(self, reason: str) -> None:
+        """Cancel every run not yet finished (Cancelled with ``reason``) and release every Dask
+        task this runner made (runs, shared definitions, map items), so none outlives the flow."""
         self._cancelled = True
         client = self.client  # once the futures are cancelled, the flow may shut this runner down
-        if client is not None and self._futures:
-            running = [f.dask_future.key for f in self._futures if not f.task_run.state.is_final()]
-            flow_run_id = self._futures[0].task_run.flow_run_id
+        futures = self._futures
+        unfinished = [f for f in futures if f._settled is None and not f.task_run.state.is_final()]
+        if client is not None and futures:
+            flow_run_id = futures[0].task_run.flow_run_id
             try:
                 # Told first: a run of this flow must not take a slot that the cancel frees.
-                client.run(interrupt_runs, flow_run_id, running, wait=False)
+                client.run(interrupt_runs, flow_run_id, [f.dask_future.key for f in unfinished], wait=False)
             except Exception:  # the cluster is going away: so are its threads
                 _log.debug("could not interrupt the cancelled runs on the workers", exc_info=True)
-            client.cancel([f.dask_future for f in self._futures], force=True)
-        for future in self._futures:
+        if client is not None:
+            made = [*(f.dask_future for f in futures), *self._made]
+            made += [shared for _, shared, _ in self._shared_objects.values() if isinstance(shared, distributed.Future)]
+            try:
+                client.cancel(made, force=True)
+            except Exception:  # the client is closing: its futures go with it
+                _log.debug("could not cancel the flow run's Dask tasks", exc_info=True)
+        for future in futures:
             if not future.task_run.state.is_final():
-                future.task_run.set_state(Cancelled("the flow run was cancelled"))
+                future.task_run.set_state(Cancelled(reason))
             future.settle(future.task_run.state)

@@ -6,8 +6,10 @@ per client applies them here: a state to the run record of this process (so
 ``future.state``, the console and the run history look as on the local
 runners), a record re-emitted through this process's loggers, an artifact
 published for the run history. A run's final state from its latest attempt
-also tells the runner that everything the run reported has arrived, and lets
-the client drop what it kept to resubmit the run.
+settles the run's future: it is the one way a run's end on a worker reaches the
+client (its worker sends it ahead of the Dask task's end, so it is here when
+Dask says the task finished). It also says that everything the run reported
+has arrived, and lets the client drop what it kept to resubmit the run.
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 from distributed import Client
 
+from daskflow.artifacts import publish_artifact
 from daskflow.concurrency.distributed_compat import install_crash_counter
 from daskflow.engine import TaskCall
-from daskflow.states import FINAL_TYPE_NAMES
-from daskflow.task_runners.dask_worker import EVENT_TOPIC, decode_state, mark_client_process, replay_artifact
+from daskflow.exceptions import ConfigurationError
+from daskflow.states import FINAL_TYPE_NAMES, State
+from daskflow.task_runners.dask_protocol import ArtifactEvent, Batch, LogEvent, StateEvent
+from daskflow.task_runners.dask_worker import EVENT_TOPIC, mark_client_process
 
 __all__ = ["RELEASED_PARAMETERS", "EventRouter", "router_for"]
 
@@ -35,7 +40,7 @@ class EventRouter:
     """Applies the ``daskflow`` events of one client to this process's run records."""
 
     def __init__(self, client: Client) -> None:
-        self.runs: dict[str, TaskCall] = {}
+        self.runs: dict[str, InFlight] = {}  # run id -> the client's future of the run, while in flight
         self.changed = threading.Condition()
         self.synced: dict[str, int] = {}
         self.interim: set[str] = set()  # runs whose last state is a crash they went on from
@@ -43,93 +48,84 @@ class EventRouter:
         # A worker that joins later and lacks one is handled when a task fails on it.
         self.checked_modules: set[str] = set()
         self.ship_lock = threading.Lock()
+        self._refused: set[str | None] = set()  # workers whose events were refused (said once each)
         client.subscribe_topic(EVENT_TOPIC, self.handle)
         install_crash_counter(client)  # once per client: worker deaths the scheduler retries count as attempts
 
     def handle(self, event: tuple[float, dict[str, Any]]) -> None:
         _, message = event
-        worker = message.get("worker")
+        try:
+            batch = Batch.decode(message)
+        except ConfigurationError as exc:  # another version, or a bug: said once per worker, never misread
+            if message.get("worker") not in self._refused:
+                self._refused.add(message.get("worker"))
+                _log.error("refused daskflow events from %s: %s", message.get("worker"), exc)
+            return
         # A worker thread of this very process already logged its records here.
-        local = message.get("pid") == os.getpid()
-        for item in message.get("b", ()):
+        local = batch.pid == os.getpid()
+        for item in batch.events:
             try:
-                if item[0] == "s":
-                    self._apply_state(item, worker)
-                elif not local:
-                    if item[0] == "a":  # an artifact: kept by the run history, not logged
-                        replay_artifact(item)
-                    else:
-                        _emit_record(item)
-            except Exception:  # a malformed event must not stop the stream
-                _log.exception("could not apply a daskflow event from %s", worker)
+                if isinstance(item, StateEvent):
+                    self._apply_state(item, batch.worker)
+                elif local:
+                    continue
+                elif isinstance(item, ArtifactEvent):  # kept by the run history, not logged
+                    publish_artifact(item.record())
+                else:
+                    _emit_record(item)
+            except Exception:  # one bad event must not stop the stream
+                _log.exception("could not apply a daskflow event from %s", batch.worker)
         with self.changed:
-            token = message.get("sync")
-            if token is not None:
-                self.synced[token] = self.synced.get(token, 0) + 1
+            if batch.sync is not None:
+                self.synced[batch.sync] = self.synced.get(batch.sync, 0) + 1
             self.changed.notify_all()
 
-    def _apply_state(self, item: list[Any], worker: str | None) -> None:
-        _, run_id, run_count, *encoded = item
-        call = self.runs.get(run_id)
-        if call is None:
+    def _apply_state(self, event: StateEvent, worker: str | None) -> None:
+        future = self.runs.get(event.run_id)
+        if future is None:
             return
+        call = future.call
         run = call.task_run
-        interim = False
-        if len(encoded) > 5:  # facts that ride with the state: a folded start time, the cache key
-            extras = encoded[5]
+        if event.type in _FINAL_TYPES:  # facts that ride with the end: a folded start time, the cache key
             if run.start_time is None:
-                run.start_time = extras.get("start")
-            run.cache_key = extras.get("key", run.cache_key)
-            interim = bool(extras.get("interim"))  # a crash the run went on from: not its end
-        final = encoded[0] in _FINAL_TYPES and not interim
-        run.run_count = max(run.run_count, run_count)
+                run.start_time = event.start
+            run.cache_key = event.cache_key or run.cache_key
+        run.run_count = max(run.run_count, event.attempt)
         run.worker = run.worker or worker
         # Else the client ended it first (from the result it fetched), unless that was a crash it went on from.
-        if not run.state.is_final() or run_id in self.interim:
+        if not run.state.is_final() or event.run_id in self.interim:
             run.worker = worker
-            run.set_state(decode_state(encoded))
-            if interim:
-                self.interim.add(run_id)
+            run.set_state(event.state())
+            if event.interim:
+                self.interim.add(event.run_id)
             else:
-                self.interim.discard(run_id)
-        if final and run_count >= run.run_count:  # the latest attempt's end, not a stale one
+                self.interim.discard(event.run_id)
+        if event.final and event.attempt >= run.run_count:  # the latest attempt's end, not a stale one
+            # The one way a run's end on a worker reaches the client: its future settles here.
+            future.settle_reported(run.state)
             # Done on the cluster, which keeps its own graph for recomputing a lost value:
             # what the client kept to resubmit the run is dead weight (a map of 100,000 items).
-            # The marker also tells the runner that this run's records have all arrived.
-            del self.runs[run_id]
+            del self.runs[event.run_id]
             call.parameters = RELEASED_PARAMETERS
             call.wait_for = ()
+
+
+class InFlight(Protocol):
+    """What the router needs of a run in flight (a :class:`~daskflow.task_runners.dask_futures.DaskFuture`)."""
+
+    call: TaskCall
+
+    def settle_reported(self, state: State) -> None:
+        """The run's final state came from its worker (its value or error stays on the cluster)."""
 
 
 _FINAL_TYPES = FINAL_TYPE_NAMES
 
 
-def _emit_record(item: list[Any]) -> None:
-    (_, run_id, name, level, message, created, exc_text, run_name, task_name, flow_run_id, flow_run_name, flow_name) = (
-        item
-    )
-    logger = logging.getLogger(name)
-    if not logger.isEnabledFor(level):
-        return
-    record = logging.makeLogRecord(
-        {
-            "name": name,
-            "levelno": level,
-            "levelname": logging.getLevelName(level),
-            "msg": message,
-            "created": created,
-            "msecs": (created % 1) * 1000,
-            "exc_text": exc_text,
-            "task_run_id": run_id,
-            "task_run_name": run_name,
-            "task_name": task_name,
-            "flow_run_id": flow_run_id,
-            "flow_run_name": flow_run_name,
-            "flow_name": flow_name,
-            "run_label": f"Task run {run_name!r}",
-        }
-    )
-    logger.handle(record)
+def _emit_record(event: LogEvent) -> None:
+    logger = logging.getLogger(event.logger)
+    if logger.isEnabledFor(event.level):
+        logger.handle(event.record())
 
 
 _routers: dict[int, tuple[Client, EventRouter]] = {}

@@ -8,22 +8,25 @@ state changes and the run loggers' records are not sent one by one: they go
 into a per-process buffer that a daemon thread flushes every few milliseconds
 as one ``log_event`` on the ``daskflow`` topic (Dask's batched pub-sub), and
 the client applies them to its run records and re-emits the records through
-its own loggers. Final states travel without their values: a value leaves its
+its own loggers. A run's final state is sent last, by the task's own thread
+before the task returns, so that it reaches the client ahead of the Dask
+task's end: the client settles the run on it (the one path for a final state,
+see :mod:`.dask`). Final states travel without their values: a value leaves its
 worker only when someone asks for it, and a short attempt's ``Running`` event
 is folded into its final state's (:func:`fold_running`). Artifacts created in
-a task take the same road (an ``"a"`` item), so they too reach the client's
+a task take the same road (an artifact event), so they too reach the client's
 run history ahead of the run's final state.
 
-Messages must be msgpack-serialisable, so states and records are flattened
-to lists of plain values here and rebuilt by :func:`decode_state`.
+What goes on the wire is the typed, versioned messages of :mod:`.dask_protocol`
+(a :class:`~.dask_protocol.Batch` of state, log and artifact events).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +36,6 @@ from typing import Any
 from distributed import get_worker, rejoin, secede
 
 from daskflow import secrets_mask
-from daskflow.artifacts import publish_artifact
 from daskflow.concurrency.cluster import cluster_coordination
 from daskflow.concurrency.distributed_compat import active_task_threads, current_task_crashes, mark_waiting
 from daskflow.context import set_wait_hook, set_worker_thread, shielded_threads
@@ -42,16 +44,14 @@ from daskflow.exceptions import CancelledRunError
 from daskflow.logging import ARTIFACT_LOGGER, set_console_enabled
 from daskflow.runs import TaskRun, add_state_listener
 from daskflow.runstore import ArtifactRecord
-from daskflow.states import FINAL_TYPE_NAMES, State, StateType, item_state
-from daskflow.task_runners.dask_protocol import RunSpec
+from daskflow.states import State, item_state
+from daskflow.task_runners.dask_protocol import ArtifactEvent, Batch, Event, LogEvent, RunSpec, StateEvent
 
 __all__ = [
     "EVENT_TOPIC",
     "ItemRef",
     "UpstreamRef",
-    "decode_state",
     "mark_client_process",
-    "replay_artifact",
     "run_on_worker",
     "state_length",
     "state_value",
@@ -102,41 +102,31 @@ def substitute(value: Any, upstream: list[State]) -> Any:
     return transform(value, visit, unwrap=False)[0]
 
 
-_RUNNING = StateType.RUNNING.value
-_FINAL_TYPES = FINAL_TYPE_NAMES
-
-
-def fold_running(batch: list[list[Any]]) -> list[list[Any]]:
+def fold_running(batch: list[Event]) -> list[Event]:
     """The batch without the ``Running`` events of attempts whose final state is in it too.
 
     A short task starts and ends between two flushes: its ``Running`` event would
     cost the client a message item and a state record for nothing anyone could
-    have watched. Its timestamp is kept: it rides on the final state's item as
+    have watched. Its timestamp is kept: it rides on the final state's event as
     the run's start time.
     """
     final_at: dict[tuple[str, int], int] = {}
-    for position, item in enumerate(batch):
-        if item[0] == "s" and item[3] in _FINAL_TYPES and not (len(item) > 8 and item[8].get("interim")):
-            final_at[(item[1], item[2])] = position
+    for position, event in enumerate(batch):
+        if isinstance(event, StateEvent) and event.final:
+            final_at[(event.run_id, event.attempt)] = position
     if not final_at:
         return batch
-    folded: list[list[Any]] = []
-    for position, item in enumerate(batch):
-        if item[0] == "s" and item[3] == _RUNNING:
-            end = final_at.get((item[1], item[2]))
+    folded = list(batch)
+    dropped: set[int] = set()
+    for position, event in enumerate(batch):
+        if isinstance(event, StateEvent) and event.running:
+            end = final_at.get((event.run_id, event.attempt))
             if end is not None and end > position:
-                _extras(batch[end])["start"] = item[6]  # the attempt's start time
-                continue
-        folded.append(item)
-    return folded
-
-
-def _extras(item: list[Any]) -> dict[str, Any]:
-    """The optional last field of a state item: facts about the run that ride with the state."""
-    if len(item) == 8:
-        item.append({})
-    extras: dict[str, Any] = item[8]
-    return extras
+                end_event = folded[end]
+                assert isinstance(end_event, StateEvent)
+                folded[end] = dataclasses.replace(end_event, start=event.timestamp)
+                dropped.add(position)
+    return [event for position, event in enumerate(folded) if position not in dropped]
 
 
 def state_length(state: State) -> int | None:
@@ -165,87 +155,66 @@ def state_value(state: State) -> Any:
     return state.data
 
 
-def encode_state(state: State) -> list[Any]:
-    return [state.type.value, state.name, state.message, state.epoch, state.traceback]
-
-
-def decode_state(encoded: list[Any]) -> State:
-    type_, name, message, ts, tb = encoded[:5]
-    # Interned: a map's 100,000 states then share a handful of name strings.
-    return State(StateType(type_), sys.intern(name), message, timestamp=ts, traceback_text=tb)
-
-
-def encode_artifact(artifact: ArtifactRecord) -> list[Any]:
-    return [
-        "a", artifact.id, artifact.type, artifact.data, artifact.key, artifact.description,
-        artifact.flow_run_id, artifact.task_run_id, artifact.created,
-    ]  # fmt: skip
-
-
-def replay_artifact(item: list[Any]) -> None:
-    """On the client: publish an artifact a worker sent, for this process's run history to keep."""
-    _, id_, type_, data, key, description, flow_run_id, task_run_id, created = item
-    artifact = ArtifactRecord(
-        id=id_, type=type_, data=data, key=key, description=description,
-        flow_run_id=flow_run_id, task_run_id=task_run_id, created=created,
-    )  # fmt: skip
-    publish_artifact(artifact)
-
-
 class _Forwarder(logging.Handler):
     """Buffers this worker process's state changes and run log records for the client.
 
     A flusher thread sends the buffer as one event: at most :data:`_FLUSH_INTERVAL`
-    after its first item, at once when an item is urgent (a run's final state, which
-    someone may be waiting for), and never more often than every :data:`_MIN_GAP`,
-    so a busy worker sends few large batches and an idle one answers at once.
-    The final state of the run this thread executes is held back until the run
-    is over (:meth:`end_run`): whatever the run logged, hooks included, is then
-    ahead of it in the stream, and a client that has the final state has the logs.
+    after its first item, and never more often than every :data:`_MIN_GAP`, so a
+    busy worker sends few large batches. The final state of the run this thread
+    executes is held back until the run is over, then sent with the buffer by the
+    task's thread itself (:meth:`end_run`): whatever the run logged, hooks
+    included, is ahead of it in the stream, and it is ahead of the Dask task's end.
     """
 
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
-        self.buffer: list[list[Any]] = []
+        self.buffer: list[Event] = []
         self.ready = threading.Condition(threading.Lock())
+        self.sending = threading.Lock()
         self.urgent = False
         self.worker: Any = None
         self.current = threading.local()
 
     def on_state(self, run: Any, state: State) -> None:
         if isinstance(run, TaskRun):
-            item = ["s", run.id, run.run_count, *encode_state(state)]
+            final = state.is_final()
+            event = StateEvent.of(run.id, run.run_count, state, run.cache_key if final else None)
             current = self.current
-            held = getattr(current, "final", None)
-            if held is not None and not state.is_final() and getattr(current, "run_id", None) == run.id:
+            mine = getattr(current, "run_id", None) == run.id
+            held: StateEvent | None = getattr(current, "final", None)
+            if held is not None and not final and mine:
                 # The run went on from a final-looking state (a crash judged before a retry): it
                 # goes now, marked so that the client does not take it for the run's end.
                 current.final = None
-                _extras(held)["interim"] = True
-                self._add(held)
-            if state.is_final():
-                if run.cache_key is not None:
-                    _extras(item)["key"] = run.cache_key
-                current = self.current
-                if getattr(current, "run_id", None) == run.id:
-                    current.final = item
-                    return
-            self._add(item)
+                self._add(dataclasses.replace(held, interim=True))
+            if final and mine:
+                current.final = event
+                return
+            self._add(event)
 
     def begin_run(self, run_id: str) -> None:
         self.current.run_id = run_id
         self.current.final = None
 
-    def end_run(self) -> None:
+    def end_run(self, worker: Any) -> None:
+        """Send the run's final state, and all before it, from the task's own thread, before the task returns.
+
+        ``Worker.log_event`` from a task thread queues the send on the worker's event loop, where
+        the task's completion is handled only after the task returns; both go to the scheduler on
+        one ordered stream, and it forwards both to the client on one ordered stream. So a client
+        that sees the Dask task finished has the run's final state already: the final state
+        reaches the client by this one path (see :mod:`.dask`).
+        """
         current = self.current
         final, current.final, current.run_id = current.final, None, None
         if final is not None:
-            self._add(final, urgent=True)
+            self._add(final)
+            self.flush_now(worker)
 
     def emit(self, record: logging.LogRecord) -> None:
         artifact = getattr(record, "artifact", None)
         if isinstance(artifact, ArtifactRecord):  # from the artifacts logger: the record is the data
-            self._add(encode_artifact(artifact))
+            self._add(ArtifactEvent.of(artifact))
             return
         run_id = getattr(record, "task_run_id", None)
         if run_id is None:
@@ -257,24 +226,9 @@ class _Forwarder(logging.Handler):
                 if self.formatter
                 else logging.Formatter().formatException(record.exc_info)
             )
-        self._add(
-            [
-                "l",
-                run_id,
-                record.name,
-                record.levelno,
-                record.getMessage(),
-                record.created,
-                exc_text,
-                getattr(record, "task_run_name", None),
-                getattr(record, "task_name", None),
-                getattr(record, "flow_run_id", None),
-                getattr(record, "flow_run_name", None),
-                getattr(record, "flow_name", None),
-            ]
-        )
+        self._add(LogEvent.of(run_id, record, exc_text))
 
-    def _add(self, item: list[Any], urgent: bool = False) -> None:
+    def _add(self, item: Event, urgent: bool = False) -> None:
         with self.ready:
             self.buffer.append(item)
             if urgent:
@@ -282,12 +236,20 @@ class _Forwarder(logging.Handler):
             if urgent or len(self.buffer) == 1 or len(self.buffer) >= _FLUSH_SIZE:
                 self.ready.notify()
 
-    def flush_now(self) -> None:
-        with self.ready:
-            batch, self.buffer = self.buffer, []
-            self.urgent = False
-        if batch and self.worker is not None:
-            self.worker.log_event(EVENT_TOPIC, {"b": fold_running(batch), "pid": os.getpid()})
+    def flush_now(self, worker: Any = None) -> None:
+        """Send the buffer through ``worker`` (the one whose task ends), else the latest to run a task.
+
+        Workers in the client's process (``processes=False``) share this process's buffer, and may
+        belong to clusters that are closed by now: a run's end goes through its own worker.
+        """
+        worker = worker or self.worker
+        # Taken and queued under one lock: two threads flushing at once keep the batches in order.
+        with self.sending:
+            with self.ready:
+                batch, self.buffer = self.buffer, []
+                self.urgent = False
+            if batch and worker is not None:
+                worker.log_event(EVENT_TOPIC, Batch(tuple(fold_running(batch)), os.getpid()).encode())
 
     def _gather(self) -> None:
         """Wait until there is something to send and it is time to send it."""
@@ -347,17 +309,18 @@ def _install_forwarder() -> _Forwarder:
     return _forwarder
 
 
-def flush_events(token: str) -> bool:
+def flush_events(token: str, dask_worker: Any = None) -> bool:
     """Send what this worker process has buffered, then a ``sync`` marker with ``token``.
 
     Events from one worker reach the client in order, so once the marker has
     arrived, so has everything this worker reported before it.
     """
     forwarder = _forwarder
-    if forwarder is None or forwarder.worker is None:
+    worker = dask_worker or (forwarder.worker if forwarder is not None else None)  # Client.run hands it in
+    if forwarder is None or worker is None:
         return False
-    forwarder.flush_now()
-    forwarder.worker.log_event(EVENT_TOPIC, {"b": [], "sync": token})
+    forwarder.flush_now(worker)
+    worker.log_event(EVENT_TOPIC, Batch.marker(token, os.getpid()).encode())
     return True
 
 
@@ -430,6 +393,8 @@ async def interrupt_runs(flow_run_id: str | None, keys: list[str], dask_worker: 
 def run_on_worker(task: Any, flow_info: dict[str, Any], spec: RunSpec, upstream: list[State]) -> State:
     """Run one task call on this worker; returns its final state (with its value)."""
     forwarder = _install_forwarder()
+    worker = get_worker()
+    forwarder.worker = worker  # the latest: see _Forwarder.flush_now
     run_id, name, parameters, wait_for = spec.run_id, spec.name, spec.parameters, spec.wait_for
     run_count, crash = spec.attempts, spec.crash
     deaths = current_task_crashes()
@@ -448,7 +413,7 @@ def run_on_worker(task: Any, flow_info: dict[str, Any], spec: RunSpec, upstream:
         tags=flow_info.get("run_tags") or task.options.tags,
         upstream_ids=spec.upstreams,
         run_count=run_count,
-        worker=forwarder.worker.address if forwarder.worker is not None else None,
+        worker=worker.address,
     )
     call = TaskCall(
         task,
@@ -468,4 +433,4 @@ def run_on_worker(task: Any, flow_info: dict[str, Any], spec: RunSpec, upstream:
     finally:
         set_worker_thread(False)
         set_wait_hook(None)
-        forwarder.end_run()
+        forwarder.end_run(worker)

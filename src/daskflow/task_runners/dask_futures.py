@@ -1,0 +1,166 @@
+"""The client's handles on a Dask runner's task runs: :class:`DaskFuture` and :class:`MapItem`.
+
+A :class:`DaskFuture` is what ``.submit``/``.map`` return on the Dask runner.
+It settles once (see :mod:`.dask`, step 3 of the trace): by its run's final
+state as the worker reported it (the event router calls
+:meth:`DaskFuture.settle_reported`), or by the client's own judgement when
+the Dask task itself erred, was lost or was cancelled
+(:meth:`DaskFuture.settle`). Waiting, recovering and bounding the waits are
+the runner's (:class:`~daskflow.task_runners.dask.DaskTaskRunner`); the
+future asks it. A :class:`MapItem` stands for one item of an upstream's list
+value in a ``.map`` over a future.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import distributed
+
+from daskflow.annotations import BaseAnnotation
+from daskflow.engine import TaskCall
+from daskflow.futures import DaskflowFuture
+from daskflow.states import Crashed, State
+from daskflow.task_runners.dask_values import on_client
+
+if TYPE_CHECKING:
+    from daskflow.task_runners.dask import DaskTaskRunner
+
+__all__ = ["NO_UPSTREAMS", "DaskFuture", "MapItem"]
+
+
+class MapItem(BaseAnnotation[Any]):
+    """Item ``index`` of the list that an upstream future will hold (a ``.map`` over a future).
+
+    ``item`` is the Dask future of a small task that takes that item out of the list
+    where the list lives, so the run that maps over it depends on its item only: the
+    scheduler can run it next to its item, and the whole list never travels to every
+    worker. ``source_key`` is the upstream's Dask key when ``item`` was made (a crash
+    retry gives the upstream a new key; then the item is taken from the list itself).
+    """
+
+    __slots__ = ("index", "item", "source_key")
+
+    def __init__(self, value: Any, index: int = 0, item: Any = None, source_key: Any = None) -> None:
+        super().__init__(value)
+        self.index = index
+        self.item = item
+        self.source_key = source_key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (MapItem, (self.value, self.index))
+
+
+class DaskFuture(DaskflowFuture[Any]):
+    """A task run on a Dask cluster; resolves to its final state.
+
+    It settles once, by one of: the run's final state reported by its worker
+    (:meth:`settle_reported`, from the event stream), or the client's own
+    judgement when the Dask task itself failed, was lost or was cancelled
+    (:meth:`settle`). A reported state's value or error stays on the cluster,
+    in the Dask task's result, until :meth:`_final_state` is asked for it.
+    """
+
+    # A map of 100,000 items makes 100,000 of these: no per-future lock or list (recovery
+    # claims a future under the runner's lock; a run without upstreams shares one empty tuple).
+    # ``attempts``: the attempts the run had made before its current Dask task started.
+    # ``_fetched``: whether ``_settled`` holds all it will (else its value is in the Dask task's result).
+    __slots__ = ("_runner", "call", "dask_future", "upstreams", "_settled", "_fetched", "attempts")
+
+    def __init__(
+        self, runner: DaskTaskRunner, call: TaskCall, dask_future: Any, upstreams: Sequence[DaskFuture]
+    ) -> None:
+        super().__init__(call.task_run)
+        self._runner = runner
+        self.call = call
+        self.dask_future: distributed.Future[Any] = dask_future  # set by the submitter once Dask made it
+        self.upstreams = upstreams
+        self._settled: State | None = None
+        self._fetched = True
+        self.attempts = call.task_run.run_count
+
+    def done(self) -> bool:
+        return self._settled is not None
+
+    def _final_state(self) -> State | None:
+        settled = self._settled
+        if settled is None or self._fetched:
+            return settled
+        bound = self._runner._lost_timeout
+        try:
+            # The value (or the error) comes to the client: it was asked for (a hit left in storage
+            # comes as a reference). Bounded: if every worker holding it died and none can compute
+            # it again, Dask would wait forever.
+            result = self.dask_future.result(timeout=bound)
+        except TimeoutError:
+            state: State = Crashed(
+                f"task run {self.task_run.name!r} ended {settled.name}, but its result could not be fetched "
+                f"from the Dask cluster within {bound:g} s (the workers holding it died, and no worker "
+                "computed it again); the bound is dask.config daskflow.dask.lost_timeout"
+            )
+        except Exception as exc:  # lost with its workers, for good, or released
+            if not settled.is_completed():
+                self._fetched = True  # a failure's message and traceback came with its state
+                return settled
+            state = Crashed(
+                f"task run {self.task_run.name!r} completed, then the Dask worker holding its value died and "
+                f"Dask could not recompute it ({type(exc).__name__}: {exc})",
+                exc,
+            )
+        else:
+            state = on_client(result, self._runner.client, self.dask_future)
+            if state.type != settled.type:  # not the attempt whose end was reported: that one's is the truth
+                state = settled
+        if state.is_crashed() and settled.is_completed():
+            self.task_run.set_state(state)  # after the Completed whose value is gone
+        self._settled = state
+        self._fetched = True
+        return state
+
+    def settle(self, state: State) -> None:
+        """The client decided the run's final state (a crash, a loss, a cancel): nothing to fetch."""
+        self._settled = state
+        self._fetched = True
+
+    def settle_reported(self, state: State) -> None:
+        if self._settled is None:
+            self._settled = state
+            self._fetched = False
+
+    def wait(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._settled is None:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                self._runner.wait_watched([self], timeout=remaining)
+            except TimeoutError:
+                return
+            status = self.dask_future.status
+            if status == "finished":
+                self._runner.await_reports([self])
+                return
+            if status in ("error", "cancelled"):
+                self._runner.recover_erred()
+                if not self._runner.recover(self):
+                    return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+
+    def add_done_callback(self, fn: Callable[[DaskflowFuture[Any]], None]) -> None:
+        def on_done(_: distributed.Future[Any]) -> None:
+            if self._settled is not None:
+                fn(self)
+            else:  # recovering may block: never in Dask's single callback thread
+                threading.Thread(target=self._wait_then, args=(fn,), daemon=True).start()
+
+        self.dask_future.add_done_callback(on_done)  # type: ignore[no-untyped-call]
+
+    def _wait_then(self, fn: Callable[[DaskflowFuture[Any]], None]) -> None:
+        self.wait()
+        fn(self)
+
+
+NO_UPSTREAMS: tuple[DaskFuture, ...] = ()  # shared by every run without upstreams (a map of 100,000)
