@@ -29,7 +29,7 @@ def test_the_final_state_set_is_the_one_every_module_uses() -> None:
     from daskflow.cli import runs as cli_runs
     from daskflow.runstore import leases
     from daskflow.server import actions, concurrency
-    from daskflow.task_runners import dask_events, dask_worker
+    from daskflow.task_runners import dask_events, dask_protocol
 
     assert {t.value for t in FINAL_TYPES} == FINAL_TYPE_NAMES == {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
     used = {
@@ -37,7 +37,7 @@ def test_the_final_state_set_is_the_one_every_module_uses() -> None:
         "server.concurrency": set(concurrency._FINAL),
         "server.actions": set(actions.FINAL_TYPES),
         "cli.runs": set(cli_runs._FINAL_TYPES),
-        "dask_worker": set(dask_worker._FINAL_TYPES),
+        "dask_protocol": set(dask_protocol._FINAL_TYPES),
         "dask_events": set(dask_events._FINAL_TYPES),
     }
     assert all(names == FINAL_TYPE_NAMES for names in used.values()), used
