@@ -61,3 +61,23 @@ def test_async_spellings_in_an_async_flow(history: Any) -> None:
 
     assert asyncio.run(configured()) == (0.75, "fallback", True)
     assert Variable.get("threshold") is None
+
+
+def test_in_async_code_the_same_calls_are_awaited(history: Any) -> None:
+    """The docs' "contextual behaviour": in an ``async def`` the same methods are awaited."""
+
+    @flow
+    async def space_mission(mission: str) -> str:
+        await Variable.set("crew_members", ["zaphod", "arthur"], overwrite=True)
+        crew = await Variable.get("crew_members", default=["backup"])
+        gone = await Variable.unset("crew_members")
+        after = await Variable.get("crew_members", default=["backup"])
+        return f"{mission}: {', '.join(crew)}; unset {gone}; then {', '.join(after)}"
+
+    assert asyncio.run(space_mission("mars")) == "mars: zaphod, arthur; unset True; then backup"
+    # Outside async code the same calls are plain; _sync=True forces that inside it too, as in Prefect.
+
+    async def forced() -> Any:
+        return Variable.get("crew_members", default="plain", _sync=True)
+
+    assert asyncio.run(forced()) == "plain"
