@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from daskflow import flow, runtime, tags, task
@@ -153,3 +154,18 @@ def test_run_names_from_functions_that_read_the_runtime(task_runner: Any) -> Non
         return str(runtime.flow_run.name), fetch("monday")
 
     assert report("marvin") == ("report-with-marvin-and-100", "fetch-on-monday")
+
+
+def test_the_environment_mocks_runtime_values_as_the_docs_show(monkeypatch: Any) -> None:
+    """The docs mock ``task_run.fake_key`` through the environment, and existing keys cast to their type."""
+    monkeypatch.setenv("DASKFLOW__RUNTIME__TASK_RUN__FAKE_KEY", "foo")
+    assert task_run.fake_key == "foo"
+    # Prefect's own variable names work too, so a suite written for Prefect keeps its mocks.
+    monkeypatch.setenv("PREFECT__RUNTIME__FLOW_RUN__RUN_COUNT", "3")
+    monkeypatch.setenv("PREFECT__RUNTIME__FLOW_RUN__NAME", "mocked-run")
+    assert flow_run.run_count == 3 and flow_run.name == "mocked-run"
+    monkeypatch.setenv("DASKFLOW__RUNTIME__FLOW_RUN__NAME", "ours-first")
+    assert flow_run.name == "ours-first"
+    monkeypatch.delenv("DASKFLOW__RUNTIME__TASK_RUN__FAKE_KEY")
+    with pytest.raises(AttributeError, match="has no attribute 'fake_key'"):
+        task_run.fake_key  # noqa: B018
