@@ -137,3 +137,23 @@ def test_an_artifact_key_prefect_refuses_is_refused(key: str) -> None:
     """Prefect's artifact keys are lowercase letters, numbers and dashes."""
     with pytest.raises(ValueError, match="key"):
         create_markdown_artifact("# x", key=key)
+
+
+def test_artifacts_are_awaited_in_an_async_flow_or_called_plainly(history: Any) -> None:
+    """Prefect's artifact functions are awaited in async code; the plain call must not lose the artifact."""
+    import asyncio
+
+    @flow
+    async def async_report() -> tuple[str, str]:
+        awaited = await create_markdown_artifact("# awaited", key="awaited-report")
+        plain = create_markdown_artifact("# plain", key="plain-report")
+        progress = await create_progress_artifact(10.0, key="async-progress")
+        await update_progress_artifact(progress, 90.0)
+        return awaited, plain
+
+    awaited, plain = asyncio.run(async_report())
+    assert type(awaited) is str and isinstance(plain, str)
+    store = history()
+    assert [a.id for a in store.artifacts(key="awaited-report")] == [awaited]
+    assert [a.id for a in store.artifacts(key="plain-report")] == [plain]
+    assert sorted(json.loads(a.data)["progress"] for a in store.artifacts(key="async-progress")) == [10.0, 90.0]
