@@ -70,7 +70,7 @@ def test_tags_is_also_importable_from_context_and_nests() -> None:
         assert tagged() == ["a"]
 
 
-def test_tags_from_a_block_are_concurrency_limit_tags(executions: Any) -> None:
+def test_tags_from_a_block_are_concurrency_limit_tags(task_runner: Any, executions: Any) -> None:
     """Prefect's tag-based limits: a tag given by ``tags(...)`` counts toward a limit on that tag."""
 
     @task
@@ -80,7 +80,7 @@ def test_tags_from_a_block_are_concurrency_limit_tags(executions: Any) -> None:
         executions.record(f"query-{i}", start=started)
         return i
 
-    @flow(concurrency_limit={"database": 1})
+    @flow(concurrency_limit={"database": 1}, task_runner=task_runner)
     def many() -> list[int]:
         with tags("database"):
             futures = query.map(range(6))
