@@ -47,7 +47,7 @@ import logging
 import math
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from typing import Any
 
 from daskflow.context import get_flow_run_context, get_task_run_context
@@ -59,6 +59,7 @@ __all__ = [
     "MAX_ARTIFACT_BYTES",
     "MAX_TABLE_ROWS",
     "Artifact",
+    "ArtifactId",
     "create_image_artifact",
     "create_link_artifact",
     "create_markdown_artifact",
@@ -73,6 +74,22 @@ MAX_ARTIFACT_BYTES = 5 * 1024 * 1024
 
 _KEY = re.compile(r"[a-z0-9-]+")
 _logger = logging.getLogger(ARTIFACT_LOGGER)
+
+
+class ArtifactId(str):
+    """An artifact's id, as the ``create_*_artifact`` functions return it: a ``str`` that may also be awaited.
+
+    Prefect's functions are awaited in async code and called plainly elsewhere. Here the
+    artifact is made at the call either way (it is a quick hand-over to the run history),
+    so ``await create_markdown_artifact(...)`` in an async flow and the plain call both
+    work, and an async flow that forgets the ``await`` loses no artifact.
+    """
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, str]:
+        return str(self)
+        yield  # a generator that finishes at once: awaiting gives the id
 
 
 def create_markdown_artifact(markdown: str, key: str | None = None, description: str | None = None) -> str:
@@ -172,7 +189,7 @@ def update_progress_artifact(artifact_id: str, progress: float, description: str
         task_run_id=task_run_id,
     )
     publish_artifact(artifact)
-    return artifact.id
+    return ArtifactId(artifact.id)
 
 
 def _percent(progress: Any) -> float:
@@ -287,7 +304,7 @@ def _create(type_: str, data: str, key: str | None, description: str | None) -> 
         type=type_, data=data, key=key, description=description, flow_run_id=flow_run_id, task_run_id=task_run_id
     )
     publish_artifact(artifact)
-    return artifact.id
+    return ArtifactId(artifact.id)
 
 
 def _check_options(key: Any, description: Any) -> None:

@@ -34,6 +34,7 @@ again later (README: Coming from Prefect).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -61,14 +62,54 @@ class PausedRunTimeoutError(DaskflowError, TimeoutError):
 
 
 def pause_flow_run(
-    wait_for_input: type[M] | None = None,
+    wait_for_input: type[M] | type[Any] | None = None,
     timeout: float = 3600,
     poll_interval: float | None = None,
     key: str | None = None,
     *,
     _suspend: bool = False,
-) -> M | None:
-    """Pause the flow run this body belongs to until it is resumed; return the input (a ``wait_for_input`` model)."""
+) -> Any:
+    """Pause the flow run this body belongs to until it is resumed; return the input (a ``wait_for_input`` model).
+
+    In an ``async`` flow body (a running event loop on this thread) it returns a coroutine to
+    ``await``, as Prefect's does there; the wait then runs off the loop's thread.
+    """
+    if _running_loop():
+        return asyncio.to_thread(_pause, wait_for_input, timeout, poll_interval, key, _suspend)
+    return _pause(wait_for_input, timeout, poll_interval, key, _suspend)
+
+
+def _running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _input_model(wait_for_input: Any) -> tuple[Any, bool]:
+    """The pydantic model the input is validated against, and whether it wraps a plain type.
+
+    A plain type (``str``, ``int``, ``list[str]``...) is wrapped, as Prefect does, in a model
+    with one field ``value``: the resumer sends ``{"value": ...}`` and the body gets the value.
+    """
+    import pydantic
+
+    if isinstance(wait_for_input, type) and issubclass(wait_for_input, pydantic.BaseModel):
+        return wait_for_input, False
+    try:
+        wrapped = pydantic.create_model(
+            f"{getattr(wait_for_input, '__name__', 'Value')}Input", value=(wait_for_input, ...)
+        )
+    except (TypeError, pydantic.PydanticSchemaGenerationError) as exc:
+        raise PauseError(
+            f"wait_for_input must be a pydantic model class or a type pydantic can validate (str, int, "
+            f"list[str], ...), got {wait_for_input!r}: {exc}"
+        ) from None
+    return wrapped, True
+
+
+def _pause(wait_for_input: Any, timeout: float, poll_interval: float | None, key: str | None, _suspend: bool) -> Any:
     ctx = get_flow_run_context()
     if ctx is None or get_task_run_context() is not None:
         raise PauseError(
@@ -83,10 +124,9 @@ def pause_flow_run(
         )
     import pydantic  # as the runstore modules below: only when a run pauses
 
-    if wait_for_input is not None and not (
-        isinstance(wait_for_input, type) and issubclass(wait_for_input, pydantic.BaseModel)
-    ):
-        raise PauseError(f"wait_for_input must be a pydantic model class, got {wait_for_input!r}")
+    wrapped = False
+    if wait_for_input is not None:
+        wait_for_input, wrapped = _input_model(wait_for_input)
     # Here, not at the top: `import daskflow` (which re-exports this module) stays free of SQLAlchemy.
     from daskflow.runstore import pausing as rows
     from daskflow.runstore.store import RunStore
@@ -110,7 +150,7 @@ def pause_flow_run(
                 else:
                     rows.take_input(store, run.id)
                     run.set_state(Running("resumed"))
-                    return taken
+                    return taken.value if wrapped and taken is not None else taken
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 run.set_state(Running("the pause timed out"))
@@ -123,8 +163,8 @@ def pause_flow_run(
 
 
 def suspend_flow_run(
-    wait_for_input: type[M] | None = None, timeout: float = 3600, key: str | None = None, **_: Any
-) -> M | None:
+    wait_for_input: type[M] | type[Any] | None = None, timeout: float = 3600, key: str | None = None, **_: Any
+) -> Any:
     """Prefect's suspend: here the same wait as :func:`pause_flow_run`, in the ``Suspended`` state."""
     return pause_flow_run(wait_for_input, timeout, key=key, _suspend=True)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -69,6 +70,21 @@ def _open(url: str | None) -> Iterator[RunStore]:
         yield store
 
 
+def _in_async_code(sync: bool | None) -> bool:
+    """Whether a call comes from async code (a running event loop on this thread) and should be awaited.
+
+    Prefect's ``Variable.get``/``set``/``unset`` are awaited in an ``async def`` and called plainly
+    elsewhere (its docs' "contextual behaviour"); ``_sync=True`` forces the plain call, as there.
+    """
+    if sync is not None:
+        return not sync
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class Variable(pydantic.BaseModel):
     """A stored variable: ``name``, JSON ``value`` and ``tags``; the class methods read and write them."""
 
@@ -87,8 +103,14 @@ class Variable(pydantic.BaseModel):
         overwrite: bool = False,
         *,
         url: str | None = None,
-    ) -> Variable:
-        """Store ``value`` as ``name``; an existing variable only with ``overwrite=True`` (else a VariableError)."""
+        _sync: bool | None = None,
+    ) -> Any:
+        """Store ``value`` as ``name``; an existing variable only with ``overwrite=True`` (else a VariableError).
+
+        Returns the stored :class:`Variable`; in async code, an awaitable of it (see :func:`_in_async_code`).
+        """
+        if _in_async_code(_sync):
+            return cls.aset(name, value, tags, overwrite)
         validate_variable_name(name)
         text = _encode(name, value)
         tag_list = [tags] if isinstance(tags, str) else list(tags or ())
@@ -104,16 +126,20 @@ class Variable(pydantic.BaseModel):
         return cls._from_row(row) if row is not None else cls(name=name, value=value, tags=tag_list)
 
     @classmethod
-    def get(cls, name: str, default: Any = None, *, url: str | None = None) -> Any:
-        """The value of ``name``; ``default`` when there is no such variable."""
+    def get(cls, name: str, default: Any = None, *, url: str | None = None, _sync: bool | None = None) -> Any:
+        """The value of ``name``; ``default`` when there is no such variable (awaitable in async code)."""
+        if _in_async_code(_sync):
+            return cls.aget(name, default)
         validate_variable_name(name)
         with _open(url) as store:
             row = rows.read_variable(store, name)
         return default if row is None else json.loads(row.value)
 
     @classmethod
-    def unset(cls, name: str, *, url: str | None = None) -> bool:
-        """Delete ``name``; True if it existed, False if there was nothing to delete."""
+    def unset(cls, name: str, *, url: str | None = None, _sync: bool | None = None) -> Any:
+        """Delete ``name``; True if it existed, False if there was nothing to delete (awaitable in async code)."""
+        if _in_async_code(_sync):
+            return cls.aunset(name)
         validate_variable_name(name)
         with _open(url) as store:
             return rows.delete_variable(store, name)
@@ -135,15 +161,15 @@ class Variable(pydantic.BaseModel):
     # Prefect's async spellings: the same operations, off the event loop's thread.
     @classmethod
     async def aset(cls, name: str, value: Any, tags: Sequence[str] | None = None, overwrite: bool = False) -> Variable:
-        return await asyncio.to_thread(cls.set, name, value, tags, overwrite)
+        return await asyncio.to_thread(functools.partial(cls.set, name, value, tags, overwrite, _sync=True))
 
     @classmethod
     async def aget(cls, name: str, default: Any = None) -> Any:
-        return await asyncio.to_thread(cls.get, name, default)
+        return await asyncio.to_thread(functools.partial(cls.get, name, default, _sync=True))
 
     @classmethod
     async def aunset(cls, name: str) -> bool:
-        return await asyncio.to_thread(cls.unset, name)
+        return await asyncio.to_thread(functools.partial(cls.unset, name, _sync=True))
 
     @classmethod
     def _from_row(cls, row: rows.VariableRow) -> Variable:

@@ -175,8 +175,12 @@ class FlowRunEngine:
             self.run.parameters = self.parameters
         template = options.flow_run_name
         if template is not None:
+            # Named inside a context of this run: a naming function may read daskflow.runtime's
+            # flow_run.parameters and flow_name, as Prefect's docs show.
+            naming = FlowRunContext(flow=self.flow, flow_run=self.run, task_runner=None, parameters=self.parameters)
             try:
-                self.run.name = format_run_name(template, self.parameters, options.where(), "flow_run_name")
+                with use_flow_run_context(naming):
+                    self.run.name = format_run_name(template, self.parameters, options.where(), "flow_run_name")
             except RunNameError as exc:
                 return self.finish(Failed(str(exc), exc.cause))
             self._logger = None

@@ -198,12 +198,6 @@ class TaskRunEngine:
         except UpstreamFailedError as exc:
             return self.finish(_not_run(exc), hooks=False)
         self._kept = kept or None
-        template = self.options.task_run_name
-        if template is not None:
-            try:
-                self.run.name = format_run_name(template, self.parameters, self.options.where(), "task_run_name")
-            except RunNameError as exc:
-                return self.finish(Failed(str(exc), exc.cause), hooks=False)
         if call.log_prints:
             install_print_capture()
         self.context = TaskRunContext(
@@ -220,6 +214,14 @@ class TaskRunEngine:
             cancel_event=call.cancel_event,
             flow_facts=call.flow_facts,
         )
+        template = self.options.task_run_name
+        if template is not None:
+            # Named inside the run's context: a naming function may read daskflow.runtime (as in Prefect's docs).
+            try:
+                with use_task_run_context(self.context):
+                    self.run.name = format_run_name(template, self.parameters, self.options.where(), "task_run_name")
+            except RunNameError as exc:
+                return self.finish(Failed(str(exc), exc.cause), hooks=False)
         options = self.options
         if options.concurrency_limit is not None or call.concurrency_limits:
             self.limits = limits_for_task(

@@ -25,11 +25,26 @@ def flow_facts() -> FlowRunFacts | None:
     return None
 
 
+def _env_value(module: str, name: str) -> tuple[str, str] | None:
+    """The override of ``module.name`` from the environment and the variable that gave it, or None.
+
+    ``DASKFLOW__RUNTIME__...`` first; Prefect's ``PREFECT__RUNTIME__...`` too, so a test suite that
+    mocks the runtime the way Prefect's docs show keeps working after the import line changes.
+    """
+    for prefix in ("DASKFLOW", "PREFECT"):
+        variable = f"{prefix}__RUNTIME__{module.upper()}__{name.upper()}"
+        raw = os.environ.get(variable)
+        if raw is not None:
+            return variable, raw
+    return None
+
+
 def _from_env(module: str, name: str, default: Any) -> Any:
-    raw = os.environ.get(f"DASKFLOW__RUNTIME__{module.upper()}__{name.upper()}")
-    if raw is None:
+    found = _env_value(module, name)
+    if found is None:
         return None
-    where = f"DASKFLOW__RUNTIME__{module.upper()}__{name.upper()}={raw!r}"
+    variable, raw = found
+    where = f"{variable}={raw!r}"
     if isinstance(default, bool):
         return raw.lower() in ("1", "true", "yes")
     if isinstance(default, int):
@@ -58,6 +73,10 @@ def module_getattr(
     def __getattr__(name: str) -> Any:
         getter = getters.get(name)
         if getter is None:
+            # As in Prefect, the environment may mock a key the module does not have (as a string).
+            mocked = _env_value(module, name) if not name.startswith("__") else None
+            if mocked is not None:
+                return mocked[1]
             raise AttributeError(
                 f"daskflow.runtime.{module} has no attribute {name!r}; it has: {', '.join(sorted(getters))}"
             )
