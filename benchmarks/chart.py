@@ -44,9 +44,10 @@ def _system_of(baseline: str) -> str | None:
 def _label(row: Any) -> str:
     workload = str(row.workload)
     variant = row.metrics.get("variant")
-    short = workload.split(":")[0].split(" [")[0].split(",")[0]
-    if len(short) > 28:
-        short = short[:27] + "…"
+    short = workload.split(":")[0].split(" [")[0]
+    if len(short) > 36:
+        short = short[:35] + "…"
+    short = short.replace(", ", ",\n")  # long names on two lines: the labels of neighbours do not meet
     return f"{row.suite} {short}\nN={row.n:,}" + (f" [{variant}]" if variant else "")
 
 
@@ -91,7 +92,9 @@ def draw_chart(rows: Sequence[Any], path: str | Path, title: str) -> Path:
     axes.set_ylabel("seconds (best of k; log scale)")
     axes.set_xticks(range(len(labels)), labels, fontsize=7)
     axes.set_title(title, fontsize=10)
-    axes.legend(fontsize=8, loc="upper left")
+    bottom, top = axes.get_ylim()
+    axes.set_ylim(bottom, top * 30)  # room above the tallest bar for its label and the legend
+    axes.legend(fontsize=8, loc="upper right", ncols=2)
     axes.grid(axis="y", which="both", alpha=0.25)
     figure.tight_layout()
     target = Path(path)

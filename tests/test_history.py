@@ -223,6 +223,30 @@ def test_a_map_item_that_ended_before_its_submission_was_drained_costs_one_task_
     assert [type(r).__name__ for r in both] == ["StateRecord", "TaskRunRecord"]
 
 
+def test_a_submitted_runs_row_waits_for_its_first_state_or_its_hold_or_a_flush() -> None:
+    from daskflow.engine.history import _RELEASE, RowBuilder, _Submitted
+    from daskflow.runs import TaskRun
+    from daskflow.runstore import TaskRunRecord
+    from daskflow.states import Completed, Running
+
+    runs = [TaskRun(id=f"run-{i}", name=f"inc-{i}", task_name="inc", flow_run_id="f", map_index=i) for i in range(4)]
+    rows = RowBuilder(hold=600.0)
+    assert list(rows([_Submitted(tuple(runs))])) == [] and rows.holding
+    runs[0].set_state(Running())
+    runs[0].set_state(Completed())
+    runs[1].set_state(Running())
+    # The states' batch writes their runs; nothing held is due yet.
+    written = list(rows([(runs[0], runs[0].state), (runs[1], runs[1].state)]))
+    assert sorted(r.id for r in written if isinstance(r, TaskRunRecord)) == ["run-0", "run-1"]
+    assert list(rows([])) == [] and rows.holding
+    # A flush (or the end of recording) writes what is still Pending, once.
+    released = list(rows([_RELEASE]))
+    assert sorted(r.id for r in released if isinstance(r, TaskRunRecord)) == ["run-2", "run-3"]
+    assert not rows.holding and list(rows([_RELEASE])) == []
+    # With no hold, a pending run's row goes with its submission's batch.
+    assert [r.id for r in RowBuilder(hold=0.0)([_Submitted((runs[2],))])] == ["run-2"]
+
+
 def test_the_rows_a_map_leaves_per_item(dask_client: Any, history: Any, daskflow_home: Path) -> None:
     """M1's row count, at a size a test can afford: one task run row and one Completed row per item."""
     n = 200
@@ -239,8 +263,17 @@ def test_the_rows_a_map_leaves_per_item(dask_client: Any, history: Any, daskflow
     def fanout(n: int) -> int:
         return total(inc.map(range(n)))
 
-    assert fanout(n) == n * (n + 1) // 2
+    from daskflow.engine import history as engine_history
+
+    with dask.config.set({"daskflow.runstore.pending_hold": "600s"}):  # no submission row is due before the end
+        assert fanout(n) == n * (n + 1) // 2
     store = history()
+    recorder = engine_history._recorder
+    assert recorder is not None
+    # Records written: per item one state and one task run row (it was three: a row at submission,
+    # the state, the row again); the slack is the flow run's rows and a Running state that reached
+    # the client in an event batch of its own.
+    assert recorder.writer.written <= 2 * (n + 1) + 12, recorder.writer.written
     [summary] = store.list_flow_runs(flow_name="m1-rows")
     runs = store.task_runs(summary.id)
     assert len(runs) == n + 1 and {r.state_name for r in runs} == {"Completed"}

@@ -29,8 +29,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import Any
+
+from dask.utils import parse_timedelta
 
 from daskflow import secrets_mask, settings
 from daskflow.context import on_worker_thread
@@ -46,11 +50,12 @@ from daskflow.runstore import (
     log_entry_from_record,
     resolve_url,
 )
-from daskflow.states import State
+from daskflow.states import State, StateType
 
-__all__ = ["HistoryRecorder", "flush", "record_submitted", "recorder", "stop_recording", "to_records"]
+__all__ = ["HistoryRecorder", "RowBuilder", "flush", "record_submitted", "recorder", "stop_recording", "to_records"]
 
 _FLUSH_SECONDS = 10.0
+_PENDING_HOLD = "30s"  # dask.config daskflow.runstore.pending_hold when unset: see RowBuilder
 
 
 class HistoryRecorder(logging.Handler):
@@ -60,7 +65,9 @@ class HistoryRecorder(logging.Handler):
         super().__init__(level=logging.NOTSET)
         self.addFilter(secrets_mask.FILTER)  # loaded secrets are stored as *** (see daskflow.secrets_mask)
         self.url = url
-        self.writer = RunStoreWriter(url, convert=to_records)
+        hold = float(parse_timedelta(settings.get("runstore.pending_hold", _PENDING_HOLD)))
+        self.rows = RowBuilder(hold)
+        self.writer = RunStoreWriter(url, convert=self.rows)
 
     def on_state(self, run: Any, state: State) -> None:
         if not on_worker_thread():
@@ -78,9 +85,14 @@ class HistoryRecorder(logging.Handler):
         add_state_listener(self.on_state)
         logging.getLogger("daskflow").addHandler(self)
 
+    def write_all(self, timeout: float) -> bool:
+        self.writer.put(_RELEASE)  # the rows held back are due now: whoever flushes reads the store next
+        return self.writer.flush(timeout)
+
     def stop(self) -> None:
         remove_state_listener(self.on_state)
         logging.getLogger("daskflow").removeHandler(self)
+        self.writer.put(_RELEASE)
         self.writer.close(_FLUSH_SECONDS)
 
 
@@ -159,7 +171,7 @@ def record_submitted(runs: Iterable[TaskRun]) -> None:
 def flush(timeout: float = _FLUSH_SECONDS) -> bool:
     """Wait until everything recorded so far in this process is written; False on timeout."""
     current = _recorder
-    return True if current is None else current.writer.flush(timeout)
+    return True if current is None else current.write_all(timeout)
 
 
 def stop_recording() -> None:
@@ -171,40 +183,75 @@ def stop_recording() -> None:
             _recorder = None
 
 
-def to_records(batch: list[Any]) -> Iterable[Record]:
-    """A batch of ``(run, state)`` pairs and log records as rows, with one snapshot per run.
+class _Release:
+    """Put by flush and stop: every row held back is written with this batch."""
 
-    Rows are built here, on the writer's thread, from the runs as they are now. A
-    submitted run that is final by now is left to the batch of its final state (the
-    same batch or a later one, since the queue keeps order), so a map item that ends
-    before its submission is drained costs one task run row and its state rows, where
-    it cost a row at submission and the same row again when it ended.
+    __slots__ = ()
+
+
+_RELEASE = _Release()
+
+
+class RowBuilder:
+    """Turns the recorder's batches into rows, on the writer's thread: one snapshot per run per batch.
+
+    Rows are built here from the runs as they are now, never on the hot path. A
+    submitted run's first row is held back (``hold`` seconds, dask.config
+    ``daskflow.runstore.pending_hold``, 30 s by default): a run that leaves
+    ``Pending`` meanwhile gets its row from its own states, queued after its
+    submission (the queue keeps order), so a map item costs one task run row and
+    its state rows, where it used to cost a row at submission and the same row
+    again when it ended. A run still ``Pending`` when its hold ends (waiting for a
+    worker or a slot) is written then; :func:`flush` and the end of recording write
+    every held row at once. While rows are held the writer calls this with empty
+    batches (``holding``), so a held row is late by at most one writer interval.
     """
-    runs: dict[str, FlowRun | TaskRun] = {}
-    for item in batch:
-        if isinstance(item, tuple):
-            run, state = item
-            runs[run.id] = run
-            yield StateRecord(
-                run_id=run.id,
-                run_kind="task" if isinstance(run, TaskRun) else "flow",
-                type=state.type.value,
-                name=state.name,
-                message=state.message,
-                timestamp=state.epoch,
-            )
-        elif isinstance(item, _Submitted):
-            for run in item.runs:
-                # A run that ended before its submission was drained gets its row from its final
-                # state, queued after this (the queue keeps order): one task run row, not two.
-                if not run.state.is_final():
+
+    def __init__(self, hold: float) -> None:
+        self.hold = hold
+        self._held: deque[tuple[float, tuple[TaskRun, ...]]] = deque()
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
+
+    def __call__(self, batch: list[Any]) -> Iterator[Record]:
+        runs: dict[str, FlowRun | TaskRun] = {}
+        release = False
+        for item in batch:
+            if isinstance(item, tuple):
+                run, state = item
+                runs[run.id] = run
+                yield StateRecord(
+                    run_id=run.id,
+                    run_kind="task" if isinstance(run, TaskRun) else "flow",
+                    type=state.type.value,
+                    name=state.name,
+                    message=state.message,
+                    timestamp=state.epoch,
+                )
+            elif isinstance(item, _Submitted):
+                self._held.append((time.monotonic() + self.hold, item.runs))
+            elif isinstance(item, _Release):
+                release = True
+            elif isinstance(item, logging.LogRecord):
+                yield log_entry_from_record(item)
+            else:
+                yield item
+        now = time.monotonic()
+        held = self._held
+        while held and (release or held[0][0] <= now):
+            for run in held.popleft()[1]:
+                # A run that left Pending has its row from its states (this batch or a later one).
+                if run.state.type is StateType.PENDING:
                     runs.setdefault(run.id, run)
-        elif isinstance(item, logging.LogRecord):
-            yield log_entry_from_record(item)
-        else:
-            yield item
-    for run in runs.values():
-        yield _snapshot(run)
+        for run in runs.values():
+            yield _snapshot(run)
+
+
+def to_records(batch: list[Any]) -> Iterable[Record]:
+    """A batch as rows, holding nothing back (:class:`RowBuilder` with no hold)."""
+    return RowBuilder(0.0)(batch)
 
 
 def _snapshot(run: FlowRun | TaskRun) -> FlowRunRecord | TaskRunRecord:

@@ -295,7 +295,8 @@ class RunStoreWriter:
                     markers.append(item)
                 else:
                     batch.append(item)
-            if batch:
+            # A convert that holds rows back (the run history's) is asked again while it holds any.
+            if batch or getattr(self._convert, "holding", False):
                 self._keep(batch)
             with self._lock:
                 overflowed, self._overflowed = self._overflowed, 0
@@ -313,6 +314,8 @@ class RunStoreWriter:
             records = list(batch) if self._convert is None else list(self._convert(batch))
         except Exception as exc:  # whatever the caller's convert does, the runs go on
             self._lose(len(batch), _describe(exc))
+            return
+        if not records:
             return
         if self._spool is not None:
             self._to_spool(records)
