@@ -32,7 +32,7 @@ from daskflow.futures import DaskflowFuture, DaskflowFutureList, LocalFuture
 from daskflow.options import TaskOptions, build_options, with_changes
 from daskflow.parameters import Binder
 from daskflow.states import State
-from daskflow.task_runners import TaskRunner, ThreadPoolTaskRunner
+from daskflow.task_runners import SequentialTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from daskflow.task_runners.sequential import FinishedFuture
 
 __all__ = ["ResultStorageKey", "Task", "exponential_backoff", "task", "task_input_hash"]
@@ -59,9 +59,20 @@ def _background_runner() -> TaskRunner:
     return _default_runner
 
 
+def _looks_up_here(runner: TaskRunner) -> bool:
+    """Whether hits are looked up before handing calls to ``runner``: daskflow's own runners only.
+
+    Others (the compiler's tracing runner, a user's) get every call, as they always did.
+    """
+    if isinstance(runner, SequentialTaskRunner | ThreadPoolTaskRunner):
+        return True
+    dask_runners = sys.modules.get("daskflow.task_runners.dask")  # loaded once a Dask runner exists
+    return dask_runners is not None and isinstance(runner, dask_runners.DaskTaskRunner)
+
+
 def _cached_here(runner: TaskRunner, call: TaskCall) -> State | None:
     """The run's final state if its cache entry was found here (see daskflow.engine.prefetch)."""
-    if not getattr(call.task, "caching", False):
+    if not getattr(call.task, "caching", False) or not _looks_up_here(runner):
         return None
     reach = reach_of(runner)
     if reach.same_process:  # the runner runs it in this thread: its engine looks it up as cheaply
@@ -72,7 +83,7 @@ def _cached_here(runner: TaskRunner, call: TaskCall) -> State | None:
 
 def _submit(runner: TaskRunner, calls: list[TaskCall]) -> list[DaskflowFuture[Any]]:
     """Hand ``calls`` to the runner, all but those whose cache entry was found here: they are done."""
-    if not calls or not getattr(calls[0].task, "caching", False):
+    if not calls or not getattr(calls[0].task, "caching", False) or not _looks_up_here(runner):
         return runner.submit_batch(calls)
     hits = look_up_calls(calls, reach_of(runner), _LOCAL_FUTURES)
     misses = [call for call, hit in zip(calls, hits) if hit is None]

@@ -16,8 +16,9 @@ page). Two things make the batch cheap:
   reader (older daskflow, pandas, ``read``/``load``) sees a normal entry; a
   batch lookup reads the footer alone and decodes the stream, about a tenth
   of the work. The digest stands in for the page checksums: a flipped bit in
-  the copy is a miss, never a wrong value, and the file's columns are still
-  checked against the stored schema, as :meth:`~.ResultStore.head` does.
+  the copy is a miss, never a wrong value. The copy is what a batch lookup
+  returns, so damage confined to the data pages (which it does not read)
+  does not make it a miss; every other reader still checks them.
 
 A batch lookup is quiet: what is not a clean hit (absent, expired, corrupt,
 unreadable storage) is simply left out, with no warning, because its caller
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from daskflow.exceptions import CorruptResultError
 from daskflow.results import serializers
 from daskflow.results.metadata import ParsedFooter, entry_name, signature_digest, utc
-from daskflow.results.parquet import conformed, open_entry
+from daskflow.results.parquet import open_entry
 
 if TYPE_CHECKING:
     from daskflow.results.entries import EntryInfo, ResultStore
@@ -139,9 +140,8 @@ def _look(
     table = inline_table(parsed)
     if table is None:
         return info, store._decode(parquet, parsed)
-    if parsed.schema is not None:
-        conformed(parquet.schema_arrow.empty_table(), parsed.schema)  # the file's own columns, as head() checks
-        table = conformed(table, parsed.schema)
+    # The copy is the value as written, types and all (an IPC stream keeps them exactly, and its
+    # digest matched): neither the data pages nor a cast back to the stored schema are needed.
     value = serializers.decode(table, info.format, parsed.codec)
     length = len(value) if isinstance(value, list | tuple) else None
     if parsed.recorded and length != info.length:
