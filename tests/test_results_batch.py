@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import pickle
 import warnings
 from typing import Any
 
@@ -24,6 +25,7 @@ import pytest
 from conftest import put_raw, raw_bytes
 from daskflow.results import ResultStore
 from daskflow.results.batch import INLINE_MAX_BYTES
+from daskflow.results.deferred import InlineValue
 
 SMALL: dict[str, Any] = {
     "int": 7,
@@ -65,7 +67,9 @@ def test_the_batch_gives_the_hits_with_the_values_a_read_gives(store: ResultStor
     assert sorted(found) == sorted([*SMALL, "large"]), sorted(found)
     for name, value in SMALL.items():
         info, got = found[name]
-        assert _same(value, got), (name, got)
+        assert isinstance(got, InlineValue) and got.version == info.version, (name, got)
+        assert _same(value, got.get()), (name, got.get())
+        assert _same(value, pickle.loads(pickle.dumps(got)).get()), f"{name} does not travel"
         assert info.version == store.head(name).version  # type: ignore[union-attr]
         assert "inline" in _footer(store, name), f"{name}: a small value has no inline copy"
     assert "inline" not in _footer(store, "large")

@@ -192,11 +192,13 @@ def look_up_calls(calls: Sequence[TaskCall], reach: ClientReach, known_futures: 
             info, value = hit
             if info.task_name != task.options.name:
                 continue  # another task's entry: the run itself warns and recomputes
-            data: DeferredData = (
-                StoredValue(store, skey, info.version, info.length)
-                if value is store.NOT_READ
-                else KnownValue(value, info.version)
-            )
+            data: DeferredData
+            if value is store.NOT_READ:
+                data = StoredValue(store, skey, info.version, info.length)
+            elif isinstance(value, DeferredData):  # a small value still encoded: decoded if needed
+                data = value
+            else:
+                data = KnownValue(value, info.version)
             call = calls[position]
             call.task_run.cache_key = skey
             found[position] = TaskRunEngine(call).finish(Cached(data, f"cache hit: {skey}"))

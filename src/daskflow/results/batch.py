@@ -14,8 +14,9 @@ page). Two things make the batch cheap:
   that stream in its footer's metadata, with its SHA-256 (``"inline"`` and
   ``"inline_sha256"``). The data pages are written as before, so every other
   reader (older daskflow, pandas, ``read``/``load``) sees a normal entry; a
-  batch lookup reads the footer alone and decodes the stream, about a tenth
-  of the work. The digest stands in for the page checksums: a flipped bit in
+  batch lookup reads the footer alone, checks the stream's digest and hands
+  it over undecoded (an :class:`~.deferred.InlineValue`, decoded when the
+  value is needed, which a hit whose downstream hits too never is). The digest stands in for the page checksums: a flipped bit in
   the copy is a miss, never a wrong value. The copy is what a batch lookup
   returns, so damage confined to the data pages (which it does not read)
   does not make it a miss; every other reader still checks them.
@@ -29,6 +30,7 @@ warns once, where the run is recorded.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -36,13 +38,14 @@ from typing import TYPE_CHECKING, Any
 
 from daskflow.exceptions import CorruptResultError
 from daskflow.results import serializers
+from daskflow.results.deferred import InlineValue
 from daskflow.results.metadata import ParsedFooter, entry_name, signature_digest, utc
 from daskflow.results.parquet import open_entry
 
 if TYPE_CHECKING:
     from daskflow.results.entries import EntryInfo, ResultStore
 
-__all__ = ["INLINE_MAX_BYTES", "inline_fields", "inline_table", "lookup_many"]
+__all__ = ["INLINE_MAX_BYTES", "decode_inline", "inline_fields", "inline_stream", "lookup_many"]
 
 INLINE_MAX_BYTES = 4096
 """The largest Arrow IPC stream of a value that is copied into its entry's footer."""
@@ -69,20 +72,33 @@ def inline_fields(table: Any, format: str) -> dict[str, str]:
     return {"inline": base64.b64encode(stream).decode("ascii"), "inline_sha256": hashlib.sha256(stream).hexdigest()}
 
 
-def inline_table(parsed: ParsedFooter) -> Any | None:
-    """The table an entry carries in its footer (checked by its digest), or None if it has none."""
+def inline_stream(parsed: ParsedFooter) -> bytes | None:
+    """The IPC stream an entry carries in its footer (checked by its digest), or None if it has none."""
     if parsed.inline is None:
         return None
+    try:
+        stream = base64.b64decode(parsed.inline, validate=True)
+    except ValueError as exc:
+        raise CorruptResultError(f"its inline copy of the value is not base64 ({exc})") from exc
+    if hashlib.sha256(stream).hexdigest() != parsed.inline_sha256:
+        raise CorruptResultError("its inline copy of the value does not match its digest")
+    return stream
+
+
+def decode_inline(stream: bytes, format: str, codec: dict[str, Any], length: int | None) -> Any:
+    """The value an inline stream holds (its digest checked already)."""
     import pyarrow as pa
 
     try:
-        stream = base64.b64decode(parsed.inline, validate=True)
-        if hashlib.sha256(stream).hexdigest() != parsed.inline_sha256:
-            raise ValueError("its digest does not match")
         table = pa.ipc.open_stream(stream).read_all()
     except Exception as exc:
-        raise CorruptResultError(f"its inline copy of the value is damaged ({type(exc).__name__}: {exc})") from exc
-    return table
+        raise CorruptResultError(f"its inline copy of the value does not read ({type(exc).__name__}: {exc})") from exc
+    # The stream keeps the written types exactly: no cast back to the stored schema is needed.
+    value = serializers.decode(table, format, codec)
+    actual = len(value) if isinstance(value, list | tuple) else None
+    if length is not None and actual != length:
+        raise CorruptResultError(f"its metadata records length {length}, but its value has {actual}")
+    return value
 
 
 def lookup_many(
@@ -94,7 +110,8 @@ def lookup_many(
     now: datetime | None = None,
 ) -> dict[str, tuple[EntryInfo, Any]]:
     """The clean hits among ``keys``: key -> ``(info, value)``, the value :attr:`~.ResultStore.NOT_READ`
-    for an entry over ``defer_above`` bytes (its footer alone is read). See the module docstring."""
+    for an entry over ``defer_above`` bytes (its footer alone is read), an
+    :class:`~.deferred.InlineValue` for one carrying its value inline. See the module docstring."""
     location = store._location
     moment = utc(now, "now") or datetime.now(UTC)
     names = {key: entry_name(key) for key in keys}
@@ -137,13 +154,10 @@ def _look(
     if info.format == serializers.PICKLE:
         signature_digest(parsed.signature)
         return info, store._decode(parquet, parsed)  # checks the signature before unpickling
-    table = inline_table(parsed)
-    if table is None:
+    stream = inline_stream(parsed)
+    if stream is None:
         return info, store._decode(parquet, parsed)
-    # The copy is the value as written, types and all (an IPC stream keeps them exactly, and its
-    # digest matched): neither the data pages nor a cast back to the stored schema are needed.
-    value = serializers.decode(table, info.format, parsed.codec)
-    length = len(value) if isinstance(value, list | tuple) else None
-    if parsed.recorded and length != info.length:
-        raise CorruptResultError(f"its metadata records length {info.length}, but its value has {length}")
-    return info, value
+    # The copy is the value as written (its digest matched): the data pages are not read, and it
+    # is decoded only if someone needs the value (a hit whose downstream hits too never does).
+    decode = functools.partial(decode_inline, stream, info.format, parsed.codec, info.length)
+    return info, InlineValue(decode, info.version, info.length)

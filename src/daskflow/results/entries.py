@@ -424,7 +424,8 @@ class ResultStore:
     def lookup_many(
         self, keys: Sequence[str], *, defer_above: int | None = None, list_from: int = 16
     ) -> dict[str, tuple[EntryInfo, Any]]:
-        """The clean hits among ``keys`` in one go: key -> ``(info, value)`` as :meth:`lookup` gives.
+        """The clean hits among ``keys`` in one go: key -> ``(info, value)`` as :meth:`lookup` gives,
+        except that a small value is an :class:`~.deferred.InlineValue` (``.get()`` decodes it).
 
         One listing of the folder (from ``list_from`` keys on), one read per
         entry found, small values decoded from the copy their footer carries.
