@@ -26,11 +26,14 @@ from daskflow.cache_policies import CachePolicy, resolve_cache_policy, task_inpu
 from daskflow.context import get_flow_run_context, get_task_run_context, use_task_run_context
 from daskflow.engine import TaskCall, exponential_backoff, make_calls, run_task_async, run_task_sync
 from daskflow.engine.caching import caching_enabled
+from daskflow.engine.prefetch import look_up_calls, reach_of
 from daskflow.exceptions import ConfigurationError, UnhashableInputError
-from daskflow.futures import DaskflowFuture, DaskflowFutureList
+from daskflow.futures import DaskflowFuture, DaskflowFutureList, LocalFuture
 from daskflow.options import TaskOptions, build_options, with_changes
 from daskflow.parameters import Binder
-from daskflow.task_runners import TaskRunner, ThreadPoolTaskRunner
+from daskflow.states import State
+from daskflow.task_runners import SequentialTaskRunner, TaskRunner, ThreadPoolTaskRunner
+from daskflow.task_runners.sequential import FinishedFuture
 
 __all__ = ["ResultStorageKey", "Task", "exponential_backoff", "task", "task_input_hash"]
 
@@ -42,6 +45,8 @@ _STATIC_TYPES = (str, bytes, bytearray)
 # Values whose identity says nothing of where they came from: equal ones are often one shared object.
 _UNTRACKED = (str, bytes, int, float, bool, type(None), complex)
 _default_runner: TaskRunner | None = None
+# Futures whose final state is held in this process: a cache key over them can be computed here.
+_LOCAL_FUTURES = (LocalFuture, FinishedFuture)
 
 
 def _background_runner() -> TaskRunner:
@@ -52,6 +57,42 @@ def _background_runner() -> TaskRunner:
         runner.start()
         _default_runner = runner
     return _default_runner
+
+
+def _looks_up_here(runner: TaskRunner) -> bool:
+    """Whether hits are looked up before handing calls to ``runner``: daskflow's own runners only.
+
+    Others (the compiler's tracing runner, a user's) get every call, as they always did.
+    """
+    if isinstance(runner, SequentialTaskRunner | ThreadPoolTaskRunner):
+        return True
+    dask_runners = sys.modules.get("daskflow.task_runners.dask")  # loaded once a Dask runner exists
+    return dask_runners is not None and isinstance(runner, dask_runners.DaskTaskRunner)
+
+
+def _cached_here(runner: TaskRunner, call: TaskCall) -> State | None:
+    """The run's final state if its cache entry was found here (see daskflow.engine.prefetch)."""
+    if not getattr(call.task, "caching", False) or not _looks_up_here(runner):
+        return None
+    reach = reach_of(runner)
+    if reach.same_process:  # the runner runs it in this thread: its engine looks it up as cheaply
+        return None
+    [hit] = look_up_calls([call], reach, _LOCAL_FUTURES)
+    return hit
+
+
+def _submit(runner: TaskRunner, calls: list[TaskCall]) -> list[DaskflowFuture[Any]]:
+    """Hand ``calls`` to the runner, all but those whose cache entry was found here: they are done."""
+    if not calls or not getattr(calls[0].task, "caching", False) or not _looks_up_here(runner):
+        return runner.submit_batch(calls)
+    hits = look_up_calls(calls, reach_of(runner), _LOCAL_FUTURES)
+    misses = [call for call, hit in zip(calls, hits) if hit is None]
+    if len(misses) == len(calls):
+        return runner.submit_batch(calls)
+    submitted = iter(runner.submit_batch(misses) if misses else ())
+    return [
+        FinishedFuture(call.task_run, hit) if hit is not None else next(submitted) for call, hit in zip(calls, hits)
+    ]
 
 
 def _is_mappable(value: Any) -> bool:
@@ -125,9 +166,11 @@ class Task(Generic[P, R]):
             return self._call_async(call, return_state)  # type: ignore[return-value]
         flow_ctx = get_flow_run_context()
         if flow_ctx is not None and get_task_run_context() is None:
-            state = flow_ctx.task_runner.call(call)
+            runner = flow_ctx.task_runner
+            hit = _cached_here(runner, call)
+            state = runner.call(call) if hit is None else hit
             if return_state:
-                return state  # type: ignore[no-any-return]
+                return state  # type: ignore[return-value]
             value = state.result()
             if not isinstance(value, _UNTRACKED):  # small ints and the like are shared objects
                 flow_ctx.produced[id(value)] = (call.task_run.id, value)
@@ -153,7 +196,7 @@ class Task(Generic[P, R]):
         """Start the task and return a future of its run."""
         runner = self._runner()
         calls = make_calls(self, [self._bind(args, kwargs)], wait_for or ())
-        [future] = runner.submit_batch(calls)
+        [future] = _submit(runner, calls)
         if return_state:
             future.wait()
             return future.state  # type: ignore[return-value]
@@ -173,7 +216,7 @@ class Task(Generic[P, R]):
         bound = self._bind(args, kwargs)
         parameter_sets, sources = self._expand(bound, runner)
         calls = make_calls(self, parameter_sets, wait_for or (), mapped=True, sources=sources)
-        futures: DaskflowFutureList[R] = DaskflowFutureList(runner.submit_batch(calls))
+        futures: DaskflowFutureList[R] = DaskflowFutureList(_submit(runner, calls))
         if return_state:
             futures.wait()
             return [f.state for f in futures]  # type: ignore[return-value]

@@ -22,7 +22,7 @@ from typing import Any
 from daskflow.exceptions import CorruptResultError, ResultError, UnreadableValueError
 from daskflow.states import DeferredData, KnownValue, LoadedOnce
 
-__all__ = ["StoredValue", "UnreadableValueError"]
+__all__ = ["InlineValue", "StoredValue", "UnreadableValueError"]
 
 
 class StoredValue(LoadedOnce):
@@ -85,6 +85,46 @@ class StoredValue(LoadedOnce):
     def __repr__(self) -> str:
         where = "".join(f"[{i}]" for i in self.path)
         return f"StoredValue({self.key!r}{where}, version={self.version!r})"
+
+
+class InlineValue(LoadedOnce):
+    """A small value found by a batch lookup, still in the encoded form its entry's footer carried.
+
+    The copy's digest was checked when it was found, so it is the entry's value;
+    decoding it is left until someone needs it, which a hit whose downstream
+    hits too never does (see :mod:`daskflow.results.batch`). It travels decoded.
+    """
+
+    __slots__ = ("_decode", "_version", "_length")
+
+    def __init__(self, decode: Any, version: str, length: int | None) -> None:
+        super().__init__()
+        self._decode = decode
+        self._version = version
+        self._length = length
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def length(self) -> int | None:
+        return self._length
+
+    def in_memory(self) -> bool:
+        return True  # nothing is read from storage: the copy is here
+
+    def _load(self) -> Any:
+        return self._decode()
+
+    def item(self, index: int) -> DeferredData:
+        return KnownValue.of_item(self.get(), index, self.version)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (KnownValue, (self.get(), self.version))
+
+    def __repr__(self) -> str:
+        return f"InlineValue(version={self.version!r})"
 
 
 def _remove(store: Any, key: str) -> bool:

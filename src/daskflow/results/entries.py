@@ -9,13 +9,16 @@ entry's facts live in the Parquet footer's key-value metadata, under the key
      "codec": {...}, "schema": "<base64 Arrow IPC schema>",
      "versions": {"daskflow": ..., "pyarrow": ..., ...},
      "signature": "hmac-sha256:<hex>" | null,
-     "version": "<uuid4 hex>", "length": <int> | null}
+     "version": "<uuid4 hex>", "length": <int> | null,
+     "inline": "<base64 Arrow IPC>", "inline_sha256": "<hex>"}   (small values only)
 
 so listing entries reads footers only, and an entry is self-describing: the
 entries of one task can be found from the metadata alone. ``version`` names
 the data of one write (a rewrite of the key gets a new one) and ``length`` is
 the number of items of a stored list or tuple; both came after layout 1 was
 fixed, so an older entry lacks them (its version is then ``key@created``).
+``inline`` is a copy of a small value for batch lookups (see :mod:`.batch`);
+every other read decodes the data pages, as before.
 
 A lookup can be split in two: :meth:`ResultStore.head` reads the footer
 alone (is there a live entry, which version, how many items), and
@@ -57,7 +60,7 @@ import json
 import threading
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -72,6 +75,7 @@ from daskflow.exceptions import (
     UnsignedResultError,
 )
 from daskflow.results import serializers, signing
+from daskflow.results.batch import inline_fields, lookup_many
 from daskflow.results.metadata import (
     ENTRY_SUFFIX,
     LAYOUT_VERSION,
@@ -306,6 +310,7 @@ class ResultStore:
             "signature": signature,
             "version": version,
             "length": length,
+            **inline_fields(encoded.table, encoded.format),
         }
         table = encoded.table
         schema_metadata = dict(table.schema.metadata or {})
@@ -415,6 +420,31 @@ class ResultStore:
                 return None if info is None else (info, self.NOT_READ)
         found = self.read(key, now=now)
         return None if found is None else (found.info, found.value)
+
+    def lookup_many(
+        self, keys: Sequence[str], *, defer_above: int | None = None, list_from: int = 16
+    ) -> dict[str, tuple[EntryInfo, Any]]:
+        """The clean hits among ``keys`` in one go: key -> ``(info, value)`` as :meth:`lookup` gives,
+        except that a small value is an :class:`~.deferred.InlineValue` (``.get()`` decodes it).
+
+        One listing of the folder (from ``list_from`` keys on), one read per
+        entry found, small values decoded from the copy their footer carries.
+        Quiet: a key that is not a clean hit (absent, expired, unusable) is
+        left out without a warning, for the caller to look up again the usual
+        way (see :mod:`daskflow.results.batch`).
+        """
+        _load_libraries()
+        return lookup_many(self, keys, defer_above=defer_above, list_from=list_from)
+
+    @property
+    def strategy(self) -> str:
+        """How the storage publishes entries: ``local``, ``put`` or ``rename`` (see :mod:`.storage`)."""
+        return self._location.strategy
+
+    @property
+    def in_process(self) -> bool:
+        """Whether the entries live in this process's memory only (``memory://``)."""
+        return self._location.in_process
 
     def load(self, key: str, version: str, *, item: int | None = None) -> Any:
         """The value of version ``version`` of the entry for ``key``: all of it, or item ``item`` of a list.

@@ -114,6 +114,9 @@ class ParsedFooter:
     schema: str | None
     signature: str | None
     recorded: bool = True
+    # The value's Arrow IPC stream and its SHA-256, when small enough to ride in the footer (see .batch).
+    inline: str | None = None
+    inline_sha256: str | None = None
 
 
 def parse_metadata(raw: Mapping[bytes, bytes] | None, key: str, path: str, size: int) -> ParsedFooter:
@@ -155,6 +158,9 @@ def parse_metadata(raw: Mapping[bytes, bytes] | None, key: str, path: str, size:
         )
         codec = dict(meta.get("codec") or {})
         schema, signature = meta.get("schema"), meta.get("signature")
+        inline, inline_sha256 = meta.get("inline"), meta.get("inline_sha256")
+        if inline is not None and not (isinstance(inline, str) and isinstance(inline_sha256, str)):
+            raise ValueError("its inline value is not a text with its digest")
     except ResultError:
         raise
     except Exception as exc:
@@ -165,6 +171,8 @@ def parse_metadata(raw: Mapping[bytes, bytes] | None, key: str, path: str, size:
         schema=None if schema is None else str(schema),
         signature=None if signature is None else str(signature),
         recorded=version is not None,
+        inline=inline,
+        inline_sha256=inline_sha256,
     )
 
 

@@ -1,0 +1,235 @@
+"""Cache hits found where runs are submitted, a whole map at once, before anything is sent.
+
+A cached run normally looks its entry up where it executes: on Dask, a Dask
+task starts, computes its key on a worker, reads the entry and ends
+``Cached``. For a map of 10,000 hits that is 10,000 Dask tasks doing almost
+nothing, each costing the scheduler more than the work. Yet the key of a run
+often needs nothing the submitting process lacks: its arguments are plain
+values, or the states of upstream runs already known here (a versioned value
+is keyed by its version, never read). :func:`look_up_calls` computes those
+keys here, asks the store for all of them at once (one listing of its folder
+and one read per entry found, see :meth:`ResultStore.lookup_many`), and ends
+each hit ``Cached`` on the spot through the engine's own
+:meth:`~daskflow.engine.TaskRunEngine.finish`, so its state reaches the run
+history like any other; only the misses are handed to the runner.
+
+This is an optimisation, never a second judge: anything other than a clean
+hit — an absent, expired, corrupt or foreign entry, a key that cannot be
+computed here, an upstream that failed or is not known here — is left to the
+run itself, which looks again the usual way, warns about what it finds and
+fails or recomputes as it always did. So the guarantees of
+:mod:`daskflow.engine.caching` hold unchanged: an entry another task wrote is
+never a hit, and a corrupt one is a miss with a warning (from the run).
+
+Which stores are looked up here: those the executing side sees as this
+process sees them (:class:`ClientReach`). An object store (``s3://``...) is
+the same everywhere; a local folder only when the workers share this
+machine; ``memory://`` only when they share this process. Any other store
+falls back to the lookup where the run executes, as before.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from daskflow import settings
+from daskflow.cache_policies import (
+    CacheKeyFnPolicy,
+    CompoundCachePolicy,
+    FlowParameters,
+    Inputs,
+    NoCache,
+    RunId,
+    TaskSource,
+    task_input_hash,
+)
+from daskflow.context import TaskRunContext
+from daskflow.engine.caching import result_store, storage_key
+from daskflow.engine.calls import TaskCall
+from daskflow.engine.inputs import iter_upstreams, resolve_inputs, wait_for_all
+from daskflow.engine.task_engine import TaskRunEngine
+from daskflow.exceptions import DaskflowError
+from daskflow.results import ResultStore
+from daskflow.results.deferred import StoredValue
+from daskflow.states import Cached, DeferredData, KnownValue, State
+
+__all__ = ["LOCAL_REACH", "ClientReach", "look_up_calls", "reach_of"]
+
+# Parts of a policy that key a run on what it is given and nothing else (a reference by its
+# version): their key is the same wherever it is computed. A cache_key_fn, FileVersions (it
+# reads paths that may be the workers') or a policy of the user's own may not be.
+_PORTABLE = (Inputs, TaskSource, FlowParameters, RunId, NoCache)
+# Fewer keys than this are looked up one by one: a listing of a large folder would cost more.
+_LIST_FROM = 16
+_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+_REACH_SECONDS = 5.0  # how long a cluster's answer (where its workers are) is trusted
+
+
+@dataclass(frozen=True)
+class ClientReach:
+    """Which storage the submitting process shares with where runs execute.
+
+    ``same_process``: they execute in this process (``memory://`` is shared);
+    ``same_host``: on this machine (a local folder is shared).
+    """
+
+    same_process: bool
+    same_host: bool
+
+
+LOCAL_REACH = ClientReach(same_process=True, same_host=True)
+_cluster_reach: weakref.WeakKeyDictionary[Any, tuple[float, ClientReach]] = weakref.WeakKeyDictionary()
+_reach_lock = threading.Lock()
+
+
+def reach_of(runner: Any) -> ClientReach:
+    """Where ``runner`` executes, as far as storage goes.
+
+    A runner without a Dask ``client`` runs in this process. With one, the
+    workers are asked for (once per few seconds per client): on this machine
+    only if every worker listens on a loopback address.
+    """
+    client = getattr(runner, "client", None)
+    if client is None:
+        return LOCAL_REACH
+    now = time.monotonic()
+    cached = _cluster_reach.get(client)
+    if cached is not None and now - cached[0] < _REACH_SECONDS:
+        return cached[1]
+    try:
+        workers = client.scheduler_info().get("workers", {})
+        hosts = {_host_of(address) for address in workers}
+        same_host = bool(hosts) and hosts <= _LOCAL_HOSTS
+    except Exception:  # a scheduler that cannot say: assume the workers see nothing of ours
+        same_host = False
+    reach = ClientReach(same_process=False, same_host=same_host)
+    with _reach_lock:
+        _cluster_reach[client] = (now, reach)
+    return reach
+
+
+def _host_of(address: str) -> str:
+    rest = address.split("://", 1)[-1]
+    host, _, _ = rest.rpartition(":")
+    return host or rest
+
+
+def _reachable(store: ResultStore, reach: ClientReach) -> bool:
+    """Whether ``store`` holds the same entries here and where the runs execute."""
+    strategy = store.strategy
+    if strategy == "local":
+        return reach.same_host
+    if store.in_process:
+        return reach.same_process
+    return True  # object stores and network filesystems: one store, whoever asks
+
+
+def _portable(policy: Any) -> bool:
+    if isinstance(policy, CompoundCachePolicy):
+        return all(_portable(part) for part in policy.policies)
+    if isinstance(policy, CacheKeyFnPolicy):
+        return policy.cache_key_fn is task_input_hash  # arguments and code only
+    return isinstance(policy, _PORTABLE)
+
+
+def _task_qualifies(task: Any, reach: ClientReach) -> bool:
+    """Whether runs of ``task`` may be looked up here at all (before any key is computed)."""
+    if not getattr(task, "caching", False):
+        return False
+    options = task.options
+    if options.refresh_cache or options.task_run_name is not None:
+        return False  # a forced recompute; a run name formed from the values themselves
+    if not _portable(task.cache_policy):
+        return False
+    # A hit ends here and runs its completion hooks here: only where the run would have run them.
+    return not (options.on_completion and not reach.same_process)
+
+
+def look_up_calls(calls: Sequence[TaskCall], reach: ClientReach, known_futures: tuple[type, ...]) -> list[State | None]:
+    """For each call, its final ``Cached`` state if its entry was found here, else None (submit it).
+
+    ``known_futures`` are the future classes whose final state is in this
+    process (a finished future of a local runner, a hit made here): a call
+    whose arguments hold any other future, or one not yet done, is left to
+    its run. Hits are ended through the engine, so they are recorded in the
+    history and their hooks run, as for a hit found where the run executes.
+    """
+    found: list[State | None] = [None] * len(calls)
+    by_task: dict[int, list[int]] = {}
+    for position, call in enumerate(calls):
+        by_task.setdefault(id(call.task), []).append(position)
+    for positions in by_task.values():
+        task = calls[positions[0]].task
+        if not _task_qualifies(task, reach):
+            continue
+        try:
+            store = result_store(task.options.result_storage)
+        except DaskflowError:
+            continue  # a storage that cannot be opened here: the run says why where it runs
+        if not _reachable(store, reach):
+            continue
+        keys: dict[int, str] = {}
+        for position in positions:
+            key = _key_here(calls[position], known_futures)
+            if key is not None:
+                keys[position] = storage_key(task.options.name, key)
+        if not keys:
+            continue
+        entries = store.lookup_many(
+            list(dict.fromkeys(keys.values())),
+            defer_above=int(settings.get("results.defer_above")),
+            list_from=_LIST_FROM,
+        )
+        for position, skey in keys.items():
+            hit = entries.get(skey)
+            if hit is None:
+                continue
+            info, value = hit
+            if info.task_name != task.options.name:
+                continue  # another task's entry: the run itself warns and recomputes
+            data: DeferredData
+            if value is store.NOT_READ:
+                data = StoredValue(store, skey, info.version, info.length)
+            elif isinstance(value, DeferredData):  # a small value still encoded: decoded if needed
+                data = value
+            else:
+                data = KnownValue(value, info.version)
+            call = calls[position]
+            call.task_run.cache_key = skey
+            found[position] = TaskRunEngine(call).finish(Cached(data, f"cache hit: {skey}"))
+    return found
+
+
+def _key_here(call: TaskCall, known_futures: tuple[type, ...]) -> str | None:
+    """The policy's key of ``call`` if every input it needs is known in this process, else None."""
+    if call.crash is not None or (call.cancel_event is not None and call.cancel_event.is_set()):
+        return None
+    for future in iter_upstreams((call.parameters, call.wait_for)):
+        if not isinstance(future, known_futures) or not future.done():
+            return None
+    where = f"task run {call.task_run.name!r}"
+    try:
+        if call.wait_for:
+            wait_for_all(call.wait_for, where)
+        parameters = resolve_inputs(call.parameters, where, [])
+        context = TaskRunContext(
+            task=call.task,
+            task_run=call.task_run,
+            parameters=parameters,
+            flow_run_id=call.flow_run_id,
+            flow_run_name=call.flow_run_name,
+            flow_name=call.flow_name,
+            flow_parameters=call.flow_parameters,
+            log_prints=call.log_prints,
+            concurrency_limits=call.concurrency_limits,
+            flow_facts=call.flow_facts,
+        )
+        key: str | None = call.task.cache_policy.compute_key(context, parameters, call.flow_parameters)
+    except Exception:  # a failed upstream, an unhashable argument: the run ends as it always did
+        return None
+    return key

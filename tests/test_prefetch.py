@@ -1,0 +1,238 @@
+"""Cache hits found where a map is submitted: hits never become Dask tasks, misses do.
+
+Counted, not timed: the keys the scheduler saw (a scheduler plugin records every
+key that enters its state machine), the executions in the side channel, the
+states and the history rows. A run whose key the client can know (plain
+arguments, or cached upstream runs already ended here) is looked up on the
+client; everything else — a corrupt entry, an entry of another task, a store
+the workers do not share — goes to the runner and is judged there as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from conftest import put_raw, raw_bytes
+from daskflow import flow, task
+from daskflow.cache_policies import INPUTS
+from daskflow.engine.prefetch import ClientReach, _reachable
+from daskflow.results import ResultStore
+from daskflow.task_runners import DaskTaskRunner
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class KeysSeen(SchedulerPlugin):
+    """Every key that enters the scheduler's state machine, by task name prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.keys: set[str] = set()
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if isinstance(key, str) and key.startswith(self.prefix) and start == "released":
+            self.keys.add(key)
+
+
+@pytest.fixture
+def seen(dask_client: Any) -> Iterator[KeysSeen]:
+    """A plugin on the session scheduler counting the keys of tasks named ``seen.prefix``."""
+    prefix = f"prefetched-{uuid.uuid4().hex[:8]}"
+    plugin = KeysSeen(prefix)
+    name = f"keys-seen-{prefix}"
+    dask_client.register_plugin(plugin, name=name)
+    try:
+        # The scheduler of a LocalCluster runs in this process: read the copy it was given.
+        yield dask_client.cluster.scheduler.plugins[name]
+    finally:
+        dask_client.unregister_scheduler_plugin(name)
+
+
+def _dask_key(future: Any) -> str:
+    return f"{future.task_run.task_name}-{future.task_run.id.replace('-', '')}"
+
+
+def _cached_map(name: str, storage: str, executions: Any) -> Any:
+    @task(name=name, cache_policy=INPUTS, result_storage=storage)
+    def inc(x: int) -> int:
+        executions.record(f"inc|{x}")
+        return x + 1
+
+    return inc
+
+
+def test_an_all_hit_map_submits_no_dask_task_and_a_partial_one_only_its_misses(
+    dask_client: Any, seen: KeysSeen, tmp_path: Path, executions: Any, history: Any
+) -> None:
+    inc = _cached_map(seen.prefix, (tmp_path / "results").as_uri(), executions)
+    made: list[Any] = []
+
+    @flow(name="prefetched", task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline(n: int) -> list[int]:
+        futures = inc.map(range(n))
+        made[:] = futures
+        return futures.result()
+
+    assert pipeline(20) == list(range(1, 21))
+    cold_keys = set(seen.keys)
+    assert len(cold_keys) == 20, f"a cold map of 20 is 20 Dask tasks, the scheduler saw {len(cold_keys)}"
+    assert len(executions.keys()) == 20
+
+    assert pipeline(20) == list(range(1, 21))
+    assert seen.keys == cold_keys, f"an all-hit map submitted {len(seen.keys - cold_keys)} Dask tasks, not 0"
+    assert [f.state.name for f in made] == ["Cached"] * 20, [f.state.name for f in made]
+    assert len(executions.keys()) == 20, "a hit executed"
+
+    assert pipeline(30) == list(range(1, 31))
+    new_keys = seen.keys - cold_keys
+    misses = {_dask_key(f) for f in made if f.state.name != "Cached"}
+    assert len(misses) == 10 and new_keys == misses, f"submitted {len(new_keys)} keys for {len(misses)} misses"
+    assert sorted(executions.keys()) == sorted([f"inc|{i}" for i in range(20)] + [f"inc|{i}" for i in range(20, 30)])
+
+    # Each hit still has its task run and state in the history, like a hit found on a worker.
+    store = history()
+    newest, warm, cold = store.list_flow_runs(flow_name="prefetched")
+    assert (cold.task_runs, cold.cache_hits) == (20, 0), cold
+    assert (warm.task_runs, warm.cache_hits) == (20, 20), warm
+    assert (newest.task_runs, newest.cache_hits) == (30, 20), newest
+    runs = store.task_runs(warm.id)
+    assert all(run.state_name == "Cached" and run.cache_key for run in runs), runs[:3]
+
+
+def test_a_reduce_over_hits_is_a_hit_and_nothing_reaches_the_scheduler(
+    dask_client: Any, seen: KeysSeen, tmp_path: Path, executions: Any
+) -> None:
+    storage = (tmp_path / "results").as_uri()
+    inc = _cached_map(seen.prefix, storage, executions)
+
+    @task(name=f"{seen.prefix}-total", cache_policy=INPUTS, result_storage=storage)
+    def total(values: list[int]) -> int:
+        executions.record("total")
+        return sum(values)
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline(n: int) -> int:
+        return total(inc.map(range(n)))
+
+    assert pipeline(30) == sum(range(1, 31))
+    cold_keys = set(seen.keys)
+    assert len(cold_keys) == 31, len(cold_keys)
+    assert pipeline(30) == sum(range(1, 31))
+    assert seen.keys == cold_keys, f"the all-hit run submitted {sorted(seen.keys - cold_keys)}"
+    assert executions.count("total") == 1, executions.keys()
+
+
+def test_a_corrupt_entry_is_a_miss_recomputed_on_the_worker(
+    dask_client: Any, seen: KeysSeen, tmp_path: Path, executions: Any
+) -> None:
+    store = ResultStore((tmp_path / "results").as_uri())
+    inc = _cached_map(seen.prefix, store.url, executions)
+    made: list[Any] = []
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline(n: int) -> list[int]:
+        futures = inc.map(range(n))
+        made[:] = futures
+        return futures.result()
+
+    pipeline(20)
+    keys = [f.task_run.cache_key for f in made]
+    good = raw_bytes(store, keys[3])
+    damage = {3: b"", 4: good[: len(good) // 2], 5: good[:-3], 6: bytes(reversed(good))}
+    for index, data in damage.items():
+        put_raw(store, keys[index], data)
+    cold_keys = set(seen.keys)
+    assert pipeline(20) == list(range(1, 21)), "a corrupt entry gave a wrong value"
+    names = {i: f.state.name for i, f in enumerate(made)}
+    assert {i for i, n in names.items() if n != "Cached"} == set(damage), names
+    assert seen.keys - cold_keys == {_dask_key(made[i]) for i in damage}, "not exactly the corrupt entries went"
+    assert sorted(e for e in executions.keys() if e in {f"inc|{i}" for i in damage}) == sorted(
+        [f"inc|{i}" for i in damage] * 2
+    ), executions.keys()
+
+
+def test_an_entry_of_another_task_is_a_miss_with_a_warning(
+    task_runner: Any, tmp_path: Path, executions: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ResultStore((tmp_path / "results").as_uri())
+    inc = _cached_map(f"orders-{uuid.uuid4().hex[:6]}", store.url, executions)
+    made: list[Any] = []
+
+    @flow(task_runner=task_runner)
+    def pipeline(n: int) -> list[int]:
+        futures = inc.map(range(n))
+        made[:] = futures
+        return futures.result()
+
+    pipeline(20)
+    foreign = made[7].task_run.cache_key
+    store.write(foreign, 999, task_name="customers")
+    with caplog.at_level(logging.WARNING, logger="daskflow"):
+        assert pipeline(20) == list(range(1, 21)), "another task's value was returned"
+    assert [i for i, f in enumerate(made) if f.state.name != "Cached"] == [7]
+    assert executions.count("inc|7") == 2, executions.keys()
+    if not isinstance(task_runner, DaskTaskRunner):  # on Dask the warning is in the worker's run log
+        assert "written by task 'customers'" in caplog.text, caplog.text
+
+
+def test_hits_over_every_runner_end_cached_and_feed_downstream_runs(
+    task_runner: Any, tmp_path: Path, executions: Any
+) -> None:
+    storage = (tmp_path / "results").as_uri()
+    inc = _cached_map(f"inc-{uuid.uuid4().hex[:6]}", storage, executions)
+
+    @task
+    def double(x: int) -> int:  # not cached: it runs every time, on the hits' values
+        return 2 * x
+
+    states: list[str] = []
+
+    @flow(task_runner=task_runner)
+    def pipeline(n: int) -> list[int]:
+        firsts = inc.map(range(n))
+        seconds = double.map(firsts)
+        values = seconds.result()
+        states[:] = [f.state.name for f in firsts]
+        return values
+
+    assert pipeline(25) == [2 * (i + 1) for i in range(25)]
+    assert pipeline(25) == [2 * (i + 1) for i in range(25)]
+    assert states == ["Cached"] * 25, states
+    assert len(executions.keys()) == 25, executions.keys()
+
+
+def test_a_store_the_workers_do_not_share_is_looked_up_on_the_workers(
+    dask_client: Any, seen: KeysSeen, memory_url: str, executions: Any
+) -> None:
+    # memory:// lives in each process: an entry only the client holds is not the workers'.
+    store = ResultStore(memory_url)
+    inc = _cached_map(seen.prefix, memory_url, executions)
+    made: list[Any] = []
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline(n: int) -> list[int]:
+        futures = inc.map(range(n))
+        made[:] = futures
+        return futures.result()
+
+    pipeline(3)
+    for future in made:  # the workers wrote theirs; the client now gets entries of its own
+        store.write(future.task_run.cache_key, -1, task_name=future.task_run.task_name)
+    assert pipeline(3) == [1, 2, 3], "the client's own memory entries were taken as the workers'"
+    assert len(seen.keys) == 6, f"the second run must go to the workers; the scheduler saw {len(seen.keys)} keys"
+
+
+def test_which_stores_are_looked_up_where_runs_are_submitted(tmp_path: Path, memory_url: str) -> None:
+    local, memory = ResultStore(tmp_path.as_uri()), ResultStore(memory_url)
+    here = ClientReach(same_process=True, same_host=True)
+    same_machine = ClientReach(same_process=False, same_host=True)
+    elsewhere = ClientReach(same_process=False, same_host=False)
+    assert [_reachable(local, r) for r in (here, same_machine, elsewhere)] == [True, True, False]
+    assert [_reachable(memory, r) for r in (here, same_machine, elsewhere)] == [True, False, False]
