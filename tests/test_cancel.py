@@ -103,15 +103,13 @@ def test_runs_cancel_stops_a_dask_flow_and_frees_its_slot(history: Any, dask_cli
     assert not running.done(), running.result()
     flow_run_id = next(m for m in markers if m.exists()).read_text()
     store = history()  # flushes: the run is in the store before the CLI looks for it
-    started = time.monotonic()
-
     result = _cli("cancel", flow_run_id[:8], "--reason", "testing", "--url", store.url)
 
     assert result.exit_code == 0, result.output
     assert "Asked flow run" in result.output and flow_run_id in result.output
     state = running.result(timeout=20)
     assert state.is_cancelled(), state
-    assert time.monotonic() - started < 10
+    # Interrupted, not run to its end: a task left running would end Failed (its TimeoutError).
     assert "testing" in (state.message or "")
     task_states = [t.state for t in state.flow_run.task_runs]
     assert task_states and all(s.is_cancelled() for s in task_states), task_states
