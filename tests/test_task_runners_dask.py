@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import dask.config
+import distributed
 import pytest
 from dask.utils import key_split
 from distributed import Client, LocalCluster
@@ -101,6 +102,29 @@ def test_an_active_default_client_is_used_and_left_open(dask_cluster: Any) -> No
         assert pipeline() == client.scheduler.address
         assert client.status == "running"
         assert client.submit(lambda: 2).result() == 2
+
+
+def test_a_closed_default_client_is_not_used(dask_cluster: Any) -> None:
+    # A client whose close failed, or is under way in another thread, can still be the current
+    # one (distributed.default_client returns it); every call on it fails "ConnectionPool is
+    # closed". Seen once in the suite: a runner given nothing must start its own cluster then.
+    @task
+    def one() -> int:
+        return 1
+
+    @flow(task_runner=DaskTaskRunner())
+    def pipeline() -> tuple[int, str]:
+        ctx = get_flow_run_context()
+        assert ctx is not None
+        return one(), str(ctx.task_runner.client.scheduler.address)
+
+    closed = Client(dask_cluster, set_as_default=False)
+    closed.close()
+    with closed.as_current():
+        assert distributed.default_client() is closed
+        value, address = pipeline()
+    assert value == 1
+    assert address != dask_cluster.scheduler_address and address.startswith("tcp://127.0.0.1:")
 
 
 def test_keys_are_named_after_the_task_and_maps_are_one_batch(dask_client: Client) -> None:

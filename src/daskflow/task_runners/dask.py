@@ -260,11 +260,16 @@ class DaskTaskRunner(TaskRunner):
                     "check that the scheduler is running and the address is right, or raise "
                     "dask.config daskflow.dask.connect_timeout"
                 ) from None
-        if self.cluster_class is None:
+        if self.cluster_class is None and not self.cluster_kwargs and not self.adapt_kwargs:
+            # Nothing said about a cluster: the process's default client (a notebook's) if it is up.
+            # One that is closing or closed (its close failed, or another thread's is in progress)
+            # is still the default until it is gone, and would fail every call: start one instead.
             try:
-                return distributed.default_client(), None, False
+                client = distributed.default_client()
             except ValueError:
-                pass
+                client = None
+            if client is not None and client.status == "running":
+                return client, None, False
         cluster = self._make_cluster()
         try:
             client = self._new_client(cluster)
