@@ -259,9 +259,14 @@ def test_run_all_runs_a_suite_in_a_subprocess_and_writes_its_json(tmp_path: Path
     assert calls["metrics"]["per_call_us"] > 0
     # The one table, printed at the end.
     assert "W6 sequential task calls" in done.stdout.split("All suites (quick):")[1]
-    # The one chart: a PNG (matplotlib is in the bench extra and the test venv).
-    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"chart: {chart}" in done.stdout
+    # The one chart: a PNG where matplotlib is installed (the bench extra: `make bench`); without
+    # it (the test extra alone, as on a fresh clone) the driver says so and how to get it.
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"chart: {chart}" in done.stdout
+    else:
+        assert not chart.exists()
+        assert "chart skipped: matplotlib is not installed (pip install -e '.[bench]')" in done.stdout
 
 
 def test_the_chart_places_each_figure_under_its_system() -> None:
