@@ -121,12 +121,6 @@ def test_a_task_reads_a_value_of_its_transaction(task_runner: Any, request: pyte
     assert dated() == "2024-05-01"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transaction(key=...) does not look the key up: a second block with a committed key is ACTIVE, not "
-    "committed, so Prefect's idempotency example (exit early when txn.is_committed()) runs the work again. "
-    "Needs a record of committed keys in daskflow/transactions.py (owned by another engineer)",
-)
 def test_a_keyed_transaction_that_committed_is_committed_the_next_time(tmp_path: Path) -> None:
     runs: list[str] = []
 
