@@ -142,18 +142,10 @@ def test_a_keyed_transaction_that_committed_is_committed_the_next_time(tmp_path:
     assert runs == ["download"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Prefect's race-condition example imports MemoryLockManager from prefect.locking.memory (daskflow has "
-    "daskflow.locking, a module, not a package with .memory/.filesystem), builds ResultStore(lock_manager=...) "
-    "(daskflow's ResultStore takes no lock manager) and relies on a keyed transaction being found committed; all "
-    "three belong to locking.py, results/ and transactions.py, owned by other engineers",
-)
 def test_serializable_keyed_transactions_write_once_across_threads(tmp_path: Path) -> None:
     import threading
 
     from daskflow.locking.memory import MemoryLockManager
-
     from daskflow.results import ResultStore
     from daskflow.transactions import IsolationLevel
 
