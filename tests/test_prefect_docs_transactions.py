@@ -102,8 +102,9 @@ def test_a_task_reads_a_value_of_its_transaction(task_runner: Any, request: pyte
             pytest.mark.xfail(
                 strict=True,
                 reason="on Dask the task runs on a worker, where the transaction() block (a context variable of the flow's "
-                "process) does not travel: get_transaction() is None there. The fix is in how a task call carries "
-                "its context to the worker (engine/calls.py, transactions.py: owned by others)",
+                "process) does not travel: get_transaction() is None there. The fix: a picklable snapshot of the block "
+                "(key, state, values) on TaskCall (engine/calls.py), passed in DaskTaskRunner._make_flow_info "
+                "(task_runners/dask.py) and entered with use_transaction() in run_on_worker (dask_worker.py)",
             )
         )
 
