@@ -196,3 +196,57 @@ def test_a_serializable_transaction_locks_through_the_policy_manager(tmp_path: P
     assert run("SERIALIZABLE", 3) == 3
     assert seen == [0, 0, 1], f"lock files seen by each run: {seen}"
     assert list((tmp_path / "locks").glob("*.lock")) == []
+
+
+# -- Prefect's module paths, and a result store that locks ------------------------------------------
+
+
+def test_prefect_module_paths_name_the_same_managers() -> None:
+    from daskflow.locking.filesystem import FileSystemLockManager as FromFilesystem
+    from daskflow.locking.memory import MemoryLockManager as FromMemory
+    from daskflow.locking.protocol import LockManager as FromProtocol
+
+    assert (FromFilesystem, FromMemory, FromProtocol) == (FileSystemLockManager, MemoryLockManager, LockManager)
+
+
+def test_a_result_store_locks_through_its_manager_and_keeps_it_across_pickling(tmp_path: Path) -> None:
+    import pickle
+
+    from daskflow.results import ResultStore
+
+    locks = FileSystemLockManager(tmp_path / "locks")
+    store = ResultStore(tmp_path.as_uri(), lock_manager=locks)
+    assert store.acquire_lock("record", holder="me") and store.is_locked("record")
+    again = pickle.loads(pickle.dumps(store))
+    assert again.lock_manager == locks and again.is_lock_holder("record", holder="me")
+    assert not again.acquire_lock("record", holder="someone else", acquire_timeout=0)
+    store.release_lock("record", holder="me")
+    assert again.wait_for_lock("record", timeout=5) and not again.is_locked("record")
+
+
+KEYED_BLOCK = """
+import os, sys
+from daskflow.locking.filesystem import FileSystemLockManager
+from daskflow.results import ResultStore
+from daskflow.transactions import IsolationLevel, transaction
+
+store = ResultStore(sys.argv[1], lock_manager=FileSystemLockManager(sys.argv[2]))
+with transaction(key="nightly-export", store=store, isolation_level=IsolationLevel.SERIALIZABLE) as txn:
+    if not txn.is_committed():
+        with open(sys.argv[3], "a") as log:   # the work the record guards
+            log.write(f"{os.getpid()}\\n")
+        txn.stage(os.getpid())
+"""
+
+
+def test_serializable_keyed_blocks_in_several_processes_do_the_work_once(tmp_path: Path) -> None:
+    """Prefect's race-condition example across processes: a shared lock folder and result folder."""
+    script = tmp_path / "block.py"
+    script.write_text(textwrap.dedent(KEYED_BLOCK))
+    log = tmp_path / "work.log"
+    args = [(tmp_path / "records").as_uri(), str(tmp_path / "locks"), str(log)]
+    processes = [subprocess.Popen([sys.executable, str(script), *args]) for _ in range(3)]
+    codes = [p.wait(120) for p in processes]
+    assert codes == [0, 0, 0]
+    workers = log.read_text().split()
+    assert len(workers) == 1, f"{len(workers)} processes did the work: {workers}"

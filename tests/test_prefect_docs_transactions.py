@@ -102,8 +102,9 @@ def test_a_task_reads_a_value_of_its_transaction(task_runner: Any, request: pyte
             pytest.mark.xfail(
                 strict=True,
                 reason="on Dask the task runs on a worker, where the transaction() block (a context variable of the flow's "
-                "process) does not travel: get_transaction() is None there. The fix is in how a task call carries "
-                "its context to the worker (engine/calls.py, transactions.py: owned by others)",
+                "process) does not travel: get_transaction() is None there. The fix: a picklable snapshot of the block "
+                "(key, state, values) on TaskCall (engine/calls.py), passed in DaskTaskRunner._make_flow_info "
+                "(task_runners/dask.py) and entered with use_transaction() in run_on_worker (dask_worker.py)",
             )
         )
 
@@ -121,12 +122,6 @@ def test_a_task_reads_a_value_of_its_transaction(task_runner: Any, request: pyte
     assert dated() == "2024-05-01"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transaction(key=...) does not look the key up: a second block with a committed key is ACTIVE, not "
-    "committed, so Prefect's idempotency example (exit early when txn.is_committed()) runs the work again. "
-    "Needs a record of committed keys in daskflow/transactions.py (owned by another engineer)",
-)
 def test_a_keyed_transaction_that_committed_is_committed_the_next_time(tmp_path: Path) -> None:
     runs: list[str] = []
 
@@ -148,18 +143,10 @@ def test_a_keyed_transaction_that_committed_is_committed_the_next_time(tmp_path:
     assert runs == ["download"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Prefect's race-condition example imports MemoryLockManager from prefect.locking.memory (daskflow has "
-    "daskflow.locking, a module, not a package with .memory/.filesystem), builds ResultStore(lock_manager=...) "
-    "(daskflow's ResultStore takes no lock manager) and relies on a keyed transaction being found committed; all "
-    "three belong to locking.py, results/ and transactions.py, owned by other engineers",
-)
 def test_serializable_keyed_transactions_write_once_across_threads(tmp_path: Path) -> None:
     import threading
 
     from daskflow.locking.memory import MemoryLockManager
-
     from daskflow.results import ResultStore
     from daskflow.transactions import IsolationLevel
 

@@ -5,6 +5,7 @@ every runner."""
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,16 @@ import pytest
 
 from daskflow import flow, task
 from daskflow.cache_policies import INPUTS
-from daskflow.transactions import IsolationLevel, Transaction, TransactionState, get_transaction, transaction
+from daskflow.exceptions import ResultWarning
+from daskflow.results import ResultStore
+from daskflow.transactions import (
+    IsolationLevel,
+    KeyedTransaction,
+    Transaction,
+    TransactionState,
+    get_transaction,
+    transaction,
+)
 
 
 def _tasks(executions: Any, storage: str) -> tuple[Any, Any]:
@@ -99,3 +109,83 @@ def test_an_unobserved_failure_rolls_back_with_a_warning(
         load(return_state=True)
     assert executions.count("rollback-extract-ROLLED_BACK") == 1
     assert any("did not complete" in r.getMessage() and "rolling back" in r.getMessage() for r in caplog.records)
+
+
+# -- keyed blocks: a record per key in a result store ---------------------------------------------
+
+
+def test_a_keyed_block_writes_its_staged_value_and_the_next_block_starts_committed(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path.as_uri())
+    key = "report 2024/05"  # not a file name: the record is stored under its digest
+    with transaction(key=key, store=store) as first:
+        assert first.is_active() and not first.is_committed()
+        first.stage({"rows": 3})
+    assert first.is_committed()
+
+    with transaction(key=key, store=store) as second:
+        assert second.is_committed(), "a block whose key committed before starts committed"
+        assert isinstance(second, KeyedTransaction) and second.read() == {"rows": 3}
+
+    with transaction(key=key, store=store, overwrite=True) as third:
+        assert third.is_active(), "overwrite=True ignores the record"
+        third.stage("again")
+    assert third.read() == "again"
+
+
+def test_a_failed_keyed_block_writes_no_record(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path.as_uri())
+    with pytest.raises(ValueError, match="bad day"):
+        with transaction(key="day-1", store=store) as txn:
+            txn.stage("partial")
+            raise ValueError("bad day")
+    assert txn.is_rolled_back() and not store.exists("day-1")
+    with transaction(key="day-1", store=store) as retry:
+        assert not retry.is_committed()
+    with transaction(key="day-2", store=store, write_on_commit=False):
+        pass
+    assert not store.exists("day-2"), "write_on_commit=False commits without a record"
+
+
+def test_a_corrupt_record_is_not_committed_and_is_rewritten(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path.as_uri())
+    with transaction(key="nightly", store=store):
+        pass
+    record = Path(store.path("nightly").removeprefix("file://"))
+    record.write_bytes(record.read_bytes()[:100])  # a writer cut short (or a disk that lost the tail)
+
+    with pytest.warns(ResultWarning, match="nightly"):
+        with transaction(key="nightly", store=store) as txn:
+            assert not txn.is_committed(), "an unreadable record is not a commit, and no crash"
+    assert txn.is_committed() and store.head("nightly") is not None, "the block's commit wrote a good record"
+
+
+def test_serializable_keyed_blocks_without_a_lock_manager_run_once_per_process(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path.as_uri())
+    inside = threading.Barrier(2, timeout=30)
+    ran: list[int] = []
+
+    def block(number: int) -> None:
+        inside.wait()  # both threads start their block together
+        with transaction(key="once", store=store, isolation_level="SERIALIZABLE") as txn:
+            if not txn.is_committed():
+                ran.append(number)
+
+    threads = [threading.Thread(target=block, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(ran) == 1, f"{len(ran)} blocks did the work; the second should have waited and found the record"
+
+
+def test_bad_transaction_arguments_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="non-empty str"):
+        with transaction(key=""):  # type: ignore[arg-type]
+            pass
+    with pytest.raises(ValueError, match="isolation_level='sometimes'"):
+        with transaction(key="k", isolation_level="sometimes"):
+            pass
+    with pytest.raises(ValueError, match="not a lock manager"):
+        ResultStore(tmp_path.as_uri(), lock_manager=object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="has no lock manager"):
+        ResultStore(tmp_path.as_uri()).acquire_lock("k")

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import threading
 import uuid
 import warnings
@@ -74,6 +75,7 @@ from daskflow.exceptions import (
     StaleResultError,
     UnsignedResultError,
 )
+from daskflow.locking import LockManager
 from daskflow.results import serializers, signing
 from daskflow.results.batch import inline_fields, lookup_many
 from daskflow.results.metadata import (
@@ -200,6 +202,10 @@ def open_store(storage: Any) -> ResultStore:
     )
 
 
+def _default_holder() -> str:
+    return f"{os.getpid()}:{threading.get_ident()}"
+
+
 class ResultStore:
     """Cached task results as Parquet files in one fsspec folder.
 
@@ -221,7 +227,14 @@ class ResultStore:
         storage_options: dict[str, Any] | None = None,
         *,
         signing_key: bytes | str | None = None,
+        lock_manager: LockManager | None = None,
     ) -> None:
+        if lock_manager is not None and not isinstance(lock_manager, LockManager):
+            raise ConfigurationError(
+                f"ResultStore(lock_manager={lock_manager!r}): not a lock manager. Fix: pass "
+                "daskflow.locking.memory.MemoryLockManager() or daskflow.locking.filesystem.FileSystemLockManager(dir)."
+            )
+        self.lock_manager = lock_manager
         if storage_options is None:
             storage_options = dict(settings.get("results.storage_options", None) or {})
         self._location = Location(url or default_storage_url(), storage_options)
@@ -238,9 +251,10 @@ class ResultStore:
         return dict(self._location.storage_options)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"location": self._location, "signing_key": self._explicit_key}
+        return {"location": self._location, "signing_key": self._explicit_key, "lock_manager": self.lock_manager}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        self.lock_manager = state.get("lock_manager")
         self._location = state["location"]
         self._explicit_key = state["signing_key"]
         self._key = None
@@ -252,6 +266,38 @@ class ResultStore:
     def path(self, key: str) -> str:
         """The URL of the entry for ``key`` (whether or not it exists)."""
         return self._location.display(entry_name(key))
+
+    # -- record locks (Prefect's ResultStore locking, used by SERIALIZABLE keyed transactions) --
+
+    def _locks(self) -> LockManager:
+        if self.lock_manager is None:
+            raise ConfigurationError(
+                f"{self!r} has no lock manager, so it cannot lock a key. Fix: "
+                "ResultStore(..., lock_manager=MemoryLockManager()) (or FileSystemLockManager(dir) across processes)."
+            )
+        return self.lock_manager
+
+    def acquire_lock(
+        self,
+        key: str,
+        holder: str | None = None,
+        acquire_timeout: float | None = None,
+        hold_timeout: float | None = None,
+    ) -> bool:
+        """Lock ``key`` for ``holder`` (default: this process and thread); False if ``acquire_timeout`` passed."""
+        return self._locks().acquire_lock(key, holder or _default_holder(), acquire_timeout, hold_timeout)
+
+    def release_lock(self, key: str, holder: str | None = None) -> None:
+        self._locks().release_lock(key, holder or _default_holder())
+
+    def is_locked(self, key: str) -> bool:
+        return self._locks().is_locked(key)
+
+    def is_lock_holder(self, key: str, holder: str | None = None) -> bool:
+        return self._locks().is_lock_holder(key, holder or _default_holder())
+
+    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        return self._locks().wait_for_lock(key, timeout)
 
     # -- write ---------------------------------------------------------------
 
