@@ -12,31 +12,13 @@ jumps to each due time replaces the wait, so a day of schedule takes no time.
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from daskflow import flow, runtime
 from daskflow.schedules import Cron, Interval
-
-
-class _JumpingClock:
-    """Time that jumps to whatever is waited for (shared by the threads serving several schedules)."""
-
-    def __init__(self, start: datetime) -> None:
-        self.current = start
-        self.lock = threading.Lock()
-
-    def now(self) -> datetime:
-        with self.lock:
-            return self.current
-
-    def wait_until(self, moment: datetime, stop: threading.Event) -> bool:
-        with self.lock:
-            if not stop.is_set() and moment > self.current:
-                self.current = moment
-        return stop.is_set()
+from jumping_clock import JumpingClock
 
 
 @flow(log_prints=True)
@@ -59,7 +41,7 @@ def test_serve_on_a_cron_with_tags_description_version_and_parameters(history: A
         version="tutorial/deployments",  # accepted; there is no server to show it
         parameters={"repo_name": "dask/distributed"},
         limit=3,
-        clock=_JumpingClock(start),
+        clock=JumpingClock(start),
     )
     seen = [state.result() for state in states]
     assert [s["due"] for s in seen] == [start.replace(second=0) + timedelta(minutes=k) for k in (1, 2, 3)]
@@ -79,7 +61,7 @@ def test_several_schedules_each_in_its_own_timezone() -> None:
             Interval(timedelta(hours=10), anchor_date=datetime(2024, 1, 1, tzinfo=UTC)),
         ],
         limit=2,  # per schedule
-        clock=_JumpingClock(start),
+        clock=JumpingClock(start),
     )
     due = [state.result()["due"] for state in states]
     # Each schedule fires in its own thread; the test clock jumps to whichever time is asked for first,
@@ -98,7 +80,7 @@ def test_an_rrule_schedule() -> None:
         name="mwf",
         rrule="DTSTART:20240101T090000Z\nRRULE:FREQ=WEEKLY;BYDAY=MO,WE,FR",
         limit=3,
-        clock=_JumpingClock(start),
+        clock=JumpingClock(start),
     )
     due = [state.result()["due"] for state in states]
     assert [d.astimezone(UTC) for d in due] == [

@@ -12,6 +12,7 @@ import pytest
 from daskflow import flow, runtime, serve
 from daskflow.exceptions import ConfigurationError, ScheduleError
 from daskflow.schedules import Cron, Interval
+from jumping_clock import JumpingClock
 
 
 def test_two_deployments_fire_on_their_intervals_in_one_process() -> None:
@@ -41,24 +42,6 @@ def test_two_deployments_fire_on_their_intervals_in_one_process() -> None:
     assert seen["fast"][0] == ("ping-fast", ["fast"]) and seen["slow"][0] == ("ping-slow", ["slow"])
 
 
-class _Clock:
-    """Time that jumps to whatever is waited for (shared by the serving threads)."""
-
-    def __init__(self, start: datetime) -> None:
-        self.current = start
-        self.lock = threading.Lock()
-
-    def now(self) -> datetime:
-        with self.lock:
-            return self.current
-
-    def wait_until(self, moment: datetime, stop: threading.Event) -> bool:
-        with self.lock:
-            if not stop.is_set() and moment > self.current:
-                self.current = moment
-        return stop.is_set()
-
-
 def test_serve_with_a_list_of_schedules_fires_each() -> None:
     @flow
     def report() -> datetime:
@@ -69,7 +52,7 @@ def test_serve_with_a_list_of_schedules_fires_each() -> None:
         "report",
         schedules=[Interval(timedelta(hours=6), anchor_date=start), Cron("30 1 * * *")],
         limit=2,
-        clock=_Clock(start - timedelta(seconds=1)),
+        clock=JumpingClock(start - timedelta(seconds=1)),
     )
     times = sorted(state.result() for state in states)
     assert len(times) == 4 and times[0] == start, times

@@ -63,6 +63,24 @@ class TaskCall:
     # runner starts the run again: the engine judges that crash by the task's policy first.
     crash: str | None = None
 
+    def run_context(self, parameters: dict[str, Any]) -> TaskRunContext:
+        """The context this run executes in, with its arguments resolved to ``parameters``
+        (the engine's, and the client's when it computes a cache key before submitting)."""
+        return TaskRunContext(
+            task=self.task,
+            task_run=self.task_run,
+            parameters=parameters,
+            flow_run_id=self.flow_run_id,
+            flow_run_name=self.flow_run_name,
+            flow_name=self.flow_name,
+            flow_parameters=self.flow_parameters,
+            log_prints=self.log_prints,
+            concurrency_limits=self.concurrency_limits,
+            coordination=self.coordination,
+            cancel_event=self.cancel_event,
+            flow_facts=self.flow_facts,
+        )
+
     def __getstate__(self) -> dict[str, Any]:
         state = {name: getattr(self, name) for name in self.__slots__}
         state["cancel_event"] = None

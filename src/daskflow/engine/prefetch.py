@@ -48,7 +48,6 @@ from daskflow.cache_policies import (
     TaskSource,
     task_input_hash,
 )
-from daskflow.context import TaskRunContext
 from daskflow.engine.caching import result_store, storage_key
 from daskflow.engine.calls import TaskCall
 from daskflow.engine.inputs import iter_upstreams, resolve_inputs, wait_for_all
@@ -217,18 +216,7 @@ def _key_here(call: TaskCall, known_futures: tuple[type, ...]) -> str | None:
         if call.wait_for:
             wait_for_all(call.wait_for, where)
         parameters = resolve_inputs(call.parameters, where, [])
-        context = TaskRunContext(
-            task=call.task,
-            task_run=call.task_run,
-            parameters=parameters,
-            flow_run_id=call.flow_run_id,
-            flow_run_name=call.flow_run_name,
-            flow_name=call.flow_name,
-            flow_parameters=call.flow_parameters,
-            log_prints=call.log_prints,
-            concurrency_limits=call.concurrency_limits,
-            flow_facts=call.flow_facts,
-        )
+        context = call.run_context(parameters)
         key: str | None = call.task.cache_policy.compute_key(context, parameters, call.flow_parameters)
     except Exception:  # a failed upstream, an unhashable argument: the run ends as it always did
         return None

@@ -200,20 +200,7 @@ class TaskRunEngine:
         self._kept = kept or None
         if call.log_prints:
             install_print_capture()
-        self.context = TaskRunContext(
-            task=self.task,
-            task_run=self.run,
-            parameters=self.parameters,
-            flow_run_id=call.flow_run_id,
-            flow_run_name=call.flow_run_name,
-            flow_name=call.flow_name,
-            flow_parameters=call.flow_parameters,
-            log_prints=call.log_prints,
-            concurrency_limits=call.concurrency_limits,
-            coordination=call.coordination,
-            cancel_event=call.cancel_event,
-            flow_facts=call.flow_facts,
-        )
+        self.context = call.run_context(self.parameters)
         template = self.options.task_run_name
         if template is not None:
             # Named inside the run's context: a naming function may read daskflow.runtime (as in Prefect's docs).
