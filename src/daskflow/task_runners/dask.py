@@ -548,6 +548,27 @@ class DaskTaskRunner(TaskRunner):
                 del self._recovering[id(future)]
             claim.set()
 
+    def rerun_lost(self, future: DaskFuture) -> bool:
+        """Start again a run whose worker reported it ``Completed`` and then died before Dask took
+        its value (the event goes first, from the task's thread; the scheduler then counts the
+        task as killed with its worker). True if the run was recovered (started again, or ended
+        by its policy); False if that does not apply (cancelled, released, value fetched)."""
+        with self._recovery_lock:
+            settled = future._settled
+            if (
+                self._cancelled
+                or self.client is None
+                or settled is None
+                or future._fetched
+                or not settled.is_completed()
+                or future.dask_future.status != "error"
+            ):
+                return future._settled is None  # another thread unsettled it: its recovery goes on
+            future._settled = None  # unsettled: recover() takes it like any erred run
+            future._fetched = True
+        self.recover(future)
+        return True
+
     def _recover(self, future: DaskFuture) -> bool:
         run = future.task_run
         engine = TaskRunEngine(future.call)

@@ -105,6 +105,12 @@ class DaskFuture(DaskflowFuture[Any]):
             if not settled.is_completed():
                 self._fetched = True  # a failure's message and traceback came with its state
                 return settled
+            if self._runner.rerun_lost(self):
+                # Its worker died after reporting the end and before Dask took the value: the
+                # value is lost with it, a crash of that attempt under the task's policy (the
+                # history records the re-run). The new Dask task settles this future again.
+                self.wait()
+                return self._final_state()
             state = Crashed(
                 f"task run {self.task_run.name!r} completed, then the Dask worker holding its value died and "
                 f"Dask could not recompute it ({type(exc).__name__}: {exc})",
