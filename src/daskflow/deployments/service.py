@@ -251,9 +251,11 @@ class DeploymentService:
         except RunStoreUnavailableError as exc:
             _log.warning("%s; runs left by dead services are looked for again at the next poll", exc)
 
-    def _reap(self, store: RunStore, planner: Planner) -> None:
+    def _reap(self, store: RunStore, planner: Planner, deployment_ids: list[str] | None = None) -> None:
         names = {plan.record.id: plan.name for plan in planner.plans.values()}
-        for claim in reap_expired(store, self.id, None if self._only is None else list(names)):
+        if deployment_ids is None and self._only is not None:
+            deployment_ids = list(names)
+        for claim in reap_expired(store, self.id, deployment_ids):
             _log.warning(
                 "deployment %r: the run for %s%s was left without a final state; marked Crashed. %s Its time is "
                 "not run again; the next time runs as scheduled.",
@@ -266,6 +268,14 @@ class DeploymentService:
             if len(self._runs) >= self.max_concurrent_runs:
                 _log.debug("%d runs in flight (max_concurrent_runs): %r waits for a slot", len(self._runs), plan.name)
                 return
+            if not plan.record.allow_concurrent_runs:
+                # A claim whose lease ran out since the last poll's reap is no longer in flight to
+                # the claim's check: reap it first, so that it ends Crashed before the next time
+                # starts, not beside it (one query per run started).
+                try:
+                    self._reap(store, planner, [plan.record.id])
+                except RunStoreUnavailableError as exc:
+                    _log.warning("%s; runs left by dead services are looked for again at the next poll", exc)
             plan.pending.popleft()
             plan.running = at
             thread = threading.Thread(
