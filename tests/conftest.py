@@ -225,6 +225,22 @@ class Executions:
 
 
 @pytest.fixture
+def flow_runs() -> Iterator[list[Any]]:
+    """Every flow run (a ``daskflow.runs.FlowRun``, with its task runs) that ends while the test runs."""
+    from daskflow.runs import FlowRun, add_state_listener, remove_state_listener
+
+    ended: list[Any] = []
+
+    def listener(run: Any, state: Any) -> None:
+        if isinstance(run, FlowRun) and state.is_final():
+            ended.append(run)
+
+    add_state_listener(listener)
+    yield ended
+    remove_state_listener(listener)
+
+
+@pytest.fixture
 def executions(tmp_path: Path) -> Iterator[Executions]:
     folder = tmp_path / "executions"
     folder.mkdir()

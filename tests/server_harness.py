@@ -224,9 +224,17 @@ def server_process(folder: Path, url: str, *args: str, env: dict[str, str] | Non
         wait_for(up, 60, "the server to answer /api/health")
         yield server
     finally:
+        interrupt(process, grace=30)
+
+
+def interrupt(*processes: subprocess.Popen[str], grace: float) -> None:
+    """Stop processes as Ctrl-C would (SIGINT to all, so they wind down together), killing any
+    that is still up ``grace`` seconds later."""
+    for process in processes:
         process.send_signal(signal.SIGINT)
+    for process in processes:
         try:
-            process.wait(30)
+            process.wait(grace)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)

@@ -23,11 +23,11 @@ from typing import Any
 
 import dask.config
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client
 
-from conftest import TEST_DASK_CONFIG, Executions
+from conftest import Executions, private_client
 from daskflow import flow, task
-from daskflow.runs import FlowRun, add_state_listener, remove_state_listener
+from daskflow.runs import FlowRun
 from daskflow.states import State
 from daskflow.task_runners import DaskTaskRunner
 from daskflow.task_runners import dask as dask_runner
@@ -35,50 +35,19 @@ from daskflow.task_runners import dask as dask_runner
 pytestmark = pytest.mark.slow
 
 
-def _cluster(allowed_failures: int | None, n_workers: int, threads: int) -> Any:
-    config = dict(TEST_DASK_CONFIG)
-    if allowed_failures is not None:
-        config["distributed.scheduler.allowed-failures"] = allowed_failures
-    return config, dict(
-        n_workers=n_workers,
-        threads_per_worker=threads,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-        silence_logs=50,
-    )
-
-
 @pytest.fixture(params=[0, 3], ids=["allowed-failures-0", "allowed-failures-3"])
 def crash_cluster(request: pytest.FixtureRequest) -> Iterator[Client]:
     """2 worker processes x 4 threads with nannies; the scheduler's allowed-failures as the param."""
-    config, kwargs = _cluster(request.param, 2, 4)
-    with dask.config.set(config):
-        with LocalCluster(**kwargs) as cluster, Client(cluster, set_as_default=False) as client:
-            yield client
+    with private_client(2, 4, **{"distributed.scheduler.allowed-failures": request.param}) as client:
+        yield client
 
 
 @pytest.fixture
 def default_cluster() -> Iterator[Client]:
     """2 worker processes x 1 thread with nannies, Dask's default allowed-failures (3)."""
-    config, kwargs = _cluster(None, 2, 1)
-    with dask.config.set(config):
+    with private_client(2, 1) as client:
         assert dask.config.get("distributed.scheduler.allowed-failures") == 3
-        with LocalCluster(**kwargs) as cluster, Client(cluster, set_as_default=False) as client:
-            yield client
-
-
-@pytest.fixture
-def ended_flows() -> Iterator[list[FlowRun]]:
-    ended: list[FlowRun] = []
-
-    def listener(run: Any, state: State) -> None:
-        if isinstance(run, FlowRun) and state.is_final():
-            ended.append(run)
-
-    add_state_listener(listener)
-    yield ended
-    remove_state_listener(listener)
+        yield client
 
 
 def _wait_until(predicate: Any, timeout: float) -> bool:
@@ -92,7 +61,7 @@ def _wait_until(predicate: Any, timeout: float) -> bool:
 
 
 def test_runs_killed_together_by_one_worker_death_retry_concurrently(
-    crash_cluster: Client, executions: Executions, ended_flows: list[FlowRun]
+    crash_cluster: Client, executions: Executions, flow_runs: list[FlowRun]
 ) -> None:
     items = 8  # all of them running at once: 4 on each worker
 
@@ -118,7 +87,7 @@ def test_runs_killed_together_by_one_worker_death_retry_concurrently(
     ended = time.time()
     [exit_record] = [e for e in executions.all() if e["key"] == "exit"]
     after_death = ended - exit_record["end"]
-    runs = ended_flows[-1].task_runs
+    runs = flow_runs[-1].task_runs
     crashed = [r for r in runs if any("after a crash" in (s.message or "") for s in r.state_history)]
     counts = {i: executions.count(f"item-{i}") for i in range(items)}
     figure = (
@@ -140,7 +109,7 @@ def test_runs_killed_together_by_one_worker_death_retry_concurrently(
 def test_a_task_that_kills_its_worker_every_time_runs_retries_plus_one_times(
     allowed_failures: int | None, executions: Executions
 ) -> None:
-    config, kwargs = _cluster(allowed_failures, 2, 1)
+    config = {} if allowed_failures is None else {"distributed.scheduler.allowed-failures": allowed_failures}
 
     @task(name="suicidal", retries=1, retry_delay_seconds=0)
     def suicidal() -> None:
@@ -152,7 +121,7 @@ def test_a_task_that_kills_its_worker_every_time_runs_retries_plus_one_times(
         return i
 
     seen: dict[str, Any] = {}
-    with dask.config.set(config), LocalCluster(**kwargs) as cluster, Client(cluster, set_as_default=False) as client:
+    with private_client(2, 1, **config) as client:
 
         @flow(task_runner=DaskTaskRunner(client=client))
         def pipeline() -> list[int]:
@@ -193,7 +162,6 @@ def test_a_large_map_survives_the_death_of_every_holder_of_its_shared_definition
 ) -> None:
     # Any map over the inline threshold ships the task once: a low threshold makes this one do so.
     monkeypatch.setattr(dask_runner, "_INLINE_BYTES", 1024)
-    config, kwargs = _cluster(None, 2, 2)
     items = 300
     kills: list[int] = []
 
@@ -203,7 +171,7 @@ def test_a_large_map_survives_the_death_of_every_holder_of_its_shared_definition
         time.sleep(0.02)
         return i + 1
 
-    with dask.config.set(config), LocalCluster(**kwargs) as cluster, Client(cluster, set_as_default=False) as client:
+    with private_client(2, 2) as client:
         original = list(client.run(os.getpid).values())
 
         def killer() -> None:
@@ -232,8 +200,7 @@ def test_a_large_map_survives_the_death_of_every_holder_of_its_shared_definition
 
 def test_a_dead_workers_slot_comes_back_at_once(executions: Executions) -> None:
     # A lease timeout far longer than the test: only the scheduler's removal of the worker frees the slot.
-    config, kwargs = _cluster(None, 2, 1)
-    config["distributed.scheduler.locks.lease-timeout"] = "60s"
+    config = {"distributed.scheduler.locks.lease-timeout": "60s"}
     killed: list[float] = []
 
     @task(concurrency_limit=1, retries=1, retry_delay_seconds=0)
@@ -248,7 +215,7 @@ def test_a_dead_workers_slot_comes_back_at_once(executions: Executions) -> None:
             os.kill(executions.all()[0]["pid"], signal.SIGKILL)
             killed.append(time.time())
 
-    with dask.config.set(config), LocalCluster(**kwargs) as cluster, Client(cluster, set_as_default=False) as client:
+    with private_client(2, 1, **config) as client:
         thread = threading.Thread(target=killer, daemon=True)
         thread.start()
 

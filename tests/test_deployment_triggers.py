@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -29,6 +28,7 @@ from daskflow.deployments.triggers import triggered_run_id
 from daskflow.events import DeploymentEventTrigger, Event, EventError, emit_event
 from daskflow.exceptions import DeploymentError
 from daskflow.runstore import schema
+from server_harness import interrupt
 
 FLOWS = """
 from daskflow import flow
@@ -312,14 +312,7 @@ def test_two_daskflow_serve_processes_fire_each_event_once(flows: ModuleType, tm
             assert sorted(json.loads(r.parameters)["table"] for r in found) == [f"wh.t{i}" for i in range(5)]
             assert all(running_states(store, r.id) == 1 for r in found), "a triggered run started twice"
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGINT)
-        for process in processes:
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        interrupt(*processes, grace=60)
     texts = [log.read_text() for log in logs]
     for made in emitted:
         fired = sum(text.count(f"({made.id}) fired a run") for text in texts)

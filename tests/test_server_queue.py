@@ -8,7 +8,6 @@ the id the POST gave, and complete.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ pytest.importorskip("fastapi", reason="the server extra is not installed")
 import sqlalchemy as sa  # noqa: E402
 
 from daskflow.runstore import RunStore, schema  # noqa: E402
-from server_harness import flow_env, run_script, server_process, wait_for  # noqa: E402
+from server_harness import flow_env, interrupt, run_script, server_process, wait_for  # noqa: E402
 
 
 @contextmanager
@@ -37,12 +36,7 @@ def serve_process(folder: Path, url: str, name: str) -> Iterator[Path]:
         assert process.poll() is None, log.read_text()
         yield log
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        interrupt(process, grace=60)
 
 
 def test_runs_queued_by_the_server_run_once_in_one_of_two_services(tmp_path: Path) -> None:

@@ -23,11 +23,6 @@ from daskflow.task_runners import ConcurrentTaskRunner, SequentialTaskRunner, Th
 _flow_runs: list[Any] = []
 
 
-def _remember(run: Any, state: State) -> None:
-    if type(run).__name__ == "FlowRun" and state.is_final():
-        _flow_runs.append(run)
-
-
 def _last_task_runs(state: State) -> list[Any]:
     """The task runs of the flow run that ended in ``state``."""
     for run in reversed(_flow_runs):
@@ -37,13 +32,9 @@ def _last_task_runs(state: State) -> list[Any]:
 
 
 @pytest.fixture(autouse=True)
-def _watch_flow_runs() -> Any:
-    from daskflow.runs import add_state_listener, remove_state_listener
-
-    add_state_listener(_remember)
-    yield
-    remove_state_listener(_remember)
-    _flow_runs.clear()
+def _watch_flow_runs(flow_runs: list[Any]) -> None:
+    global _flow_runs
+    _flow_runs = flow_runs  # the conftest fixture's list of the flow runs this test ends
 
 
 def test_submit_map_and_reduce_give_the_same_values(task_runner: Any) -> None:

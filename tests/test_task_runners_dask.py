@@ -30,8 +30,7 @@ from conftest import private_client
 from daskflow import flow, task
 from daskflow.context import get_flow_run_context
 from daskflow.exceptions import SchedulerUnreachableError, UnserializableInputError
-from daskflow.runs import FlowRun, add_state_listener, remove_state_listener
-from daskflow.states import State
+from daskflow.runs import FlowRun
 from daskflow.task_runners import DaskTaskRunner, dask_shipping
 
 
@@ -48,20 +47,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
         return None
-
-
-@pytest.fixture
-def flow_runs() -> Any:
-    """Every flow run that ends while the test runs, with its task runs."""
-    ended: list[FlowRun] = []
-
-    def listener(run: Any, state: State) -> None:
-        if isinstance(run, FlowRun) and state.is_final():
-            ended.append(run)
-
-    add_state_listener(listener)
-    yield ended
-    remove_state_listener(listener)
 
 
 def test_with_nothing_given_it_starts_a_loopback_cluster_and_closes_it() -> None:
