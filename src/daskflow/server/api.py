@@ -37,6 +37,7 @@ from daskflow.runstore.store import RunStore
 from daskflow.server import actions
 from daskflow.server.concurrency import limit_rows
 from daskflow.server.events import EventHub, sse_stream
+from daskflow.states import FINAL_TYPE_NAMES
 
 __all__ = ["build_router", "find_run", "jsonable", "parse_since", "resolve"]
 
@@ -183,6 +184,7 @@ def build_router(read_only: bool) -> APIRouter:
         data["duration"] = run.duration
         data["task_counts"] = task_state_counts(store, run.id)
         data["task_runs_total"] = sum(data["task_counts"].values())
+        data["is_final"] = run.state_type in FINAL_TYPE_NAMES  # the page's buttons follow it: one list, in states.py
         return data
 
     @router.get("/flow-runs/{run_id}/task-runs")

@@ -161,7 +161,7 @@
       document.getElementById("task-total").textContent = "(" + run.task_runs_total + ")";
       document.getElementById("task-counts").replaceChildren(countChips(run.task_counts));
       body.dataset.state = run.state_type;
-      const ended = ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"].includes(run.state_type);
+      const ended = run.is_final;  // the server says which types are final (states.FINAL_TYPE_NAMES)
       const cancel = document.getElementById("cancel-button"), retry = document.getElementById("retry-button");
       if (cancel) cancel.hidden = ended;
       if (retry) retry.hidden = !ended || run.state_type === "COMPLETED";
