@@ -13,6 +13,17 @@ Matching: ``expect`` (any of the names; a trailing ``*`` is a wildcard),
 resources (each spec met by one of them); a label's value is a string or a
 list of alternatives, each with an optional trailing ``*`` and leading ``!``
 (not). ``prefect.`` and ``daskflow.`` are one namespace in names and labels.
+
+Counting (:func:`count_events`), for triggers that fire on more than one event
+(:attr:`DeploymentEventTrigger.counts`), follows Prefect's trigger service:
+each ``for_each`` key has a *bucket*, a window ``[start, start + within)`` with
+a count. The first expected event of a key opens one (or an ``after`` event
+arms it); events in the window add to it. A Reactive trigger fires as soon as
+the count reaches ``threshold`` and the next window starts where the fired one
+ends; a Proactive one fires when its window has ended with fewer than
+``threshold``. A trigger with ``after`` is disarmed after each window; one
+without starts the next window at once. The state is a JSON object that the
+caller stores (the run store, under a lock: :mod:`daskflow.deployments.triggers`).
 """
 
 from __future__ import annotations
@@ -208,8 +219,14 @@ class DeploymentEventTrigger(pydantic.BaseModel):
         return False
 
     def key(self) -> str:
-        """A stable identity of this trigger's definition (which trigger of a deployment fired)."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), default=str)
+        """A stable identity of this trigger's definition (which trigger of a deployment fired).
+
+        The same in every process: the sets are sorted (their order follows each process's string hashing).
+        """
+        data = self.model_dump(mode="json")
+        for name in ("expect", "after", "for_each"):
+            data[name] = sorted(data[name])
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
 
 
 DeploymentTrigger = DeploymentEventTrigger  # Prefect's union name; event triggers are the one kind here
