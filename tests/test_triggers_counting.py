@@ -242,6 +242,27 @@ def test_windows_count_as_prefect_s_buckets() -> None:
     assert again == [], "an event counted once is not counted again (another service, the next poll)"
 
 
+def test_proactive_windows_are_judged_when_they_end_and_swept_when_no_service_watched() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    made = DeploymentEventTrigger(posture="Proactive", expect={"beat"}, within=10)
+    beat = Event(event="beat", occurred=t0 + timedelta(seconds=3), resource={"prefect.resource.id": "r"})
+    state: dict[str, Any] = {}
+
+    def judge(seconds: float, *events: Event) -> list[Any]:
+        now = t0 + timedelta(seconds=seconds)
+        return count_events(made, state, list(events), now, now - timedelta(seconds=60))
+
+    assert judge(0) == []  # armed: the window [0, 10) opens when the trigger is first watched
+    assert judge(5, beat) == [] and judge(10) == []  # one beat in [0, 10): as expected
+    assert judge(15) == []  # [10, 20) is still open
+    (fired,) = judge(21)  # nothing in [10, 20): fires, once, with no event to render from
+    assert (fired.event, fired.discriminator) == (None, f"window:[]:{(t0 + timedelta(seconds=20)).isoformat()}")
+    assert judge(25) == []  # [21, 31) is open
+    # Every service was down from 25 s to 200 s: [21, 31) ended out of reach, so it is swept, not judged.
+    assert judge(200) == [] and judge(205) == []
+    assert len(judge(211)) == 1  # the window opened at 200 s judged as usual
+
+
 # -- 4. after ------------------------------------------------------------------------------------
 
 
@@ -336,3 +357,34 @@ def test_a_trigger_s_key_is_the_same_in_every_process() -> None:
         for seed in ("1", "2", "3")
     }  # fmt: skip
     assert len(keys) == 1, keys
+
+
+def test_two_services_count_flow_runs_by_related_flow_on_postgresql(
+    flows: ModuleType, history: Any, postgres_url: str
+) -> None:
+    # The related resources' join and the trigger state's row lock on PostgreSQL: two completions of
+    # `pipeline` (its related flow), counted by two services, fire one run.
+    import dask.config
+
+    with dask.config.set({"daskflow.runstore.url": postgres_url}):
+        flows.react.deploy(
+            "pg-every-two",
+            triggers=[
+                trigger(
+                    expect={"prefect.flow-run.Completed"},
+                    match_related={"prefect.resource.role": "flow", "prefect.resource.id": "prefect.flow.pipeline"},
+                    threshold=2,
+                    within=60,
+                )
+            ],
+        )
+        with services(2) as running:
+            first = flows.pipeline(1, return_state=True).flow_run.id
+            second = flows.pipeline(2, return_state=True).flow_run.id
+            store = history()
+            wait_for(completed(store, "pg-every-two", 1), 60, "the run fired by the second completion")
+            polls(running)
+        assert store.engine.dialect.name == "postgresql"
+        assert parameters_of(store, "pg-every-two") == [
+            {"key": f"daskflow.flow-run.{second}", "note": "daskflow.flow-run.Completed"}
+        ], first

@@ -411,15 +411,17 @@ def count_events(
                 buckets[name] = bucket
             continue
         _store(buckets, name, _evaluate(trigger, key, bucket, event.occurred, event, fired))
+    if trigger.within:
+        # A window that ended before the horizon is swept, not judged, as Prefect sweeps its closed buckets:
+        # no service watched as it ended (all were down), and its events may be out of reach now.
+        for name, bucket in list(buckets.items()):
+            if _time(bucket["end"]) < horizon:
+                del buckets[name]
     if trigger.posture == "Proactive":
         if not trigger.for_each and not trigger.after and json.dumps(()) not in buckets:
             buckets[json.dumps(())] = _bucket(now, trigger.within, 0)  # armed from when it is first watched
         for name, bucket in list(buckets.items()):
             _store(buckets, name, _evaluate(trigger, tuple(json.loads(name)), bucket, now, None, fired))
-    elif trigger.within:  # a reactive window that ended without firing is of no more use
-        for name, bucket in list(buckets.items()):
-            if _time(bucket["end"]) < horizon:
-                del buckets[name]
     floor = max(floor, horizon)
     state["horizon"] = floor.isoformat()
     state["counted"] = {i: at for i, at in counted.items() if _time(at) >= floor}
