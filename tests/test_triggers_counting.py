@@ -263,6 +263,26 @@ def test_proactive_windows_are_judged_when_they_end_and_swept_when_no_service_wa
     assert len(judge(211)) == 1  # the window opened at 200 s judged as usual
 
 
+def test_a_late_event_judges_its_ended_proactive_window_and_counts_in_the_next() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    made = DeploymentEventTrigger(posture="Proactive", expect={"beat"}, within=10, for_each={"prefect.resource.id"})
+    state: dict[str, Any] = {}
+
+    def judge(seconds: float, *beats: float) -> list[Any]:
+        now = t0 + timedelta(seconds=seconds)
+        events = [
+            Event(id=f"b{at}", event="beat", occurred=t0 + timedelta(seconds=at), resource={"prefect.resource.id": "a"})
+            for at in beats
+        ]
+        return count_events(made, state, events, now, now - timedelta(seconds=60))
+
+    assert judge(1, 0) == [] and judge(12) == []  # "a" beat in [0, 10); [12, 22) opens
+    (fired,) = judge(26, 25)  # [12, 22) had no beat: the beat at 25 s judges it, fires, then counts
+    assert (fired.key, fired.discriminator) == (("a",), "event:b25")
+    assert judge(36) == [], "the beat at 25 s counted in [25, 35)"
+    assert len(judge(47)) == 1, "nothing in [36, 46)"
+
+
 # -- 4. after ------------------------------------------------------------------------------------
 
 

@@ -458,13 +458,13 @@ def _evaluate(
     After a window a new one starts where it ended, unless ``after`` must arm the trigger again.
     """
     start, end = _time(bucket["start"]), _time(bucket["end"])
-    pending = 1 if event is not None else 0
+    uncounted = 1 if event is not None else 0
     if now < start:
         return bucket  # an event from before this window (late, or in the rest of a fired window)
     immediate = trigger.posture == "Reactive" and not trigger.within
-    if pending and (immediate or start <= now < end):
+    if uncounted and (immediate or start <= now < end):
         bucket = {**bucket, "count": bucket["count"] + 1, "last": event_json(event) if event else bucket["last"]}
-        pending = 0
+        uncounted = 0
     reactive = trigger.posture == "Reactive"
     met = bucket["count"] >= trigger.threshold if reactive else bucket["count"] < trigger.threshold
     if (reactive or end <= now) and met:
@@ -475,8 +475,10 @@ def _evaluate(
         return bucket
     if trigger.after or not trigger.within:
         return None
-    next_start = max(end, now)
-    following = _bucket(next_start, trigger.within, 0)
-    if reactive and pending:  # the event came after the window: it opens and counts in the next one
-        return _evaluate(trigger, key, following, now, event, fired)
+    # The event came after the window: it counts in the next one, which starts with it.
+    if reactive and uncounted:
+        return _evaluate(trigger, key, _bucket(max(end, now), trigger.within, 0), now, event, fired)
+    following = _bucket(max(end, now), trigger.within, uncounted)
+    if uncounted and event is not None:
+        following["last"] = event_json(event)
     return following
