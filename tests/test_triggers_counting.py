@@ -30,9 +30,11 @@ from daskflow import tags
 from daskflow.cli import main
 from daskflow.deployments import Deployment, DeploymentService
 from daskflow.deployments.deployment import run_deployment_here
-from daskflow.event_triggers import count_events
+from daskflow.deployments.triggers import trigger_key, triggered_run_id
+from daskflow.event_triggers import count_events, event_json
 from daskflow.events import DeploymentEventTrigger, Event, emit_event, list_events
 from daskflow.runstore import schema
+from daskflow.runstore.events import locked_trigger_state
 
 FLOWS = """
 from daskflow import flow, task
@@ -408,3 +410,27 @@ def test_two_services_count_flow_runs_by_related_flow_on_postgresql(
         assert parameters_of(store, "pg-every-two") == [
             {"key": f"daskflow.flow-run.{second}", "note": "daskflow.flow-run.Completed"}
         ], first
+
+
+def test_a_firing_left_pending_by_a_dead_service_is_queued_once_by_the_next(flows: ModuleType, history: Any) -> None:
+    made = trigger(expect={"row.bad"}, threshold=2, within=60)
+    flows.react.deploy("pending-left", triggers=[made])
+    deployment_id = Deployment.load("pending-left").id
+    assert deployment_id is not None
+    store = history()
+    # What a service writes before it queues the run, had it died right after the commit.
+    fired = Event(event="row.bad", resource={"prefect.resource.id": "t.lost"})
+    run_id = triggered_run_id(deployment_id, made, f"event:{fired.id}")
+    with locked_trigger_state(store, deployment_id, trigger_key(made)) as row:
+        row.state["pending"] = [
+            {"run_id": run_id, "fired": datetime.now(UTC).isoformat(), "event": event_json(fired), "key": [],
+             "why": f"event:{fired.id}"}
+        ]  # fmt: skip
+    with services(2) as running:
+        wait_for(completed(store, "pending-left", 1), 60, "the pending firing's run")
+        polls(running)
+    assert [r.id for r in runs_of(store, "pending-left")] == [run_id]
+    assert parameters_of(store, "pending-left") == [{"key": "t.lost", "note": "row.bad"}]
+    with store.engine.connect() as connection:
+        left = json.loads(connection.execute(sa.select(schema.trigger_states.c.state)).scalar())
+    assert left["pending"] == [], "a queued firing is dropped from the state once its run exists"

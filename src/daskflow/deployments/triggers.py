@@ -146,8 +146,16 @@ class TriggerWatcher:
         """Count the events into a counting trigger's stored state; queue what fired (and is still pending)."""
         assert deployment.id is not None
         horizon = now - LOOKBACK
+        key = trigger_key(trigger)
+        events = [e for e in events if trigger.covers(e)]
+        if not events and trigger.posture == "Reactive":
+            # Nothing to count: the lock (SQLite's whole-file write lock) is taken only for a firing left
+            # pending by a service that died between writing it and queueing its run.
+            stored = event_rows.read_trigger_state(store, deployment.id, key)
+            if not (stored or {}).get("pending"):
+                return []
         try:
-            with event_rows.locked_trigger_state(store, deployment.id, trigger_key(trigger)) as row:
+            with event_rows.locked_trigger_state(store, deployment.id, key) as row:
                 pending: list[dict[str, Any]] = row.state.get("pending", [])
                 done = row.existing_flow_runs([p["run_id"] for p in pending])
                 # A firing whose run is not queued a window later never will be (its parameters were refused).

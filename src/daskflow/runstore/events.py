@@ -29,7 +29,14 @@ import sqlalchemy as sa
 from daskflow.runstore import schema
 from daskflow.runstore.store import RunStore
 
-__all__ = ["EventRow", "TriggerStateRow", "list_events", "locked_trigger_state", "write_event"]
+__all__ = [
+    "EventRow",
+    "TriggerStateRow",
+    "list_events",
+    "locked_trigger_state",
+    "read_trigger_state",
+    "write_event",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +238,15 @@ class TriggerStateRow:
             return set()
         fr = schema.flow_runs
         return set(self.connection.execute(sa.select(fr.c.id).where(fr.c.id.in_(ids))).scalars())
+
+
+def read_trigger_state(store: RunStore, deployment_id: str, trigger_key: str) -> dict[str, Any] | None:
+    """The stored state of one (deployment, trigger), read without the lock (to see whether to take it)."""
+    ts = schema.trigger_states
+    query = sa.select(ts.c.state).where(ts.c.deployment_id == deployment_id, ts.c.trigger_key == trigger_key)
+    with store.database_errors(), store.engine.connect() as connection:
+        found = connection.execute(query).scalar()
+    return json.loads(found) if found else None
 
 
 @contextmanager
