@@ -149,6 +149,7 @@ def test_state_events_relate_flow_deployment_work_pool_tags_and_flow_run(flows: 
     table = CliRunner().invoke(main, ["events", "ls", "--resource", f"daskflow.flow-run.{run_id}"])
     assert table.exit_code == 0, table.output
     assert "related" in table.output and "flow:pipeline" in table.output and "deployment:nightly-load" in table.output
+    assert "tag:nightly" in table.output and "work-pool:default" in table.output, table.output
     listed = CliRunner().invoke(main, ["events", "ls", "--json", "--resource", f"daskflow.flow-run.{run_id}"])
     assert {"daskflow.tag.nightly"} <= {
         r["daskflow.resource.id"] for e in json.loads(listed.output) for r in e["related"]

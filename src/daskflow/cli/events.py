@@ -51,5 +51,8 @@ def _related(event: Event) -> str:
     shown = []
     for labels in event.related:
         named = {key.split(".", 1)[-1]: value for key, value in labels.items()}  # prefect.* and daskflow.* alike
-        shown.append(f"{named.get('resource.role', '?')}:{named.get('resource.name') or named.get('resource.id')}")
+        role, ident = named.get("resource.role", "?"), named.get("resource.id", "")
+        # A tag has no name: "daskflow.tag.prod" is shown as "tag:prod".
+        short = ident.split(".", 1)[-1].removeprefix(f"{role}.") if "." in ident else ident
+        shown.append(f"{role}:{named.get('resource.name') or short}")
     return ", ".join(shown)
