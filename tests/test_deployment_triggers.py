@@ -115,9 +115,10 @@ def test_parameters_are_rendered_from_the_event() -> None:
 @pytest.mark.parametrize(
     ("fields", "refused"),
     [
-        ({"posture": "Proactive"}, "posture='Proactive'.*not supported"),
-        ({"threshold": 5}, "threshold=5 is not supported"),
-        ({"after": {"a"}}, "after= is not supported"),
+        ({"threshold": 0}, "threshold=0 must be 1 or more"),
+        ({"threshold": 5}, "threshold=5 counts events over a time window, and within= is 0. Fix: give within="),
+        ({"within": -1}, "within=.* is negative"),
+        ({"for_each": {"related:flow"}}, "for_each label 'related:flow' names no label. Fix: 'related:<role>:<label>'"),
         ({"parameters": {"x": "{{ flow_run.id }}"}}, "parameter template .* is not understood"),
         ({"colour": "red"}, "Extra inputs are not permitted"),
     ],
@@ -138,7 +139,9 @@ def test_deploy_takes_triggers_as_objects_or_dicts_and_stores_them(flows: Module
     stored = Deployment.load("on-refresh")
     assert [sorted(t.expect) for t in stored.triggers] == [["table.refreshed"], ["table.dropped"]]
     assert stored.triggers[1].match == {"prefect.resource.id": "wh.*"}
-    with pytest.raises(EventError, match=r"triggers\[0\] is not a valid trigger.*threshold=2 is not supported"):
+    with pytest.raises(
+        EventError, match=r"triggers\[0\] is not a valid trigger.*threshold=2 counts events over a time window"
+    ):
         flows.refresh.deploy("bad", triggers=[{"expect": ["x"], "threshold": 2}])
     with pytest.raises(DeploymentError, match=r"triggers\[0\] has type 'compound'"):
         Deployment.build_from_flow(flows.refresh, "bad", triggers=[{"type": "compound"}])
@@ -159,9 +162,11 @@ def test_deployment_files_take_triggers(flows: ModuleType, tmp_path: Path, histo
     (trigger,) = Deployment.load("from-file").triggers
     assert trigger.expect == {"table.refreshed"} and trigger.parameters == {"table": "x"}
     spec.write_text(
-        f"deployments:\n  - name: bad-file\n    entrypoint: {entrypoint}\n    triggers: [{{posture: Proactive}}]\n"
+        f"deployments:\n  - name: bad-file\n    entrypoint: {entrypoint}\n    triggers: [{{threshold: 0}}]\n"
     )
-    with pytest.raises(DeploymentError, match=r"field 'triggers': triggers\[0\] is not a valid trigger.*Proactive"):
+    with pytest.raises(
+        DeploymentError, match=r"field 'triggers': triggers\[0\] is not a valid trigger.*threshold=0 must be 1 or more"
+    ):
         apply_deployment_file(spec)
 
 

@@ -13,6 +13,17 @@ Matching: ``expect`` (any of the names; a trailing ``*`` is a wildcard),
 resources (each spec met by one of them); a label's value is a string or a
 list of alternatives, each with an optional trailing ``*`` and leading ``!``
 (not). ``prefect.`` and ``daskflow.`` are one namespace in names and labels.
+
+Counting (:func:`count_events`), for triggers that fire on more than one event
+(:attr:`DeploymentEventTrigger.counts`), follows Prefect's trigger service:
+each ``for_each`` key has a *bucket*, a window ``[start, start + within)`` with
+a count. The first expected event of a key opens one (or an ``after`` event
+arms it); events in the window add to it. A Reactive trigger fires as soon as
+the count reaches ``threshold`` and the next window starts where the fired one
+ends; a Proactive one fires when its window has ended with fewer than
+``threshold``. A trigger with ``after`` is disarmed after each window; one
+without starts the next window at once. The state is a JSON object that the
+caller stores (the run store, under a lock: :mod:`daskflow.deployments.triggers`).
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
@@ -27,7 +39,16 @@ import pydantic
 
 from daskflow.exceptions import DaskflowError
 
-__all__ = ["DeploymentEventTrigger", "DeploymentTrigger", "EventError", "EventLike", "as_triggers"]
+__all__ = [
+    "DeploymentEventTrigger",
+    "DeploymentTrigger",
+    "EventError",
+    "EventLike",
+    "Firing",
+    "as_triggers",
+    "count_events",
+    "event_json",
+]
 
 
 class EventError(DaskflowError, ValueError):
@@ -99,21 +120,35 @@ class DeploymentEventTrigger(pydantic.BaseModel):
     threshold: int = 1
     within: timedelta = timedelta(0)
 
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _proactive_window(cls, data: Any) -> Any:
+        # As Prefect: a Proactive trigger without `within` waits 10 s for its events.
+        if isinstance(data, dict) and data.get("posture") == "Proactive" and not data.get("within"):
+            data = {**data, "within": timedelta(seconds=10)}
+        return data
+
     @pydantic.model_validator(mode="after")
     def _supported(self) -> DeploymentEventTrigger:
         where = f"DeploymentEventTrigger({self.name or ', '.join(sorted(self.expect)) or 'any event'})"
-        if self.posture != "Reactive":
+        if self.threshold < 1:
             raise ValueError(
-                f"{where}: posture='Proactive' (fire when events do NOT happen) is not supported by daskflow; "
-                "Fix: use a Reactive trigger, or a schedule that checks for the missing event."
+                f"{where}: threshold={self.threshold} must be 1 or more (how many events fire it, or, Proactive, "
+                "how many are expected). Fix: e.g. threshold=1."
             )
-        if self.threshold != 1:
+        if self.within < timedelta(0):
+            raise ValueError(f"{where}: within={self.within} is negative. Fix: give a number of seconds >= 0.")
+        if self.posture == "Reactive" and self.threshold > 1 and not self.within:
             raise ValueError(
-                f"{where}: threshold={self.threshold} is not supported; daskflow fires once per matching event "
-                "(threshold=1). Fix: leave threshold out and count in the flow if needed."
+                f"{where}: threshold={self.threshold} counts events over a time window, and within= is 0. "
+                f"Fix: give within=<seconds> the {self.threshold} events must occur in, e.g. within=60."
             )
-        if self.after:
-            raise ValueError(f"{where}: after= is not supported. Fix: leave it out and match on expect= alone.")
+        for label in self.for_each:
+            if label.startswith("related:") and label.count(":") < 2:
+                raise ValueError(
+                    f"{where}: for_each label {label!r} names no label. Fix: 'related:<role>:<label>', "
+                    "e.g. 'related:flow:prefect.resource.id'."
+                )
         if self.job_variables:
             raise ValueError(
                 f"{where}: job_variables are not supported (work pools are Dask clusters, set in dask config "
@@ -130,18 +165,42 @@ class DeploymentEventTrigger(pydantic.BaseModel):
         return [spec for spec in self.match_related if spec]
 
     def matches(self, event: EventLike) -> bool:
-        """Whether ``event`` fires this trigger."""
+        """Whether ``event`` fires this trigger on its own (for a trigger that does not count, :attr:`counts`)."""
+        return self.covers(event) and self.expects(event.event)
+
+    def covers(self, event: EventLike) -> bool:
+        """Whether this trigger looks at ``event``: its resources match and it is expected or arms (``after``)."""
         if not self.enabled:
             return False
-        if self.expect and not any(_matches_pattern(event.event, pattern) for pattern in self.expect):
+        if not (self.expects(event.event) or self.starts_after(event.event)):
             return False
         if not _labels_match(event.resource, self.match):
             return False
         # Each related spec must be met by one of the event's related resources.
         return all(any(_labels_match(r, spec) for r in event.related) for spec in self.related_specs)
 
-    def render_parameters(self, event: EventLike) -> dict[str, Any]:
-        """The trigger's parameters with their ``{{ event... }}`` templates filled from ``event``."""
+    def expects(self, name: str) -> bool:
+        """Whether an event called ``name`` is one this trigger counts (any, when ``expect`` is empty)."""
+        return not self.expect or any(_matches_pattern(name, pattern) for pattern in self.expect)
+
+    def starts_after(self, name: str) -> bool:
+        """Whether an event called ``name`` arms this trigger (one of ``after``)."""
+        return any(_matches_pattern(name, pattern) for pattern in self.after)
+
+    @property
+    def counts(self) -> bool:
+        """Whether firing depends on more than one event (threshold, within, after, Proactive): it keeps state."""
+        return self.posture == "Proactive" or self.threshold > 1 or bool(self.within) or bool(self.after)
+
+    def bucketing_key(self, event: EventLike) -> tuple[str, ...]:
+        """The values of the ``for_each`` labels on ``event`` (sorted by label): one count per distinct key."""
+        return tuple(_find_label(event, label) or "" for label in sorted(self.for_each))
+
+    def render_parameters(self, event: EventLike | None) -> dict[str, Any]:
+        """The trigger's parameters with their ``{{ event... }}`` templates filled from ``event``.
+
+        A Proactive trigger fires for events that did not happen: with no event to read, a template is None.
+        """
         return {name: _render(value, event) for name, value in (self.parameters or {}).items()}
 
     @property
@@ -150,7 +209,7 @@ class DeploymentEventTrigger(pydantic.BaseModel):
         if not self.expect:
             return True
         prefixes = ("daskflow.flow-run.", "daskflow.task-run.")
-        for pattern in self.expect:
+        for pattern in self.expect | self.after:
             if pattern.startswith("!"):
                 return True
             text = _canonical(pattern)
@@ -160,8 +219,14 @@ class DeploymentEventTrigger(pydantic.BaseModel):
         return False
 
     def key(self) -> str:
-        """A stable identity of this trigger's definition (which trigger of a deployment fired)."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), default=str)
+        """A stable identity of this trigger's definition (which trigger of a deployment fired).
+
+        The same in every process: the sets are sorted (their order follows each process's string hashing).
+        """
+        data = self.model_dump(mode="json")
+        for name in ("expect", "after", "for_each"):
+            data[name] = sorted(data[name])
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
 
 
 DeploymentTrigger = DeploymentEventTrigger  # Prefect's union name; event triggers are the one kind here
@@ -184,7 +249,23 @@ def _check_templates(value: Any, where: str) -> None:
             _check_templates(item, where)
 
 
-def _lookup(event: EventLike, path: str) -> Any:
+def _find_label(event: EventLike, label: str) -> str | None:
+    """A label of the event's resource, or ``related:<role>:<label>`` of its first related resource in that role."""
+    if label.startswith("related:"):
+        _, role, name = label.split(":", 2)
+        for related in event.related:
+            labels = _Labels(related)
+            if labels.get("role") == role:
+                found = labels.get(name)
+                return None if found is None else str(found)
+        return None
+    found = _Labels(event.resource).get(label)
+    return None if found is None else str(found)
+
+
+def _lookup(event: EventLike | None, path: str) -> Any:
+    if event is None:
+        return None
     current: Any = {
         "id": event.id,
         "event": event.event,
@@ -218,7 +299,7 @@ class _Labels(dict[str, str]):
         return default
 
 
-def _render(value: Any, event: EventLike) -> Any:
+def _render(value: Any, event: EventLike | None) -> Any:
     if isinstance(value, str):
         whole = _TEMPLATE.fullmatch(value.strip())
         if whole is not None:
@@ -267,3 +348,137 @@ def as_triggers(
             )
             raise EventError(f"{where}: triggers[{i}] is not a valid trigger: {reasons}") from None
     return tuple(made)
+
+
+# -- counting: triggers with a threshold, a window, `after` or a Proactive posture -------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Firing:
+    """A counting trigger fired: for which ``for_each`` key, on which event (None: Proactive, nothing came).
+
+    ``discriminator`` tells this firing from every other of the same trigger (the event's id, or the
+    Proactive window's key and end), so the run it queues has an id of its own, the same in every service.
+    """
+
+    key: tuple[str, ...]
+    event: dict[str, Any] | None
+    discriminator: str
+
+
+def event_json(event: EventLike) -> dict[str, Any]:
+    """An event as the JSON a trigger's state keeps (to fire with later)."""
+    return {
+        "id": event.id, "occurred": event.occurred.isoformat(), "event": event.event,
+        "resource": dict(event.resource), "payload": dict(event.payload), "related": [dict(r) for r in event.related],
+    }  # fmt: skip
+
+
+def count_events(
+    trigger: DeploymentEventTrigger,
+    state: dict[str, Any],
+    events: Sequence[EventLike],
+    now: datetime,
+    horizon: datetime,
+) -> list[Firing]:
+    """Count ``events`` (oldest first) into ``state`` as Prefect's trigger service does; what fires.
+
+    ``state`` is a JSON object, changed in place: ``buckets`` (per ``for_each`` key, a window with its
+    count), ``counted`` (the ids of events counted already, so an event seen again by another service
+    or poll counts once) and ``horizon``. An event older than the horizon (from before the window a
+    service reads) is not counted: it is too late, as an event older than its window is in Prefect.
+    Then the Proactive windows that ended by ``now`` are judged.
+    """
+    buckets: dict[str, dict[str, Any]] = state.setdefault("buckets", {})
+    counted: dict[str, str] = state.setdefault("counted", {})
+    floor = _time(state["horizon"]) if "horizon" in state else horizon
+    fired: list[Firing] = []
+    for event in events:
+        if event.id in counted or event.occurred < floor or not trigger.covers(event):
+            continue
+        counted[event.id] = event.occurred.isoformat()
+        key = trigger.bucketing_key(event)
+        name = json.dumps(key)
+        bucket = buckets.get(name)
+        if trigger.after and trigger.starts_after(event.event):
+            if bucket is None:  # armed; an event both armed and expected does not count for itself
+                bucket = _bucket(event.occurred, trigger.within, -1 if trigger.expects(event.event) else 0)
+            bucket["last"] = event_json(event)
+        elif bucket is None and not trigger.after and trigger.expects(event.event):
+            bucket = _bucket(event.occurred, trigger.within, 0)
+        if bucket is None or not trigger.expects(event.event):
+            if bucket is not None:
+                buckets[name] = bucket
+            continue
+        _store(buckets, name, _evaluate(trigger, key, bucket, event.occurred, event, fired))
+    if trigger.within:
+        # A window that ended before the horizon is swept, not judged, as Prefect sweeps its closed buckets:
+        # no service watched as it ended (all were down), and its events may be out of reach now.
+        for name, bucket in list(buckets.items()):
+            if _time(bucket["end"]) < horizon:
+                del buckets[name]
+    if trigger.posture == "Proactive":
+        if not trigger.for_each and not trigger.after and json.dumps(()) not in buckets:
+            buckets[json.dumps(())] = _bucket(now, trigger.within, 0)  # armed from when it is first watched
+        for name, bucket in list(buckets.items()):
+            _store(buckets, name, _evaluate(trigger, tuple(json.loads(name)), bucket, now, None, fired))
+    floor = max(floor, horizon)
+    state["horizon"] = floor.isoformat()
+    state["counted"] = {i: at for i, at in counted.items() if _time(at) >= floor}
+    return fired
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _bucket(start: datetime, within: timedelta, count: int) -> dict[str, Any]:
+    return {"start": start.isoformat(), "end": (start + within).isoformat(), "count": count, "last": None}
+
+
+def _store(buckets: dict[str, dict[str, Any]], name: str, bucket: dict[str, Any] | None) -> None:
+    if bucket is None:
+        buckets.pop(name, None)
+    else:
+        buckets[name] = bucket
+
+
+def _evaluate(
+    trigger: DeploymentEventTrigger,
+    key: tuple[str, ...],
+    bucket: dict[str, Any],
+    now: datetime,
+    event: EventLike | None,
+    fired: list[Firing],
+) -> dict[str, Any] | None:
+    """One bucket at ``now`` (with the event that occurred then, if any): the bucket to keep, or None.
+
+    A Reactive trigger fires as soon as its count reaches the threshold, then ignores its events until
+    the window's end; a Proactive one only when its window has ended with fewer events than expected.
+    After a window a new one starts where it ended, unless ``after`` must arm the trigger again.
+    """
+    start, end = _time(bucket["start"]), _time(bucket["end"])
+    uncounted = 1 if event is not None else 0
+    if now < start:
+        return bucket  # an event from before this window (late, or in the rest of a fired window)
+    immediate = trigger.posture == "Reactive" and not trigger.within
+    if uncounted and (immediate or start <= now < end):
+        bucket = {**bucket, "count": bucket["count"] + 1, "last": event_json(event) if event else bucket["last"]}
+        uncounted = 0
+    reactive = trigger.posture == "Reactive"
+    met = bucket["count"] >= trigger.threshold if reactive else bucket["count"] < trigger.threshold
+    if (reactive or end <= now) and met:
+        what = event_json(event) if event is not None else bucket["last"]
+        discriminator = f"event:{event.id}" if event is not None else f"window:{json.dumps(key)}:{bucket['end']}"
+        fired.append(Firing(key, what, discriminator))
+    elif now < end:
+        return bucket
+    if trigger.after or not trigger.within:
+        return None
+    # The event came after the window: it counts in the next one, which starts with it.
+    if reactive and uncounted:
+        return _evaluate(trigger, key, _bucket(max(end, now), trigger.within, 0), now, event, fired)
+    following = _bucket(max(end, now), trigger.within, uncounted)
+    if uncounted and event is not None:
+        following["last"] = event_json(event)
+    return following

@@ -31,10 +31,15 @@ trailing ``*`` wildcard and a leading ``!`` for "not"). ``prefect.`` and
 ``parameters`` may use ``{{ event.payload.x }}``, ``{{ event.resource.id }}``,
 ``{{ event.resource['label'] }}``, ``{{ event.event }}``, ``{{ event.id }}``,
 ``{{ event.occurred }}``: a value that is a single template keeps the value's
-type. Each matching event fires the deployment once (``threshold=1``, the
-default, as in Prefect); a scheduling service does the firing
-(:mod:`daskflow.deployments.triggers`). Proactive triggers, ``after`` and
-thresholds above 1 are refused at definition. The trigger model is in
+type. With ``threshold=1`` (the default), no ``within`` and no ``after``,
+each matching event fires the deployment once; otherwise the trigger counts as
+Prefect's do: ``threshold`` events within ``within`` seconds, per ``for_each``
+key, armed by an ``after`` event, or (``posture="Proactive"``) fewer than
+``threshold`` within the window. A scheduling service does the firing and
+keeps the counts in the run store (:mod:`daskflow.deployments.triggers`).
+State-change events carry Prefect's related resources (the run's flow,
+deployment, work pool, tags; a task run's flow run), so ``match_related``
+selects runs by flow, deployment or tag. The trigger model is in
 :mod:`daskflow.event_triggers` (no I/O, so ``daskflow.flows`` can take
 triggers without importing the run store); it is re-exported here, where
 Prefect code imports it from.

@@ -55,6 +55,7 @@ __all__ = [
     "started",
     "states",
     "task_runs",
+    "trigger_states",
     "variables",
 ]
 
@@ -330,4 +331,16 @@ paused_runs = sa.Table(
     sa.Column("input", sa.Text(), nullable=True),  # JSON given by resume, until the run takes or refuses it
     sa.Column("input_error", sa.Text(), nullable=True),  # why the run refused the last input
     sa.Column("resumed_at", UTCDateTime(), nullable=True),
+)
+
+# Deployment triggers' state (0010): what a trigger that counts events (threshold, within, after,
+# for_each, proactive) has counted so far, one row per (deployment, trigger); a service locks the row
+# while it counts, so services over one store count each event once and survive a restart.
+trigger_states = sa.Table(
+    "trigger_states",
+    metadata,
+    sa.Column("deployment_id", sa.String(), primary_key=True),
+    sa.Column("trigger_key", sa.String(), primary_key=True),  # sha256 of the trigger's definition
+    sa.Column("state", sa.Text(), nullable=False),  # JSON: buckets, counted event ids, pending firings
+    sa.Column("updated", UTCDateTime(), nullable=False),
 )
