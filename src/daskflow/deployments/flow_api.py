@@ -27,6 +27,9 @@ timeout=...)``). In daskflow a deployment is a row of the run store
   ``timeout=0``, else when the run reaches a final state or ``timeout``
   seconds passed (``None``: no limit), as Prefect does. ``idempotency_key``
   makes the run's id a function of the key, so asking twice queues once.
+  Called inside a flow run (or a task of one) with ``as_subflow=True`` (the
+  default, as in Prefect), the queued run is that flow run's child: its
+  ``parent_flow_run_id`` is recorded when it is queued and kept when it runs.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from daskflow.context import get_flow_run_context, get_task_run_context
 from daskflow.deployments.deployment import DEFAULT_CATCHUP, Deployment, open_store
 from daskflow.deployments.entrypoints import load_flow
 from daskflow.deployments.queue import queue_deployment_run
@@ -78,6 +82,7 @@ class DeploymentFlowRun:
     start_time: datetime | None = None
     end_time: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    parent_flow_run_id: str | None = None  # the flow run it was queued from, as a subflow
 
     @property
     def state(self) -> State:
@@ -95,6 +100,7 @@ class DeploymentFlowRun:
             deployment_name=detail.deployment_name, parameters=dict(detail.parameters),
             state_type=detail.state_type, state_name=detail.state_name, state_message=detail.state_message,
             tags=_tags(detail.tags), start_time=detail.start_time, end_time=detail.end_time,
+            parent_flow_run_id=detail.parent_flow_run_id,
         )  # fmt: skip
 
 
@@ -156,8 +162,8 @@ def run_deployment(
     """Queue a run of deployment ``name`` for the service serving it; return the flow run (module docstring).
 
     ``client`` is Prefect's API client and is not used (the run store is
-    ``daskflow.runstore.url``, or ``store``). ``as_subflow`` is accepted; the
-    queued run is not linked to a calling flow run as its child.
+    ``daskflow.runstore.url``, or ``store``). With ``as_subflow`` (the default)
+    the run is a subflow of the flow run this is called in, if any.
     """
     where = f"run_deployment({name if isinstance(name, str) else name.name!r})"
     _refuse(
@@ -170,6 +176,7 @@ def run_deployment(
         raise DeploymentError(f"{where}: timeout={timeout!r} must be seconds >= 0 (0: return at once) or None.")
     if isinstance(poll_interval, bool) or not isinstance(poll_interval, (int, float)) or poll_interval <= 0:
         raise DeploymentError(f"{where}: poll_interval={poll_interval!r} must be seconds > 0.")
+    parent = _calling_flow_run_id() if as_subflow else None
     with open_store(store) as opened:
         deployment = name if isinstance(name, Deployment) else _find(name, opened)
         deployment._ensure_id(opened)
@@ -177,15 +184,26 @@ def run_deployment(
         if idempotency_key is not None:
             run_id = str(uuid.uuid5(_IDEMPOTENCY, f"{deployment.id}/{idempotency_key}"))
             if flow_run_header(opened, run_id) is None:
-                run_id = _queue(deployment, opened, parameters, run_id)
+                run_id = _queue(deployment, opened, parameters, run_id, parent)
         else:
-            run_id = queue_deployment_run(deployment, opened, parameters)
+            run_id = queue_deployment_run(deployment, opened, parameters, parent_flow_run_id=parent)
         return _wait(opened, run_id, timeout, poll_interval)
 
 
-def _queue(deployment: Deployment, store: RunStore, parameters: Mapping[str, Any] | None, run_id: str) -> str:
+def _calling_flow_run_id() -> str | None:
+    """The flow run this code runs in (its body, or one of its task runs, on any runner); None outside."""
+    flow_ctx = get_flow_run_context()
+    if flow_ctx is not None:
+        return flow_ctx.flow_run.id
+    task_ctx = get_task_run_context()
+    return task_ctx.flow_run_id if task_ctx is not None else None
+
+
+def _queue(
+    deployment: Deployment, store: RunStore, parameters: Mapping[str, Any] | None, run_id: str, parent: str | None
+) -> str:
     try:
-        return queue_deployment_run(deployment, store, parameters, flow_run_id=run_id)
+        return queue_deployment_run(deployment, store, parameters, flow_run_id=run_id, parent_flow_run_id=parent)
     except sa.exc.IntegrityError:
         return run_id  # queued by another caller with the same key just now: that run is this one
 
