@@ -110,7 +110,7 @@ def test_a_database_at_head_opens_without_alembic(tmp_path: Path) -> None:
 @pytest.mark.filterwarnings("ignore:autogenerate skipping metadata-specified expression-based index")
 def test_an_empty_database_is_migrated_to_head_and_matches_the_schema(run_store_url: str) -> None:
     with RunStore(run_store_url) as store:
-        assert store.schema_version == head_revision() == HEAD == "0008"
+        assert store.schema_version == head_revision() == HEAD == "0009"
         with store.engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
             diffs = compare_metadata(context, metadata)

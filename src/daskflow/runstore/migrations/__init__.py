@@ -36,7 +36,7 @@ __all__ = ["HEAD", "MIGRATIONS_DIR", "current_revision", "head_revision", "upgra
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 # The newest script's revision. A database already there is opened without importing
 # Alembic (11 MB and 0.2 s); tests/test_runstore.py checks this is Alembic's head.
-HEAD = "0008"
+HEAD = "0009"
 _PG_LOCK_KEY = 0x6461736B666C6F77  # "daskflow" in ASCII: one advisory lock for every run store migration
 
 
