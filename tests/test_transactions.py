@@ -234,6 +234,10 @@ def test_a_value_set_on_a_snapshot_is_said_to_stay_there(caplog: pytest.LogCaptu
         copy.set("a", 1)
         copy.set("b", 2)
     assert copy.get("a") == 1 and copy.get("b") == 2
+    from daskflow.exceptions import MissingContextError
+
+    with pytest.raises(MissingContextError, match="stage\\(\\) was called in a task running in another process"):
+        copy.stage("rows")
     warnings = [r.getMessage() for r in caplog.records if "stays in that process" in r.getMessage()]
     assert len(warnings) == 1 and "'a'" in warnings[0], warnings
 

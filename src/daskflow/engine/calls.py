@@ -39,6 +39,7 @@ from daskflow.context import (
 )
 from daskflow.engine.history import record_submitted
 from daskflow.engine.inputs import find_upstream_runs
+from daskflow.exceptions import MissingContextError
 from daskflow.runs import TaskRun, new_run_id
 from daskflow.states import Pending
 
@@ -103,6 +104,14 @@ class TransactionSnapshot(Transaction):
 
     def track(self, task: Any, runs: list[TaskRun]) -> None:
         """Nothing: runs started from a task in another process are not the block's to commit."""
+
+    def stage(self, value: Any) -> None:
+        """Refused: the block's record is written where the block runs, in the flow's process."""
+        raise MissingContextError(
+            f"transaction {self.key or '(no key)'}: stage() was called in a task running in another process than "
+            "its flow (a Dask worker), where only a copy of the block is; the record it stages would be lost. "
+            "Fix: return the value from the task and call txn.stage(value) in the flow, inside the block."
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         options = (self.value, self.state, self.isolation_level, self.commit_mode)
