@@ -14,10 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from daskflow import flow, task
-from daskflow.transactions import get_transaction, transaction
+from daskflow.transactions import IsolationLevel, get_transaction, transaction
 
 
 def _pipeline(task_runner: Any, side_effect: Path, calls: list[str]) -> Any:
@@ -95,31 +93,66 @@ def test_values_set_on_the_transaction_reach_hooks_and_tasks(task_runner: Any, t
     assert removed == [str(target)] and not target.exists()
 
 
-def test_a_task_reads_a_value_of_its_transaction(task_runner: Any, request: pytest.FixtureRequest) -> None:
-    """``get_transaction()`` in a task of the block gives the block's transaction and its values."""
-    if task_runner.__class__.__name__ == "DaskTaskRunner":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="on Dask the task runs on a worker, where the transaction() block (a context variable of the flow's "
-                "process) does not travel: get_transaction() is None there. The fix: a picklable snapshot of the block "
-                "(key, state, values) on TaskCall (engine/calls.py), passed in DaskTaskRunner._make_flow_info "
-                "(task_runners/dask.py) and entered with use_transaction() in run_on_worker (dask_worker.py)",
-            )
-        )
+def test_a_task_reads_a_value_of_its_transaction(task_runner: Any) -> None:
+    """``get_transaction()`` in a task of the block gives the block's transaction and its values
+    (on Dask, a snapshot of the block sent with the call and entered on the worker)."""
 
     @task
     def read_shared() -> Any:
         txn = get_transaction()
-        return None if txn is None else txn.get("run_date")
+        return None if txn is None else (txn.get("run_date"), txn.key, txn.is_active(), txn.isolation_level)
 
     @flow(task_runner=task_runner)
     def dated() -> Any:
-        with transaction() as txn:
+        with transaction(isolation_level="SERIALIZABLE") as txn:
             txn.set("run_date", "2024-05-01")
-            return read_shared()
+            first = read_shared()
+            txn.set("run_date", "2024-05-02")  # set between two submits: the second run sees it
+            return first, read_shared.submit().result()
 
-    assert dated() == "2024-05-01"
+    first, second = dated()
+    assert first == ("2024-05-01", None, True, IsolationLevel.SERIALIZABLE), first
+    assert second[0] == "2024-05-02", second
+
+
+def test_a_task_outside_a_block_has_no_transaction(task_runner: Any) -> None:
+    @task
+    def outside() -> Any:
+        return get_transaction()
+
+    @flow(task_runner=task_runner)
+    def plain() -> Any:
+        with transaction():
+            pass
+        return outside()
+
+    assert plain() is None
+
+
+def test_a_value_a_task_sets_reaches_the_hooks_in_its_process(task_runner: Any) -> None:
+    """A value set in the task: in the flow's process (sequential, thread pool) the block's hooks see
+    it; on a Dask worker it stays there, with a warning (README: Coming from Prefect)."""
+    seen: list[Any] = []
+
+    @task
+    def produce() -> str:
+        txn = get_transaction()
+        assert txn is not None
+        txn.set("made", "table-7")
+        return str(txn.get("made"))
+
+    @produce.on_commit
+    def note(txn: Any) -> None:
+        seen.append(txn.get("made"))
+
+    @flow(task_runner=task_runner)
+    def made() -> str:
+        with transaction():
+            return produce()
+
+    assert made() == "table-7", "the task reads what it set"
+    on_worker = task_runner.__class__.__name__ == "DaskTaskRunner"
+    assert seen == [None if on_worker else "table-7"], seen
 
 
 def test_a_keyed_transaction_that_committed_is_committed_the_next_time(tmp_path: Path) -> None:

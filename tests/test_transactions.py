@@ -189,3 +189,76 @@ def test_bad_transaction_arguments_are_clear_errors(tmp_path: Path) -> None:
         ResultStore(tmp_path.as_uri(), lock_manager=object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="has no lock manager"):
         ResultStore(tmp_path.as_uri()).acquire_lock("k")
+
+
+def test_a_call_in_a_block_travels_with_a_snapshot_of_it() -> None:
+    """A task call pickled to another process carries a copy of its block (key, state, isolation,
+    values), never the live block (its lock and runs); a task run started from that copy is not
+    the block's to commit."""
+    import cloudpickle
+
+    from daskflow.context import use_transaction
+    from daskflow.engine.calls import TransactionSnapshot, make_calls
+
+    @task
+    def step(x: int) -> int:
+        return x
+
+    # The block's own object, entered without the block: its runs are made, not run.
+    txn = Transaction(state=TransactionState.ACTIVE, isolation_level=IsolationLevel.SERIALIZABLE)
+    txn.set("table", "orders")
+    with use_transaction(txn):
+        (call,) = make_calls(step, [{"x": 1}])
+    assert call.transaction is txn and call.in_transaction and txn.runs == [(step, call.task_run)]
+    txn.state = TransactionState.COMMITTED
+
+    copy = cloudpickle.loads(cloudpickle.dumps(call))  # as Dask sends it
+    travelled = copy.transaction
+    assert isinstance(travelled, TransactionSnapshot), travelled
+    assert travelled.get("table") == "orders" and travelled.isolation_level is IsolationLevel.SERIALIZABLE
+    assert travelled.state is TransactionState.COMMITTED, "the block had committed when the call was pickled"
+    assert travelled.mirrors(txn) and not travelled.mirrors(Transaction("other"))
+
+    # A task started from a task in another process: it gets the copy, and commits on its own.
+    with use_transaction(travelled):
+        (nested,) = make_calls(step, [{"x": 2}])
+    assert nested.transaction is travelled and not nested.in_transaction
+    assert travelled.runs == []
+
+
+def test_a_value_set_on_a_snapshot_is_said_to_stay_there(caplog: pytest.LogCaptureFixture) -> None:
+    from daskflow.engine.calls import TransactionSnapshot
+
+    copy = TransactionSnapshot.of(Transaction("load", state=TransactionState.ACTIVE))
+    with caplog.at_level(logging.WARNING, logger="daskflow.transactions"):
+        copy.set("a", 1)
+        copy.set("b", 2)
+    assert copy.get("a") == 1 and copy.get("b") == 2
+    from daskflow.exceptions import MissingContextError
+
+    with pytest.raises(MissingContextError, match="stage\\(\\) was called in a task running in another process"):
+        copy.stage("rows")
+    warnings = [r.getMessage() for r in caplog.records if "stays in that process" in r.getMessage()]
+    assert len(warnings) == 1 and "'a'" in warnings[0], warnings
+
+
+def test_a_serializable_block_makes_its_runs_on_dask_workers_serializable(tmp_path: Path, dask_client: Any) -> None:
+    """The block's isolation level travels with its snapshot: a run on a worker takes the policy's lock."""
+    from daskflow.cache_policies import INPUTS as inputs
+    from daskflow.locking import FileSystemLockManager
+    from daskflow.task_runners import DaskTaskRunner
+
+    locks = tmp_path / "locks"
+
+    @task(cache_policy=inputs.configure(lock_manager=FileSystemLockManager(locks)))
+    def look(x: int) -> int:
+        return len(list(locks.glob("*.lock")))  # lock files held while this runs, on the worker
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def run(level: str | None, x: int) -> int:
+        with transaction(isolation_level=level):
+            return look(x)
+
+    held = [run(None, 1), run("READ_COMMITTED", 2), run("SERIALIZABLE", 3)]
+    assert held == [0, 0, 1], f"lock files seen by each run on its worker: {held}"
+    assert list(locks.glob("*.lock")) == [], "a lock was left behind"

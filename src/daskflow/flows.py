@@ -7,9 +7,9 @@ value (or raises its error); ``return_state=True`` returns the final state
 instead. A flow called inside another flow is a subflow, a child run of it.
 ``async def`` flows return a coroutine to await. ``my_flow.serve(cron=...)``
 runs it on a schedule in this process until stopped
-(:mod:`daskflow.engine.serving`); with no schedule, or with event
-``triggers``, it is also registered in the run store so that
-``run_deployment`` and events start it. ``my_flow.deploy(name, ...)``
+(:mod:`daskflow.engine.serving`); it is also registered in the run store, as
+served by this process, so that ``run_deployment`` (from anywhere) and events
+start it here; with no schedule it runs only so. ``my_flow.deploy(name, ...)``
 registers it for ``daskflow serve`` without serving it here. Both reach the
 deployments layer (above this one) only through
 :func:`daskflow.engine.serving.deployment_backend`.
@@ -32,7 +32,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from daskflow import settings
 from daskflow.engine import run_flow_async, run_flow_sync
-from daskflow.engine.serving import Clock, deployment_backend, serve_flow
+from daskflow.engine.serving import Clock, StoreServing, deployment_backend, serve_flow
 from daskflow.event_triggers import DeploymentEventTrigger, as_triggers
 from daskflow.exceptions import ConfigurationError, DeploymentError, ScheduleError
 from daskflow.options import FlowOptions, build_options, with_changes
@@ -158,11 +158,14 @@ class Flow(Generic[P, R]):
         :data:`SERVE_OPTIONS_IGNORED`); ``name`` is what
         ``daskflow.runtime.deployment.name`` tells the runs.
 
-        With no schedule (or with ``triggers=[DeploymentEventTrigger(...)]``)
-        the deployment is registered in the run store and this process runs
-        what ``run_deployment(name)`` queues for it, and a run per matching
-        event, as Prefect's ``serve`` does; the flow must then be importable
-        (defined at the top level of a module or script).
+        The deployment is registered in the run store (with its schedule, as
+        served by this process) and this process also runs what
+        ``run_deployment("flow/name")`` queues for it, and a run per matching
+        event, as Prefect's ``serve`` does. That needs the flow importable
+        (defined at the top level of a module or script): with no schedule (or
+        with ``triggers=[DeploymentEventTrigger(...)]``) it is an error
+        otherwise; a scheduled flow is then served on its schedule only, with
+        a warning.
         """
         deployment = self.to_deployment(
             name,
@@ -178,7 +181,17 @@ class Flow(Generic[P, R]):
             **prefect_options,
         )
         if len(deployment.schedules) == 1 and not deployment.needs_store:
-            return deployment.serve_here(on_stop=on_stop, limit=limit, clock=clock, stop=stop)
+            # Served in this thread (signals as serve_flow handles them), the store's half beside it.
+            stop = stop or threading.Event()
+            store = _StoreHalf([deployment], poll_seconds)
+            store.start(stop if on_stop == "cancel" else None)
+            try:
+                fired = deployment.serve_here(
+                    on_stop=on_stop, limit=limit, clock=clock, stop=stop, deployment_id=store.ids.get(deployment.name)
+                )
+            finally:
+                asked = store.finish().get(deployment.name, [])
+            return fired + asked  # its schedule's runs, then those run_deployment asked for
         states = serve(deployment, on_stop=on_stop, limit=limit, clock=clock, stop=stop, poll_seconds=poll_seconds)
         return states[deployment.name]
 
@@ -438,8 +451,12 @@ class ServedDeployment:
         limit: int | None = None,
         clock: Clock | None = None,
         stop: threading.Event | None = None,
+        deployment_id: str | None = None,
     ) -> list[State]:
-        """Serve one of its schedules (the first by default) in this thread until stopped."""
+        """Serve one of its schedules (the first by default) in this thread until stopped.
+
+        ``deployment_id``: its row in the run store, recorded on its runs.
+        """
         return serve_flow(
             self.flow,
             schedule or self.schedules[0],
@@ -450,7 +467,43 @@ class ServedDeployment:
             clock=clock,
             stop=stop,
             tags=self.tags,
+            deployment_id=deployment_id,
         )
+
+
+class _StoreHalf:
+    """The run store's half of serving: the deployments registered, and a thread starting their queued runs.
+
+    It serves until :meth:`finish`, which waits for the runs it started.
+    """
+
+    def __init__(self, deployments: Sequence[ServedDeployment], poll_seconds: float | None) -> None:
+        # Registered now: a deployment that needs the store and cannot be (a flow defined in a
+        # function) fails before any run.
+        self.serving: StoreServing = deployment_backend().serve_from_store(deployments, poll_seconds=poll_seconds)
+        self.ids = self.serving.ids
+        self.done = threading.Event()
+        self.states: dict[str, list[State]] = {}
+        self._thread: threading.Thread | None = None
+
+    def start(self, cancel: threading.Event | None) -> None:
+        serve_stored = self.serving.serve
+        if serve_stored is None:
+            return
+
+        def run() -> None:
+            self.states = serve_stored(self.done, cancel)
+
+        self._thread = threading.Thread(target=run, name="daskflow-serve-store", daemon=True)
+        self._thread.start()
+
+    def finish(self) -> dict[str, list[State]]:
+        """Stop serving from the store; the final states of the runs it started, by deployment name."""
+        self.done.set()
+        if self._thread is not None:
+            while self._thread.is_alive():  # in steps: the main thread must stay free to take a signal
+                self._thread.join(0.2)
+        return self.states
 
 
 def serve(
@@ -470,9 +523,13 @@ def serve(
     that many runs. Returns the runs' final states by deployment name.
     Prefect's ``print_starter``/``webserver`` and the like are accepted, unused.
 
-    Deployments with no schedule or with triggers are registered in the run
-    store, and one more thread runs what ``run_deployment`` queues for them and
-    what their triggers fire (polling the store every ``poll_seconds``).
+    Every deployment is registered in the run store, with its schedule, as
+    served by this process (a scheduled one whose flow cannot be: with a
+    warning), and one more thread runs what ``run_deployment`` queues for them
+    and what their triggers fire (polling the store every ``poll_seconds``),
+    until ``stop`` when some deployment has no schedule (or triggers, or is
+    paused), else until the schedules end. Once stopped, they stay listed,
+    not served (``daskflow deployment ls``).
     """
     if not deployments:
         raise ConfigurationError(
@@ -498,24 +555,23 @@ def serve(
         if not d.paused  # paused: its schedule does not fire; run_deployment still starts runs
         for one in d.schedules
     ]
-    on_demand = [d for d in deployments if d.needs_store]
-    if on_demand:
-        # Registered now: a deployment that cannot be (a flow defined in a function) fails before any runs.
-        serve_stored_runs = deployment_backend().serve_from_store(on_demand, poll_seconds=poll_seconds)
-
-        def serve_stored() -> None:
-            done = serve_stored_runs(stop, on_stop)
-            with states_lock:
-                for name, ended in done.items():
-                    states[name].extend(ended)
-
-        threads.append(threading.Thread(target=serve_stored, name="daskflow-serve-store", daemon=True))
+    on_demand = any(d.needs_store for d in deployments)
+    store = _StoreHalf(deployments, poll_seconds)
     with _stop_on_signals(stop):
         for thread in threads:
             thread.start()
-        for thread in threads:
-            while thread.is_alive():  # in steps: the main thread must stay free to take a signal
-                thread.join(0.2)
+        store.start(stop if on_stop == "cancel" else None)
+        try:
+            for thread in threads:
+                while thread.is_alive():  # in steps: the main thread must stay free to take a signal
+                    thread.join(0.2)
+            # The schedules ended (stopped, limit, no time ahead); on-demand deployments are served until stop.
+            while on_demand and not stop.wait(0.2):
+                pass
+        finally:
+            ended = store.finish()
+    for name, done in ended.items():
+        states[name].extend(done)
     return states
 
 

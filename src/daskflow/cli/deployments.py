@@ -99,7 +99,11 @@ def describe_schedule(schedule: Schedule | None) -> str:
 @url_option
 @click.option("--json", "as_json", is_flag=True, help="Print the deployments as a JSON list.")
 def deployment_ls(url: str | None, as_json: bool) -> None:
-    """List deployments: flow, schedule, next run, paused, work pool, last run and its state."""
+    """List deployments: flow, schedule, next run, paused, work pool, last run and its state.
+
+    A deployment of ``flow.serve`` shows "served by HOST:PID" in the work pool column while
+    that process serves it, "not served (was HOST:PID)" once it stopped.
+    """
     try:
         with open_run_store(url) as store, _problems():
             found = Deployment.list(store)
@@ -111,7 +115,9 @@ def deployment_ls(url: str | None, as_json: bool) -> None:
     now = datetime.now(UTC)
     listed = []
     for item in found:
-        upcoming = item.next_run_times(1, now) if not item.paused else []
+        # A deployment of flow.serve whose process stopped has no next run until it is served again.
+        idle = item.paused or (item.served_by is not None and not item.served(now))
+        upcoming = item.next_run_times(1, now) if not idle else []
         listed.append((item, upcoming[0] if upcoming else None, last.get(item.id or "")))
     if as_json:
         echo_json([
@@ -121,6 +127,7 @@ def deployment_ls(url: str | None, as_json: bool) -> None:
                 "next_run": jsonable(nxt), "paused": item.paused, "work_pool": item.work_pool.to_dict(),
                 "catchup": item.catchup, "tags": list(item.tags), "parameters": item.parameters,
                 "last_run": jsonable(run), "triggers": [t.model_dump(mode="json") for t in item.triggers],
+                "served_by": item.served_by, "served": item.served(now),
             }
             for item, nxt, run in listed
         ])  # fmt: skip
@@ -135,7 +142,7 @@ def deployment_ls(url: str | None, as_json: bool) -> None:
             describe_schedule(item.schedule) + (f" + {count(len(item.triggers), 'trigger', 'triggers')}"
                                                 if item.triggers else ""),
             when(nxt),
-            "yes" if item.paused else "no", item.work_pool.describe(),
+            "yes" if item.paused else "no", _where_it_runs(item, now),
             when(run.scheduled_time) if run else "-",
             (run.state_type or "RUNNING").title() if run else "-",
         ]
@@ -143,6 +150,13 @@ def deployment_ls(url: str | None, as_json: bool) -> None:
     ]  # fmt: skip
     print_table(headers, table, right_aligned=set(), shrink=0)
     click.echo(f"{count(len(listed), 'deployment', 'deployments')} in {where}")
+
+
+def _where_it_runs(item: Deployment, now: datetime) -> str:
+    """The work pool; for a deployment of flow.serve, the process serving it, or that none does now."""
+    if item.served_by is None:
+        return item.work_pool.describe()
+    return f"served by {item.served_by}" if item.served(now) else f"not served (was {item.served_by})"
 
 
 def _report(state: State, scheduled: datetime | None = None) -> str:

@@ -131,6 +131,14 @@ class Deployment:
     flow: Flow[Any, Any] | None = field(default=None, repr=False, compare=False)  # imported on first need
     # Events that start a run each (a scheduling service fires them; daskflow.deployments.triggers).
     triggers: tuple[DeploymentEventTrigger, ...] = ()
+    # Registered by flow.serve/serve(): the process serving it and until when (a lease it renews; None
+    # once it stopped). Only that process fires its schedule; services still start its queued runs.
+    served_by: str | None = None
+    served_until: datetime | None = None
+
+    def served(self, now: datetime) -> bool:
+        """Whether the process that registered it with ``flow.serve`` serves it now."""
+        return self.served_by is not None and self.served_until is not None and self.served_until > now
 
     @classmethod
     def build_from_flow(
@@ -218,6 +226,8 @@ class Deployment:
                 paused=self.paused,
                 allow_concurrent_runs=self.allow_concurrent_runs,
                 triggers=[trigger.model_dump(mode="json") for trigger in self.triggers],
+                served_by=self.served_by,
+                served_until=self.served_until,
             )
         return self.id
 
@@ -231,6 +241,7 @@ class Deployment:
             catchup=record.catchup, paused=record.paused, id=record.id,
             allow_concurrent_runs=record.allow_concurrent_runs,
             triggers=as_triggers(record.triggers, f"deployment {record.name!r}"),
+            served_by=record.served_by, served_until=record.served_until,
         )  # fmt: skip
 
     @classmethod

@@ -73,7 +73,8 @@ class DeploymentPlan:
     @property
     def active(self) -> bool:
         """Whether this deployment's schedule fires: it has one, and it is not paused."""
-        return self.schedule is not None and not self.record.paused
+        # A deployment served by flow.serve has its schedule fired by that process's own threads.
+        return self.schedule is not None and not self.record.paused and self.record.served_by is None
 
     def first_after(self, moment: datetime) -> datetime | None:
         ahead = self.schedule.next_times(1, start=moment) if self.schedule is not None else []

@@ -114,11 +114,11 @@ class _Heartbeat:
         self._thread = threading.Thread(target=self._beat, name=f"daskflow-lease-{claim_id[:8]}", daemon=True)
 
     def on_state(self, run: TaskRun | FlowRun, state: State) -> None:
-        # A state listener: quick, never raises. The top-level flow run of the claiming thread is ours.
+        # A state listener: quick, never raises. The first flow run of the claiming thread to change
+        # state is ours (its subflows start later; it has a parent when queued as a subflow).
         if self.flow_run_id is None and isinstance(run, FlowRun) and threading.get_ident() == self._caller:
-            if run.parent_flow_run_id is None:
-                self.flow_run_id = run.id
-                self._news.set()
+            self.flow_run_id = run.id
+            self._news.set()
 
     def _beat(self) -> None:
         failing = False

@@ -443,6 +443,8 @@ class DeploymentService:
                 status = "paused"
             elif plan.schedule is None:
                 status = "no schedule (manual runs only)"
+            elif plan.record.served_by is not None:
+                status = f"its schedule fires in the process serving it ({plan.record.served_by}, flow.serve)"
             else:
                 catching_up = f", {len(plan.pending)} missed time(s) to catch up" if plan.pending else ""
                 status = f"next at {plan.next_time.isoformat() if plan.next_time else '(none)'}{catching_up}"

@@ -6,11 +6,20 @@ facts about the flow run that the task run needs. It carries no live flow
 object, so the same call runs in a thread of this process or, pickled, on a
 Dask worker. :func:`make_calls` turns one ``submit``/``map`` into calls,
 naming each run and linking it to its flow run.
+
+A call started inside a ``transaction()`` block carries the block: in this
+process the live :class:`~daskflow.context.Transaction`, elsewhere a
+:class:`TransactionSnapshot` of it (its key, state, isolation level and the
+values set on it when the call was submitted), which a worker enters so that
+``get_transaction()`` in the task gives the block there too. What a task sets
+on a snapshot stays in its process: the block's hooks run in the flow's
+process, on the live transaction (README: Coming from Prefect).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +30,8 @@ from daskflow.context import (
     FlowRunContext,
     FlowRunFacts,
     TaskRunContext,
+    Transaction,
+    TransactionState,
     get_current_tags,
     get_flow_run_context,
     get_task_run_context,
@@ -28,10 +39,92 @@ from daskflow.context import (
 )
 from daskflow.engine.history import record_submitted
 from daskflow.engine.inputs import find_upstream_runs
+from daskflow.exceptions import MissingContextError
 from daskflow.runs import TaskRun, new_run_id
 from daskflow.states import Pending
 
-__all__ = ["TaskCall", "make_calls"]
+__all__ = ["TaskCall", "TransactionSnapshot", "make_calls"]
+
+_log = logging.getLogger("daskflow.transactions")
+
+
+class TransactionSnapshot(Transaction):
+    """A copy of a ``transaction()`` block that travels with a task call to another process.
+
+    It answers what a task asks of its block (``key``, ``state``,
+    ``isolation_level``, ``commit_mode``, ``get``, ``is_committed()`` ...). It
+    tracks no runs: the block in the flow's process commits or rolls back the
+    runs it started. ``set`` changes this copy only, said once per copy in a
+    warning, since hooks that read it run on the live block.
+    """
+
+    def __init__(self, key: str | None = None, **options: Any) -> None:
+        super().__init__(key, **options)
+        self._warned = False
+
+    @classmethod
+    def of(cls, txn: Transaction) -> TransactionSnapshot:
+        """The snapshot of ``txn`` now (a snapshot is its own: it is copied when pickled)."""
+        if isinstance(txn, TransactionSnapshot):
+            return txn
+        copy = cls(
+            txn.key,
+            value=txn.value,
+            state=txn.state,
+            isolation_level=txn.isolation_level,
+            commit_mode=txn.commit_mode,
+        )
+        copy._values = dict(txn._values)
+        return copy
+
+    def mirrors(self, txn: Transaction) -> bool:
+        """Whether this snapshot still shows ``txn`` (so a runner may send it again)."""
+        try:
+            return bool(
+                self.key == txn.key
+                and self.state is txn.state
+                and self.isolation_level == txn.isolation_level
+                and self._values == txn._values
+            )
+        except Exception:  # values that cannot be compared: take a new snapshot
+            return False
+
+    def set(self, name: str, value: Any) -> None:
+        if not self._warned:
+            self._warned = True
+            _log.warning(
+                "transaction %s: %r was set in a task running in another process than its flow; "
+                "the value stays in that process (the block's on_commit/on_rollback hooks run in the "
+                "flow's process and do not see it). Fix: set shared values on the transaction in the flow, "
+                "inside the `with transaction() as txn:` block, before the task is submitted.",
+                self.key or "(no key)",
+                name,
+            )
+        super().set(name, value)
+
+    def track(self, task: Any, runs: list[TaskRun]) -> None:
+        """Nothing: runs started from a task in another process are not the block's to commit."""
+
+    def stage(self, value: Any) -> None:
+        """Refused: the block's record is written where the block runs, in the flow's process."""
+        raise MissingContextError(
+            f"transaction {self.key or '(no key)'}: stage() was called in a task running in another process than "
+            "its flow (a Dask worker), where only a copy of the block is; the record it stages would be lost. "
+            "Fix: return the value from the task and call txn.stage(value) in the flow, inside the block."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        options = (self.value, self.state, self.isolation_level, self.commit_mode)
+        return (_rebuild_snapshot, (self.key, options, self._values))
+
+
+def _rebuild_snapshot(
+    key: str | None, options: tuple[Any, TransactionState, Any, Any], values: dict[str, Any]
+) -> TransactionSnapshot:
+    value, state, isolation_level, commit_mode = options
+    copy = TransactionSnapshot(key, value=value, state=state, isolation_level=isolation_level, commit_mode=commit_mode)
+    copy._values = values
+    return copy
 
 
 @dataclass(eq=False, slots=True)
@@ -59,6 +152,8 @@ class TaskCall:
     run_tags: frozenset[str] | None = None
     # Started inside a transaction() block: its on_commit hooks wait for the block to commit.
     in_transaction: bool = False
+    # That block: the live one here, a TransactionSnapshot of it when the call travels.
+    transaction: Transaction | None = None
     # Why the run's previous attempt ended with its process (a worker died under it), when the
     # runner starts the run again: the engine judges that crash by the task's policy first.
     crash: str | None = None
@@ -85,6 +180,8 @@ class TaskCall:
         state = {name: getattr(self, name) for name in self.__slots__}
         state["cancel_event"] = None
         state["coordination"] = None
+        if self.transaction is not None:  # the live block holds a lock and the runs: a copy travels
+            state["transaction"] = TransactionSnapshot.of(self.transaction)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -192,6 +289,9 @@ def make_calls(
     txn = get_transaction()
     if txn is not None:  # the block commits or rolls these runs back together (daskflow.transactions)
         txn.track(task, [call.task_run for call in calls])
+        # A snapshot's block is in another process: those runs commit on their own, as outside a block.
+        live = not isinstance(txn, TransactionSnapshot)
         for call in calls:
-            call.in_transaction = True
+            call.transaction = txn
+            call.in_transaction = live
     return calls

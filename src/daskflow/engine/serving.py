@@ -67,6 +67,7 @@ __all__ = [
     "Clock",
     "DeploymentBackend",
     "ScheduledRun",
+    "StoreServing",
     "SystemClock",
     "deployment_backend",
     "install_deployment_backend",
@@ -278,12 +279,14 @@ def serve_flow(
     clock: Clock | None = None,
     stop: threading.Event | None = None,
     tags: frozenset[str] = frozenset(),
+    deployment_id: str | None = None,
 ) -> list[State]:
     """Run ``flow`` at each time of ``schedule`` in this process until stopped; return the runs' final states.
 
     See the module docstring. ``stop`` is an event another thread may set to
     stop as SIGINT/SIGTERM would; signal handlers are installed only when
-    this is the main thread, and restored on return.
+    this is the main thread, and restored on return. ``deployment_id`` (the
+    deployment registered in the run store for it) is recorded on its runs.
     """
     if on_stop not in ON_STOP:
         raise ConfigurationError(f"serve: on_stop={on_stop!r}; use 'finish' (let the run in flight end) or 'cancel'")
@@ -291,6 +294,7 @@ def serve_flow(
     render_parameters(parameters, datetime.now(UTC), None)  # an unknown template fails now, not at the first run
     session = _ServeSession(flow, dict(parameters or {}), on_stop, label, stop or threading.Event())
     session.deployment_name = name
+    session.deployment_id = deployment_id
     session.tags = frozenset(tags)
     configure_console_logging()
     with session.signals():
@@ -310,6 +314,7 @@ class _ServeSession:
         self.wake = threading.Event()  # the waiting main thread looks at the flags again
         self.signals_seen = 0
         self.deployment_name: str | None = None  # serve(name=...): what daskflow.runtime.deployment.name says
+        self.deployment_id: str | None = None  # its row in the run store, when registered there
         self.tags: frozenset[str] = frozenset()  # serve(tags=...): every run's tags
 
     @contextmanager
@@ -338,7 +343,8 @@ class _ServeSession:
         outcome: dict[str, State] = {}
         finished = threading.Event()
 
-        deployment = DeploymentRef(None, self.deployment_name, parameters) if self.deployment_name else None
+        name = self.deployment_name
+        deployment = DeploymentRef(self.deployment_id, name, parameters) if name else None
         info = ScheduledRunInfo(scheduled_start_time=slot.scheduled_time, deployment=deployment, tags=self.tags)
 
         def run() -> None:
@@ -388,6 +394,17 @@ class _ServeSession:
 DEPLOYMENT_BACKEND_MODULE = "daskflow.deployments.flow_api"
 
 
+@dataclass(frozen=True, slots=True)
+class StoreServing:
+    """The run store's half of serving: the deployments registered (name -> id), and ``serve(stop, cancel)``,
+    which starts their queued runs and trigger firings in this process until ``stop`` is set (the runs in
+    flight then end, cancelled if ``cancel`` is set) and returns their final states by name; None when
+    nothing was registered."""
+
+    ids: Mapping[str, str]
+    serve: Callable[[threading.Event, threading.Event | None], dict[str, list[State]]] | None
+
+
 class DeploymentBackend(Protocol):
     """What flows need of the deployments layer; ``served`` are ``daskflow.flows.ServedDeployment``s."""
 
@@ -399,11 +416,9 @@ class DeploymentBackend(Protocol):
         """The flow at ``entrypoint`` (``/path/file.py:name`` or ``module:name``), imported."""
         ...
 
-    def serve_from_store(
-        self, served: Sequence[Any], *, poll_seconds: float | None
-    ) -> Callable[[threading.Event, str], dict[str, list[State]]]:
-        """Register ``served`` now; return ``serve(stop, on_stop)``, which runs their queued runs and
-        trigger firings in this process until ``stop`` is set, and returns their final states by name."""
+    def serve_from_store(self, served: Sequence[Any], *, poll_seconds: float | None) -> StoreServing:
+        """Register ``served`` now, as served by this process (a scheduled one that cannot be registered
+        is skipped with a warning; one that needs the store raises); return the store's half of serving."""
         ...
 
 

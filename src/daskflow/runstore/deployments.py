@@ -62,6 +62,7 @@ __all__ = [
     "list_deployments",
     "list_runs",
     "save_deployment",
+    "renew_served",
     "set_paused",
 ]
 
@@ -87,6 +88,13 @@ class DeploymentRecord:
     updated: datetime
     allow_concurrent_runs: bool = False  # runs may overlap (0005); off: one in flight, across services
     triggers: tuple[dict[str, Any], ...] = ()  # event triggers, as DeploymentEventTrigger fields (0008)
+    # (0009) registered by flow.serve: the serving process, and until when it serves (None: it stopped)
+    served_by: str | None = None
+    served_until: datetime | None = None
+
+    def served(self, now: datetime) -> bool:
+        """Whether a serving process holds it now (its lease is live)."""
+        return self.served_by is not None and self.served_until is not None and self.served_until > now
 
 
 @dataclass(frozen=True)
@@ -160,8 +168,14 @@ def save_deployment(
     paused: bool,
     allow_concurrent_runs: bool = False,
     triggers: Sequence[Mapping[str, Any]] = (),
+    served_by: str | None = None,
+    served_until: datetime | None = None,
 ) -> str:
-    """Create the deployment ``name``, or update it if it exists; return its id (kept on update)."""
+    """Create the deployment ``name``, or update it if it exists; return its id (kept on update).
+
+    ``served_by``/``served_until`` mark it as served by that process (flow.serve) until then; a
+    deployment saved without them (``flow.deploy``, ``deployment apply``) is fired by any service.
+    """
     dp = schema.deployments
     now = datetime.now(UTC)
     values = {
@@ -176,6 +190,8 @@ def save_deployment(
         "paused": bool(paused),
         "allow_concurrent_runs": bool(allow_concurrent_runs),
         "triggers": _dump([dict(t) for t in triggers]) if triggers else None,
+        "served_by": served_by,
+        "served_until": None if served_until is None else _utc(served_until),
         "updated": now,
     }
     for _ in range(2):  # a second pass only when another process inserted the same name meanwhile
@@ -232,6 +248,23 @@ def set_paused(store: RunStore, name: str, paused: bool) -> bool:
             dp.update().where(dp.c.name == name).values(paused=bool(paused), updated=datetime.now(UTC))
         )
     return bool(result.rowcount)
+
+
+def renew_served(store: RunStore, deployment_ids: Sequence[str], served_by: str, until: datetime | None) -> int:
+    """Renew (or with ``until=None`` end) the serving of these deployments by ``served_by``; how many rows.
+
+    A deployment saved since by someone else (another serve, a deploy) is left alone.
+    """
+    if not deployment_ids:
+        return 0
+    dp = schema.deployments
+    with store.database_errors(), _writing(store).begin() as connection:
+        result = connection.execute(
+            dp.update()
+            .where(dp.c.id.in_(list(deployment_ids)), dp.c.served_by == served_by)
+            .values(served_until=None if until is None else _utc(until))
+        )
+    return int(result.rowcount)
 
 
 # -- claims ----------------------------------------------------------------------------------

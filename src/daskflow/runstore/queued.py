@@ -6,10 +6,12 @@ the id it will keep, in the ``Scheduled`` state, with its deployment and the
 parameters to run with: :func:`queue_flow_run`. It is the flow run the user
 sees at once in the runs list and on its page; no table of its own is needed.
 A scheduling service finds such runs at its polls (:func:`queued_runs`: a
-top-level flow run ``Scheduled``, of a deployment, that never started) and
+flow run ``Scheduled``, of a deployment, that never started) and
 takes one with :func:`take_queued`, a conditional update that moves it to
 ``Pending``: of several services looking at once, exactly one update matches,
-so the run starts once. The flow engine then writes the same id over the row
+so the run starts once. A run queued from inside a flow run (Prefect's
+``run_deployment(..., as_subflow=True)``) carries that run as its
+``parent_flow_run_id`` from the start. The flow engine then writes the same id over the row
 (its snapshots win on ``updated``), and the deployment's claim
 (:mod:`daskflow.runstore.deployments`) leases the run in flight as any other.
 
@@ -49,6 +51,7 @@ class QueuedRun:
     deployment_name: str | None
     parameters: dict[str, Any]
     queued_at: datetime
+    parent_flow_run_id: str | None = None  # queued as a subflow of this flow run
 
 
 def _writing(store: RunStore) -> sa.Engine:
@@ -73,12 +76,13 @@ def queue_flow_run(
     tags: Sequence[str] = (),
     entrypoint: str | None = None,
     message: str | None = None,
+    parent_flow_run_id: str | None = None,
 ) -> datetime:
     """Write ``flow_run_id`` as a ``Scheduled`` run of the deployment, due now; return the time it was queued."""
     now = datetime.now(UTC)
     message = message or "queued: a scheduling service (daskflow serve) starts it within its poll interval"
     row = {
-        "id": flow_run_id, "name": flow_run_id[:8], "flow_name": flow_name, "parent_flow_run_id": None,
+        "id": flow_run_id, "name": flow_run_id[:8], "flow_name": flow_name, "parent_flow_run_id": parent_flow_run_id,
         "parameters": json.dumps(dict(parameters), default=str), "state_type": "SCHEDULED",
         "state_name": QUEUED_NAME, "state_message": message, "run_count": 0, "created": now, "updated": now,
         "entrypoint": entrypoint, "tags": json.dumps(sorted(tags), separators=(",", ":")) if tags else None,
@@ -97,8 +101,9 @@ def _waiting() -> tuple[sa.ColumnElement[bool], ...]:
     return (
         fr.c.state_type == "SCHEDULED",
         fr.c.state_name == QUEUED_NAME,
+        # Only a queued run has a deployment without having started (a deployment run's subflows
+        # record none): one queued as a subflow, with a parent, is waiting too.
         fr.c.deployment_id.is_not(None),
-        fr.c.parent_flow_run_id.is_(None),
         fr.c.start_time.is_(None),
         fr.c.run_count == 0,
     )
@@ -108,7 +113,9 @@ def queued_runs(store: RunStore, limit: int = 100) -> list[QueuedRun]:
     """The queued runs that no service has taken yet, oldest first."""
     fr = schema.flow_runs
     query = (
-        sa.select(fr.c.id, fr.c.deployment_id, fr.c.deployment_name, fr.c.parameters, fr.c.created)
+        sa.select(
+            fr.c.id, fr.c.deployment_id, fr.c.deployment_name, fr.c.parameters, fr.c.created, fr.c.parent_flow_run_id
+        )
         .where(*_waiting())
         .order_by(fr.c.created)
         .limit(limit)
@@ -116,7 +123,14 @@ def queued_runs(store: RunStore, limit: int = 100) -> list[QueuedRun]:
     with store.database_errors(), store.engine.connect() as connection:
         rows = connection.execute(query).all()
     return [
-        QueuedRun(row.id, row.deployment_id, row.deployment_name, json.loads(row.parameters or "{}"), row.created)
+        QueuedRun(
+            row.id,
+            row.deployment_id,
+            row.deployment_name,
+            json.loads(row.parameters or "{}"),
+            row.created,
+            row.parent_flow_run_id,
+        )
         for row in rows
     ]
 

@@ -249,6 +249,10 @@ deployments = sa.Table(
     sa.Column("allow_concurrent_runs", sa.Boolean(), nullable=False, server_default=sa.false()),
     # (0008) event triggers: a JSON list of DeploymentEventTrigger fields; a service fires one run per match
     sa.Column("triggers", sa.Text(), nullable=True),
+    # (0009) registered by flow.serve/serve(): the serving process ("host:pid"), kept after it stops, and
+    # until when it serves (renewed while it runs; None once stopped). Only that process fires its schedule.
+    sa.Column("served_by", sa.String(), nullable=True),
+    sa.Column("served_until", UTCDateTime(), nullable=True),
 )
 
 deployment_runs = sa.Table(

@@ -86,6 +86,7 @@ from daskflow.concurrency.distributed_compat import (
     stuck_keys,
 )
 from daskflow.engine import UNCHANGED, TaskCall, TaskRunEngine, transform
+from daskflow.engine.calls import TransactionSnapshot
 from daskflow.exceptions import ConfigurationError, SchedulerUnreachableError
 from daskflow.futures import DaskflowFuture
 from daskflow.states import (
@@ -375,7 +376,8 @@ class DaskTaskRunner(TaskRunner):
     def _flow_info(self, call: TaskCall) -> dict[str, Any]:
         key = (call.flow_run_id, call.log_prints, call.task_run.tags, call.in_transaction)
         info = self._flow_infos.get(key)
-        if info is None:
+        # Inside a transaction() block: the snapshot sent must show the block as it is now.
+        if info is None or (call.transaction is not None and not info["transaction"].mirrors(call.transaction)):
             info = self._flow_infos[key] = self._make_flow_info(call)
         return info
 
@@ -390,6 +392,8 @@ class DaskTaskRunner(TaskRunner):
             "flow_facts": call.flow_facts,  # daskflow.runtime on the worker
             "run_tags": call.task_run.tags,  # the task's and those of tags(...) where it was submitted
             "in_transaction": call.in_transaction,  # on_commit hooks wait for the block (daskflow.transactions)
+            # get_transaction() in the task on the worker: a copy of the block, entered by run_on_worker.
+            "transaction": None if call.transaction is None else TransactionSnapshot.of(call.transaction),
         }
 
     def submit_batch(self, calls: Sequence[TaskCall]) -> list[DaskflowFuture[Any]]:

@@ -38,7 +38,7 @@ from distributed import get_worker, rejoin, secede
 from daskflow import secrets_mask
 from daskflow.concurrency.cluster import cluster_coordination
 from daskflow.concurrency.distributed_compat import active_task_threads, current_task_crashes, mark_waiting
-from daskflow.context import set_wait_hook, set_worker_thread, shielded_threads
+from daskflow.context import set_wait_hook, set_worker_thread, shielded_threads, use_transaction
 from daskflow.engine import UNCHANGED, TaskCall, interrupt_thread, run_task_sync, transform
 from daskflow.exceptions import CancelledRunError
 from daskflow.logging import ARTIFACT_LOGGER, set_console_enabled
@@ -429,7 +429,10 @@ def run_on_worker(task: Any, flow_info: dict[str, Any], spec: RunSpec, upstream:
     set_wait_hook(_seceded)
     set_worker_thread(True)
     try:
-        return run_task_sync(call)
+        if call.transaction is None:
+            return run_task_sync(call)
+        with use_transaction(call.transaction):  # get_transaction() in the task: the block's snapshot
+            return run_task_sync(call)
     finally:
         set_worker_thread(False)
         set_wait_hook(None)

@@ -13,7 +13,7 @@ from alembic import op
 __all__ = ["downgrade", "upgrade"]
 
 revision = "0010"
-down_revision: str | None = "0008"
+down_revision: str | None = "0009"
 branch_labels: str | None = None
 depends_on: str | None = None
 
