@@ -121,6 +121,13 @@ def test_a_served_deployment_runs_what_another_process_asks_for_and_stays_listed
     entry, table = _ls(url)
     assert entry["served"] is False and entry["next_run"] is None, entry
     assert f"not served (was {served.served_by})" in table, table
+    # The server's deployment pages and API list no upcoming times for it either (one rule, in Deployment).
+    from daskflow.server.api import _deployment_json
+
+    assert after.upcoming_times(5) == [], after
+    with RunStore(url) as opened:
+        record = rows.get_deployment(opened, "greeter")
+        assert record is not None and _deployment_json(record)["next_times"] == [], record
 
 
 def test_a_scheduling_service_leaves_a_served_deployments_schedule_to_its_process(tmp_path: Path) -> None:

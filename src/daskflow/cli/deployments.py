@@ -115,9 +115,7 @@ def deployment_ls(url: str | None, as_json: bool) -> None:
     now = datetime.now(UTC)
     listed = []
     for item in found:
-        # A deployment of flow.serve whose process stopped has no next run until it is served again.
-        idle = item.paused or (item.served_by is not None and not item.served(now))
-        upcoming = item.next_run_times(1, now) if not idle else []
+        upcoming = item.upcoming_times(1, now)
         listed.append((item, upcoming[0] if upcoming else None, last.get(item.id or "")))
     if as_json:
         echo_json([

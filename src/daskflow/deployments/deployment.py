@@ -296,6 +296,14 @@ class Deployment:
         """The schedule's next ``n`` times after ``after`` (default now); none without a schedule."""
         return [] if self.schedule is None else self.schedule.next_times(n, after)
 
+    def upcoming_times(self, n: int = 1, now: datetime | None = None) -> builtins.list[datetime]:
+        """The next ``n`` times something will fire it: none while paused or, for a deployment of
+        ``flow.serve``, while no process serves it (its schedule fires only in that process)."""
+        now = now or datetime.now(UTC)
+        if self.paused or (self.served_by is not None and not self.served(now)):
+            return []
+        return self.next_run_times(n, now)
+
     def run(
         self,
         scheduled_time: datetime | str | None = None,

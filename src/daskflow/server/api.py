@@ -110,7 +110,7 @@ def _deployment_json(record: deployment_rows.DeploymentRecord, upcoming: int = 5
     data: dict[str, Any] = jsonable(record)
     deployment = Deployment.from_record(record)
     try:
-        times = [] if deployment.paused else deployment.next_run_times(upcoming)
+        times = deployment.upcoming_times(upcoming)
     except DaskflowError:
         times = []
     data["next_times"] = [t.isoformat() for t in times]

@@ -163,7 +163,7 @@ def build_pages(read_only: bool) -> APIRouter:
         for record in records:
             deployment = Deployment.from_record(record)
             try:
-                upcoming = [] if record.paused else deployment.next_run_times(5)
+                upcoming = deployment.upcoming_times(5)
             except DaskflowError:
                 upcoming = []
             recent = deployment_rows.list_runs(store, record.id, limit=5, newest_first=True)
