@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import put_raw, raw_bytes
-from daskflow.results import ResultStore
+from daskflow.results import ResultStore, batch
 from daskflow.results.batch import INLINE_MAX_BYTES
 from daskflow.results.deferred import InlineValue
 
@@ -134,3 +134,19 @@ def test_pickled_entries_are_not_inlined_and_still_checked(store: ResultStore) -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert stranger.lookup_many(["p"], list_from=1) == {}
+
+
+@pytest.mark.parametrize("list_from", [1, 1000], ids=["listing", "key-by-key"])
+def test_entries_fetched_in_chunks_are_all_found_each_with_its_own_value(
+    store: ResultStore, list_from: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batch, "_FETCH_CHUNK", 3)  # 11 entries: four chunks, the last one short
+    for n in range(10):
+        store.write(f"k{n}", n * 10, task_name="t")
+    store.write("large", np.random.default_rng(0).random(8000), task_name="t")  # 64 kB that do not compress
+    keys = [f"k{n}" for n in range(10)] + ["large", "absent", "also-absent"]
+    found = store.lookup_many(keys, defer_above=32_000, list_from=list_from)
+    assert sorted(found) == sorted([f"k{n}" for n in range(10)] + ["large"]), sorted(found)
+    assert [found[f"k{n}"][1].get() for n in range(10)] == [n * 10 for n in range(10)]
+    assert found["large"][1] is store.NOT_READ
+    assert all(found[key][0].key == key for key in found), "an entry's info names another key"

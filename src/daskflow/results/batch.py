@@ -5,10 +5,15 @@ costs a ``stat`` and a read, and each small value a full Parquet decode
 (hundreds of microseconds for one integer: a reader per column, a codec per
 page). Two things make the batch cheap:
 
-* **One listing.** :func:`lookup_many` lists the store's folder once and
-  reads only the entries that are there; a cold map of misses opens nothing.
-  Below ``list_from`` keys it asks for each instead, as a listing of a large
-  folder would cost more.
+* **Few requests, no wasted parse.** :func:`lookup_many` reads each entry
+  whole in one request and parses its footer alone (no ``ParquetFile``, whose
+  Python-side setup a lookup never uses). A local folder is read key by key
+  with plain system calls: a failed ``open`` is cheaper than a listing that
+  asks the size of every file, so a cold map of misses costs one call a key.
+  Other storage is listed once (from ``list_from`` keys on; below, each key is
+  asked for) and the entries found are fetched in chunks with
+  ``cat_ranges``, which an asynchronous filesystem (s3fs...) serves
+  concurrently.
 * **Small values inline.** An entry whose value is small (its Arrow table
   under :data:`INLINE_MAX_BYTES` as an IPC stream, not a pickle) also carries
   that stream in its footer's metadata, with its SHA-256 (``"inline"`` and
@@ -32,23 +37,29 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from daskflow.exceptions import CorruptResultError
 from daskflow.results import serializers
 from daskflow.results.deferred import InlineValue
-from daskflow.results.metadata import ParsedFooter, entry_name, signature_digest, utc
-from daskflow.results.parquet import open_entry
+from daskflow.results.metadata import ParsedFooter, entry_name, not_parquet, parse_metadata, signature_digest, utc
+from daskflow.results.parquet import open_parquet
 
 if TYPE_CHECKING:
     from daskflow.results.entries import EntryInfo, ResultStore
+    from daskflow.results.storage import Location
 
-__all__ = ["INLINE_MAX_BYTES", "decode_inline", "inline_fields", "inline_stream", "lookup_many"]
+__all__ = ["INLINE_MAX_BYTES", "decode_inline", "inline_fields", "inline_stream", "lookup_many", "read_footer"]
 
 INLINE_MAX_BYTES = 4096
 """The largest Arrow IPC stream of a value that is copied into its entry's footer."""
+
+_FETCH_CHUNK = 256  # entries fetched at once from remote storage: bounded memory, enough in flight
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
 def inline_fields(table: Any, format: str) -> dict[str, str]:
@@ -115,23 +126,14 @@ def lookup_many(
     location = store._location
     moment = utc(now, "now") or datetime.now(UTC)
     names = {key: entry_name(key) for key in keys}
-    sizes: dict[str, int] = {}
-    if len(keys) >= list_from:
-        try:
-            listing = location.sizes()
-        except Exception:
-            return {}
-        sizes = {key: listing[name] for key, name in names.items() if name in listing}
-    else:
-        for key, name in names.items():
-            try:
-                sizes[key] = location.stat(name).size
-            except Exception:
-                continue
     found: dict[str, tuple[EntryInfo, Any]] = {}
-    for key, size in sizes.items():
+    for key, data in _contents(location, names, defer_above, list_from):
         try:
-            hit = _look(store, key, names[key], size, defer_above, moment)
+            if data is None:  # larger than defer_above: its footer only, the value when needed
+                info = store.head(key, now=moment)
+                hit = None if info is None else (info, store.NOT_READ)
+            else:
+                hit = _look(store, key, names[key], data, moment)
         except Exception:  # whatever it is, the run's own lookup will say it
             continue
         if hit is not None:
@@ -139,24 +141,106 @@ def lookup_many(
     return found
 
 
-def _look(
-    store: ResultStore, key: str, name: str, size: int, defer_above: int | None, moment: datetime
-) -> tuple[EntryInfo, Any] | None:
-    location = store._location
-    if defer_above is not None and size > defer_above:
-        info = store.head(key, now=moment)
-        return None if info is None else (info, store.NOT_READ)
-    data = location.read_bytes(name)
-    parquet, parsed = open_entry(data, key, location.display(name))
+def _contents(
+    location: Location, names: dict[str, str], defer_above: int | None, list_from: int
+) -> Iterator[tuple[str, bytes | None]]:
+    """``(key, bytes)`` of each entry present among ``names``, ``(key, None)`` for one over ``defer_above``.
+
+    Each entry is read whole, in one request (see :meth:`~.storage.Location.read_bytes`
+    for why not in ranges). A local folder is read with plain system calls, key by
+    key: a failed ``open`` costs less than a listing's ``stat`` of every file. Other
+    storage is listed once (from ``list_from`` keys on) and the entries found are
+    fetched in chunks with ``cat_ranges``, which an asynchronous filesystem (s3fs...)
+    serves concurrently.
+    """
+    limit = sys.maxsize if defer_above is None else defer_above
+    if location.strategy == "local":
+        root = location.root
+        for key, name in names.items():
+            try:
+                data = _read_local(os.path.join(root, name), limit)
+            except OSError:  # absent (a miss), or unreadable: the run's own lookup says which
+                continue
+            yield key, data
+        return
+    sizes: dict[str, int] = {}
+    if len(names) >= list_from:
+        try:
+            listing = location.sizes()
+        except Exception:
+            return
+        sizes = {key: listing[name] for key, name in names.items() if name in listing}
+    else:
+        for key, name in names.items():
+            try:
+                sizes[key] = location.stat(name).size
+            except Exception:
+                continue
+    small = [key for key, size in sizes.items() if size <= limit]
+    for key in sizes.keys() - set(small):
+        yield key, None
+    fs = location.fs
+    for start in range(0, len(small), _FETCH_CHUNK):
+        chunk = small[start : start + _FETCH_CHUNK]
+        try:
+            fetched = fs.cat_ranges([location.path(names[key]) for key in chunk], None, None, on_error="return")
+        except Exception:
+            continue
+        for key, data in zip(chunk, fetched, strict=True):
+            if isinstance(data, bytes | bytearray | memoryview):
+                yield key, bytes(data)
+
+
+def _read_local(path: str, limit: int) -> bytes | None:
+    """The whole file at ``path``, or None when it holds more than ``limit`` bytes."""
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            return None
+        data = os.read(fd, size + 1)  # one byte more: a file that grew since is read to its end
+        if len(data) > size:
+            chunks = [data]
+            while chunks[-1]:
+                chunks.append(os.read(fd, 1 << 16))
+            data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    return data
+
+
+def read_footer(data: bytes, key: str, path: str) -> ParsedFooter:
+    """The checked metadata of the entry in ``data``, from its Parquet footer alone.
+
+    The footer is parsed as :func:`~.parquet.open_entry` parses it (the Arrow schema
+    included), minus the Python-side setup of a ``ParquetFile`` that a lookup
+    never uses; a damaged footer is a ``CorruptResultError`` as there.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not data:
+        raise CorruptResultError("the file is empty (0 bytes)")
+    try:
+        reader = pq.ParquetReader()
+        reader.open(pa.BufferReader(data))
+        raw = reader.metadata.metadata
+    except Exception as exc:
+        raise not_parquet(exc) from exc
+    return parse_metadata(raw, key, path, len(data))
+
+
+def _look(store: ResultStore, key: str, name: str, data: bytes, moment: datetime) -> tuple[EntryInfo, Any] | None:
+    parsed = read_footer(data, key, store._location.display(name))
     info = parsed.info
     if info.is_expired(moment):
         return None
     if info.format == serializers.PICKLE:
         signature_digest(parsed.signature)
-        return info, store._decode(parquet, parsed)  # checks the signature before unpickling
+        return info, store._decode(open_parquet(data), parsed)  # checks the signature before unpickling
     stream = inline_stream(parsed)
     if stream is None:
-        return info, store._decode(parquet, parsed)
+        return info, store._decode(open_parquet(data), parsed)
     # The copy is the value as written (its digest matched): the data pages are not read, and it
     # is decoded only if someone needs the value (a hit whose downstream hits too never does).
     decode = functools.partial(decode_inline, stream, info.format, parsed.codec, info.length)
