@@ -140,7 +140,7 @@ def test_pickled_entries_are_not_inlined_and_still_checked(store: ResultStore) -
 def test_entries_fetched_in_chunks_are_all_found_each_with_its_own_value(
     store: ResultStore, list_from: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(batch, "_FETCH_CHUNK", 3)  # 11 entries: four chunks, the last one short
+    monkeypatch.setattr(batch, "_CHUNK", 3)  # 11 entries: four chunks, the last one short
     for n in range(10):
         store.write(f"k{n}", n * 10, task_name="t")
     store.write("large", np.random.default_rng(0).random(8000), task_name="t")  # 64 kB that do not compress

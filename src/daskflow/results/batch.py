@@ -39,7 +39,8 @@ import functools
 import hashlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +59,8 @@ __all__ = ["INLINE_MAX_BYTES", "decode_inline", "inline_fields", "inline_stream"
 INLINE_MAX_BYTES = 4096
 """The largest Arrow IPC stream of a value that is copied into its entry's footer."""
 
-_FETCH_CHUNK = 256  # entries fetched at once from remote storage: bounded memory, enough in flight
+_CHUNK = 256  # entries read at once: bounded memory (a chunk's bytes), enough in flight on remote storage
+_THREADS = 4  # chunks looked up at once
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -126,8 +128,35 @@ def lookup_many(
     location = store._location
     moment = utc(now, "now") or datetime.now(UTC)
     names = {key: entry_name(key) for key in keys}
-    found: dict[str, tuple[EntryInfo, Any]] = {}
-    for key, data in _contents(location, names, defer_above, list_from):
+    limit = sys.maxsize if defer_above is None else defer_above
+    fetch: Callable[[list[str]], Iterator[tuple[str, bytes | None]]]
+    if location.strategy == "local":
+        todo = list(names)
+        fetch = functools.partial(_fetch_local, location.root, names, limit)
+    else:
+        sizes = _present(location, names, list_from)
+        todo = list(sizes)
+        fetch = functools.partial(_fetch_remote, location, names, sizes, limit)
+    look = functools.partial(_look_chunk, store, names, fetch, moment)
+    chunks = [todo[start : start + _CHUNK] for start in range(0, len(todo), _CHUNK)]
+    if len(chunks) > 1:
+        # Reading and parsing a footer release the GIL: threads overlap them with the Python around.
+        with ThreadPoolExecutor(min(_THREADS, len(chunks)), thread_name_prefix="daskflow-lookup") as pool:
+            parts = list(pool.map(look, chunks))
+    else:
+        parts = [look(chunk) for chunk in chunks]
+    return {key: hit for part in parts for key, hit in part}
+
+
+def _look_chunk(
+    store: ResultStore,
+    names: dict[str, str],
+    fetch: Callable[[list[str]], Iterator[tuple[str, bytes | None]]],
+    moment: datetime,
+    chunk: list[str],
+) -> list[tuple[str, tuple[EntryInfo, Any]]]:
+    found = []
+    for key, data in fetch(chunk):
         try:
             if data is None:  # larger than defer_above: its footer only, the value when needed
                 info = store.head(key, now=moment)
@@ -137,58 +166,58 @@ def lookup_many(
         except Exception:  # whatever it is, the run's own lookup will say it
             continue
         if hit is not None:
-            found[key] = hit
+            found.append((key, hit))
     return found
 
 
-def _contents(
-    location: Location, names: dict[str, str], defer_above: int | None, list_from: int
-) -> Iterator[tuple[str, bytes | None]]:
-    """``(key, bytes)`` of each entry present among ``names``, ``(key, None)`` for one over ``defer_above``.
+def _fetch_local(root: str, names: dict[str, str], limit: int, chunk: list[str]) -> Iterator[tuple[str, bytes | None]]:
+    """``(key, bytes)`` of each entry of ``chunk`` in a local folder, ``(key, None)`` for one over ``limit``.
 
-    Each entry is read whole, in one request (see :meth:`~.storage.Location.read_bytes`
-    for why not in ranges). A local folder is read with plain system calls, key by
-    key: a failed ``open`` costs less than a listing's ``stat`` of every file. Other
-    storage is listed once (from ``list_from`` keys on) and the entries found are
-    fetched in chunks with ``cat_ranges``, which an asynchronous filesystem (s3fs...)
-    serves concurrently.
+    Key by key with plain system calls: a failed ``open`` costs less than a
+    listing's look at every file of the folder.
     """
-    limit = sys.maxsize if defer_above is None else defer_above
-    if location.strategy == "local":
-        root = location.root
-        for key, name in names.items():
-            try:
-                data = _read_local(os.path.join(root, name), limit)
-            except OSError:  # absent (a miss), or unreadable: the run's own lookup says which
-                continue
-            yield key, data
-        return
-    sizes: dict[str, int] = {}
+    for key in chunk:
+        try:
+            data = _read_local(os.path.join(root, names[key]), limit)
+        except OSError:  # absent (a miss), or unreadable: the run's own lookup says which
+            continue
+        yield key, data
+
+
+def _present(location: Location, names: dict[str, str], list_from: int) -> dict[str, int]:
+    """The size of each entry of ``names`` that remote storage holds: one listing, or one request a key."""
     if len(names) >= list_from:
         try:
             listing = location.sizes()
         except Exception:
-            return
-        sizes = {key: listing[name] for key, name in names.items() if name in listing}
-    else:
-        for key, name in names.items():
-            try:
-                sizes[key] = location.stat(name).size
-            except Exception:
-                continue
-    small = [key for key, size in sizes.items() if size <= limit]
-    for key in sizes.keys() - set(small):
-        yield key, None
-    fs = location.fs
-    for start in range(0, len(small), _FETCH_CHUNK):
-        chunk = small[start : start + _FETCH_CHUNK]
+            return {}
+        return {key: listing[name] for key, name in names.items() if name in listing}
+    sizes = {}
+    for key, name in names.items():
         try:
-            fetched = fs.cat_ranges([location.path(names[key]) for key in chunk], None, None, on_error="return")
+            sizes[key] = location.stat(name).size
         except Exception:
             continue
-        for key, data in zip(chunk, fetched, strict=True):
-            if isinstance(data, bytes | bytearray | memoryview):
-                yield key, bytes(data)
+    return sizes
+
+
+def _fetch_remote(
+    location: Location, names: dict[str, str], sizes: dict[str, int], limit: int, chunk: list[str]
+) -> Iterator[tuple[str, bytes | None]]:
+    """As :func:`_fetch_local` on other storage: one ``cat_ranges`` for the chunk's small entries."""
+    small = [key for key in chunk if sizes[key] <= limit]
+    for key in chunk:
+        if sizes[key] > limit:
+            yield key, None
+    if not small:
+        return
+    try:
+        fetched = location.fs.cat_ranges([location.path(names[key]) for key in small], None, None, on_error="return")
+    except Exception:
+        return
+    for key, data in zip(small, fetched, strict=True):
+        if isinstance(data, bytes | bytearray | memoryview):  # else the error met: left to the run
+            yield key, bytes(data)
 
 
 def _read_local(path: str, limit: int) -> bytes | None:
