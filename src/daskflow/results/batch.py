@@ -39,8 +39,8 @@ import functools
 import hashlib
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +54,15 @@ if TYPE_CHECKING:
     from daskflow.results.entries import EntryInfo, ResultStore
     from daskflow.results.storage import Location
 
-__all__ = ["INLINE_MAX_BYTES", "decode_inline", "inline_fields", "inline_stream", "lookup_many", "read_footer"]
+__all__ = [
+    "INLINE_MAX_BYTES",
+    "BatchLookup",
+    "decode_inline",
+    "inline_fields",
+    "inline_stream",
+    "lookup_many",
+    "read_footer",
+]
 
 INLINE_MAX_BYTES = 4096
 """The largest Arrow IPC stream of a value that is copied into its entry's footer."""
@@ -125,38 +133,98 @@ def lookup_many(
     """The clean hits among ``keys``: key -> ``(info, value)``, the value :attr:`~.ResultStore.NOT_READ`
     for an entry over ``defer_above`` bytes (its footer alone is read), an
     :class:`~.deferred.InlineValue` for one carrying its value inline. See the module docstring."""
-    location = store._location
-    moment = utc(now, "now") or datetime.now(UTC)
-    names = {key: entry_name(key) for key in keys}
-    limit = sys.maxsize if defer_above is None else defer_above
-    fetch: Callable[[list[str]], Iterator[tuple[str, bytes | None]]]
-    if location.strategy == "local":
-        todo = list(names)
-        fetch = functools.partial(_fetch_local, location.root, names, limit)
-    else:
-        sizes = _present(location, names, list_from)
-        todo = list(sizes)
-        fetch = functools.partial(_fetch_remote, location, names, sizes, limit)
-    look = functools.partial(_look_chunk, store, names, fetch, moment)
-    chunks = [todo[start : start + _CHUNK] for start in range(0, len(todo), _CHUNK)]
-    if len(chunks) > 1:
-        # Reading and parsing a footer release the GIL: threads overlap them with the Python around.
-        with ThreadPoolExecutor(min(_THREADS, len(chunks)), thread_name_prefix="daskflow-lookup") as pool:
-            parts = list(pool.map(look, chunks))
-    else:
-        parts = [look(chunk) for chunk in chunks]
-    return {key: hit for part in parts for key, hit in part}
+    with BatchLookup(store, defer_above=defer_above, list_from=list_from, now=now) as lookup:
+        lookup.add(keys)
+        return lookup.hits()
+
+
+class BatchLookup:
+    """A batch lookup fed its keys as they become known: :func:`lookup_many` in parts.
+
+    Each chunk of :data:`_CHUNK` keys is read and parsed on a thread (reading a
+    file and parsing a footer release the GIL) while the caller computes the
+    next keys; :meth:`hits` waits for them all. Remote storage is listed once,
+    when the first chunk goes. The caller loads pyarrow first, one thread at a
+    time, as :meth:`~.ResultStore.lookup_many` does. Use it as a context
+    manager: leaving it stops its threads.
+    """
+
+    def __init__(
+        self, store: ResultStore, *, defer_above: int | None = None, list_from: int = 16, now: datetime | None = None
+    ) -> None:
+        self.store = store
+        self.moment = utc(now, "now") or datetime.now(UTC)
+        self.limit = sys.maxsize if defer_above is None else defer_above
+        self.list_from = list_from
+        self._seen: set[str] = set()
+        self._pending: dict[str, str] = {}  # key -> entry name, not yet sent
+        self._listing: dict[str, int] | None = None
+        self._parts: list[Future[list[tuple[str, tuple[EntryInfo, Any]]]]] = []
+        self._pool: ThreadPoolExecutor | None = None
+
+    def add(self, keys: Iterable[str]) -> None:
+        """Look these keys up too (a key asked for twice is looked up once)."""
+        for key in keys:
+            if key in self._seen:
+                continue
+            name = entry_name(key)  # a bad key raises here, in the caller's thread
+            self._seen.add(key)
+            self._pending[key] = name
+            if len(self._pending) >= _CHUNK:
+                self._send()
+
+    def hits(self) -> dict[str, tuple[EntryInfo, Any]]:
+        """The clean hits among every key added: key -> ``(info, value)`` as :func:`lookup_many` gives."""
+        found: dict[str, tuple[EntryInfo, Any]] = {}
+        if self._pending and not self._parts:  # one chunk in all: no thread is worth starting
+            found.update(self._look(self._take()))
+        elif self._pending:
+            self._send()
+        for part in self._parts:
+            found.update(part.result())
+        return found
+
+    def __enter__(self) -> BatchLookup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _take(self) -> dict[str, str]:
+        names, self._pending = self._pending, {}
+        return names
+
+    def _send(self) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="daskflow-lookup")
+        self._parts.append(self._pool.submit(self._look, self._take()))
+
+    def _look(self, names: dict[str, str]) -> list[tuple[str, tuple[EntryInfo, Any]]]:
+        location = self.store._location
+        fetch: Iterator[tuple[str, bytes | None]]
+        if location.strategy == "local":
+            fetch = _fetch_local(location.root, names, self.limit)
+        else:
+            fetch = _fetch_remote(location, names, self._sizes(location, names), self.limit)
+        return _look_chunk(self.store, names, fetch, self.moment)
+
+    def _sizes(self, location: Location, names: dict[str, str]) -> dict[str, int]:
+        if self._listing is None and len(names) >= self.list_from:
+            try:
+                self._listing = location.sizes()  # once: later chunks read the same listing
+            except Exception:
+                self._listing = {}
+        if self._listing is not None:
+            return {key: self._listing[name] for key, name in names.items() if name in self._listing}
+        return _stat_each(location, names)
 
 
 def _look_chunk(
-    store: ResultStore,
-    names: dict[str, str],
-    fetch: Callable[[list[str]], Iterator[tuple[str, bytes | None]]],
-    moment: datetime,
-    chunk: list[str],
+    store: ResultStore, names: dict[str, str], fetch: Iterator[tuple[str, bytes | None]], moment: datetime
 ) -> list[tuple[str, tuple[EntryInfo, Any]]]:
     found = []
-    for key, data in fetch(chunk):
+    for key, data in fetch:
         try:
             if data is None:  # larger than defer_above: its footer only, the value when needed
                 info = store.head(key, now=moment)
@@ -170,28 +238,22 @@ def _look_chunk(
     return found
 
 
-def _fetch_local(root: str, names: dict[str, str], limit: int, chunk: list[str]) -> Iterator[tuple[str, bytes | None]]:
-    """``(key, bytes)`` of each entry of ``chunk`` in a local folder, ``(key, None)`` for one over ``limit``.
+def _fetch_local(root: str, names: dict[str, str], limit: int) -> Iterator[tuple[str, bytes | None]]:
+    """``(key, bytes)`` of each entry of ``names`` in a local folder, ``(key, None)`` for one over ``limit``.
 
     Key by key with plain system calls: a failed ``open`` costs less than a
     listing's look at every file of the folder.
     """
-    for key in chunk:
+    for key, name in names.items():
         try:
-            data = _read_local(os.path.join(root, names[key]), limit)
+            data = _read_local(os.path.join(root, name), limit)
         except OSError:  # absent (a miss), or unreadable: the run's own lookup says which
             continue
         yield key, data
 
 
-def _present(location: Location, names: dict[str, str], list_from: int) -> dict[str, int]:
-    """The size of each entry of ``names`` that remote storage holds: one listing, or one request a key."""
-    if len(names) >= list_from:
-        try:
-            listing = location.sizes()
-        except Exception:
-            return {}
-        return {key: listing[name] for key, name in names.items() if name in listing}
+def _stat_each(location: Location, names: dict[str, str]) -> dict[str, int]:
+    """The size of each entry of ``names`` that remote storage holds, asked key by key."""
     sizes = {}
     for key, name in names.items():
         try:
@@ -202,12 +264,12 @@ def _present(location: Location, names: dict[str, str], list_from: int) -> dict[
 
 
 def _fetch_remote(
-    location: Location, names: dict[str, str], sizes: dict[str, int], limit: int, chunk: list[str]
+    location: Location, names: dict[str, str], sizes: dict[str, int], limit: int
 ) -> Iterator[tuple[str, bytes | None]]:
-    """As :func:`_fetch_local` on other storage: one ``cat_ranges`` for the chunk's small entries."""
-    small = [key for key in chunk if sizes[key] <= limit]
-    for key in chunk:
-        if sizes[key] > limit:
+    """As :func:`_fetch_local` on other storage, for the entries ``sizes`` found: one ``cat_ranges`` for the small."""
+    small = [key for key, size in sizes.items() if size <= limit]
+    for key, size in sizes.items():
+        if size > limit:
             yield key, None
     if not small:
         return
