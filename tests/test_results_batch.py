@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import put_raw, raw_bytes
+from daskflow.exceptions import ResultError
 from daskflow.results import ResultStore, batch
 from daskflow.results.batch import INLINE_MAX_BYTES
 from daskflow.results.deferred import InlineValue
@@ -150,3 +151,30 @@ def test_entries_fetched_in_chunks_are_all_found_each_with_its_own_value(
     assert [found[f"k{n}"][1].get() for n in range(10)] == [n * 10 for n in range(10)]
     assert found["large"][1] is store.NOT_READ
     assert all(found[key][0].key == key for key in found), "an entry's info names another key"
+
+
+def test_keys_fed_in_parts_are_each_looked_up_once_and_remote_storage_listed_once(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batch, "_CHUNK", 2)  # every add sends a chunk to a thread
+    for n in range(5):
+        store.write(f"k{n}", n, task_name="t")
+    location = store._location
+    listings: list[int] = []
+    real_sizes = location.sizes
+
+    def counted_sizes() -> dict[str, int]:
+        listings.append(1)
+        return real_sizes()
+
+    monkeypatch.setattr(location, "sizes", counted_sizes)
+    with batch.BatchLookup(store, list_from=1) as lookup:
+        lookup.add(["k0", "k1", "absent"])
+        lookup.add(["k1", "k2"])  # k1 again: looked up once
+        lookup.add(["k3", "k4", "k0"])
+        with pytest.raises(ResultError, match="invalid result key"):
+            lookup.add(["../escape"])  # a bad key fails in the caller's thread, not in a lookup thread
+        found = lookup.hits()
+    assert {key: value.get() for key, (_, value) in found.items()} == {f"k{n}": n for n in range(5)}
+    # A local folder is read key by key, never listed; any other storage is listed once for all chunks.
+    assert len(listings) == (0 if store.strategy == "local" else 1), listings

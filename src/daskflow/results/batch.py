@@ -177,7 +177,7 @@ class BatchLookup:
         """The clean hits among every key added: key -> ``(info, value)`` as :func:`lookup_many` gives."""
         found: dict[str, tuple[EntryInfo, Any]] = {}
         if self._pending and not self._parts:  # one chunk in all: no thread is worth starting
-            found.update(self._look(self._take()))
+            found.update(self._look(*self._take()))
         elif self._pending:
             self._send()
         for part in self._parts:
@@ -191,33 +191,34 @@ class BatchLookup:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _take(self) -> dict[str, str]:
+    def _take(self) -> tuple[dict[str, str], dict[str, int] | None]:
+        """The pending keys' names, and their sizes on remote storage (asked here, in the caller's thread,
+        so that one listing serves every chunk)."""
         names, self._pending = self._pending, {}
-        return names
+        location = self.store._location
+        if location.strategy == "local":
+            return names, None
+        if self._listing is None and len(names) >= self.list_from:
+            try:
+                self._listing = location.sizes()
+            except Exception:
+                self._listing = {}
+        if self._listing is None:
+            return names, _stat_each(location, names)
+        return names, {key: self._listing[name] for key, name in names.items() if name in self._listing}
 
     def _send(self) -> None:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="daskflow-lookup")
-        self._parts.append(self._pool.submit(self._look, self._take()))
+        self._parts.append(self._pool.submit(self._look, *self._take()))
 
-    def _look(self, names: dict[str, str]) -> list[tuple[str, tuple[EntryInfo, Any]]]:
+    def _look(self, names: dict[str, str], sizes: dict[str, int] | None) -> list[tuple[str, tuple[EntryInfo, Any]]]:
         location = self.store._location
-        fetch: Iterator[tuple[str, bytes | None]]
-        if location.strategy == "local":
+        if sizes is None:
             fetch = _fetch_local(location.root, names, self.limit)
         else:
-            fetch = _fetch_remote(location, names, self._sizes(location, names), self.limit)
+            fetch = _fetch_remote(location, names, sizes, self.limit)
         return _look_chunk(self.store, names, fetch, self.moment)
-
-    def _sizes(self, location: Location, names: dict[str, str]) -> dict[str, int]:
-        if self._listing is None and len(names) >= self.list_from:
-            try:
-                self._listing = location.sizes()  # once: later chunks read the same listing
-            except Exception:
-                self._listing = {}
-        if self._listing is not None:
-            return {key: self._listing[name] for key, name in names.items() if name in self._listing}
-        return _stat_each(location, names)
 
 
 def _look_chunk(
