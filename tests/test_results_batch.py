@@ -12,8 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
 import pickle
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -178,3 +180,15 @@ def test_keys_fed_in_parts_are_each_looked_up_once_and_remote_storage_listed_onc
     assert {key: value.get() for key, (_, value) in found.items()} == {f"k{n}": n for n in range(5)}
     # A local folder is read key by key, never listed; any other storage is listed once for all chunks.
     assert len(listings) == (0 if store.strategy == "local" else 1), listings
+
+
+def test_a_folder_or_a_pipe_named_like_an_entry_is_left_out_and_nothing_hangs(tmp_path: Path) -> None:
+    store = ResultStore((tmp_path / "results").as_uri(), {}, signing_key=b"test-key")
+    store.write("good", 1, task_name="t")
+    os.mkfifo(tmp_path / "results" / "pipe.parquet")  # opening it for reading would wait for a writer
+    (tmp_path / "results" / "folder.parquet").mkdir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = store.lookup_many(["good", "pipe", "folder"], list_from=1)
+    assert list(found) == ["good"], list(found)
+    assert caught == [], [str(w.message) for w in caught]

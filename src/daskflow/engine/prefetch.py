@@ -7,8 +7,10 @@ nothing, each costing the scheduler more than the work. Yet the key of a run
 often needs nothing the submitting process lacks: its arguments are plain
 values, or the states of upstream runs already known here (a versioned value
 is keyed by its version, never read). :func:`look_up_calls` computes those
-keys here, asks the store for all of them at once (one listing of its folder
-and one read per entry found, see :meth:`ResultStore.lookup_many`), and ends
+keys here and asks the store for all of them at once: a
+:class:`~daskflow.results.batch.BatchLookup` reads and parses the entries of
+the keys computed so far on threads while the next keys are computed (one
+request per entry, and on remote storage one listing in all), and ends
 each hit ``Cached`` on the spot through the engine's own
 :meth:`~daskflow.engine.TaskRunEngine.finish`, so its state reaches the run
 history like any other; only the misses are handed to the runner.

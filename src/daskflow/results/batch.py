@@ -38,6 +38,7 @@ import base64
 import functools
 import hashlib
 import os
+import stat
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -69,7 +70,8 @@ INLINE_MAX_BYTES = 4096
 
 _CHUNK = 256  # entries read at once: bounded memory (a chunk's bytes), enough in flight on remote storage
 _THREADS = 4  # chunks looked up at once
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+# Non-blocking: a pipe named like an entry must not hang the lookup (it is refused once opened).
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 def inline_fields(table: Any, format: str) -> dict[str, str]:
@@ -287,7 +289,10 @@ def _read_local(path: str, limit: int) -> bytes | None:
     """The whole file at ``path``, or None when it holds more than ``limit`` bytes."""
     fd = os.open(path, _READ_FLAGS)
     try:
-        size = os.fstat(fd).st_size
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):  # a folder, a pipe...: not an entry (the run's lookup says so)
+            raise OSError(f"{path} is not a regular file")
+        size = status.st_size
         if size > limit:
             return None
         data = os.read(fd, size + 1)  # one byte more: a file that grew since is read to its end
