@@ -22,6 +22,7 @@ from daskflow.cache_policies import INPUTS
 from daskflow.hashing import hash_objects, stable_hash
 from daskflow.hashing.encoder import _digest
 from daskflow.hashing.flat import FLAT_MAX_ITEMS, flat_frame
+from daskflow.states import KnownValue
 
 VALUES: dict[str, Any] = {
     "int 0": 0,
@@ -159,3 +160,17 @@ def test_what_is_not_flat_is_left_to_the_encoder() -> None:
         (list(range(FLAT_MAX_ITEMS + 1)),), "value", single=True, fast=False
     )
     assert len({stable_hash(v) for v in (1, 1.0, "1", True, b"1", [1], (1,), {1: 1})}) == 8
+
+
+def test_long_lists_and_hooked_values_keep_their_digests() -> None:
+    # Longer than the flat path takes whole: the encoder walks them, writing flat items in one go.
+    assert stable_hash(list(range(1000))) == "a4f0e478dac28c64ad75f9d7bd63061dbf0271c3242bf2a939bcf97e5da826b6"
+    assert (
+        stable_hash([[i, str(i)] for i in range(300)])
+        == "ea60fa39b369d3c0979aa1c6ffd73411e304d105a3b96a329349b406a2a071e4"
+    )
+    # Versioned values (a reduce over a map's hits) hash by their hook's flat value.
+    assert (
+        stable_hash([KnownValue(i, f"v{i}") for i in range(300)])
+        == "cef433949d854515680b81e85cc0c15ce7e2352c29bde441d892d3ee1db0863b"
+    )

@@ -88,8 +88,13 @@ class Encoder:
 
     def sequence(self, tag: bytes, items: Any, sink: Sink, depth: int) -> None:
         open_frame(sink, tag, len(items))
+        flat_fits = depth + 2 <= MAX_DEPTH  # a flat item is at most one level deep
         for i, item in enumerate(items):
-            self.child(item, sink, depth + 1, i)
+            frame = flat_frame(item) if flat_fits else None
+            if frame is not None:  # the bytes child() would write, without its calls (see .flat)
+                sink.update(frame)
+            else:
+                self.child(item, sink, depth + 1, i)
 
     def unordered(self, tag: bytes, pairs: Any, sink: Sink, depth: int) -> None:
         """Items with no meaningful order: hash each alone, then sort the digests."""
@@ -159,7 +164,11 @@ class Encoder:
                 value = obj.__daskflow_hash__()
                 # A family of classes that stand for the same thing may share one name.
                 put_str(sink, b"hook", getattr(cls, "__daskflow_hash_name__", None) or type_name(cls))
-                self.child(value, sink, depth + 1, ".__daskflow_hash__()")
+                frame = flat_frame(value) if depth + 3 <= MAX_DEPTH else None
+                if frame is not None:  # e.g. a data version's ("daskflow.data_version", version)
+                    sink.update(frame)
+                else:
+                    self.child(value, sink, depth + 1, ".__daskflow_hash__()")
             finally:
                 self.leave(obj)
             return
