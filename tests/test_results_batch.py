@@ -12,8 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
 import pickle
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import put_raw, raw_bytes
-from daskflow.results import ResultStore
+from daskflow.exceptions import ResultError
+from daskflow.results import ResultStore, batch
 from daskflow.results.batch import INLINE_MAX_BYTES
 from daskflow.results.deferred import InlineValue
 
@@ -134,3 +137,58 @@ def test_pickled_entries_are_not_inlined_and_still_checked(store: ResultStore) -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert stranger.lookup_many(["p"], list_from=1) == {}
+
+
+@pytest.mark.parametrize("list_from", [1, 1000], ids=["listing", "key-by-key"])
+def test_entries_fetched_in_chunks_are_all_found_each_with_its_own_value(
+    store: ResultStore, list_from: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batch, "_CHUNK", 3)  # 11 entries: four chunks, the last one short
+    for n in range(10):
+        store.write(f"k{n}", n * 10, task_name="t")
+    store.write("large", np.random.default_rng(0).random(8000), task_name="t")  # 64 kB that do not compress
+    keys = [f"k{n}" for n in range(10)] + ["large", "absent", "also-absent"]
+    found = store.lookup_many(keys, defer_above=32_000, list_from=list_from)
+    assert sorted(found) == sorted([f"k{n}" for n in range(10)] + ["large"]), sorted(found)
+    assert [found[f"k{n}"][1].get() for n in range(10)] == [n * 10 for n in range(10)]
+    assert found["large"][1] is store.NOT_READ
+    assert all(found[key][0].key == key for key in found), "an entry's info names another key"
+
+
+def test_keys_fed_in_parts_are_each_looked_up_once_and_remote_storage_listed_once(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batch, "_CHUNK", 2)  # every add sends a chunk to a thread
+    for n in range(5):
+        store.write(f"k{n}", n, task_name="t")
+    location = store._location
+    listings: list[int] = []
+    real_sizes = location.sizes
+
+    def counted_sizes() -> dict[str, int]:
+        listings.append(1)
+        return real_sizes()
+
+    monkeypatch.setattr(location, "sizes", counted_sizes)
+    with batch.BatchLookup(store, list_from=1) as lookup:
+        lookup.add(["k0", "k1", "absent"])
+        lookup.add(["k1", "k2"])  # k1 again: looked up once
+        lookup.add(["k3", "k4", "k0"])
+        with pytest.raises(ResultError, match="invalid result key"):
+            lookup.add(["../escape"])  # a bad key fails in the caller's thread, not in a lookup thread
+        found = lookup.hits()
+    assert {key: value.get() for key, (_, value) in found.items()} == {f"k{n}": n for n in range(5)}
+    # A local folder is read key by key, never listed; any other storage is listed once for all chunks.
+    assert len(listings) == (0 if store.strategy == "local" else 1), listings
+
+
+def test_a_folder_or_a_pipe_named_like_an_entry_is_left_out_and_nothing_hangs(tmp_path: Path) -> None:
+    store = ResultStore((tmp_path / "results").as_uri(), {}, signing_key=b"test-key")
+    store.write("good", 1, task_name="t")
+    os.mkfifo(tmp_path / "results" / "pipe.parquet")  # opening it for reading would wait for a writer
+    (tmp_path / "results" / "folder.parquet").mkdir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = store.lookup_many(["good", "pipe", "folder"], list_from=1)
+    assert list(found) == ["good"], list(found)
+    assert caught == [], [str(w.message) for w in caught]

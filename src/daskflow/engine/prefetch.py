@@ -7,8 +7,10 @@ nothing, each costing the scheduler more than the work. Yet the key of a run
 often needs nothing the submitting process lacks: its arguments are plain
 values, or the states of upstream runs already known here (a versioned value
 is keyed by its version, never read). :func:`look_up_calls` computes those
-keys here, asks the store for all of them at once (one listing of its folder
-and one read per entry found, see :meth:`ResultStore.lookup_many`), and ends
+keys here and asks the store for all of them at once: a
+:class:`~daskflow.results.batch.BatchLookup` reads and parses the entries of
+the keys computed so far on threads while the next keys are computed (one
+request per entry, and on remote storage one listing in all), and ends
 each hit ``Cached`` on the spot through the engine's own
 :meth:`~daskflow.engine.TaskRunEngine.finish`, so its state reaches the run
 history like any other; only the misses are handed to the runner.
@@ -54,6 +56,7 @@ from daskflow.engine.inputs import iter_upstreams, resolve_inputs, wait_for_all
 from daskflow.engine.task_engine import TaskRunEngine
 from daskflow.exceptions import DaskflowError
 from daskflow.results import ResultStore
+from daskflow.results.batch import BatchLookup
 from daskflow.results.deferred import StoredValue
 from daskflow.states import Cached, DeferredData, KnownValue, State
 
@@ -67,6 +70,8 @@ _PORTABLE = (Inputs, TaskSource, FlowParameters, RunId, NoCache)
 _LIST_FROM = 16
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 _REACH_SECONDS = 5.0  # how long a cluster's answer (where its workers are) is trusted
+# Arguments of these exact types hold no future, state or annotation: nothing to resolve before hashing.
+_PLAIN = frozenset({str, bytes, int, float, bool, type(None), complex})
 
 
 @dataclass(frozen=True)
@@ -173,17 +178,16 @@ def look_up_calls(calls: Sequence[TaskCall], reach: ClientReach, known_futures: 
         if not _reachable(store, reach):
             continue
         keys: dict[int, str] = {}
-        for position in positions:
-            key = _key_here(calls[position], known_futures)
-            if key is not None:
-                keys[position] = storage_key(task.options.name, key)
-        if not keys:
-            continue
-        entries = store.lookup_many(
-            list(dict.fromkeys(keys.values())),
-            defer_above=int(settings.get("results.defer_above")),
-            list_from=_LIST_FROM,
-        )
+        defer_above = int(settings.get("results.defer_above"))
+        store.lookup_many((), defer_above=defer_above)  # loads pyarrow the store's way, before our threads
+        # Keys are computed here while the lookup reads and parses the entries of those before on threads.
+        with BatchLookup(store, defer_above=defer_above, list_from=_LIST_FROM) as lookup:
+            for position in positions:
+                key = _key_here(calls[position], known_futures)
+                if key is not None:
+                    keys[position] = skey = storage_key(task.options.name, key)
+                    lookup.add((skey,))
+            entries = lookup.hits() if keys else {}
         for position, skey in keys.items():
             hit = entries.get(skey)
             if hit is None:
@@ -208,14 +212,17 @@ def _key_here(call: TaskCall, known_futures: tuple[type, ...]) -> str | None:
     """The policy's key of ``call`` if every input it needs is known in this process, else None."""
     if call.crash is not None or (call.cancel_event is not None and call.cancel_event.is_set()):
         return None
-    for future in iter_upstreams((call.parameters, call.wait_for)):
-        if not isinstance(future, known_futures) or not future.done():
-            return None
-    where = f"task run {call.task_run.name!r}"
+    parameters = call.parameters
+    plain = not call.wait_for and all(type(value) in _PLAIN for value in parameters.values())
     try:
-        if call.wait_for:
-            wait_for_all(call.wait_for, where)
-        parameters = resolve_inputs(call.parameters, where, [])
+        if not plain:  # futures, states, annotations or containers: resolved as the run resolves them
+            for future in iter_upstreams((parameters, call.wait_for)):
+                if not isinstance(future, known_futures) or not future.done():
+                    return None
+            where = f"task run {call.task_run.name!r}"
+            if call.wait_for:
+                wait_for_all(call.wait_for, where)
+            parameters = resolve_inputs(parameters, where, [])
         context = call.run_context(parameters)
         key: str | None = call.task.cache_policy.compute_key(context, parameters, call.flow_parameters)
     except Exception:  # a failed upstream, an unhashable argument: the run ends as it always did

@@ -29,8 +29,9 @@ place (and may name itself with ``__daskflow_hash_name__``, where several
 classes stand for the same thing: the data versions of cached values); ``daskflow.blocks.Secret`` uses it to be hashed by name, never value.
 
 The package at its seams: :mod:`.frames` (the byte frames), :mod:`.encoder`
-(builtins, containers, instances, functions, and the public functions) and
-:mod:`.libraries` (numpy, pandas, Arrow, pydantic).
+(builtins, containers, instances, functions, and the public functions),
+:mod:`.flat` (the same bytes for flat values, written in one go: the common
+case of a cache key) and :mod:`.libraries` (numpy, pandas, Arrow, pydantic).
 """
 
 from __future__ import annotations

@@ -32,12 +32,12 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from daskflow.exceptions import UnhashableInputError
+from daskflow.hashing.flat import SCALARS, flat_frame
 from daskflow.hashing.frames import (
     FORMAT_VERSION,
     MAX_DEPTH,
     Refusal,
     Sink,
-    float_bytes,
     int_bytes,
     open_frame,
     put,
@@ -88,8 +88,13 @@ class Encoder:
 
     def sequence(self, tag: bytes, items: Any, sink: Sink, depth: int) -> None:
         open_frame(sink, tag, len(items))
+        flat_fits = depth + 2 <= MAX_DEPTH  # a flat item is at most one level deep
         for i, item in enumerate(items):
-            self.child(item, sink, depth + 1, i)
+            frame = flat_frame(item) if flat_fits else None
+            if frame is not None:  # the bytes child() would write, without its calls (see .flat)
+                sink.update(frame)
+            else:
+                self.child(item, sink, depth + 1, i)
 
     def unordered(self, tag: bytes, pairs: Any, sink: Sink, depth: int) -> None:
         """Items with no meaningful order: hash each alone, then sort the digests."""
@@ -159,7 +164,11 @@ class Encoder:
                 value = obj.__daskflow_hash__()
                 # A family of classes that stand for the same thing may share one name.
                 put_str(sink, b"hook", getattr(cls, "__daskflow_hash_name__", None) or type_name(cls))
-                self.child(value, sink, depth + 1, ".__daskflow_hash__()")
+                frame = flat_frame(value) if depth + 3 <= MAX_DEPTH else None
+                if frame is not None:  # e.g. a data version's ("daskflow.data_version", version)
+                    sink.update(frame)
+                else:
+                    self.child(value, sink, depth + 1, ".__daskflow_hash__()")
             finally:
                 self.leave(obj)
             return
@@ -343,41 +352,21 @@ def _encode_pattern(enc: Encoder, obj: re.Pattern[Any], sink: Sink, depth: int) 
 
 _BuiltinEncoder = Callable[[Encoder, Any, Sink, int], None]
 
-_EXACT: dict[type, _BuiltinEncoder] = {
-    type(None): _encode_scalar(b"none", lambda o: b""),
-    type(...): _encode_scalar(b"ellipsis", lambda o: b""),
-    bool: _encode_scalar(b"bool", lambda o: b"\1" if o else b"\0"),
-    int: _encode_scalar(b"int", int_bytes),
-    float: _encode_scalar(b"float", float_bytes),
-    complex: _encode_scalar(b"complex", lambda o: float_bytes(o.real) + float_bytes(o.imag)),
-    str: _encode_scalar(b"str", lambda o: o.encode("utf-8", "surrogatepass")),
-    bytes: _encode_scalar(b"bytes", bytes),
-    bytearray: _encode_scalar(b"bytearray", bytes),
-    memoryview: _encode_scalar(b"memoryview", lambda o: o.tobytes()),
-    list: Encoder.list_,
-    tuple: Encoder.list_,
-    dict: Encoder.dict_,
-    collections.OrderedDict: Encoder.dict_,
-    set: Encoder.set_,
-    frozenset: Encoder.set_,
-    dt.datetime: Encoder.datetime_,
-    dt.date: _encode_scalar(b"date", lambda o: int_bytes(o.toordinal())),
-    dt.time: Encoder.time_,
-    dt.timedelta: _encode_scalar(b"timedelta", lambda o: b"%d|%d|%d" % (o.days, o.seconds, o.microseconds)),
-    decimal.Decimal: _encode_scalar(b"decimal", lambda o: str(o).encode()),
-    fractions.Fraction: _encode_scalar(b"fraction", lambda o: b"%d/%d" % (o.numerator, o.denominator)),
-    uuid.UUID: _encode_scalar(b"uuid", lambda o: o.bytes),
-    range: _encode_scalar(b"range", lambda o: b"%d:%d:%d" % (o.start, o.stop, o.step)),
-    slice: _encode_slice,
-    re.Pattern: _encode_pattern,
-}
-_PATH_TYPES: dict[type, bytes] = {
-    pathlib.PurePosixPath: b"posix-path",
-    pathlib.PosixPath: b"posix-path",
-    pathlib.PureWindowsPath: b"windows-path",
-    pathlib.WindowsPath: b"windows-path",
-}
-_EXACT.update({t: _encode_scalar(tag, lambda o: str(o).encode()) for t, tag in _PATH_TYPES.items()})
+_EXACT: dict[type, _BuiltinEncoder] = {cls: _encode_scalar(tag, to_bytes) for cls, (tag, to_bytes) in SCALARS.items()}
+_EXACT.update(
+    {
+        list: Encoder.list_,
+        tuple: Encoder.list_,
+        dict: Encoder.dict_,
+        collections.OrderedDict: Encoder.dict_,
+        set: Encoder.set_,
+        frozenset: Encoder.set_,
+        dt.datetime: Encoder.datetime_,
+        dt.time: Encoder.time_,
+        slice: _encode_slice,
+        re.Pattern: _encode_pattern,
+    }
+)
 
 
 _TZINFO: _BuiltinEncoder = _encode_scalar(b"tzinfo", lambda o: tz_identity(o).encode())
@@ -426,9 +415,26 @@ def _fail(refusal: Refusal, root: str, cause: BaseException | None = None) -> No
     ) from (cause or refusal.__cause__)
 
 
-def _digest(objs: tuple[Any, ...], root: str, single: bool) -> str:
+def _header() -> Any:
     sink = hashlib.sha256()
     put(sink, b"daskflow-hash", int_bytes(FORMAT_VERSION))
+    return sink
+
+
+_HEADER = _header()  # copied for each digest: the same first frame every time
+
+
+def _digest(objs: tuple[Any, ...], root: str, single: bool, fast: bool = True) -> str:
+    if fast:  # flat values in one go, the very bytes the encoder would write (see .flat)
+        frames = [flat_frame(obj) for obj in objs]
+        flat = [frame for frame in frames if frame is not None]
+        if len(flat) == len(frames):
+            sink = _HEADER.copy()
+            if not single:
+                open_frame(sink, b"objects", len(objs))
+            sink.update(b"".join(flat))
+            return str(sink.hexdigest())
+    sink = _header()
     enc = Encoder()
     try:
         if single:
@@ -439,7 +445,7 @@ def _digest(objs: tuple[Any, ...], root: str, single: bool) -> str:
         _fail(refusal, root)
     except RecursionError as exc:
         _fail(Refusal(objs[0] if single else objs, "it is nested too deeply to walk"), root, exc)
-    return sink.hexdigest()
+    return str(sink.hexdigest())
 
 
 def hash_objects(*objs: Any) -> str:
