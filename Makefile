@@ -16,12 +16,14 @@
 # each (.ci/run: `make test`, then `make test-slow`), so marking a test slow moves it between two CI
 # steps and never out of CI; run `make test test-slow` to have all of it locally.
 #
-# Where make test's time goes, and why it is arranged so: installing (the venv and pip) is the
-# largest fixed cost; ruff and lint-imports take a second or two and run first, so a lint error
-# fails at once; mypy (about half a minute of one core, most of it reading the third-party packages'
-# types, which a fresh clone has no cache of) then runs at low priority *beside* pytest, taking the
-# CPU pytest leaves idle while its tests wait on Dask workers, servers and subprocesses, instead of
-# adding its time in front of the suite.
+# Where make test's time goes, and why it is arranged so: installing (the venv and its packages; with
+# uv about 12 s of CPU, with pip about 80 s) comes first; ruff and lint-imports take a second or two
+# and run next, so a lint error fails at once; mypy (42-46 s of one core from a cold cache, most of it
+# reading the third-party packages' types, which a fresh clone has no cache of) then runs at low
+# priority *beside* pytest, taking the CPU pytest leaves idle while its tests wait on Dask workers,
+# servers and subprocesses, instead of adding its time in front of the suite. In pytest, each xdist
+# process collects the whole suite (about 11 s of CPU, most of it imports), and every process a test
+# starts pays `import daskflow` (0.64 s of CPU) or more.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -46,12 +48,24 @@ OLDEST_TESTS = $(wildcard tests/test_task_runners_dask.py tests/test_concurrency
 
 .PHONY: demo test test-slow test-fast test-oldest lint typecheck pytest bench clean
 
-# pip is upgraded first although that is a round trip to the index (3 s of CPU): the venv's bundled
-# pip (23.2 with Python 3.11.7) took about a third more CPU to install the test extra than pip 26.
+# How a venv gets its packages. uv, installed into the venv from the index, installs the test extra
+# (about 160 packages) in about 6 s of CPU from its cache, where pip took about 80 s (pip 26; the
+# venv's bundled pip 23.2 took a third more): on 2 cores that was the largest fixed cost of a fresh
+# clone's make test. Where uv cannot be installed or fails (an index it cannot reach: uv reads no
+# pip.conf), pip does the install, upgraded first. `make test INSTALLER=pip` skips uv.
+# $(call venv_install,VENV,PIP ARGUMENTS)
+INSTALLER ?= uv
+define venv_install
+	$(PYTHON) -m venv $(1)
+	if [ "$(INSTALLER)" = uv ] && $(1)/bin/python -m pip install --quiet uv \
+	  && $(1)/bin/uv pip install --quiet --python $(1)/bin/python $(2); then :; else \
+	  [ "$(INSTALLER)" = uv ] && echo "uv could not install the packages: pip installs them instead"; \
+	  $(1)/bin/python -m pip install --quiet --upgrade pip && $(1)/bin/python -m pip install --quiet $(2); \
+	fi
+endef
+
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(call venv_install,$(VENV),-e '.[test]')
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -83,9 +97,7 @@ test-fast: $(STAMP)
 	$(BIN)/pytest $(PYTEST_XDIST) -m "not slow" --ignore=tests/test_notebooks.py
 
 $(OLDEST_STAMP): pyproject.toml
-	$(PYTHON) -m venv $(OLDEST_VENV)
-	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(OLDEST_VENV)/bin/python -m pip install --quiet -e . $(OLDEST_PINS) pytest pytest-timeout
+	$(call venv_install,$(OLDEST_VENV),-e . $(OLDEST_PINS) pytest pytest-timeout)
 	touch $(OLDEST_STAMP)
 
 # In one process: the files are few, and the limit tests' 200 ms leases want the CPU to themselves.

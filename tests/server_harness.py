@@ -41,6 +41,7 @@ __all__ = [
     "server_folder",
     "server_process",
     "server_store_url",
+    "stacks_on_failure",
     "wait_for",
 ]
 
@@ -119,6 +120,10 @@ def limited(gate: str = "limits") -> int:
 
 
 if __name__ == "__main__":
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks_on_failure: where a stuck run is
     if sys.argv[1] == "limited":
         limited(sys.argv[2])
     elif sys.argv[1] == "pause":
@@ -245,14 +250,40 @@ def run_script(folder: Path, url: str, *args: str) -> subprocess.Popen[str]:
     script = folder / "server_flows.py"
     if not script.exists():
         script.write_text(FLOWS)
-    with open(folder / f"flow-{time.monotonic_ns()}.log", "w") as log:  # the child keeps its own descriptor
-        return subprocess.Popen(
+    log_path = folder / f"flow-{time.monotonic_ns()}.log"
+    with open(log_path, "w") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(
             [sys.executable, str(script), *args],
             env=flow_env(folder, url),
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
         )
+    _flow_logs[process.pid] = log_path
+    return process
+
+
+_flow_logs: dict[int, Path] = {}  # run_script's processes: pid -> output file
+
+
+@contextmanager
+def stacks_on_failure(process: subprocess.Popen[str]) -> Iterator[None]:
+    """If the block fails while the flow script ``process`` runs, the failure's report ends with the
+    script's output and every one of its threads' stacks (faulthandler on SIGUSR1): a run that stays
+    Running says where it is stuck, which a flaky failure may not show twice."""
+    try:
+        yield
+    except BaseException as exc:
+        log = _flow_logs.get(process.pid)
+        if process.poll() is None and log is not None:
+            process.send_signal(signal.SIGUSR1)
+            try:
+                wait_for(lambda: "most recent call first" in log.read_text(errors="replace"), 10, "the stacks")
+            except AssertionError:
+                pass  # the output below says what there is
+        text = log.read_text(errors="replace") if log is not None else "(not started by run_script)"
+        exc.add_note(f"the flow script's output (pid {process.pid}, exit {process.poll()}):\n{text[-20000:]}")
+        raise
 
 
 class EventStream:

@@ -24,7 +24,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the server extra is not installed")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
-from server_harness import HOSTILE_NAME, Server, run_script, wait_for  # noqa: E402
+from server_harness import HOSTILE_NAME, Server, run_script, stacks_on_failure, wait_for  # noqa: E402
 
 PAGES = ("/", "/deployments", "/work-pools", "/concurrency", "/artifacts", "/cache", "/blocks", "/docs")
 
@@ -92,54 +92,57 @@ def test_a_running_flow_updates_live_and_hostile_text_stays_text(
 ) -> None:
     process = run_script(server_folder, server_store_url, "3", "live-gate")
     try:
-        run_id = _run_id(server, "live-gate")
-        page = watched.page
-        page.goto(server.base + "/")
-        link = page.locator(f'#runs-body tr[data-run-id="{run_id}"] a')
-        sync_api.expect(link).to_contain_text(HOSTILE_NAME, timeout=10_000)  # the name, as text
-        assert page.locator("#runs-body img").count() == 0, "the flow name became an <img> element"
+        with stacks_on_failure(process):
+            run_id = _run_id(server, "live-gate")
+            page = watched.page
+            page.goto(server.base + "/")
+            link = page.locator(f'#runs-body tr[data-run-id="{run_id}"] a')
+            sync_api.expect(link).to_contain_text(HOSTILE_NAME, timeout=10_000)  # the name, as text
+            assert page.locator("#runs-body img").count() == 0, "the flow name became an <img> element"
 
-        link.click()
-        page.wait_for_url(f"**/flow-runs/{run_id}")
-        page.evaluate("window.__sameDocument = true")  # gone if anything reloads the page
-        hold = page.locator("#task-body tr", has_text="hold").locator(".badge")
-        sync_api.expect(hold).to_have_text("Running", timeout=60_000)
-        sync_api.expect(page.locator("#run-state .badge")).to_have_text("Running", timeout=30_000)
-        sync_api.expect(page.locator("#log-tail .log", has_text="holding at")).to_have_count(1, timeout=30_000)
-        lines_before = page.locator("#log-tail .log").count()
-        _screenshot(page, tmp_path, "server-flow-run.png")  # the README's: a run held at its gate, live
+            link.click()
+            page.wait_for_url(f"**/flow-runs/{run_id}")
+            page.evaluate("window.__sameDocument = true")  # gone if anything reloads the page
+            hold = page.locator("#task-body tr", has_text="hold").locator(".badge")
+            sync_api.expect(hold).to_have_text("Running", timeout=60_000)
+            sync_api.expect(page.locator("#run-state .badge")).to_have_text("Running", timeout=30_000)
+            sync_api.expect(page.locator("#log-tail .log", has_text="holding at")).to_have_count(1, timeout=30_000)
+            lines_before = page.locator("#log-tail .log").count()
+            _screenshot(page, tmp_path, "server-flow-run.png")  # the README's: a run held at its gate, live
 
-        (server_folder / "gates" / "live-gate").touch()
-        sync_api.expect(hold).to_have_text("Completed", timeout=30_000)
-        sync_api.expect(page.locator("#run-state .badge")).to_have_text("Completed", timeout=30_000)
-        sync_api.expect(page.locator("#log-tail .log", has_text="released live-gate")).to_have_count(1, timeout=30_000)
-        assert page.locator("#log-tail .log").count() > lines_before, "the log tail did not grow"
-        assert page.evaluate("window.__sameDocument") is True, "the page reloaded instead of updating"
+            (server_folder / "gates" / "live-gate").touch()
+            sync_api.expect(hold).to_have_text("Completed", timeout=30_000)
+            sync_api.expect(page.locator("#run-state .badge")).to_have_text("Completed", timeout=30_000)
+            sync_api.expect(page.locator("#log-tail .log", has_text="released live-gate")).to_have_count(
+                1, timeout=30_000
+            )
+            assert page.locator("#log-tail .log").count() > lines_before, "the log tail did not grow"
+            assert page.evaluate("window.__sameDocument") is True, "the page reloaded instead of updating"
 
-        # Hostile text: a <script> log line and artifact, an <img onerror> flow name, all shown as text.
-        assert page.evaluate("[window.__pwned_log, window.__pwned_artifact]") == [None, None]
-        assert "<script>window.__pwned_log = 1</script>" in page.locator("#log-tail").inner_text()
-        assert "<script>window.__pwned_artifact = 1</script>" in page.locator("#artifacts").inner_text()
-        assert HOSTILE_NAME in page.locator("h1").inner_text()
-        assert page.locator("main img").count() == 2  # the graph and the timeline, nothing the run wrote
-        page.select_option("#log-level", "30")  # WARNING and above: none in this run
-        sync_api.expect(page.locator("#log-tail .log")).to_have_count(0)
-        page.select_option("#log-level", "20")
-        sync_api.expect(page.locator("#log-tail .log", has_text="released")).to_have_count(1)
-        assert process.wait(60) == 0
+            # Hostile text: a <script> log line and artifact, an <img onerror> flow name, all shown as text.
+            assert page.evaluate("[window.__pwned_log, window.__pwned_artifact]") == [None, None]
+            assert "<script>window.__pwned_log = 1</script>" in page.locator("#log-tail").inner_text()
+            assert "<script>window.__pwned_artifact = 1</script>" in page.locator("#artifacts").inner_text()
+            assert HOSTILE_NAME in page.locator("h1").inner_text()
+            assert page.locator("main img").count() == 2  # the graph and the timeline, nothing the run wrote
+            page.select_option("#log-level", "30")  # WARNING and above: none in this run
+            sync_api.expect(page.locator("#log-tail .log")).to_have_count(0)
+            page.select_option("#log-level", "20")
+            sync_api.expect(page.locator("#log-tail .log", has_text="released")).to_have_count(1)
+            assert process.wait(60) == 0
 
-        task_link = page.locator("#task-body a", has_text="hold")
-        task_link.click()
-        page.wait_for_url("**/task-runs/*")
-        assert "holding at <script>" in page.locator(".logs").inner_text()
-        for path in PAGES:
-            page.goto(server.base + path)
-            page.wait_for_load_state("load")
-        _screenshot(page, tmp_path, "server-docs.png")
-        page.goto(server.base + "/")
-        sync_api.expect(page.locator("#runs-body tr").first).to_contain_text(HOSTILE_NAME)
-        _screenshot(page, tmp_path, "server-runs.png")
-        assert watched.problems == [], watched.problems
+            task_link = page.locator("#task-body a", has_text="hold")
+            task_link.click()
+            page.wait_for_url("**/task-runs/*")
+            assert "holding at <script>" in page.locator(".logs").inner_text()
+            for path in PAGES:
+                page.goto(server.base + path)
+                page.wait_for_load_state("load")
+            _screenshot(page, tmp_path, "server-docs.png")
+            page.goto(server.base + "/")
+            sync_api.expect(page.locator("#runs-body tr").first).to_contain_text(HOSTILE_NAME)
+            _screenshot(page, tmp_path, "server-runs.png")
+            assert watched.problems == [], watched.problems
     finally:
         (server_folder / "gates" / "live-gate").touch()
         process.wait(60)
