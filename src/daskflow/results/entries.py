@@ -61,7 +61,7 @@ import os
 import threading
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -123,6 +123,7 @@ __all__ = [
     "ResultWarning",
     "StaleResultError",
     "StoredResult",
+    "new_version",
     "open_store",
     "validate_key",
 ]
@@ -200,6 +201,11 @@ def open_store(storage: Any) -> ResultStore:
         f"result_storage must be an fsspec URL such as 's3://bucket/prefix', a ResultStore, or an object "
         f"with a url, got {type(storage).__name__}"
     )
+
+
+def new_version() -> str:
+    """A fresh data version for one write of an entry (random: see :meth:`ResultStore.write`)."""
+    return uuid.uuid4().hex
 
 
 def _default_holder() -> str:
@@ -309,6 +315,8 @@ class ResultStore:
         task_name: str,
         expiration: datetime | None = None,
         serializer: str = "parquet",
+        version: str | None = None,
+        report: Callable[[str], None] | None = None,
     ) -> EntryInfo | None:
         """Store ``value`` under ``key``, replacing any entry atomically.
 
@@ -317,6 +325,13 @@ class ResultStore:
         Raises ``ResultError`` for a bad key, a naive ``expiration``, or a value
         that needs ``serializer="pickle"``; ``ConfigurationError`` for an
         unknown serializer.
+
+        ``version`` names the write (default: a fresh :func:`new_version`): a
+        writer that hands the value on before its entry lands (see
+        :mod:`.write_behind`) chooses it first, so that runs downstream can key
+        by it at once. ``report`` receives the text of a storage failure instead
+        of the warning (a background writer has no run's warnings to catch them
+        in: ``warnings.catch_warnings`` is not thread-safe).
         """
         _load_libraries()
         name = entry_name(key)
@@ -335,13 +350,13 @@ class ResultStore:
             try:
                 signature = f"{signing.SIGNATURE_SCHEME}:{signing.sign(self._signing_key(), key, encoded.pickled)}"
             except (OSError, ConfigurationError) as exc:
-                self._warn_write_failed(key, task_name, path, f"no signing key for the pickle: {exc}")
+                self._write_failed(key, task_name, path, f"no signing key for the pickle: {exc}", report)
                 return None
         created = datetime.now(UTC)
         versions = library_versions()
         # Random, not a hash of the value: it names this write, so a reader that
         # looked up one write never takes another's data for it.
-        version = uuid.uuid4().hex
+        version = version or new_version()
         length = len(value) if isinstance(value, list | tuple) else None
         metadata = {
             "layout": LAYOUT_VERSION,
@@ -365,7 +380,7 @@ class ResultStore:
         try:
             size = self._location.write_atomic(name, functools.partial(write_parquet, table, encoded.row_groups))
         except Exception as exc:
-            self._warn_write_failed(key, task_name, path, f"{type(exc).__name__}: {exc}")
+            self._write_failed(key, task_name, path, f"{type(exc).__name__}: {exc}", report)
             return None
         return EntryInfo(
             key=key,
@@ -734,11 +749,12 @@ class ResultStore:
         )
 
     @staticmethod
-    def _warn_write_failed(key: str, task_name: str, path: str, why: str) -> None:
-        warnings.warn(
-            ResultWarning(
-                f"could not cache the result of task {task_name!r} under key {key!r} at {path} ({why}); "
-                "the value itself is not lost, but the next run will compute it again"
-            ),
-            stacklevel=3,
+    def _write_failed(key: str, task_name: str, path: str, why: str, report: Callable[[str], None] | None) -> None:
+        text = (
+            f"could not cache the result of task {task_name!r} under key {key!r} at {path} ({why}); "
+            "the value itself is not lost, but the next run will compute it again"
         )
+        if report is not None:
+            report(text)
+            return
+        warnings.warn(ResultWarning(text), stacklevel=3)
