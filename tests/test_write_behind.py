@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import uuid
 from collections.abc import Iterator
@@ -58,14 +59,27 @@ class GateFileSystem(LocalFileSystem):  # type: ignore[misc]
     protocol = (GATE_PROTOCOL,)
     root_marker = "/"
 
-    def __init__(self, *, gate: str, scheduler: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, gate: str | None = None, scheduler: str | None = None, kill_once: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.gate = gate
         self.scheduler = scheduler
+        self.kill_once = kill_once
         self._client: Any = None
 
     def mv(self, path1: str, path2: str, recursive: bool = True, **kwargs: Any) -> None:
-        if not os.path.basename(str(path2)).startswith(".tmp-"):  # an entry's publication, not some other move
+        if os.path.basename(str(path2)).startswith(".tmp-"):  # not an entry's publication
+            super().mv(path1, path2, recursive=recursive, **kwargs)
+            return
+        if self.kill_once is not None:
+            try:
+                os.close(os.open(self.kill_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
+        if self.gate is not None:
             if not self._wait():
                 raise TimeoutError(f"gate {self.gate!r} stayed closed for {GATE_WAIT_SECONDS} s")
         super().mv(path1, path2, recursive=recursive, **kwargs)
@@ -279,3 +293,56 @@ def test_the_writer_is_bounded_reports_per_owner_and_drains_with_a_bound() -> No
     assert writer.submit("flow-c", ("u", "k4"), "v4", "ver4", raises, "run c1")
     assert writer.drain("flow-c", timeout=GATE_WAIT_SECONDS) == WriteReport(0, ("run c1",), 0)
     assert writer.drain("flow-never", timeout=0) == WriteReport()
+
+
+def filesystems_plugin() -> Any:
+    """A worker plugin: every worker of the cluster, restarted ones too, knows the test filesystems."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class Filesystems(WorkerPlugin):  # type: ignore[misc]
+        def setup(self, worker: Any) -> None:
+            register_filesystems()
+
+    return Filesystems()
+
+
+def test_a_writer_killed_before_it_publishes_leaves_no_entry_and_the_flow_completes(
+    tmp_path: Path, executions: Any
+) -> None:
+    from datetime import timedelta
+
+    from conftest import private_client
+    from daskflow.task_runners import DaskTaskRunner
+
+    folder = str(tmp_path / "results")
+    marker = str(tmp_path / "killed")
+    # The first publication of an entry kills its worker process (SIGKILL, from the writer's thread,
+    # after the temp file is written and before its rename); any later one goes through.
+    storage = ResultStore(f"{GATE_PROTOCOL}://{folder}", {"kill_once": marker})
+
+    @task(cache_policy=INPUTS, result_storage=storage)
+    def produce(x: int) -> dict[str, int]:
+        executions.record("produce")
+        return {"x": x, "pid": os.getpid()}
+
+    with private_client() as client:
+        client.register_plugin(filesystems_plugin(), name="daskflow-test-filesystems")
+
+        @flow(task_runner=DaskTaskRunner(client=client))
+        def pipeline() -> int:
+            return produce(7)["x"]
+
+        state = pipeline(return_state=True)
+        assert os.path.exists(marker), "the writer was never killed: the test did not test anything"
+        assert state.is_completed() and state.result() == 7, state
+        store = ResultStore(f"file://{folder}")
+        for name in entries_in(folder):  # published by a run after the kill: whole, or not there
+            assert store.read(name.removesuffix(".parquet")) is not None, name
+        assert len(temps_in(folder)) <= 1, temps_in(folder)  # the killed writer's, at most
+        assert store.prune(temp_grace=timedelta(0)).orphans or not temps_in(folder)
+        assert temps_in(folder) == []
+
+        assert pipeline() == 7  # a hit on an entry that landed, or a recompute: never a partial entry
+    [name] = entries_in(folder)
+    assert store.read(name.removesuffix(".parquet")) is not None
+    assert 1 <= executions.count("produce") <= 3, executions.keys()

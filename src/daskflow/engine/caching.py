@@ -140,7 +140,9 @@ def _warnings_to(logger: RunLoggerAdapter) -> Iterator[None]:
         logger.warning("%s", warning.message)
 
 
-def read_entry(store: ResultStore, key: str, task_name: str, logger: RunLoggerAdapter) -> DeferredData | None:
+def read_entry(
+    store: ResultStore, key: str, task_name: str, logger: RunLoggerAdapter, owner: str | None = None
+) -> DeferredData | None:
     """The stored value for ``key`` with its version, or None on a miss (absent, expired,
     unusable, or written by another task).
 
@@ -148,8 +150,10 @@ def read_entry(store: ResultStore, key: str, task_name: str, logger: RunLoggerAd
     (footer read only); smaller ones are read now. The entry's footer names
     the task that wrote it: an entry of another task (an older layout of
     names, a hand-copied file) is a miss with a warning, never its value.
+    A write of ``key`` still in flight in this process is a hit on its value;
+    flow run ``owner`` then waits for that write at its end too.
     """
-    in_flight = write_behind.pending((store.url, key))
+    in_flight = write_behind.pending((store.url, key), owner)
     if in_flight is not None:  # this process is writing it: the value is here, whole
         value, version = in_flight
         return KnownValue(value, version)

@@ -251,7 +251,7 @@ class TaskRunEngine:
         self.key = self.run.cache_key = storage_key(options.name, key)
         if options.refresh_cache:
             return None
-        entry = read_entry(self.store, self.key, options.name, self.logger)
+        entry = read_entry(self.store, self.key, options.name, self.logger, self.call.flow_run_id)
         if entry is None:
             # Single flight: wait while an identical run computes, then look again.
             isolation = engine_isolation(options.cache_isolation, policy)
@@ -265,7 +265,7 @@ class TaskRunEngine:
             if flight is not None:
                 flight.__enter__()
                 self._flight = flight
-                entry = read_entry(self.store, self.key, options.name, self.logger)
+                entry = read_entry(self.store, self.key, options.name, self.logger, self.call.flow_run_id)
         if entry is None:
             return None
         return self.finish(Cached(entry, f"cache hit: {self.key}"))

@@ -85,9 +85,9 @@ class _Ledger:
     failed: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Job:
-    owner: str
+    owners: list[str]  # the flow run that made the write, and those that took its value in flight
     slot: tuple[str, str]
     value: Any
     version: str
@@ -116,7 +116,7 @@ class WriteBehind:
 
         ``what`` names the write in a failure's report (the task run and its key).
         """
-        job = _Job(owner, slot, value, version, write, what)
+        job = _Job([owner], slot, value, version, write, what)
         with self._changed:
             if self._queued >= self.max_pending:
                 return False
@@ -124,12 +124,7 @@ class WriteBehind:
                 self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="daskflow-write")
             self._queued += 1
             self._values[slot] = job
-            ledger = self._ledgers.get(owner)
-            if ledger is None:
-                ledger = self._ledgers[owner] = _Ledger()
-                while len(self._ledgers) > _LEDGERS_KEPT:
-                    self._ledgers.popitem(last=False)
-            ledger.in_flight += 1
+            self._ledger(owner).in_flight += 1
             pool = self._pool
         try:
             pool.submit(self._run, job)
@@ -138,11 +133,29 @@ class WriteBehind:
             return False
         return True
 
-    def pending(self, slot: tuple[str, str]) -> tuple[Any, str] | None:
-        """``(value, version)`` of the write under ``slot`` not landed yet in this process, or None."""
+    def pending(self, slot: tuple[str, str], owner: str | None = None) -> tuple[Any, str] | None:
+        """``(value, version)`` of the write under ``slot`` not landed yet in this process, or None.
+
+        ``owner`` (a flow run taking the value) then waits for that write too
+        when it drains, as if it had made it: a run it reports as a hit has its
+        entry in storage when it ends.
+        """
         with self._changed:
             job = self._values.get(slot)
-        return None if job is None else (job.value, job.version)
+            if job is None:
+                return None
+            if owner is not None and owner not in job.owners:
+                job.owners.append(owner)
+                self._ledger(owner).in_flight += 1
+            return job.value, job.version
+
+    def _ledger(self, owner: str) -> _Ledger:
+        ledger = self._ledgers.get(owner)
+        if ledger is None:
+            ledger = self._ledgers[owner] = _Ledger()
+            while len(self._ledgers) > _LEDGERS_KEPT:
+                self._ledgers.popitem(last=False)
+        return ledger
 
     def drain(self, owner: str, timeout: float | None = None) -> WriteReport:
         """Wait until every write of ``owner`` landed or failed (at most ``timeout`` seconds); what became of them.
@@ -187,8 +200,10 @@ class WriteBehind:
             self._queued -= 1
             if self._values.get(job.slot) is job:
                 del self._values[job.slot]
-            ledger = self._ledgers.get(job.owner)
-            if ledger is not None:
+            for owner in job.owners:
+                ledger = self._ledgers.get(owner)
+                if ledger is None:
+                    continue
                 ledger.in_flight -= 1
                 if landed:
                     ledger.landed += 1
@@ -219,9 +234,9 @@ def writer() -> WriteBehind:
     return _writer
 
 
-def pending(slot: tuple[str, str]) -> tuple[Any, str] | None:
+def pending(slot: tuple[str, str], owner: str | None = None) -> tuple[Any, str] | None:
     """``(value, version)`` of a write under ``slot`` not landed yet in this process (see :meth:`WriteBehind.pending`)."""
-    return None if _writer is None else _writer.pending(slot)
+    return None if _writer is None else _writer.pending(slot, owner)
 
 
 def drain(owner: str, timeout: float | None = None) -> WriteReport:

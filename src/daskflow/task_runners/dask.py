@@ -833,14 +833,16 @@ class DaskTaskRunner(TaskRunner):
         if client is not None and not self._cancelled:
             self._wait_all()
             self.await_reports(self._futures)
-            # A run that completed with a key wrote (or queued) its entry where it ran.
+            # A run that completed with a key wrote (or queued) its entry where it ran, or hit one in flight there.
             workers = sorted(
                 {
                     run.worker
                     for run in (f.task_run for f in self._futures)
-                    if run.worker and run.cache_key and run.state.is_completed() and not run.state.is_cached()
+                    if run.worker and run.cache_key and run.state.is_completed()
                 }
             )
+            if workers:  # only the live ones: the writes of a dead worker died with it (never in part)
+                workers = sorted(set(workers) & set(client.scheduler_info()["workers"]))
             if workers:
                 timeout = write_behind.drain_timeout()
                 replies = client.run(drain_writes, flow_run_id, timeout, workers=workers, on_error="ignore")
