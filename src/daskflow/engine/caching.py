@@ -52,7 +52,7 @@ from daskflow.exceptions import ResultError
 from daskflow.logging import RunLoggerAdapter
 from daskflow.results import ResultStore, open_store, write_behind
 from daskflow.results.deferred import StoredValue
-from daskflow.results.entries import new_version
+from daskflow.results.entries import load_libraries, new_version
 from daskflow.states import DeferredData, KnownValue
 
 __all__ = [
@@ -232,6 +232,9 @@ def write_entry_behind(
     itself (:func:`write_entry`). A write that fails later says why in the
     run's log, and the flow run's drain counts it.
     """
+    # Imported here, in the run's thread, as the write would have: the writer's thread importing
+    # pandas and pyarrow beside a task thread that hashes a DataFrame gives one of them half a module.
+    load_libraries()
     version = new_version()
     finished = datetime.now(UTC)
 

@@ -123,6 +123,7 @@ __all__ = [
     "ResultWarning",
     "StaleResultError",
     "StoredResult",
+    "load_libraries",
     "new_version",
     "open_store",
     "validate_key",
@@ -165,13 +166,15 @@ _libraries_loaded = False
 _libraries_lock = threading.Lock()
 
 
-def _load_libraries() -> None:
+def load_libraries() -> None:
     """Import pyarrow (and pandas, where installed) once, one thread at a time.
 
     Threads that import pyarrow for the first time at once can see it half
     initialised ("partially initialized module 'pyarrow' has no attribute
     'Table'": its modules import each other), as when several Dask worker
     threads write their first entries together. One imports; the others wait.
+    A writer thread (:mod:`.write_behind`) must not be the first to import them
+    either, beside a task thread hashing a DataFrame: its run calls this first.
     """
     global _libraries_loaded
     if _libraries_loaded:
@@ -333,7 +336,7 @@ class ResultStore:
         of the warning (a background writer has no run's warnings to catch them
         in: ``warnings.catch_warnings`` is not thread-safe).
         """
-        _load_libraries()
+        load_libraries()
         name = entry_name(key)
         expires = utc(expiration, "expiration")
         if serializer not in _SERIALIZERS:
@@ -405,7 +408,7 @@ class ResultStore:
         last also warns with :class:`ResultWarning` naming the key, the path and
         why. Only a bad key raises (``ResultError``).
         """
-        _load_libraries()
+        load_libraries()
         name = entry_name(key)
         moment = utc(now, "now") or datetime.now(UTC)
         path = self._location.display(name)
@@ -436,7 +439,7 @@ class ResultStore:
         warnings; damage to the data shows only when it is loaded. Pass the
         info's ``version`` to :meth:`load` to read the value.
         """
-        _load_libraries()
+        load_libraries()
         name = entry_name(key)
         moment = utc(now, "now") or datetime.now(UTC)
         path = self._location.display(name)
@@ -494,7 +497,7 @@ class ResultStore:
         left out without a warning, for the caller to look up again the usual
         way (see :mod:`daskflow.results.batch`).
         """
-        _load_libraries()
+        load_libraries()
         return lookup_many(self, keys, defer_above=defer_above, list_from=list_from)
 
     @property
@@ -525,7 +528,7 @@ class ResultStore:
         decoded; other lists are decoded whole first. ``IndexError`` for an
         item out of range, ``ResultError`` when the value is not a list or tuple.
         """
-        _load_libraries()
+        load_libraries()
         name = entry_name(key)
         path = self._location.display(name)
         data = self._location.read_bytes(name)
@@ -715,7 +718,7 @@ class ResultStore:
         stored schema (as a read would), so a lookup that reads no data still
         sees a table that was swapped under the metadata.
         """
-        _load_libraries()
+        load_libraries()
         import pyarrow.parquet as pq
 
         path = self._location.display(file.name)
