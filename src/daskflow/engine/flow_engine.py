@@ -11,6 +11,12 @@ runs only, any of them that did not complete fails the flow (a failed run
 beside other values is just part of the value); else it completes. The final
 state is a :class:`~daskflow.runs.FlowRunState`, which knows its run.
 
+Before the final state, the runner is drained of cache writes: cached runs
+write their entries behind their values (:mod:`daskflow.results.write_behind`),
+so the run waits for every run, then for every entry they write, wherever they
+ran, and says in its log which could not be written. A run is never
+``Completed`` with its entries still on their way (Ctrl-C alone does not wait).
+
 A failed attempt (an exception, a timeout, a failed return value, or a
 crash-like ``BaseException``) is judged by the same code as a task's
 (:func:`~daskflow.engine.retries.judge_attempt`): a retry reruns the body

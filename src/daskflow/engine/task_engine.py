@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from daskflow.cache_policies import CompoundCachePolicy, FlowParameters, Inputs, NoCache, RunId, TaskSource
 from daskflow.concurrency import LOCAL, Limit, limits_for_task
-from daskflow.context import TaskRunContext, use_task_run_context, waiting
+from daskflow.context import TaskRunContext, get_task_run_context, use_task_run_context, waiting
 from daskflow.engine.caching import (
     key_lock,
     read_entry,
@@ -147,6 +147,7 @@ class TaskRunEngine:
         "_flight",
         "_kept",
         "_shared_flight",
+        "_nested",
     )
 
     def __init__(self, call: TaskCall) -> None:
@@ -164,6 +165,9 @@ class TaskRunEngine:
         # The versioned upstream values kept as references while the cache key is computed.
         self._kept: list[DeferredData] | None = None
         self._shared_flight = False  # a single-flight lock other processes wait on is held
+        # Started inside another task's run (a task calling a task): its flow run's drain does not
+        # know where it ran, so its entry is written before its value goes on.
+        self._nested = get_task_run_context() is not None
 
     @property
     def logger(self) -> RunLoggerAdapter:
@@ -325,14 +329,16 @@ class TaskRunEngine:
         run will drain the write before it ends, and nothing needs the entry
         before then: not a transaction (its rollback deletes the entry), and not
         a single-flight lock shared across processes (a waiter elsewhere looks
-        for the entry as soon as the lock is released). The run is
+        for the entry as soon as the lock is released), and not a run started
+        inside another task's (the drain looks where the flow's own runs ran). The run is
         ``Completed`` when its value exists; what became of its entry is in its
         log (a failed write is a warning, as it always was) and in its flow
         run's drain.
         """
         call = self.call
         owner = call.flow_run_id
-        if owner is not None and not call.in_transaction and not self._shared_flight and write_behind_enabled():
+        behind = not (call.in_transaction or self._shared_flight or self._nested)
+        if owner is not None and behind and write_behind_enabled():
             version = write_entry_behind(store, key, value, self.options, self.logger, owner, self.run.name)
             if version is not None:
                 return version
