@@ -306,6 +306,7 @@ def filesystems_plugin() -> Any:
     return Filesystems()
 
 
+@pytest.mark.slow  # a cluster of its own, a worker killed and restarted
 def test_a_writer_killed_before_it_publishes_leaves_no_entry_and_the_flow_completes(
     tmp_path: Path, executions: Any
 ) -> None:
