@@ -21,6 +21,12 @@ a run downstream keys its input by that version instead of by content (see
 :class:`~daskflow.states.DeferredData`); a fresh result carries the version of
 the entry just written.
 
+Inside a flow run the entry is written behind the value (:func:`write_entry_behind`,
+:mod:`daskflow.results.write_behind`): the run completes, and its value goes
+downstream, while this process's writer stores it; the flow run drains its
+writes before it ends. A lookup in the same process meanwhile finds the value
+in flight; one elsewhere finds no entry or the whole entry, never part of one.
+
 Storage trouble never fails a run and never loses a value: a corrupt entry is a
 miss (with a warning in the run's log) and a failed write is a warning. Only a
 successful run writes; a failed one never does. The stored key carries the
@@ -36,7 +42,7 @@ import re
 import threading
 import warnings
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,11 +50,23 @@ from daskflow import settings
 from daskflow.concurrency import LOCAL
 from daskflow.exceptions import ResultError
 from daskflow.logging import RunLoggerAdapter
-from daskflow.results import ResultStore, open_store
+from daskflow.results import ResultStore, open_store, write_behind
 from daskflow.results.deferred import StoredValue
+from daskflow.results.entries import load_libraries, new_version
 from daskflow.states import DeferredData, KnownValue
 
-__all__ = ["caching_enabled", "key_lock", "read_entry", "result_store", "storage_key", "write_entry"]
+__all__ = [
+    "caching_enabled",
+    "key_lock",
+    "read_entry",
+    "result_store",
+    "storage_key",
+    "write_behind_enabled",
+    "write_entry",
+    "write_entry_behind",
+]
+
+write_behind_enabled = write_behind.enabled
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _stores: dict[tuple[Any, ...], ResultStore] = {}
@@ -122,7 +140,9 @@ def _warnings_to(logger: RunLoggerAdapter) -> Iterator[None]:
         logger.warning("%s", warning.message)
 
 
-def read_entry(store: ResultStore, key: str, task_name: str, logger: RunLoggerAdapter) -> DeferredData | None:
+def read_entry(
+    store: ResultStore, key: str, task_name: str, logger: RunLoggerAdapter, owner: str | None = None
+) -> DeferredData | None:
     """The stored value for ``key`` with its version, or None on a miss (absent, expired,
     unusable, or written by another task).
 
@@ -130,7 +150,13 @@ def read_entry(store: ResultStore, key: str, task_name: str, logger: RunLoggerAd
     (footer read only); smaller ones are read now. The entry's footer names
     the task that wrote it: an entry of another task (an older layout of
     names, a hand-copied file) is a miss with a warning, never its value.
+    A write of ``key`` still in flight in this process is a hit on its value;
+    flow run ``owner`` then waits for that write at its end too.
     """
+    in_flight = write_behind.pending((store.url, key), owner)
+    if in_flight is not None:  # this process is writing it: the value is here, whole
+        value, version = in_flight
+        return KnownValue(value, version)
     with _warnings_to(logger):
         try:
             found = store.lookup(key, defer_above=int(settings.get("results.defer_above")))
@@ -154,18 +180,68 @@ def read_entry(store: ResultStore, key: str, task_name: str, logger: RunLoggerAd
     return KnownValue(value, info.version)
 
 
-def write_entry(store: ResultStore, key: str, value: Any, options: Any, logger: RunLoggerAdapter) -> str | None:
-    """Store a successful run's value; its entry's version, or None (with a warning) if it was not stored."""
+def write_entry(
+    store: ResultStore,
+    key: str,
+    value: Any,
+    options: Any,
+    logger: RunLoggerAdapter,
+    version: str | None = None,
+    background: bool = False,
+    finished: datetime | None = None,
+) -> str | None:
+    """Store a successful run's value; its entry's version, or None (with a warning) if it was not stored.
+
+    ``background``: called by the writer's thread, where the storage's
+    complaint goes straight to the run's log (catching warnings is not
+    thread-safe, and would mix this write's with a running task's).
+    ``finished``: when the value was made (default: now), from which
+    ``cache_expiration`` counts, however long the write waited.
+    """
     expiration = None
     if options.cache_expiration is not None:
-        expiration = datetime.now(UTC) + options.cache_expiration
+        expiration = (finished or datetime.now(UTC)) + options.cache_expiration
     serializer = options.result_serializer or settings.get("results.serializer")
-    with _warnings_to(logger):
+    report = (lambda text: logger.warning("%s", text)) if background else None
+    with nullcontext() if background else _warnings_to(logger):
         try:
-            info = store.write(key, value, task_name=options.name, expiration=expiration, serializer=serializer)
+            info = store.write(
+                key,
+                value,
+                task_name=options.name,
+                expiration=expiration,
+                serializer=serializer,
+                version=version,
+                report=report,
+            )
             return None if info is None else info.version
         except ResultError as exc:
             logger.warning("the result was not cached: %s", exc)
         except Exception as exc:
             logger.warning("the result was not cached (%s: %s)", type(exc).__name__, exc)
+    return None
+
+
+def write_entry_behind(
+    store: ResultStore, key: str, value: Any, options: Any, logger: RunLoggerAdapter, owner: str, run_name: str
+) -> str | None:
+    """Queue the entry's write on this process's writer, for flow run ``owner`` to drain.
+
+    Returns the version the entry will have (the value may go downstream now,
+    keyed by it), or None when the writer is full: then the caller writes it
+    itself (:func:`write_entry`). A write that fails later says why in the
+    run's log, and the flow run's drain counts it.
+    """
+    # Imported here, in the run's thread, as the write would have: the writer's thread importing
+    # pandas and pyarrow beside a task thread that hashes a DataFrame gives one of them half a module.
+    load_libraries()
+    version = new_version()
+    finished = datetime.now(UTC)
+
+    def write() -> bool:
+        return write_entry(store, key, value, options, logger, version, background=True, finished=finished) is not None
+
+    what = f"task run {run_name!r}, key {key!r}"
+    if write_behind.writer().submit(owner, (store.url, key), value, version, write, what):
+        return version
     return None

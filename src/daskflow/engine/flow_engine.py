@@ -11,6 +11,12 @@ runs only, any of them that did not complete fails the flow (a failed run
 beside other values is just part of the value); else it completes. The final
 state is a :class:`~daskflow.runs.FlowRunState`, which knows its run.
 
+Before the final state, the runner is drained of cache writes: cached runs
+write their entries behind their values (:mod:`daskflow.results.write_behind`),
+so the run waits for every run, then for every entry they write, wherever they
+ran, and says in its log which could not be written. A run is never
+``Completed`` with its entries still on their way (Ctrl-C alone does not wait).
+
 A failed attempt (an exception, a timeout, a failed return value, or a
 crash-like ``BaseException``) is judged by the same code as a task's
 (:func:`~daskflow.engine.retries.judge_attempt`): a retry reruns the body
@@ -63,6 +69,8 @@ from daskflow.engine.timeouts import call_with_timeout, interrupt_thread
 from daskflow.exceptions import CancelledRunError, ParameterValidationError, RunTimeoutError
 from daskflow.futures import DaskflowFuture
 from daskflow.logging import RunLoggerAdapter, configure_console_logging, install_print_capture, run_logger_for
+from daskflow.results import write_behind
+from daskflow.results.write_behind import WriteReport
 from daskflow.runs import FlowRun, FlowRunState, new_run_id
 from daskflow.states import (
     Cancelled,
@@ -212,31 +220,77 @@ class FlowRunEngine:
         if log_prints:
             install_print_capture()
         limits = flow_limit_sizes(self.options.concurrency_limit)
-        with runner:
-            self.run.dashboard_link = getattr(runner, "dashboard_link", None)
-            ctx = FlowRunContext(
-                flow=self.flow,
-                flow_run=self.run,
-                task_runner=runner,
-                parameters=self.parameters,
-                log_prints=log_prints,
-                concurrency_limits=limits,
+        drained = False
+        try:
+            with runner:
+                yield from self._attempt(runner, log_prints, limits)
+                # The body returned: the run may not end before the entries its runs write have landed.
+                self._drain(runner)
+                drained = True
+        except KeyboardInterrupt:
+            drained = True  # Ctrl-C is not held up: the writes go on, and finish before this process exits
+            raise
+        finally:
+            if not drained:  # the body raised: what this process writes still lands before the run ends
+                self._drain(runner)
+
+    def _drain(self, runner: Any) -> None:
+        try:
+            report = runner.drain_writes(self.run.id)
+        except Exception as exc:  # the cluster went away meanwhile: its writes went with it, never in part
+            self.logger.warning("could not wait for this flow run's cache writes: %s: %s", type(exc).__name__, exc)
+            return
+        self.report_writes(report)
+
+    def report_writes(self, report: WriteReport) -> None:
+        """Say in the flow run's log what went wrong with the cache entries its runs wrote behind their values.
+
+        The run's state is not changed: every value was passed on and returned
+        as computed; only a later run pays, by computing again what was not stored.
+        """
+        if report.failed:
+            self.logger.warning(
+                "%d of %d cache entries of this flow run could not be written (%s); their values were used as "
+                "computed, and the next run computes them again. Each task run's log says why.",
+                len(report.failed),
+                report.total,
+                "; ".join(report.failed[:5]) + ("; ..." if len(report.failed) > 5 else ""),
             )
-            self.context = ctx
-            self._runner = runner
-            register_cancellable(self.run.id, self.run.parent_flow_run_id, self.cancel_from_outside, self._store_url)
-            try:
-                # The run's tags (a deployment's among them) go to every task run it starts.
-                with use_flow_run_context(ctx), tags(*self.run.tags):
-                    self._enter_body()
-                    yield ctx
-            except BaseException as exc:
-                if isinstance(exc, (KeyboardInterrupt, CancelledRunError, asyncio.CancelledError)):
-                    ctx.cancel_event.set()
-                    runner.cancel_all()
-                raise
-            finally:
-                self._leave_body()  # still cancellable until finish(): a cancel while waiting to retry ends the run
+        if report.unfinished:
+            self.logger.warning(
+                "%d cache entries of this flow run were still being written after %g s "
+                "(dask.config daskflow.results.write_behind.drain_timeout); the run ends without them: each lands "
+                "later or not at all, never in part",
+                report.unfinished,
+                write_behind.drain_timeout(),
+            )
+
+    def _attempt(self, runner: Any, log_prints: bool, limits: Any) -> Iterator[FlowRunContext]:
+        """The flow-run context around the body, inside the started runner (see :meth:`running`)."""
+        self.run.dashboard_link = getattr(runner, "dashboard_link", None)
+        ctx = FlowRunContext(
+            flow=self.flow,
+            flow_run=self.run,
+            task_runner=runner,
+            parameters=self.parameters,
+            log_prints=log_prints,
+            concurrency_limits=limits,
+        )
+        self.context = ctx
+        self._runner = runner
+        register_cancellable(self.run.id, self.run.parent_flow_run_id, self.cancel_from_outside, self._store_url)
+        try:
+            # The run's tags (a deployment's among them) go to every task run it starts.
+            with use_flow_run_context(ctx), tags(*self.run.tags):
+                self._enter_body()
+                yield ctx
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, CancelledRunError, asyncio.CancelledError)):
+                ctx.cancel_event.set()
+                runner.cancel_all()
+            raise
+        finally:
+            self._leave_body()  # still cancellable until finish(): a cancel while waiting to retry ends the run
 
     def _enter_body(self) -> None:
         with self._cancel_lock:

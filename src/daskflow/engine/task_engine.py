@@ -32,8 +32,16 @@ from typing import Any, TypeVar
 
 from daskflow.cache_policies import CompoundCachePolicy, FlowParameters, Inputs, NoCache, RunId, TaskSource
 from daskflow.concurrency import LOCAL, Limit, limits_for_task
-from daskflow.context import TaskRunContext, use_task_run_context, waiting
-from daskflow.engine.caching import key_lock, read_entry, result_store, storage_key, write_entry
+from daskflow.context import TaskRunContext, get_task_run_context, use_task_run_context, waiting
+from daskflow.engine.caching import (
+    key_lock,
+    read_entry,
+    result_store,
+    storage_key,
+    write_behind_enabled,
+    write_entry,
+    write_entry_behind,
+)
 from daskflow.engine.calls import TaskCall
 from daskflow.engine.hooks import call_hooks, commit_of, run_state_hooks
 from daskflow.engine.inputs import materialize, resolve_inputs, wait_for_all
@@ -138,6 +146,8 @@ class TaskRunEngine:
         "_logger",
         "_flight",
         "_kept",
+        "_shared_flight",
+        "_nested",
     )
 
     def __init__(self, call: TaskCall) -> None:
@@ -154,6 +164,10 @@ class TaskRunEngine:
         self.limits: tuple[Limit, ...] = ()
         # The versioned upstream values kept as references while the cache key is computed.
         self._kept: list[DeferredData] | None = None
+        self._shared_flight = False  # a single-flight lock other processes wait on is held
+        # Started inside another task's run (a task calling a task): its flow run's drain does not
+        # know where it ran, so its entry is written before its value goes on.
+        self._nested = get_task_run_context() is not None
 
     @property
     def logger(self) -> RunLoggerAdapter:
@@ -241,16 +255,21 @@ class TaskRunEngine:
         self.key = self.run.cache_key = storage_key(options.name, key)
         if options.refresh_cache:
             return None
-        entry = read_entry(self.store, self.key, options.name, self.logger)
+        entry = read_entry(self.store, self.key, options.name, self.logger, self.call.flow_run_id)
         if entry is None:
             # Single flight: wait while an identical run computes, then look again.
-            flight = policy_lock(policy, self.key, self.run.id) or key_lock(
-                engine_isolation(options.cache_isolation, policy), self.key, self.call.coordination
+            isolation = engine_isolation(options.cache_isolation, policy)
+            flight = policy_lock(policy, self.key, self.run.id)
+            # Waiters on a lock other processes share look for the entry itself: it is written before release.
+            self._shared_flight = flight is not None or (
+                isolation == "serializable" and self.call.coordination is not None
             )
+            if flight is None:
+                flight = key_lock(isolation, self.key, self.call.coordination)
             if flight is not None:
                 flight.__enter__()
                 self._flight = flight
-                entry = read_entry(self.store, self.key, options.name, self.logger)
+                entry = read_entry(self.store, self.key, options.name, self.logger, self.call.flow_run_id)
         if entry is None:
             return None
         return self.finish(Cached(entry, f"cache hit: {self.key}"))
@@ -298,10 +317,32 @@ class TaskRunEngine:
         if isinstance(value, State):  # the function said how its run ends, as Prefect allows
             return self._returned_state(value)
         if self.key is not None and self.store is not None:
-            version = write_entry(self.store, self.key, value, self.options, self.logger)
+            version = self._store_entry(self.store, self.key, value)
             if version is not None:  # downstream keys name this value by the entry's version
                 return self.finish(Completed(KnownValue(value, version)))
         return self.finish(Completed(value))
+
+    def _store_entry(self, store: ResultStore, key: str, value: Any) -> str | None:
+        """Write the run's cache entry, behind the value where that is safe; the entry's version, or None.
+
+        Behind the value (see :mod:`daskflow.results.write_behind`) when a flow
+        run will drain the write before it ends, and nothing needs the entry
+        before then: not a transaction (its rollback deletes the entry), and not
+        a single-flight lock shared across processes (a waiter elsewhere looks
+        for the entry as soon as the lock is released), and not a run started
+        inside another task's (the drain looks where the flow's own runs ran). The run is
+        ``Completed`` when its value exists; what became of its entry is in its
+        log (a failed write is a warning, as it always was) and in its flow
+        run's drain.
+        """
+        call = self.call
+        owner = call.flow_run_id
+        behind = not (call.in_transaction or self._shared_flight or self._nested)
+        if owner is not None and behind and write_behind_enabled():
+            version = write_entry_behind(store, key, value, self.options, self.logger, owner, self.run.name)
+            if version is not None:
+                return version
+        return write_entry(store, key, value, self.options, self.logger)
 
     def _returned_state(self, returned: State) -> State:
         if not returned.is_final():

@@ -61,7 +61,7 @@ import os
 import threading
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -123,6 +123,8 @@ __all__ = [
     "ResultWarning",
     "StaleResultError",
     "StoredResult",
+    "load_libraries",
+    "new_version",
     "open_store",
     "validate_key",
 ]
@@ -164,13 +166,15 @@ _libraries_loaded = False
 _libraries_lock = threading.Lock()
 
 
-def _load_libraries() -> None:
+def load_libraries() -> None:
     """Import pyarrow (and pandas, where installed) once, one thread at a time.
 
     Threads that import pyarrow for the first time at once can see it half
     initialised ("partially initialized module 'pyarrow' has no attribute
     'Table'": its modules import each other), as when several Dask worker
     threads write their first entries together. One imports; the others wait.
+    A writer thread (:mod:`.write_behind`) must not be the first to import them
+    either, beside a task thread hashing a DataFrame: its run calls this first.
     """
     global _libraries_loaded
     if _libraries_loaded:
@@ -184,6 +188,9 @@ def _load_libraries() -> None:
             except ImportError:
                 pass
             _libraries_loaded = True
+
+
+_load_libraries = load_libraries  # the name this had before write-behind (other branches may call it)
 
 
 def open_store(storage: Any) -> ResultStore:
@@ -200,6 +207,11 @@ def open_store(storage: Any) -> ResultStore:
         f"result_storage must be an fsspec URL such as 's3://bucket/prefix', a ResultStore, or an object "
         f"with a url, got {type(storage).__name__}"
     )
+
+
+def new_version() -> str:
+    """A fresh data version for one write of an entry (random: see :meth:`ResultStore.write`)."""
+    return uuid.uuid4().hex
 
 
 def _default_holder() -> str:
@@ -309,6 +321,8 @@ class ResultStore:
         task_name: str,
         expiration: datetime | None = None,
         serializer: str = "parquet",
+        version: str | None = None,
+        report: Callable[[str], None] | None = None,
     ) -> EntryInfo | None:
         """Store ``value`` under ``key``, replacing any entry atomically.
 
@@ -317,8 +331,15 @@ class ResultStore:
         Raises ``ResultError`` for a bad key, a naive ``expiration``, or a value
         that needs ``serializer="pickle"``; ``ConfigurationError`` for an
         unknown serializer.
+
+        ``version`` names the write (default: a fresh :func:`new_version`): a
+        writer that hands the value on before its entry lands (see
+        :mod:`.write_behind`) chooses it first, so that runs downstream can key
+        by it at once. ``report`` receives the text of a storage failure instead
+        of the warning (a background writer has no run's warnings to catch them
+        in: ``warnings.catch_warnings`` is not thread-safe).
         """
-        _load_libraries()
+        load_libraries()
         name = entry_name(key)
         expires = utc(expiration, "expiration")
         if serializer not in _SERIALIZERS:
@@ -335,13 +356,13 @@ class ResultStore:
             try:
                 signature = f"{signing.SIGNATURE_SCHEME}:{signing.sign(self._signing_key(), key, encoded.pickled)}"
             except (OSError, ConfigurationError) as exc:
-                self._warn_write_failed(key, task_name, path, f"no signing key for the pickle: {exc}")
+                self._write_failed(key, task_name, path, f"no signing key for the pickle: {exc}", report)
                 return None
         created = datetime.now(UTC)
         versions = library_versions()
         # Random, not a hash of the value: it names this write, so a reader that
         # looked up one write never takes another's data for it.
-        version = uuid.uuid4().hex
+        version = version or new_version()
         length = len(value) if isinstance(value, list | tuple) else None
         metadata = {
             "layout": LAYOUT_VERSION,
@@ -365,7 +386,7 @@ class ResultStore:
         try:
             size = self._location.write_atomic(name, functools.partial(write_parquet, table, encoded.row_groups))
         except Exception as exc:
-            self._warn_write_failed(key, task_name, path, f"{type(exc).__name__}: {exc}")
+            self._write_failed(key, task_name, path, f"{type(exc).__name__}: {exc}", report)
             return None
         return EntryInfo(
             key=key,
@@ -390,7 +411,7 @@ class ResultStore:
         last also warns with :class:`ResultWarning` naming the key, the path and
         why. Only a bad key raises (``ResultError``).
         """
-        _load_libraries()
+        load_libraries()
         name = entry_name(key)
         moment = utc(now, "now") or datetime.now(UTC)
         path = self._location.display(name)
@@ -421,7 +442,7 @@ class ResultStore:
         warnings; damage to the data shows only when it is loaded. Pass the
         info's ``version`` to :meth:`load` to read the value.
         """
-        _load_libraries()
+        load_libraries()
         name = entry_name(key)
         moment = utc(now, "now") or datetime.now(UTC)
         path = self._location.display(name)
@@ -479,7 +500,7 @@ class ResultStore:
         left out without a warning, for the caller to look up again the usual
         way (see :mod:`daskflow.results.batch`).
         """
-        _load_libraries()
+        load_libraries()
         return lookup_many(self, keys, defer_above=defer_above, list_from=list_from)
 
     @property
@@ -510,7 +531,7 @@ class ResultStore:
         decoded; other lists are decoded whole first. ``IndexError`` for an
         item out of range, ``ResultError`` when the value is not a list or tuple.
         """
-        _load_libraries()
+        load_libraries()
         name = entry_name(key)
         path = self._location.display(name)
         data = self._location.read_bytes(name)
@@ -700,7 +721,7 @@ class ResultStore:
         stored schema (as a read would), so a lookup that reads no data still
         sees a table that was swapped under the metadata.
         """
-        _load_libraries()
+        load_libraries()
         import pyarrow.parquet as pq
 
         path = self._location.display(file.name)
@@ -734,11 +755,12 @@ class ResultStore:
         )
 
     @staticmethod
-    def _warn_write_failed(key: str, task_name: str, path: str, why: str) -> None:
-        warnings.warn(
-            ResultWarning(
-                f"could not cache the result of task {task_name!r} under key {key!r} at {path} ({why}); "
-                "the value itself is not lost, but the next run will compute it again"
-            ),
-            stacklevel=3,
+    def _write_failed(key: str, task_name: str, path: str, why: str, report: Callable[[str], None] | None) -> None:
+        text = (
+            f"could not cache the result of task {task_name!r} under key {key!r} at {path} ({why}); "
+            "the value itself is not lost, but the next run will compute it again"
         )
+        if report is not None:
+            report(text)
+            return
+        warnings.warn(ResultWarning(text), stacklevel=3)

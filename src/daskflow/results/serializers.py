@@ -217,7 +217,9 @@ def _encode_pandas(value: Any) -> Encoded:
     if isinstance(frame.index, pd.DatetimeIndex | pd.TimedeltaIndex) and frame.index.freq is not None:
         codec["index_freq"] = frame.index.freqstr
     try:
-        table = pa.Table.from_pandas(frame, preserve_index=None)
+        # One thread: pyarrow's default starts a thread pool per call, which cost more than it saved on
+        # W7's monthly frames (half of the Arrow conversion's time), in a writer thread or a Dask worker's.
+        table = pa.Table.from_pandas(frame, preserve_index=None, nthreads=1)
     except (pa.ArrowException, ValueError, TypeError) as exc:
         raise _Inexact(f"pyarrow cannot convert it ({exc})") from None
     _refuse_changed_object_columns(table)

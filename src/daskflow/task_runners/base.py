@@ -12,6 +12,11 @@ context manager: entering starts it, leaving waits for every run submitted to
 it; leaving on an interrupt cancels what has not finished (:meth:`cancel_all`).
 A direct task call inside a flow (``my_task(x)``) goes through :meth:`call`;
 local runners run it right there in the flow's thread.
+
+Cached runs write their entries behind their values (see
+:mod:`daskflow.results.write_behind`); before its flow run may end, the flow
+engine asks the runner to :meth:`drain_writes`: wait for every run, then for
+every entry they are writing, wherever they ran.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Any, Self
 
 from daskflow.engine import TaskCall, run_task_sync
 from daskflow.futures import DaskflowFuture
+from daskflow.results import write_behind
+from daskflow.results.write_behind import WriteReport
 from daskflow.states import State, item_state
 
 __all__ = ["TaskRunner"]
@@ -57,6 +64,15 @@ class TaskRunner(abc.ABC):
 
     def cancel_all(self) -> None:
         """Cancel every run not yet finished: unstarted ones never start."""
+
+    def wait_for_runs(self) -> None:
+        """Wait until every run submitted so far has ended (here: they end as they are submitted)."""
+
+    def drain_writes(self, flow_run_id: str) -> WriteReport:
+        """Wait for every run, then until the cache entries flow run ``flow_run_id`` is writing in this
+        process have landed or failed (bounded by ``daskflow.results.write_behind.drain_timeout``)."""
+        self.wait_for_runs()
+        return write_behind.drain(flow_run_id)
 
     def __enter__(self) -> Self:
         self.start()

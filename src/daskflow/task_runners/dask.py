@@ -89,6 +89,8 @@ from daskflow.engine import UNCHANGED, TaskCall, TaskRunEngine, transform
 from daskflow.engine.calls import TransactionSnapshot
 from daskflow.exceptions import ConfigurationError, SchedulerUnreachableError
 from daskflow.futures import DaskflowFuture
+from daskflow.results import write_behind
+from daskflow.results.write_behind import WriteReport
 from daskflow.states import (
     Cancelled,
     Crashed,
@@ -113,6 +115,7 @@ from daskflow.task_runners.dask_values import length_and_worker, shared_value
 from daskflow.task_runners.dask_worker import (
     ItemRef,
     UpstreamRef,
+    drain_writes,
     flush_events,
     interrupt_runs,
     run_on_worker,
@@ -821,6 +824,38 @@ class DaskTaskRunner(TaskRunner):
             engine.logger.error("%s", message)
             engine.finish(Crashed(message))
             future.settle(run.state)
+
+    def drain_writes(self, flow_run_id: str) -> WriteReport:
+        """Wait for every run, then for the cache entries they write behind their values on the workers
+        that wrote any (and in this process, whose own workers share its writer).
+
+        A worker whose writes failed flushed the runs' warnings before answering; they are waited for
+        here, so that they are in the history before the flow run ends.
+        """
+        report = WriteReport()
+        client = self.client
+        if client is not None and not self._cancelled:
+            self._wait_all()
+            self.await_reports(self._futures)
+            # A run that completed with a key wrote (or queued) its entry where it ran, or hit one in flight there.
+            workers = sorted(
+                {
+                    run.worker
+                    for run in (f.task_run for f in self._futures)
+                    if run.worker and run.cache_key and run.state.is_completed()
+                }
+            )
+            if workers:  # only the live ones: the writes of a dead worker died with it (never in part)
+                workers = sorted(set(workers) & set(client.scheduler_info()["workers"]))
+            if workers:
+                timeout = write_behind.drain_timeout()
+                replies = client.run(drain_writes, flow_run_id, timeout, workers=workers, on_error="ignore")
+                for reply in replies.values():
+                    if isinstance(reply, WriteReport):
+                        report += reply
+                if report.failed:
+                    self._flush_workers()
+        return report + super().drain_writes(flow_run_id)
 
     def _flush_workers(self) -> None:
         """Ask every worker to send what it buffered, and wait (bounded) until it has arrived."""

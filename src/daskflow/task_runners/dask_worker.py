@@ -23,6 +23,7 @@ What goes on the wire is the typed, versioned messages of :mod:`.dask_protocol`
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import logging
@@ -42,6 +43,8 @@ from daskflow.context import set_wait_hook, set_worker_thread, shielded_threads,
 from daskflow.engine import UNCHANGED, TaskCall, interrupt_thread, run_task_sync, transform
 from daskflow.exceptions import CancelledRunError
 from daskflow.logging import ARTIFACT_LOGGER, set_console_enabled
+from daskflow.results import write_behind
+from daskflow.results.write_behind import WriteReport
 from daskflow.runs import TaskRun, add_state_listener
 from daskflow.runstore import ArtifactRecord
 from daskflow.states import State, item_state
@@ -49,6 +52,7 @@ from daskflow.task_runners.dask_protocol import ArtifactEvent, Batch, Event, Log
 
 __all__ = [
     "EVENT_TOPIC",
+    "drain_writes",
     "ItemRef",
     "UpstreamRef",
     "mark_client_process",
@@ -388,6 +392,20 @@ async def interrupt_runs(flow_run_id: str | None, keys: list[str], dask_worker: 
     # Not the threads waiting (seceded) or talking to the scheduler about a slot: see context.shielded.
     threads = active_task_threads(dask_worker, keys, _waiting_threads | shielded_threads())
     return sum(interrupt_thread(thread, CancelledRunError) for thread in threads)
+
+
+async def drain_writes(flow_run_id: str, timeout: float, dask_worker: Any = None) -> WriteReport:
+    """On a worker: wait (bounded) until the cache entries flow run ``flow_run_id`` is writing in this
+    process have landed or failed (see :mod:`daskflow.results.write_behind`); what became of them.
+
+    A coroutine, run by ``Client.run`` on the worker's event loop, which it leaves free meanwhile.
+    The run logs of failed writes are flushed to the client before the answer goes back.
+    """
+    report = await asyncio.to_thread(write_behind.drain, flow_run_id, timeout)
+    forwarder = _forwarder
+    if report.failed and forwarder is not None:
+        forwarder.flush_now(dask_worker)
+    return report
 
 
 def run_on_worker(task: Any, flow_info: dict[str, Any], spec: RunSpec, upstream: list[State]) -> State:

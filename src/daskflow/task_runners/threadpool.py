@@ -180,6 +180,11 @@ class ThreadPoolTaskRunner(TaskRunner):
             if self._outstanding == 0:
                 self._drained.notify_all()
 
+    def wait_for_runs(self) -> None:
+        with self._lock:
+            while self._outstanding > 0 and not self._cancelled:
+                self._drained.wait()
+
     def shutdown(self) -> None:
         with self._lock:
             while self._outstanding > 0:
