@@ -114,6 +114,8 @@ test-oldest: $(OLDEST_STAMP)
 # Benchmarks in a venv of their own with the bench extra (Prefect 3 + prefect-dask, matplotlib):
 # Prefect pins its own fastapi and friends, which must not move under the test venv. W1 runs
 # Prefect at N=1,000 side by side with raw Dask and daskflow; the driver draws one chart.
+# Every suite runs, each --quick (M1 at N=5,000, the others at N=1,000 or less): the whole
+# run took 21 min 45 s on 2 cores at load 17-28 (W1 with Prefect's 1,000 tasks about 11 min of it).
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 BENCH_CHART ?= docs/benchmarks.png

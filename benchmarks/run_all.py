@@ -57,7 +57,8 @@ def run_suite(suite: str, path: Path, *, quick: bool, timeout: float, home: Path
     with tempfile.TemporaryDirectory(prefix=f"daskflow-bench-{suite.lower()}-") as tmp:
         out = Path(tmp) / "result.json"
         command = [sys.executable, str(path), "--json", str(out), *(["--quick"] if quick else [])]
-        env = {**os.environ, "DASKFLOW_HOME": str(home / suite.lower())}
+        # One home per script: w1_fanout.py and w1_large_map.py are both W1, and neither may see the other's history.
+        env = {**os.environ, "DASKFLOW_HOME": str(home / path.stem)}
         print(f"== {suite}: {' '.join([Path(command[0]).name, *command[1:]])}", flush=True)
         started = time.perf_counter()
         try:

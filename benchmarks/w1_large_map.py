@@ -88,21 +88,33 @@ def run_client(contender: str, address: str, n: int, warmup: int = WARMUP_N) -> 
         checked(run(warmup), warmup)
         wait_until_idle(client)
         release_memory()
+        from daskflow.engine import history
+
+        current = history.recorder() if contender == "daskflow" else None
+        if current is not None:
+            history.flush(600)  # the warm-up's rows: not the run's writer time
+        writer_cpu = current.writer.cpu_seconds if current is not None else 0.0
         before = rss_mib()
+        cpu = time.process_time()
         started = time.perf_counter()
         checked(run(n), n)
         seconds = time.perf_counter() - started
         # The lifetime peak of this process: its imports and the warm-up are far below the run's.
         peak = peak_rss_since_reset_mib()
-    rows = None
-    if contender == "daskflow":  # rows the run history wrote: the warm-up's and the run's
-        from daskflow.engine import history
-
-        current = history.recorder()
-        if current is not None:
-            history.flush(600)
-            rows = current.writer.written
-    return {"seconds": seconds, "rss_before_mib": before, "peak_rss_mib": peak, "history_rows": rows}
+    rows = writer_share = None
+    if current is not None:  # rows the run history wrote (the warm-up's and the run's), and its CPU
+        history.flush(600)
+        rows = current.writer.written
+        # The writer thread's CPU over the client process's, from the run's start to its last row:
+        # the share of the GIL the history took from the flow's own threads.
+        writer_share = (current.writer.cpu_seconds - writer_cpu) / max(time.process_time() - cpu, 1e-9)
+    return {
+        "seconds": seconds,
+        "rss_before_mib": before,
+        "peak_rss_mib": peak,
+        "history_rows": rows,
+        "writer_cpu_share": writer_share,
+    }
 
 
 def measure_variant(variant: str, config: dict[str, Any], n: int, repeats: int) -> tuple[Any, list[str]]:
@@ -111,6 +123,7 @@ def measure_variant(variant: str, config: dict[str, Any], n: int, repeats: int) 
     growth_per_item: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     scheduler_peak: dict[str, float] = {name: 0.0 for name in CONTENDERS}
     history_rows: int | None = None
+    writer_share: float | None = None
     with local_cluster(config) as client:
         address = client.scheduler.address
         for repeat in range(max(1, repeats)):
@@ -131,6 +144,8 @@ def measure_variant(variant: str, config: dict[str, Any], n: int, repeats: int) 
                 growth_per_item[name].append(growth * 2**20 / n)
                 if figures.get("history_rows") is not None:
                     history_rows = figures["history_rows"]
+                if figures.get("writer_cpu_share") is not None:
+                    writer_share = figures["writer_cpu_share"]
     ours, base, off = results["daskflow"], results["raw Dask"], results[HISTORY_OFF]
     ours_bytes, base_bytes = max(growth_per_item["daskflow"]), max(growth_per_item["raw Dask"])
     memory_ratio = ours.peak_rss_mib / base.peak_rss_mib if base.peak_rss_mib else float("inf")
@@ -140,6 +155,7 @@ def measure_variant(variant: str, config: dict[str, Any], n: int, repeats: int) 
         f"{ours.best_s / n * 1e3:.2f} vs {base.best_s / n * 1e3:.2f} ms/task; "
         f"history on/off {ours.best_s / off.best_s:.2f}x (off: {off.best_s:.3g} s, peak RSS {off.peak_rss_mib:.0f} MiB)"
         + (f"; {history_rows / (n + WARMUP_N):.2f} history rows per task run" if history_rows else "")
+        + (f"; history writer {writer_share:.1%} of the client's CPU" if writer_share is not None else "")
     )
     row = comparison_row(
         SUITE,
@@ -155,6 +171,7 @@ def measure_variant(variant: str, config: dict[str, Any], n: int, repeats: int) 
             "history_on_off_ratio": ours.best_s / off.best_s,
             "history_off_peak_rss_mib": round(off.peak_rss_mib, 1),
             "history_rows_per_task_run": history_rows / (n + WARMUP_N + 2) if history_rows else None,
+            "history_writer_cpu_share": writer_share,
             "daskflow_bytes_per_item": ours_bytes,
             "baseline_bytes_per_item": base_bytes,
             "daskflow_scheduler_process_peak_rss_mib": round(scheduler_peak["daskflow"], 1),

@@ -94,12 +94,17 @@ def test_w1_fanout_gives_the_same_sum_as_raw_dask(bench_client: Any) -> None:
         w1_fanout.checked(209, N)
 
 
-def test_m1_client_run_reports_its_time_and_memory(bench_client: Any) -> None:
+def test_m1_client_run_reports_its_time_and_memory(bench_client: Any, history: Any) -> None:
     address = bench_client.scheduler.address
     for contender in w1_large_map.CONTENDERS:
         figures = w1_large_map.run_client(contender, address, N, warmup=N)
         assert figures["seconds"] > 0, (contender, figures)
         assert 0 < figures["rss_before_mib"] <= figures["peak_rss_mib"], (contender, figures)
+        if contender == "daskflow":  # the history's rows and its writer's share of the client's CPU
+            assert figures["history_rows"] >= 2 * N, figures
+            assert 0 <= figures["writer_cpu_share"] <= 1, figures
+        else:
+            assert figures["history_rows"] is None and figures["writer_cpu_share"] is None, (contender, figures)
 
 
 # -- W2: chain, what reaches the client -----------------------------------------------------------

@@ -223,6 +223,60 @@ def test_a_map_item_that_ended_before_its_submission_was_drained_costs_one_task_
     assert [type(r).__name__ for r in both] == ["StateRecord", "TaskRunRecord"]
 
 
+def test_an_item_that_has_ended_when_its_running_state_is_drained_costs_its_final_rows_only() -> None:
+    from daskflow.engine.history import to_records
+    from daskflow.runs import TaskRun
+    from daskflow.runstore import StateRecord, TaskRunRecord
+    from daskflow.states import AwaitingRetry, Completed, Running
+
+    def rows(batch: list[Any]) -> list[tuple[str, str, str]]:
+        kinds = {StateRecord: "state", TaskRunRecord: "run"}
+        return sorted(
+            (
+                kinds[type(r)],
+                r.run_id if isinstance(r, StateRecord) else r.id,
+                r.type if isinstance(r, StateRecord) else r.state_type,
+            )
+            for r in to_records(batch)
+            if type(r) in kinds
+        )
+
+    def item(i: int) -> TaskRun:
+        return TaskRun(id=f"run-{i}", name=f"inc-{i}", task_name="inc", flow_run_id="f", map_index=i)
+
+    # Running reached the client in an event batch of its own, Completed in the next one: when the
+    # writer drains the Running, the run has ended, so the Running batch writes nothing of it...
+    ended, running = item(0), item(1)
+    ended.set_state(Running())
+    first_running = (ended, ended.state)
+    ended.set_state(Completed())
+    running.set_state(Running())
+    assert rows([first_running, (running, running.state)]) == [
+        ("run", "run-1", "RUNNING"),
+        ("state", "run-1", "RUNNING"),
+    ]
+    # ...and the next batch writes its row and its final state.
+    assert rows([(ended, ended.state)]) == [("run", "run-0", "COMPLETED"), ("state", "run-0", "COMPLETED")]
+    # Running and Completed in one batch: the final state only, and the row keeps the start.
+    both = item(2)
+    both.set_state(Running())
+    started = (both, both.state)
+    both.set_state(Completed())
+    assert rows([started, (both, both.state)]) == [("run", "run-2", "COMPLETED"), ("state", "run-2", "COMPLETED")]
+    assert [r.start_time for r in to_records([started, (both, both.state)]) if isinstance(r, TaskRunRecord)] == [
+        both.start_time
+    ]
+    # A retry is part of the run's story: every state of the batch is kept.
+    retried = item(3)
+    pairs = []
+    for state in (Running(), AwaitingRetry(), Running(), Completed()):
+        retried.set_state(state)
+        pairs.append((retried, state))
+    assert [t for kind, _, t in rows(pairs) if kind == "state"] == sorted(
+        ["RUNNING", "SCHEDULED", "RUNNING", "COMPLETED"]
+    )
+
+
 def test_a_submitted_runs_row_waits_for_its_first_state_or_its_hold_or_a_flush() -> None:
     from daskflow.engine.history import _RELEASE, RowBuilder, _Submitted
     from daskflow.runs import TaskRun

@@ -168,7 +168,16 @@ def _check_everything_is_kept(store: RunStore, counter: StateCounter, report: li
     with store.engine.connect() as connection:
         rows = connection.exec_driver_sql("SELECT run_id, name, uid FROM states").all()
     stored = Counter((run_id, name) for run_id, name, _ in rows)
-    missing = counter.states - stored
+    # A task run that had ended when the writer drained its Pending or Running state keeps its row
+    # and its final state only (engine/history.py, issue 14 goal 3): left out by design, not lost.
+    ended = {run_id for run_id, name in stored if name == "Completed"} - counter.flow_runs
+    missing = Counter(
+        {
+            key: n
+            for key, n in (counter.states - stored).items()
+            if key[0] not in ended or key[1] not in ("Pending", "Running")
+        }
+    )
     logs = [log.message for log in store.logs(flow_run_id)]
     item_logs = sorted(m for m in logs if m.startswith("item "))
     current = recorder()

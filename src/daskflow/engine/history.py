@@ -50,11 +50,13 @@ from daskflow.runstore import (
     log_entry_from_record,
     resolve_url,
 )
-from daskflow.states import State, StateType
+from daskflow.states import FINAL_TYPES, State, StateType
 
 __all__ = ["HistoryRecorder", "RowBuilder", "flush", "record_submitted", "recorder", "stop_recording", "to_records"]
 
 _FLUSH_SECONDS = 10.0
+_WRITE_INTERVAL = 0.5  # seconds between the writer's drains (its default is 0.2)
+_WRITE_BATCH = 2_000  # queued items that wake the writer before its interval (default 1,000)
 _PENDING_HOLD = "30s"  # dask.config daskflow.runstore.pending_hold when unset: see RowBuilder
 
 
@@ -67,7 +69,10 @@ class HistoryRecorder(logging.Handler):
         self.url = url
         hold = float(parse_timedelta(settings.get("runstore.pending_hold", _PENDING_HOLD)))
         self.rows = RowBuilder(hold)
-        self.writer = RunStoreWriter(url, convert=self.rows)
+        # Bigger batches and fewer wakeups than the writer's defaults: while a flow is busy every
+        # drain is a transaction and a turn at the GIL the flow's threads wait for; a run's rows
+        # are then at most half a second late (flush() writes at once).
+        self.writer = RunStoreWriter(url, convert=self.rows, interval=_WRITE_INTERVAL, batch_size=_WRITE_BATCH)
 
     def on_state(self, run: Any, state: State) -> None:
         if not on_worker_thread():
@@ -217,19 +222,12 @@ class RowBuilder:
 
     def __call__(self, batch: list[Any]) -> Iterator[Record]:
         runs: dict[str, FlowRun | TaskRun] = {}
+        states: list[tuple[FlowRun | TaskRun, State]] = []
         release = False
         for item in batch:
             if isinstance(item, tuple):
-                run, state = item
-                runs[run.id] = run
-                yield StateRecord(
-                    run_id=run.id,
-                    run_kind="task" if isinstance(run, TaskRun) else "flow",
-                    type=state.type.value,
-                    name=state.name,
-                    message=state.message,
-                    timestamp=state.epoch,
-                )
+                runs[item[0].id] = item[0]
+                states.append(item)
             elif isinstance(item, _Submitted):
                 self._held.append((time.monotonic() + self.hold, item.runs))
             elif isinstance(item, _Release):
@@ -238,6 +236,18 @@ class RowBuilder:
                 yield log_entry_from_record(item)
             else:
                 yield item
+        ended, passing = _on_their_way(states, runs)
+        for run, state in states:
+            if run.id in passing or (run.id in ended and state is not run.state):
+                continue
+            yield StateRecord(
+                run_id=run.id,
+                run_kind="task" if isinstance(run, TaskRun) else "flow",
+                type=state.type.value,
+                name=state.name,
+                message=state.message,
+                timestamp=state.epoch,
+            )
         now = time.monotonic()
         held = self._held
         while held and (release or held[0][0] <= now):
@@ -245,8 +255,45 @@ class RowBuilder:
                 # A run that left Pending has its row from its states (this batch or a later one).
                 if run.state.type is StateType.PENDING:
                     runs.setdefault(run.id, run)
-        for run in runs.values():
-            yield _snapshot(run)
+        for run_id, run in runs.items():
+            if run_id not in passing:
+                yield _snapshot(run)
+
+
+_ON_THE_WAY = frozenset((StateType.PENDING, StateType.RUNNING))
+
+
+def _on_their_way(
+    states: list[tuple[FlowRun | TaskRun, State]], runs: dict[str, FlowRun | TaskRun]
+) -> tuple[set[str], set[str]]:
+    """The task runs of a batch whose Pending and Running rows are superseded before they are written.
+
+    Returns ``(ended, passing)``. ``ended``: runs whose final state is in this batch
+    and whose other states here are Pending or Running; only the final one gets a
+    state row (the start stays in the run's row, ``start_time``). ``passing``: runs
+    whose states here are all Pending or Running but which have ended since (the
+    Dask runner's events reported the end in a later event batch): their final state
+    is queued behind this batch (the queue keeps order) and brings their row and
+    their final state row, so nothing of theirs is written now. Either way a map item
+    whose end is known when its batch is drained costs its task run row and one
+    state row. A run with any other state here (a retry's, a pause) keeps them all:
+    they are its story, not its way there.
+    """
+    ended: set[str] = set()
+    kept: set[str] = set()
+    for run, state in states:
+        if isinstance(run, TaskRun) and state.type not in _ON_THE_WAY:
+            if state.type in FINAL_TYPES and state is run.state:
+                ended.add(run.id)
+            else:
+                kept.add(run.id)
+    ended -= kept
+    passing = {
+        run_id
+        for run_id, run in runs.items()
+        if isinstance(run, TaskRun) and run_id not in kept and run_id not in ended and run.state.type in FINAL_TYPES
+    }
+    return ended, passing
 
 
 def to_records(batch: list[Any]) -> Iterable[Record]:

@@ -31,6 +31,7 @@ objects on every backend (SQLite keeps no zone of its own).
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,13 +63,28 @@ __all__ = [
 VERSION_TABLE = "runstore_version"
 
 
+# The text of whole seconds already formatted, by epoch second: the run history writes four
+# or five times per task run, nearly all within the same few seconds, and building a datetime
+# and formatting it was the largest part of the writer's time (and of its share of the GIL).
+_SECONDS_TEXT: dict[int, str] = {}
+_SECONDS_KEPT = 4096  # about an hour of distinct seconds; then the cache starts again
+
+
 def sqlite_text(value: float | datetime) -> str:
     """A time as SQLite keeps it: naive UTC text in SQLAlchemy's format, ``2024-05-01 12:00:00.000000``."""
     if isinstance(value, datetime):
-        value = value.astimezone(UTC)
-    else:
-        value = datetime.fromtimestamp(value, UTC)
-    return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
+        return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]  # without the "+00:00"
+    # Rounded as datetime.fromtimestamp rounds (half to even, on the fraction's microseconds).
+    whole = math.floor(value)
+    micros = round((value - whole) * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    prefix = _SECONDS_TEXT.get(whole)
+    if prefix is None:
+        if len(_SECONDS_TEXT) >= _SECONDS_KEPT:
+            _SECONDS_TEXT.clear()
+        prefix = _SECONDS_TEXT[whole] = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%d %H:%M:%S.")
+    return f"{prefix}{micros:06d}"
 
 
 class _SQLiteText(sqlite.DATETIME):

@@ -168,6 +168,7 @@ class RunStoreWriter:
         self._written = 0
         self._dropped = 0
         self._transactions = 0
+        self._cpu_seconds = 0.0  # the writer thread's CPU time in its drains: its share of the GIL
         self._spooled = 0
         self._replayed = 0
         self._loss_since: float | None = None  # a run of losses: warned once, counted until a write succeeds
@@ -243,6 +244,11 @@ class RunStoreWriter:
         return self._transactions
 
     @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds the writer's thread spent draining (building rows, writing): time it held the GIL."""
+        return self._cpu_seconds
+
+    @property
     def spooled(self) -> int:
         """Records appended to a spool file so far (the database away when they were to be written)."""
         return self._spooled
@@ -268,7 +274,9 @@ class RunStoreWriter:
             while True:
                 self._wake.wait(self._timeout())
                 self._wake.clear()
+                started = time.thread_time()
                 self._drain()
+                self._cpu_seconds += time.thread_time() - started
                 if self._closed and not self._queue:
                     return
         finally:
