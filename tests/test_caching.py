@@ -244,21 +244,27 @@ def test_refresh_cache_recomputes_and_overwrites(task_runner: Any, storage: Any,
 
 
 def test_expired_entries_are_misses(task_runner: Any, storage: Any, executions: Any) -> None:
+    # Two tasks so that no assertion depends on how fast a run starts: an entry that expires in an
+    # hour is a hit on the next run; one that expires in 0.5 s is a miss once that much time passed.
+    @task(cache_policy=INPUTS, cache_expiration=timedelta(hours=1), result_storage=storage)
+    def long_lived(x: int) -> int:
+        executions.record("long")
+        return x
+
     @task(cache_policy=INPUTS, cache_expiration=timedelta(seconds=0.5), result_storage=storage)
     def short_lived(x: int) -> int:
-        executions.record("run")
+        executions.record("short")
         return x
 
     @flow(task_runner=task_runner)
-    def pipeline() -> int:
-        return short_lived(3)
+    def pipeline() -> tuple[int, int]:
+        return long_lived(3), short_lived(3)
 
-    pipeline()
-    pipeline()
-    assert executions.count("run") == 1
+    assert pipeline() == (3, 3)
     time.sleep(0.6)  # the entry's age, not synchronisation: expiry is about wall-clock time
-    pipeline()
-    assert executions.count("run") == 2
+    assert pipeline() == (3, 3)
+    assert executions.count("long") == 1
+    assert executions.count("short") == 2
 
 
 def test_a_corrupt_entry_is_a_warning_and_one_recompute(
