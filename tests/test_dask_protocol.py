@@ -26,7 +26,7 @@ from daskflow.task_runners.dask_worker import fold_running
 
 
 def test_a_run_spec_travels_whole_and_by_name() -> None:
-    spec = RunSpec("id-1", "extract-3", 3, ("up-1",), {"x": 1}, (), 2, "the worker died")
+    spec = RunSpec("id-1", "extract-3", 3, ("up-1",), {"x": 1}, (), 2, "the worker died", "a1b2c3")
     copy = pickle.loads(cloudpickle.dumps(spec))
     assert [getattr(copy, name) for name in RunSpec.__slots__] == [getattr(spec, name) for name in RunSpec.__slots__]
 

@@ -24,7 +24,7 @@ from daskflow import flow, task
 from daskflow.cache_policies import INPUTS
 from daskflow.engine.prefetch import ClientReach, _reachable
 from daskflow.results import ResultStore
-from daskflow.task_runners import DaskTaskRunner
+from daskflow.task_runners import DaskTaskRunner, ThreadPoolTaskRunner
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -236,3 +236,35 @@ def test_which_stores_are_looked_up_where_runs_are_submitted(tmp_path: Path, mem
     elsewhere = ClientReach(same_process=False, same_host=False)
     assert [_reachable(local, r) for r in (here, same_machine, elsewhere)] == [True, True, False]
     assert [_reachable(memory, r) for r in (here, same_machine, elsewhere)] == [True, False, False]
+
+
+class Hashed:
+    """An argument that counts how often its state is read (a cache key reads it once per hash)."""
+
+    reads = 0
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __getstate__(self) -> dict[str, int]:
+        Hashed.reads += 1
+        return {"n": self.n}
+
+
+def test_a_miss_looked_up_on_the_client_is_not_hashed_again_by_its_run(tmp_path: Path) -> None:
+    """The key the client computed for a miss travels with the call: its inputs are hashed once."""
+
+    @task(cache_policy=INPUTS, result_storage=str(tmp_path / "store"))
+    def size(item: Hashed) -> int:
+        return item.n
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def sizes() -> list[int]:
+        return size.map([Hashed(1), Hashed(2), Hashed(3)]).result()
+
+    Hashed.reads = 0
+    assert sizes() == [1, 2, 3]
+    assert Hashed.reads == 3  # the client's lookup only: the runs used its keys
+    Hashed.reads = 0
+    assert sizes() == [1, 2, 3]  # all hits, found where the map was submitted
+    assert Hashed.reads == 3

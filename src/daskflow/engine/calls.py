@@ -157,6 +157,9 @@ class TaskCall:
     # Why the run's previous attempt ended with its process (a worker died under it), when the
     # runner starts the run again: the engine judges that crash by the task's policy first.
     crash: str | None = None
+    # The policy's key of this run, when the client computed it before submitting and found no
+    # entry (engine.prefetch): the engine uses it instead of hashing the same inputs again.
+    known_key: str | None = None
 
     def run_context(self, parameters: dict[str, Any]) -> TaskRunContext:
         """The context this run executes in, with its arguments resolved to ``parameters``

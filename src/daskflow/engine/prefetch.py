@@ -178,6 +178,7 @@ def look_up_calls(calls: Sequence[TaskCall], reach: ClientReach, known_futures: 
         if not _reachable(store, reach):
             continue
         keys: dict[int, str] = {}
+        policy_keys: dict[int, str] = {}
         defer_above = int(settings.get("results.defer_above"))
         store.lookup_many((), defer_above=defer_above)  # loads pyarrow the store's way, before our threads
         # Keys are computed here while the lookup reads and parses the entries of those before on threads.
@@ -185,16 +186,18 @@ def look_up_calls(calls: Sequence[TaskCall], reach: ClientReach, known_futures: 
             for position in positions:
                 key = _key_here(calls[position], known_futures)
                 if key is not None:
+                    policy_keys[position] = key
                     keys[position] = skey = storage_key(task.options.name, key)
                     lookup.add((skey,))
             entries = lookup.hits() if keys else {}
         for position, skey in keys.items():
             hit = entries.get(skey)
-            if hit is None:
+            if hit is None or hit[0].task_name != task.options.name:
+                # A miss, or another task's entry (the run itself warns and recomputes): its run
+                # looks the key up again, but need not hash the same inputs again to know it.
+                calls[position].known_key = policy_keys[position]
                 continue
             info, value = hit
-            if info.task_name != task.options.name:
-                continue  # another task's entry: the run itself warns and recomputes
             data: DeferredData
             if value is store.NOT_READ:
                 data = StoredValue(store, skey, info.version, info.length)

@@ -244,7 +244,9 @@ class TaskRunEngine:
         """Compute the cache key; on a hit, end the run as Cached without running it."""
         options = self.options
         try:
-            key = self.task.cache_policy.compute_key(self.context, self.parameters, self.call.flow_parameters)
+            key = self.call.known_key  # computed where the call was made (a prefetch miss), else here
+            if key is None:
+                key = self.task.cache_policy.compute_key(self.context, self.parameters, self.call.flow_parameters)
         except UnhashableInputError as exc:
             return self.finish(Failed(str(exc), exc), hooks=False)
         if key is None:

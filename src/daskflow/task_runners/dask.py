@@ -374,7 +374,17 @@ class DaskTaskRunner(TaskRunner):
         parameters = transform(call.parameters, visit, unwrap=False)[0]
         wait_for = transform(list(call.wait_for), visit, unwrap=False)[0] if call.wait_for else ()
         run = call.task_run
-        return RunSpec(run.id, run.name, run.map_index, run.upstream_ids, parameters, tuple(wait_for), attempts, crash)
+        return RunSpec(
+            run.id,
+            run.name,
+            run.map_index,
+            run.upstream_ids,
+            parameters,
+            tuple(wait_for),
+            attempts,
+            crash,
+            call.known_key,
+        )
 
     def _flow_info(self, call: TaskCall) -> dict[str, Any]:
         key = (call.flow_run_id, call.log_prints, call.task_run.tags, call.in_transaction)

@@ -32,6 +32,9 @@ wait_for   the same for ``wait_for``
 attempts   attempts the run made before this Dask task
 crash      why the last of those attempts ended with its process (a worker
            died under it), or None: the worker's engine judges it first
+key        the run's cache key when the client computed it and found no
+           entry (its inputs were known there), or None: the worker's engine
+           then computes it; hashing the inputs once is the point
 ========== ===================================================================
 
 Worker -> client: each worker process sends its events in batches on the
@@ -73,7 +76,7 @@ from daskflow.states import FINAL_TYPE_NAMES, State, StateType
 
 __all__ = ["VERSION", "ArtifactEvent", "Batch", "Event", "LogEvent", "RunSpec", "StateEvent", "decode_event"]
 
-VERSION = 2
+VERSION = 3
 
 
 def _version_error(what: str, version: Any, where: str) -> ConfigurationError:
@@ -86,7 +89,7 @@ def _version_error(what: str, version: Any, where: str) -> ConfigurationError:
 class RunSpec:
     """One task run as the client sends it to a worker (see the module docstring)."""
 
-    __slots__ = ("run_id", "name", "map_index", "upstreams", "parameters", "wait_for", "attempts", "crash")
+    __slots__ = ("run_id", "name", "map_index", "upstreams", "parameters", "wait_for", "attempts", "crash", "key")
 
     def __init__(
         self,
@@ -98,6 +101,7 @@ class RunSpec:
         wait_for: tuple[Any, ...],
         attempts: int,
         crash: str | None,
+        key: str | None = None,
     ) -> None:
         self.run_id = run_id
         self.name = name
@@ -107,10 +111,11 @@ class RunSpec:
         self.wait_for = wait_for
         self.attempts = attempts
         self.crash = crash
+        self.key = key
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_decode_spec, (VERSION, self.run_id, self.name, self.map_index, self.upstreams, self.parameters,
-                               self.wait_for, self.attempts, self.crash))  # fmt: skip
+                               self.wait_for, self.attempts, self.crash, self.key))  # fmt: skip
 
 
 def _decode_spec(version: int, *fields: Any) -> RunSpec:

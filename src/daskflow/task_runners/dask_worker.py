@@ -442,6 +442,7 @@ def run_on_worker(task: Any, flow_info: dict[str, Any], spec: RunSpec, upstream:
         coordination=cluster_coordination(),
         cancel_event=_cancel_event(flow_info.get("flow_run_id")),
         crash=crash,
+        known_key=spec.key,
     )
     forwarder.begin_run(run_id)
     set_wait_hook(_seceded)
