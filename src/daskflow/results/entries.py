@@ -190,9 +190,6 @@ def load_libraries() -> None:
             _libraries_loaded = True
 
 
-_load_libraries = load_libraries  # the name this had before write-behind (other branches may call it)
-
-
 def open_store(storage: Any) -> ResultStore:
     """The store a ``result_storage`` setting names: a store, an fsspec URL, an object with
     ``url`` (and ``storage_options``), or ``None`` for the configured default."""
