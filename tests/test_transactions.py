@@ -250,7 +250,8 @@ def test_a_serializable_block_makes_its_runs_on_dask_workers_serializable(tmp_pa
 
     locks = tmp_path / "locks"
 
-    @task(cache_policy=inputs.configure(lock_manager=FileSystemLockManager(locks)))
+    # Its own storage: the session cluster's workers share one default home across tests.
+    @task(cache_policy=inputs.configure(lock_manager=FileSystemLockManager(locks)), result_storage=str(tmp_path))
     def look(x: int) -> int:
         return len(list(locks.glob("*.lock")))  # lock files held while this runs, on the worker
 

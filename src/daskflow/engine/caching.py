@@ -105,7 +105,10 @@ def result_store(result_storage: Any) -> ResultStore:
         return result_storage
     url = getattr(result_storage, "url", result_storage)
     options = getattr(result_storage, "storage_options", None)
-    cache_key = (repr(url), repr(sorted((options or {}).items())), settings.get("results.storage"))
+    # The default store lives under the home folder: a process whose DASKFLOW_HOME changed
+    # (a notebook, each test) gets the new home's store, not the first one it opened.
+    home = str(settings.home()) if url is None else None
+    cache_key = (repr(url), repr(sorted((options or {}).items())), settings.get("results.storage"), home)
     store = _stores.get(cache_key)
     if store is None:
         with _stores_lock:
