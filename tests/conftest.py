@@ -467,3 +467,39 @@ LONG_FILES_FIRST = (
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+@contextmanager
+def service_threads(count: int = 1, **options: Any) -> Iterator[list[Any]]:
+    """``count`` scheduling services over the configured run store, each on a thread of this
+    process polling every 0.1 s (``options`` go to each), until the block ends."""
+    import threading
+
+    from daskflow.deployments.service import DeploymentService
+
+    stop = threading.Event()
+    made = [DeploymentService(poll_seconds=0.1, name=f"svc-{i}", **options) for i in range(count)]
+    threads = [threading.Thread(target=s.run, args=(stop,), daemon=True) for s in made]
+    for thread in threads:
+        thread.start()
+    try:
+        yield made
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        assert not any(t.is_alive() for t in threads), "a service did not stop within 60 s"
+
+
+def import_flows(folder: Path, monkeypatch: pytest.MonkeyPatch, prefix: str, source: str) -> Any:
+    """``source`` written as a module of its own under ``folder/code`` (a unique name starting
+    with ``prefix``) and imported, as a user's flows file a deployment's entrypoint names."""
+    import importlib
+    import textwrap
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    code = folder / "code"
+    code.mkdir(exist_ok=True)
+    (code / f"{name}.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(code))
+    return importlib.import_module(name)

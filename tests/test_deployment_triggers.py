@@ -5,17 +5,13 @@ parameters rendered from the event; ``flow.serve(triggers=...)`` firing in the s
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
 import sys
-import textwrap
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,7 +19,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from daskflow.deployments import Deployment, DeploymentService, apply_deployment_file
+from conftest import import_flows, service_threads
+from daskflow.deployments import Deployment, apply_deployment_file
 from daskflow.deployments.triggers import triggered_run_id
 from daskflow.events import DeploymentEventTrigger, Event, EventError, emit_event
 from daskflow.exceptions import DeploymentError
@@ -41,12 +38,8 @@ def refresh(table: str, rows: int = 0) -> str:
 
 @pytest.fixture
 def flows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    name = f"dfl_triggers_{uuid.uuid4().hex[:8]}"
-    folder = tmp_path / "code"
-    folder.mkdir()
-    (folder / f"{name}.py").write_text(textwrap.dedent(FLOWS))
-    monkeypatch.syspath_prepend(str(folder))
-    return importlib.import_module(name)
+    module: ModuleType = import_flows(tmp_path, monkeypatch, "dfl_triggers", FLOWS)
+    return module
 
 
 def event(name: str, resource: dict[str, str], related: list[dict[str, str]] | None = None, **payload: Any) -> Event:
@@ -173,20 +166,7 @@ def test_deployment_files_take_triggers(flows: ModuleType, tmp_path: Path, histo
 # -- firing: two services over one store ------------------------------------------------------
 
 
-@contextmanager
-def services(count: int, **options: Any) -> Iterator[list[DeploymentService]]:
-    stop = threading.Event()
-    made = [DeploymentService(poll_seconds=0.1, name=f"svc-{i}", **options) for i in range(count)]
-    threads = [threading.Thread(target=s.run, args=(stop,), daemon=True) for s in made]
-    for thread in threads:
-        thread.start()
-    try:
-        yield made
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(60)
-        assert not any(t.is_alive() for t in threads), "a service did not stop within 60 s"
+services = service_threads  # several services on one store, in threads of this process
 
 
 def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:

@@ -14,7 +14,6 @@ import re
 import textwrap
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from conftest import import_flows, service_threads
 from daskflow import serve
 from daskflow.deployments import Deployment, DeploymentFlowRun, DeploymentService, run_deployment
 from daskflow.engine.serving import DEPLOYMENT_BACKEND_MODULE
@@ -49,27 +49,15 @@ def other(n: int = 1) -> int:
 
 @pytest.fixture
 def flows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    name = f"dfl_prefect_deploy_{uuid.uuid4().hex[:8]}"
-    folder = tmp_path / "code"
-    folder.mkdir()
-    (folder / f"{name}.py").write_text(textwrap.dedent(FLOWS))
-    monkeypatch.syspath_prepend(str(folder))
-    return importlib.import_module(name)
+    module: ModuleType = import_flows(tmp_path, monkeypatch, "dfl_prefect_deploy", FLOWS)
+    return module
 
 
 @contextmanager
 def service_thread(**options: Any) -> Iterator[DeploymentService]:
     """A scheduling service over the configured run store, polling every 0.1 s, until the block ends."""
-    service = DeploymentService(poll_seconds=0.1, **options)
-    stop = threading.Event()
-    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with service_threads(1, **options) as (service,):
         yield service
-    finally:
-        stop.set()
-        thread.join(60)
-        assert not thread.is_alive(), "the service did not stop within 60 s"
 
 
 def test_deploy_registers_the_deployment_for_daskflow_serve(flows: ModuleType, history: Any) -> None:

@@ -9,11 +9,7 @@ seen by ``daskflow.runtime`` inside it, and shown by ``runs ls --json`` and ``ru
 
 from __future__ import annotations
 
-import importlib
 import json
-import textwrap
-import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from conftest import import_flows, service_threads
 from daskflow import cli
 from daskflow.deployments import DeploymentService
 from daskflow.runstore.queries import flow_run_header
@@ -58,27 +55,15 @@ def caller_through_a_task(out: str) -> dict:
 
 @pytest.fixture
 def flows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    name = f"dfl_subflow_deploy_{uuid.uuid4().hex[:8]}"
-    folder = tmp_path / "code"
-    folder.mkdir()
-    (folder / f"{name}.py").write_text(textwrap.dedent(FLOWS))
-    monkeypatch.syspath_prepend(str(folder))
-    return importlib.import_module(name)
+    module: ModuleType = import_flows(tmp_path, monkeypatch, "dfl_subflow_deploy", FLOWS)
+    return module
 
 
 @contextmanager
 def service_thread() -> Iterator[DeploymentService]:
     """A scheduling service over the configured run store, polling every 0.1 s, until the block ends."""
-    service = DeploymentService(poll_seconds=0.1)
-    stop = threading.Event()
-    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with service_threads(1) as (service,):
         yield service
-    finally:
-        stop.set()
-        thread.join(60)
-        assert not thread.is_alive(), "the service did not stop within 60 s"
 
 
 def _cli(history: Any, *args: str) -> str:

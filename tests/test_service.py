@@ -10,7 +10,6 @@ the tests count what really ran, besides the claims in the store.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -18,10 +17,8 @@ import queue
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from conftest import import_flows
 from daskflow.deployments import Deployment, DeploymentService
 from daskflow.exceptions import ConfigurationError
 from daskflow.runstore import RunStore
@@ -64,12 +62,8 @@ def at(hour: int, minute: int = 0) -> datetime:
 
 @pytest.fixture
 def flows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    name = f"dfl_service_{uuid.uuid4().hex[:8]}"
-    folder = tmp_path / "code"
-    folder.mkdir()
-    (folder / f"{name}.py").write_text(textwrap.dedent(FLOWS))
-    monkeypatch.syspath_prepend(str(folder))
-    return importlib.import_module(name)
+    module: ModuleType = import_flows(tmp_path, monkeypatch, "dfl_service", FLOWS)
+    return module
 
 
 @pytest.fixture

@@ -6,15 +6,11 @@ state in the store, surviving a restart). Windows are small; waits are bounded p
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
 import sys
-import textwrap
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -26,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from conftest import import_flows, service_threads
 from daskflow import tags
 from daskflow.cli import main
 from daskflow.deployments import Deployment, DeploymentService
@@ -55,29 +52,15 @@ def react(key: str | None = "", note: str | None = "") -> str:
 
 @pytest.fixture
 def flows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    name = f"dfl_counting_{uuid.uuid4().hex[:8]}"
-    folder = tmp_path / "code"
-    folder.mkdir()
-    (folder / f"{name}.py").write_text(textwrap.dedent(FLOWS))
-    monkeypatch.syspath_prepend(str(folder))
-    return importlib.import_module(name)
+    module: ModuleType = import_flows(tmp_path, monkeypatch, "dfl_counting", FLOWS)
+    return module
 
 
 @contextmanager
 def services(count: int = 1) -> Iterator[list[DeploymentService]]:
-    stop = threading.Event()
-    made = [DeploymentService(poll_seconds=0.1, name=f"svc-{i}") for i in range(count)]
-    threads = [threading.Thread(target=s.run, args=(stop,), daemon=True) for s in made]
-    for thread in threads:
-        thread.start()
-    try:
+    with service_threads(count) as made:
         wait_for(lambda: all(s.trigger_polls >= 1 for s in made), 60, "the services' first look at the events")
         yield made
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(60)
-        assert not any(t.is_alive() for t in threads), "a service did not stop within 60 s"
 
 
 def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
