@@ -503,3 +503,15 @@ def import_flows(folder: Path, monkeypatch: pytest.MonkeyPatch, prefix: str, sou
     (code / f"{name}.py").write_text(textwrap.dedent(source))
     monkeypatch.syspath_prepend(str(code))
     return importlib.import_module(name)
+
+
+class Opaque:
+    """A value only a pickle stores (no JSON or Arrow form), compared by its content."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Opaque and other.n == self.n
+
+    __hash__ = None  # type: ignore[assignment]

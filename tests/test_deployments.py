@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import textwrap
 import threading
-import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
@@ -20,6 +19,7 @@ from typing import Any
 import dask.config
 import pytest
 
+from conftest import import_flows
 from daskflow import flow
 from daskflow.deployments import (
     Deployment,
@@ -68,14 +68,8 @@ def fails(day: str = "") -> None:
 
 
 def write_flows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    name = f"dfl_flows_{uuid.uuid4().hex[:8]}"
-    folder = tmp_path / "code"
-    folder.mkdir(exist_ok=True)
-    (folder / f"{name}.py").write_text(textwrap.dedent(FLOWS))
-    monkeypatch.syspath_prepend(str(folder))
-    import importlib
-
-    return importlib.import_module(name)
+    module: ModuleType = import_flows(tmp_path, monkeypatch, "dfl_flows", FLOWS)
+    return module
 
 
 @pytest.fixture

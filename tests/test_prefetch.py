@@ -68,17 +68,24 @@ def _cached_map(name: str, storage: str, executions: Any) -> Any:
     return inc
 
 
+def _mapping_flow(inc: Any, runner: Any, made: list[Any], name: str | None = None) -> Any:
+    """A flow mapping ``inc`` over ``range(n)`` on ``runner``; each run's futures are left in ``made``."""
+
+    @flow(name=name, task_runner=runner)
+    def pipeline(n: int) -> list[int]:
+        futures = inc.map(range(n))
+        made[:] = futures
+        return futures.result()
+
+    return pipeline
+
+
 def test_an_all_hit_map_submits_no_dask_task_and_a_partial_one_only_its_misses(
     dask_client: Any, seen: KeysSeen, tmp_path: Path, executions: Any, history: Any
 ) -> None:
     inc = _cached_map(seen.prefix, (tmp_path / "results").as_uri(), executions)
     made: list[Any] = []
-
-    @flow(name="prefetched", task_runner=DaskTaskRunner(client=dask_client))
-    def pipeline(n: int) -> list[int]:
-        futures = inc.map(range(n))
-        made[:] = futures
-        return futures.result()
+    pipeline = _mapping_flow(inc, DaskTaskRunner(client=dask_client), made, "prefetched")
 
     assert pipeline(20) == list(range(1, 21))
     cold_keys = set(seen.keys)
@@ -135,12 +142,7 @@ def test_a_corrupt_entry_is_a_miss_recomputed_on_the_worker(
     store = ResultStore((tmp_path / "results").as_uri())
     inc = _cached_map(seen.prefix, store.url, executions)
     made: list[Any] = []
-
-    @flow(task_runner=DaskTaskRunner(client=dask_client))
-    def pipeline(n: int) -> list[int]:
-        futures = inc.map(range(n))
-        made[:] = futures
-        return futures.result()
+    pipeline = _mapping_flow(inc, DaskTaskRunner(client=dask_client), made)
 
     pipeline(20)
     keys = [f.task_run.cache_key for f in made]
@@ -164,12 +166,7 @@ def test_an_entry_of_another_task_is_a_miss_with_a_warning(
     store = ResultStore((tmp_path / "results").as_uri())
     inc = _cached_map(f"orders-{uuid.uuid4().hex[:6]}", store.url, executions)
     made: list[Any] = []
-
-    @flow(task_runner=task_runner)
-    def pipeline(n: int) -> list[int]:
-        futures = inc.map(range(n))
-        made[:] = futures
-        return futures.result()
+    pipeline = _mapping_flow(inc, task_runner, made)
 
     pipeline(20)
     foreign = made[7].task_run.cache_key
@@ -215,12 +212,7 @@ def test_a_store_the_workers_do_not_share_is_looked_up_on_the_workers(
     store = ResultStore(memory_url)
     inc = _cached_map(seen.prefix, memory_url, executions)
     made: list[Any] = []
-
-    @flow(task_runner=DaskTaskRunner(client=dask_client))
-    def pipeline(n: int) -> list[int]:
-        futures = inc.map(range(n))
-        made[:] = futures
-        return futures.result()
+    pipeline = _mapping_flow(inc, DaskTaskRunner(client=dask_client), made)
 
     pipeline(3)
     for future in made:  # the workers wrote theirs; the client now gets entries of its own

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import put_raw, raw_bytes
+from conftest import Opaque, put_raw, raw_bytes
 from daskflow.exceptions import ResultError
 from daskflow.results import ResultStore, batch
 from daskflow.results.batch import INLINE_MAX_BYTES
@@ -114,18 +114,6 @@ def test_a_damaged_inline_copy_is_a_miss_never_a_wrong_value(store: ResultStore)
     put_raw(store, "k", buffer.getvalue())
     assert store.lookup_many(["k"], list_from=1) == {}
     assert store.read("k").value == {"a": 1}  # type: ignore[union-attr]  # other readers use the data pages
-
-
-class Opaque:
-    """A value only a pickle stores."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is Opaque and other.n == self.n
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 def test_pickled_entries_are_not_inlined_and_still_checked(store: ResultStore) -> None:

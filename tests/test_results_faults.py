@@ -27,6 +27,7 @@ import pandas as pd
 import pytest
 
 import faultfs
+from conftest import Opaque
 from daskflow.results import ResultStore, ResultWarning
 from daskflow.results.signing import load_or_create_key_file
 
@@ -331,16 +332,6 @@ def test_no_flipped_byte_gives_a_wrong_value(tmp_path: Path) -> None:
                 wrong.append(f"{key}@{position}")
     assert outcomes["wrong"] == 0, f"flips giving a wrong value or a silent miss: {wrong[:10]}; outcomes {outcomes}"
     assert outcomes["warned-miss"] > 10 * outcomes["same"], f"outcomes {outcomes}"
-
-
-class Opaque:
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is Opaque and other.n == self.n
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 def _same(expected: Any, actual: Any) -> bool:

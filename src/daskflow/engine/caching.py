@@ -38,6 +38,7 @@ share an entry.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
 import warnings
@@ -107,7 +108,7 @@ def result_store(result_storage: Any) -> ResultStore:
     options = getattr(result_storage, "storage_options", None)
     # The default store lives under the home folder: a process whose DASKFLOW_HOME changed
     # (a notebook, each test) gets the new home's store, not the first one it opened.
-    home = str(settings.home()) if url is None else None
+    home = os.environ.get(settings.HOME_ENV_VAR) if url is None else None  # not home(): it makes the folder
     cache_key = (repr(url), repr(sorted((options or {}).items())), settings.get("results.storage"), home)
     store = _stores.get(cache_key)
     if store is None:

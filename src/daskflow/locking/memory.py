@@ -62,13 +62,8 @@ class MemoryLockManager(AsyncLockMethods):
                     expires = None if hold_timeout is None else time.time() + hold_timeout
                     self._locks[key] = Held(holder, expires)
                     return True
-                remaining = remaining_of(deadline)
-                if remaining == 0:
+                if not self._wait_for_change(held, deadline):
                     return False
-                # Woken by a release; the expiry of a hold_timeout is noticed by waking at it.
-                until_expiry = None if held.expires is None else max(0.0, held.expires - time.time())
-                waits = [w for w in (remaining, until_expiry) if w is not None]
-                self._changed.wait(min(waits) if waits else None)
 
     def release_lock(self, key: str, holder: str) -> None:
         with self._changed:
@@ -95,10 +90,17 @@ class MemoryLockManager(AsyncLockMethods):
         deadline = deadline_after(timeout)
         with self._changed:
             while (held := self._current(key)) is not None:
-                remaining = remaining_of(deadline)
-                if remaining == 0:
+                if not self._wait_for_change(held, deadline):
                     return False
-                until_expiry = None if held.expires is None else max(0.0, held.expires - time.time())
-                waits = [w for w in (remaining, until_expiry) if w is not None]
-                self._changed.wait(min(waits) if waits else None)
             return True
+
+    def _wait_for_change(self, held: Held, deadline: float | None) -> bool:
+        """Wait (the condition's lock held) for a release, or for ``held`` to expire; False once
+        ``deadline`` passed. Woken by a release; a hold_timeout's expiry by waking at it."""
+        remaining = remaining_of(deadline)
+        if remaining == 0:
+            return False
+        until_expiry = None if held.expires is None else max(0.0, held.expires - time.time())
+        waits = [w for w in (remaining, until_expiry) if w is not None]
+        self._changed.wait(min(waits) if waits else None)
+        return True
