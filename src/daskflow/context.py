@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,11 +35,13 @@ __all__ = [
     "Transaction",
     "TransactionState",
     "deadline_passed",
+    "enter_task_run",
     "get_current_tags",
     "get_flow_run_context",
     "get_run_context",
     "get_task_run_context",
     "get_transaction",
+    "leave_task_run",
     "on_worker_thread",
     "run_cancelled",
     "scheduled_run_info",
@@ -290,6 +292,19 @@ def waiting() -> Iterator[None]:
         return
     with hook():
         yield
+
+
+def enter_task_run(ctx: TaskRunContext) -> Token[TaskRunContext | None]:
+    """Make ``ctx`` the current task run; :func:`leave_task_run` with the token restores the previous one.
+
+    The pair is :func:`use_task_run_context` without a generator: the lean path of a
+    direct task call (daskflow.engine.direct) enters a run for every call.
+    """
+    return _task_ctx.set(ctx)
+
+
+def leave_task_run(token: Token[TaskRunContext | None]) -> None:
+    _task_ctx.reset(token)
 
 
 @contextmanager

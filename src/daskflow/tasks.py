@@ -26,6 +26,7 @@ from daskflow.cache_policies import CachePolicy, resolve_cache_policy, task_inpu
 from daskflow.context import get_flow_run_context, get_task_run_context, use_task_run_context
 from daskflow.engine import TaskCall, exponential_backoff, make_calls, run_task_async, run_task_sync
 from daskflow.engine.caching import caching_enabled
+from daskflow.engine.direct import lean_here, lean_options, run_direct
 from daskflow.engine.prefetch import look_up_calls, reach_of
 from daskflow.exceptions import ConfigurationError, UnhashableInputError
 from daskflow.futures import DaskflowFuture, DaskflowFutureList, LocalFuture
@@ -47,6 +48,8 @@ _UNTRACKED = (str, bytes, int, float, bool, type(None), complex)
 _default_runner: TaskRunner | None = None
 # Futures whose final state is held in this process: a cache key over them can be computed here.
 _LOCAL_FUTURES = (LocalFuture, FinishedFuture)
+# The runners whose direct calls run here, in the caller's thread (TaskRunner.call not overridden).
+_RUNS_HERE = TaskRunner.call
 
 
 def _background_runner() -> TaskRunner:
@@ -93,6 +96,14 @@ def _submit(runner: TaskRunner, calls: list[TaskCall]) -> list[DaskflowFuture[An
     return [
         FinishedFuture(call.task_run, hit) if hit is not None else next(submitted) for call, hit in zip(calls, hits)
     ]
+
+
+def _handed_on(flow_ctx: Any, run_id: str, state: State) -> Any:
+    """A direct call's value, noted as made by its run: a task it is passed to names that run upstream."""
+    value = state.result()
+    if not isinstance(value, _UNTRACKED):  # small ints and the like are shared objects
+        flow_ctx.produced[id(value)] = (run_id, value)
+    return value
 
 
 def _is_mappable(value: Any) -> bool:
@@ -159,25 +170,41 @@ class Task(Generic[P, R]):
         returns the run's final state instead, ``wait_for=[...]`` waits for
         other runs first.
         """
-        return_state = bool(kwargs.pop("return_state", False))
-        wait_for: Iterable[Any] = kwargs.pop("wait_for", None) or ()  # type: ignore[assignment]
+        return_state = bool(kwargs.pop("return_state", False)) if kwargs else False
+        wait_for: Iterable[Any] = (kwargs.pop("wait_for", None) or ()) if kwargs else ()  # type: ignore[assignment]
+        flow_ctx = get_flow_run_context()
+        if (
+            flow_ctx is not None
+            and not wait_for
+            and self._lean()
+            and type(flow_ctx.task_runner).call is _RUNS_HERE  # a runner that runs direct calls in this thread
+            and get_task_run_context() is None
+            and lean_here(flow_ctx)
+        ):
+            run = run_direct(self, flow_ctx, self._bind(args, kwargs))
+            if return_state:
+                return run.state  # type: ignore[return-value]
+            return _handed_on(flow_ctx, run.id, run.state)  # type: ignore[no-any-return]
         [call] = make_calls(self, [self._bind(args, kwargs)], wait_for)
         if self.isasync and _loop_running():
             return self._call_async(call, return_state)  # type: ignore[return-value]
-        flow_ctx = get_flow_run_context()
         if flow_ctx is not None and get_task_run_context() is None:
             runner = flow_ctx.task_runner
             hit = _cached_here(runner, call)
             state = runner.call(call) if hit is None else hit
             if return_state:
                 return state  # type: ignore[return-value]
-            value = state.result()
-            if not isinstance(value, _UNTRACKED):  # small ints and the like are shared objects
-                flow_ctx.produced[id(value)] = (call.task_run.id, value)
-            return value  # type: ignore[no-any-return]
+            return _handed_on(flow_ctx, call.task_run.id, state)  # type: ignore[no-any-return]
         else:
             state = run_task_sync(call)
         return state if return_state else state.result()  # type: ignore[no-any-return, return-value]
+
+    def _lean(self) -> bool:
+        """Whether this task's direct calls may take the lean path (daskflow.engine.direct), by its options."""
+        known = self.__dict__.get("_lean_for")
+        if known is None or known[0] is not self.options:  # options are replaced, never changed, when they change
+            known = self.__dict__["_lean_for"] = (self.options, lean_options(self))
+        return known[1]
 
     async def _call_async(self, call: TaskCall, return_state: bool) -> Any:
         state = await run_task_async(call)

@@ -43,7 +43,7 @@ from daskflow.exceptions import MissingContextError
 from daskflow.runs import TaskRun, new_run_id
 from daskflow.states import Pending
 
-__all__ = ["TaskCall", "TransactionSnapshot", "make_calls"]
+__all__ = ["TaskCall", "TransactionSnapshot", "make_calls", "with_producers"]
 
 _log = logging.getLogger("daskflow.transactions")
 
@@ -204,7 +204,7 @@ def _orphan_index(task_name: str) -> int:
     return next(counter)
 
 
-def _with_producers(
+def with_producers(
     upstream: tuple[str, ...], values: Iterable[Any], produced: dict[int, tuple[str, Any]]
 ) -> tuple[str, ...]:
     """``upstream`` and the runs whose returned values are among ``values`` (direct calls in a flow body)."""
@@ -274,7 +274,7 @@ def make_calls(
     for map_index, params in enumerate(parameter_sets):
         upstream = find_upstream_runs(params.values())
         if produced:
-            upstream = _with_producers(upstream, params.values(), produced)
+            upstream = with_producers(upstream, params.values(), produced)
         run = TaskRun(
             id=new_run_id(),
             name=f"{name}-{index(name)}",

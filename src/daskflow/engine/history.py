@@ -40,6 +40,7 @@ from daskflow import secrets_mask, settings
 from daskflow.context import on_worker_thread
 from daskflow.logging import ARTIFACT_LOGGER
 from daskflow.runs import FlowRun, TaskRun, add_state_listener, remove_state_listener
+from daskflow.runs import _listeners as _state_listeners  # the live list (changed in place, never replaced)
 from daskflow.runstore import (
     ArtifactRecord,
     FlowRunRecord,
@@ -52,7 +53,16 @@ from daskflow.runstore import (
 )
 from daskflow.states import FINAL_TYPES, State, StateType
 
-__all__ = ["HistoryRecorder", "RowBuilder", "flush", "record_submitted", "recorder", "stop_recording", "to_records"]
+__all__ = [
+    "HistoryRecorder",
+    "RowBuilder",
+    "flush",
+    "record_submitted",
+    "recorder",
+    "states_told_at_end",
+    "stop_recording",
+    "to_records",
+]
 
 _FLUSH_SECONDS = 10.0
 _WRITE_INTERVAL = 0.5  # seconds between the writer's drains (its default is 0.2)
@@ -73,6 +83,7 @@ class HistoryRecorder(logging.Handler):
         # drain is a transaction and a turn at the GIL the flow's threads wait for; a run's rows
         # are then at most half a second late (flush() writes at once).
         self.writer = RunStoreWriter(url, convert=self.rows, interval=_WRITE_INTERVAL, batch_size=_WRITE_BATCH)
+        self.listener = self.on_state  # one bound method, registered and recognised (states_told_at_end)
 
     def on_state(self, run: Any, state: State) -> None:
         if not on_worker_thread():
@@ -87,7 +98,7 @@ class HistoryRecorder(logging.Handler):
         self.writer.put(record)
 
     def start(self) -> None:
-        add_state_listener(self.on_state)
+        add_state_listener(self.listener)
         logging.getLogger("daskflow").addHandler(self)
 
     def write_all(self, timeout: float) -> bool:
@@ -95,7 +106,7 @@ class HistoryRecorder(logging.Handler):
         return self.writer.flush(timeout)
 
     def stop(self) -> None:
-        remove_state_listener(self.on_state)
+        remove_state_listener(self.listener)
         logging.getLogger("daskflow").removeHandler(self)
         self.writer.put(_RELEASE)
         self.writer.close(_FLUSH_SECONDS)
@@ -171,6 +182,21 @@ def record_submitted(runs: Iterable[TaskRun]) -> None:
     current = _recorder
     if current is not None and not on_worker_thread():
         current.writer.put(_Submitted(tuple(runs)))
+
+
+def states_told_at_end() -> bool:
+    """Whether a run that starts and ends within one call may tell its listeners only its end.
+
+    True when this process's only state listener is the recorder (or there is none):
+    the recorder writes such a run's row and final state row from its final state
+    alone (see :class:`RowBuilder`), so the lean path of a direct task call
+    (daskflow.engine.direct) keeps ``Running`` on the run record without a queue item.
+    """
+    listeners = _state_listeners
+    if not listeners:
+        return True
+    current = _recorder
+    return current is not None and len(listeners) == 1 and listeners[0] is current.listener
 
 
 def flush(timeout: float = _FLUSH_SECONDS) -> bool:

@@ -73,7 +73,7 @@ from daskflow.states import (
     TimedOut,
 )
 
-__all__ = ["TaskRunEngine", "run_coroutine", "run_task_async", "run_task_sync", "split_arguments"]
+__all__ = ["TaskRunEngine", "not_run", "run_coroutine", "run_task_async", "run_task_sync", "split_arguments"]
 
 T = TypeVar("T")
 _task_logger = logging.getLogger(TASK_LOGGER)
@@ -210,7 +210,7 @@ class TaskRunEngine:
             if kept and (self.options.task_run_name is not None or _policy_reads_values(self.task.cache_policy)):
                 self.parameters, kept = materialize(self.parameters, self.where), None
         except UpstreamFailedError as exc:
-            return self.finish(_not_run(exc), hooks=False)
+            return self.finish(not_run(exc), hooks=False)
         self._kept = kept or None
         if call.log_prints:
             install_print_capture()
@@ -235,7 +235,7 @@ class TaskRunEngine:
             try:  # a miss: now the inputs are needed
                 self.parameters = self.context.parameters = materialize(self.parameters, self.where)
             except UpstreamFailedError as exc:
-                return self.finish(_not_run(exc), hooks=False)
+                return self.finish(not_run(exc), hooks=False)
             finally:
                 self._kept = None
         return None
@@ -431,7 +431,7 @@ class TaskRunEngine:
         run_state_hooks(options, self.task, self.run, state, self.logger)
 
 
-def _not_run(exc: UpstreamFailedError) -> State:
+def not_run(exc: UpstreamFailedError) -> State:
     """The final state of a run whose inputs could not be had.
 
     An input whose run did not complete leaves this run ``NotReady``, as in Prefect
