@@ -76,6 +76,16 @@ class FlowRunContext:
     produced: dict[int, tuple[str, Any]] = field(default_factory=dict)
     _counters: dict[str, Iterator[int]] = field(default_factory=dict)
     _counters_lock: threading.Lock = field(default_factory=threading.Lock)
+    # The flow run's facts for its task runs, taken once per attempt (see facts()).
+    _facts: tuple[int, frozenset[str], FlowRunFacts] | None = None
+
+    def facts(self) -> FlowRunFacts:
+        """``FlowRunFacts.of(self.flow_run)``, taken again only when the run's attempt or tags change."""
+        run = self.flow_run
+        kept = self._facts
+        if kept is None or kept[0] != run.run_count or kept[1] is not run.tags:
+            kept = self._facts = (run.run_count, run.tags, FlowRunFacts.of(run))
+        return kept[2]
 
     def next_index(self, task_name: str) -> int:
         """A per-task counter that numbers this flow's task runs: ``extract-0``, ``extract-1``."""

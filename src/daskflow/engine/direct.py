@@ -36,7 +36,6 @@ from typing import Any
 
 from daskflow.context import (
     FlowRunContext,
-    FlowRunFacts,
     TaskRunContext,
     enter_task_run,
     get_current_tags,
@@ -120,7 +119,7 @@ def run_direct(task: Any, flow_ctx: FlowRunContext, parameters: dict[str, Any]) 
         flow_ctx.concurrency_limits,
         None,
         flow_ctx.cancel_event,
-        FlowRunFacts.of(flow_run),
+        flow_ctx.facts(),
     )
     try:
         if upstream or not _plain(values):

@@ -15,9 +15,10 @@ their states and logs reach the client through the Dask runner's events and
 are recorded there. A worker *thread* of this very process (a LocalCluster with
 ``processes=False``) keeps its own copies of the runs it executes; those are
 skipped, as the client's copies get the same states. A flow run does not wait
-for its history: the writer writes within a fraction of a second, and at the
-latest when the interpreter exits; :func:`flush` waits for it (the CLI and tests
-reading the store from this process call it).
+for its history: the writer writes within a fraction of a second (a few
+seconds while the process keeps it busy), and at the latest when the
+interpreter exits; :func:`flush` waits for it (the CLI and tests reading the
+store from this process call it).
 
 Artifacts (:mod:`daskflow.artifacts`) arrive as records on the non-propagating
 ``daskflow.artifacts`` logger, where a handler installed with this module queues
@@ -66,7 +67,8 @@ __all__ = [
 
 _FLUSH_SECONDS = 10.0
 _WRITE_INTERVAL = 0.5  # seconds between the writer's drains (its default is 0.2)
-_WRITE_BATCH = 2_000  # queued items that wake the writer before its interval (default 1,000)
+_WRITE_BATCH = 20_000  # queued items that wake the writer before its interval (default 1,000)
+_BUSY_HOLD = 2.0  # seconds the writer may wait while the queue keeps growing (see RunStoreWriter)
 _PENDING_HOLD = "30s"  # dask.config daskflow.runstore.pending_hold when unset: see RowBuilder
 
 
@@ -80,9 +82,14 @@ class HistoryRecorder(logging.Handler):
         hold = float(parse_timedelta(settings.get("runstore.pending_hold", _PENDING_HOLD)))
         self.rows = RowBuilder(hold)
         # Bigger batches and fewer wakeups than the writer's defaults: while a flow is busy every
-        # drain is a transaction and a turn at the GIL the flow's threads wait for; a run's rows
-        # are then at most half a second late (flush() writes at once).
-        self.writer = RunStoreWriter(url, convert=self.rows, interval=_WRITE_INTERVAL, batch_size=_WRITE_BATCH)
+        # drain is a transaction and a turn at the GIL the flow's threads wait for. The writer
+        # also waits (up to _BUSY_HOLD) while the queue keeps growing, so that a burst of runs
+        # (direct task calls, a map's events) is written after it rather than during it: a run's
+        # rows are half a second late when the process is quiet, at most about 2.5 s while it is
+        # busy, and at once on flush().
+        self.writer = RunStoreWriter(
+            url, convert=self.rows, interval=_WRITE_INTERVAL, batch_size=_WRITE_BATCH, busy_hold=_BUSY_HOLD
+        )
         self.listener = self.on_state  # one bound method, registered and recognised (states_told_at_end)
 
     def on_state(self, run: Any, state: State) -> None:

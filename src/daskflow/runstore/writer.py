@@ -7,6 +7,11 @@ wake the writer. Everything that costs (importing SQLAlchemy, opening and
 migrating the database, encoding rows, waiting for locks) happens on the
 writer's daemon thread, which writes what is queued in one transaction every
 ``interval`` seconds, or at once when ``batch_size`` records are waiting.
+With ``busy_hold`` set, a writer that wakes on its interval to find the queue
+grown by a hundred records or more since its last look (the process busy
+making records) waits
+for a quiet interval instead, up to ``busy_hold`` seconds: the drain then takes
+its turn at the GIL once the burst is over, not in the middle of it.
 
 **Nothing is lost to an outage.** A batch that cannot be written because the
 database is away (an ``OperationalError``: stopped, unreachable, locked beyond
@@ -64,6 +69,8 @@ __all__ = ["RunStoreWriter"]
 
 _log = logging.getLogger("daskflow.runstore")
 _open_writers: weakref.WeakSet[RunStoreWriter] = weakref.WeakSet()
+# Records queued in one interval that make the queue "busy" (busy_hold): a trickle is written at once.
+_BUSY_GROWTH = 100
 
 
 def _describe(exc: BaseException) -> str:
@@ -107,7 +114,9 @@ class RunStoreWriter:
     The writer writes every ``interval`` seconds, or as soon as ``batch_size``
     records wait; one transaction takes at most ``max_batch`` records, so a
     long backlog does not hold SQLite's write lock for long. Past ``max_queue``
-    waiting records, ``put`` drops. ``busy_timeout`` (seconds) is how long a
+    waiting records, ``put`` drops. ``busy_hold`` (seconds, 0: never) lets an
+    interval's drain wait while the queue keeps growing (see the module
+    docstring); ``batch_size``, ``flush`` and ``close`` write at once still. ``busy_timeout`` (seconds) is how long a
     write waits for another SQLite writer; it applies to a store opened here.
 
     ``convert``, when given, turns each batch of what was put into records, on
@@ -130,6 +139,7 @@ class RunStoreWriter:
         batch_size: int = 1000,
         max_batch: int = 5_000,
         max_queue: int = 200_000,
+        busy_hold: float = 0.0,
         busy_timeout: float | None = None,
         convert: Callable[[list[Any]], Iterable[Record]] | None = None,
         spool_folder: str | Path | None = None,
@@ -152,6 +162,11 @@ class RunStoreWriter:
         self._batch_size = batch_size
         self._max_batch = max(max_batch, batch_size)
         self._max_queue = max_queue
+        self._busy_hold = busy_hold
+        self._held_since: float | None = None  # time.monotonic() of the first interval a busy queue waited
+        self._seen = 0  # the queue's length when the writer last looked (busy_hold)
+        self._flushes = 0  # flush() calls so far: a flush is never held back
+        self._flushes_seen = 0
         self._busy_timeout = busy_timeout
         self._convert = convert
         self.spool_folder = Path(spool_folder) if spool_folder is not None else default_spool_folder(self.url)
@@ -166,6 +181,7 @@ class RunStoreWriter:
         self._overflowed = 0
         self._closed = False
         self._written = 0
+        self._received = 0
         self._dropped = 0
         self._transactions = 0
         self._cpu_seconds = 0.0  # the writer thread's CPU time in its drains: its share of the GIL
@@ -197,6 +213,7 @@ class RunStoreWriter:
                 self._overflowed += 1
             return
         queue.append(record)
+        self._received += 1
         if queued + 1 >= self._batch_size and not self._wake.is_set():
             self._wake.set()
 
@@ -209,6 +226,8 @@ class RunStoreWriter:
         if not self._thread.is_alive():
             return not self._queue
         done = threading.Event()
+        with self._lock:
+            self._flushes += 1
         self._queue.append(done)  # markers skip the max_queue bound: a flush is never dropped
         self._wake.set()
         return done.wait(timeout)
@@ -227,6 +246,11 @@ class RunStoreWriter:
         self._thread.join(timeout)
         _open_writers.discard(self)
         return flushed and not self._thread.is_alive()
+
+    @property
+    def received(self) -> int:
+        """Items queued by ``put`` so far (what the caller put, before ``convert``; exact when one thread puts)."""
+        return self._received
 
     @property
     def written(self) -> int:
@@ -274,6 +298,8 @@ class RunStoreWriter:
             while True:
                 self._wake.wait(self._timeout())
                 self._wake.clear()
+                if self._busy():
+                    continue
                 started = time.thread_time()
                 self._drain()
                 self._cpu_seconds += time.thread_time() - started
@@ -286,6 +312,31 @@ class RunStoreWriter:
             self._spool = None
             if self._owns_store and self._store is not None:
                 self._store.close()
+
+    def _busy(self) -> bool:
+        """Whether to leave the queue for another interval: it grew fast since the last look, and may wait more."""
+        queued = len(self._queue)
+        if (
+            self._busy_hold <= 0
+            or self._closed
+            or self._flushes != self._flushes_seen
+            or queued >= self._batch_size
+            or self._backlog
+            or queued - self._seen < _BUSY_GROWTH
+        ):
+            self._held_since = None
+            self._seen = 0
+            self._flushes_seen = self._flushes
+            return False
+        now = time.monotonic()
+        if self._held_since is None:
+            self._held_since = now
+        elif now - self._held_since >= self._busy_hold:
+            self._held_since = None
+            self._seen = 0
+            return False
+        self._seen = queued
+        return True
 
     def _timeout(self) -> float:
         if not self._backlog:
