@@ -57,7 +57,7 @@ def test_a_direct_call_queues_one_history_item_and_leaves_one_row_and_one_state_
     # Its final state alone while the recorder is the only state listener; Running too when another
     # listens (an in-process Dask worker, which an earlier test in this process may have started,
     # leaves its forwarder registered): never the submission record the general path adds.
-    per_call = 1 if history_module.states_told_at_end() else 2
+    per_call = 1 if history_module.end_sink() is not None else 2
     assert _received() - before - empty == 40 * per_call, f"expected {per_call} queue item(s) per direct call"
 
     store = history()

@@ -22,10 +22,11 @@ over the same run and context, which judges it as the general path does.
 The run history: when the run store's recorder is the only state listener of
 this process (no progress display, no deployment watching), ``Running`` is
 kept on the run record without telling the recorder, and the run is not
-announced at its submission. Its final state, queued when the call ends,
-brings the run's row (``start_time`` included) and its final state row: the
-rows the recorder wrote for such a run anyway, since it drops the ``Pending``
-and ``Running`` rows superseded within a batch, for one queue item instead of
+announced at its submission. Its final state, put on the recorder's queue
+when the call ends (:func:`~daskflow.engine.history.end_sink`), brings the
+run's row (``start_time`` included) and its final state row: the rows the
+recorder wrote for such a run anyway, since it drops the ``Pending`` and
+``Running`` rows superseded within a batch, for one queue item instead of
 three. A state listener added later sees every state again.
 """
 
@@ -43,7 +44,7 @@ from daskflow.context import (
     leave_task_run,
 )
 from daskflow.engine.calls import TaskCall, with_producers
-from daskflow.engine.history import states_told_at_end
+from daskflow.engine.history import end_sink
 from daskflow.engine.inputs import find_upstream_runs, resolve_inputs
 from daskflow.engine.task_engine import TaskRunEngine, not_run, split_arguments
 from daskflow.exceptions import UpstreamFailedError
@@ -135,12 +136,13 @@ def run_direct(task: Any, flow_ctx: FlowRunContext, parameters: dict[str, Any]) 
     try:
         running = Running()
         run.run_count = 1
-        if states_told_at_end():
+        sink = end_sink()
+        if sink is None:  # another listener sees every state
+            run.set_state(running)
+        else:  # what run.set_state does, but telling no one (see the module docstring)
             run.state = running
             run.state_history.append(running)
             run.start_time = running.epoch
-        else:
-            run.set_state(running)
         try:
             value = fn(*args, **kwargs)
         except KeyboardInterrupt as exc:
@@ -151,8 +153,14 @@ def run_direct(task: Any, flow_ctx: FlowRunContext, parameters: dict[str, Any]) 
             return run
         if isinstance(value, State) or run.state is not running:  # the body said how it ends, or the flow did
             _engine(context).handle_success(value)
-        else:
+        elif sink is None:
             run.set_state(Completed(value))
+        else:
+            state = Completed(value)
+            run.state = state
+            run.state_history.append(state)
+            run.end_time = state.epoch
+            sink((run, state))  # the recorder's queue item, as its state listener would have put it
         return run
     finally:
         leave_task_run(token)

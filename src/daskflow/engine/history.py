@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from dask.utils import parse_timedelta
@@ -57,18 +57,18 @@ from daskflow.states import FINAL_TYPES, State, StateType
 __all__ = [
     "HistoryRecorder",
     "RowBuilder",
+    "end_sink",
     "flush",
     "record_submitted",
     "recorder",
-    "states_told_at_end",
     "stop_recording",
     "to_records",
 ]
 
 _FLUSH_SECONDS = 10.0
 _WRITE_INTERVAL = 0.5  # seconds between the writer's drains (its default is 0.2)
-_WRITE_BATCH = 20_000  # queued items that wake the writer before its interval (default 1,000)
-_BUSY_HOLD = 2.0  # seconds the writer may wait while the queue keeps growing (see RunStoreWriter)
+_WRITE_BATCH = 50_000  # queued items that wake the writer before its interval (default 1,000)
+_BUSY_HOLD = 5.0  # seconds the writer may wait while the queue keeps growing (see RunStoreWriter)
 _PENDING_HOLD = "30s"  # dask.config daskflow.runstore.pending_hold when unset: see RowBuilder
 
 
@@ -85,12 +85,12 @@ class HistoryRecorder(logging.Handler):
         # drain is a transaction and a turn at the GIL the flow's threads wait for. The writer
         # also waits (up to _BUSY_HOLD) while the queue keeps growing, so that a burst of runs
         # (direct task calls, a map's events) is written after it rather than during it: a run's
-        # rows are half a second late when the process is quiet, at most about 2.5 s while it is
+        # rows are half a second late when the process is quiet, at most about 5.5 s while it is
         # busy, and at once on flush().
         self.writer = RunStoreWriter(
             url, convert=self.rows, interval=_WRITE_INTERVAL, batch_size=_WRITE_BATCH, busy_hold=_BUSY_HOLD
         )
-        self.listener = self.on_state  # one bound method, registered and recognised (states_told_at_end)
+        self.listener = self.on_state  # one bound method, registered and recognised (end_sink)
 
     def on_state(self, run: Any, state: State) -> None:
         if not on_worker_thread():
@@ -191,19 +191,27 @@ def record_submitted(runs: Iterable[TaskRun]) -> None:
         current.writer.put(_Submitted(tuple(runs)))
 
 
-def states_told_at_end() -> bool:
-    """Whether a run that starts and ends within one call may tell its listeners only its end.
+def end_sink() -> Callable[[Any], None] | None:
+    """Where a run that starts and ends within one call may put its end alone; None: tell every listener.
 
-    True when this process's only state listener is the recorder (or there is none):
+    When this process's only state listener is the recorder (or there is none),
     the recorder writes such a run's row and final state row from its final state
-    alone (see :class:`RowBuilder`), so the lean path of a direct task call
-    (daskflow.engine.direct) keeps ``Running`` on the run record without a queue item.
+    alone (see :class:`RowBuilder`): the lean path of a direct task call
+    (daskflow.engine.direct) then keeps ``Running`` on the run record and hands the
+    recorder's queue its ``(run, final state)`` itself. Returns that queue's ``put``
+    (a no-op with no recorder), or None when another listener must see every state.
     """
     listeners = _state_listeners
     if not listeners:
-        return True
+        return _nowhere
     current = _recorder
-    return current is not None and len(listeners) == 1 and listeners[0] is current.listener
+    if current is not None and len(listeners) == 1 and listeners[0] is current.listener and not on_worker_thread():
+        return current.writer.put
+    return None
+
+
+def _nowhere(item: Any) -> None:
+    """The end sink when nothing listens to states."""
 
 
 def flush(timeout: float = _FLUSH_SECONDS) -> bool:
