@@ -177,7 +177,7 @@ class Task(Generic[P, R]):
             flow_ctx is not None
             and not wait_for
             and self._lean()
-            and type(flow_ctx.task_runner).call is _RUNS_HERE  # a runner that runs direct calls in this thread
+            and getattr(type(flow_ctx.task_runner), "call", None) is _RUNS_HERE  # runs direct calls in this thread
             and get_task_run_context() is None
             and lean_here(flow_ctx)
         ):
