@@ -37,21 +37,33 @@ __all__ = [
 ]
 
 
-def write_parquet(table: Any, row_groups: tuple[int, ...] | None, sink: IO[bytes]) -> None:
+def write_parquet(table: Any, row_groups: tuple[int, ...] | None, footer: dict[bytes, bytes], sink: IO[bytes]) -> None:
+    """Write ``table`` as one Parquet file to ``sink``, with ``footer`` as keys of the file's metadata.
+
+    The footer keys go to the file's key-value metadata alone, not to the
+    Arrow schema's (which Arrow would also copy, base64, into ``ARROW:schema``).
+    """
     import pyarrow.parquet as pq
 
     # Page checksums make a flipped bit in the data a detected error, not a wrong
     # value. Non-"compliant" nesting keeps Arrow's own list field names ("item").
-    options: dict[str, Any] = {"compression": "zstd", "write_page_checksum": True, "use_compliant_nested_type": False}
-    if row_groups is None:
-        pq.write_table(table, sink, **options)
-        return
+    # No statistics: nothing filters entries by them, and they would grow every footer a hit parses.
+    options: dict[str, Any] = {
+        "compression": "zstd",
+        "write_page_checksum": True,
+        "use_compliant_nested_type": False,
+        "write_statistics": False,
+    }
     with pq.ParquetWriter(sink, table.schema, **options) as writer:
-        start = 0
-        for rows in row_groups:
-            # An empty slice may write an empty row group or none: readers go by the codec's row counts.
-            writer.write_table(table.slice(start, rows), row_group_size=max(rows, 1))
-            start += rows
+        if row_groups is None:
+            writer.write_table(table)
+        else:
+            start = 0
+            for rows in row_groups:
+                # An empty slice may write an empty row group or none: readers go by the codec's row counts.
+                writer.write_table(table.slice(start, rows), row_group_size=max(rows, 1))
+                start += rows
+        writer.add_key_value_metadata(footer)
 
 
 def open_parquet(data: bytes) -> Any:
