@@ -26,7 +26,8 @@ import pyarrow as pa
 import pytest
 
 from conftest import put_raw, raw_bytes
-from daskflow.results import ResultStore
+from daskflow.exceptions import CorruptResultError
+from daskflow.results import ResultStore, parquet
 from daskflow.results.deferred import InlineValue
 from entry_files import LAYOUT1, footer_json, footer_keys
 
@@ -145,3 +146,16 @@ def test_layout_2_footer_says_each_thing_once(tmp_path: Path, key: str) -> None:
     assert key != "int" or footer < 2500, f"an int's footer is {footer} bytes"
     found = store.lookup_many([key], list_from=1)[key][1]
     assert _same(VALUES[key], found.get() if isinstance(found, InlineValue) else found)
+
+
+def test_the_footer_is_parsed_alone_as_a_reader_would(tmp_path: Path) -> None:
+    """Pins pyarrow's private footer parser that ``results.parquet.footer_keys`` uses (with a fallback)."""
+    assert parquet._footer_reader() is not None, "pyarrow._parquet._reconstruct_filemetadata is gone: lookups slow"
+    store = ResultStore(tmp_path.as_uri(), {}, signing_key=b"test-key")
+    for key, value in VALUES.items():
+        store.write(key, value, task_name="t", serializer="pickle" if key == "pickle" else "parquet")
+        data = raw_bytes(store, key)
+        assert parquet.footer_keys(data) == footer_keys(data), key
+    for damaged in (data[:-1], data[4:], data[:-8] + (len(data)).to_bytes(4, "little") + b"PAR1", b"PAR1" * 3):
+        with pytest.raises(CorruptResultError, match="not a readable Parquet file"):
+            parquet.footer_keys(damaged)

@@ -50,8 +50,8 @@ from typing import TYPE_CHECKING, Any
 from daskflow.exceptions import CorruptResultError
 from daskflow.results import serializers
 from daskflow.results.deferred import InlineValue
-from daskflow.results.metadata import ParsedFooter, entry_name, not_parquet, parse_metadata, signature_digest, utc
-from daskflow.results.parquet import open_parquet
+from daskflow.results.metadata import ParsedFooter, entry_name, parse_metadata, signature_digest, utc
+from daskflow.results.parquet import footer_keys, open_parquet
 
 if TYPE_CHECKING:
     from daskflow.results.entries import EntryInfo, ResultStore
@@ -316,22 +316,11 @@ def _read_local(path: str, limit: int) -> bytes | None:
 def read_footer(data: bytes, key: str, path: str) -> ParsedFooter:
     """The checked metadata of the entry in ``data``, from its Parquet footer alone.
 
-    The footer is parsed as :func:`~.parquet.open_entry` parses it (the Arrow schema
-    included), minus the Python-side setup of a ``ParquetFile`` that a lookup
-    never uses; a damaged footer is a ``CorruptResultError`` as there.
+    Only the footer's key-value metadata is parsed (see :func:`~.parquet.footer_keys`),
+    not the rest a ``ParquetFile`` sets up, which a lookup never uses; a damaged
+    footer is a ``CorruptResultError`` as in :func:`~.parquet.open_entry`.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if not data:
-        raise CorruptResultError("the file is empty (0 bytes)")
-    try:
-        reader = pq.ParquetReader()
-        reader.open(pa.BufferReader(data))
-        raw = reader.metadata.metadata
-    except Exception as exc:
-        raise not_parquet(exc) from exc
-    return parse_metadata(raw, key, path, len(data))
+    return parse_metadata(footer_keys(data), key, path, len(data))
 
 
 def _look(store: ResultStore, key: str, name: str, data: bytes, moment: datetime) -> tuple[EntryInfo, Any] | None:
