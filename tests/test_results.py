@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import io
-import json
 import os
 import pickle
 import stat
@@ -35,6 +34,7 @@ import pytest
 from conftest import put_raw, raw_bytes
 from daskflow.exceptions import ConfigurationError, ResultError
 from daskflow.results import PruneReport, ResultStore, ResultWarning, StoredResult
+from entry_files import rewrite_entry
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -381,11 +381,7 @@ def test_wrong_schema_is_a_warning_and_a_miss(store: ResultStore) -> None:
 
     # Right metadata, wrong table: a numpy entry whose column was replaced.
     store.write("swapped", np.arange(4), task_name="t")
-    table = pq.read_table(io.BytesIO(raw_bytes(store, "swapped")))
-    swapped = pa.table({"other": ["a"]}).replace_schema_metadata(table.schema.metadata)
-    buffer = io.BytesIO()
-    pq.write_table(swapped, buffer)
-    put_raw(store, "swapped", buffer.getvalue())
+    put_raw(store, "swapped", rewrite_entry(raw_bytes(store, "swapped"), table=pa.table({"other": ["a"]})))
     read_expecting_warning(store, "swapped", "its schema does not match the stored one")
     # A lookup that leaves a large value in storage reads only the footer, and still sees it.
     for look in (lambda: store.head("swapped"), lambda: store.lookup("swapped", defer_above=0)):
@@ -403,14 +399,7 @@ def test_entry_under_another_key_or_newer_layout_is_a_miss(store: ResultStore) -
 
 
 def _rewrite_metadata(store: ResultStore, key: str, **changes: Any) -> None:
-    table = pq.read_table(io.BytesIO(raw_bytes(store, key)))
-    metadata = dict(table.schema.metadata)
-    meta = json.loads(metadata[b"daskflow"])
-    meta.update(changes)
-    metadata[b"daskflow"] = json.dumps(meta).encode()
-    buffer = io.BytesIO()
-    pq.write_table(table.replace_schema_metadata(metadata), buffer)
-    put_raw(store, key, buffer.getvalue())
+    put_raw(store, key, rewrite_entry(raw_bytes(store, key), **changes))
 
 
 # -- pickles: only read when signed with the configured key -----------------------------
@@ -464,11 +453,8 @@ def test_unsigned_or_tampered_pickle_is_refused(store: ResultStore, tmp_path: Pa
 
 
 def _replace_payload(store: ResultStore, key: str, payload: bytes) -> None:
-    table = pq.read_table(io.BytesIO(raw_bytes(store, key)))
-    forged = pa.table({"pickle": pa.array([payload], pa.large_binary())}).replace_schema_metadata(table.schema.metadata)
-    buffer = io.BytesIO()
-    pq.write_table(forged, buffer)
-    put_raw(store, key, buffer.getvalue())
+    forged = pa.table({"pickle": pa.array([payload], pa.large_binary())})  # the schema written: the sha256 holds
+    put_raw(store, key, rewrite_entry(raw_bytes(store, key), table=forged))
 
 
 def test_key_file_is_created_once_owner_only(location: tuple[str, dict[str, Any]], daskflow_home: Path) -> None:

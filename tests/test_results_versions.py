@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from daskflow.results import (
     serializers,
 )
 from daskflow.results.entries import LAYOUT_VERSION
+from entry_files import footer_json, rewrite_entry
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,16 +48,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ResultStore:
 
 def rewrite_metadata(store: ResultStore, key: str, drop: tuple[str, ...] = (), **changes: Any) -> None:
     """Rewrite the entry's daskflow metadata (one row group, as the entries of older daskflows)."""
-    table = pq.read_table(io.BytesIO(raw_bytes(store, key)))
-    metadata = dict(table.schema.metadata)
-    meta = json.loads(metadata[b"daskflow"])
-    for name in drop:
-        meta.pop(name)
-    meta.update(changes)
-    metadata[b"daskflow"] = json.dumps(meta).encode()
-    buffer = io.BytesIO()
-    pq.write_table(table.replace_schema_metadata(metadata), buffer, write_page_checksum=True)
-    put_raw(store, key, buffer.getvalue())
+    put_raw(store, key, rewrite_entry(raw_bytes(store, key), drop=drop, **changes))
 
 
 def warned(call: Any) -> tuple[Any, list[str]]:
@@ -98,11 +89,11 @@ def other_store_of(store: ResultStore) -> ResultStore:
     return ResultStore(store.url, store.storage_options, signing_key=b"test-key")
 
 
-def test_metadata_keeps_layout_1_with_version_and_length(store: ResultStore) -> None:
+def test_metadata_records_layout_version_and_length(store: ResultStore) -> None:
     info = store.write("k", (1, 2, 3), task_name="t")
     assert info is not None
-    meta = json.loads(pq.read_metadata(io.BytesIO(raw_bytes(store, "k"))).metadata[b"daskflow"])
-    assert LAYOUT_VERSION == 1 and meta["layout"] == 1, "version and length are additive: the layout stays 1"
+    meta = footer_json(raw_bytes(store, "k"))
+    assert LAYOUT_VERSION == 2 and meta["layout"] == 2, f"metadata {meta}"
     assert (meta["version"], meta["length"]) == (info.version, 3), f"metadata {meta}"
 
 
@@ -463,7 +454,7 @@ def test_head_and_load_of_a_broken_file(store: ResultStore, broken: str) -> None
 
 
 BAD_METADATA: dict[str, tuple[dict[str, Any], str, type[Exception]]] = {
-    "newer-layout": ({"layout": 2}, "entry layout 2, newer than", CorruptResultError),
+    "newer-layout": ({"layout": 3}, "entry layout 3, newer than", CorruptResultError),
     "bad-version": ({"version": 5}, "metadata is malformed", CorruptResultError),
     "bad-length": ({"length": "3"}, "metadata is malformed", CorruptResultError),
     "unknown-format": ({"format": "pandas.Panel"}, "format 'pandas.Panel' is unknown", CorruptResultError),

@@ -37,6 +37,7 @@ share an entry.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -93,10 +94,16 @@ def storage_key(task_name: str, key: str) -> str:
     ``"load_table_a"``, or two long names with one beginning) never share an
     entry; and the key (hashed when it is long or not file-name safe).
     """
+    body = key if len(key) <= 80 and not _UNSAFE.search(key) else hashlib.sha256(key.encode()).hexdigest()
+    return _task_part(task_name) + body
+
+
+@functools.lru_cache(maxsize=1024)
+def _task_part(task_name: str) -> str:
+    """``<name>-<identity>-`` of :func:`storage_key`: the same for every run of a task (a map asks 10,000 times)."""
     prefix = _UNSAFE.sub("_", task_name).lstrip(".")[:40] or "task"
     identity = hashlib.sha256(task_name.encode()).hexdigest()[:16]
-    body = key if not _UNSAFE.search(key) and len(key) <= 80 else hashlib.sha256(key.encode()).hexdigest()
-    return f"{prefix}-{identity}-{body}"
+    return f"{prefix}-{identity}-"
 
 
 def result_store(result_storage: Any) -> ResultStore:

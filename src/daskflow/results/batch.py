@@ -15,13 +15,15 @@ page). Two things make the batch cheap:
   ``cat_ranges``, which an asynchronous filesystem (s3fs...) serves
   concurrently.
 * **Small values inline.** An entry whose value is small (its Arrow table
-  under :data:`INLINE_MAX_BYTES` as an IPC stream, not a pickle) also carries
-  that stream in its footer's metadata, with its SHA-256 (``"inline"`` and
-  ``"inline_sha256"``). The data pages are written as before, so every other
-  reader (older daskflow, pandas, ``read``/``load``) sees a normal entry; a
-  batch lookup reads the footer alone, checks the stream's digest and hands
-  it over undecoded (an :class:`~.deferred.InlineValue`, decoded when the
-  value is needed, which a hit whose downstream hits too never is). The digest stands in for the page checksums: a flipped bit in
+  under :data:`INLINE_MAX_BYTES` as an IPC record batch, not a pickle) also
+  carries that batch in its footer, with its SHA-256 (the footer key
+  ``daskflow.inline`` and the field ``"inline_sha256"``; layout 1 had a
+  base64 IPC stream in the JSON's ``"inline"``). The data pages are written
+  as before, so every other reader (pandas, ``read``/``load``) sees a
+  normal entry; a batch lookup reads the footer alone (whose parse checks the
+  copy's digest, for every reader) and hands it over undecoded (an :class:`~.deferred.InlineValue`,
+  decoded when the value is needed, which a hit whose downstream hits too
+  never is). The digest stands in for the page checksums: a flipped bit in
   the copy is a miss, never a wrong value. The copy is what a batch lookup
   returns, so damage confined to the data pages (which it does not read)
   does not make it a miss; every other reader still checks them.
@@ -48,8 +50,8 @@ from typing import TYPE_CHECKING, Any
 from daskflow.exceptions import CorruptResultError
 from daskflow.results import serializers
 from daskflow.results.deferred import InlineValue
-from daskflow.results.metadata import ParsedFooter, entry_name, not_parquet, parse_metadata, signature_digest, utc
-from daskflow.results.parquet import open_parquet
+from daskflow.results.metadata import ParsedFooter, entry_name, parse_metadata, signature_digest, utc
+from daskflow.results.parquet import footer_keys, open_parquet
 
 if TYPE_CHECKING:
     from daskflow.results.entries import EntryInfo, ResultStore
@@ -59,8 +61,7 @@ __all__ = [
     "INLINE_MAX_BYTES",
     "BatchLookup",
     "decode_inline",
-    "inline_fields",
-    "inline_stream",
+    "inline_copy",
     "lookup_many",
     "read_footer",
 ]
@@ -74,49 +75,55 @@ _THREADS = 4  # chunks looked up at once
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
-def inline_fields(table: Any, format: str) -> dict[str, str]:
-    """The footer fields that carry ``table`` inline, or none when it is too large or a pickle.
+def inline_copy(table: Any, format: str) -> tuple[bytes, str] | None:
+    """The copy of ``table`` for its footer and the copy's SHA-256, or None when it is too large or a pickle.
 
-    Pickles stay out: their payload is only ever read after its signature is
-    checked, on the one path that checks it.
+    The copy is one Arrow IPC record batch message without its schema: the
+    footer holds that schema already (``ARROW:schema``), and a reader
+    rebuilds the batch with it. A table with dictionary columns (a pandas
+    categorical) gets no copy, since its dictionaries would need messages of
+    their own. Pickles stay out: their payload is only ever read after its
+    signature is checked, on the one path that checks it.
     """
     if format in (serializers.PICKLE, serializers.FRAMES):
-        return {}
-    import pyarrow as pa
-
-    if table.nbytes > INLINE_MAX_BYTES:
-        return {}
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    stream = sink.getvalue().to_pybytes()
-    if len(stream) > INLINE_MAX_BYTES:
-        return {}
-    return {"inline": base64.b64encode(stream).decode("ascii"), "inline_sha256": hashlib.sha256(stream).hexdigest()}
-
-
-def inline_stream(parsed: ParsedFooter) -> bytes | None:
-    """The IPC stream an entry carries in its footer (checked by its digest), or None if it has none."""
-    if parsed.inline is None:
         return None
-    try:
-        stream = base64.b64decode(parsed.inline, validate=True)
-    except ValueError as exc:
-        raise CorruptResultError(f"its inline copy of the value is not base64 ({exc})") from exc
-    if hashlib.sha256(stream).hexdigest() != parsed.inline_sha256:
-        raise CorruptResultError("its inline copy of the value does not match its digest")
-    return stream
+    import pyarrow as pa
+
+    if table.nbytes > INLINE_MAX_BYTES or any("dictionary<" in str(field.type) for field in table.schema):
+        return None
+    columns = [column.combine_chunks() for column in table.columns]
+    message = pa.RecordBatch.from_arrays(columns, schema=table.schema).serialize().to_pybytes()
+    if len(message) > INLINE_MAX_BYTES:
+        return None
+    return message, hashlib.sha256(message).hexdigest()
 
 
-def decode_inline(stream: bytes, format: str, codec: dict[str, Any], length: int | None) -> Any:
-    """The value an inline stream holds (its digest checked already)."""
+@functools.lru_cache(maxsize=64)
+def _schema(text: str) -> Any:
+    """The Arrow schema stored as ``text`` (base64 IPC): the entries of one task share it, read it once."""
+    import pyarrow as pa
+
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text, validate=True)))
+
+
+def decode_inline(
+    stream: bytes, format: str, codec: dict[str, Any], length: int | None, schema: str | None = None
+) -> Any:
+    """The value an inline copy holds (its digest checked already).
+
+    ``schema``: the entry's Arrow schema, for a copy that is a record batch
+    message (layout 2); without it, the copy is an IPC stream (layout 1).
+    """
     import pyarrow as pa
 
     try:
-        table = pa.ipc.open_stream(stream).read_all()
+        if schema is None:
+            table = pa.ipc.open_stream(stream).read_all()
+        else:
+            table = pa.Table.from_batches([pa.ipc.read_record_batch(pa.py_buffer(stream), _schema(schema))])
     except Exception as exc:
         raise CorruptResultError(f"its inline copy of the value does not read ({type(exc).__name__}: {exc})") from exc
-    # The stream keeps the written types exactly: no cast back to the stored schema is needed.
+    # The copy keeps the written types exactly: no cast back to the stored schema is needed.
     value = serializers.decode(table, format, codec)
     actual = len(value) if isinstance(value, list | tuple) else None
     if length is not None and actual != length:
@@ -309,22 +316,11 @@ def _read_local(path: str, limit: int) -> bytes | None:
 def read_footer(data: bytes, key: str, path: str) -> ParsedFooter:
     """The checked metadata of the entry in ``data``, from its Parquet footer alone.
 
-    The footer is parsed as :func:`~.parquet.open_entry` parses it (the Arrow schema
-    included), minus the Python-side setup of a ``ParquetFile`` that a lookup
-    never uses; a damaged footer is a ``CorruptResultError`` as there.
+    Only the footer's key-value metadata is parsed (see :func:`~.parquet.footer_keys`),
+    not the rest a ``ParquetFile`` sets up, which a lookup never uses; a damaged
+    footer is a ``CorruptResultError`` as in :func:`~.parquet.open_entry`.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if not data:
-        raise CorruptResultError("the file is empty (0 bytes)")
-    try:
-        reader = pq.ParquetReader()
-        reader.open(pa.BufferReader(data))
-        raw = reader.metadata.metadata
-    except Exception as exc:
-        raise not_parquet(exc) from exc
-    return parse_metadata(raw, key, path, len(data))
+    return parse_metadata(footer_keys(data), key, path, len(data))
 
 
 def _look(store: ResultStore, key: str, name: str, data: bytes, moment: datetime) -> tuple[EntryInfo, Any] | None:
@@ -335,10 +331,13 @@ def _look(store: ResultStore, key: str, name: str, data: bytes, moment: datetime
     if info.format == serializers.PICKLE:
         signature_digest(parsed.signature)
         return info, store._decode(open_parquet(data), parsed)  # checks the signature before unpickling
-    stream = inline_stream(parsed)
+    stream = parsed.inline  # its digest was checked with the rest of the footer
     if stream is None:
         return info, store._decode(open_parquet(data), parsed)
     # The copy is the value as written (its digest matched): the data pages are not read, and it
     # is decoded only if someone needs the value (a hit whose downstream hits too never does).
-    decode = functools.partial(decode_inline, stream, info.format, parsed.codec, info.length)
+    if parsed.inline_is_batch and parsed.schema is None:
+        raise CorruptResultError("its inline copy of the value has no Arrow schema to be read with")
+    schema = parsed.schema if parsed.inline_is_batch else None
+    decode = functools.partial(decode_inline, stream, info.format, parsed.codec, info.length, schema)
     return info, InlineValue(decode, info.version, info.length)

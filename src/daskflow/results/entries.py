@@ -4,21 +4,25 @@ A :class:`ResultStore` keeps each entry at ``<root>/<key>.parquet``. The
 entry's facts live in the Parquet footer's key-value metadata, under the key
 ``daskflow``, as one JSON object::
 
-    {"layout": 1, "key": "...", "task_name": "...", "created": "<ISO, UTC>",
+    {"layout": 2, "key": "...", "task_name": "...", "created": "<ISO, UTC>",
      "expiration": "<ISO, UTC>" | null, "format": "pandas.DataFrame" | ...,
-     "codec": {...}, "schema": "<base64 Arrow IPC schema>",
-     "versions": {"daskflow": ..., "pyarrow": ..., ...},
+     "codec": {...}, "versions": {"daskflow": ..., "pyarrow": ..., ...},
      "signature": "hmac-sha256:<hex>" | null,
      "version": "<uuid4 hex>", "length": <int> | null,
-     "inline": "<base64 Arrow IPC>", "inline_sha256": "<hex>"}   (small values only)
+     "inline_sha256": "<hex>"}   (small values only)
 
-so listing entries reads footers only, and an entry is self-describing: the
+beside Arrow's own ``ARROW:schema`` (the value's exact Arrow schema) and, for
+a small value, ``daskflow.inline`` (a copy of it: see :mod:`.batch`). Each
+part is in the footer once (see :mod:`.metadata` for layout 1, which is still
+read), so a hit parses a footer of 2.3 KB for an int (6.7 KB in layout 1).
+
+Listing entries reads footers only, and an entry is self-describing: the
 entries of one task can be found from the metadata alone. ``version`` names
 the data of one write (a rewrite of the key gets a new one) and ``length`` is
 the number of items of a stored list or tuple; both came after layout 1 was
-fixed, so an older entry lacks them (its version is then ``key@created``).
-``inline`` is a copy of a small value for batch lookups (see :mod:`.batch`);
-every other read decodes the data pages, as before.
+fixed, so an older entry may lack them (its version is then ``key@created``).
+The inline copy serves batch lookups only; every other read decodes the data
+pages.
 
 A lookup can be split in two: :meth:`ResultStore.head` reads the footer
 alone (is there a live entry, which version, how many items), and
@@ -56,7 +60,6 @@ This module is the store and its policy; the footer's metadata is parsed in
 from __future__ import annotations
 
 import functools
-import json
 import os
 import threading
 import uuid
@@ -77,15 +80,17 @@ from daskflow.exceptions import (
 )
 from daskflow.locking import LockManager
 from daskflow.results import serializers, signing
-from daskflow.results.batch import inline_fields, lookup_many
+from daskflow.results.batch import inline_copy, lookup_many
 from daskflow.results.metadata import (
     ENTRY_SUFFIX,
+    INLINE_KEY,
     LAYOUT_VERSION,
     METADATA_KEY,
     EntryInfo,
     ParsedFooter,
     describe_versions,
     entry_name,
+    footer_metadata,
     key_of,
     library_versions,
     not_parquet,
@@ -188,6 +193,12 @@ def load_libraries() -> None:
             except ImportError:
                 pass
             _libraries_loaded = True
+
+
+def _without_footer(metadata: dict[bytes, bytes] | None) -> dict[bytes, bytes] | None:
+    """A table's schema metadata without the keys of an entry's footer (which a read adds to it)."""
+    rest = {k: v for k, v in (metadata or {}).items() if k not in (METADATA_KEY, INLINE_KEY)}
+    return rest or None
 
 
 def open_store(storage: Any) -> ResultStore:
@@ -361,27 +372,26 @@ class ResultStore:
         # looked up one write never takes another's data for it.
         version = version or new_version()
         length = len(value) if isinstance(value, list | tuple) else None
-        metadata = {
-            "layout": LAYOUT_VERSION,
+        fields = {
             "key": key,
             "task_name": task_name,
             "created": created.isoformat(),
             "expiration": expires.isoformat() if expires else None,
             "format": encoded.format,
             "codec": encoded.codec,
-            "schema": serializers.schema_text(encoded.table),
             "versions": versions,
             "signature": signature,
             "version": version,
             "length": length,
-            **inline_fields(encoded.table, encoded.format),
         }
-        table = encoded.table
-        schema_metadata = dict(table.schema.metadata or {})
-        schema_metadata[METADATA_KEY] = json.dumps(metadata, separators=(",", ":")).encode()
-        table = table.replace_schema_metadata(schema_metadata)
+        # A table read from another entry may carry that entry's footer keys in its schema: not ours to copy.
+        table, metadata = encoded.table, encoded.table.schema.metadata
+        if metadata and (METADATA_KEY in metadata or INLINE_KEY in metadata):
+            table = table.replace_schema_metadata(_without_footer(metadata))
+        footer = footer_metadata(fields, table.schema, inline_copy(table, encoded.format))
+        writer = functools.partial(write_parquet, table, encoded.row_groups, footer)
         try:
-            size = self._location.write_atomic(name, functools.partial(write_parquet, table, encoded.row_groups))
+            size = self._location.write_atomic(name, writer)
         except Exception as exc:
             self._write_failed(key, task_name, path, f"{type(exc).__name__}: {exc}", report)
             return None
@@ -560,8 +570,7 @@ class ResultStore:
             value = self._unpickle_verified(info, read_data(parquet, parsed), parsed.signature)
         else:
             table = read_data(parquet, parsed)
-            rest = {k: v for k, v in (table.schema.metadata or {}).items() if k != METADATA_KEY}
-            table = table.replace_schema_metadata(rest or None)
+            table = table.replace_schema_metadata(_without_footer(table.schema.metadata))
             try:
                 value = serializers.decode(table, info.format, parsed.codec)
             except Exception as exc:

@@ -2,14 +2,27 @@
 
 Every entry is self-describing: the ``daskflow`` key of its Parquet footer
 holds one JSON object (see :mod:`daskflow.results.entries` for its fields).
-This module writes nothing; it turns that object into an :class:`EntryInfo`
-(and the parts only the reader needs, :class:`ParsedFooter`), or into the
-``CorruptResultError`` that says why an entry cannot be used.
+This module turns that object into an :class:`EntryInfo` (and the parts only
+the reader needs, :class:`ParsedFooter`), or into the ``CorruptResultError``
+that says why an entry cannot be used; :func:`footer_metadata` is what a
+writer puts in the footer.
+
+Two layouts are read. Layout 1 kept the JSON in the Arrow schema's metadata,
+so the footer held it twice (once as a key of its own, once inside Arrow's
+base64 ``ARROW:schema``), and the JSON itself carried a base64 copy of the
+Arrow schema and of the inline value. Layout 2 says each thing once: the
+JSON is a footer key of its own only, the exact Arrow schema is Arrow's
+``ARROW:schema`` (which Arrow reads the columns back by anyway), and a small
+value's inline copy is a footer key of its own too (``daskflow.inline``:
+raw bytes, one Arrow IPC record batch message, read with that schema). An
+int's footer went from 6.7 KB to 2.3 KB: a hit parses that much less.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import importlib.metadata
 import json
 import platform
@@ -31,13 +44,16 @@ from daskflow.results.storage import (
 )
 
 __all__ = [
+    "ARROW_SCHEMA_KEY",
     "ENTRY_SUFFIX",
+    "INLINE_KEY",
     "LAYOUT_VERSION",
     "METADATA_KEY",
     "EntryInfo",
     "ParsedFooter",
     "describe_versions",
     "entry_name",
+    "footer_metadata",
     "key_of",
     "library_versions",
     "not_parquet",
@@ -67,7 +83,10 @@ def validate_key(key: str) -> str:
 
 ENTRY_SUFFIX = ".parquet"
 METADATA_KEY = b"daskflow"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+# Layout 2's footer keys beside METADATA_KEY: the inline copy of a small value, and Arrow's own schema.
+INLINE_KEY = b"daskflow.inline"
+ARROW_SCHEMA_KEY = b"ARROW:schema"
 
 
 @dataclass(frozen=True)
@@ -107,6 +126,11 @@ class ParsedFooter:
 
     ``recorded``: the entry records its version and length (it was written
     since they exist), so a ``None`` length means "not a list or tuple".
+    ``schema``: the exact Arrow schema of the value's table (base64 IPC), to
+    cast the columns read back to. ``inline``: the copy of a small value
+    (see :mod:`.batch`), checked against its SHA-256: an Arrow IPC
+    stream in layout 1, a record batch message of ``schema`` from layout 2
+    on (``inline_is_batch``).
     """
 
     info: EntryInfo
@@ -114,9 +138,10 @@ class ParsedFooter:
     schema: str | None
     signature: str | None
     recorded: bool = True
-    # The value's Arrow IPC stream and its SHA-256, when small enough to ride in the footer (see .batch).
-    inline: str | None = None
+    inline: bytes | None = None
     inline_sha256: str | None = None
+    inline_is_batch: bool = False
+    layout: int = LAYOUT_VERSION
 
 
 def parse_metadata(raw: Mapping[bytes, bytes] | None, key: str, path: str, size: int) -> ParsedFooter:
@@ -157,10 +182,27 @@ def parse_metadata(raw: Mapping[bytes, bytes] | None, key: str, path: str, size:
             length=length,
         )
         codec = dict(meta.get("codec") or {})
-        schema, signature = meta.get("schema"), meta.get("signature")
-        inline, inline_sha256 = meta.get("inline"), meta.get("inline_sha256")
-        if inline is not None and not (isinstance(inline, str) and isinstance(inline_sha256, str)):
-            raise ValueError("its inline value is not a text with its digest")
+        signature, inline_sha256 = meta.get("signature"), meta.get("inline_sha256")
+        inline: bytes | None
+        if layout >= 2:  # each part once: Arrow's schema, the copy as raw bytes under a key of its own
+            arrow_schema = raw.get(ARROW_SCHEMA_KEY) if raw else None
+            if arrow_schema is None or hashlib.sha256(arrow_schema).hexdigest() != meta["schema_sha256"]:
+                what = "missing" if arrow_schema is None else "not the one written"
+                raise CorruptResultError(f"its schema does not match the stored one (its Arrow schema is {what})")
+            schema = arrow_schema.decode("ascii")
+            inline = raw.get(INLINE_KEY) if raw else None
+            if inline_sha256 is not None and inline is None:
+                raise ValueError("its inline value's digest is there but not the value")
+        else:
+            schema, text = meta.get("schema"), meta.get("inline")
+            if text is not None and not isinstance(text, str):
+                raise ValueError("its inline value is not a text")
+            inline = None if text is None else base64.b64decode(text, validate=True)
+        if inline is not None and not isinstance(inline_sha256, str):
+            raise ValueError("its inline value has no digest")
+        if inline is not None and hashlib.sha256(inline).hexdigest() != inline_sha256:
+            # The footer is the part no page checksum covers: a copy at odds with its digest means it is damaged.
+            raise CorruptResultError("its inline copy of the value does not match its digest")
     except ResultError:
         raise
     except Exception as exc:
@@ -173,7 +215,28 @@ def parse_metadata(raw: Mapping[bytes, bytes] | None, key: str, path: str, size:
         recorded=version is not None,
         inline=inline,
         inline_sha256=inline_sha256,
+        inline_is_batch=layout >= 2,
+        layout=layout,
     )
+
+
+def footer_metadata(fields: Mapping[str, Any], schema: Any, inline: tuple[bytes, str] | None) -> dict[bytes, bytes]:
+    """The footer keys of a layout-2 entry whose table has Arrow schema ``schema``: its JSON ``fields``,
+    and ``inline`` (the copy, its digest) if any.
+
+    The JSON records the digest of the ``ARROW:schema`` that Arrow writes
+    (base64 of the schema's IPC form, as :meth:`pyarrow.Schema.serialize`
+    gives it), so that a damaged schema, or another table under this
+    metadata, is seen from the footer alone.
+    """
+    arrow_schema = base64.b64encode(schema.serialize().to_pybytes())
+    meta = {"layout": LAYOUT_VERSION, **fields, "schema_sha256": hashlib.sha256(arrow_schema).hexdigest()}
+    if inline is not None:
+        meta["inline_sha256"] = inline[1]
+    footer = {METADATA_KEY: json.dumps(meta, separators=(",", ":")).encode()}
+    if inline is not None:
+        footer[INLINE_KEY] = inline[0]
+    return footer
 
 
 def entry_name(key: str) -> str:

@@ -28,6 +28,7 @@ from daskflow.results.metadata import (
 __all__ = [
     "FramePart",
     "conformed",
+    "footer_keys",
     "frame_parts",
     "item_index",
     "open_entry",
@@ -37,21 +38,33 @@ __all__ = [
 ]
 
 
-def write_parquet(table: Any, row_groups: tuple[int, ...] | None, sink: IO[bytes]) -> None:
+def write_parquet(table: Any, row_groups: tuple[int, ...] | None, footer: dict[bytes, bytes], sink: IO[bytes]) -> None:
+    """Write ``table`` as one Parquet file to ``sink``, with ``footer`` as keys of the file's metadata.
+
+    The footer keys go to the file's key-value metadata alone, not to the
+    Arrow schema's (which Arrow would also copy, base64, into ``ARROW:schema``).
+    """
     import pyarrow.parquet as pq
 
     # Page checksums make a flipped bit in the data a detected error, not a wrong
     # value. Non-"compliant" nesting keeps Arrow's own list field names ("item").
-    options: dict[str, Any] = {"compression": "zstd", "write_page_checksum": True, "use_compliant_nested_type": False}
-    if row_groups is None:
-        pq.write_table(table, sink, **options)
-        return
+    # No statistics: nothing filters entries by them, and they would grow every footer a hit parses.
+    options: dict[str, Any] = {
+        "compression": "zstd",
+        "write_page_checksum": True,
+        "use_compliant_nested_type": False,
+        "write_statistics": False,
+    }
     with pq.ParquetWriter(sink, table.schema, **options) as writer:
-        start = 0
-        for rows in row_groups:
-            # An empty slice may write an empty row group or none: readers go by the codec's row counts.
-            writer.write_table(table.slice(start, rows), row_group_size=max(rows, 1))
-            start += rows
+        if row_groups is None:
+            writer.write_table(table)
+        else:
+            start = 0
+            for rows in row_groups:
+                # An empty slice may write an empty row group or none: readers go by the codec's row counts.
+                writer.write_table(table.slice(start, rows), row_group_size=max(rows, 1))
+                start += rows
+        writer.add_key_value_metadata(footer)
 
 
 def open_parquet(data: bytes) -> Any:
@@ -62,6 +75,53 @@ def open_parquet(data: bytes) -> Any:
         raise CorruptResultError("the file is empty (0 bytes)")
     try:
         return pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True)
+    except Exception as exc:
+        raise not_parquet(exc) from exc
+
+
+_MAGIC = b"PAR1"
+
+
+def _footer_reader() -> Any:
+    """pyarrow's parser of a serialized Parquet footer (what unpickling a ``FileMetaData`` calls), or None.
+
+    It is private to pyarrow, so it is looked up, not imported: without it
+    :func:`footer_keys` opens a reader instead, as it did before (slower, the
+    same answer). ``tests/test_results_layouts.py`` pins it.
+    """
+    try:
+        import pyarrow._parquet as parquet_core
+    except ImportError:
+        return None
+    return getattr(parquet_core, "_reconstruct_filemetadata", None)
+
+
+def footer_keys(data: bytes) -> dict[bytes, bytes] | None:
+    """The key-value metadata of the Parquet file in ``data``, from its footer alone.
+
+    Only the footer's Thrift is parsed: no reader, no Arrow schema is built,
+    which halves what a batch lookup pays per entry. The file's layout is
+    Parquet's own: ``... footer, its length (4 bytes, little-endian), PAR1``.
+    ``CorruptResultError`` when that is not what ``data`` holds.
+    """
+    import pyarrow as pa
+
+    if not data:
+        raise CorruptResultError("the file is empty (0 bytes)")
+    try:
+        parse = _footer_reader()
+        if parse is None:
+            import pyarrow.parquet as pq
+
+            reader = pq.ParquetReader()
+            reader.open(pa.BufferReader(data))
+            return reader.metadata.metadata  # type: ignore[no-any-return]
+        if len(data) < 12 or data[:4] != _MAGIC or data[-4:] != _MAGIC:
+            raise ValueError("it does not begin and end with the Parquet magic bytes")
+        length = int.from_bytes(data[-8:-4], "little")
+        if length + 12 > len(data):
+            raise ValueError(f"its footer length {length} exceeds the file's {len(data)} bytes")
+        return parse(pa.py_buffer(memoryview(data)[-8 - length : -8])).metadata  # type: ignore[no-any-return]
     except Exception as exc:
         raise not_parquet(exc) from exc
 

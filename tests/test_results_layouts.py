@@ -1,0 +1,161 @@
+"""Entry layouts: layout 2 says each thing once in its footer, and layout-1 entries still read.
+
+Layout 1 kept its JSON in the Arrow schema's metadata (so the footer held it twice) with a
+base64 Arrow schema and a base64 inline copy inside it. The entries in
+``tests/data/entries_layout1`` were written by daskflow before layout 2, with
+``ResultStore(url, signing_key=b"test-key").write(key, value, task_name="t",
+expiration=2100-01-01)`` for the values of :data:`VALUES` ("pickle" with
+``serializer="pickle"``), and "expired" (7) with an expiration in 2000. Every way of reading
+an entry is checked on them: ``read``, ``head``, ``load``, ``lookup_many``, ``entries``,
+``prune``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import fractions
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from conftest import put_raw, raw_bytes
+from daskflow.exceptions import CorruptResultError
+from daskflow.results import ResultStore, parquet
+from daskflow.results.deferred import InlineValue
+from entry_files import LAYOUT1, footer_json, footer_keys
+
+
+def _frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "a": [1, 2, 3],
+            "b": pd.array(["x", None, "z"], dtype="string"),
+            "c": pd.to_datetime(["2024-01-01", "2024-01-02", None]).tz_localize("Europe/Paris"),
+        },
+        index=pd.Index([10, 20, 30], name="i", dtype="int32"),
+    )
+
+
+VALUES: dict[str, Any] = {
+    "int": 41,
+    "tuple": (1, "a", None, 2.5, [True]),
+    "dict": {"a": 1, "b": [1, 2]},
+    "frame": _frame(),
+    "frames": [_frame(), _frame().iloc[:1]],
+    "ndarray": np.arange(1000, dtype="int64"),
+    "pickle": fractions.Fraction(1, 3),
+}
+
+
+def _same(expected: Any, actual: Any) -> bool:
+    if isinstance(expected, pd.DataFrame):
+        pd.testing.assert_frame_equal(actual, expected, check_exact=True)
+        return True
+    if isinstance(expected, list) and expected and isinstance(expected[0], pd.DataFrame):
+        return type(actual) is list and len(actual) == len(expected) and all(map(_same, expected, actual))
+    if isinstance(expected, np.ndarray):
+        return bool(actual.dtype == expected.dtype and actual.shape == expected.shape and (actual == expected).all())
+    return bool(type(actual) is type(expected) and repr(actual) == repr(expected))
+
+
+@pytest.fixture(params=["file", "memory"])
+def old_store(request: pytest.FixtureRequest, tmp_path: Path) -> ResultStore:
+    """A store holding the layout-1 entries, as written."""
+    if request.param == "file":
+        folder = tmp_path / "results"
+        shutil.copytree(LAYOUT1, folder)
+        return ResultStore(folder.as_uri(), {}, signing_key=b"test-key")
+    store = ResultStore(request.getfixturevalue("memory_url"), {}, signing_key=b"test-key")
+    for path in sorted(LAYOUT1.iterdir()):
+        put_raw(store, path.stem, path.read_bytes())
+    return store
+
+
+def test_the_fixtures_are_layout_1(old_store: ResultStore) -> None:
+    for key in [*VALUES, "expired"]:
+        data = raw_bytes(old_store, key)
+        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(footer_keys(data)[b"ARROW:schema"])))
+        meta = footer_json(data)
+        assert meta["layout"] == 1 and b"daskflow" in (schema.metadata or {}), f"{key}: not a layout-1 entry"
+
+
+def test_layout_1_entries_read_head_and_load_as_written(old_store: ResultStore) -> None:
+    for key, value in VALUES.items():
+        found = old_store.read(key)
+        assert found is not None, f"{key}: a layout-1 entry is a miss"
+        assert _same(value, found.value), f"{key}: read gave {found.value!r}"
+        head = old_store.head(key)
+        assert head == found.info, f"{key}: head {head} and read {found.info} disagree"
+        assert _same(value, old_store.load(key, head.version)), f"{key}: load"
+        assert found.info.signed == (key == "pickle")
+    assert old_store.read("expired") is None and old_store.head("expired") is None
+    assert old_store.load("tuple", old_store.info("tuple").version, item=-1) == [True]
+    frames = old_store.load("frames", old_store.info("frames").version, item=1)
+    pd.testing.assert_frame_equal(frames, _frame().iloc[:1], check_exact=True)
+
+
+def test_layout_1_entries_in_a_batch_lookup(old_store: ResultStore) -> None:
+    keys = [*VALUES, "expired", "absent"]
+    for list_from in (1, 1000):
+        found = old_store.lookup_many(keys, list_from=list_from)
+        assert sorted(found) == sorted(VALUES), f"list_from={list_from}: hits {sorted(found)}"
+        for key, value in VALUES.items():
+            info, got = found[key]
+            assert info == old_store.head(key), key
+            if isinstance(got, InlineValue):  # the small ones, from their base64 stream
+                assert got.version == info.version
+                got = got.get()
+            assert _same(value, got), f"{key}: the batch gave {got!r}"
+        assert isinstance(found["int"][1], InlineValue), "a layout-1 inline copy is not used"
+
+
+def test_layout_1_entries_are_listed_pruned_and_rewritten_as_layout_2(old_store: ResultStore) -> None:
+    listed = {info.key: info for info in old_store.entries()}
+    assert sorted(listed) == sorted([*VALUES, "expired"]), sorted(listed)
+    assert listed["tuple"].length == 5 and listed["frames"].length == 2
+    report = old_store.prune(now=dt.datetime(2050, 1, 1, tzinfo=dt.UTC))
+    assert report.expired == ("expired",) and not report.unreadable, report
+    old_size = len(raw_bytes(old_store, "int"))
+    info = old_store.write("int", 41, task_name="t")
+    assert info is not None and footer_json(raw_bytes(old_store, "int"))["layout"] == 2
+    assert info.size < old_size / 2, f"layout 2 took {info.size} bytes for an int, layout 1 {old_size}"
+    assert old_store.lookup_many(["int"], list_from=1)["int"][1].get() == 41
+
+
+@pytest.mark.parametrize("key", ["int", "frame", "ndarray", "pickle"])
+def test_layout_2_footer_says_each_thing_once(tmp_path: Path, key: str) -> None:
+    store = ResultStore(tmp_path.as_uri(), {}, signing_key=b"test-key")
+    store.write(key, VALUES[key], task_name="t", serializer="pickle" if key == "pickle" else "parquet")
+    data = raw_bytes(store, key)
+    keys = footer_keys(data)
+    arrow_schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(keys[b"ARROW:schema"])))
+    assert b"daskflow" not in (arrow_schema.metadata or {}), "the JSON is inside Arrow's schema again"
+    assert data.count(b'"task_name"') == 1, "the JSON is in the file more than once"
+    meta = json.loads(keys[b"daskflow"])
+    assert "schema" not in meta and "inline" not in meta, f"a base64 copy in the JSON: {sorted(meta)}"
+    assert (b"daskflow.inline" in keys) == (key in ("int", "frame")), f"inline copy: {sorted(keys)}"
+    # The whole footer of an int, Arrow's part included: it was 6.7 KB in layout 1.
+    footer = int.from_bytes(data[-8:-4], "little")
+    assert key != "int" or footer < 2500, f"an int's footer is {footer} bytes"
+    found = store.lookup_many([key], list_from=1)[key][1]
+    assert _same(VALUES[key], found.get() if isinstance(found, InlineValue) else found)
+
+
+def test_the_footer_is_parsed_alone_as_a_reader_would(tmp_path: Path) -> None:
+    """Pins pyarrow's private footer parser that ``results.parquet.footer_keys`` uses (with a fallback)."""
+    assert parquet._footer_reader() is not None, "pyarrow._parquet._reconstruct_filemetadata is gone: lookups slow"
+    store = ResultStore(tmp_path.as_uri(), {}, signing_key=b"test-key")
+    for key, value in VALUES.items():
+        store.write(key, value, task_name="t", serializer="pickle" if key == "pickle" else "parquet")
+        data = raw_bytes(store, key)
+        assert parquet.footer_keys(data) == footer_keys(data), key
+    for damaged in (data[:-1], data[4:], data[:-8] + (len(data)).to_bytes(4, "little") + b"PAR1", b"PAR1" * 3):
+        with pytest.raises(CorruptResultError, match="not a readable Parquet file"):
+            parquet.footer_keys(damaged)
