@@ -30,6 +30,12 @@ The file is named ``w1_...`` so that ``run_all.py`` finds it (it runs
     python benchmarks/w1_large_map.py            # N = 100,000 (about 5 minutes)
     python benchmarks/w1_large_map.py --quick    # N = 5,000
     python benchmarks/w1_large_map.py --variant default --variant "saturation inf"
+    python benchmarks/w1_large_map.py --n 20000 --trace-memory   # and where each contender's bytes per item go
+
+``--trace-memory`` runs each contender under ``tracemalloc`` (slower: its times then
+mean little) and prints, per contender, the allocation sites that hold the most
+bytes per item at the traced peak (file:line, bytes and blocks per item): the
+profile that says which objects a map item costs.
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
+import tracemalloc
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,9 +75,55 @@ CHILD_TIMEOUT_S = 1800
 # the cost of the run history (issue 14 goal 3: within 1.1x) is measured side by side.
 HISTORY_OFF = "daskflow, history off"
 CONTENDERS = ("daskflow", HISTORY_OFF, "raw Dask")
+TRACE_SITES = 14  # allocation sites listed per contender by --trace-memory
+_TRACE_GROWTH = 1.05  # a new peak snapshot when the traced bytes grew by 5% over the last one
 
 
-def run_client(contender: str, address: str, n: int, warmup: int = WARMUP_N) -> dict[str, Any]:
+class PeakSnapshot:
+    """``tracemalloc`` snapshots taken while the traced memory grows: the last one is (near) the peak.
+
+    A snapshot at the end would miss what the run held at its peak (the flow's futures are
+    gone once it returns), so a thread looks four times a second and snapshots each new high.
+    """
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="m1-trace", daemon=True)
+        self.base: tracemalloc.Snapshot | None = None
+        self.peak: tracemalloc.Snapshot | None = None
+        self._peak_bytes = 0
+
+    def __enter__(self) -> PeakSnapshot:
+        tracemalloc.start(1)
+        self.base = tracemalloc.take_snapshot()
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.25):
+            current = tracemalloc.get_traced_memory()[0]
+            if current > self._peak_bytes * _TRACE_GROWTH:
+                self.peak, self._peak_bytes = tracemalloc.take_snapshot(), current
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.peak is None:
+            self.peak = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+
+    def sites(self, n: int, count: int = TRACE_SITES) -> list[tuple[str, float, float]]:
+        """``[(file:line, bytes per item, blocks per item), ...]``, the largest first."""
+        assert self.base is not None and self.peak is not None
+        found = []
+        for stat in self.peak.compare_to(self.base, "lineno")[:count]:
+            frame = stat.traceback[0]
+            where = frame.filename.split("site-packages/")[-1].split("/src/")[-1]
+            found.append((f"{where}:{frame.lineno}", stat.size_diff / n, stat.count_diff / n))
+        return found
+
+
+def run_client(contender: str, address: str, n: int, warmup: int = WARMUP_N, trace: bool = False) -> dict[str, Any]:
     """One contender's run, in this fresh client process, against the cluster at ``address``."""
     quiet_daskflow()
     import dask.config
@@ -95,9 +149,14 @@ def run_client(contender: str, address: str, n: int, warmup: int = WARMUP_N) -> 
             history.flush(600)  # the warm-up's rows: not the run's writer time
         writer_cpu = current.writer.cpu_seconds if current is not None else 0.0
         before = rss_mib()
+        tracer = PeakSnapshot() if trace else None
         cpu = time.process_time()
         started = time.perf_counter()
-        checked(run(n), n)
+        if tracer is not None:
+            with tracer:
+                checked(run(n), n)
+        else:
+            checked(run(n), n)
         seconds = time.perf_counter() - started
         # The lifetime peak of this process: its imports and the warm-up are far below the run's.
         peak = peak_rss_since_reset_mib()
@@ -114,10 +173,13 @@ def run_client(contender: str, address: str, n: int, warmup: int = WARMUP_N) -> 
         "peak_rss_mib": peak,
         "history_rows": rows,
         "writer_cpu_share": writer_share,
+        "traced_sites": tracer.sites(n) if tracer is not None else None,
     }
 
 
-def measure_variant(variant: str, config: dict[str, Any], n: int, repeats: int) -> tuple[Any, list[str]]:
+def measure_variant(
+    variant: str, config: dict[str, Any], n: int, repeats: int, trace: bool = False
+) -> tuple[Any, list[str]]:
     notes: list[str] = []
     results = {name: Contender(name) for name in CONTENDERS}
     growth_per_item: dict[str, list[float]] = {name: [] for name in CONTENDERS}
@@ -132,6 +194,7 @@ def measure_variant(variant: str, config: dict[str, Any], n: int, repeats: int) 
                 release_memory()
                 reset_peak_rss()
                 command = [sys.executable, __file__, "--child", name, "--address", address, "--n", str(n)]
+                command += ["--trace-memory"] if trace else []
                 figures, error = child_json(command, CHILD_TIMEOUT_S)
                 if figures is None:
                     raise RuntimeError(f"M1 {name} run at N={n} [{variant}]: {error}")
@@ -146,6 +209,14 @@ def measure_variant(variant: str, config: dict[str, Any], n: int, repeats: int) 
                     history_rows = figures["history_rows"]
                 if figures.get("writer_cpu_share") is not None:
                     writer_share = figures["writer_cpu_share"]
+                if figures.get("traced_sites"):
+                    notes.append(
+                        f"[{variant}] {name}: traced bytes per item at the peak, by allocation site: "
+                        + "; ".join(
+                            f"{where} {size:,.0f} B ({blocks:.2f} blocks)"
+                            for where, size, blocks in figures["traced_sites"]
+                        )
+                    )
     ours, base, off = results["daskflow"], results["raw Dask"], results[HISTORY_OFF]
     ours_bytes, base_bytes = max(growth_per_item["daskflow"]), max(growth_per_item["raw Dask"])
     memory_ratio = ours.peak_rss_mib / base.peak_rss_mib if base.peak_rss_mib else float("inf")
@@ -195,13 +266,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         help="scheduler setting to run; repeatable (default: saturation inf only)",
     )
+    parser.add_argument(
+        "--trace-memory",
+        action="store_true",
+        help="also list where each contender's bytes per item go (tracemalloc: the times then mean little)",
+    )
     parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     n = args.n or (5_000 if args.quick else 100_000)
 
     if args.child:
-        print(json.dumps(run_client(args.child, args.address, n)), flush=True)
+        print(json.dumps(run_client(args.child, args.address, n, trace=args.trace_memory)), flush=True)
         return 0
 
     repeats = args.repeats or 1
@@ -209,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = SuiteResult(SUITE, TITLE, quick=args.quick)
     for variant, config in CLUSTER_VARIANTS:
         if variant in wanted:
-            row, notes = measure_variant(variant, config, n, repeats)
+            row, notes = measure_variant(variant, config, n, repeats, trace=args.trace_memory)
             result.rows.append(row)
             result.notes.extend(notes)
     if "default" not in wanted:

@@ -471,7 +471,7 @@ class DaskTaskRunner(TaskRunner):
         assert self.client is not None
         specs, deps_lists = [], []
         runs = self._router.runs
-        made = into if into is not None else [DaskFuture(self, call, None, NO_UPSTREAMS) for call in calls]
+        made = into if into is not None else DaskFuture.many(self, calls)
         for position, (call, future) in enumerate(zip(calls, made)):
             deps: list[distributed.Future] = []
             ups: list[DaskFuture] = []

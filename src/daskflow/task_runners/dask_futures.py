@@ -13,6 +13,7 @@ value in a ``.map`` over a future.
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,13 +24,20 @@ import distributed
 from daskflow.annotations import BaseAnnotation
 from daskflow.engine import TaskCall
 from daskflow.futures import DaskflowFuture
+from daskflow.runs import TaskRun
 from daskflow.states import Crashed, State
+from daskflow.task_runners.dask_events import RELEASED_PARAMETERS
 from daskflow.task_runners.dask_values import on_client
 
 if TYPE_CHECKING:
     from daskflow.task_runners.dask import DaskTaskRunner
 
 __all__ = ["NO_UPSTREAMS", "DaskFuture", "MapItem"]
+
+# What differs between the calls of one ``.map``: the rest (the task, the flow's facts, wait_for,
+# the transaction...) is the same object in every call of the batch (engine.calls.make_calls).
+_OWN_FIELDS = ("task_run", "parameters", "known_key")
+_shared_fields = operator.attrgetter(*(name for name in TaskCall.__slots__ if name not in _OWN_FIELDS))
 
 
 class MapItem(BaseAnnotation[Any]):
@@ -66,21 +74,60 @@ class DaskFuture(DaskflowFuture[Any]):
 
     # A map of 100,000 items makes 100,000 of these: no per-future lock or list (recovery
     # claims a future under the runner's lock; a run without upstreams shares one empty tuple).
+    # No TaskCall of its own either (176 bytes each): the calls of one map differ only in their
+    # run record, arguments and known cache key, so a future keeps those and one template call
+    # per map (:meth:`many`), and :attr:`call` rebuilds its call when asked (the event router
+    # while the run is in flight, recovery), held in ``_call`` until the run's end is reported.
     # ``attempts``: the attempts the run had made before its current Dask task started.
     # ``_fetched``: whether ``_settled`` holds all it will (else its value is in the Dask task's result).
-    __slots__ = ("_runner", "call", "dask_future", "upstreams", "_settled", "_fetched", "attempts")
+    __slots__ = (
+        "_runner", "_template", "_parameters", "_known_key", "_call", "dask_future", "upstreams", "_settled",
+        "_fetched", "attempts",
+    )  # fmt: skip
+    _call: TaskCall | None
 
     def __init__(
-        self, runner: DaskTaskRunner, call: TaskCall, dask_future: Any, upstreams: Sequence[DaskFuture]
+        self,
+        runner: DaskTaskRunner,
+        call: TaskCall,
+        dask_future: Any,
+        upstreams: Sequence[DaskFuture],
+        template: TaskCall | None = None,
     ) -> None:
         super().__init__(call.task_run)
         self._runner = runner
         self.call = call
+        if template is not None and all(map(operator.is_, _shared_fields(call), _shared_fields(template))):
+            self._template = template  # the map's, the same as this call but for the call's own fields
+            self._call = None  # the call itself goes with the caller's list
         self.dask_future: distributed.Future[Any] = dask_future  # set by the submitter once Dask made it
         self.upstreams = upstreams
         self._settled: State | None = None
         self._fetched = True
         self.attempts = call.task_run.run_count
+
+    @classmethod
+    def many(cls, runner: DaskTaskRunner, calls: Sequence[TaskCall]) -> list[DaskFuture]:
+        """The futures of a batch of calls, sharing one template call."""
+        if not calls:
+            return []
+        # The first call without its arguments: the template keeps no item's arguments alive.
+        template = _rebuild(calls[0], calls[0].task_run, {}, None)
+        return [cls(runner, call, None, NO_UPSTREAMS, template) for call in calls]
+
+    @property
+    def call(self) -> TaskCall:
+        """The run's call: its own, or rebuilt from its map's template (kept until the run's end is reported)."""
+        call = self._call
+        if call is None:
+            call = self._call = _rebuild(self._template, self.task_run, self._parameters, self._known_key)
+        return call
+
+    @call.setter
+    def call(self, call: TaskCall) -> None:
+        self._template = self._call = call
+        self._parameters = call.parameters
+        self._known_key = call.known_key
 
     def done(self) -> bool:
         return self._settled is not None
@@ -132,9 +179,15 @@ class DaskFuture(DaskflowFuture[Any]):
         self._fetched = True
 
     def settle_reported(self, state: State) -> None:
+        """The run's end, as its worker reported it (the event router calls this, then releases the
+        call's arguments: the cluster keeps its own graph for recomputing a lost value)."""
         if self._settled is None:
             self._settled = state
             self._fetched = False
+        # A rebuilt call goes: the router releases the arguments of the call it holds, and here.
+        self._parameters = RELEASED_PARAMETERS
+        if self._call is not self._template:
+            self._call = None
 
     def wait(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -167,6 +220,17 @@ class DaskFuture(DaskflowFuture[Any]):
     def _wait_then(self, fn: Callable[[DaskflowFuture[Any]], None]) -> None:
         self.wait()
         fn(self)
+
+
+def _rebuild(template: TaskCall, task_run: TaskRun, parameters: dict[str, Any], known_key: str | None) -> TaskCall:
+    """``template`` with its own fields replaced (slot by slot: no __init__ or pickling on this path)."""
+    call: TaskCall = object.__new__(TaskCall)
+    for name in TaskCall.__slots__:
+        object.__setattr__(call, name, getattr(template, name))
+    call.task_run = task_run
+    call.parameters = parameters
+    call.known_key = known_key
+    return call
 
 
 NO_UPSTREAMS: tuple[DaskFuture, ...] = ()  # shared by every run without upstreams (a map of 100,000)
