@@ -240,3 +240,29 @@ def test_a_recompute_that_hits_the_landed_entry_is_a_recorded_cached_attempt(
     assert names[-3:] == ["Completed", "AwaitingRecompute", "Cached"], figure
     assert names[:-3] in ([], ["Running"]), figure
     assert run.cache_hit, figure
+
+
+def test_a_write_lost_with_its_worker_leaves_no_entry_and_the_recompute_that_writes_it_is_recorded(
+    cluster: Cluster, executions: Executions, history: Any, tmp_path: Path
+) -> None:
+    # A's entry is written behind its value on w1, where its publication is held until w1 is killed:
+    # the write dies with the worker, Dask computes A again on w2 (a miss), and that write lands.
+    folder = tmp_path / "results"
+    landed = f"landed-{os.getpid()}-{time.monotonic_ns()}"
+    options = {"scheduler": cluster.address, "landed": landed, "hold_pid": cluster.processes["w1"].pid}
+    out = _recompute_flow(cluster, executions, ResultStore(f"{HOLD_PROTOCOL}://{folder}", options), None)
+    assert out["b"] == 41 and out["a"] == 40 and out["reported"] == "Completed", out
+    entries = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    ran = len(executions.all())
+    run, states = _history_of_a(history)
+    names = [s.name for s in states]
+    figure = (
+        f"A's body ran {ran} times; entries when the flow returned {entries}; the history: run_count "
+        f"{run.run_count}, final {run.state_name}, states {names}"
+    )
+    print(figure)
+    assert ran == 2 and run.run_count == 2, figure
+    assert names[-4:] == ["Completed", "AwaitingRecompute", "Retrying", "Completed"], figure
+    # The recompute's entry, drained before the flow returned; whole (the killed write left at most a temp file).
+    assert len(entries) == 1, figure
+    assert ResultStore(folder.as_uri()).read(entries[0].removesuffix(".parquet")) is not None, figure
