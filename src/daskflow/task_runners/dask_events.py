@@ -128,7 +128,7 @@ class EventRouter:
             # Done on the cluster, which keeps its own graph for recomputing a lost value:
             # what the client kept to resubmit the run is dead weight (a map of 100,000 items).
             del self.runs[event.run_id]
-            self.settled[event.run_id] = future
+            self.settled[run.id] = future  # keyed by the run's own id string: one more per run is not free
             self.recomputing.pop(event.run_id, None)
             call.parameters = RELEASED_PARAMETERS
             call.wait_for = ()
