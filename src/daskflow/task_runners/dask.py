@@ -63,6 +63,7 @@ import concurrent.futures
 import importlib
 import importlib.util
 import logging
+import os
 import threading
 import time
 import uuid
@@ -112,10 +113,11 @@ from daskflow.task_runners.dask_cluster import (
 )
 from daskflow.task_runners.dask_events import RELEASED_PARAMETERS, router_for
 from daskflow.task_runners.dask_futures import NO_UPSTREAMS, DaskFuture, MapItem
-from daskflow.task_runners.dask_protocol import RunSpec
+from daskflow.task_runners.dask_protocol import Batch, RunSpec
 from daskflow.task_runners.dask_shipping import code_missing_message, ship_code, ship_missing, unserializable
 from daskflow.task_runners.dask_values import length_and_worker, shared_value
 from daskflow.task_runners.dask_worker import (
+    EVENT_TOPIC,
     ItemRef,
     UpstreamRef,
     drain_writes,
@@ -131,6 +133,7 @@ _EVENT_WAIT_SECONDS = 5.0
 _REPORT_WAIT_SECONDS = 0.1  # how long the final states of a flow run's last runs may take to arrive
 _INLINE_BYTES = 2 << 20  # bytes of a shared object over all the tasks of one submission
 _LOST_CHECKS = 4  # how many times per daskflow.dask.lost_timeout a wait asks the scheduler what it lost
+_DRAIN_ROUNDS = 5  # at most, in a flow run's drain: one more after each worker death it finds
 
 
 class DaskTaskRunner(TaskRunner):
@@ -888,14 +891,47 @@ class DaskTaskRunner(TaskRunner):
         report = WriteReport()
         client = self.client
         if client is not None and not self._cancelled:
-            recomputes = -1
-            while recomputes != self._router.recomputes:  # a recompute meanwhile may have written behind, too
+            # Again while a worker died with writes in flight (Dask then computes its values again,
+            # and the recomputes write theirs elsewhere), or a recompute started meanwhile.
+            for _ in range(_DRAIN_ROUNDS):
                 recomputes = self._router.recomputes
-                report += self._drain_workers(client, flow_run_id)
+                part, lost = self._drain_workers(client, flow_run_id)
+                report += part
+                if lost:
+                    self._await_removal(client, lost)
+                    self._sync_scheduler_stream(client)
+                elif recomputes == self._router.recomputes:
+                    break
         return report + super().drain_writes(flow_run_id)
 
-    def _drain_workers(self, client: Client, flow_run_id: str) -> WriteReport:
-        """One round of :meth:`drain_writes`: wait for every run, then drain the workers they wrote on."""
+    def _await_removal(self, client: Client, workers: set[str]) -> None:
+        """Wait (bounded) until the scheduler has removed ``workers``, which died: the values it then
+        computes again are known to it, and it has told this client (their futures turn ``lost``)."""
+        deadline = time.monotonic() + self._lost_timeout
+        while workers & set(client.nthreads()) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the scheduler is another process; its handling of a death is what is waited for
+
+    def _sync_scheduler_stream(self, client: Client) -> None:
+        """Wait (bounded) until what the scheduler sent this client so far has arrived: a marker
+        published now comes behind it on the same stream (the notices of values lost included)."""
+        router = self._router
+        token = uuid.uuid4().hex
+        client.log_event(EVENT_TOPIC, Batch.marker(token, os.getpid()).encode())
+        deadline = time.monotonic() + _EVENT_WAIT_SECONDS
+        with router.changed:
+            while not router.synced.get(token):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                router.changed.wait(remaining)
+            router.synced.pop(token, None)
+
+    def _drain_workers(self, client: Client, flow_run_id: str) -> tuple[WriteReport, set[str]]:
+        """One round of :meth:`drain_writes`: wait for every run, then drain the workers they wrote on.
+
+        Also returns the workers that ran such runs and did not answer: they died, and their
+        writes in flight with them (an entry is absent, never partial).
+        """
         report = WriteReport()
         self._wait_all()
         self.await_reports(self._futures)
@@ -907,18 +943,21 @@ class DaskTaskRunner(TaskRunner):
                 if run.worker and run.cache_key and run.state.is_completed()
             }
         )
+        intended = set(workers)
         if workers:  # only the live ones: the writes of a dead worker died with it (never in part)
             # Every live worker (scheduler_info() lists only the first 5 in some distributed versions).
-            workers = sorted(set(workers) & set(client.nthreads()))
+            workers = sorted(intended & set(client.nthreads()))
+        answered: set[str] = set()
         if workers:
             timeout = write_behind.drain_timeout()
             replies = client.run(drain_writes, flow_run_id, timeout, workers=workers, on_error="ignore")
-            for reply in replies.values():
+            for worker, reply in replies.items():
                 if isinstance(reply, WriteReport):
+                    answered.add(worker)
                     report += reply
             if report.failed:
                 self._flush_workers()
-        return report
+        return report, intended - answered
 
     def _flush_workers(self) -> None:
         """Ask every worker to send what it buffered, and wait (bounded) until it has arrived."""
