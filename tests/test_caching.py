@@ -435,6 +435,12 @@ def test_values_lost_with_a_worker_come_back_from_the_cache_not_a_recompute(tmp_
         def pipeline() -> int:
             futures = work.map(range(20))
             futures.wait()
+            # The entries are written behind the values on the workers: this test is about values whose
+            # entries landed (a write lost with its worker is a recorded re-run: test_dask_recompute.py).
+            ctx = get_flow_run_context()
+            assert ctx is not None
+            landed = ctx.task_runner.drain_writes(ctx.flow_run.id)
+            assert landed.landed == 20 and not landed.failed and not landed.unfinished, landed
             holders = client.who_has([f.dask_future for f in futures])  # type: ignore[attr-defined]
             victim = next(iter(holders[futures[0].dask_future.key]))  # type: ignore[attr-defined]
             killed["lost"] = sum(1 for workers in holders.values() if set(workers) == {victim})

@@ -7,7 +7,9 @@ right; the side channel must never show more than 10 executions at once; no
 slot may wait out a dead worker's lease (the lease timeout is set far longer
 than the test); every task run must be in the history with a final state; and
 a task body that ran to its end runs again only where the history records a
-re-run of that task run. The counts are printed and carried by the assertion
+re-run of that task run (a crash retried, or Dask computing again a value lost
+with its worker after the run reported: cache entries are written behind the
+values on the workers, so a write can die with its worker too). The counts are printed and carried by the assertion
 messages.
 
 It once stalled: a dead worker's request for a slot, still waiting on the
@@ -147,11 +149,16 @@ def test_chaos_soak(executions: Executions, history: Any, tmp_path: Path) -> Non
     re_executed = {key: n for key, n in done.items() if n > 1}
     unrecorded = {key: n for key, n in re_executed.items() if reruns.get(int(key.split("-")[1]), 0) < n}
     retried = sum(1 for count in reruns.values() if count > 1)
+    # Runs Dask computed again after they reported their end (a holder of their value died): re-runs too.
+    recomputed = sum(
+        1 for run in runs if run.run_count > 1 and any(s.name == "AwaitingRecompute" for s in store.states(run.id))
+    )
     peak = executions.peak_concurrency()
     figure = (
         f"{len(kills)} kills ({len(spared)} times only one worker was up, and spared) in {took:.1f} s; flow {state.name}; {len(runs)} task runs in the history {dict(by_state)}; "
         f"{retried} runs with more than one attempt (attempts in all: {sum(reruns.values())}, so "
-        f"{sum(reruns.values()) - len(runs)} crashed attempts retried); "
+        f"{sum(reruns.values()) - len(runs)} crashed attempts retried or values computed again; "
+        f"{recomputed} runs recorded as computed again by Dask after they reported); "
         f"{len(re_executed)} bodies ran to their end more than once; peak {peak} at once (limit {LIMIT})"
     )
     print(figure)

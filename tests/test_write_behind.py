@@ -17,6 +17,9 @@ What must hold on every runner:
   right value, and no entry or temp file is left;
 * an identical run in the same process while the write is in flight is a hit
   on the value in flight, not a second execution.
+
+A Dask worker killed with a write in flight, and the recompute Dask then runs
+of the lost value (a recorded re-run), are tested in ``test_dask_recompute.py``.
 """
 
 from __future__ import annotations
@@ -132,9 +135,9 @@ def temps_in(folder: str) -> list[str]:
     return sorted(name for name in os.listdir(folder) if name.startswith(".")) if os.path.isdir(folder) else []
 
 
-# Behind the value on the runners whose runs share the flow's process; a run on a Dask worker
-# writes its entry before its value goes on (see TaskRunEngine._store_entry), checked below.
-@pytest.fixture(params=sorted(set(RUNNER_FACTORIES) - {"dask"}))
+# Behind the value on every runner, Dask's workers included (what a worker killed with a write in
+# flight leaves, and the recompute Dask then runs, are in tests/test_dask_recompute.py).
+@pytest.fixture(params=sorted(RUNNER_FACTORIES))
 def runner_and_scheduler(request: pytest.FixtureRequest) -> tuple[Any, str | None]:
     """Each runner of the contract, with the scheduler address its gates need (None: this process)."""
     if request.param == "dask":
@@ -194,29 +197,6 @@ def test_the_value_goes_downstream_before_its_entry_lands_and_the_flow_ends_afte
     at_completion = [entries for name, entries in completions.seen if name == "pipeline"]
     assert at_completion == [landed], f"the flow run was Completed with entries {at_completion}, not {landed}"
     assert ResultStore(f"file://{folder}").read(landed[0].removesuffix(".parquet")) is not None
-
-
-def test_on_a_dask_worker_the_entry_lands_before_the_value_goes_on(dask_client: Any, tmp_path: Path) -> None:
-    """A worker may die holding a reported value: Dask computes it again, which must be a cache hit."""
-    from daskflow.task_runners import DaskTaskRunner
-
-    folder = str(tmp_path / "results")
-
-    @task(cache_policy=INPUTS, result_storage=f"file://{folder}")
-    def produce(x: int) -> int:
-        return 2 * x
-
-    @task
-    def consume(value: int) -> tuple[int, list[str]]:
-        return value + 1, entries_in(folder)
-
-    @flow(task_runner=DaskTaskRunner(client=dask_client))
-    def pipeline() -> tuple[int, list[str]]:
-        return consume(produce.submit(21))
-
-    result, seen_downstream = pipeline()
-    assert result == 43
-    assert len(seen_downstream) == 1, f"the downstream run saw entries {seen_downstream}: the entry was behind"
 
 
 def test_a_failing_write_warns_in_both_logs_and_leaves_no_entry(

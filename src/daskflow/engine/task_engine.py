@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from daskflow.cache_policies import CompoundCachePolicy, FlowParameters, Inputs, NoCache, RunId, TaskSource
 from daskflow.concurrency import LOCAL, Limit, limits_for_task
-from daskflow.context import TaskRunContext, get_task_run_context, on_worker_thread, use_task_run_context, waiting
+from daskflow.context import TaskRunContext, get_task_run_context, use_task_run_context, waiting
 from daskflow.engine.caching import (
     key_lock,
     read_entry,
@@ -332,18 +332,20 @@ class TaskRunEngine:
         before then: not a transaction (its rollback deletes the entry), and not
         a single-flight lock shared across processes (a waiter elsewhere looks
         for the entry as soon as the lock is released), and not a run started
-        inside another task's (the drain looks where the flow's own runs ran), and not on
-        a Dask worker: a value there can be lost with its worker after the run
-        reported ``Completed``, and Dask then computes it again; the entry, written
-        first, makes that recompute a hit instead of a second execution the
-        history never saw (testing.md: completed items are not re-executed). The run is
-        ``Completed`` when its value exists; what became of its entry is in its
-        log (a failed write is a warning, as it always was) and in its flow
-        run's drain.
+        inside another task's (the drain looks where the flow's own runs ran).
+        On a Dask worker too, whose writer the flow's runner drains: a worker
+        that dies with a write in flight takes the write with it (the entry is
+        absent, never partial), and if Dask then computes the lost value again
+        (the run had reported ``Completed``), that recompute runs the body again
+        as a recorded re-run of the run (see
+        :mod:`daskflow.task_runners.dask_events`), or hits the entry if it had
+        landed. The run is ``Completed`` when its value exists; what became of
+        its entry is in its log (a failed write is a warning, as it always was)
+        and in its flow run's drain.
         """
         call = self.call
         owner = call.flow_run_id
-        behind = not (call.in_transaction or self._shared_flight or self._nested or on_worker_thread())
+        behind = not (call.in_transaction or self._shared_flight or self._nested)
         if owner is not None and behind and write_behind_enabled():
             version = write_entry_behind(store, key, value, self.options, self.logger, owner, self.run.name)
             if version is not None:

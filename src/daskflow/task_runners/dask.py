@@ -44,7 +44,10 @@ scheduler re-runs the task by itself, the death count it keeps reaches the
 engine through the task's annotations (see
 :mod:`daskflow.concurrency.distributed_compat`). Recovery happens when a
 future is waited for, in the waiting thread, never in Dask's callback thread,
-and never blocks.
+and never blocks. A run that reported its end and whose value was then lost
+with its worker is computed again by Dask itself while the flow holds its
+future: the event router records that as one more attempt of the run
+(:mod:`.dask_events`), and the flow run waits for it before it ends.
 
 Every wait ends: by the run's final state, by cancellation, or after
 ``daskflow.dask.lost_timeout`` when the run cannot go on (the scheduler does
@@ -60,6 +63,7 @@ import concurrent.futures
 import importlib
 import importlib.util
 import logging
+import os
 import threading
 import time
 import uuid
@@ -109,10 +113,11 @@ from daskflow.task_runners.dask_cluster import (
 )
 from daskflow.task_runners.dask_events import RELEASED_PARAMETERS, router_for
 from daskflow.task_runners.dask_futures import NO_UPSTREAMS, DaskFuture, MapItem
-from daskflow.task_runners.dask_protocol import RunSpec
+from daskflow.task_runners.dask_protocol import Batch, RunSpec
 from daskflow.task_runners.dask_shipping import code_missing_message, ship_code, ship_missing, unserializable
 from daskflow.task_runners.dask_values import length_and_worker, shared_value
 from daskflow.task_runners.dask_worker import (
+    EVENT_TOPIC,
     ItemRef,
     UpstreamRef,
     drain_writes,
@@ -128,6 +133,7 @@ _EVENT_WAIT_SECONDS = 5.0
 _REPORT_WAIT_SECONDS = 0.1  # how long the final states of a flow run's last runs may take to arrive
 _INLINE_BYTES = 2 << 20  # bytes of a shared object over all the tasks of one submission
 _LOST_CHECKS = 4  # how many times per daskflow.dask.lost_timeout a wait asks the scheduler what it lost
+_DRAIN_ROUNDS = 5  # at most, in a flow run's drain: one more after each worker death it finds
 
 
 class DaskTaskRunner(TaskRunner):
@@ -682,8 +688,9 @@ class DaskTaskRunner(TaskRunner):
             if self._report is not None and self.client is not None:
                 self._report.finish(self.client)  # before the client closes (perfhist)
             if self.client is not None:
+                self._end_recomputes()
                 for future in self._futures:
-                    self._router.runs.pop(future.task_run.id, None)
+                    self._router.forget(future.task_run.id)
             self._futures = []
             self._made = ()
             self._shared_objects = {}
@@ -716,13 +723,52 @@ class DaskTaskRunner(TaskRunner):
                 pass
 
     def _wait_all(self) -> None:
-        """Wait for every run: one wait for all, then recovery only where something erred."""
+        """Wait for every run: one wait for all, then recovery only where something erred; then for
+        the values Dask is computing again (:meth:`_wait_recomputes`)."""
         while True:
             pending = [f for f in self._futures if f._settled is None and f.dask_future.status != "finished"]
             if not pending:
-                return
+                break
             self.wait_watched(pending)
             self.recover_erred()
+        self._wait_recomputes()
+
+    def _wait_recomputes(self) -> None:
+        """Wait (bounded by ``daskflow.dask.lost_timeout``) until the runs Dask computes again have ended.
+
+        A run that reported its end and whose value was lost with its worker is
+        computed again by Dask while this flow holds its future: a new attempt of
+        the run, which the event router records (:mod:`.dask_events`). The flow
+        run must not end in the middle of it: the history would keep it
+        ``Running``, and a body it ran after the flow let go would be recorded
+        nowhere. The client learns of the loss (the future turns ``lost``) ahead
+        of the recompute's first event, and of its end after its last.
+        """
+        lost = [f.dask_future for f in self._futures if f._settled is not None and f.dask_future.status == "lost"]
+        if not lost:
+            return
+        try:
+            self.wait_dask(lost, timeout=self._lost_timeout)
+        except TimeoutError:
+            _log.warning(
+                "%d values lost with their Dask workers were not computed again within %g s "
+                "(dask.config daskflow.dask.lost_timeout)", len(lost), self._lost_timeout,
+            )  # fmt: skip
+
+    def _end_recomputes(self) -> None:
+        """Give a final state to the runs whose recompute had not ended when the runner shut down."""
+        router = self._router
+        for future in self._futures:
+            run = future.task_run
+            settled = future._settled
+            if run.id in router.recomputing and settled is not None and not run.state.is_final():
+                run.set_state(
+                    State(
+                        settled.type,
+                        settled.name,
+                        "the flow run ended while Dask computed this run again; its first outcome stands",
+                    )
+                )
 
     def wait_watched(self, futures: Sequence[DaskFuture], timeout: float | None = None) -> None:
         """Wait for runs' Dask tasks; a run whose task the scheduler lost meanwhile ends ``Crashed``.
@@ -845,27 +891,73 @@ class DaskTaskRunner(TaskRunner):
         report = WriteReport()
         client = self.client
         if client is not None and not self._cancelled:
-            self._wait_all()
-            self.await_reports(self._futures)
-            # A run that completed with a key wrote (or queued) its entry where it ran, or hit one in flight there.
-            workers = sorted(
-                {
-                    run.worker
-                    for run in (f.task_run for f in self._futures)
-                    if run.worker and run.cache_key and run.state.is_completed()
-                }
-            )
-            if workers:  # only the live ones: the writes of a dead worker died with it (never in part)
-                workers = sorted(set(workers) & set(client.scheduler_info()["workers"]))
-            if workers:
-                timeout = write_behind.drain_timeout()
-                replies = client.run(drain_writes, flow_run_id, timeout, workers=workers, on_error="ignore")
-                for reply in replies.values():
-                    if isinstance(reply, WriteReport):
-                        report += reply
-                if report.failed:
-                    self._flush_workers()
+            # Again while a worker died with writes in flight (Dask then computes its values again,
+            # and the recomputes write theirs elsewhere), or a recompute started meanwhile.
+            for _ in range(_DRAIN_ROUNDS):
+                recomputes = self._router.recomputes
+                part, lost = self._drain_workers(client, flow_run_id)
+                report += part
+                if lost:
+                    self._await_removal(client, lost)
+                    self._sync_scheduler_stream(client)
+                elif recomputes == self._router.recomputes:
+                    break
         return report + super().drain_writes(flow_run_id)
+
+    def _await_removal(self, client: Client, workers: set[str]) -> None:
+        """Wait (bounded) until the scheduler has removed ``workers``, which died: the values it then
+        computes again are known to it, and it has told this client (their futures turn ``lost``)."""
+        deadline = time.monotonic() + self._lost_timeout
+        while workers & set(client.nthreads()) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the scheduler is another process; its handling of a death is what is waited for
+
+    def _sync_scheduler_stream(self, client: Client) -> None:
+        """Wait (bounded) until what the scheduler sent this client so far has arrived: a marker
+        published now comes behind it on the same stream (the notices of values lost included)."""
+        router = self._router
+        token = uuid.uuid4().hex
+        client.log_event(EVENT_TOPIC, Batch.marker(token, os.getpid()).encode())
+        deadline = time.monotonic() + _EVENT_WAIT_SECONDS
+        with router.changed:
+            while not router.synced.get(token):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                router.changed.wait(remaining)
+            router.synced.pop(token, None)
+
+    def _drain_workers(self, client: Client, flow_run_id: str) -> tuple[WriteReport, set[str]]:
+        """One round of :meth:`drain_writes`: wait for every run, then drain the workers they wrote on.
+
+        Also returns the workers that ran such runs and did not answer: they died, and their
+        writes in flight with them (an entry is absent, never partial).
+        """
+        report = WriteReport()
+        self._wait_all()
+        self.await_reports(self._futures)
+        # A run that completed with a key wrote (or queued) its entry where it ran, or hit one in flight there.
+        workers = sorted(
+            {
+                run.worker
+                for run in (f.task_run for f in self._futures)
+                if run.worker and run.cache_key and run.state.is_completed()
+            }
+        )
+        intended = set(workers)
+        if workers:  # only the live ones: the writes of a dead worker died with it (never in part)
+            # Every live worker (scheduler_info() lists only the first 5 in some distributed versions).
+            workers = sorted(intended & set(client.nthreads()))
+        answered: set[str] = set()
+        if workers:
+            timeout = write_behind.drain_timeout()
+            replies = client.run(drain_writes, flow_run_id, timeout, workers=workers, on_error="ignore")
+            for worker, reply in replies.items():
+                if isinstance(reply, WriteReport):
+                    answered.add(worker)
+                    report += reply
+            if report.failed:
+                self._flush_workers()
+        return report, intended - answered
 
     def _flush_workers(self) -> None:
         """Ask every worker to send what it buffered, and wait (bounded) until it has arrived."""

@@ -10,6 +10,17 @@ settles the run's future: it is the one way a run's end on a worker reaches the
 client (its worker sends it ahead of the Dask task's end, so it is here when
 Dask says the task finished). It also says that everything the run reported
 has arrived, and lets the client drop what it kept to resubmit the run.
+
+A run that reported its end is not forgotten until its flow run's runner shuts
+down: Dask computes a value again when the worker holding it dies while the
+client still holds its future (a dependent wants it, or nobody fetched it), and
+that recompute runs the task again on another worker (a cache hit if its entry
+had landed, the body otherwise). The history must show it, as it shows a
+retry: the recompute's first event opens a new attempt of the run (``run_count``
++ 1, an ``AwaitingRecompute`` state whose message, :data:`RECOMPUTED`, says
+why) and its states follow, its end included. The run's future keeps the state it settled on first: whoever
+read it read a true outcome, and the value it hands out (fetched from Dask's
+result) is the same task's on the same inputs.
 """
 
 from __future__ import annotations
@@ -25,15 +36,17 @@ from daskflow.artifacts import publish_artifact
 from daskflow.concurrency.distributed_compat import install_crash_counter
 from daskflow.engine import TaskCall
 from daskflow.exceptions import ConfigurationError
-from daskflow.states import FINAL_TYPE_NAMES, State
+from daskflow.states import FINAL_TYPE_NAMES, State, StateType
 from daskflow.task_runners.dask_protocol import ArtifactEvent, Batch, LogEvent, StateEvent
 from daskflow.task_runners.dask_worker import EVENT_TOPIC, mark_client_process
 
-__all__ = ["RELEASED_PARAMETERS", "EventRouter", "router_for"]
+__all__ = ["RECOMPUTED", "RELEASED_PARAMETERS", "EventRouter", "router_for"]
 
 _log = logging.getLogger("daskflow.dask")
 # The parameters of a call that ended on the cluster, once the client has let them go.
 RELEASED_PARAMETERS: dict[str, Any] = {}
+# The message of the Running state that opens the attempt of a run Dask computes again.
+RECOMPUTED = "computed again by Dask: the worker holding its value ({worker}) was lost"
 
 
 class EventRouter:
@@ -41,6 +54,12 @@ class EventRouter:
 
     def __init__(self, client: Client) -> None:
         self.runs: dict[str, InFlight] = {}  # run id -> the client's future of the run, while in flight
+        # Run id -> the future of a run whose worker reported its end, until its runner shuts down:
+        # Dask may compute it again (see the module docstring).
+        self.settled: dict[str, InFlight] = {}
+        # Run id -> what to add to the attempt numbers of the recompute Dask is running of it.
+        self.recomputing: dict[str, int] = {}
+        self.recomputes = 0  # recomputes started on this client (a drain looks again when it grew)
         self.changed = threading.Condition()
         self.synced: dict[str, int] = {}
         self.interim: set[str] = set()  # runs whose last state is a crash they went on from
@@ -83,6 +102,9 @@ class EventRouter:
     def _apply_state(self, event: StateEvent, worker: str | None) -> None:
         future = self.runs.get(event.run_id)
         if future is None:
+            settled = self.settled.get(event.run_id)
+            if settled is not None:
+                self._apply_recompute(settled, event, worker)
             return
         call = future.call
         run = call.task_run
@@ -106,8 +128,50 @@ class EventRouter:
             # Done on the cluster, which keeps its own graph for recomputing a lost value:
             # what the client kept to resubmit the run is dead weight (a map of 100,000 items).
             del self.runs[event.run_id]
+            self.settled[run.id] = future  # keyed by the run's own id string: one more per run is not free
+            self.recomputing.pop(event.run_id, None)
             call.parameters = RELEASED_PARAMETERS
             call.wait_for = ()
+
+    def _apply_recompute(self, future: InFlight, event: StateEvent, worker: str | None) -> None:
+        """A state of a run that already reported its end: Dask is computing its lost value again.
+
+        The recompute's worker numbers its attempts from the run's spec, as the
+        first time; here they continue the run's own count, so the history shows
+        one more attempt per recompute (and the retries within it, if any). It
+        reads as a retry does: ``AwaitingRecompute`` (a scheduled state, with
+        :data:`RECOMPUTED` saying why), ``Retrying`` when the body starts again
+        (a hit does not start it), then the end the worker reported.
+        """
+        run = future.call.task_run
+        run_id = event.run_id
+        offset = self.recomputing.get(run_id)
+        if offset is None:  # its first event (a hit's only one, or a Running folded into the end)
+            offset = self.recomputing[run_id] = run.run_count + 1 - event.attempt
+            self.recomputes += 1
+            lost = run.worker or "unknown"
+            start = event.start if event.start is not None else event.timestamp
+            run.set_state(
+                State(StateType.SCHEDULED, "AwaitingRecompute", RECOMPUTED.format(worker=lost), timestamp=start)
+            )
+            if event.start is not None:  # the body ran again: its Running rode on its end
+                run.run_count = max(run.run_count, event.attempt + offset)
+                run.set_state(State(StateType.RUNNING, "Retrying", f"attempt {run.run_count}", timestamp=start))
+        run.run_count = max(run.run_count, event.attempt + offset)
+        run.worker = worker
+        if event.running:
+            run.set_state(State(StateType.RUNNING, "Retrying", f"attempt {run.run_count}", timestamp=event.timestamp))
+        else:
+            run.set_state(event.state())
+        if event.final:
+            del self.recomputing[run_id]
+            run.cache_key = event.cache_key or run.cache_key
+
+    def forget(self, run_id: str) -> None:
+        """The run's runner shut down: its events, if any still come, are no one's."""
+        self.runs.pop(run_id, None)
+        self.settled.pop(run_id, None)
+        self.recomputing.pop(run_id, None)
 
 
 class InFlight(Protocol):

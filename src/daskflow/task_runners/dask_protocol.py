@@ -7,7 +7,8 @@ per task run it submitted: the run's record (a ``TaskRun``, the same object
 the flow and the run history see), the ``TaskCall`` it can start again, and
 the Dask future of the run's current attempt (a new one after a crash). The
 client's :class:`~daskflow.task_runners.dask_events.EventRouter` maps run ids
-to those runs while they are in flight. A worker holds nothing between tasks
+to those runs while they are in flight, and after they reported their end
+until the flow run ends (Dask may compute a lost value again: a new attempt). A worker holds nothing between tasks
 but a buffer of events not yet sent and, per flow run, the event that tells
 its runs they were cancelled.
 
