@@ -38,7 +38,7 @@ from daskflow.engine import TaskCall
 from daskflow.exceptions import ConfigurationError
 from daskflow.states import FINAL_TYPE_NAMES, State, StateType
 from daskflow.task_runners.dask_protocol import ArtifactEvent, Batch, LogEvent, StateEvent
-from daskflow.task_runners.dask_worker import EVENT_TOPIC, mark_client_process
+from daskflow.task_runners.dask_worker import EVENT_TOPIC, applying_reports, mark_client_process
 
 __all__ = ["RECOMPUTED", "RELEASED_PARAMETERS", "EventRouter", "router_for"]
 
@@ -82,6 +82,14 @@ class EventRouter:
             return
         # A worker thread of this very process already logged its records here.
         local = batch.pid == os.getpid()
+        with applying_reports():
+            self._apply(batch, local)
+        with self.changed:
+            if batch.sync is not None:
+                self.synced[batch.sync] = self.synced.get(batch.sync, 0) + 1
+            self.changed.notify_all()
+
+    def _apply(self, batch: Batch, local: bool) -> None:
         for item in batch.events:
             try:
                 if isinstance(item, StateEvent):
@@ -94,10 +102,6 @@ class EventRouter:
                     _emit_record(item)
             except Exception:  # one bad event must not stop the stream
                 _log.exception("could not apply a daskflow event from %s", batch.worker)
-        with self.changed:
-            if batch.sync is not None:
-                self.synced[batch.sync] = self.synced.get(batch.sync, 0) + 1
-            self.changed.notify_all()
 
     def _apply_state(self, event: StateEvent, worker: str | None) -> None:
         future = self.runs.get(event.run_id)

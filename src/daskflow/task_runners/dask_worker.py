@@ -53,6 +53,7 @@ from daskflow.task_runners.dask_protocol import ArtifactEvent, Batch, Event, Log
 __all__ = [
     "EVENT_TOPIC",
     "drain_writes",
+    "applying_reports",
     "ItemRef",
     "UpstreamRef",
     "mark_client_process",
@@ -180,7 +181,7 @@ class _Forwarder(logging.Handler):
         self.current = threading.local()
 
     def on_state(self, run: Any, state: State) -> None:
-        if isinstance(run, TaskRun):
+        if isinstance(run, TaskRun) and not getattr(_applying, "reports", False):
             final = state.is_final()
             event = StateEvent.of(run.id, run.run_count, state, run.cache_key if final else None)
             current = self.current
@@ -291,6 +292,22 @@ def mark_client_process() -> None:
     Dask workers run in it too (a ``LocalCluster(processes=False)``, as in notebooks)."""
     global _client_here
     _client_here = True
+
+
+# Set on the thread of a client's event router while it applies what workers reported (see
+# applying_reports): those states are the client's copies, and a worker thread of this very
+# process (processes=False) must not forward them back as if its runs had changed again.
+_applying = threading.local()
+
+
+@contextmanager
+def applying_reports() -> Iterator[None]:
+    """Mark the states set inside as the client's copies of reported ones: the forwarder skips them."""
+    _applying.reports = True
+    try:
+        yield
+    finally:
+        _applying.reports = False
 
 
 def _install_forwarder() -> _Forwarder:
