@@ -452,9 +452,12 @@ def alternate(
     names = list(runs)
     for repeat in range(max(1, repeats)):
         for name in names if repeat % 2 == 0 else reversed(names):
+            # Garbage first: a run's Dask futures caught in reference cycles are released only when
+            # collected, and before_each (e.g. waiting for the scheduler to forget the last run's
+            # tasks) must see that release, or the next run pays for forgetting them.
+            release_memory()
             if before_each is not None:
                 before_each()
-            release_memory()
             workers_before = workers_cpu() if workers_cpu is not None else 0.0
             start_mib = rss_mib()
             per_run = reset_peak_rss()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -177,7 +178,9 @@ def measure_started(sizes: Sequence[int], repeats: int) -> list[Row]:
 
     rows = []
     for n in sizes:
+        load_before = os.getloadavg()[0]  # wall times on a shared machine mean little without it
         result = alternate({"daskflow": lambda: checked(fanout(n), n), "raw Dask": lambda: checked(raw(n), n)}, repeats)
+        load_after = os.getloadavg()[0]
         ours, base = result["daskflow"], result["raw Dask"]
         row = comparison_row(
             SUITE,
@@ -185,7 +188,11 @@ def measure_started(sizes: Sequence[int], repeats: int) -> list[Row]:
             n,
             ours,
             base,
-            notes=f"{ours.best_s / n * 1e3:.2f} vs {base.best_s / n * 1e3:.2f} ms/task; speedup {base.best_s / ours.best_s:.2f}x",
+            notes=(
+                f"{ours.best_s / n * 1e3:.2f} vs {base.best_s / n * 1e3:.2f} ms/task; speedup "
+                f"{base.best_s / ours.best_s:.2f}x; client CPU {ours.client_cpu_s:.2f} vs {base.client_cpu_s:.2f} s; "
+                f"load {load_before:.1f} -> {load_after:.1f}"
+            ),
         )
         row.metrics["variant"] = "started"
         rows.append(row)

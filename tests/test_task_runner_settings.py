@@ -24,7 +24,8 @@ from daskflow.dask import get_dask_client
 from daskflow.deployments.work_pools import WorkPool, pool_runner
 from daskflow.exceptions import ConfigurationError
 from daskflow.task_runners import DaskTaskRunner
-from daskflow.task_runners.dask_cluster import STARTED_CLUSTER_CONFIG, started_cluster_config
+from daskflow.task_runners.dask_cluster import STARTED_CLUSTER_CONFIG, WORKER_PRELOAD, started_cluster_config
+from daskflow.task_runners.dask_shipping import ship_code
 
 # Small and quick to start: one worker thread of this process; the scheduler is in this process too.
 SMALL = {"n_workers": 1, "threads_per_worker": 1, "processes": False, "protocol": "tcp", "silence_logs": logging.ERROR}
@@ -71,6 +72,7 @@ def test_a_cluster_daskflow_starts_runs_without_queuing() -> None:
     assert STARTED_CLUSTER_CONFIG == {
         "distributed.scheduler.worker-saturation": float("inf"),
         "distributed.scheduler.work-stealing": False,
+        "distributed.worker.preload": [WORKER_PRELOAD],
     }
     # Only while the cluster was made: the process's own setting is Dask's again.
     assert float(dask.config.get("distributed.scheduler.worker-saturation")) == DASK_DEFAULT_SATURATION
@@ -97,12 +99,20 @@ def test_a_cluster_class_by_import_path_and_a_work_pool_get_the_same_settings() 
 
 def test_what_the_user_set_in_dask_config_wins() -> None:
     with dask.config.set({"distributed.scheduler.worker-saturation": 2.0}):
-        assert started_cluster_config() == {"distributed.scheduler.work-stealing": False}
+        assert started_cluster_config() == {
+            "distributed.scheduler.work-stealing": False,
+            "distributed.worker.preload": [WORKER_PRELOAD],
+        }
         assert _saturation_of_started(DaskTaskRunner(cluster_kwargs=SMALL)) == 2.0
     with dask.config.set({"daskflow.dask.cluster_config": {}}):  # Dask's defaults, as a plain LocalCluster
         assert _saturation_of_started(DaskTaskRunner(cluster_kwargs=SMALL)) == DASK_DEFAULT_SATURATION
     with dask.config.set({"distributed.scheduler.work-stealing": False}):  # Dask's default is on: this is set
-        assert started_cluster_config() == {"distributed.scheduler.worker-saturation": float("inf")}
+        assert started_cluster_config() == {
+            "distributed.scheduler.worker-saturation": float("inf"),
+            "distributed.worker.preload": [WORKER_PRELOAD],
+        }
+    with dask.config.set({"distributed.worker.preload": ["mypreload"]}):  # a preload of yours replaces ours
+        assert "distributed.worker.preload" not in started_cluster_config()
     with dask.config.set({"daskflow.dask.cluster_config": {"distributed.scheduler.worker-saturation": 3.0}}):
         assert _saturation_of_started(DaskTaskRunner(cluster_kwargs=SMALL)) == 3.0
     with dask.config.set({"daskflow.dask.cluster_config": "inf"}), pytest.raises(ConfigurationError) as info:
@@ -181,3 +191,41 @@ def test_a_cluster_class_that_cannot_be_imported_is_named() -> None:
     runner = DaskTaskRunner(cluster_class="no_such_module.Cluster")
     with pytest.raises(ConfigurationError, match="cluster_class 'no_such_module.Cluster' cannot be imported"):
         runner.start()
+
+
+def test_the_workers_of_a_started_cluster_load_the_worker_side_as_they_start_and_not_the_client_side() -> None:
+    """The preload imports what run_on_worker needs while the worker starts; the runner's check of which
+    modules the workers can import does not bring the client side (the event router, the run store) there."""
+
+    def loaded(names: list[str], timeout: float) -> dict[str, bool]:
+        # Nested, so cloudpickle sends it by value: unpickling it on the worker imports nothing of this module.
+        import sys
+        import threading
+
+        for thread in threading.enumerate():
+            if thread.name == "daskflow-preload":
+                thread.join(timeout)
+        return {name: name in sys.modules for name in names}
+
+    names = [
+        "daskflow.task_runners.dask_worker",
+        "daskflow.task_runners.dask_shipping",
+        "daskflow.task_runners.dask_events",
+        "sqlalchemy",
+    ]
+    # Worker processes (a worker in this process would see this process's modules); pytest's main
+    # module, which each spawned worker imports again, does not import daskflow.
+    runner = DaskTaskRunner(cluster_kwargs={**SMALL, "processes": True, "protocol": "tcp"})
+    runner.start()
+    try:
+        assert runner.client is not None
+        before = runner.client.run(loaded, names, 60.0)
+        assert len(before) == 1
+        assert list(before.values()) == [dict(zip(names, [True, False, False, False], strict=True))]
+        # This test module is the user's code: the check asks the worker whether it can import it.
+        ship_code(runner.client, runner._router, inc)
+        assert __name__ in runner._router.checked_modules
+        after = runner.client.run(loaded, names, 60.0)
+        assert list(after.values()) == [dict(zip(names, [True, True, False, False], strict=True))]
+    finally:
+        runner.shutdown()

@@ -13,8 +13,8 @@ One ``.map``, end to end (each step in one place):
 
 1. Client, here: :meth:`DaskTaskRunner.submit_batch` groups the calls by task;
    :meth:`~DaskTaskRunner._submit_group` ships the user's code if the cluster
-   lacks it (:mod:`.dask_shipping`) and the task object once if that is cheaper
-   (:meth:`~DaskTaskRunner._shared`); :meth:`~DaskTaskRunner._submit_window`
+   lacks it (:mod:`.dask_shipping`) and the task object with the flow's facts once
+   if that is cheaper (:meth:`~DaskTaskRunner._shared`); :meth:`~DaskTaskRunner._submit_window`
    makes one :class:`~.dask_futures.DaskFuture` and one :class:`~.dask_protocol.RunSpec` per
    call, registers the futures with the event router, and sends them all in one
    ``client.map`` of :func:`.dask_worker.run_on_worker`.
@@ -165,8 +165,9 @@ class DaskTaskRunner(TaskRunner):
     under the dask.config of :data:`STARTED_CLUSTER_CONFIG`: worker-saturation
     ``inf`` (every ready task goes to a worker at once) and work stealing off
     (moving small tasks between workers cost more than it saved: about 2.5x on
-    W1). A key you set yourself in dask.config to other than Dask's default wins
-    over daskflow's choice; dask.config ``daskflow.dask.cluster_config`` replaces
+    W1); each worker imports daskflow's worker side in the background as it
+    starts (:data:`~.dask_cluster.WORKER_PRELOAD`). A key you set yourself in
+    dask.config to other than Dask's default wins over daskflow's choice; dask.config ``daskflow.dask.cluster_config`` replaces
     the whole choice (``{}``: Dask's defaults; put work stealing back for maps
     whose items differ widely in duration). A cluster, client or address you
     pass keeps its own settings: daskflow never changes them.
@@ -215,6 +216,7 @@ class DaskTaskRunner(TaskRunner):
         self._futures: list[DaskFuture] = []
         self._shared_objects: dict[int, tuple[Any, Any, int]] = {}
         self._flow_infos: dict[tuple[str | None, bool, frozenset[str], bool], dict[str, Any]] = {}
+        self._definitions: dict[tuple[int, int], tuple[Any, dict[str, Any]]] = {}
         self._cancelled = False
         self._recovery_lock = threading.Lock()
         self._recovering: dict[int, threading.Event] = {}
@@ -341,6 +343,20 @@ class DaskTaskRunner(TaskRunner):
         self._shared_objects[id(obj)] = (obj, shared, size)  # keeps obj alive so its id is not reused
         return shared
 
+    def _definition(self, task: Any, flow_info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """The task object and the flow's facts as one value, the same object for the same pair.
+
+        One value, so that when it goes once for a whole map (:meth:`_shared`) each Dask task
+        has one dependency more, not two: the task object (about 1.3 KB pickled) and the flow
+        info (about 0.4 KB) both cross the inlining bound at a few thousand items, and every
+        dependency is bookkeeping per task on the scheduler and the worker.
+        """
+        key = (id(task), id(flow_info))
+        pair = self._definitions.get(key)
+        if pair is None or pair[0] is not task or pair[1] is not flow_info:
+            pair = self._definitions[key] = (task, flow_info)  # holds both: their ids are not reused
+        return pair
+
     def _spec(
         self,
         call: TaskCall,
@@ -444,9 +460,8 @@ class DaskTaskRunner(TaskRunner):
         assert self.client is not None
         task = calls[0].task
         ship_code(self.client, self._router, task)
-        task_ref = self._shared(task, len(calls))
         flow_info = self._flow_info(calls[0])
-        flow_ref = self._shared(flow_info, len(calls))
+        definition = self._shared(self._definition(task, flow_info), len(calls))
         window = max(1, int(settings.get("dask.map_window")))
         made: list[DaskFuture] = []
         with distributed.span(f"flow {flow_info['flow_name']} run {flow_info['flow_run_name']}"):
@@ -454,7 +469,7 @@ class DaskTaskRunner(TaskRunner):
                 part = calls[start : start + window]
                 made.extend(
                     self._submit_window(
-                        task, task_ref, flow_ref, part,
+                        task, definition, part,
                         keys[start : start + window] if keys else None,
                         resume[start : start + window] if resume else None,
                         into[start : start + window] if into else None,
@@ -467,8 +482,7 @@ class DaskTaskRunner(TaskRunner):
     def _submit_window(
         self,
         task: Any,
-        task_ref: Any,
-        flow_ref: Any,
+        definition: Any,
         calls: Sequence[TaskCall],
         keys: list[str] | None,
         resume: list[tuple[int, str | None]] | None,
@@ -496,8 +510,7 @@ class DaskTaskRunner(TaskRunner):
             with annotate(**{MARK_ANNOTATION: True}):  # a daskflow task: its worker deaths are counted
                 dask_futures = self.client.map(
                     run_on_worker,
-                    [task_ref] * count,
-                    [flow_ref] * count,
+                    [definition] * count,
                     specs,
                     deps_lists,
                     key=keys,
@@ -695,6 +708,7 @@ class DaskTaskRunner(TaskRunner):
             self._made = ()
             self._shared_objects = {}
             self._flow_infos = {}
+            self._definitions = {}
             if self._owns_client and self.client is not None:
                 try:
                     self.client.close()

@@ -41,6 +41,7 @@ from daskflow.exceptions import ConfigurationError
 
 __all__ = [
     "STARTED_CLUSTER_CONFIG",
+    "WORKER_PRELOAD",
     "Cluster",
     "PathLike",
     "PerformanceReport",
@@ -53,6 +54,32 @@ _log = logging.getLogger("daskflow.dask")
 
 PathLike = str | os.PathLike[str]
 
+#: The worker preload of the clusters daskflow starts, as source text (Dask runs preload text as a
+#: module). Each worker starts loading daskflow's worker side (:mod:`.dask_worker`) in a thread of its
+#: own as it starts, so that the import overlaps the rest of the start-up: the other worker, the
+#: client connecting, the flow run making its calls. Loaded on the first task instead, it held up
+#: that task, and before it the runner's check of which modules the workers can import
+#: (:func:`.dask_shipping.ship_code`): the client waited for both workers' imports. Text, not a
+#: module name: importing any daskflow module imports the package, in the worker's start itself,
+#: which the cluster waits for. The thread is a daemon, and a worker that cannot import daskflow
+#: starts all the same: its first daskflow task says what is missing.
+WORKER_PRELOAD = """\
+# daskflow: load the task runner's worker side in the background while the worker starts
+import importlib
+import threading
+
+
+def _load():
+    try:
+        importlib.import_module("daskflow.task_runners.dask_worker")
+    except Exception:
+        pass
+
+
+def dask_setup(worker):
+    threading.Thread(target=_load, name="daskflow-preload", daemon=True).start()
+"""
+
 #: dask.config under which daskflow starts the clusters it owns (see the module docstring).
 #: Work stealing is off: with every ready task sent to a worker at once, the stealing extension
 #: keeps moving small tasks between workers, each move a round trip, and its scheduler runs in
@@ -60,9 +87,11 @@ PathLike = str | os.PathLike[str]
 #: DaskTaskRunner): 64-71 s with stealing, 23-30 s without, client CPU 4.2-5.1 s against 2.8 s.
 #: The price: a map whose items differ widely in duration is not rebalanced once assigned;
 #: ``daskflow.dask.cluster_config`` with ``distributed.scheduler.work-stealing: true`` brings it back.
+#: The preload is :data:`WORKER_PRELOAD`; a preload list of your own in dask.config replaces it.
 STARTED_CLUSTER_CONFIG: dict[str, Any] = {
     "distributed.scheduler.worker-saturation": float("inf"),
     "distributed.scheduler.work-stealing": False,
+    "distributed.worker.preload": [WORKER_PRELOAD],
 }
 
 _MISSING = object()

@@ -15,10 +15,11 @@ its runs they were cancelled.
 The wire
 --------
 Client -> worker: each Dask task daskflow submits is
-``run_on_worker(task, flow_info, spec, upstream)``. ``task`` and ``flow_info``
-are shared by every task of a submission (inline, or as one task of their own
-when that is cheaper), ``upstream`` is the list of upstream states Dask
-resolved on the cluster, and ``spec`` is a :class:`RunSpec`:
+``run_on_worker(definition, spec, upstream)``. ``definition`` is the pair
+``(task, flow_info)``, shared by every task of a submission (inline, or as one
+task of its own when that is cheaper: one dependency per Dask task), ``upstream``
+is the list of upstream states Dask resolved on the cluster, and ``spec`` is a
+:class:`RunSpec`:
 
 ========== ===================================================================
 field      meaning
@@ -77,7 +78,7 @@ from daskflow.states import FINAL_TYPE_NAMES, State, StateType
 
 __all__ = ["VERSION", "ArtifactEvent", "Batch", "Event", "LogEvent", "RunSpec", "StateEvent", "decode_event"]
 
-VERSION = 3
+VERSION = 4  # 4: run_on_worker takes (task, flow_info) as one argument
 
 
 def _version_error(what: str, version: Any, where: str) -> ConfigurationError:

@@ -21,14 +21,19 @@ import sys
 import sysconfig
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 from distributed import Client
 
-from daskflow.engine import TaskCall
 from daskflow.exceptions import UnserializableInputError
-from daskflow.task_runners.dask_events import EventRouter
+
+if TYPE_CHECKING:
+    # For the annotations only: the workers import this module to run _importable, and
+    # dask_events would bring the run store (SQLAlchemy) into every worker, about 0.25 s
+    # of CPU each at start-up, for nothing a worker uses.
+    from daskflow.engine import TaskCall
+    from daskflow.task_runners.dask_events import EventRouter
 
 __all__ = ["code_missing_message", "ship_code", "ship_missing", "unserializable"]
 
@@ -47,6 +52,10 @@ def _user_module(module: ModuleType) -> bool:
     """True for a module of the user's own code (not the standard library, not installed)."""
     path = getattr(module, "__file__", None)
     if not path or module.__name__ == "__main__":
+        return False
+    if module.__name__.partition(".")[0] == "daskflow":
+        # The workers run daskflow itself (run_on_worker), so it is there, even where it is a source
+        # checkout (an editable install): asking would only import its packages on every worker.
         return False
     return not path.startswith(_installed_roots())
 

@@ -425,8 +425,12 @@ async def drain_writes(flow_run_id: str, timeout: float, dask_worker: Any = None
     return report
 
 
-def run_on_worker(task: Any, flow_info: dict[str, Any], spec: RunSpec, upstream: list[State]) -> State:
-    """Run one task call on this worker; returns its final state (with its value)."""
+def run_on_worker(definition: tuple[Any, dict[str, Any]], spec: RunSpec, upstream: list[State]) -> State:
+    """Run one task call on this worker; returns its final state (with its value).
+
+    ``definition`` is the task object and the flow's facts, shared by every task of a submission.
+    """
+    task, flow_info = definition
     forwarder = _install_forwarder()
     worker = get_worker()
     forwarder.worker = worker  # the latest: see _Forwarder.flush_now
