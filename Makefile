@@ -17,13 +17,14 @@
 # steps and never out of CI; run `make test test-slow` to have all of it locally.
 #
 # Where make test's time goes, and why it is arranged so: installing (the venv and its packages; with
-# uv about 12 s of CPU, with pip about 80 s) comes first; ruff and lint-imports take a second or two
-# and run next, so a lint error fails at once; mypy (42-46 s of one core from a cold cache, most of it
-# reading the third-party packages' types, which a fresh clone has no cache of) then runs at low
+# uv about 6 s of CPU, bytecode not compiled: see venv_install) comes first; ruff and lint-imports take
+# a second or two and run next, so a lint error fails at once; mypy (26 s of one core from a cold cache,
+# 55 s before pyproject.toml skipped the packages daskflow never imports; most of it reading the
+# third-party packages' types, which a fresh clone has no cache of) then runs at low
 # priority *beside* pytest, taking the CPU pytest leaves idle while its tests wait on Dask workers,
 # servers and subprocesses, instead of adding its time in front of the suite. In pytest, each xdist
-# process collects the whole suite (about 11 s of CPU, most of it imports), and every process a test
-# starts pays `import daskflow` (0.64 s of CPU) or more.
+# process collects the whole suite (5 s of CPU once bytecode is written, 16 s the first time), and
+# every process a test starts pays `import daskflow` (0.64 s of CPU) or more.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
