@@ -17,13 +17,14 @@
 # steps and never out of CI; run `make test test-slow` to have all of it locally.
 #
 # Where make test's time goes, and why it is arranged so: installing (the venv and its packages; with
-# uv about 12 s of CPU, with pip about 80 s) comes first; ruff and lint-imports take a second or two
-# and run next, so a lint error fails at once; mypy (42-46 s of one core from a cold cache, most of it
-# reading the third-party packages' types, which a fresh clone has no cache of) then runs at low
+# uv about 6 s of CPU, bytecode not compiled: see venv_install) comes first; ruff and lint-imports take
+# a second or two and run next, so a lint error fails at once; mypy (26 s of one core from a cold cache,
+# 55 s before pyproject.toml skipped the packages daskflow never imports; most of it reading the
+# third-party packages' types, which a fresh clone has no cache of) then runs at low
 # priority *beside* pytest, taking the CPU pytest leaves idle while its tests wait on Dask workers,
 # servers and subprocesses, instead of adding its time in front of the suite. In pytest, each xdist
-# process collects the whole suite (about 11 s of CPU, most of it imports), and every process a test
-# starts pays `import daskflow` (0.64 s of CPU) or more.
+# process collects the whole suite (5 s of CPU once bytecode is written, 16 s the first time), and
+# every process a test starts pays `import daskflow` (0.64 s of CPU) or more.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -53,24 +54,30 @@ OLDEST_TESTS = $(wildcard tests/test_task_runners_dask.py tests/test_concurrency
 # venv's bundled pip 23.2 took a third more): on 2 cores that was the largest fixed cost of a fresh
 # clone's make test. Where uv cannot be installed or fails (an index it cannot reach: uv reads no
 # pip.conf), pip does the install, upgraded first. `make test INSTALLER=pip` skips uv.
-# Bytecode is compiled at install (pip does it by default, uv with --compile-bytecode, daskflow's own
-# src by compileall): where PYTHONDONTWRITEBYTECODE is set, as on CI machines, nothing else writes
-# it, and every process a test starts compiled dask, distributed and pandas again (import daskflow:
-# 2.3 s of CPU instead of 0.9 s; the suite's pytest took 372 s instead of 239 s).
+# Bytecode is written when a module is first imported, not compiled at install: make's recipes run
+# without PYTHONDONTWRITEBYTECODE (unexported below), which CI machines and this one set. With it set,
+# nothing wrote bytecode, so every process a test starts compiled dask, distributed and pandas again
+# (import daskflow: 2.3 s of CPU instead of 0.9 s; the suite's pytest 372 s instead of 239 s), and
+# pytest rewrote and compiled every test module again in each xdist process. Compiling all of the
+# venv at install (uv --compile-bytecode) cured the first but cost 38 s of CPU (44 s against 6 s for
+# the whole install) for some 1.2 GB of packages of which a test run imports a fraction; written on
+# first import, the bytecode costs only what is used (a cold collection 16 s of CPU, a warm one 5 s),
+# and the tests' rewritten modules are kept for the next run. The files go where compileall put them
+# (.venv and the clone's __pycache__ folders, which git ignores).
 # $(call venv_install,VENV,PIP ARGUMENTS)
 INSTALLER ?= uv
+unexport PYTHONDONTWRITEBYTECODE
 define venv_install
 	$(PYTHON) -m venv $(1)
 	if [ "$(INSTALLER)" = uv ] && $(1)/bin/python -m pip install --quiet uv \
-	  && $(1)/bin/uv pip install --quiet --compile-bytecode --python $(1)/bin/python $(2); then :; else \
+	  && $(1)/bin/uv pip install --quiet --python $(1)/bin/python $(2); then :; else \
 	  [ "$(INSTALLER)" = uv ] && echo "uv could not install the packages: pip installs them instead"; \
-	  $(1)/bin/python -m pip install --quiet --upgrade pip && $(1)/bin/python -m pip install --quiet $(2); \
+	  $(1)/bin/python -m pip install --quiet --upgrade pip && $(1)/bin/python -m pip install --quiet --no-compile $(2); \
 	fi
 endef
 
 $(STAMP): pyproject.toml
 	$(call venv_install,$(VENV),-e '.[test]')
-	$(BIN)/python -m compileall -q src
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -11,6 +11,7 @@ The committed notebooks must have no outputs.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,11 @@ import pytest
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
-ipykernel_kernelspec = pytest.importorskip("ipykernel.kernelspec")
-pytest.importorskip("ipywidgets")
+# The kernel and the widgets run in the kernel's process, not here: present is enough. Importing
+# them at collection cost each xdist process about 0.2 s of CPU, also the one that runs no notebook.
+for _needed in ("ipykernel", "ipywidgets"):
+    if importlib.util.find_spec(_needed) is None:
+        pytest.skip(f"could not import {_needed!r}: the notebook tests need it", allow_module_level=True)
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL = "daskflow-notebook-test"
@@ -30,8 +34,10 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 @pytest.fixture(scope="module")
 def kernel_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ipykernel import kernelspec
+
     prefix = tmp_path_factory.mktemp("kernels")
-    ipykernel_kernelspec.install(kernel_name=KERNEL, prefix=str(prefix))  # argv: this sys.executable
+    kernelspec.install(kernel_name=KERNEL, prefix=str(prefix))  # argv: this sys.executable
     return prefix / "share" / "jupyter"
 
 
