@@ -266,3 +266,75 @@ def test_a_write_lost_with_its_worker_leaves_no_entry_and_the_recompute_that_wri
     # The recompute's entry, drained before the flow returned; whole (the killed write left at most a temp file).
     assert len(entries) == 1, figure
     assert ResultStore(folder.as_uri()).read(entries[0].removesuffix(".parquet")) is not None, figure
+
+
+# -- a value lost before Dask took it (DaskTaskRunner.rerun_lost) ------------------------------------
+
+
+def _hold_result_on(worker_name: str) -> Any:
+    """A worker plugin: on ``worker_name``, a run's Dask task never returns after the run reported its end.
+
+    distributed sizes a task's result (``sizeof``) in the task's thread, after the task function
+    returned and before the worker tells the scheduler the task finished. daskflow's function has
+    sent the run's final state by then, so holding there (until the test kills the worker) opens
+    the window exactly: the client has the report, the scheduler never gets the value.
+    """
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class HoldResult(WorkerPlugin):  # type: ignore[misc]
+        def setup(self, worker: Any) -> None:
+            if worker.name != worker_name:
+                return
+            from dask.sizeof import sizeof
+
+            from daskflow.states import State
+
+            @sizeof.register(State)
+            def _held(state: State) -> int:
+                threading.Event().wait(WAIT_SECONDS)  # held until the test kills this process
+                return sys.getsizeof(state)
+
+    return HoldResult()
+
+
+def test_a_value_lost_before_dask_took_it_is_computed_again_with_the_runs_arguments(
+    cluster: Cluster, executions: Executions, history: Any
+) -> None:
+    with Client(cluster.address, timeout=10, set_as_default=False) as probe:
+        probe.register_plugin(_hold_result_on("w1"), name="daskflow-test-hold-result")
+        # One death makes the task err (KilledWorker) rather than Dask running it again by itself.
+        probe.run_on_scheduler(_allow_no_failures)
+
+    @task(name="A", retries=1)  # the old re-run resubmitted it as a retry, without its arguments
+    def add(x: int, y: int) -> int:
+        executions.record("A")
+        return x + y
+
+    @flow(name="recompute", task_runner=DaskTaskRunner(address=cluster.address))
+    def pipeline() -> dict[str, Any]:
+        with dask.annotate(workers=["w1"], allow_other_workers=True):
+            a = add.submit(2, y=3)
+        a.wait()  # the run's end, reported; its Dask task is held on w1
+        reported = a.task_run.state.name  # not a.state: that would fetch the value, which is held
+        killed = cluster.kill("w1")
+        return {"a": a.result(), "reported": reported, "killed": killed}
+
+    with Client(cluster.address, set_as_default=True, timeout=10):
+        out = pipeline()
+    runs_of_a = executions.all()
+    run, states = _history_of_a(history)
+    names = [s.name for s in states]
+    figure = (
+        f"{out}; A's body ran {len(runs_of_a)} times (pids {[e['pid'] for e in runs_of_a]}); the history: "
+        f"run_count {run.run_count}, final {run.state_name}, states {names}"
+    )
+    print(figure)
+    assert out["a"] == 5 and out["reported"] == "Completed", figure
+    assert len(runs_of_a) == 2 and runs_of_a[0]["pid"] == out["killed"] != runs_of_a[1]["pid"], figure
+    assert run.run_count == 2 and run.state_name == "Completed", figure
+    assert names[-4:] == ["Completed", "AwaitingRecompute", "Retrying", "Completed"], figure
+    assert run.worker == cluster.workers["w2"], figure
+
+
+def _allow_no_failures(dask_scheduler: Any) -> None:
+    dask_scheduler.allowed_failures = 0
