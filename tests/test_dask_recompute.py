@@ -353,3 +353,39 @@ def _await_report(future: Any) -> None:
 
 def _allow_no_failures(dask_scheduler: Any) -> None:
     dask_scheduler.allowed_failures = 0
+
+
+def test_a_lost_value_whose_recompute_fails_ends_the_future_crashed_not_with_no_value(
+    cluster: Cluster, executions: Executions, history: Any
+) -> None:
+    with Client(cluster.address, timeout=10, set_as_default=False) as probe:
+        probe.register_plugin(_hold_result_on("w1"), name="daskflow-test-hold-result")
+        probe.run_on_scheduler(_allow_no_failures)
+
+    @task(name="A")
+    def add(x: int, y: int) -> int:
+        first = not executions.all()
+        executions.record("A")
+        if not first:
+            raise ValueError("the second run of A fails")
+        return x + y
+
+    @flow(name="recompute", task_runner=DaskTaskRunner(address=cluster.address))
+    def pipeline() -> dict[str, Any]:
+        with dask.annotate(workers=["w1"], allow_other_workers=True):
+            a = add.submit(2, y=3)
+        _await_report(a)
+        cluster.kill("w1")
+        state = a.state
+        return {"state": state.name, "message": state.message}
+
+    with Client(cluster.address, set_as_default=True, timeout=10):
+        out = pipeline()
+    run, states = _history_of_a(history)
+    names = [s.name for s in states]
+    figure = f"{out}; A ran {len(executions.all())} times; the history: run_count {run.run_count}, states {names}"
+    print(figure)
+    # Before, the future took the reported Completed, which holds no value: a.result() was None.
+    assert out["state"] == "Crashed" and "ended Failed" in out["message"], figure
+    assert len(executions.all()) == 2 and run.run_count == 2, figure
+    assert names[-5:] == ["Completed", "AwaitingRecompute", "Retrying", "Failed", "Crashed"], figure

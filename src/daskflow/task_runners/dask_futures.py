@@ -167,7 +167,14 @@ class DaskFuture(DaskflowFuture[Any]):
                 )
             else:
                 state = on_client(result, self._runner.client, self.dask_future)
-                if state.type != settled.type:  # not the attempt whose end was reported: that one's is the truth
+                if state.type != settled.type and settled.is_completed():
+                    # Dask computed the lost value again (a recorded re-run) and that attempt did not
+                    # complete: there is no value to hand out, and the reported state holds none.
+                    state = Crashed(
+                        f"task run {self.task_run.name!r} completed, then the Dask worker holding its value died; "
+                        f"Dask computed it again and that attempt ended {state.name}: {state.message}"
+                    )
+                elif state.type != settled.type:  # not the attempt whose end was reported: that one's is the truth
                     state = settled
             break
         if state.is_crashed() and settled.is_completed():
