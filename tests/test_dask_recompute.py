@@ -389,3 +389,43 @@ def test_a_lost_value_whose_recompute_fails_ends_the_future_crashed_not_with_no_
     assert out["state"] == "Crashed" and "ended Failed" in out["message"], figure
     assert len(executions.all()) == 2 and run.run_count == 2, figure
     assert names[-5:] == ["Completed", "AwaitingRecompute", "Retrying", "Failed", "Crashed"], figure
+
+
+def test_a_dependent_of_a_value_lost_before_dask_took_it_runs_on_the_value_computed_again(
+    cluster: Cluster, executions: Executions, history: Any
+) -> None:
+    # B waits on w2 for A's value; A's Dask task errs with w1 (KilledWorker), and B's with it.
+    # Recovering B asks for A's state: A's value is computed again, and B starts again on it.
+    with Client(cluster.address, timeout=10, set_as_default=False) as probe:
+        probe.register_plugin(_hold_result_on("w1"), name="daskflow-test-hold-result")
+        probe.run_on_scheduler(_allow_no_failures)
+
+    @task(name="A")
+    def add(x: int, y: int) -> int:
+        executions.record("A")
+        return x + y
+
+    @task(name="B")
+    def double(value: int) -> int:
+        executions.record("B")
+        return value * 2
+
+    @flow(name="recompute", task_runner=DaskTaskRunner(address=cluster.address))
+    def pipeline() -> int:
+        with dask.annotate(workers=["w1"], allow_other_workers=True):
+            a = add.submit(2, y=3)
+        with dask.annotate(workers=["w2"]):
+            b = double.submit(a)
+        _await_report(a)
+        cluster.kill("w1")
+        return int(b.result())
+
+    with Client(cluster.address, set_as_default=True, timeout=10):
+        out = pipeline()
+    run, states = _history_of_a(history)
+    names = [s.name for s in states]
+    figure = f"b={out}; ran {executions.keys()}; A's history: run_count {run.run_count}, states {names}"
+    print(figure)
+    assert out == 10, figure
+    assert executions.keys() == ["A", "A", "B"] and run.run_count == 2, figure
+    assert names[-4:] == ["Completed", "AwaitingRecompute", "Retrying", "Completed"], figure

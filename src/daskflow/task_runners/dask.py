@@ -620,9 +620,11 @@ class DaskTaskRunner(TaskRunner):
             return False
         broken = [up for up in future.upstreams if up.dask_future.status in ("error", "cancelled")]
         if broken:
+            keys = [up.dask_future.key for up in broken]
             for up in broken:
                 self.recover(up)
-            # (``state`` of an upstream that completed and whose task then broke: Crashed, its value lost.)
+            # (``state`` of an upstream that completed and whose task then broke: its value computed
+            # again by Dask, see rerun_lost; Crashed if it could not be.)
             failed = [up for up in broken if up._settled is not None and not up.state.is_completed()]
             if failed:
                 engine.finish(
@@ -631,6 +633,12 @@ class DaskTaskRunner(TaskRunner):
                 )
                 future.settle(run.state)
                 return False
+            if all(up.dask_future.key == key and up.dask_future.status != "error" for up, key in zip(broken, keys)):
+                # Each was computed again under its own key (Dask's retry), which brings the erred Dask
+                # tasks that depend on it back too: this run's own, with its arguments. Resubmitting
+                # would run it twice; its client future turns pending when the scheduler's notice comes.
+                if self._await_retried(future):
+                    return True
             self._resubmit(future)  # on the upstreams' new Dask tasks: not an attempt of this run
             return True
         exc = future.dask_future.exception()
@@ -667,6 +675,16 @@ class DaskTaskRunner(TaskRunner):
             future.settle(run.state)
             return False
         self._resubmit(future, crash=message)  # its worker's engine judges the crash first
+        return True
+
+    def _await_retried(self, future: DaskFuture) -> bool:
+        """Wait (bounded) for the scheduler's notice that it runs the erred Dask task of ``future``
+        again (it sends it when it retries the task's erred dependency); False if none came."""
+        deadline = time.monotonic() + self._lost_timeout
+        while future.dask_future.status == "error":
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)  # the notice is a message on the client's stream; distributed offers no wait for it
         return True
 
     def _died_waiting(self, future: DaskFuture) -> bool:
