@@ -15,6 +15,11 @@ until then. The flow waits for ``A``'s reported end, SIGKILLs ``w1``, waits
 for the process to be gone, opens the gate; the scheduler computes ``A`` again
 on ``w2`` for ``B``. What ran is counted from the ``executions`` side channel;
 what the history says is read from the run store.
+
+The last tests open the other window: ``w1`` dies after ``A`` reported its end and
+before Dask took its value (a worker plugin holds the task where distributed sizes
+its result), with ``allowed-failures`` 0, so ``A``'s Dask task errs
+(``KilledWorker``) and the client asks Dask to compute it again (``rerun_lost``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,10 @@ A run that reported its end is not forgotten until its flow run's runner shuts
 down: Dask computes a value again when the worker holding it dies while the
 client still holds its future (a dependent wants it, or nobody fetched it), and
 that recompute runs the task again on another worker (a cache hit if its entry
-had landed, the body otherwise). The history must show it, as it shows a
+had landed, the body otherwise). So does the client itself, through Dask's
+retry of the same task, when the worker died before Dask took the value
+(``DaskTaskRunner.rerun_lost``): never a new submission, whose arguments the
+client no longer holds. The history must show it, as it shows a
 retry: the recompute's first event opens a new attempt of the run (``run_count``
 + 1, an ``AwaitingRecompute`` state whose message, :data:`RECOMPUTED`, says
 why) and its states follow, its end included. The run's future keeps the state it settled on first: whoever
