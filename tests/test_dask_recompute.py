@@ -15,6 +15,11 @@ until then. The flow waits for ``A``'s reported end, SIGKILLs ``w1``, waits
 for the process to be gone, opens the gate; the scheduler computes ``A`` again
 on ``w2`` for ``B``. What ran is counted from the ``executions`` side channel;
 what the history says is read from the run store.
+
+The last tests open the other window: ``w1`` dies after ``A`` reported its end and
+before Dask took its value (a worker plugin holds the task where distributed sizes
+its result), with ``allowed-failures`` 0, so ``A``'s Dask task errs
+(``KilledWorker``) and the client asks Dask to compute it again (``rerun_lost``).
 """
 
 from __future__ import annotations
@@ -266,3 +271,166 @@ def test_a_write_lost_with_its_worker_leaves_no_entry_and_the_recompute_that_wri
     # The recompute's entry, drained before the flow returned; whole (the killed write left at most a temp file).
     assert len(entries) == 1, figure
     assert ResultStore(folder.as_uri()).read(entries[0].removesuffix(".parquet")) is not None, figure
+
+
+# -- a value lost before Dask took it (DaskTaskRunner.rerun_lost) ------------------------------------
+
+
+def _hold_result_on(worker_name: str) -> Any:
+    """A worker plugin: on ``worker_name``, a run's Dask task never returns after the run reported its end.
+
+    distributed sizes a task's result (``sizeof``) in the task's thread, after the task function
+    returned and before the worker tells the scheduler the task finished. daskflow's function has
+    sent the run's final state by then, so holding there (until the test kills the worker) opens
+    the window exactly: the client has the report, the scheduler never gets the value.
+    """
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class HoldResult(WorkerPlugin):  # type: ignore[misc]
+        def setup(self, worker: Any) -> None:
+            if worker.name != worker_name:
+                return
+            from dask.sizeof import sizeof
+
+            from daskflow.states import State
+
+            @sizeof.register(State)
+            def _held(state: State) -> int:
+                threading.Event().wait(WAIT_SECONDS)  # held until the test kills this process
+                return sys.getsizeof(state)
+
+    return HoldResult()
+
+
+# retries=1: the old re-run resubmitted the call as a retry, without its arguments; retries=0: it ended
+# the run Crashed (a value the run had produced, lost to the client). Neither policy applies: the attempt ended.
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_value_lost_before_dask_took_it_is_computed_again_with_the_runs_arguments(
+    cluster: Cluster, executions: Executions, history: Any, retries: int
+) -> None:
+    with Client(cluster.address, timeout=10, set_as_default=False) as probe:
+        probe.register_plugin(_hold_result_on("w1"), name="daskflow-test-hold-result")
+        # One death makes the task err (KilledWorker) rather than Dask running it again by itself.
+        probe.run_on_scheduler(_allow_no_failures)
+
+    @task(name="A", retries=retries)
+    def add(x: int, y: int) -> int:
+        executions.record("A")
+        return x + y
+
+    @flow(name="recompute", task_runner=DaskTaskRunner(address=cluster.address))
+    def pipeline() -> dict[str, Any]:
+        with dask.annotate(workers=["w1"], allow_other_workers=True):
+            a = add.submit(2, y=3)
+        _await_report(a)  # the run's end, reported; its Dask task is held on w1
+        reported = a.task_run.state.name  # not a.state: that would fetch the value, which is held
+        killed = cluster.kill("w1")
+        return {"a": a.result(), "reported": reported, "killed": killed}
+
+    with Client(cluster.address, set_as_default=True, timeout=10):
+        out = pipeline()
+    runs_of_a = executions.all()
+    run, states = _history_of_a(history)
+    names = [s.name for s in states]
+    figure = (
+        f"{out}; A's body ran {len(runs_of_a)} times (pids {[e['pid'] for e in runs_of_a]}); the history: "
+        f"run_count {run.run_count}, final {run.state_name}, states {names}"
+    )
+    print(figure)
+    assert out["a"] == 5 and out["reported"] == "Completed", figure
+    assert len(runs_of_a) == 2 and runs_of_a[0]["pid"] == out["killed"] != runs_of_a[1]["pid"], figure
+    assert run.run_count == 2 and run.state_name == "Completed", figure
+    assert names[-4:] == ["Completed", "AwaitingRecompute", "Retrying", "Completed"], figure
+    assert run.worker == cluster.workers["w2"], figure
+
+
+def _await_report(future: Any) -> None:
+    """Wait (bounded) for the run's reported end. Not ``future.wait()``: that waits on the Dask task
+    too, in steps of a quarter of daskflow.dask.lost_timeout, and this one is held until its worker dies."""
+    router = future._runner._router
+    deadline = time.monotonic() + WAIT_SECONDS
+    with router.changed:
+        while not future.done():
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, "the run's end was never reported"
+            router.changed.wait(remaining)
+
+
+def _allow_no_failures(dask_scheduler: Any) -> None:
+    dask_scheduler.allowed_failures = 0
+
+
+def test_a_lost_value_whose_recompute_fails_ends_the_future_crashed_not_with_no_value(
+    cluster: Cluster, executions: Executions, history: Any
+) -> None:
+    with Client(cluster.address, timeout=10, set_as_default=False) as probe:
+        probe.register_plugin(_hold_result_on("w1"), name="daskflow-test-hold-result")
+        probe.run_on_scheduler(_allow_no_failures)
+
+    @task(name="A")
+    def add(x: int, y: int) -> int:
+        first = not executions.all()
+        executions.record("A")
+        if not first:
+            raise ValueError("the second run of A fails")
+        return x + y
+
+    @flow(name="recompute", task_runner=DaskTaskRunner(address=cluster.address))
+    def pipeline() -> dict[str, Any]:
+        with dask.annotate(workers=["w1"], allow_other_workers=True):
+            a = add.submit(2, y=3)
+        _await_report(a)
+        cluster.kill("w1")
+        state = a.state
+        return {"state": state.name, "message": state.message}
+
+    with Client(cluster.address, set_as_default=True, timeout=10):
+        out = pipeline()
+    run, states = _history_of_a(history)
+    names = [s.name for s in states]
+    figure = f"{out}; A ran {len(executions.all())} times; the history: run_count {run.run_count}, states {names}"
+    print(figure)
+    # Before, the future took the reported Completed, which holds no value: a.result() was None.
+    assert out["state"] == "Crashed" and "ended Failed" in out["message"], figure
+    assert len(executions.all()) == 2 and run.run_count == 2, figure
+    assert names[-5:] == ["Completed", "AwaitingRecompute", "Retrying", "Failed", "Crashed"], figure
+
+
+def test_a_dependent_of_a_value_lost_before_dask_took_it_runs_on_the_value_computed_again(
+    cluster: Cluster, executions: Executions, history: Any
+) -> None:
+    # B waits on w2 for A's value; A's Dask task errs with w1 (KilledWorker), and B's with it.
+    # Recovering B asks for A's state: A's value is computed again, and B starts again on it.
+    with Client(cluster.address, timeout=10, set_as_default=False) as probe:
+        probe.register_plugin(_hold_result_on("w1"), name="daskflow-test-hold-result")
+        probe.run_on_scheduler(_allow_no_failures)
+
+    @task(name="A")
+    def add(x: int, y: int) -> int:
+        executions.record("A")
+        return x + y
+
+    @task(name="B")
+    def double(value: int) -> int:
+        executions.record("B")
+        return value * 2
+
+    @flow(name="recompute", task_runner=DaskTaskRunner(address=cluster.address))
+    def pipeline() -> int:
+        with dask.annotate(workers=["w1"], allow_other_workers=True):
+            a = add.submit(2, y=3)
+        with dask.annotate(workers=["w2"]):
+            b = double.submit(a)
+        _await_report(a)
+        cluster.kill("w1")
+        return int(b.result())
+
+    with Client(cluster.address, set_as_default=True, timeout=10):
+        out = pipeline()
+    run, states = _history_of_a(history)
+    names = [s.name for s in states]
+    figure = f"b={out}; ran {executions.keys()}; A's history: run_count {run.run_count}, states {names}"
+    print(figure)
+    assert out == 10, figure
+    assert executions.keys() == ["A", "A", "B"] and run.run_count == 2, figure
+    assert names[-4:] == ["Completed", "AwaitingRecompute", "Retrying", "Completed"], figure

@@ -111,7 +111,7 @@ from daskflow.task_runners.dask_cluster import (
     check_sources,
     started_cluster_settings,
 )
-from daskflow.task_runners.dask_events import RELEASED_PARAMETERS, router_for
+from daskflow.task_runners.dask_events import RELEASED_PARAMETERS, forget_crashes, router_for
 from daskflow.task_runners.dask_futures import NO_UPSTREAMS, DaskFuture, MapItem
 from daskflow.task_runners.dask_protocol import Batch, RunSpec
 from daskflow.task_runners.dask_shipping import code_missing_message, ship_code, ship_missing, unserializable
@@ -585,24 +585,43 @@ class DaskTaskRunner(TaskRunner):
             claim.set()
 
     def rerun_lost(self, future: DaskFuture) -> bool:
-        """Start again a run whose worker reported it ``Completed`` and then died before Dask took
-        its value (the event goes first, from the task's thread; the scheduler then counts the
-        task as killed with its worker). True if the run was recovered (started again, or ended
-        by its policy); False if that does not apply (cancelled, released, value fetched)."""
-        with self._recovery_lock:
+        """Have Dask compute again the value of a run whose worker reported it ``Completed`` and then
+        died before Dask took the value (the report goes first, from the task's thread; the
+        scheduler then counts the task as killed with its worker, and it errs).
+
+        True if the value is being computed again (by this call, by another thread's, or by Dask
+        itself): fetch it again. False if that does not apply (cancelled, the runner shut down,
+        the value fetched already, the run not ``Completed``).
+
+        Dask recomputes the erred key from its own graph (``client.retry``), which still holds
+        the run's arguments: the client let its own copy go when the end was reported, so a new
+        submission of ``future.call`` would run the task without them. The recompute is the same
+        Dask task, so its events are the run's: the event router records it as one more attempt
+        (:mod:`.dask_events`, ``AwaitingRecompute`` then ``Retrying`` then its end), and the value
+        fetched is that attempt's. It is not a crash of the attempt that reported its end (that
+        one ended; its value was lost, as when a worker holding a value dies), so the scheduler's
+        count of the deaths under the task is not handed to the recompute.
+        """
+        client = self.client
+        with self._recovery_lock:  # one thread asks for the recompute; the others find it under way
             settled = future._settled
             if (
                 self._cancelled
-                or self.client is None
+                or client is None
                 or settled is None
                 or future._fetched
                 or not settled.is_completed()
-                or future.dask_future.status != "error"
+                or future.task_run.id not in self._router.settled  # its re-run could not be recorded
             ):
-                return future._settled is None  # another thread unsettled it: its recovery goes on
-            future._settled = None  # unsettled: recover() takes it like any erred run
-            future._fetched = True
-        self.recover(future)
+                return False
+            status = future.dask_future.status
+            if status != "error":
+                return status in ("pending", "lost", "finished")
+            key = future.dask_future.key
+            client.run_on_scheduler(forget_crashes, key=key)
+            client.retry([future.dask_future])
+        _log.info("the Dask worker holding the value of task run %r died before Dask took it; "
+                  "Dask computes it again (key %r)", future.task_run.name, key)  # fmt: skip
         return True
 
     def _recover(self, future: DaskFuture) -> bool:
@@ -614,9 +633,11 @@ class DaskTaskRunner(TaskRunner):
             return False
         broken = [up for up in future.upstreams if up.dask_future.status in ("error", "cancelled")]
         if broken:
+            keys = [up.dask_future.key for up in broken]
             for up in broken:
                 self.recover(up)
-            # (``state`` of an upstream that completed and whose task then broke: Crashed, its value lost.)
+            # (``state`` of an upstream that completed and whose task then broke: its value computed
+            # again by Dask, see rerun_lost; Crashed if it could not be.)
             failed = [up for up in broken if up._settled is not None and not up.state.is_completed()]
             if failed:
                 engine.finish(
@@ -625,6 +646,12 @@ class DaskTaskRunner(TaskRunner):
                 )
                 future.settle(run.state)
                 return False
+            if all(up.dask_future.key == key and up.dask_future.status != "error" for up, key in zip(broken, keys)):
+                # Each was computed again under its own key (Dask's retry), which brings the erred Dask
+                # tasks that depend on it back too: this run's own, with its arguments. Resubmitting
+                # would run it twice; its client future turns pending when the scheduler's notice comes.
+                if self._await_retried(future):
+                    return True
             self._resubmit(future)  # on the upstreams' new Dask tasks: not an attempt of this run
             return True
         exc = future.dask_future.exception()
@@ -661,6 +688,16 @@ class DaskTaskRunner(TaskRunner):
             future.settle(run.state)
             return False
         self._resubmit(future, crash=message)  # its worker's engine judges the crash first
+        return True
+
+    def _await_retried(self, future: DaskFuture) -> bool:
+        """Wait (bounded) for the scheduler's notice that it runs the erred Dask task of ``future``
+        again (it sends it when it retries the task's erred dependency); False if none came."""
+        deadline = time.monotonic() + self._lost_timeout
+        while future.dask_future.status == "error":
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)  # the notice is a message on the client's stream; distributed offers no wait for it
         return True
 
     def _died_waiting(self, future: DaskFuture) -> bool:
@@ -758,7 +795,12 @@ class DaskTaskRunner(TaskRunner):
         nowhere. The client learns of the loss (the future turns ``lost``) ahead
         of the recompute's first event, and of its end after its last.
         """
-        lost = [f.dask_future for f in self._futures if f._settled is not None and f.dask_future.status == "lost"]
+        # "lost": Dask computes it again by itself; "pending": a recompute asked for (rerun_lost).
+        lost = [
+            f.dask_future
+            for f in self._futures
+            if f._settled is not None and f.dask_future.status in ("lost", "pending")
+        ]
         if not lost:
             return
         try:

@@ -15,7 +15,10 @@ A run that reported its end is not forgotten until its flow run's runner shuts
 down: Dask computes a value again when the worker holding it dies while the
 client still holds its future (a dependent wants it, or nobody fetched it), and
 that recompute runs the task again on another worker (a cache hit if its entry
-had landed, the body otherwise). The history must show it, as it shows a
+had landed, the body otherwise). So does the client itself, through Dask's
+retry of the same task, when the worker died before Dask took the value
+(``DaskTaskRunner.rerun_lost``): never a new submission, whose arguments the
+client no longer holds. The history must show it, as it shows a
 retry: the recompute's first event opens a new attempt of the run (``run_count``
 + 1, an ``AwaitingRecompute`` state whose message, :data:`RECOMPUTED`, says
 why) and its states follow, its end included. The run's future keeps the state it settled on first: whoever
@@ -33,14 +36,14 @@ from typing import Any, Protocol
 from distributed import Client
 
 from daskflow.artifacts import publish_artifact
-from daskflow.concurrency.distributed_compat import install_crash_counter
+from daskflow.concurrency.distributed_compat import CRASHES_ANNOTATION, install_crash_counter
 from daskflow.engine import TaskCall
 from daskflow.exceptions import ConfigurationError
 from daskflow.states import FINAL_TYPE_NAMES, State, StateType
 from daskflow.task_runners.dask_protocol import ArtifactEvent, Batch, LogEvent, StateEvent
 from daskflow.task_runners.dask_worker import EVENT_TOPIC, applying_reports, mark_client_process
 
-__all__ = ["RECOMPUTED", "RELEASED_PARAMETERS", "EventRouter", "router_for"]
+__all__ = ["RECOMPUTED", "RELEASED_PARAMETERS", "EventRouter", "forget_crashes", "router_for"]
 
 _log = logging.getLogger("daskflow.dask")
 # The parameters of a call that ended on the cluster, once the client has let them go.
@@ -188,6 +191,17 @@ class InFlight(Protocol):
 
 
 _FINAL_TYPES = FINAL_TYPE_NAMES
+
+
+def forget_crashes(dask_scheduler: Any, key: Any) -> None:
+    """On the scheduler: the erred task ``key`` is about to be computed again for a value it lost
+    after its run ended; its worker must not take the deaths counted under it for crashes of the run
+    (they would be judged as attempts by the task's policy: see ``dask_worker.run_on_worker``)."""
+    ts = dask_scheduler.tasks.get(key)
+    annotations = getattr(ts, "annotations", None)
+    if annotations and CRASHES_ANNOTATION in annotations:
+        # A new dict: annotations may be shared by every task of one graph.
+        ts.annotations = {name: value for name, value in annotations.items() if name != CRASHES_ANNOTATION}
 
 
 def _emit_record(event: LogEvent) -> None:

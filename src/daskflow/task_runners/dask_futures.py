@@ -137,36 +137,46 @@ class DaskFuture(DaskflowFuture[Any]):
         if settled is None or self._fetched:
             return settled
         bound = self._runner._lost_timeout
-        try:
-            # The value (or the error) comes to the client: it was asked for (a hit left in storage
-            # comes as a reference). Bounded: if every worker holding it died and none can compute
-            # it again, Dask would wait forever.
-            result = self.dask_future.result(timeout=bound)
-        except TimeoutError:
-            state: State = Crashed(
-                f"task run {self.task_run.name!r} ended {settled.name}, but its result could not be fetched "
-                f"from the Dask cluster within {bound:g} s (the workers holding it died, and no worker "
-                "computed it again); the bound is dask.config daskflow.dask.lost_timeout"
-            )
-        except Exception as exc:  # lost with its workers, for good, or released
-            if not settled.is_completed():
-                self._fetched = True  # a failure's message and traceback came with its state
-                return settled
-            if self._runner.rerun_lost(self):
-                # Its worker died after reporting the end and before Dask took the value: the
-                # value is lost with it, a crash of that attempt under the task's policy (the
-                # history records the re-run). The new Dask task settles this future again.
-                self.wait()
-                return self._final_state()
-            state = Crashed(
-                f"task run {self.task_run.name!r} completed, then the Dask worker holding its value died and "
-                f"Dask could not recompute it ({type(exc).__name__}: {exc})",
-                exc,
-            )
-        else:
-            state = on_client(result, self._runner.client, self.dask_future)
-            if state.type != settled.type:  # not the attempt whose end was reported: that one's is the truth
-                state = settled
+        rerun = False
+        while True:
+            try:
+                # The value (or the error) comes to the client: it was asked for (a hit left in storage
+                # comes as a reference). Bounded: if every worker holding it died and none can compute
+                # it again, Dask would wait forever.
+                result = self.dask_future.result(timeout=bound)
+            except TimeoutError:
+                state: State = Crashed(
+                    f"task run {self.task_run.name!r} ended {settled.name}, but its result could not be fetched "
+                    f"from the Dask cluster within {bound:g} s (the workers holding it died, and no worker "
+                    "computed it again); the bound is dask.config daskflow.dask.lost_timeout"
+                )
+            except Exception as exc:  # lost with its workers, for good, or released
+                if not settled.is_completed():
+                    self._fetched = True  # a failure's message and traceback came with its state
+                    return settled
+                if not rerun and self._runner.rerun_lost(self):
+                    # Its worker died after reporting the end and before Dask took the value: Dask
+                    # computes it again from its graph (the run's arguments are there, no longer
+                    # here), and the history records the re-run. Once: lost again, the run crashes.
+                    rerun = True
+                    continue
+                state = Crashed(
+                    f"task run {self.task_run.name!r} completed, then the Dask worker holding its value died and "
+                    f"Dask could not recompute it ({type(exc).__name__}: {exc})",
+                    exc,
+                )
+            else:
+                state = on_client(result, self._runner.client, self.dask_future)
+                if state.type != settled.type and settled.is_completed():
+                    # Dask computed the lost value again (a recorded re-run) and that attempt did not
+                    # complete: there is no value to hand out, and the reported state holds none.
+                    state = Crashed(
+                        f"task run {self.task_run.name!r} completed, then the Dask worker holding its value died; "
+                        f"Dask computed it again and that attempt ended {state.name}: {state.message}"
+                    )
+                elif state.type != settled.type:  # not the attempt whose end was reported: that one's is the truth
+                    state = settled
+            break
         if state.is_crashed() and settled.is_completed():
             self.task_run.set_state(state)  # after the Completed whose value is gone
         self._settled = state
@@ -180,7 +190,8 @@ class DaskFuture(DaskflowFuture[Any]):
 
     def settle_reported(self, state: State) -> None:
         """The run's end, as its worker reported it (the event router calls this, then releases the
-        call's arguments: the cluster keeps its own graph for recomputing a lost value)."""
+        call's arguments: the cluster keeps its own graph for recomputing a lost value, which is how
+        a lost value is computed again, never by submitting the call anew: see ``rerun_lost``)."""
         if self._settled is None:
             self._settled = state
             self._fetched = False
