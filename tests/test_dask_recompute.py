@@ -308,10 +308,7 @@ def _hold_result_on(worker_name: str) -> Any:
 def test_a_value_lost_before_dask_took_it_is_computed_again_with_the_runs_arguments(
     cluster: Cluster, executions: Executions, history: Any, retries: int
 ) -> None:
-    with Client(cluster.address, timeout=10, set_as_default=False) as probe:
-        probe.register_plugin(_hold_result_on("w1"), name="daskflow-test-hold-result")
-        # One death makes the task err (KilledWorker) rather than Dask running it again by itself.
-        probe.run_on_scheduler(_allow_no_failures)
+    _hold_results_on_w1(cluster)
 
     @task(name="A", retries=retries)
     def add(x: int, y: int) -> int:
@@ -360,12 +357,18 @@ def _allow_no_failures(dask_scheduler: Any) -> None:
     dask_scheduler.allowed_failures = 0
 
 
-def test_a_lost_value_whose_recompute_fails_ends_the_future_crashed_not_with_no_value(
-    cluster: Cluster, executions: Executions, history: Any
-) -> None:
+def _hold_results_on_w1(cluster: Cluster) -> None:
+    """w1 holds each result until it is killed; one death makes the task err (KilledWorker)
+    rather than Dask running it again by itself."""
     with Client(cluster.address, timeout=10, set_as_default=False) as probe:
         probe.register_plugin(_hold_result_on("w1"), name="daskflow-test-hold-result")
         probe.run_on_scheduler(_allow_no_failures)
+
+
+def test_a_lost_value_whose_recompute_fails_ends_the_future_crashed_not_with_no_value(
+    cluster: Cluster, executions: Executions, history: Any
+) -> None:
+    _hold_results_on_w1(cluster)
 
     @task(name="A")
     def add(x: int, y: int) -> int:
@@ -401,9 +404,7 @@ def test_a_dependent_of_a_value_lost_before_dask_took_it_runs_on_the_value_compu
 ) -> None:
     # B waits on w2 for A's value; A's Dask task errs with w1 (KilledWorker), and B's with it.
     # Recovering B asks for A's state: A's value is computed again, and B starts again on it.
-    with Client(cluster.address, timeout=10, set_as_default=False) as probe:
-        probe.register_plugin(_hold_result_on("w1"), name="daskflow-test-hold-result")
-        probe.run_on_scheduler(_allow_no_failures)
+    _hold_results_on_w1(cluster)
 
     @task(name="A")
     def add(x: int, y: int) -> int:
