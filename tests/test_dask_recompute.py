@@ -198,11 +198,13 @@ def _recompute_flow(cluster: Cluster, executions: Executions, storage: Any, land
         return pipeline()
 
 
-def _history_of_a(history: Any) -> tuple[Any, list[Any]]:
+def _history_of_a(history: Any) -> tuple[Any, list[Any], list[str]]:
+    """A's task run in the history, its states, and their names."""
     store = history()
     [flow_run] = store.list_flow_runs(flow_name="recompute")
     [run] = [r for r in store.task_runs(flow_run.id) if r.task_name == "A"]
-    return run, store.states(run.id)
+    states = store.states(run.id)
+    return run, states, [s.name for s in states]
 
 
 def test_a_recompute_that_runs_the_body_again_is_a_recorded_second_attempt(
@@ -211,8 +213,7 @@ def test_a_recompute_that_runs_the_body_again_is_a_recorded_second_attempt(
     out = _recompute_flow(cluster, executions, None, None)
     assert out["b"] == 41 and out["a"] == 40 and out["reported"] == "Completed", out
     runs_of_a = executions.all()
-    run, states = _history_of_a(history)
-    names = [s.name for s in states]
+    run, states, names = _history_of_a(history)
     figure = (
         f"A's body ran {len(runs_of_a)} times (pids {[e['pid'] for e in runs_of_a]}, w1 was {out['killed']}); "
         f"the history: run_count {run.run_count}, final {run.state_name}, states {names}"
@@ -236,8 +237,7 @@ def test_a_recompute_that_hits_the_landed_entry_is_a_recorded_cached_attempt(
     out = _recompute_flow(cluster, executions, storage, landed)
     assert out["b"] == 41 and out["a"] == 40 and out["reported"] == "Completed", out
     ran = len(executions.all())
-    run, states = _history_of_a(history)
-    names = [s.name for s in states]
+    run, states, names = _history_of_a(history)
     figure = f"A's body ran {ran} times; the history: run_count {run.run_count}, final {run.state_name}, states {names}"
     print(figure)
     assert ran == 1, figure  # the recompute read the entry: the body did not run again
@@ -259,8 +259,7 @@ def test_a_write_lost_with_its_worker_leaves_no_entry_and_the_recompute_that_wri
     assert out["b"] == 41 and out["a"] == 40 and out["reported"] == "Completed", out
     entries = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
     ran = len(executions.all())
-    run, states = _history_of_a(history)
-    names = [s.name for s in states]
+    run, states, names = _history_of_a(history)
     figure = (
         f"A's body ran {ran} times; entries when the flow returned {entries}; the history: run_count "
         f"{run.run_count}, final {run.state_name}, states {names}"
@@ -327,8 +326,7 @@ def test_a_value_lost_before_dask_took_it_is_computed_again_with_the_runs_argume
     with Client(cluster.address, set_as_default=True, timeout=10):
         out = pipeline()
     runs_of_a = executions.all()
-    run, states = _history_of_a(history)
-    names = [s.name for s in states]
+    run, states, names = _history_of_a(history)
     figure = (
         f"{out}; A's body ran {len(runs_of_a)} times (pids {[e['pid'] for e in runs_of_a]}); the history: "
         f"run_count {run.run_count}, final {run.state_name}, states {names}"
@@ -389,8 +387,7 @@ def test_a_lost_value_whose_recompute_fails_ends_the_future_crashed_not_with_no_
 
     with Client(cluster.address, set_as_default=True, timeout=10):
         out = pipeline()
-    run, states = _history_of_a(history)
-    names = [s.name for s in states]
+    run, states, names = _history_of_a(history)
     figure = f"{out}; A ran {len(executions.all())} times; the history: run_count {run.run_count}, states {names}"
     print(figure)
     # Before, the future took the reported Completed, which holds no value: a.result() was None.
@@ -428,8 +425,7 @@ def test_a_dependent_of_a_value_lost_before_dask_took_it_runs_on_the_value_compu
 
     with Client(cluster.address, set_as_default=True, timeout=10):
         out = pipeline()
-    run, states = _history_of_a(history)
-    names = [s.name for s in states]
+    run, states, names = _history_of_a(history)
     figure = f"b={out}; ran {executions.keys()}; A's history: run_count {run.run_count}, states {names}"
     print(figure)
     assert out == 10, figure

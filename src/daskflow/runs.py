@@ -113,14 +113,16 @@ class _Run:
     def __post_init__(self) -> None:
         self.state_history.append(self.state)
 
-    def set_state(self, state: State) -> None:
+    def set_state(self, state: State, *, notify: bool = True) -> None:
+        """Make ``state`` the run's state; ``notify=False`` tells no state listener (the caller
+        hands the change to the one that needs it: see daskflow.engine.direct)."""
         self.state = state
         self.state_history.append(state)
         if state.type is StateType.RUNNING and self.start_time is None:
             self.start_time = state.epoch
         elif state.is_final():
             self.end_time = state.epoch
-        if _listeners:
+        if notify and _listeners:
             _notify(self, state)  # type: ignore[arg-type]
 
     @property

@@ -242,7 +242,7 @@ def make_calls(
             "flow_parameters": flow_ctx.parameters,
             "cancel_event": flow_ctx.cancel_event,
             "concurrency_limits": flow_ctx.concurrency_limits,
-            "flow_facts": FlowRunFacts.of(flow_run),
+            "flow_facts": flow_ctx.facts(),
         }
         default_prints = flow_ctx.log_prints
         index = flow_ctx.next_index

@@ -136,13 +136,8 @@ def run_direct(task: Any, flow_ctx: FlowRunContext, parameters: dict[str, Any]) 
     try:
         running = Running()
         run.run_count = 1
-        sink = end_sink()
-        if sink is None:  # another listener sees every state
-            run.set_state(running)
-        else:  # what run.set_state does, but telling no one (see the module docstring)
-            run.state = running
-            run.state_history.append(running)
-            run.start_time = running.epoch
+        sink = end_sink()  # None: another listener sees every state; else only the end, put there
+        run.set_state(running, notify=sink is None)
         try:
             value = fn(*args, **kwargs)
         except KeyboardInterrupt as exc:
@@ -153,14 +148,11 @@ def run_direct(task: Any, flow_ctx: FlowRunContext, parameters: dict[str, Any]) 
             return run
         if isinstance(value, State) or run.state is not running:  # the body said how it ends, or the flow did
             _engine(context).handle_success(value)
-        elif sink is None:
-            run.set_state(Completed(value))
         else:
             state = Completed(value)
-            run.state = state
-            run.state_history.append(state)
-            run.end_time = state.epoch
-            sink((run, state))  # the recorder's queue item, as its state listener would have put it
+            run.set_state(state, notify=sink is None)
+            if sink is not None:
+                sink((run, state))  # the recorder's queue item, as its state listener would have put it
         return run
     finally:
         leave_task_run(token)
