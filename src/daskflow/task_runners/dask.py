@@ -113,7 +113,7 @@ from daskflow.task_runners.dask_cluster import (
 )
 from daskflow.task_runners.dask_events import RELEASED_PARAMETERS, forget_crashes, router_for
 from daskflow.task_runners.dask_futures import NO_UPSTREAMS, DaskFuture, MapItem
-from daskflow.task_runners.dask_protocol import Batch, RunSpec
+from daskflow.task_runners.dask_protocol import Batch, Definition, RunSpec
 from daskflow.task_runners.dask_shipping import code_missing_message, ship_code, ship_missing, unserializable
 from daskflow.task_runners.dask_values import length_and_worker, shared_value
 from daskflow.task_runners.dask_worker import (
@@ -216,7 +216,7 @@ class DaskTaskRunner(TaskRunner):
         self._futures: list[DaskFuture] = []
         self._shared_objects: dict[int, tuple[Any, Any, int]] = {}
         self._flow_infos: dict[tuple[str | None, bool, frozenset[str], bool], dict[str, Any]] = {}
-        self._definitions: dict[tuple[int, int], tuple[Any, dict[str, Any]]] = {}
+        self._definitions: dict[tuple[int, int], Definition] = {}
         self._cancelled = False
         self._recovery_lock = threading.Lock()
         self._recovering: dict[int, threading.Event] = {}
@@ -343,7 +343,7 @@ class DaskTaskRunner(TaskRunner):
         self._shared_objects[id(obj)] = (obj, shared, size)  # keeps obj alive so its id is not reused
         return shared
 
-    def _definition(self, task: Any, flow_info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def _definition(self, task: Any, flow_info: dict[str, Any]) -> Definition:
         """The task object and the flow's facts as one value, the same object for the same pair.
 
         One value, so that when it goes once for a whole map (:meth:`_shared`) each Dask task
@@ -352,10 +352,10 @@ class DaskTaskRunner(TaskRunner):
         dependency is bookkeeping per task on the scheduler and the worker.
         """
         key = (id(task), id(flow_info))
-        pair = self._definitions.get(key)
-        if pair is None or pair[0] is not task or pair[1] is not flow_info:
-            pair = self._definitions[key] = (task, flow_info)  # holds both: their ids are not reused
-        return pair
+        definition = self._definitions.get(key)
+        if definition is None or definition.task is not task or definition.flow_info is not flow_info:
+            definition = self._definitions[key] = Definition(task, flow_info)  # holds both: ids not reused
+        return definition
 
     def _spec(
         self,

@@ -15,8 +15,8 @@ its runs they were cancelled.
 The wire
 --------
 Client -> worker: each Dask task daskflow submits is
-``run_on_worker(definition, spec, upstream)``. ``definition`` is the pair
-``(task, flow_info)``, shared by every task of a submission (inline, or as one
+``run_on_worker(definition, spec, upstream)``. ``definition`` is a
+:class:`Definition` (the task object and the flow's facts), shared by every task of a submission (inline, or as one
 task of its own when that is cheaper: one dependency per Dask task), ``upstream``
 is the list of upstream states Dask resolved on the cluster, and ``spec`` is a
 :class:`RunSpec`:
@@ -76,9 +76,19 @@ from daskflow.exceptions import ConfigurationError
 from daskflow.runstore import ArtifactRecord
 from daskflow.states import FINAL_TYPE_NAMES, State, StateType
 
-__all__ = ["VERSION", "ArtifactEvent", "Batch", "Event", "LogEvent", "RunSpec", "StateEvent", "decode_event"]
+__all__ = [
+    "VERSION",
+    "ArtifactEvent",
+    "Batch",
+    "Definition",
+    "Event",
+    "LogEvent",
+    "RunSpec",
+    "StateEvent",
+    "decode_event",
+]
 
-VERSION = 4  # 4: run_on_worker takes (task, flow_info) as one argument
+VERSION = 4  # 4: run_on_worker takes the task and flow_info as one Definition
 
 
 def _version_error(what: str, version: Any, where: str) -> ConfigurationError:
@@ -86,6 +96,25 @@ def _version_error(what: str, version: Any, where: str) -> ConfigurationError:
         f"a daskflow {what} of protocol version {version} reached {where} that speaks version {VERSION}: "
         "the client and the Dask workers run different daskflow versions; install the same version on both"
     )
+
+
+class Definition:
+    """The task object and the flow's facts, one value for every Dask task of a submission.
+
+    An object, never a tuple: older Dask (2024.8, the oldest pyproject.toml allows, with its
+    tuple-task graphs) reads a tuple in a task's arguments whose first item is callable,
+    such as ``(task, flow_info)``, as a task to call, and would run ``task(flow_info)``
+    in place of handing the pair on.
+    """
+
+    __slots__ = ("task", "flow_info")
+
+    def __init__(self, task: Any, flow_info: dict[str, Any]) -> None:
+        self.task = task
+        self.flow_info = flow_info
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Definition, (self.task, self.flow_info))
 
 
 class RunSpec:

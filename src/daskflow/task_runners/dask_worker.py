@@ -48,7 +48,7 @@ from daskflow.results.write_behind import WriteReport
 from daskflow.runs import TaskRun, add_state_listener
 from daskflow.runstore import ArtifactRecord
 from daskflow.states import State, item_state
-from daskflow.task_runners.dask_protocol import ArtifactEvent, Batch, Event, LogEvent, RunSpec, StateEvent
+from daskflow.task_runners.dask_protocol import ArtifactEvent, Batch, Definition, Event, LogEvent, RunSpec, StateEvent
 
 __all__ = [
     "EVENT_TOPIC",
@@ -425,12 +425,12 @@ async def drain_writes(flow_run_id: str, timeout: float, dask_worker: Any = None
     return report
 
 
-def run_on_worker(definition: tuple[Any, dict[str, Any]], spec: RunSpec, upstream: list[State]) -> State:
+def run_on_worker(definition: Definition, spec: RunSpec, upstream: list[State]) -> State:
     """Run one task call on this worker; returns its final state (with its value).
 
     ``definition`` is the task object and the flow's facts, shared by every task of a submission.
     """
-    task, flow_info = definition
+    task, flow_info = definition.task, definition.flow_info
     forwarder = _install_forwarder()
     worker = get_worker()
     forwarder.worker = worker  # the latest: see _Forwarder.flush_now
