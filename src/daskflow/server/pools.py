@@ -49,7 +49,8 @@ def _workers(address: str) -> str:
     distributed: Any = importlib.import_module("distributed")
     try:
         with distributed.Client(address, timeout=_CONNECT_TIMEOUT, set_as_default=False) as client:
-            count = len(client.scheduler_info().get("workers", {}))
+            # nthreads() names every worker; scheduler_info()["workers"] is capped at 5 by some versions.
+            count = len(client.nthreads())
     except Exception as exc:  # unreachable, refused, TLS required, ...: the page says so
         return f"unreachable ({type(exc).__name__})"
     return f"{count} worker{'s' if count != 1 else ''}"
