@@ -291,7 +291,7 @@ class RowBuilder:
             yield StateRecord(
                 run_id=run.id,
                 run_kind="task" if isinstance(run, TaskRun) else "flow",
-                type=state.type.value,
+                type=_TYPE_NAMES[state.type],
                 name=state.name,
                 message=state.message,
                 timestamp=state.epoch,
@@ -315,6 +315,8 @@ class RowBuilder:
 
 
 _ON_THE_WAY = frozenset((StateType.PENDING, StateType.RUNNING))
+# A state type's stored name by dict lookup: Enum.value is a Python-level descriptor, read twice per row.
+_TYPE_NAMES = {member: member.value for member in StateType}
 
 
 def _on_their_way(
@@ -364,7 +366,7 @@ def _snapshot(run: FlowRun | TaskRun) -> FlowRunRecord | TaskRunRecord:
             flow_run_id=run.flow_run_id,
             name=run.name,
             task_name=run.task_name,
-            state_type=state.type.value,
+            state_type=_TYPE_NAMES[state.type],
             state_name=state.name,
             state_message=state.message,
             map_index=run.map_index,
@@ -383,7 +385,7 @@ def _snapshot(run: FlowRun | TaskRun) -> FlowRunRecord | TaskRunRecord:
         id=run.id,
         name=run.name,
         flow_name=run.flow_name,
-        state_type=state.type.value,
+        state_type=_TYPE_NAMES[state.type],
         state_name=state.name,
         state_message=state.message,
         parameters=run.parameters,
