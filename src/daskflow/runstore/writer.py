@@ -123,8 +123,10 @@ class RunStoreWriter:
     ``convert``, when given, turns each batch of what was put into records, on
     the writer's thread: the caller may then put anything cheaper to make than
     a record — say ``(run, state)`` pairs — and build one snapshot per run per
-    batch instead of one per state change. A ``convert`` that raises loses its
-    batch like a failed write.
+    batch instead of one per state change. Its records are taken ``max_batch`` at
+    a time, each chunk written before the next is built, so ``convert`` may yield
+    them lazily. A ``convert`` that raises loses what it had not yet yielded of its
+    batch, like a failed write.
 
     ``spool_folder`` (default: per store under ``daskflow.runstore.spool.folder``),
     ``spool_max_bytes`` (``daskflow.runstore.spool.max_bytes``) and
