@@ -347,3 +347,56 @@ def test_the_rows_a_map_leaves_per_item(dask_client: Any, history: Any, daskflow
         db.close()
     assert len(per_item) == n + 1 and {count for _, count in per_item} == {1}, per_item[:5]
     assert duplicates == 0
+
+
+def test_a_submission_whose_runs_keep_starting_is_held_on_and_one_that_waits_is_written() -> None:
+    """A large map working through its items writes no Pending rows when its hold ends: its runs
+    bring their own rows; a submission none of whose runs started during a hold is written then."""
+    from daskflow.engine.history import RowBuilder, _Submitted
+    from daskflow.runs import TaskRun
+    from daskflow.runstore import TaskRunRecord
+    from daskflow.states import Running
+
+    now = [0.0]
+    rows = RowBuilder(hold=30.0, clock=lambda: now[0])
+    runs = [TaskRun(id=f"run-{i}", name=f"inc-{i}", task_name="inc", flow_run_id="f", map_index=i) for i in range(4)]
+    assert list(rows([_Submitted(tuple(runs))])) == []
+    runs[0].set_state(Running())
+    now[0] = 31.0  # the hold ends: one run started meanwhile, so the submission is held on
+    assert list(rows([])) == [] and rows.holding
+    now[0] = 62.0  # a whole hold with no run starting: the three still Pending are written, once
+    written = list(rows([]))
+    assert sorted(r.id for r in written if isinstance(r, TaskRunRecord)) == ["run-1", "run-2", "run-3"]
+    assert {r.state_type for r in written if isinstance(r, TaskRunRecord)} == {"PENDING"}
+    assert not rows.holding and list(rows([])) == []
+    # Every run started before the hold ended: nothing of the submission is written by the hold.
+    others = [
+        TaskRun(id=f"other-{i}", name=f"inc-{i}", task_name="inc", flow_run_id="f", map_index=i) for i in range(2)
+    ]
+    assert list(rows([_Submitted(tuple(others))])) == []
+    for run in others:
+        run.set_state(Running())
+    now[0] = 100.0
+    assert list(rows([])) == [] and not rows.holding
+
+
+def test_a_large_release_is_written_max_batch_records_at_a_time(tmp_path: Path) -> None:
+    """Held rows released at once (a flush) are built and written in transactions of max_batch
+    records, never all in one list: the writer's memory does not grow with the map."""
+    from daskflow.engine.history import _RELEASE, RowBuilder, _Submitted
+    from daskflow.runs import TaskRun
+    from daskflow.runstore import RunStoreWriter
+    from daskflow.runstore.store import RunStore
+
+    n, max_batch = 1_000, 100
+    runs = tuple(
+        TaskRun(id=f"big-{i}", name=f"inc-{i}", task_name="inc", flow_run_id="f", map_index=i) for i in range(n)
+    )
+    with RunStore(f"sqlite:///{tmp_path / 'runs.db'}") as store:
+        writer = RunStoreWriter(store, convert=RowBuilder(hold=600.0), interval=30, batch_size=10, max_batch=max_batch)
+        writer.put(_Submitted(runs))
+        assert writer.flush(timeout=30) and writer.written == 0  # held: nothing due yet
+        writer.put(_RELEASE)
+        assert writer.close(timeout=60)
+        assert writer.written == n and writer.transactions == n // max_batch, (writer.written, writer.transactions)
+        assert len(store.task_runs("f")) == n

@@ -569,3 +569,33 @@ def test_importing_the_runstore_does_not_import_sqlalchemy() -> None:
     code = "import sys, daskflow.runstore; print('sqlalchemy' in sys.modules, 'alembic' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"], out
+
+
+def test_the_rows_the_writer_builds_name_every_column_of_their_table() -> None:
+    """RunStore.write hands the driver tuples in the order of .rows' column lists: each list is its
+    table's columns (all but the autoincremented id), so a column added by a migration is not missed."""
+    from daskflow.runstore import rows, schema
+
+    written = {
+        schema.flow_runs: rows.FLOW_RUN_COLUMNS,
+        schema.task_runs: rows.TASK_RUN_COLUMNS,
+        schema.states: rows.STATE_COLUMNS,
+        schema.logs: rows.LOG_COLUMNS,
+        schema.artifacts: rows.ARTIFACT_COLUMNS,
+    }
+    for table, columns in written.items():
+        assert sorted(columns) == sorted(c.name for c in table.c if c.autoincrement is not True), table.name
+        assert store_module._COLUMNS[table.name] == columns
+
+
+def test_a_batch_writes_each_distinct_time_once_and_reads_back_the_same(store: RunStore) -> None:
+    """A run's end is its final state's time and its creation its first snapshot's: the rows share
+    one stored form of each, and every time reads back as written."""
+    end = T0 + 1.000123
+    task_run = task("t-times", "f-times", start_time=T0 + 0.5, end_time=end, updated=end, created=None)
+    state = StateRecord(run_id="t-times", run_kind="task", type="COMPLETED", name="Completed", timestamp=end)
+    store.write([flow("f-times"), task_run, state])
+    [info] = store.task_runs("f-times")
+    [state_info] = store.states("t-times")
+    assert info.end_time == state_info.timestamp == datetime.fromtimestamp(end, UTC)
+    assert info.start_time == datetime.fromtimestamp(T0 + 0.5, UTC) and info.created == info.end_time

@@ -35,6 +35,7 @@ from daskflow.runstore import (
 )
 from daskflow.runstore import spool as spool_module
 from daskflow.runstore import store as store_module
+from daskflow.runstore.records import encode_parameters
 from daskflow.runstore.spool import FrameError, SpoolFile, adopt_orphans, decode_frame, encode_frame
 from daskflow.runstore.store import RunStore
 
@@ -110,7 +111,7 @@ def test_every_record_kind_comes_back_from_a_frame_unchanged() -> None:
         back = decode_frame(frame)
         if isinstance(record, FlowRunRecord):
             # Parameters travel as the JSON the store keeps: what JSON cannot hold, as the store would write it.
-            assert back.parameters == json.loads(store_module.encode_parameters(record.parameters) or "null")
+            assert back.parameters == json.loads(encode_parameters(record.parameters) or "null")
             back.parameters = record.parameters
         assert back == record, (back, record)
 

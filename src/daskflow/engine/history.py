@@ -247,15 +247,22 @@ class RowBuilder:
     ``Pending`` meanwhile gets its row from its own states, queued after its
     submission (the queue keeps order), so a map item costs one task run row and
     its state rows, where it used to cost a row at submission and the same row
-    again when it ended. A run still ``Pending`` when its hold ends (waiting for a
-    worker or a slot) is written then; :func:`flush` and the end of recording write
-    every held row at once. While rows are held the writer calls this with empty
-    batches (``holding``), so a held row is late by at most one writer interval.
+    again when it ended. When a submission's hold ends, the runs still ``Pending``
+    are written then if none of them started during the hold (they wait for a
+    worker or a slot: the history shows them waiting); while some did (a large map
+    working through its items), the submission is held for another ``hold``, as
+    its runs will bring their own rows soon. :func:`flush` and the end of
+    recording write every held row at once. While rows are held the writer calls
+    this with empty batches (``holding``), so a held row is late by at most one
+    writer interval. Held rows are built one at a time as the writer takes them,
+    which it does ``max_batch`` at a time: never all of a large map's at once.
     """
 
-    def __init__(self, hold: float) -> None:
+    def __init__(self, hold: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.hold = hold
-        self._held: deque[tuple[float, tuple[TaskRun, ...]]] = deque()
+        self._clock = clock  # seconds, for the holds (a test passes its own)
+        # (when the hold ends, the runs, how many of them were Pending when it began), oldest first
+        self._held: deque[tuple[float, tuple[TaskRun, ...], int]] = deque()
 
     @property
     def holding(self) -> bool:
@@ -270,7 +277,7 @@ class RowBuilder:
                 runs[item[0].id] = item[0]
                 states.append(item)
             elif isinstance(item, _Submitted):
-                self._held.append((time.monotonic() + self.hold, item.runs))
+                self._held.append((self._clock() + self.hold, item.runs, len(item.runs)))
             elif isinstance(item, _Release):
                 release = True
             elif isinstance(item, logging.LogRecord):
@@ -284,24 +291,32 @@ class RowBuilder:
             yield StateRecord(
                 run_id=run.id,
                 run_kind="task" if isinstance(run, TaskRun) else "flow",
-                type=state.type.value,
+                type=_TYPE_NAMES[state.type],
                 name=state.name,
                 message=state.message,
                 timestamp=state.epoch,
             )
-        now = time.monotonic()
-        held = self._held
-        while held and (release or held[0][0] <= now):
-            for run in held.popleft()[1]:
-                # A run that left Pending has its row from its states (this batch or a later one).
-                if run.state.type is StateType.PENDING:
-                    runs.setdefault(run.id, run)
         for run_id, run in runs.items():
             if run_id not in passing:
                 yield _snapshot(run)
+        now = self._clock()
+        held = self._held
+        again: list[tuple[float, tuple[TaskRun, ...], int]] = []
+        while held and (release or held[0][0] <= now):
+            _, submitted, pending_before = held.popleft()
+            # A run that left Pending has its row from its states (this batch or a later one).
+            pending = [run for run in submitted if run.state.type is StateType.PENDING and run.id not in runs]
+            if pending and not release and self.hold > 0 and len(pending) < pending_before:
+                again.append((now + self.hold, tuple(pending), len(pending)))  # still starting: held on
+                continue
+            for run in pending:
+                yield _snapshot(run)  # one at a time, as the writer takes them
+        held.extend(again)
 
 
 _ON_THE_WAY = frozenset((StateType.PENDING, StateType.RUNNING))
+# A state type's stored name by dict lookup: Enum.value is a Python-level descriptor, read twice per row.
+_TYPE_NAMES = {member: member.value for member in StateType}
 
 
 def _on_their_way(
@@ -351,7 +366,7 @@ def _snapshot(run: FlowRun | TaskRun) -> FlowRunRecord | TaskRunRecord:
             flow_run_id=run.flow_run_id,
             name=run.name,
             task_name=run.task_name,
-            state_type=state.type.value,
+            state_type=_TYPE_NAMES[state.type],
             state_name=state.name,
             state_message=state.message,
             map_index=run.map_index,
@@ -370,7 +385,7 @@ def _snapshot(run: FlowRun | TaskRun) -> FlowRunRecord | TaskRunRecord:
         id=run.id,
         name=run.name,
         flow_name=run.flow_name,
-        state_type=state.type.value,
+        state_type=_TYPE_NAMES[state.type],
         state_name=state.name,
         state_message=state.message,
         parameters=run.parameters,

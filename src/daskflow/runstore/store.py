@@ -23,9 +23,8 @@ lock, which SQLite would fail at once without waiting.
 from __future__ import annotations
 
 import json
-import operator
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +45,20 @@ from daskflow.runstore.records import (
     StateRecord,
     TaskRunRecord,
     Timestamp,
-    encode_parameters,
+)
+from daskflow.runstore.rows import (
+    ARTIFACT_COLUMNS,
+    FLOW_RUN_COLUMNS,
+    LOG_COLUMNS,
+    STATE_COLUMNS,
+    TASK_RUN_COLUMNS,
+    artifact_row,
+    decode_tags,
+    flow_run_row,
+    log_row,
+    remembering,
+    state_row,
+    task_run_row,
 )
 from daskflow.runstore.urls import mask_password, resolve_url
 
@@ -58,15 +70,20 @@ _IN_CHUNK = 500  # ids per IN (...) list: far below every backend's limit on bou
 # through SQLAlchemy Core and read, then insert or update.
 _NATIVE_UPSERT = ("sqlite", "postgresql")
 _UPSERT = "upsert"  # how RunStore.write keeps run snapshots: by id, the latest `updated` winning
+# Each written table's columns, in the order of the rows .rows builds (a test checks them against .schema).
+_COLUMNS = {
+    "flow_runs": FLOW_RUN_COLUMNS,
+    "task_runs": TASK_RUN_COLUMNS,
+    "states": STATE_COLUMNS,
+    "logs": LOG_COLUMNS,
+    "artifacts": ARTIFACT_COLUMNS,
+}
 
 
 def _to_datetime(value: Timestamp) -> datetime:
     if isinstance(value, datetime):
         return value.astimezone(UTC)
     return datetime.fromtimestamp(value, UTC)
-
-
-_ToStored = Callable[[Timestamp], Any]  # a record's time as the database takes it
 
 
 def _epoch(value: Timestamp) -> float:
@@ -150,7 +167,7 @@ class RunStore:
             ) from None
         self.engine = _create_engine(parsed, busy_timeout, connect_timeout)
         self._write_engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
-        self._statements: dict[str, tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]] = {}
+        self._statements: dict[str, str] = {}  # table name -> its INSERT for the driver (_statement)
         try:
             with self.database_errors():
                 self.schema_version = self._upgrade(busy_timeout)
@@ -240,46 +257,49 @@ class RunStore:
                 raise TypeError(f"RunStore.write got a {type(record).__name__}, not a run store record: {record!r}")
         fast = self.engine.dialect.name in _NATIVE_UPSERT
         # The fast path hands rows to the driver as they are stored: SQLite's times as text.
-        ts = schema.sqlite_text if fast and self.engine.dialect.name == "sqlite" else _to_datetime
+        ts = remembering(schema.sqlite_text if fast and self.engine.dialect.name == "sqlite" else _to_datetime)
         # What makes a row the same row: a run snapshot's id (the latest `updated` wins); an
         # appended record's own id, so that a batch written twice (retried, replayed) is kept once.
         tables = (
-            (schema.flow_runs, [_flow_row(r, first_seen[r.id], ts) for r in flows.values()], _UPSERT),
-            (schema.task_runs, [_task_row(r, first_seen[r.id], ts) for r in tasks.values()], _UPSERT),
-            (schema.states, [_state_row(r, ts) for r in states], "uid"),
-            (schema.logs, [_log_row(r, ts) for r in logs], "uid"),
-            (schema.artifacts, [_artifact_row(r, ts) for r in artifacts], "id"),
+            (schema.flow_runs, [flow_run_row(r, first_seen[r.id], ts) for r in flows.values()], _UPSERT),
+            (schema.task_runs, [task_run_row(r, first_seen[r.id], ts) for r in tasks.values()], _UPSERT),
+            (schema.states, [state_row(r, ts) for r in states], "uid"),
+            (schema.logs, [log_row(r, ts) for r in logs], "uid"),
+            (schema.artifacts, [artifact_row(r, ts) for r in artifacts], "id"),
         )
         with self.database_errors(), self._write_engine.begin() as connection:
-            for table, rows, key in tables:
-                if not rows:
+            for table, values, key in tables:
+                if not values:
                     continue
                 if fast:
-                    sql, as_tuple = self._statement(table, key)
-                    connection.exec_driver_sql(sql, [as_tuple(row) for row in rows])
-                elif key == _UPSERT:
-                    _upsert_portably(connection, table, rows)
+                    connection.exec_driver_sql(self._statement(table, key), values)
+                    continue
+                columns = _COLUMNS[table.name]
+                as_dicts = [dict(zip(columns, row, strict=True)) for row in values]
+                if key == _UPSERT:
+                    _upsert_portably(connection, table, as_dicts)
                 else:
-                    _insert_new_portably(connection, table, key, rows)
+                    _insert_new_portably(connection, table, key, as_dicts)
         return count
 
-    def _statement(self, table: sa.Table, key: str) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
-        """``INSERT`` (or upsert) SQL for the driver, and how to turn a row into its parameters.
+    def _statement(self, table: sa.Table, key: str) -> str:
+        """``INSERT`` (or upsert) SQL for the driver, taking the rows of :mod:`.rows` as they are.
 
         SQLAlchemy's executemany spends more time per row preparing parameters than
         SQLite spends storing them, all of it holding the GIL that the flow's own
         threads need, and the writer writes several rows per task run; so the SQL is
-        built once here and the driver gets tuples. SQLite and PostgreSQL share the
-        ``ON CONFLICT ... DO UPDATE ... excluded`` and ``ON CONFLICT ... DO NOTHING``
-        syntax. ``key`` is :data:`_UPSERT` for run snapshots, else the column whose
-        value, met again, makes the row a duplicate to leave out.
+        built once here and the driver gets the tuples :mod:`.rows` builds. SQLite and
+        PostgreSQL share the ``ON CONFLICT ... DO UPDATE ... excluded`` and ``ON
+        CONFLICT ... DO NOTHING`` syntax. ``key`` is :data:`_UPSERT` for run
+        snapshots, else the column whose value, met again, makes the row a duplicate
+        to leave out.
         """
         cached = self._statements.get(table.name)
         if cached is not None:
             return cached
         dialect = self.engine.dialect
         quote = dialect.identifier_preparer.quote
-        columns = [c.name for c in table.c if c.autoincrement is not True]
+        columns = _COLUMNS[table.name]
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
         name = quote(table.name)
         sql = f"INSERT INTO {name} ({', '.join(map(quote, columns))}) VALUES ({', '.join([mark] * len(columns))})"
@@ -288,9 +308,8 @@ class RunStore:
             sql += f" ON CONFLICT (id) DO UPDATE SET {updates} WHERE {name}.updated <= excluded.updated"
         else:
             sql += f" ON CONFLICT ({quote(key)}) DO NOTHING"
-        getter = operator.itemgetter(*columns)
-        self._statements[table.name] = (sql, getter)
-        return sql, getter
+        self._statements[table.name] = sql
+        return sql
 
     # -- reading --------------------------------------------------------------------------
 
@@ -390,7 +409,7 @@ class RunStore:
             task_runs = self._task_runs(connection, run_id)
         values = row._asdict()
         values["parameters"] = _decode_parameters(values["parameters"])
-        values["tags"] = _decode_tags(values["tags"])
+        values["tags"] = decode_tags(values["tags"])
         return FlowRunDetail(**values, states=tuple(states), task_runs=tuple(task_runs))
 
     def task_runs(self, flow_run_id: str) -> list[TaskRunInfo]:
@@ -406,7 +425,7 @@ class RunStore:
         for row in connection.execute(query):
             values = row._asdict()
             values["upstream_ids"] = tuple(json.loads(values["upstream_ids"])) if values["upstream_ids"] else ()
-            values["tags"] = _decode_tags(values["tags"])
+            values["tags"] = decode_tags(values["tags"])
             runs.append(TaskRunInfo(**values))
         return runs
 
@@ -480,102 +499,6 @@ def _keep_latest(
         first_seen[record.id] = record.updated
     elif _epoch(record.updated) >= _epoch(current.updated):
         latest[record.id] = record
-
-
-def _flow_row(record: FlowRunRecord, first_seen: Timestamp, ts: _ToStored) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "name": record.name,
-        "flow_name": record.flow_name,
-        "parent_flow_run_id": record.parent_flow_run_id,
-        "parameters": encode_parameters(record.parameters),
-        "state_type": record.state_type,
-        "state_name": record.state_name,
-        "state_message": record.state_message,
-        "start_time": None if record.start_time is None else ts(record.start_time),
-        "end_time": None if record.end_time is None else ts(record.end_time),
-        "run_count": record.run_count,
-        "traceback": record.traceback,
-        "created": ts(record.created if record.created is not None else first_seen),
-        "updated": ts(record.updated),
-        "entrypoint": record.entrypoint,
-        "dashboard_link": record.dashboard_link,
-        "tags": _encode_tags(record.tags),
-        "scheduled_start_time": None if record.scheduled_start_time is None else ts(record.scheduled_start_time),
-        "deployment_id": record.deployment_id,
-        "deployment_name": record.deployment_name,
-    }
-
-
-def _encode_tags(tags: tuple[str, ...]) -> str | None:
-    return json.dumps(sorted(tags), separators=(",", ":")) if tags else None
-
-
-def _decode_tags(text: str | None) -> tuple[str, ...]:
-    return tuple(json.loads(text)) if text else ()
-
-
-def _task_row(record: TaskRunRecord, first_seen: Timestamp, ts: _ToStored) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "flow_run_id": record.flow_run_id,
-        "name": record.name,
-        "task_name": record.task_name,
-        "map_index": record.map_index,
-        "state_type": record.state_type,
-        "state_name": record.state_name,
-        "state_message": record.state_message,
-        "start_time": None if record.start_time is None else ts(record.start_time),
-        "end_time": None if record.end_time is None else ts(record.end_time),
-        "run_count": record.run_count,
-        "cache_key": record.cache_key,
-        "cache_hit": bool(record.cache_hit),
-        "worker": record.worker,
-        "slot_wait": float(record.slot_wait),
-        "traceback": record.traceback,
-        "created": ts(record.created if record.created is not None else first_seen),
-        "updated": ts(record.updated),
-        "upstream_ids": json.dumps(list(record.upstream_ids), separators=(",", ":")) if record.upstream_ids else None,
-        "tags": _encode_tags(record.tags),
-    }
-
-
-def _state_row(record: StateRecord, ts: _ToStored) -> dict[str, Any]:
-    return {
-        "run_id": record.run_id,
-        "run_kind": record.run_kind,
-        "type": record.type,
-        "name": record.name,
-        "message": record.message,
-        "timestamp": ts(record.timestamp),
-        "uid": record.uid,
-    }
-
-
-def _log_row(record: LogEntry, ts: _ToStored) -> dict[str, Any]:
-    return {
-        "flow_run_id": record.flow_run_id,
-        "task_run_id": record.task_run_id,
-        "logger": record.logger,
-        "level": record.level,
-        "message": record.message,
-        "created": ts(record.created),
-        "exception": record.exception,
-        "uid": record.uid,
-    }
-
-
-def _artifact_row(record: ArtifactRecord, ts: _ToStored) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "key": record.key,
-        "type": record.type,
-        "description": record.description,
-        "data": record.data,
-        "flow_run_id": record.flow_run_id,
-        "task_run_id": record.task_run_id,
-        "created": ts(record.created),
-    }
 
 
 def _upsert_portably(connection: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:

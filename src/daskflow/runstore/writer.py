@@ -44,6 +44,7 @@ still open when the interpreter exits.
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import threading
 import time
@@ -122,8 +123,10 @@ class RunStoreWriter:
     ``convert``, when given, turns each batch of what was put into records, on
     the writer's thread: the caller may then put anything cheaper to make than
     a record — say ``(run, state)`` pairs — and build one snapshot per run per
-    batch instead of one per state change. A ``convert`` that raises loses its
-    batch like a failed write.
+    batch instead of one per state change. Its records are taken ``max_batch`` at
+    a time, each chunk written before the next is built, so ``convert`` may yield
+    them lazily. A ``convert`` that raises loses what it had not yet yielded of its
+    batch, like a failed write.
 
     ``spool_folder`` (default: per store under ``daskflow.runstore.spool.folder``),
     ``spool_max_bytes`` (``daskflow.runstore.spool.max_bytes``) and
@@ -368,12 +371,34 @@ class RunStoreWriter:
                 return
 
     def _keep(self, batch: list[Any]) -> None:
-        """Write a batch, or spool it while the database is away (and behind a spool, to keep the order)."""
+        """Write a batch, or spool it while the database is away (and behind a spool, to keep the order).
+
+        What ``convert`` makes of the batch is taken ``max_batch`` records at a time, each
+        chunk written (or spooled) before the next is built: a batch that releases many
+        rows at once (the run history's held rows of a large map) never holds them all in
+        memory, nor SQLite's write lock for all of them.
+        """
+        if self._convert is None:
+            self._keep_records(batch)
+            return
         try:
-            records = list(batch) if self._convert is None else list(self._convert(batch))
+            records = iter(self._convert(batch))
         except Exception as exc:  # whatever the caller's convert does, the runs go on
             self._lose(len(batch), _describe(exc))
             return
+        kept = 0
+        while True:
+            try:
+                chunk = list(itertools.islice(records, self._max_batch))
+            except Exception as exc:  # the chunks already built are kept; the rest of the batch is lost
+                self._lose(max(len(batch) - kept, 1), _describe(exc))
+                return
+            if not chunk:
+                return
+            kept += len(chunk)
+            self._keep_records(chunk)
+
+    def _keep_records(self, records: list[Record]) -> None:
         if not records:
             return
         if self._spool is not None:
