@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from typing import Any, Protocol
 
@@ -93,10 +94,13 @@ class EventRouter:
             self.changed.notify_all()
 
     def _apply(self, batch: Batch, local: bool) -> None:
+        # Interned: each batch decodes its own copy of the address (~70 bytes), which every run it
+        # ends keeps (run.worker); a map of 100,000 items then shares one string per worker.
+        worker = None if batch.worker is None else sys.intern(batch.worker)
         for item in batch.events:
             try:
                 if isinstance(item, StateEvent):
-                    self._apply_state(item, batch.worker)
+                    self._apply_state(item, worker)
                 elif local:
                     continue
                 elif isinstance(item, ArtifactEvent):  # kept by the run history, not logged
