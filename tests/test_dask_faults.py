@@ -29,8 +29,7 @@ from conftest import Executions, private_client
 from daskflow import flow, task
 from daskflow.runs import FlowRun
 from daskflow.states import State
-from daskflow.task_runners import DaskTaskRunner
-from daskflow.task_runners import dask as dask_runner
+from daskflow.task_runners import DaskTaskRunner, dask_submit
 
 pytestmark = pytest.mark.slow
 
@@ -161,7 +160,7 @@ def test_a_large_map_survives_the_death_of_every_holder_of_its_shared_definition
     executions: Executions, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Any map over the inline threshold ships the task once: a low threshold makes this one do so.
-    monkeypatch.setattr(dask_runner, "_INLINE_BYTES", 1024)
+    monkeypatch.setattr(dask_submit, "_INLINE_BYTES", 1024)
     items = 300
     kills: list[int] = []
 

@@ -100,3 +100,18 @@ def test_a_call_unlike_the_template_keeps_its_own() -> None:
     [other] = _batch([{"value": Opaque(2)}], wait_for=[object()])
     future = DaskFuture(None, other, None, (), template=first)  # type: ignore[arg-type]
     assert future.call is other  # a different wait_for: not the template's call, so never rebuilt from it
+
+
+def test_a_reported_end_releases_the_arguments_of_the_futures_own_call() -> None:
+    # The event router settles a run by its future alone (it never rebuilds a map item's call to
+    # do so): the future lets go of the arguments, whether its call is rebuilt or its own.
+    [first] = _batch([{"value": Opaque(1)}])
+    [own] = _batch([{"value": Opaque(2)}], wait_for=[object()])
+    future = DaskFuture(None, own, None, (), template=first)  # type: ignore[arg-type]
+    future.settle_reported(Completed(data=None))
+    assert future.call is own
+    assert own.parameters == {} and own.wait_for == (), (own.parameters, own.wait_for)
+    items = DaskFuture.many(None, _batch([{"value": Opaque(i)} for i in range(3)], mapped=True))  # type: ignore[arg-type]
+    items[1].settle_reported(Completed(data=None))
+    assert items[1].call.parameters == {}
+    assert items[0].call.parameters["value"].n == 0

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from typing import Any, Protocol
 
@@ -37,8 +38,8 @@ from distributed import Client
 
 from daskflow.artifacts import publish_artifact
 from daskflow.concurrency.distributed_compat import CRASHES_ANNOTATION, install_crash_counter
-from daskflow.engine import TaskCall
 from daskflow.exceptions import ConfigurationError
+from daskflow.runs import TaskRun
 from daskflow.states import FINAL_TYPE_NAMES, State, StateType
 from daskflow.task_runners.dask_protocol import ArtifactEvent, Batch, LogEvent, StateEvent
 from daskflow.task_runners.dask_worker import EVENT_TOPIC, applying_reports, mark_client_process
@@ -93,10 +94,13 @@ class EventRouter:
             self.changed.notify_all()
 
     def _apply(self, batch: Batch, local: bool) -> None:
+        # Interned: each batch decodes its own copy of the address (~70 bytes), which every run it
+        # ends keeps (run.worker); a map of 100,000 items then shares one string per worker.
+        worker = None if batch.worker is None else sys.intern(batch.worker)
         for item in batch.events:
             try:
                 if isinstance(item, StateEvent):
-                    self._apply_state(item, batch.worker)
+                    self._apply_state(item, worker)
                 elif local:
                     continue
                 elif isinstance(item, ArtifactEvent):  # kept by the run history, not logged
@@ -113,8 +117,7 @@ class EventRouter:
             if settled is not None:
                 self._apply_recompute(settled, event, worker)
             return
-        call = future.call
-        run = call.task_run
+        run = future.task_run  # not future.call: that would rebuild a map item's call for each event
         if event.type in _FINAL_TYPES:  # facts that ride with the end: a folded start time, the cache key
             if run.start_time is None:
                 run.start_time = event.start
@@ -130,15 +133,12 @@ class EventRouter:
             else:
                 self.interim.discard(event.run_id)
         if event.final and event.attempt >= run.run_count:  # the latest attempt's end, not a stale one
-            # The one way a run's end on a worker reaches the client: its future settles here.
+            # The one way a run's end on a worker reaches the client: its future settles here, and
+            # lets go of the run's arguments (see DaskFuture.settle_reported).
             future.settle_reported(run.state)
-            # Done on the cluster, which keeps its own graph for recomputing a lost value:
-            # what the client kept to resubmit the run is dead weight (a map of 100,000 items).
             del self.runs[event.run_id]
             self.settled[run.id] = future  # keyed by the run's own id string: one more per run is not free
             self.recomputing.pop(event.run_id, None)
-            call.parameters = RELEASED_PARAMETERS
-            call.wait_for = ()
 
     def _apply_recompute(self, future: InFlight, event: StateEvent, worker: str | None) -> None:
         """A state of a run that already reported its end: Dask is computing its lost value again.
@@ -150,7 +150,7 @@ class EventRouter:
         :data:`RECOMPUTED` saying why), ``Retrying`` when the body starts again
         (a hit does not start it), then the end the worker reported.
         """
-        run = future.call.task_run
+        run = future.task_run
         run_id = event.run_id
         offset = self.recomputing.get(run_id)
         if offset is None:  # its first event (a hit's only one, or a Running folded into the end)
@@ -184,10 +184,12 @@ class EventRouter:
 class InFlight(Protocol):
     """What the router needs of a run in flight (a :class:`~daskflow.task_runners.dask_futures.DaskFuture`)."""
 
-    call: TaskCall
+    task_run: TaskRun
 
     def settle_reported(self, state: State) -> None:
-        """The run's final state came from its worker (its value or error stays on the cluster)."""
+        """The run's final state came from its worker (its value or error stays on the cluster); done
+        on the cluster, which keeps its own graph for recomputing a lost value, the run lets go of
+        what the client kept to resubmit it (dead weight in a map of 100,000 items)."""
 
 
 _FINAL_TYPES = FINAL_TYPE_NAMES

@@ -195,10 +195,14 @@ class DaskFuture(DaskflowFuture[Any]):
         if self._settled is None:
             self._settled = state
             self._fetched = False
-        # A rebuilt call goes: the router releases the arguments of the call it holds, and here.
+        # The arguments go: a rebuilt call with them, the future's own call (a submit's) keeps none.
         self._parameters = RELEASED_PARAMETERS
-        if self._call is not self._template:
+        call = self._call
+        if call is not self._template:
             self._call = None
+        elif call is not None:
+            call.parameters = RELEASED_PARAMETERS
+            call.wait_for = ()
 
     def wait(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout

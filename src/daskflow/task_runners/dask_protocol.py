@@ -68,7 +68,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
@@ -163,16 +165,20 @@ class _Encoded:
 
     __slots__ = ()
     KIND: ClassVar[str]
+    # The field names and a getter of their values, taken once per class (below the classes):
+    # every run's states go through here on its worker and on the client.
+    _NAMES: ClassVar[tuple[str, ...]]
+    _VALUES: ClassVar[Callable[[Any], tuple[Any, ...]]]
 
     def encode(self) -> list[Any]:
-        return [self.KIND, *(getattr(self, f.name) for f in dataclasses.fields(self))]  # type: ignore[arg-type]
+        return [self.KIND, *type(self)._VALUES(self)]
 
     @classmethod
     def decode(cls, item: list[Any]) -> Self:
-        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        if item[0] != cls.KIND or len(item) != len(names) + 1:
+        if item[0] != cls.KIND or len(item) != len(cls._NAMES) + 1:
             raise ConfigurationError(
-                f"malformed daskflow {cls.__name__}: expected [{cls.KIND!r}, {', '.join(names)}], got {item!r:.200}"
+                f"malformed daskflow {cls.__name__}: expected [{cls.KIND!r}, {', '.join(cls._NAMES)}], "
+                f"got {item!r:.200}"
             )
         return cls(*item[1:])
 
@@ -200,6 +206,11 @@ class StateEvent(_Encoded):
     def of(cls, run_id: str, attempt: int, state: State, cache_key: str | None = None) -> StateEvent:
         return cls(run_id, attempt, state.type.value, state.name, state.message, state.epoch, state.traceback,
                    cache_key=cache_key)  # fmt: skip
+
+    def with_start(self, start: float) -> StateEvent:
+        """This event with ``start`` (a folded ``Running`` event's time); ``dataclasses.replace`` costs more."""
+        return StateEvent(self.run_id, self.attempt, self.type, self.name, self.message, self.timestamp,
+                          self.traceback, start, self.cache_key, self.interim)  # fmt: skip
 
     @property
     def running(self) -> bool:
@@ -297,6 +308,10 @@ Event = StateEvent | LogEvent | ArtifactEvent
 _KINDS: dict[str, type[StateEvent] | type[LogEvent] | type[ArtifactEvent]] = {
     cls.KIND: cls for cls in (StateEvent, LogEvent, ArtifactEvent)
 }
+for _cls in _KINDS.values():
+    _cls._NAMES = tuple(f.name for f in dataclasses.fields(_cls))
+    # attrgetter of one name gives the value, not a 1-tuple: every event class has several fields.
+    _cls._VALUES = operator.attrgetter(*_cls._NAMES)
 
 
 def decode_event(item: list[Any]) -> Event:

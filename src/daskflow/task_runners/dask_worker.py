@@ -129,7 +129,7 @@ def fold_running(batch: list[Event]) -> list[Event]:
             if end is not None and end > position:
                 end_event = folded[end]
                 assert isinstance(end_event, StateEvent)
-                folded[end] = dataclasses.replace(end_event, start=event.timestamp)
+                folded[end] = end_event.with_start(event.timestamp)
                 dropped.add(position)
     return [event for position, event in enumerate(folded) if position not in dropped]
 

@@ -1,0 +1,291 @@
+"""How the Dask runner submits calls: the second layer of :class:`~.dask.DaskTaskRunner`.
+
+A batch of calls is grouped by task; each group ships the user's code if the
+cluster lacks it (:mod:`.dask_shipping`), and the task object with the flow's
+facts as one :class:`~.dask_protocol.Definition`, inline in each Dask task or,
+when that would cost more, once as a task of its own (:meth:`DaskSubmitting._shared`).
+Each call becomes a :class:`~.dask_protocol.RunSpec` whose futures are replaced
+by references to the Dask task's dependencies, and a window of calls goes in one
+``client.map`` of :func:`.dask_worker.run_on_worker`: one round trip per window.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+import cloudpickle
+import distributed
+from dask.base import annotate
+
+from daskflow import settings
+from daskflow.concurrency.distributed_compat import MARK_ANNOTATION, pickling_failed
+from daskflow.engine import UNCHANGED, TaskCall, transform
+from daskflow.engine.calls import TransactionSnapshot
+from daskflow.futures import DaskflowFuture
+from daskflow.states import State, item_state
+from daskflow.task_runners.dask_connect import DaskConnecting
+from daskflow.task_runners.dask_futures import NO_UPSTREAMS, DaskFuture, MapItem
+from daskflow.task_runners.dask_protocol import Definition, RunSpec
+from daskflow.task_runners.dask_shipping import ship_code, unserializable
+from daskflow.task_runners.dask_values import length_and_worker, shared_value
+from daskflow.task_runners.dask_worker import ItemRef, UpstreamRef, run_on_worker
+
+if TYPE_CHECKING:
+    from daskflow.task_runners.dask import DaskTaskRunner
+
+__all__ = ["DaskSubmitting"]
+
+_INLINE_BYTES = 2 << 20  # bytes of a shared object over all the tasks of one submission
+
+
+class DaskSubmitting(DaskConnecting):
+    """Submission of calls as Dask tasks (state set by :meth:`.dask.DaskTaskRunner.__init__`)."""
+
+    _futures: list[DaskFuture]  # every run submitted, in order
+    # The Dask tasks made besides the runs' own (the items of a .map over a future), released with them.
+    _made: tuple[distributed.Future, ...] = ()
+    _shared_objects: dict[int, tuple[Any, Any, int]]
+    _flow_infos: dict[tuple[str | None, bool, frozenset[str], bool], dict[str, Any]]
+    _definitions: dict[tuple[int, int], Definition]
+
+    def _shared(self, obj: Any, count: int) -> Any:
+        """``obj`` itself, or a future of it shipped once for this runner.
+
+        An object inside ``client.map`` is pickled into every one of its tasks:
+        nothing for a few small tasks, but a 1 KB task object in each of 100,000
+        tasks is 100 MB through the scheduler. Past :data:`_INLINE_BYTES` in all,
+        it goes once, as a task of its own, at the price of a dependency per task.
+        """
+        entry = self._shared_objects.get(id(obj))
+        if entry is not None and entry[1] is not obj and getattr(entry[1], "status", None) in ("error", "cancelled"):
+            entry = None  # what went once is lost for good (its task failed on dying workers): ship it again
+        if entry is not None and (entry[1] is not obj or entry[2] * count <= _INLINE_BYTES):
+            return entry[1]
+        assert self.client is not None
+        size = entry[2] if entry is not None else len(cloudpickle.dumps(obj))
+        shared: Any = obj
+        if size * count > _INLINE_BYTES:
+            # A task that returns it, not a scattered value: Dask cannot recompute scattered
+            # data, so every map task depending on it would fail with its holders. A task's
+            # result is computed again on another worker when all its holders die.
+            shared = self.client.submit(shared_value, obj, key=f"daskflow-shared-{uuid.uuid4().hex}", pure=False)
+        self._shared_objects[id(obj)] = (obj, shared, size)  # keeps obj alive so its id is not reused
+        return shared
+
+    def _definition(self, task: Any, flow_info: dict[str, Any]) -> Definition:
+        """The task object and the flow's facts as one value, the same object for the same pair.
+
+        One value, so that when it goes once for a whole map (:meth:`_shared`) each Dask task
+        has one dependency more, not two: the task object (about 1.3 KB pickled) and the flow
+        info (about 0.4 KB) both cross the inlining bound at a few thousand items, and every
+        dependency is bookkeeping per task on the scheduler and the worker.
+        """
+        key = (id(task), id(flow_info))
+        definition = self._definitions.get(key)
+        if definition is None or definition.task is not task or definition.flow_info is not flow_info:
+            definition = self._definitions[key] = Definition(task, flow_info)  # holds both: ids not reused
+        return definition
+
+    def _spec(
+        self,
+        call: TaskCall,
+        deps: list[distributed.Future],
+        upstreams: list[DaskFuture],
+        attempts: int,
+        crash: str | None,
+    ) -> RunSpec:
+        index: dict[Any, int] = {}
+
+        def ref(future: DaskFuture, dask_future: distributed.Future | None = None) -> int:
+            dask_future = dask_future or future.dask_future
+            key = dask_future.key
+            if key not in index:
+                index[key] = len(deps)
+                deps.append(dask_future)
+                upstreams.append(future)  # what recovery looks at when this dependency breaks
+            return index[key]
+
+        def visit(leaf: Any, allowed: bool) -> Any:
+            if isinstance(leaf, DaskFuture):
+                return UpstreamRef(ref(leaf))
+            if isinstance(leaf, MapItem):
+                item = leaf.item
+                if (
+                    item is not None
+                    and leaf.source_key == leaf.value.dask_future.key
+                    and item.status not in ("error", "cancelled")
+                ):
+                    return UpstreamRef(ref(leaf.value, item))
+                return ItemRef(ref(leaf.value), leaf.index)
+            if isinstance(leaf, DaskflowFuture):  # from another runner: settle it here
+                leaf.wait()
+                return leaf.state
+            return UNCHANGED
+
+        parameters = transform(call.parameters, visit, unwrap=False)[0]
+        wait_for = transform(list(call.wait_for), visit, unwrap=False)[0] if call.wait_for else ()
+        run = call.task_run
+        return RunSpec(
+            run.id,
+            run.name,
+            run.map_index,
+            run.upstream_ids,
+            parameters,
+            tuple(wait_for),
+            attempts,
+            crash,
+            call.known_key,
+        )
+
+    def _flow_info(self, call: TaskCall) -> dict[str, Any]:
+        key = (call.flow_run_id, call.log_prints, call.task_run.tags, call.in_transaction)
+        info = self._flow_infos.get(key)
+        # Inside a transaction() block: the snapshot sent must show the block as it is now.
+        if info is None or (call.transaction is not None and not info["transaction"].mirrors(call.transaction)):
+            info = self._flow_infos[key] = self._make_flow_info(call)
+        return info
+
+    def _make_flow_info(self, call: TaskCall) -> dict[str, Any]:
+        return {
+            "flow_run_id": call.flow_run_id,
+            "flow_run_name": call.flow_run_name,
+            "flow_name": call.flow_name,
+            "flow_parameters": call.flow_parameters,
+            "log_prints": call.log_prints,
+            "concurrency_limits": call.concurrency_limits,
+            "flow_facts": call.flow_facts,  # daskflow.runtime on the worker
+            "run_tags": call.task_run.tags,  # the task's and those of tags(...) where it was submitted
+            "in_transaction": call.in_transaction,  # on_commit hooks wait for the block (daskflow.transactions)
+            # get_transaction() in the task on the worker: a copy of the block, entered by run_on_worker.
+            "transaction": None if call.transaction is None else TransactionSnapshot.of(call.transaction),
+        }
+
+    def submit_batch(self, calls: Sequence[TaskCall]) -> list[DaskflowFuture[Any]]:
+        if not self._started or self.client is None:
+            raise RuntimeError("DaskTaskRunner.submit_batch called before start(); use the runner inside a flow")
+        futures: list[DaskflowFuture[Any]] = []
+        by_task: dict[int, list[TaskCall]] = {}
+        for call in calls:
+            by_task.setdefault(id(call.task), []).append(call)
+        for group in by_task.values():
+            futures.extend(self._submit_group(group))
+        if len(by_task) > 1:  # keep the caller's order
+            order = {id(call.task_run): i for i, call in enumerate(calls)}
+            futures.sort(key=lambda f: order[id(f.task_run)])
+        return futures
+
+    def _submit_group(
+        self,
+        calls: Sequence[TaskCall],
+        keys: list[str] | None = None,
+        resume: list[tuple[int, str | None]] | None = None,
+        into: list[DaskFuture] | None = None,
+    ) -> list[DaskFuture]:
+        """Submit calls of one task: one ``client.map`` per window of ``daskflow.dask.map_window`` calls.
+
+        A window bounds what a huge map holds at once on the client (the specs, the
+        graph message): 100,000 items go as ten messages of 10,000, not one of 100,000.
+        """
+        assert self.client is not None
+        task = calls[0].task
+        ship_code(self.client, self._router, task)
+        flow_info = self._flow_info(calls[0])
+        definition = self._shared(self._definition(task, flow_info), len(calls))
+        window = max(1, int(settings.get("dask.map_window")))
+        made: list[DaskFuture] = []
+        with distributed.span(f"flow {flow_info['flow_name']} run {flow_info['flow_run_name']}"):
+            for start in range(0, len(calls), window):
+                part = calls[start : start + window]
+                made.extend(
+                    self._submit_window(
+                        task, definition, part,
+                        keys[start : start + window] if keys else None,
+                        resume[start : start + window] if resume else None,
+                        into[start : start + window] if into else None,
+                    )
+                )  # fmt: skip
+        if into is None:
+            self._futures.extend(made)
+        return made
+
+    def _submit_window(
+        self,
+        task: Any,
+        definition: Any,
+        calls: Sequence[TaskCall],
+        keys: list[str] | None,
+        resume: list[tuple[int, str | None]] | None,
+        into: list[DaskFuture] | None,
+    ) -> list[DaskFuture]:
+        assert self.client is not None
+        specs, deps_lists = [], []
+        runs = self._router.runs
+        made = (
+            into if into is not None else DaskFuture.many(cast("DaskTaskRunner", self), calls)
+        )  # the only kind of runner this layer is a base of
+        for position, (call, future) in enumerate(zip(calls, made)):
+            deps: list[distributed.Future] = []
+            ups: list[DaskFuture] = []
+            attempts, crash = resume[position] if resume else (call.task_run.run_count, None)
+            specs.append(self._spec(call, deps, ups, attempts, crash))
+            deps_lists.append(deps)
+            future.upstreams = ups or NO_UPSTREAMS
+            future.attempts = attempts
+            # Before Dask has the task: its worker's report may come back before client.map returns.
+            runs[call.task_run.id] = future
+        if keys is None:
+            prefix = f"{task.name}-"
+            keys = [prefix + call.task_run.id.replace("-", "") for call in calls]
+        count = len(calls)
+        try:
+            with annotate(**{MARK_ANNOTATION: True}):  # a daskflow task: its worker deaths are counted
+                dask_futures = self.client.map(
+                    run_on_worker,
+                    [definition] * count,
+                    specs,
+                    deps_lists,
+                    key=keys,
+                    pure=False,
+                    resources=task.options.resources,
+                )
+        except BaseException as exc:
+            for call in calls:
+                runs.pop(call.task_run.id, None)
+            if isinstance(exc, TypeError) and pickling_failed(exc):
+                raise unserializable(calls) from None
+            raise
+        for future, dask_future in zip(made, dask_futures):
+            future.dask_future = dask_future
+        return made
+
+    def call(self, call: TaskCall) -> State:
+        """A direct task call runs on the cluster too; its value comes back here."""
+        [future] = self.submit_batch([call])
+        future.wait()
+        return future.state
+
+    def expand_future(self, future: DaskflowFuture[Any]) -> list[Any]:
+        """The items of a future's list value for ``.map``, without moving the list here."""
+        if not isinstance(future, DaskFuture):
+            return super().expand_future(future)
+        assert self.client is not None
+        length, where = self.client.submit(length_and_worker, future.dask_future, pure=False).result()
+        if length is None:  # did not complete (each item fails as its downstream), or not items by position
+            future.wait()
+            return list(future.result())
+        source = future.dask_future.key
+        prefix = f"{future.task_run.task_name}-item-{future.task_run.id.replace('-', '')}"  # grouped as <task>-item
+        # Next to the list: what moves is each item to its run, never the whole list to every worker.
+        items = self.client.map(
+            item_state,
+            [future.dask_future] * length,
+            range(length),
+            key=[f"{prefix}-{i}" for i in range(length)],
+            pure=False,
+            workers=[where] if where else None,
+            allow_other_workers=True,
+        )
+        self._made += tuple(items)
+        return [MapItem(future, i, item, source) for i, item in enumerate(items)]
