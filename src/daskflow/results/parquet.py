@@ -9,6 +9,7 @@ a detected error, never a wrong value.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import operator
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ def open_parquet(data: bytes) -> Any:
 _MAGIC = b"PAR1"
 
 
+@functools.cache
 def _footer_reader() -> Any:
     """pyarrow's parser of a serialized Parquet footer (what unpickling a ``FileMetaData`` calls), or None.
 
