@@ -50,6 +50,31 @@ TEST_DASK_CONFIG = {
     "distributed.comm.timeouts.connect": "5s",
 }
 
+# What the Dask servers the tests start do while they wait. A scheduler, nanny or worker at distributed's
+# defaults wakes every 20 ms to time its event loop, every 10 ms to sample its threads' stacks (the
+# profiler), every 100 ms to read its memory and every 500 ms to read the system: an idle LocalCluster
+# of 2 worker processes took 10-15% of a core, and the suite keeps several up (session clusters in
+# each xdist process, and the clusters flows and servers start in subprocesses) on 2 cores. With these
+# it takes 2-3%. None of them is a figure a test checks. They are set for this process and, through
+# the environment, for every process a test starts (servers, flow scripts, `dask worker`, notebooks).
+QUIET_DASK_CONFIG: dict[str, Any] = {
+    "distributed.admin.tick.interval": "500ms",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.worker.profile.enabled": False,
+}
+
+
+def _quiet_dask() -> None:
+    import dask.config
+
+    for key, value in QUIET_DASK_CONFIG.items():
+        os.environ.setdefault("DASK_" + key.upper().replace(".", "__").replace("-", "_"), str(value))
+    dask.config.set(QUIET_DASK_CONFIG)
+
+
+_quiet_dask()
+
 _session_client: Any = None
 
 

@@ -368,3 +368,28 @@ def test_concurrent_key_file_creation_agrees(tmp_path: Path) -> None:
         thread.join(timeout=10)
     assert len(keys) == 8 and len(set(keys)) == 1, f"{len(set(keys))} distinct keys from {len(keys)} creators"
     assert sorted(p.name for p in path.parent.iterdir()) == ["results.key"], "temp key files left behind"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names an open file through /proc/self/fd")
+def test_a_local_entry_is_flushed_to_disk_before_it_is_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Once per entry, and before the rename: a power loss then leaves the old name or the whole
+    # new entry. The folder is not flushed after the rename (a lost rename is the old state).
+    folder = tmp_path / "store"
+    store = ResultStore(folder.as_uri())
+    store.write("first", 1, task_name="t")  # the folder exists: only the entry's own flushes below
+    flushes: list[tuple[str, bool]] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        flushes.append((os.readlink(f"/proc/self/fd/{fd}"), (folder / "k.parquet").exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    assert store.write("k", 41, task_name="t") is not None
+    assert len(flushes) == 1, f"a write flushed {len(flushes)} times: {flushes}"
+    [(flushed, published)] = flushes
+    assert Path(flushed).name.startswith(".tmp-") and not published, f"flushed {flushed}, published before: {published}"
+    found = store.read("k")
+    assert found is not None and found.value == 41

@@ -159,3 +159,66 @@ def test_the_footer_is_parsed_alone_as_a_reader_would(tmp_path: Path) -> None:
     for damaged in (data[:-1], data[4:], data[:-8] + (len(data)).to_bytes(4, "little") + b"PAR1", b"PAR1" * 3):
         with pytest.raises(CorruptResultError, match="not a readable Parquet file"):
             parquet.footer_keys(damaged)
+
+
+def _floats() -> pd.DataFrame:
+    tiny = np.finfo(np.float64).smallest_subnormal
+    return pd.DataFrame(
+        {
+            "f64": [-0.0, np.inf, -np.inf, tiny, np.finfo(np.float64).max, np.nan],
+            "f32": np.array([-0.0, 1e-45, np.nan, 3.5, -np.inf, 7.0], dtype="float32"),
+            "f16": np.array([0.5, -0.0, 2.0, np.nan, 1.0, 6e-8], dtype="float16"),
+            "n": [1, 2, 3, 4, 5, 6],
+            "s": pd.array(["a", None, "b", "a", "a", "c"], dtype="string"),
+        }
+    )
+
+
+def test_float_columns_are_byte_stream_split_and_read_back_bit_exact(tmp_path: Path) -> None:
+    """Float columns skip dictionary encoding (see ``parquet._column_encodings``); the rest keep it.
+
+    The values come back bit for bit (the sign of -0.0, subnormals, infinities; a NaN
+    is stored as a null, as before), through daskflow and through a plain Parquet reader.
+    """
+    import pyarrow.parquet as pq
+
+    store = ResultStore(tmp_path.as_uri(), {}, signing_key=b"test-key")
+    frame = _floats()
+    for key, value in (("frame", frame), ("frames", [frame, frame.iloc[2:]])):
+        store.write(key, value, task_name="t")
+        metadata = pq.ParquetFile(tmp_path / f"{key}.parquet").metadata
+        encodings = {
+            metadata.schema.column(i).name: metadata.row_group(0).column(i).encodings
+            for i in range(metadata.num_columns)
+        }
+        split = sorted(name for name, used in encodings.items() if "BYTE_STREAM_SPLIT" in used)
+        assert split == ["f32", "f64"], f"{key}: encodings {encodings}"
+        assert all("RLE_DICTIONARY" in encodings[name] for name in ("f16", "n", "s")), f"{key}: {encodings}"
+        result = store.read(key)
+        assert result is not None, f"{key}: read missed"
+        back = result.value if key == "frame" else result.value[0]
+        pd.testing.assert_frame_equal(back, frame, check_exact=True)
+        for name in ("f64", "f32", "f16"):
+            kept = frame[name].notna().to_numpy()
+            got, wanted = back[name].to_numpy()[kept], frame[name].to_numpy()[kept]
+            assert got.tobytes() == wanted.tobytes(), f"{key}: {name} bits changed: {got!r} != {wanted!r}"
+    plain = pd.read_parquet(tmp_path / "frame.parquet")
+    pd.testing.assert_frame_equal(plain, frame, check_exact=True, check_dtype=False)
+
+
+def test_nested_or_dotted_columns_keep_dictionary_encoding(tmp_path: Path) -> None:
+    """Parquet names a column by a dotted path: a table it would misname is written with the defaults."""
+    import pyarrow.parquet as pq
+
+    store = ResultStore(tmp_path.as_uri(), {}, signing_key=b"test-key")
+    values = {
+        "dotted": pd.DataFrame({"a.b": [1.5, 2.5], "c": [0.5, 0.5]}),
+        "nested": pa.table({"l": [[1.5], [2.5, 3.5]], "f": [0.5, 1.5]}),
+    }
+    for key, value in values.items():
+        store.write(key, value, task_name="t")
+        metadata = pq.ParquetFile(tmp_path / f"{key}.parquet").metadata
+        used = [metadata.row_group(0).column(i).encodings for i in range(metadata.num_columns)]
+        assert all("RLE_DICTIONARY" in encodings for encodings in used), f"{key}: {used}"
+        result = store.read(key)
+        assert result is not None and _same(value, result.value) if key == "dotted" else result.value.equals(value)

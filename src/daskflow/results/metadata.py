@@ -144,12 +144,21 @@ class ParsedFooter:
     layout: int = LAYOUT_VERSION
 
 
+_JSON = json.JSONDecoder()
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_digest(arrow_schema: bytes) -> str:
+    """The SHA-256 of an ``ARROW:schema``: the entries of one task share it, a batch lookup hashes it once."""
+    return hashlib.sha256(arrow_schema).hexdigest()
+
+
 def parse_metadata(raw: Mapping[bytes, bytes] | None, key: str, path: str, size: int) -> ParsedFooter:
     blob = (raw or {}).get(METADATA_KEY)
     if blob is None:
         raise CorruptResultError("it has no daskflow metadata (the wrong schema, or not a daskflow entry)")
     try:
-        meta = json.loads(blob)
+        meta = _JSON.decode(blob.decode())  # the writer's JSON is ASCII: no encoding to detect
         layout = int(meta["layout"])
         if layout > LAYOUT_VERSION:
             raise CorruptResultError(
@@ -186,7 +195,7 @@ def parse_metadata(raw: Mapping[bytes, bytes] | None, key: str, path: str, size:
         inline: bytes | None
         if layout >= 2:  # each part once: Arrow's schema, the copy as raw bytes under a key of its own
             arrow_schema = raw.get(ARROW_SCHEMA_KEY) if raw else None
-            if arrow_schema is None or hashlib.sha256(arrow_schema).hexdigest() != meta["schema_sha256"]:
+            if arrow_schema is None or _schema_digest(arrow_schema) != meta["schema_sha256"]:
                 what = "missing" if arrow_schema is None else "not the one written"
                 raise CorruptResultError(f"its schema does not match the stored one (its Arrow schema is {what})")
             schema = arrow_schema.decode("ascii")

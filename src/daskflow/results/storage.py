@@ -10,6 +10,13 @@ because "atomic" means something different on each:
     The blob is streamed into a uniquely named temp file in the same folder,
     flushed and fsynced, then moved over the final name with ``os.replace``,
     which POSIX makes atomic. A killed writer leaves only its temp file.
+    The folder is not fsynced after the move: that would only make the
+    rename itself survive a power loss, and a rename lost with the power
+    leaves the name as it was before (absent, or the previous complete
+    entry; the temp file is an orphan that ``ResultStore.prune`` removes),
+    which a cache reads as a miss or the older value. It cost one
+    more disk flush per entry, as much as the file's own: writing 10,000
+    small entries spent most of its time waiting for those two flushes.
 ``put`` (object stores such as ``s3://``, and ``memory://``)
     The blob is built in memory and sent with one ``pipe_file`` call: the
     store publishes an object whole or not at all, and has no rename to lean
@@ -282,7 +289,6 @@ class Location:
             with suppress(OSError):
                 os.unlink(temp)
             raise
-        _fsync_folder(folder)
         return expected
 
     def _write_put(self, name: str, write: Callable[[IO[bytes]], None]) -> int:
@@ -329,16 +335,6 @@ def temp_created(name: str) -> datetime | None:
 def _check_size(path: str, actual: int, expected: int) -> None:
     if actual != expected:
         raise OSError(f"temp file {path} holds {actual} bytes after writing {expected}; not publishing it")
-
-
-def _fsync_folder(folder: str) -> None:
-    # Makes the rename itself durable; not every OS or filesystem allows it.
-    with suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _normalize_url(url: str) -> str:
