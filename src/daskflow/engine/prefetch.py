@@ -106,8 +106,8 @@ def reach_of(runner: Any) -> ClientReach:
     if cached is not None and now - cached[0] < _REACH_SECONDS:
         return cached[1]
     try:
-        workers = client.scheduler_info().get("workers", {})
-        hosts = {_host_of(address) for address in workers}
+        # nthreads() names every worker; scheduler_info()["workers"] is capped at 5 by some versions.
+        hosts = {_host_of(address) for address in client.nthreads()}
         same_host = bool(hosts) and hosts <= _LOCAL_HOSTS
     except Exception:  # a scheduler that cannot say: assume the workers see nothing of ours
         same_host = False
