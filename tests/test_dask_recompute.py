@@ -207,6 +207,15 @@ def _history_of_a(history: Any) -> tuple[Any, list[Any], list[str]]:
     return run, states, [s.name for s in states]
 
 
+def _figure(what_ran: str, run: Any, names: list[str]) -> str:
+    """What a recompute test prints and fails with: how often A's body ran, then A's history."""
+    return f"{what_ran}; the history: run_count {run.run_count}, final {run.state_name}, states {names}"
+
+
+def _pids(runs_of_a: list[Any]) -> str:
+    return f"A's body ran {len(runs_of_a)} times (pids {[e['pid'] for e in runs_of_a]})"
+
+
 def test_a_recompute_that_runs_the_body_again_is_a_recorded_second_attempt(
     cluster: Cluster, executions: Executions, history: Any
 ) -> None:
@@ -214,10 +223,7 @@ def test_a_recompute_that_runs_the_body_again_is_a_recorded_second_attempt(
     assert out["b"] == 41 and out["a"] == 40 and out["reported"] == "Completed", out
     runs_of_a = executions.all()
     run, states, names = _history_of_a(history)
-    figure = (
-        f"A's body ran {len(runs_of_a)} times (pids {[e['pid'] for e in runs_of_a]}, w1 was {out['killed']}); "
-        f"the history: run_count {run.run_count}, final {run.state_name}, states {names}"
-    )
+    figure = _figure(f"{_pids(runs_of_a)}, w1 was {out['killed']}", run, names)
     print(figure)
     assert len(runs_of_a) == 2 and runs_of_a[0]["pid"] == out["killed"] != runs_of_a[1]["pid"], figure
     assert run.run_count == 2, figure
@@ -238,7 +244,7 @@ def test_a_recompute_that_hits_the_landed_entry_is_a_recorded_cached_attempt(
     assert out["b"] == 41 and out["a"] == 40 and out["reported"] == "Completed", out
     ran = len(executions.all())
     run, states, names = _history_of_a(history)
-    figure = f"A's body ran {ran} times; the history: run_count {run.run_count}, final {run.state_name}, states {names}"
+    figure = _figure(f"A's body ran {ran} times", run, names)
     print(figure)
     assert ran == 1, figure  # the recompute read the entry: the body did not run again
     assert run.run_count == 2, figure
@@ -260,10 +266,7 @@ def test_a_write_lost_with_its_worker_leaves_no_entry_and_the_recompute_that_wri
     entries = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
     ran = len(executions.all())
     run, states, names = _history_of_a(history)
-    figure = (
-        f"A's body ran {ran} times; entries when the flow returned {entries}; the history: run_count "
-        f"{run.run_count}, final {run.state_name}, states {names}"
-    )
+    figure = _figure(f"A's body ran {ran} times; entries when the flow returned {entries}", run, names)
     print(figure)
     assert ran == 2 and run.run_count == 2, figure
     assert names[-4:] == ["Completed", "AwaitingRecompute", "Retrying", "Completed"], figure
@@ -327,10 +330,7 @@ def test_a_value_lost_before_dask_took_it_is_computed_again_with_the_runs_argume
         out = pipeline()
     runs_of_a = executions.all()
     run, states, names = _history_of_a(history)
-    figure = (
-        f"{out}; A's body ran {len(runs_of_a)} times (pids {[e['pid'] for e in runs_of_a]}); the history: "
-        f"run_count {run.run_count}, final {run.state_name}, states {names}"
-    )
+    figure = _figure(f"{out}; {_pids(runs_of_a)}", run, names)
     print(figure)
     assert out["a"] == 5 and out["reported"] == "Completed", figure
     assert len(runs_of_a) == 2 and runs_of_a[0]["pid"] == out["killed"] != runs_of_a[1]["pid"], figure
@@ -388,7 +388,7 @@ def test_a_lost_value_whose_recompute_fails_ends_the_future_crashed_not_with_no_
     with Client(cluster.address, set_as_default=True, timeout=10):
         out = pipeline()
     run, states, names = _history_of_a(history)
-    figure = f"{out}; A ran {len(executions.all())} times; the history: run_count {run.run_count}, states {names}"
+    figure = _figure(f"{out}; A's body ran {len(executions.all())} times", run, names)
     print(figure)
     # Before, the future took the reported Completed, which holds no value: a.result() was None.
     assert out["state"] == "Crashed" and "ended Failed" in out["message"], figure
