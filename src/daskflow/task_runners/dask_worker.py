@@ -181,6 +181,7 @@ class _Forwarder(logging.Handler):
         self.ready = threading.Condition(threading.Lock())
         self.sending = threading.Lock()
         self.urgent = False
+        self.idle = False  # the flusher waits for a first item (not out an interval)
         self.worker: Any = None
         self.current = threading.local()
         self.senders: dict[str, _EndSender] = {}  # worker address -> its _EndSender
@@ -257,7 +258,10 @@ class _Forwarder(logging.Handler):
             self.buffer.append(item)
             if urgent:
                 self.urgent = True
-            if urgent or len(self.buffer) == 1 or len(self.buffer) >= _FLUSH_SIZE:
+            # The flusher is woken for the first item (it then waits out the interval) and for a
+            # full or urgent buffer, not for each item: a run's end takes the buffer with it, so
+            # "first" would come back with every short run's start, a thread switch each.
+            if urgent or (self.idle and len(self.buffer) == 1) or len(self.buffer) >= _FLUSH_SIZE:
                 self.ready.notify()
 
     def flush_now(self, worker: Any = None) -> None:
@@ -279,7 +283,9 @@ class _Forwarder(logging.Handler):
         """Wait until there is something to send and it is time to send it."""
         with self.ready:
             while not self.buffer:
+                self.idle = True
                 self.ready.wait()
+            self.idle = False
             deadline = time.monotonic() + _FLUSH_INTERVAL
             while not self.urgent and len(self.buffer) < _FLUSH_SIZE:
                 remaining = deadline - time.monotonic()
