@@ -279,12 +279,13 @@ def test_a_write_lost_with_its_worker_leaves_no_entry_and_the_recompute_that_wri
 
 
 def _hold_result_on(worker_name: str) -> Any:
-    """A worker plugin: on ``worker_name``, a run's Dask task never returns after the run reported its end.
+    """A worker plugin: on ``worker_name``, the scheduler never hears that a run's Dask task ended.
 
-    distributed sizes a task's result (``sizeof``) in the task's thread, after the task function
-    returned and before the worker tells the scheduler the task finished. daskflow's function has
-    sent the run's final state by then, so holding there (until the test kills the worker) opens
-    the window exactly: the client has the report, the scheduler never gets the value.
+    The run's final state goes out on the worker's stream to the scheduler ahead of the Dask
+    task's end (distributed's ``task-finished`` message, sent when the worker's event loop takes
+    the task's end): dropping that message on the way (until the test kills the worker) opens the
+    window exactly: the client has the report, the scheduler never gets the value. Only for tasks
+    whose value is a run's state: daskflow's runs, not the tasks around them.
     """
     from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -292,14 +293,16 @@ def _hold_result_on(worker_name: str) -> Any:
         def setup(self, worker: Any) -> None:
             if worker.name != worker_name:
                 return
-            from dask.sizeof import sizeof
-
             from daskflow.states import State
 
-            @sizeof.register(State)
-            def _held(state: State) -> int:
-                threading.Event().wait(WAIT_SECONDS)  # held until the test kills this process
-                return sys.getsizeof(state)
+            send = worker.batched_send
+
+            def held(message: dict[str, Any]) -> None:
+                if message.get("op") == "task-finished" and isinstance(worker.data.get(message["key"]), State):
+                    return  # held until the test kills this process
+                send(message)
+
+            worker.batched_send = held
 
     return HoldResult()
 

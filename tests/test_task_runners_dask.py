@@ -763,3 +763,41 @@ def test_a_run_whose_report_never_arrives_ends_crashed_saying_so(dask_client: Cl
     state = lost_report(return_state=True)
     message = state.message or ""
     assert state.is_failed() and "unreported" in message and "never reached this client" in message, state
+
+
+def _has_run_ends_plugin(dask_worker: Any) -> bool:
+    return "daskflow-run-ends" in dask_worker.plugins
+
+
+@pytest.mark.parametrize("cluster", ["processes", "threads"])
+def test_run_ends_sent_from_the_workers_event_loop_are_here_before_the_task_ends(
+    cluster: str, request: pytest.FixtureRequest
+) -> None:
+    # After its first daskflow task, a worker hands its runs' ends to a worker plugin that sends
+    # them from its event loop as Dask takes each task's end: still ahead of it, on workers with
+    # several threads, and with several workers in one process (sharing one event buffer).
+    client = request.getfixturevalue("dask_client" if cluster == "processes" else "dask_inprocess_client")
+
+    @task
+    def quick(i: int) -> int:
+        return i
+
+    seen: list[bool] = []
+
+    @flow(task_runner=DaskTaskRunner(client=client))
+    def many(n: int) -> list[int]:
+        futures = quick.map(range(n))
+        for future in futures:
+            future.dask_future.add_done_callback(
+                lambda _, f=future: seen.append(f._settled is not None and f.task_run.state.is_final())
+            )
+        return futures.result()
+
+    assert many(20) == list(range(20))
+    plugged = client.run(_has_run_ends_plugin)
+    assert plugged and all(plugged.values()), f"workers without the run-ends plugin: {plugged}"
+    _wait_for(lambda: len(seen) == 20, 10, "Dask's callbacks")
+    seen.clear()
+    assert many(300) == list(range(300))
+    _wait_for(lambda: len(seen) == 300, 10, "Dask's callbacks")
+    assert all(seen), f"{seen.count(False)} of 300 runs were not settled when Dask said their task finished"

@@ -8,10 +8,12 @@ state changes and the run loggers' records are not sent one by one: they go
 into a per-process buffer that a daemon thread flushes every few milliseconds
 as one ``log_event`` on the ``daskflow`` topic (Dask's batched pub-sub), and
 the client applies them to its run records and re-emits the records through
-its own loggers. A run's final state is sent last, by the task's own thread
-before the task returns, so that it reaches the client ahead of the Dask
-task's end: the client settles the run on it (the one path for a final state,
-see :mod:`.dask`). Final states travel without their values: a value leaves its
+its own loggers. A run's final state is sent last, ahead of the Dask task's
+end on the worker's stream to the scheduler, so that it reaches the client
+first: the client settles the run on it (the one path for a final state, see
+:mod:`.dask`). Once a worker has run a daskflow task, its event loop sends
+those ends as it takes each task's end (a worker plugin, :class:`_EndSender`),
+rather than each task's thread waking the loop to send its own. Final states travel without their values: a value leaves its
 worker only when someone asks for it, and a short attempt's ``Running`` event
 is folded into its final state's (:func:`fold_running`). Artifacts created in
 a task take the same road (an artifact event), so they too reach the client's
@@ -35,6 +37,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from distributed import get_worker, rejoin, secede
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from daskflow import secrets_mask
 from daskflow.concurrency.cluster import cluster_coordination
@@ -66,6 +69,7 @@ EVENT_TOPIC = "daskflow"
 _FLUSH_INTERVAL = 0.02  # the longest an event waits in the buffer
 _MIN_GAP = 0.005  # the shortest time between two flushes of one worker process
 _FLUSH_SIZE = 512
+_ENDS_PLUGIN = "daskflow-run-ends"  # the name of each worker's _EndSender
 
 
 class UpstreamRef:
@@ -177,8 +181,10 @@ class _Forwarder(logging.Handler):
         self.ready = threading.Condition(threading.Lock())
         self.sending = threading.Lock()
         self.urgent = False
+        self.idle = False  # the flusher waits for a first item (not out an interval)
         self.worker: Any = None
         self.current = threading.local()
+        self.senders: dict[str, _EndSender] = {}  # worker address -> its _EndSender
 
     def on_state(self, run: Any, state: State) -> None:
         if isinstance(run, TaskRun) and not getattr(_applying, "reports", False):
@@ -201,20 +207,34 @@ class _Forwarder(logging.Handler):
         self.current.run_id = run_id
         self.current.final = None
 
-    def end_run(self, worker: Any) -> None:
-        """Send the run's final state, and all before it, from the task's own thread, before the task returns.
+    def end_run(self, worker: Any, sender: _EndSender | None = None) -> None:
+        """Send the run's final state, and all before it, ahead of the Dask task's end.
 
-        ``Worker.log_event`` from a task thread queues the send on the worker's event loop, where
-        the task's completion is handled only after the task returns; both go to the scheduler on
-        one ordered stream, and it forwards both to the client on one ordered stream. So a client
-        that sees the Dask task finished has the run's final state already: the final state
-        reaches the client by this one path (see :mod:`.dask`).
+        Both go to the scheduler on the worker's one ordered stream, and it forwards both to the
+        client on one ordered stream, so a client that sees the Dask task finished has the run's
+        final state already: the final state reaches the client by this one path (see :mod:`.dask`).
+        With the worker's :class:`_EndSender` in place, the task's thread hands them to it, and the
+        worker's event loop sends them as it takes the task's end (no wake of the loop of its own,
+        and the ends of several threads that finished meanwhile go as one event). Until then,
+        ``Worker.log_event`` from the task's thread queues the send on the worker's event loop, where
+        the task's completion is handled only after the task returns.
         """
         current = self.current
         final, current.final, current.run_id = current.final, None, None
-        if final is not None:
+        if final is None:
+            return
+        if sender is None or sender.worker is not worker:
             self._add(final)
             self.flush_now(worker)
+            return
+        # Under the lock of the flusher's sends: a batch it took before this one is queued on the
+        # worker's event loop before the task's end is, so it is sent first.
+        with self.sending:
+            with self.ready:
+                self.buffer.append(final)
+                batch, self.buffer = self.buffer, []
+                self.urgent = False
+            sender.hold(batch)
 
     def emit(self, record: logging.LogRecord) -> None:
         artifact = getattr(record, "artifact", None)
@@ -238,7 +258,10 @@ class _Forwarder(logging.Handler):
             self.buffer.append(item)
             if urgent:
                 self.urgent = True
-            if urgent or len(self.buffer) == 1 or len(self.buffer) >= _FLUSH_SIZE:
+            # The flusher is woken for the first item (it then waits out the interval) and for a
+            # full or urgent buffer, not for each item: a run's end takes the buffer with it, so
+            # "first" would come back with every short run's start, a thread switch each.
+            if urgent or (self.idle and len(self.buffer) == 1) or len(self.buffer) >= _FLUSH_SIZE:
                 self.ready.notify()
 
     def flush_now(self, worker: Any = None) -> None:
@@ -260,7 +283,9 @@ class _Forwarder(logging.Handler):
         """Wait until there is something to send and it is time to send it."""
         with self.ready:
             while not self.buffer:
+                self.idle = True
                 self.ready.wait()
+            self.idle = False
             deadline = time.monotonic() + _FLUSH_INTERVAL
             while not self.urgent and len(self.buffer) < _FLUSH_SIZE:
                 remaining = deadline - time.monotonic()
@@ -280,6 +305,60 @@ class _Forwarder(logging.Handler):
             except Exception:  # the worker is closing; nothing left to tell
                 return
             last = time.monotonic()
+
+
+class _EndSender(WorkerPlugin):
+    """Sends the ends of the runs of one worker from its event loop, as Dask takes the tasks' ends.
+
+    A worker plugin: Dask calls :meth:`transition` on the worker's event loop for
+    each change of a task's state, and a task's end (``executing`` -> ``memory`` or
+    ``error``) is handled there before the worker tells the scheduler the task
+    finished, on the same stream. What the task threads handed over meanwhile
+    (:meth:`hold`) goes out then, as one event: it is ahead of the Dask task's end,
+    as the client needs (see :meth:`_Forwarder.end_run`), without the wake of the
+    event loop per task that ``Worker.log_event`` from a task's thread costs.
+    """
+
+    name = _ENDS_PLUGIN
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner  # the worker it is made for; self.worker once Dask set it up there
+        self.worker: Any = None
+        self.pending: list[Event] = []
+        self.lock = threading.Lock()
+
+    def setup(self, worker: Any) -> None:
+        self.worker = worker if worker is self.owner else None
+
+    def teardown(self, worker: Any) -> None:
+        self.send()
+        self.worker = None
+
+    def hold(self, events: list[Event]) -> None:
+        with self.lock:
+            self.pending.extend(events)
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if self.pending:  # a plain read: the loop sees what a task thread handed over before its end
+            self.send()
+
+    def send(self) -> None:
+        """On the worker's event loop: send what the task threads handed over, in order."""
+        with self.lock:
+            batch, self.pending = self.pending, []
+        worker = self.owner
+        if batch:
+            worker.log_event(EVENT_TOPIC, Batch(tuple(fold_running(batch)), os.getpid()).encode())
+
+
+def _end_sender(forwarder: _Forwarder, worker: Any) -> _EndSender:
+    """The worker's :class:`_EndSender`, registered with it (on its event loop) when first asked for."""
+    sender = forwarder.senders.get(worker.address)
+    if sender is None or sender.owner is not worker:
+        sender = forwarder.senders[worker.address] = _EndSender(worker)
+        # Until the loop has run this, sender.worker is None and the task threads send their ends themselves.
+        worker.loop.add_callback(worker.plugin_add, sender, _ENDS_PLUGIN)
+    return sender
 
 
 _forwarder: _Forwarder | None = None
@@ -340,6 +419,9 @@ def flush_events(token: str, dask_worker: Any = None) -> bool:
     worker = dask_worker or (forwarder.worker if forwarder is not None else None)  # Client.run hands it in
     if forwarder is None or worker is None:
         return False
+    sender = forwarder.senders.get(worker.address)
+    if sender is not None and sender.worker is worker:  # on its event loop (Client.run): ends held, first
+        sender.send()
     forwarder.flush_now(worker)
     worker.log_event(EVENT_TOPIC, Batch.marker(token, os.getpid()).encode())
     return True
@@ -434,6 +516,7 @@ def run_on_worker(definition: Definition, spec: RunSpec, upstream: list[State]) 
     forwarder = _install_forwarder()
     worker = get_worker()
     forwarder.worker = worker  # the latest: see _Forwarder.flush_now
+    sender = _end_sender(forwarder, worker)
     run_id, name, parameters, wait_for = spec.run_id, spec.name, spec.parameters, spec.wait_for
     run_count, crash = spec.attempts, spec.crash
     deaths = current_task_crashes()
@@ -476,4 +559,4 @@ def run_on_worker(definition: Definition, spec: RunSpec, upstream: list[State]) 
     finally:
         set_worker_thread(False)
         set_wait_hook(None)
-        forwarder.end_run(worker)
+        forwarder.end_run(worker, sender)
