@@ -153,9 +153,11 @@ _JSON = json.JSONDecoder()
 
 
 @functools.lru_cache(maxsize=256)
-def _schema_digest(arrow_schema: bytes) -> str:
-    """The SHA-256 of an ``ARROW:schema``: the entries of one task share it, a batch lookup hashes it once."""
-    return hashlib.sha256(arrow_schema).hexdigest()
+def _schema_parts(arrow_schema: bytes) -> tuple[str, str]:
+    """The SHA-256 of an ``ARROW:schema`` and its text: the entries of one task share it, a batch
+    lookup hashes it once, and its hits (10,000 of a map) hold one copy of the text, not one each."""
+    # A damaged byte reads as "?" here; its digest differs anyway, which is what the caller reports.
+    return hashlib.sha256(arrow_schema).hexdigest(), arrow_schema.decode("ascii", "replace")
 
 
 def parse_metadata(raw: Mapping[bytes, bytes] | None, key: str, path: str, size: int) -> ParsedFooter:
@@ -200,10 +202,10 @@ def parse_metadata(raw: Mapping[bytes, bytes] | None, key: str, path: str, size:
         inline: bytes | None
         if layout >= 2:  # each part once: Arrow's schema, the copy as raw bytes under a key of its own
             arrow_schema = raw.get(ARROW_SCHEMA_KEY) if raw else None
-            if arrow_schema is None or _schema_digest(arrow_schema) != meta["schema_sha256"]:
+            digest, schema = _schema_parts(arrow_schema) if arrow_schema is not None else (None, None)
+            if digest is None or digest != meta["schema_sha256"]:
                 what = "missing" if arrow_schema is None else "not the one written"
                 raise CorruptResultError(f"its schema does not match the stored one (its Arrow schema is {what})")
-            schema = arrow_schema.decode("ascii")
             inline = raw.get(INLINE_KEY) if raw else None
             if inline_sha256 is not None and inline is None:
                 raise ValueError("its inline value's digest is there but not the value")
