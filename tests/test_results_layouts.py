@@ -29,6 +29,7 @@ from conftest import put_raw, raw_bytes
 from daskflow.exceptions import CorruptResultError
 from daskflow.results import ResultStore, parquet
 from daskflow.results.deferred import InlineValue
+from daskflow.results.metadata import LAYOUT_VERSION
 from entry_files import LAYOUT1, footer_json, footer_keys
 
 
@@ -116,7 +117,7 @@ def test_layout_1_entries_in_a_batch_lookup(old_store: ResultStore) -> None:
         assert isinstance(found["int"][1], InlineValue), "a layout-1 inline copy is not used"
 
 
-def test_layout_1_entries_are_listed_pruned_and_rewritten_as_layout_2(old_store: ResultStore) -> None:
+def test_layout_1_entries_are_listed_pruned_and_rewritten_in_the_current_layout(old_store: ResultStore) -> None:
     listed = {info.key: info for info in old_store.entries()}
     assert sorted(listed) == sorted([*VALUES, "expired"]), sorted(listed)
     assert listed["tuple"].length == 5 and listed["frames"].length == 2
@@ -124,7 +125,7 @@ def test_layout_1_entries_are_listed_pruned_and_rewritten_as_layout_2(old_store:
     assert report.expired == ("expired",) and not report.unreadable, report
     old_size = len(raw_bytes(old_store, "int"))
     info = old_store.write("int", 41, task_name="t")
-    assert info is not None and footer_json(raw_bytes(old_store, "int"))["layout"] == 2
+    assert info is not None and footer_json(raw_bytes(old_store, "int"))["layout"] == LAYOUT_VERSION
     assert info.size < old_size / 2, f"layout 2 took {info.size} bytes for an int, layout 1 {old_size}"
     assert old_store.lookup_many(["int"], list_from=1)["int"][1].get() == 41
 
@@ -222,3 +223,130 @@ def test_nested_or_dotted_columns_keep_dictionary_encoding(tmp_path: Path) -> No
         assert all("RLE_DICTIONARY" in encodings for encodings in used), f"{key}: {used}"
         result = store.read(key)
         assert result is not None and _same(value, result.value) if key == "dotted" else result.value.equals(value)
+
+
+# -- layout 3: a python node table holds the columns its nodes use, and layout-2 entries still read --
+
+LAYOUT2 = Path(__file__).parent / "data" / "entries_layout2"
+"""Entries written by daskflow's layout 2 (seven-column node tables), as :data:`LAYOUT1`'s were made."""
+
+
+@pytest.fixture(params=["file", "memory"])
+def layout2_store(request: pytest.FixtureRequest, tmp_path: Path) -> ResultStore:
+    """A store holding the layout-2 entries, as written."""
+    if request.param == "file":
+        folder = tmp_path / "results"
+        shutil.copytree(LAYOUT2, folder)
+        return ResultStore(folder.as_uri(), {}, signing_key=b"test-key")
+    store = ResultStore(request.getfixturevalue("memory_url"), {}, signing_key=b"test-key")
+    for path in sorted(LAYOUT2.iterdir()):
+        put_raw(store, path.stem, path.read_bytes())
+    return store
+
+
+def _columns(data: bytes) -> list[str]:
+    return list(parquet.open_parquet(data).schema_arrow.names)
+
+
+def test_the_layout_2_fixtures_are_layout_2_with_seven_column_node_tables(layout2_store: ResultStore) -> None:
+    for key in [*VALUES, "expired"]:
+        data = raw_bytes(layout2_store, key)
+        assert footer_json(data)["layout"] == 2, f"{key}: not a layout-2 entry"
+    for key in ("int", "tuple", "dict", "expired"):
+        assert _columns(raw_bytes(layout2_store, key)) == ["kind", "n", "i", "f", "s", "b", "t"], key
+
+
+def test_layout_2_entries_read_head_load_and_hit_in_a_batch_as_written(layout2_store: ResultStore) -> None:
+    for key, value in VALUES.items():
+        found = layout2_store.read(key)
+        assert found is not None, f"{key}: a layout-2 entry is a miss"
+        assert _same(value, found.value), f"{key}: read gave {found.value!r}"
+        head = layout2_store.head(key)
+        assert head == found.info, f"{key}: head {head} and read {found.info} disagree"
+        assert _same(value, layout2_store.load(key, head.version)), f"{key}: load"
+    assert layout2_store.read("expired") is None and layout2_store.head("expired") is None
+    assert layout2_store.load("tuple", layout2_store.info("tuple").version, item=-1) == [True]
+    for list_from in (1, 1000):
+        found_many = layout2_store.lookup_many([*VALUES, "expired", "absent"], list_from=list_from)
+        assert sorted(found_many) == sorted(VALUES), f"list_from={list_from}: hits {sorted(found_many)}"
+        for key, value in VALUES.items():
+            info, got = found_many[key]
+            assert info == layout2_store.head(key), key
+            got = got.get() if isinstance(got, InlineValue) else got
+            assert _same(value, got), f"{key}: the batch gave {got!r}"
+        assert isinstance(found_many["int"][1], InlineValue), "a layout-2 inline copy is not used"
+
+
+NODE_COLUMNS: dict[str, tuple[Any, list[str]]] = {
+    "int": (41, ["kind", "i"]),
+    "none": (None, ["kind"]),
+    "str": ("x", ["kind", "s"]),
+    "bytes": (b"\x00", ["kind", "b"]),
+    "bool-float": ((True, 2.5), ["kind", "n", "i", "f"]),
+    "datetime": (dt.datetime(2024, 1, 1, tzinfo=dt.UTC), ["kind", "i", "s", "t"]),
+    "mixed": ({"a": [1, 2.5, b"b", None, np.float32(1.5)]}, ["kind", "n", "i", "f", "s", "b", "t"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NODE_COLUMNS))
+def test_layout_3_node_tables_hold_only_the_columns_their_nodes_use(tmp_path: Path, name: str) -> None:
+    value, columns = NODE_COLUMNS[name]
+    store = ResultStore(tmp_path.as_uri(), {}, signing_key=b"test-key")
+    assert store.write("k", value, task_name="t") is not None
+    data = raw_bytes(store, "k")
+    assert footer_json(data)["layout"] == LAYOUT_VERSION == 3
+    assert _columns(data) == columns, f"{name}: columns {_columns(data)}"
+    found = store.read("k")
+    assert found is not None and _same(value, found.value), f"{name}: read gave {found}"
+    info, got = store.lookup_many(["k"], list_from=1)["k"]
+    assert _same(value, got.get() if isinstance(got, InlineValue) else got), f"{name}: the batch gave {got!r}"
+    assert _same(value, store.load("k", info.version)), f"{name}: load"
+
+
+def test_an_int_entry_of_layout_3_has_a_smaller_footer_than_layout_2s(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path.as_uri(), {}, signing_key=b"test-key")
+    store.write("int", VALUES["int"], task_name="t")
+    new = raw_bytes(store, "int")
+    old = (LAYOUT2 / "int.parquet").read_bytes()
+    footer_new, footer_old = (int.from_bytes(data[-8:-4], "little") for data in (new, old))
+    assert footer_new < footer_old * 0.65, f"layout 3's footer {footer_new} bytes, layout 2's {footer_old}"
+
+
+def _node_table(**columns: Any) -> Any:
+    types = {"kind": pa.string(), "n": pa.int64(), "i": pa.int64(), "s": pa.large_string(), "b": pa.large_binary()}
+    return pa.table({name: pa.array(data, types[name]) for name, data in columns.items()})
+
+
+@pytest.mark.parametrize(
+    ("table", "why"),
+    [
+        (lambda: _node_table(i=[1]), "schema"),  # no kind
+        (lambda: _node_table(i=[1], kind=["int"]), "schema"),  # kind not first
+        (lambda: _node_table(kind=["list", "int"], i=[None, 1], n=[1, None]), "schema"),  # out of order
+        (lambda: _node_table(kind=["int"], i=[1]).append_column("x", pa.array([1])), "schema"),  # unknown
+        (lambda: _node_table(kind=["int"]).append_column("i", pa.array(["1"])), "schema"),  # of another type
+        (lambda: _node_table(kind=["int"], s=["1"]), "required node field is null"),  # its column left out
+        (lambda: _node_table(kind=["list"], i=[1]), "bad child count"),
+    ],
+)
+def test_a_node_table_short_of_what_its_nodes_need_does_not_decode(table: Any, why: str) -> None:
+    from daskflow.results.values import decode_value
+
+    with pytest.raises(ValueError, match=why):
+        decode_value(table())
+
+
+def test_a_layout_3_entry_whose_table_lacks_a_column_its_nodes_need_is_a_miss(tmp_path: Path) -> None:
+    """Even with a schema digest that matches (a forger's), a node short of its data is corruption, not a value."""
+    import hashlib
+
+    from daskflow.results import ResultWarning
+    from entry_files import rewrite_entry
+
+    store = ResultStore(tmp_path.as_uri(), {}, signing_key=b"test-key")
+    store.write("k", 41, task_name="t")
+    table = _node_table(kind=["int"])
+    digest = hashlib.sha256(base64.b64encode(table.schema.serialize().to_pybytes())).hexdigest()
+    put_raw(store, "k", rewrite_entry(raw_bytes(store, "k"), table=table, schema_sha256=digest))
+    with pytest.warns(ResultWarning, match="does not decode"):
+        assert store.read("k") is None

@@ -93,7 +93,7 @@ def test_metadata_records_layout_version_and_length(store: ResultStore) -> None:
     info = store.write("k", (1, 2, 3), task_name="t")
     assert info is not None
     meta = footer_json(raw_bytes(store, "k"))
-    assert LAYOUT_VERSION == 2 and meta["layout"] == 2, f"metadata {meta}"
+    assert LAYOUT_VERSION == 3 and meta["layout"] == 3, f"metadata {meta}"
     assert (meta["version"], meta["length"]) == (info.version, 3), f"metadata {meta}"
 
 
@@ -454,7 +454,7 @@ def test_head_and_load_of_a_broken_file(store: ResultStore, broken: str) -> None
 
 
 BAD_METADATA: dict[str, tuple[dict[str, Any], str, type[Exception]]] = {
-    "newer-layout": ({"layout": 3}, "entry layout 3, newer than", CorruptResultError),
+    "newer-layout": ({"layout": 4}, "entry layout 4, newer than", CorruptResultError),
     "bad-version": ({"version": 5}, "metadata is malformed", CorruptResultError),
     "bad-length": ({"length": "3"}, "metadata is malformed", CorruptResultError),
     "unknown-format": ({"format": "pandas.Panel"}, "format 'pandas.Panel' is unknown", CorruptResultError),

@@ -326,7 +326,8 @@ def read_footer(data: bytes, key: str, path: str) -> ParsedFooter:
 def _look(store: ResultStore, key: str, name: str, data: bytes, moment: datetime) -> tuple[EntryInfo, Any] | None:
     parsed = read_footer(data, key, store._location.display(name))
     info = parsed.info
-    if info.is_expired(moment):
+    expiration = info.expiration
+    if expiration is not None and moment >= expiration:  # info.is_expired(moment), moment already UTC
         return None
     if info.format == serializers.PICKLE:
         signature_digest(parsed.signature)
@@ -339,5 +340,6 @@ def _look(store: ResultStore, key: str, name: str, data: bytes, moment: datetime
     if parsed.inline_is_batch and parsed.schema is None:
         raise CorruptResultError("its inline copy of the value has no Arrow schema to be read with")
     schema = parsed.schema if parsed.inline_is_batch else None
-    decode = functools.partial(decode_inline, stream, info.format, parsed.codec, info.length, schema)
-    return info, InlineValue(decode, info.version, info.length)
+    return info, InlineValue(
+        decode_inline, info.version, info.length, (stream, info.format, parsed.codec, info.length, schema)
+    )

@@ -4,7 +4,7 @@ A :class:`ResultStore` keeps each entry at ``<root>/<key>.parquet``. The
 entry's facts live in the Parquet footer's key-value metadata, under the key
 ``daskflow``, as one JSON object::
 
-    {"layout": 2, "key": "...", "task_name": "...", "created": "<ISO, UTC>",
+    {"layout": 3, "key": "...", "task_name": "...", "created": "<ISO, UTC>",
      "expiration": "<ISO, UTC>" | null, "format": "pandas.DataFrame" | ...,
      "codec": {...}, "versions": {"daskflow": ..., "pyarrow": ..., ...},
      "signature": "hmac-sha256:<hex>" | null,
@@ -13,8 +13,9 @@ entry's facts live in the Parquet footer's key-value metadata, under the key
 
 beside Arrow's own ``ARROW:schema`` (the value's exact Arrow schema) and, for
 a small value, ``daskflow.inline`` (a copy of it: see :mod:`.batch`). Each
-part is in the footer once (see :mod:`.metadata` for layout 1, which is still
-read), so a hit parses a footer of 2.3 KB for an int (6.7 KB in layout 1).
+part is in the footer once (see :mod:`.metadata` for layouts 1 and 2, which
+are still read), so a hit parses a footer of 1.2 KB for an int (2.3 KB in
+layout 2, 6.7 KB in layout 1).
 
 Listing entries reads footers only, and an entry is self-describing: the
 entries of one task can be found from the metadata alone. ``version`` names

@@ -14,7 +14,11 @@ which follow it. So ``{"a": [1, 2.5]}`` is five rows::
 
 Columns: ``n`` (int64, children of a container; a dict's are key, value,
 key, value ...), ``i`` (int64), ``f`` (float64), ``s`` (string), ``b``
-(binary), ``t`` (string, a type parameter: a timezone, a numpy dtype). Because
+(binary), ``t`` (string, a type parameter: a timezone, a numpy dtype). Only
+``kind`` and the columns some node uses are written (entry layout 3 on): an
+int is two columns, ``kind`` and ``i``, not seven, and a reader parses a
+footer of two column chunks instead of seven. A column left out reads as all
+nulls; the tables of layouts 1 and 2, which have all seven, read as before. Because
 the kind is stored, types that JSON would merge come back apart: tuple and
 list, set and frozenset, bytes and bytearray, int and bool, a dict with int
 keys. Ints beyond int64 and Decimals go through ``s`` as exact decimal text.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import json
 import sys
 import uuid
@@ -87,20 +92,35 @@ def encode_value(value: Any) -> Any:
         _encode(value, nodes, set())
     except RecursionError:
         raise UnsupportedValueError(type(value).__name__, "", "nested too deeply") from None
+    types = _column_types()
+    columns = {"kind": pa.array(nodes.kind, types["kind"])}
     try:
-        return pa.table(
-            {
-                "kind": pa.array(nodes.kind, pa.string()),
-                "n": pa.array(nodes.n, pa.int64()),
-                "i": pa.array(nodes.i, pa.int64()),
-                "f": pa.array(nodes.f, pa.float64()),
-                "s": pa.array(nodes.s, pa.large_string()),
-                "b": pa.array(nodes.b, pa.large_binary()),
-                "t": pa.array(nodes.t, pa.string()),
-            }
-        )
+        for name in _DATA_COLUMNS:
+            data = getattr(nodes, name)
+            if any(item is not None for item in data):  # a column no node uses is left out
+                columns[name] = pa.array(data, types[name])
+        return pa.table(columns)
     except (pa.ArrowException, UnicodeError) as exc:  # e.g. a str with lone surrogates
         raise UnsupportedValueError(type(value).__name__, "", str(exc)) from None
+
+
+_DATA_COLUMNS = ("n", "i", "f", "s", "b", "t")
+
+
+@functools.cache
+def _column_types() -> dict[str, Any]:
+    """Each column's Arrow type, in the order of the table's columns."""
+    import pyarrow as pa
+
+    return {
+        "kind": pa.string(),
+        "n": pa.int64(),
+        "i": pa.int64(),
+        "f": pa.float64(),
+        "s": pa.large_string(),
+        "b": pa.large_binary(),
+        "t": pa.string(),
+    }
 
 
 def _encode(value: Any, nodes: _Nodes, path: set[int]) -> None:
@@ -203,22 +223,21 @@ def decode_value(table: Any) -> Any:
 
     Strict about the table's schema: a damaged footer can turn a string column
     into a binary one, and that must read as corruption, not as other values.
+    The columns are ``kind`` and some of the others, in their order, each of
+    its own type (all seven in entries of layouts 1 and 2); one left out is all
+    nulls, so a node that needs it reads as corruption.
     """
-    import pyarrow as pa
-
-    expected = {
-        "kind": pa.string(),
-        "n": pa.int64(),
-        "i": pa.int64(),
-        "f": pa.float64(),
-        "s": pa.large_string(),
-        "b": pa.large_binary(),
-        "t": pa.string(),
-    }
+    expected = _column_types()
     actual = {field.name: field.type for field in table.schema}
-    if actual != expected:
-        raise ValueError(f"node table schema is {actual}, expected {expected}")
-    columns = [table.column(name).to_pylist() for name in expected]
+    names = list(actual)
+    if (
+        names[:1] != ["kind"]
+        or any(actual[name] != expected.get(name) for name in names)
+        or names != [name for name in expected if name in actual]
+    ):
+        raise ValueError(f"node table schema is {actual}, expected {expected} or its kind and some columns after it")
+    rows = table.num_rows
+    columns = [table.column(name).to_pylist() if name in actual else [None] * rows for name in expected]
     iterator = iter(zip(*columns, strict=True))
     value = _decode(iterator)
     if next(iterator, None) is not None:
