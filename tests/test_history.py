@@ -400,3 +400,20 @@ def test_a_large_release_is_written_max_batch_records_at_a_time(tmp_path: Path) 
         assert writer.close(timeout=60)
         assert writer.written == n and writer.transactions == n // max_batch, (writer.written, writer.transactions)
         assert len(store.task_runs("f")) == n
+
+
+def test_a_submission_whose_runs_have_all_ended_is_not_held() -> None:
+    """A looked-up map's hits end Cached before their submission reaches the writer: nothing of it is
+    held (its runs' rows come from their own states), so the runs are not kept alive for the hold."""
+    from daskflow.engine.history import RowBuilder, _Submitted
+    from daskflow.runs import TaskRun
+    from daskflow.states import Cached
+
+    runs = [TaskRun(id=f"hit-{i}", name=f"inc-{i}", task_name="inc", flow_run_id="f", map_index=i) for i in range(3)]
+    waiting = TaskRun(id="waiting", name="inc-3", task_name="inc", flow_run_id="f", map_index=3)
+    for run in runs:
+        run.set_state(Cached(run.id))
+    rows = RowBuilder(hold=600.0)
+    assert list(rows([_Submitted(tuple(runs))])) == [] and not rows.holding, "ended runs held"
+    # A submission with one run still waiting holds that run only.
+    assert list(rows([_Submitted((waiting,))])) == [] and rows.holding

@@ -277,7 +277,11 @@ class RowBuilder:
                 runs[item[0].id] = item[0]
                 states.append(item)
             elif isinstance(item, _Submitted):
-                self._held.append((self._clock() + self.hold, item.runs, len(item.runs)))
+                # Only the runs still Pending are held: one that started or ended already (a cache hit
+                # of a looked-up map) has its row from its own states, and is not kept alive here.
+                waiting = tuple(run for run in item.runs if run.state.type is StateType.PENDING)
+                if waiting:
+                    self._held.append((self._clock() + self.hold, waiting, len(waiting)))
             elif isinstance(item, _Release):
                 release = True
             elif isinstance(item, logging.LogRecord):
