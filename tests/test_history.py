@@ -106,6 +106,7 @@ def test_in_process_workers_are_not_recorded_twice(dask_inprocess_client: Any, h
     assert sorted(logs) == ["item 0", "item 1", "item 2", "item 3"], logs
 
 
+@pytest.mark.slow  # its time is the lock it waits out (the writer's busy timeout, then the spool)
 def test_a_locked_database_never_fails_a_flow(history: Any, daskflow_home: Path) -> None:
     @task
     def one() -> int:
