@@ -66,17 +66,22 @@ def _same(expected: Any, actual: Any) -> bool:
     return bool(type(actual) is type(expected) and repr(actual) == repr(expected))
 
 
+def _store_holding(entries: Path, request: pytest.FixtureRequest, tmp_path: Path) -> ResultStore:
+    """A store (a folder, or memory:// as ``request.param`` says) holding the entry files of ``entries``, as written."""
+    if request.param == "file":
+        folder = tmp_path / "results"
+        shutil.copytree(entries, folder)
+        return ResultStore(folder.as_uri(), {}, signing_key=b"test-key")
+    store = ResultStore(request.getfixturevalue("memory_url"), {}, signing_key=b"test-key")
+    for path in sorted(entries.iterdir()):
+        put_raw(store, path.stem, path.read_bytes())
+    return store
+
+
 @pytest.fixture(params=["file", "memory"])
 def old_store(request: pytest.FixtureRequest, tmp_path: Path) -> ResultStore:
     """A store holding the layout-1 entries, as written."""
-    if request.param == "file":
-        folder = tmp_path / "results"
-        shutil.copytree(LAYOUT1, folder)
-        return ResultStore(folder.as_uri(), {}, signing_key=b"test-key")
-    store = ResultStore(request.getfixturevalue("memory_url"), {}, signing_key=b"test-key")
-    for path in sorted(LAYOUT1.iterdir()):
-        put_raw(store, path.stem, path.read_bytes())
-    return store
+    return _store_holding(LAYOUT1, request, tmp_path)
 
 
 def test_the_fixtures_are_layout_1(old_store: ResultStore) -> None:
@@ -234,14 +239,7 @@ LAYOUT2 = Path(__file__).parent / "data" / "entries_layout2"
 @pytest.fixture(params=["file", "memory"])
 def layout2_store(request: pytest.FixtureRequest, tmp_path: Path) -> ResultStore:
     """A store holding the layout-2 entries, as written."""
-    if request.param == "file":
-        folder = tmp_path / "results"
-        shutil.copytree(LAYOUT2, folder)
-        return ResultStore(folder.as_uri(), {}, signing_key=b"test-key")
-    store = ResultStore(request.getfixturevalue("memory_url"), {}, signing_key=b"test-key")
-    for path in sorted(LAYOUT2.iterdir()):
-        put_raw(store, path.stem, path.read_bytes())
-    return store
+    return _store_holding(LAYOUT2, request, tmp_path)
 
 
 def _columns(data: bytes) -> list[str]:
