@@ -221,6 +221,12 @@ def suite_arguments(description: str | None) -> argparse.ArgumentParser:
 
 def finish_suite(result: SuiteResult, json_path: str | None) -> int:
     """Print the suite's table and notes, write its JSON if asked; the exit code for ``main``."""
+    if sys.flags.dont_write_bytecode:  # PYTHONDONTWRITEBYTECODE or -B: say what it costs, on both sides
+        result.notes.append(
+            "PYTHONDONTWRITEBYTECODE was set: every process this run started (Dask workers included) compiled "
+            "the modules it imports whose bytecode no earlier run wrote, seconds of CPU each; start-up figures "
+            "are inflated on both sides (`make bench` unsets it)"
+        )
     print(f"\n{result.suite}: {result.title}" + (" (quick)" if result.quick else ""))
     print(format_table(result.rows))
     for note in result.notes:
