@@ -92,15 +92,23 @@ def test_the_fixtures_are_layout_1(old_store: ResultStore) -> None:
         assert meta["layout"] == 1 and b"daskflow" in (schema.metadata or {}), f"{key}: not a layout-1 entry"
 
 
-def test_layout_1_entries_read_head_and_load_as_written(old_store: ResultStore) -> None:
+def _read_head_and_load_as_written(store: ResultStore, layout: int) -> dict[str, Any]:
+    """Each of :data:`VALUES` read, headed and loaded from ``store``'s entries of ``layout``; their infos."""
+    infos = {}
     for key, value in VALUES.items():
-        found = old_store.read(key)
-        assert found is not None, f"{key}: a layout-1 entry is a miss"
+        found = store.read(key)
+        assert found is not None, f"{key}: a layout-{layout} entry is a miss"
         assert _same(value, found.value), f"{key}: read gave {found.value!r}"
-        head = old_store.head(key)
+        head = store.head(key)
         assert head == found.info, f"{key}: head {head} and read {found.info} disagree"
-        assert _same(value, old_store.load(key, head.version)), f"{key}: load"
-        assert found.info.signed == (key == "pickle")
+        assert _same(value, store.load(key, head.version)), f"{key}: load"
+        infos[key] = found.info
+    return infos
+
+
+def test_layout_1_entries_read_head_and_load_as_written(old_store: ResultStore) -> None:
+    for key, info in _read_head_and_load_as_written(old_store, 1).items():
+        assert info.signed == (key == "pickle")
     assert old_store.read("expired") is None and old_store.head("expired") is None
     assert old_store.load("tuple", old_store.info("tuple").version, item=-1) == [True]
     frames = old_store.load("frames", old_store.info("frames").version, item=1)
@@ -255,13 +263,7 @@ def test_the_layout_2_fixtures_are_layout_2_with_seven_column_node_tables(layout
 
 
 def test_layout_2_entries_read_head_load_and_hit_in_a_batch_as_written(layout2_store: ResultStore) -> None:
-    for key, value in VALUES.items():
-        found = layout2_store.read(key)
-        assert found is not None, f"{key}: a layout-2 entry is a miss"
-        assert _same(value, found.value), f"{key}: read gave {found.value!r}"
-        head = layout2_store.head(key)
-        assert head == found.info, f"{key}: head {head} and read {found.info} disagree"
-        assert _same(value, layout2_store.load(key, head.version)), f"{key}: load"
+    _read_head_and_load_as_written(layout2_store, 2)
     assert layout2_store.read("expired") is None and layout2_store.head("expired") is None
     assert layout2_store.load("tuple", layout2_store.info("tuple").version, item=-1) == [True]
     for list_from in (1, 1000):

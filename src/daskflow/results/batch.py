@@ -326,8 +326,7 @@ def read_footer(data: bytes, key: str, path: str) -> ParsedFooter:
 def _look(store: ResultStore, key: str, name: str, data: bytes, moment: datetime) -> tuple[EntryInfo, Any] | None:
     parsed = read_footer(data, key, store._location.display(name))
     info = parsed.info
-    expiration = info.expiration
-    if expiration is not None and moment >= expiration:  # info.is_expired(moment), moment already UTC
+    if info.is_expired(moment):
         return None
     if info.format == serializers.PICKLE:
         signature_digest(parsed.signature)

@@ -237,9 +237,8 @@ def parse_metadata(raw: Mapping[bytes, bytes] | None, key: str, path: str, size:
 
 
 def footer_metadata(fields: Mapping[str, Any], schema: Any, inline: tuple[bytes, str] | None) -> dict[bytes, bytes]:
-    """The footer keys of an entry (layout 2's, under this layout's number) whose table has Arrow schema
-    ``schema``: its JSON ``fields``,
-    and ``inline`` (the copy, its digest) if any.
+    """The footer keys of an entry (layout 2's, under this layout's number) whose table has Arrow
+    schema ``schema``: its JSON ``fields``, and ``inline`` (the copy, its digest) if any.
 
     The JSON records the digest of the ``ARROW:schema`` that Arrow writes
     (base64 of the schema's IPC form, as :meth:`pyarrow.Schema.serialize`
