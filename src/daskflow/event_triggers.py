@@ -104,7 +104,7 @@ def _labels_match(labels: Mapping[str, str], spec: Mapping[str, LabelValue]) -> 
 class DeploymentEventTrigger(pydantic.BaseModel):
     """Run a deployment once per event that matches (Prefect's ``DeploymentEventTrigger``); see the module."""
 
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     name: str | None = None
     description: str = ""

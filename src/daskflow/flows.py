@@ -28,18 +28,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from daskflow import settings
 from daskflow.engine import run_flow_async, run_flow_sync
 from daskflow.engine.serving import Clock, StoreServing, deployment_backend, serve_flow
-from daskflow.event_triggers import DeploymentEventTrigger, as_triggers
 from daskflow.exceptions import ConfigurationError, DeploymentError, ScheduleError
 from daskflow.options import FlowOptions, build_options, with_changes
 from daskflow.parameters import Binder, ParameterSchema
-from daskflow.schedules import Schedule, construct_schedule
 from daskflow.states import State
 from daskflow.task_runners import SequentialTaskRunner, TaskRunner, ThreadPoolTaskRunner
+
+if TYPE_CHECKING:  # imported where a flow is served: pydantic and croniter are a quarter of import daskflow
+    from daskflow.event_triggers import DeploymentEventTrigger
+    from daskflow.schedules import Schedule
 
 __all__ = ["DEPLOY_OPTIONS_REFUSED", "SERVE_OPTIONS_IGNORED", "Flow", "ServedDeployment", "flow", "serve"]
 
@@ -231,6 +233,9 @@ class Flow(Generic[P, R]):
             for k, v in (("cron", cron), ("interval", interval), ("rrule", rrule), ("schedule", schedule))
             if v is not None
         }
+        from daskflow.event_triggers import as_triggers
+        from daskflow.schedules import Schedule, construct_schedule
+
         chosen: list[Schedule] = []
         if given and schedules:
             raise ScheduleError(f"{where}: give schedules=[...] or one of cron=/interval=/rrule=/schedule=, not both.")

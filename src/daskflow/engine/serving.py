@@ -49,15 +49,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from daskflow.context import ScheduledRunInfo, starting_scheduled_run
 from daskflow.engine.cancellation import cancel_runs_in_thread
 from daskflow.exceptions import ConfigurationError
 from daskflow.logging import configure_console_logging
 from daskflow.runs import DeploymentRef
-from daskflow.schedules import Schedule
 from daskflow.states import Cancelled, Crashed, State
+
+if TYPE_CHECKING:
+    from daskflow.schedules import Schedule
 
 __all__ = [
     "DEPLOYMENT_BACKEND_MODULE",
