@@ -41,7 +41,7 @@ from daskflow.runstore import (
     log_entry_from_record,
 )
 from daskflow.runstore import store as store_module
-from daskflow.runstore.migrations import HEAD, head_revision
+from daskflow.runstore.migrations import HEAD, head_revision, run_migrations, upgrade_to_head
 from daskflow.runstore.schema import VERSION_TABLE, metadata
 from daskflow.runstore.store import RunStore
 from daskflow.runstore.urls import mask_password
@@ -90,25 +90,88 @@ def count_commits(engine: sa.Engine) -> list[int]:
 # -- schema and migrations -------------------------------------------------------------------
 
 
-def test_a_database_at_head_opens_without_alembic(tmp_path: Path) -> None:
+def test_an_empty_database_and_one_at_head_open_without_alembic(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'runs.db'}"
-    RunStore(url).close()  # created and migrated here
     code = textwrap.dedent(
         f"""
         import sys
         from daskflow.runstore import RunStore
-        RunStore({url!r}).close()
-        print("alembic" in sys.modules)
+        RunStore({url!r}).close()  # empty: made at head
+        made = "alembic" in sys.modules
+        RunStore({url!r}).close()  # at head
+        print(made, "alembic" in sys.modules)
         """
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False", "opening an up-to-date store imported Alembic"
+    assert done.stdout.split() == ["False", "False"], f"Alembic imported (making, then opening): {done.stdout}"
+    assert RunStore(url).schema_version == HEAD
+
+
+def _schema_of(engine: sa.Engine) -> dict[str, Any]:
+    """What a database's tables are, as the inspector reflects them, in an order-free form: columns by
+    name (a migration appends the columns it adds), keys, indexes and constraints; SQLite's index SQL too
+    (its inspector skips expression indexes)."""
+    described: dict[str, Any] = {}
+    with engine.connect() as connection:
+        inspector = sa.inspect(connection)
+        for table in inspector.get_table_names():
+            described[table] = {
+                "columns": sorted(
+                    (c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+                    for c in inspector.get_columns(table)
+                ),
+                "primary key": inspector.get_pk_constraint(table),
+                **{
+                    what: sorted(repr(sorted(item.items())) for item in found)
+                    for what, found in (
+                        ("indexes", inspector.get_indexes(table)),
+                        ("unique", inspector.get_unique_constraints(table)),
+                        ("foreign keys", inspector.get_foreign_keys(table)),
+                        ("checks", inspector.get_check_constraints(table)),
+                    )
+                },
+            }
+        if engine.dialect.name == "sqlite":
+            described["sqlite indexes"] = sorted(
+                map(
+                    tuple,
+                    connection.exec_driver_sql("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index'"),
+                )
+            )
+    return described
+
+
+@pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index")  # SQLite
+def test_an_empty_database_made_at_head_has_the_schema_every_script_builds(run_store_url: str) -> None:
+    engine = sa.create_engine(run_store_url)
+    try:
+        assert upgrade_to_head(engine, display_url="made") == HEAD
+        made = _schema_of(engine)
+        with engine.begin() as connection:  # empty again, then every script from the first
+            metadata.drop_all(connection)
+            connection.execute(sa.text(f"DROP TABLE {VERSION_TABLE}"))
+        with engine.connect() as connection:
+            assert sa.inspect(connection).get_table_names() == []
+        assert run_migrations(engine, display_url="migrated") == HEAD
+        migrated = _schema_of(engine)
+        with engine.connect() as connection:
+            versions = connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    finally:
+        engine.dispose()
+    assert versions == [HEAD]
+    differing = {
+        name: (made.get(name), migrated.get(name))
+        for name in made.keys() | migrated.keys()
+        if made.get(name) != migrated.get(name)
+    }
+    assert not differing, f"made at once vs migrated: {differing}"
+    assert len(made) >= len(metadata.tables) + 1, sorted(made)
 
 
 @pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index")  # SQLite
 @pytest.mark.filterwarnings("ignore:autogenerate skipping metadata-specified expression-based index")
-def test_an_empty_database_is_migrated_to_head_and_matches_the_schema(run_store_url: str) -> None:
+def test_an_empty_database_is_made_at_head_and_matches_the_schema(run_store_url: str) -> None:
     with RunStore(run_store_url) as store:
         assert store.schema_version == head_revision() == HEAD == "0010"
         with store.engine.connect() as connection:

@@ -1,9 +1,10 @@
 """The run store's tables, as SQLAlchemy Core metadata: what the store's queries are written against.
 
-The database itself is made by the versioned migrations in
-:mod:`daskflow.runstore.migrations` (``versions/``), never by
-``metadata.create_all``; a test checks that a migrated database matches these
-definitions, so a change here needs a new migration script beside it.
+An empty database is made from these definitions at once
+(``metadata.create_all``, stamped at the newest version); an older one is
+brought here by the versioned migrations in :mod:`daskflow.runstore.migrations`
+(``versions/``). Tests check that both ways give the same schema and that it
+matches these definitions, so a change here needs a new migration script beside it.
 
 Six tables of history: ``flow_runs`` and ``task_runs`` hold one row per run (the
 latest snapshot), ``states`` every state a run entered, ``logs`` its log records,
