@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -280,12 +281,18 @@ S3_BUCKET = "daskflow-results-test"
 @pytest.fixture(scope="session")
 def s3_options() -> Iterator[dict[str, Any]]:
     pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    # moto's S3 application itself, served on a thread of this process. ThreadedMotoServer serves
+    # every AWS service behind a dispatcher that works out the service of each request by trying
+    # the URL patterns of all of them: a fifth of moto's CPU in the suite, which runs thousands of
+    # S3 requests, in the process (and under the GIL) of the tests waiting for the answers.
+    server = make_server("127.0.0.1", 0, create_backend_app("s3"), threaded=True, request_handler=MotoRequestHandler)
+    serving = threading.Thread(target=server.serve_forever, name="moto-s3", daemon=True)
+    serving.start()
+    host, port = server.server_address[:2]
     assert host == "127.0.0.1", f"moto must bind loopback only, bound {host}:{port}"
     options: dict[str, Any] = {
         "key": "testing",
@@ -303,7 +310,9 @@ def s3_options() -> Iterator[dict[str, Any]]:
     try:
         yield options
     finally:
-        server.stop()
+        server.shutdown()
+        serving.join()
+        server.server_close()
 
 
 @pytest.fixture
