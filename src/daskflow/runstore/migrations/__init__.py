@@ -143,7 +143,7 @@ def _version_table() -> sa.Table:
 
 def _create_at_head(connection: sa.Connection) -> None:
     """The schema's tables and indexes, and the version row saying head, in the caller's transaction."""
-    metadata.create_all(connection)
+    metadata.create_all(connection, checkfirst=False)  # the caller found none of them, under the lock
     table = _version_table()
     table.create(connection)
     connection.execute(table.insert().values(version_num=HEAD))
