@@ -647,16 +647,74 @@ def _tasks_of(client: Client, marker: str) -> list[str]:
     return found
 
 
-def test_a_flow_whose_body_raised_leaves_no_task_of_its_own_on_the_scheduler(dask_client: Client, history: Any) -> None:
-    # The runs still going when the body raises must not outlive the flow: unreleased, they kept
-    # the session scheduler busy for later tests, and the runner's wait for them held the exception.
-    name = f"held-{os.getpid()}-{time.monotonic_ns()}"
+def _wait_released(client: Client, name: str) -> None:
+    """Until the scheduler holds no task named after ``name`` and no worker thread runs one."""
+    _wait_for(lambda: not _tasks_of(client, name), 10, "the failed flow's Dask tasks to leave the scheduler")
 
+    def threads_free() -> bool:
+        busy = client.run(lambda dask_worker: [str(k) for k in dask_worker.active_threads.values()])
+        return not any(name in key for keys in busy.values() for key in keys)
+
+    _wait_for(threads_free, 10, "the failed flow's running tasks to stop on the workers")
+
+
+def _held_task(name: str) -> Any:
     @task(name=name)
     def held(i: int) -> int:
         for _ in range(600):  # 60 s unless interrupted: short sleeps, so a cancel can stop the thread
             time.sleep(0.1)
         return i
+
+    return held
+
+
+def _count_release_visits(dask_scheduler: Any, start: bool) -> int:
+    """Start (``start``) or end counting the keys the scheduler visits to release a client's keys."""
+    if start:
+        release = type(dask_scheduler)._client_releases_keys
+        visits = dask_scheduler._daskflow_test_visits = [0]
+
+        def counting(keys: Any, cs: Any, recommendations: Any) -> None:
+            visits[0] += len(keys)
+            release(dask_scheduler, keys=keys, cs=cs, recommendations=recommendations)
+
+        dask_scheduler._client_releases_keys = counting
+        return 0
+    del dask_scheduler._client_releases_keys
+    counted: int = dask_scheduler.__dict__.pop("_daskflow_test_visits")[0]
+    return counted
+
+
+def test_releasing_a_big_map_costs_the_scheduler_work_in_proportion_to_it(dask_client: Client) -> None:
+    # distributed's cancel visits every key of a call once per key of that call: the 100,000 items
+    # of a failed M1 run held the scheduler's event loop for ten minutes. Released in slices, the
+    # visits grow with the number of items, not with its square.
+    name = f"wide-{os.getpid()}-{time.monotonic_ns()}"
+    items = 1_500
+    held = _held_task(name)
+
+    @flow(name=f"{name}-flow", task_runner=DaskTaskRunner(client=dask_client))
+    def fails() -> None:
+        held.map(range(items))
+        raise ValueError("the body gives up")
+
+    dask_client.run_on_scheduler(_count_release_visits, start=True)
+    try:
+        state = fails(return_state=True)
+    finally:
+        visits = dask_client.run_on_scheduler(_count_release_visits, start=False)
+    assert state.is_failed() and "the body gives up" in (state.message or ""), state
+    _wait_released(dask_client, name)
+    figure = f"the scheduler visited {visits:,} keys to release {items:,} (one cancel call: {items * items:,})"
+    print(figure)
+    assert items <= visits < items * items / 4, figure
+
+
+def test_a_flow_whose_body_raised_leaves_no_task_of_its_own_on_the_scheduler(dask_client: Client, history: Any) -> None:
+    # The runs still going when the body raises must not outlive the flow: unreleased, they kept
+    # the session scheduler busy for later tests, and the runner's wait for them held the exception.
+    name = f"held-{os.getpid()}-{time.monotonic_ns()}"
+    held = _held_task(name)
 
     @task(name=f"{name}-list")
     def listing() -> list[int]:
@@ -674,19 +732,7 @@ def test_a_flow_whose_body_raised_leaves_no_task_of_its_own_on_the_scheduler(das
     state = fails(return_state=True)
     took = time.monotonic() - started
     assert state.is_failed() and "the body gives up" in (state.message or ""), state
-    left: list[str] = []
-
-    def released() -> bool:
-        left[:] = _tasks_of(dask_client, name)
-        return not left
-
-    _wait_for(released, 10, "the failed flow's Dask tasks to leave the scheduler")
-
-    def threads_free() -> bool:
-        busy = dask_client.run(lambda dask_worker: [str(k) for k in dask_worker.active_threads.values()])
-        return not any(name in key for keys in busy.values() for key in keys)
-
-    _wait_for(threads_free, 10, "the failed flow's running tasks to stop on the workers")
+    _wait_released(dask_client, name)
     store = history()
     [flow_run] = store.list_flow_runs(flow_name=f"{name}-flow")
     runs = store.task_runs(flow_run.id)
