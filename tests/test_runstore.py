@@ -108,6 +108,47 @@ def test_an_empty_database_and_one_at_head_open_without_alembic(tmp_path: Path) 
     assert RunStore(url).schema_version == HEAD
 
 
+def test_a_database_made_by_another_opener_while_this_one_waited_opens_without_alembic(tmp_path: Path) -> None:
+    """Two openers of a new database (a flow's writer thread and its main thread, two processes):
+    both find it empty, one makes it under the lock, and the other, given the lock, finds it at
+    head. That one must not go on to the migration scripts (Alembic, Mako and Pygments: 15 MiB of
+    a flow's client process)."""
+    path = tmp_path / "runs.db"
+    sqlite3.connect(path).execute("PRAGMA journal_mode=WAL").close()  # as the store makes it: readers never wait
+    code = textwrap.dedent(
+        f"""
+        import sys, threading, time
+        import sqlalchemy as sa
+        from daskflow.runstore import RunStore
+        from daskflow.runstore.migrations import _create_at_head, _locked
+        from daskflow.runstore.store import _create_engine
+
+        url = "sqlite:///{path}"
+        opened = []
+        opener = threading.Thread(target=lambda: opened.append(RunStore(url)))
+
+        def waits_for_the_lock() -> bool:
+            frame = sys._current_frames().get(opener.ident)
+            while frame is not None:
+                if frame.f_code.co_name == "_locked":
+                    return True
+                frame = frame.f_back
+            return False
+
+        with _locked(_create_engine(sa.make_url(url), 60.0, 10.0)) as connection:  # the other opener
+            _create_at_head(connection)
+            opener.start()  # sees no schema (not committed yet), then waits for this lock
+            while not waits_for_the_lock():
+                time.sleep(0.001)
+        opener.join(60)
+        print(opened[0].schema_version, "alembic" in sys.modules)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [HEAD, "False"], f"head, then whether Alembic was imported: {done.stdout}"
+
+
 def _schema_of(engine: sa.Engine) -> dict[str, Any]:
     """What a database's tables are, as the inspector reflects them, in an order-free form: columns by
     name (a migration appends the columns it adds), keys, indexes and constraints; SQLite's index SQL too

@@ -82,9 +82,12 @@ def upgrade_to_head(engine: sa.Engine, *, display_url: str) -> str:
         return HEAD
     if current is None:
         with _locked(engine) as connection:
-            if current_revision(connection) is None and not _holds_tables(connection):
+            current = current_revision(connection)
+            if current is None and not _holds_tables(connection):
                 _create_at_head(connection)
                 return HEAD
+        if current == HEAD:  # another process or thread made it while this one waited for the lock
+            return HEAD
     return run_migrations(engine, display_url=display_url)
 
 
