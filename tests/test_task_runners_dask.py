@@ -218,6 +218,27 @@ def test_a_map_over_a_future_depends_on_its_items_not_the_whole_list(dask_client
     assert {key_split(d[0]) for d in deps} == {"discover-item"}
 
 
+def test_the_runs_of_a_map_over_a_future_go_to_every_worker(dask_client: Client) -> None:
+    """The items are taken out of the list where it lives, so they all sit on one worker, and Dask
+    runs a task where its dependencies are: unless each run is asked for on a worker in turn, every
+    run of the map goes to that one worker and the others idle (W7 cold ran 1.4-1.8x raw Dask)."""
+
+    @task(name="months")
+    def months() -> list[int]:
+        return list(range(8))
+
+    @task(name="where")
+    def where(month: int) -> str:
+        return str(distributed.get_worker().address)
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline() -> list[str]:
+        return where.map(months.submit()).result()
+
+    ran = pipeline()
+    assert sorted(set(ran)) == sorted(dask_client.nthreads()), f"the runs' workers, in map order: {ran}"
+
+
 def test_an_unpicklable_argument_is_an_error_at_submit(dask_client: Client) -> None:
     @task(name="load")
     def load(conn: Any) -> None: ...

@@ -40,6 +40,11 @@ __all__ = ["DaskSubmitting"]
 _INLINE_BYTES = 2 << 20  # bytes of a shared object over all the tasks of one submission
 
 
+def _over_items(call: TaskCall) -> bool:
+    """Whether a call is a run of a map over a future's items (every call of its batch is alike)."""
+    return any(isinstance(value, MapItem) for value in call.parameters.values())
+
+
 class DaskSubmitting(DaskConnecting):
     """Submission of calls as Dask tasks (state set by :meth:`.dask.DaskTaskRunner.__init__`)."""
 
@@ -49,6 +54,7 @@ class DaskSubmitting(DaskConnecting):
     _shared_objects: dict[int, tuple[Any, Any, int]]
     _flow_infos: dict[tuple[str | None, bool, frozenset[str], bool], dict[str, Any]]
     _definitions: dict[tuple[int, int], Definition]
+    _next_place = 0  # the worker thread the next run over a future's items is asked for on (_places)
 
     def _shared(self, obj: Any, count: int) -> Any:
         """``obj`` itself, or a future of it shipped once for this runner.
@@ -239,17 +245,28 @@ class DaskSubmitting(DaskConnecting):
             prefix = f"{task.name}-"
             keys = [prefix + call.task_run.id.replace("-", "") for call in calls]
         count = len(calls)
+        # Where each run is asked for: nowhere in particular, but for a map over a future's items.
+        # Not with resources: Dask drops a loose wish for a worker that lacks them with the resources.
+        spread = _over_items(calls[0]) and not task.options.resources
+        places = (self._places(count) if spread else None) or {None: range(count)}
+        dask_futures: list[Any] = [None] * count
         try:
             with annotate(**{MARK_ANNOTATION: True}):  # a daskflow task: its worker deaths are counted
-                dask_futures = self.client.map(
-                    run_on_worker,
-                    [definition] * count,
-                    specs,
-                    deps_lists,
-                    key=keys,
-                    pure=False,
-                    resources=task.options.resources,
-                )
+                for place, positions in places.items():
+                    every = len(positions) == count
+                    placed = self.client.map(
+                        run_on_worker,
+                        [definition] * len(positions),
+                        specs if every else [specs[i] for i in positions],
+                        deps_lists if every else [deps_lists[i] for i in positions],
+                        key=keys if every else [keys[i] for i in positions],
+                        pure=False,
+                        resources=task.options.resources,
+                        workers=None if place is None else [place],
+                        allow_other_workers=place is not None,
+                    )
+                    for i, dask_future in zip(positions, placed):
+                        dask_futures[i] = dask_future
         except BaseException as exc:
             for call in calls:
                 runs.pop(call.task_run.id, None)
@@ -259,6 +276,27 @@ class DaskSubmitting(DaskConnecting):
         for future, dask_future in zip(made, dask_futures):
             future.dask_future = dask_future
         return made
+
+    def _places(self, count: int) -> dict[str | None, Sequence[int]] | None:
+        """Where the next ``count`` runs of a map over a future's items go: the workers' threads in turn.
+
+        The items are taken out of the list where it lives (:meth:`expand_future`), so all of
+        them are on one worker, and Dask runs a task where its dependencies are: every run of
+        the map would go to that worker, one at a time, while the others idle (W7's twelve
+        months ran on one of two workers). Each run is asked for on a worker in turn, by
+        threads, so its item (not the whole list) moves to it. The wish is loose: a worker
+        that is gone leaves the choice to Dask, and work stealing may still move a run.
+        """
+        assert self.client is not None
+        threads = self.client.nthreads()
+        if len(threads) < 2:
+            return None
+        slots = [address for address, n in sorted(threads.items()) for _ in range(max(1, n))]
+        start, self._next_place = self._next_place, self._next_place + count
+        places: dict[str, list[int]] = {}
+        for i in range(count):
+            places.setdefault(slots[(start + i) % len(slots)], []).append(i)
+        return cast("dict[str | None, Sequence[int]]", places)
 
     def call(self, call: TaskCall) -> State:
         """A direct task call runs on the cluster too; its value comes back here."""
