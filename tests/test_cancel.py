@@ -10,6 +10,7 @@ task held is free for the next flow.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -25,8 +26,10 @@ from click.testing import CliRunner
 from daskflow import flow, task, unmapped
 from daskflow.cli.runs import runs
 from daskflow.context import get_run_context
+from daskflow.engine import cancellation
 from daskflow.engine.cancellation import cancel_flow_run, flow_runs_in_flight
 from daskflow.engine.history import stop_recording
+from daskflow.runs import FlowRun
 from daskflow.runstore.cancellation import cancel_requested, pending_cancel_requests, request_cancel
 from daskflow.task_runners import DaskTaskRunner, ThreadPoolTaskRunner
 
@@ -177,6 +180,36 @@ def test_requests_are_idempotent_and_read_in_one_query(history: Any) -> None:
     found = pending_cancel_requests(store, ["run-a", "run-b", "run-c"])
     assert sorted(found) == ["run-a", "run-b"] and found["run-a"].reason == "second"
     assert pending_cancel_requests(store, []) == {}
+
+
+def test_the_watcher_keeps_nothing_of_a_finished_flow_run_alive(history: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watcher polls the run store for the runs in flight, then waits for the next run. Nothing
+    of the last run it polled for may stay bound while it waits: a run's entry holds its engine, and
+    so the flow run and every task run it made (a notebook idle after a map of 100,000 items)."""
+    # pytest keeps the log records it captures, and "Finished in state %r" holds the run's state.
+    monkeypatch.setattr(logging.getLogger("daskflow"), "propagate", False)
+    seen: dict[str, Any] = {}
+
+    @task
+    def one(x: int) -> int:
+        return x
+
+    @flow(task_runner=ThreadPoolTaskRunner())
+    def polled_for() -> None:
+        run_id = seen["id"] = get_run_context().flow_run.id  # type: ignore[union-attr]
+        url = cancellation._entries[run_id].url
+        deadline = time.monotonic() + 30
+        while url not in cancellation._watcher()._stores:  # the watcher has polled for this run
+            assert time.monotonic() < deadline, "the watcher did not poll the run store within 30 s"
+            time.sleep(0.01)
+        one.map(range(10)).wait()
+
+    polled_for()
+    stop_recording()  # the history writer's thread, its queue and its last batch hold nothing of the run
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, FlowRun) and o.id == seen["id"]]
+    holders = [type(r).__name__ for r in gc.get_referrers(*alive) if r is not alive] if alive else []
+    assert not alive, f"the finished flow run is still referenced, by: {holders}"
 
 
 def test_cancel_flow_run_in_process_cancels_the_subflow_too(tmp_path: Path) -> None:

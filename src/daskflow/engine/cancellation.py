@@ -130,11 +130,7 @@ class _Watcher:
 
     def _run(self) -> None:
         while True:
-            with _lock:
-                by_url: dict[str, list[str]] = {}
-                for run_id, entry in _entries.items():
-                    if entry.url is not None:
-                        by_url.setdefault(entry.url, []).append(run_id)
+            by_url = _polled()
             self._handled.intersection_update(run_id for ids in by_url.values() for run_id in ids)
             if not by_url:
                 self._close_unused(set())
@@ -184,6 +180,21 @@ class _Watcher:
     def _close_unused(self, used: set[str]) -> None:
         for url in [u for u in self._stores if u not in used]:
             self._stores.pop(url).close()
+
+
+def _polled() -> dict[str, list[str]]:
+    """The ids of the flow runs in flight to poll for, by run store URL.
+
+    A function of its own, so that no entry stays bound in the watcher's frame while it
+    waits for the next run: an entry holds its run's engine, and with it the flow run and
+    every task run it made (a map of 100,000 items), until another flow run starts.
+    """
+    by_url: dict[str, list[str]] = {}
+    with _lock:
+        for run_id, entry in _entries.items():
+            if entry.url is not None:
+                by_url.setdefault(entry.url, []).append(run_id)
+    return by_url
 
 
 def _open(url: str) -> RunStore:
