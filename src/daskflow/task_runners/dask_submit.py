@@ -40,6 +40,15 @@ __all__ = ["DaskSubmitting"]
 _INLINE_BYTES = 2 << 20  # bytes of a shared object over all the tasks of one submission
 
 
+def _worker_threads(client: distributed.Client) -> dict[str, int]:
+    """The threads of each worker: from the cluster object the client was made with, which Dask
+    keeps up to date from the scheduler's stream of worker changes (no round trip), else asked."""
+    workers = getattr(getattr(client, "cluster", None), "scheduler_info", {}).get("workers")
+    if workers:
+        return {address: int(info.get("nthreads") or 1) for address, info in workers.items()}
+    return dict(client.nthreads())
+
+
 def _over_items(call: TaskCall) -> bool:
     """Whether a call is a run of a map over a future's items (every call of its batch is alike)."""
     return any(isinstance(value, MapItem) for value in call.parameters.values())
@@ -288,7 +297,7 @@ class DaskSubmitting(DaskConnecting):
         that is gone leaves the choice to Dask, and work stealing may still move a run.
         """
         assert self.client is not None
-        threads = self.client.nthreads()
+        threads = _worker_threads(self.client)
         if len(threads) < 2:
             return None
         slots = [address for address, n in sorted(threads.items()) for _ in range(max(1, n))]
