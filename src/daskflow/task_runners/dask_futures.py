@@ -46,8 +46,9 @@ class MapItem(BaseAnnotation[Any]):
     ``item`` is the Dask future of a small task that takes that item out of the list
     where the list lives, so the run that maps over it depends on its item only: the
     runs are asked for on the workers in turn and each item travels to its run, never
-    the whole list to every worker (:meth:`.dask_submit.DaskSubmitting._places`). ``source_key`` is the upstream's Dask key when ``item`` was made (a crash
-    retry gives the upstream a new key; then the item is taken from the list itself).
+    the whole list to every worker (:meth:`.dask_submit.DaskSubmitting._places`).
+    ``source_key`` is the upstream's Dask key when ``item`` was made (a crash retry
+    gives the upstream a new key; then the item is taken from the list itself).
     """
 
     __slots__ = ("index", "item", "source_key")

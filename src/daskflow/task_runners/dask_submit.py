@@ -41,8 +41,11 @@ _INLINE_BYTES = 2 << 20  # bytes of a shared object over all the tasks of one su
 
 
 def _worker_threads(client: distributed.Client) -> dict[str, int]:
-    """The threads of each worker: from the cluster object the client was made with, which Dask
-    keeps up to date from the scheduler's stream of worker changes (no round trip), else asked."""
+    """The threads of every worker: from the cluster object the client was made with, which Dask
+    keeps up to date from the scheduler's stream of worker changes (no round trip), else asked.
+
+    Not ``client.scheduler_info()``: it is a round trip too, and some versions list 5 workers.
+    """
     workers = getattr(getattr(client, "cluster", None), "scheduler_info", {}).get("workers")
     if workers:
         return {address: int(info.get("nthreads") or 1) for address, info in workers.items()}
