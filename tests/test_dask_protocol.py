@@ -12,7 +12,7 @@ import pytest
 
 from daskflow.exceptions import ConfigurationError
 from daskflow.runstore import ArtifactRecord
-from daskflow.states import Completed, Failed, Running
+from daskflow.states import Completed, Failed, KnownValue, Running
 from daskflow.task_runners import dask_protocol
 from daskflow.task_runners.dask_protocol import (
     ArtifactEvent,
@@ -116,3 +116,18 @@ def test_a_short_attempts_running_event_rides_on_its_end() -> None:
     assert end.start == running.timestamp and end.final, end
     # The Running of an attempt whose end is not in the batch stays: the client shows the run running.
     assert fold_running([running]) == [running]
+
+
+def test_a_cached_runs_end_carries_its_values_version_and_length_but_never_the_value() -> None:
+    """What lets the client key the runs of a map over a list that stays on a worker."""
+    listed = Completed(KnownValue(["a", "b", "c"], "v-1"))
+    ends = [
+        StateEvent.of("r-1", 1, listed, cache_key="k"),
+        StateEvent.of("r-2", 1, Completed(KnownValue(7, "v-2")), cache_key="k2").with_start(1.5),
+        StateEvent.of("r-3", 1, listed),  # no cache key: not a cached run's end, nothing said of its value
+        StateEvent.of("r-4", 1, Completed(["a"]), cache_key="k4"),  # a value without a version
+    ]
+    received = Batch.decode(_wire(Batch(tuple(ends), pid=1).encode())).events
+    assert [(e.version, e.length) for e in received] == [("v-1", 3), ("v-2", None), (None, None), (None, None)]
+    assert received[1].start == 1.5
+    assert all(e.state().data is None for e in received)  # type: ignore[union-attr]

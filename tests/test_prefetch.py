@@ -136,6 +136,63 @@ def test_a_reduce_over_hits_is_a_hit_and_nothing_reaches_the_scheduler(
     assert executions.count("total") == 1, executions.keys()
 
 
+def test_a_map_over_a_cached_list_held_on_a_worker_is_looked_up_on_the_client(
+    dask_client: Any, seen: KeysSeen, tmp_path: Path, executions: Any, history: Any
+) -> None:
+    """The list's run ends on a worker (its key needs the worker: a cache_key_fn), which reports its
+    value's version and length, never the value: the map's keys are computed on the client from them,
+    hits become no Dask task and no item task, and only the misses' items are taken out of the list."""
+    store = ResultStore((tmp_path / "results").as_uri())
+
+    @task(name=f"{seen.prefix}-list", cache_key_fn=lambda context, parameters: f"months-{parameters['n']}",
+          result_storage=store.url)  # fmt: skip
+    def listing(n: int) -> list[int]:
+        executions.record("listing")
+        return list(range(n))
+
+    inc = _cached_map(seen.prefix, store.url, executions)
+    made: list[Any] = []
+
+    @flow(name="over-a-list", task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline(n: int) -> list[int]:
+        futures = inc.map(listing.submit(n))
+        made[:] = futures
+        return futures.result()
+
+    def kinds(keys: set[str]) -> list[str]:
+        return sorted(
+            "item" if key.startswith(f"{seen.prefix}-list-item-") else "list" if key.startswith(f"{seen.prefix}-list-")
+            else "run" for key in keys
+        )  # fmt: skip
+
+    assert pipeline(6) == list(range(1, 7))
+    cold = set(seen.keys)
+    assert kinds(cold) == ["item"] * 6 + ["list"] + ["run"] * 6, sorted(cold)
+
+    assert pipeline(6) == list(range(1, 7))
+    warm = seen.keys - cold
+    assert kinds(warm) == ["list"], f"the all-hit map submitted {sorted(warm)}"
+    assert [f.state.name for f in made] == ["Cached"] * 6
+    assert executions.count("listing") == 1 and len(executions.keys()) == 7, executions.keys()
+    store_history = history()
+    newest = store_history.list_flow_runs(flow_name="over-a-list")[0]
+    assert (newest.task_runs, newest.cache_hits) == (7, 7), newest
+
+    # Two entries gone: their runs alone go, each with the task that takes its own item out.
+    gone = [2, 5]
+    for index in gone:
+        assert store.delete(made[index].task_run.cache_key)
+    before = set(seen.keys)
+    assert pipeline(6) == list(range(1, 7))
+    new = seen.keys - before
+    assert kinds(new) == ["item"] * 2 + ["list"] + ["run"] * 2, sorted(new)
+    assert {key.rsplit("-", 1)[1] for key in new if key.startswith(f"{seen.prefix}-list-item-")} == {"2", "5"}
+    assert [i for i, f in enumerate(made) if f.state.name != "Cached"] == gone
+    assert sorted(e for e in executions.keys() if e != "listing") == sorted(
+        [f"inc|{i}" for i in range(6)] + [f"inc|{i}" for i in gone]
+    )
+
+
 def test_a_corrupt_entry_is_a_miss_recomputed_on_the_worker(
     dask_client: Any, seen: KeysSeen, tmp_path: Path, executions: Any
 ) -> None:

@@ -7,17 +7,20 @@ from datetime import UTC, datetime
 
 import pytest
 
-from daskflow.exceptions import CancelledRunError, CrashedRunError
+from daskflow.exceptions import CancelledRunError, CrashedRunError, ResultError
 from daskflow.states import (
     Cached,
     Cancelled,
     Completed,
     Crashed,
     Failed,
+    KnownValue,
     Pending,
+    RemoteValue,
     Running,
     StateType,
     TimedOut,
+    item_state,
 )
 
 
@@ -111,3 +114,19 @@ def test_a_state_and_a_run_show_their_cards_through_the_notebook_module() -> Non
     final = FlowRunState.of(Completed(3), run)
     run.set_state(final)
     assert final._repr_html_() == run._repr_html_() and "Flow run" in (run._repr_html_() or "")
+
+
+def test_a_remote_values_items_are_versioned_as_the_values_own_items_are() -> None:
+    """A client keys a run over item i of a list held on a worker by the version the worker gives it."""
+    here, there = KnownValue(["a", "b", "c"], "v-1"), RemoteValue("v-1", 3)
+    for index in (0, 2, -1, -3):
+        assert there.item(index).version == here.item(index).version, index
+    assert item_state(Completed(there), 1).deferred.version == "v-1/1"  # type: ignore[union-attr]
+    for index in (3, -4):
+        with pytest.raises(IndexError, match="of a list of 3"):
+            there.item(index)
+    with pytest.raises(IndexError, match="length is not known here"):
+        RemoteValue("v-2").item(-1)
+    assert not there.in_memory()
+    with pytest.raises(ResultError, match="held where its run executed"):
+        Completed(there).result()

@@ -32,6 +32,7 @@ from daskflow.context import get_flow_run_context
 from daskflow.exceptions import SchedulerUnreachableError, UnserializableInputError
 from daskflow.runs import FlowRun
 from daskflow.task_runners import DaskTaskRunner, dask_shipping
+from daskflow.task_runners.dask_futures import MappedList
 
 
 def _wait_for(predicate: Any, timeout: float, what: str) -> None:
@@ -237,6 +238,41 @@ def test_the_runs_of_a_map_over_a_future_go_to_every_worker(dask_client: Client)
 
     ran = pipeline()
     assert sorted(set(ran)) == sorted(dask_client.nthreads()), f"the runs' workers, in map order: {ran}"
+
+
+def test_a_run_that_takes_its_item_out_of_the_whole_list_is_not_sent_away_from_it(dask_client: Client) -> None:
+    """A crash retry gives the list a new Dask key: a run whose item task belongs to the old one takes
+    its item out of the whole list, so it is not asked for on another worker (the whole list would
+    travel there); the runs that still have their own item are."""
+
+    @task(name="months")
+    def months() -> list[int]:
+        return list(range(8))
+
+    @task(name="double")
+    def double(month: int) -> int:
+        return 2 * month
+
+    def restrictions(dask_scheduler: Any, keys: list[str]) -> list[bool]:
+        return [bool(dask_scheduler.tasks[key].worker_restrictions) for key in keys]
+
+    seen: dict[str, Any] = {}
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline() -> list[int]:
+        runner = get_flow_run_context().task_runner  # type: ignore[union-attr]
+        found = months.submit()
+        items = runner.expand_future(found)
+        for item in items[4:]:  # as after a crash retry of the list's run
+            item.source = MappedList("an-older-key", None, None, item.source.prefix)
+        doubled = double.map(items)
+        values = doubled.result()  # the client holds the Dask futures: their tasks stay on the scheduler
+        keys = [f.dask_future.key for f in doubled]
+        seen["restricted"] = dask_client.run_on_scheduler(restrictions, keys=keys)
+        return values
+
+    assert pipeline() == [2 * m for m in range(8)]
+    assert seen["restricted"] == [True] * 4 + [False] * 4, seen["restricted"]
 
 
 def test_an_unpicklable_argument_is_an_error_at_submit(dask_client: Client) -> None:

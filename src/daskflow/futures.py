@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from daskflow.annotations import BaseAnnotation
 from daskflow.runs import TaskRun
 from daskflow.states import Cancelled, State
 
@@ -25,6 +26,7 @@ __all__ = [
     "DaskflowFuture",
     "DaskflowFutureList",
     "DoneAndNotDoneFutures",
+    "FutureItem",
     "LocalFuture",
     "PrefectFuture",
     "PrefectFutureList",
@@ -70,6 +72,16 @@ class DaskflowFuture(abc.ABC, Generic[R]):
     def done(self) -> bool:
         return self._final_state() is not None
 
+    def known_state(self) -> State | None:
+        """The final state as this process knows it, without waiting or asking anywhere else; else None.
+
+        What a cache key over this run may be computed from where a run over it
+        is submitted. A runner whose values live elsewhere gives a completed
+        state whose value is a :class:`~daskflow.states.RemoteValue` (its data
+        version only), or None.
+        """
+        return None
+
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
         """The run's value; raises the run's error if it failed (unless told not to)."""
         self.wait(timeout)
@@ -84,6 +96,17 @@ class DaskflowFuture(abc.ABC, Generic[R]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(task_run={self.task_run.name!r}, state={self.state!r})"
+
+
+class FutureItem(BaseAnnotation[Any]):
+    """An item of the list a future holds, standing in a ``.map``'s arguments where the list stays
+    elsewhere (a Dask runner's ``.map`` over a future). ``value`` is the future."""
+
+    __slots__ = ()
+
+    def known_state(self) -> State | None:
+        """The item's state as this process knows it (see :meth:`DaskflowFuture.known_state`), else None."""
+        return None
 
 
 class LocalFuture(DaskflowFuture[R]):
@@ -101,6 +124,9 @@ class LocalFuture(DaskflowFuture[R]):
         if self._future.cancelled():
             return Cancelled("the run was cancelled before it started")
         return self._future.result()
+
+    def known_state(self) -> State | None:
+        return self._final_state()  # in this process
 
     def wait(self, timeout: float | None = None) -> None:
         concurrent.futures.wait([self._future], timeout=timeout)

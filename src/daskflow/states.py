@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from daskflow import secrets_mask
-from daskflow.exceptions import CancelledRunError, CrashedRunError, DaskflowError, UpstreamFailedError
+from daskflow.exceptions import CancelledRunError, CrashedRunError, DaskflowError, ResultError, UpstreamFailedError
 
 __all__ = [
     "AwaitingConcurrencySlot",
@@ -56,6 +56,7 @@ __all__ = [
     "LoadedOnce",
     "NOT_READY",
     "NotReady",
+    "RemoteValue",
     "get_state_exception",
     "is_state_iterable",
     "item_state",
@@ -193,6 +194,52 @@ class KnownValue(DeferredData):
 
     def __repr__(self) -> str:
         return f"KnownValue({type(self.value).__name__}, version={self.version!r})"
+
+
+class RemoteValue(DeferredData):
+    """A value held elsewhere (on a Dask worker) of which only the data version and length are known here.
+
+    What a Dask runner's client knows of a cached run that ended on the cluster:
+    its worker reports the version with the end, not the value. Enough to key a
+    run over it (a key sees a version, never the content) where the run is
+    submitted, so that a hit never becomes a Dask task; the value itself is
+    never read through this reference.
+    """
+
+    __slots__ = ("_version", "_length")
+
+    def __init__(self, version: str, length: int | None = None) -> None:
+        self._version = version
+        self._length = length
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def length(self) -> int | None:
+        return self._length
+
+    def in_memory(self) -> bool:
+        return False
+
+    def get(self) -> Any:
+        raise ResultError(
+            f"the value of data version {self._version!r} is held where its run executed; only its version is known here"
+        )
+
+    def item(self, index: int) -> DeferredData:
+        length = self._length
+        if length is not None:
+            if not -length <= index < length:
+                raise IndexError(f"item {index} of a list of {length}")
+            index %= length
+        elif index < 0:
+            raise IndexError(f"item {index} of a list whose length is not known here")
+        return RemoteValue(f"{self._version}/{index}")
+
+    def __repr__(self) -> str:
+        return f"RemoteValue(version={self._version!r}, length={self._length!r})"
 
 
 class State:

@@ -29,7 +29,7 @@ from daskflow.engine.caching import caching_enabled
 from daskflow.engine.direct import lean_here, lean_options, run_direct
 from daskflow.engine.prefetch import look_up_calls, reach_of
 from daskflow.exceptions import ConfigurationError, UnhashableInputError
-from daskflow.futures import DaskflowFuture, DaskflowFutureList, LocalFuture
+from daskflow.futures import DaskflowFuture, DaskflowFutureList
 from daskflow.options import TaskOptions, build_options, with_changes
 from daskflow.parameters import Binder
 from daskflow.states import State
@@ -46,8 +46,6 @@ _STATIC_TYPES = (str, bytes, bytearray)
 # Values whose identity says nothing of where they came from: equal ones are often one shared object.
 _UNTRACKED = (str, bytes, int, float, bool, type(None), complex)
 _default_runner: TaskRunner | None = None
-# Futures whose final state is held in this process: a cache key over them can be computed here.
-_LOCAL_FUTURES = (LocalFuture, FinishedFuture)
 # The runners whose direct calls run here, in the caller's thread (TaskRunner.call not overridden).
 _RUNS_HERE = TaskRunner.call
 
@@ -80,7 +78,7 @@ def _cached_here(runner: TaskRunner, call: TaskCall) -> State | None:
     reach = reach_of(runner)
     if reach.same_process:  # the runner runs it in this thread: its engine looks it up as cheaply
         return None
-    [hit] = look_up_calls([call], reach, _LOCAL_FUTURES)
+    [hit] = look_up_calls([call], reach)
     return hit
 
 
@@ -88,7 +86,7 @@ def _submit(runner: TaskRunner, calls: list[TaskCall]) -> list[DaskflowFuture[An
     """Hand ``calls`` to the runner, all but those whose cache entry was found here: they are done."""
     if not calls or not getattr(calls[0].task, "caching", False) or not _looks_up_here(runner):
         return runner.submit_batch(calls)
-    hits = look_up_calls(calls, reach_of(runner), _LOCAL_FUTURES)
+    hits = look_up_calls(calls, reach_of(runner))
     misses = [call for call, hit in zip(calls, hits) if hit is None]
     if len(misses) == len(calls):
         return runner.submit_batch(calls)

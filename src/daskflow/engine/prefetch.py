@@ -52,13 +52,14 @@ from daskflow.cache_policies import (
 )
 from daskflow.engine.caching import result_store, storage_key
 from daskflow.engine.calls import TaskCall
-from daskflow.engine.inputs import iter_upstreams, resolve_inputs, wait_for_all
+from daskflow.engine.inputs import UNCHANGED, resolve_inputs, transform, wait_for_all
 from daskflow.engine.task_engine import TaskRunEngine
 from daskflow.exceptions import DaskflowError
+from daskflow.futures import DaskflowFuture, FutureItem
 from daskflow.results import ResultStore
 from daskflow.results.batch import BatchLookup
 from daskflow.results.deferred import StoredValue
-from daskflow.states import Cached, DeferredData, KnownValue, State
+from daskflow.states import Cached, DeferredData, KnownValue, RemoteValue, State
 
 __all__ = ["LOCAL_REACH", "ClientReach", "look_up_calls", "reach_of"]
 
@@ -154,14 +155,14 @@ def _task_qualifies(task: Any, reach: ClientReach) -> bool:
     return not (options.on_completion and not reach.same_process)
 
 
-def look_up_calls(calls: Sequence[TaskCall], reach: ClientReach, known_futures: tuple[type, ...]) -> list[State | None]:
+def look_up_calls(calls: Sequence[TaskCall], reach: ClientReach) -> list[State | None]:
     """For each call, its final ``Cached`` state if its entry was found here, else None (submit it).
 
-    ``known_futures`` are the future classes whose final state is in this
-    process (a finished future of a local runner, a hit made here): a call
-    whose arguments hold any other future, or one not yet done, is left to
-    its run. Hits are ended through the engine, so they are recorded in the
-    history and their hooks run, as for a hit found where the run executes.
+    A call whose arguments hold a future (or an item of one) whose final state
+    this process does not know (:meth:`~daskflow.futures.DaskflowFuture.known_state`:
+    not done, or its value elsewhere and not versioned) is left to its run.
+    Hits are ended through the engine, so they are recorded in the history and
+    their hooks run, as for a hit found where the run executes.
     """
     found: list[State | None] = [None] * len(calls)
     by_task: dict[int, list[int]] = {}
@@ -178,15 +179,16 @@ def look_up_calls(calls: Sequence[TaskCall], reach: ClientReach, known_futures: 
         if not _reachable(store, reach):
             continue
         keys: dict[int, str] = {}
-        policy_keys: dict[int, str] = {}
+        policy_keys: dict[int, str] = {}  # those whose inputs are all here: the run need not hash them again
         defer_above = int(settings.get("results.defer_above"))
         store.lookup_many((), defer_above=defer_above)  # loads pyarrow the store's way, before our threads
         # Keys are computed here while the lookup reads and parses the entries of those before on threads.
         with BatchLookup(store, defer_above=defer_above, list_from=_LIST_FROM) as lookup:
             for position in positions:
-                key = _key_here(calls[position], known_futures)
+                key, here = _key_here(calls[position])
                 if key is not None:
-                    policy_keys[position] = key
+                    if here:
+                        policy_keys[position] = key
                     keys[position] = skey = storage_key(task.options.name, key)
                     lookup.add((skey,))
             entries = lookup.hits() if keys else {}
@@ -194,8 +196,9 @@ def look_up_calls(calls: Sequence[TaskCall], reach: ClientReach, known_futures: 
             hit = entries.get(skey)
             if hit is None or hit[0].task_name != task.options.name:
                 # A miss, or another task's entry (the run itself warns and recomputes): its run
-                # looks the key up again, but need not hash the same inputs again to know it.
-                calls[position].known_key = policy_keys[position]
+                # looks the key up again, but need not hash the same inputs again to know it
+                # (unless they are elsewhere: there they are the truth, should they be computed again).
+                calls[position].known_key = policy_keys.get(position)
                 continue
             info, value = hit
             data: DeferredData
@@ -211,23 +214,36 @@ def look_up_calls(calls: Sequence[TaskCall], reach: ClientReach, known_futures: 
     return found
 
 
-def _key_here(call: TaskCall, known_futures: tuple[type, ...]) -> str | None:
-    """The policy's key of ``call`` if every input it needs is known in this process, else None."""
+class _NotHere(Exception):
+    """An input whose final state this process does not know."""
+
+
+def _known(leaf: Any, allowed: bool) -> Any:
+    if isinstance(leaf, DaskflowFuture | FutureItem):
+        state = leaf.known_state()
+        if state is None:
+            raise _NotHere
+        return state
+    return UNCHANGED
+
+
+def _key_here(call: TaskCall) -> tuple[str | None, bool]:
+    """The policy's key of ``call`` if every input it needs is known in this process, else None; and
+    whether those inputs are here themselves (not only the data versions of values held elsewhere)."""
     if call.crash is not None or (call.cancel_event is not None and call.cancel_event.is_set()):
-        return None
+        return None, False
     parameters = call.parameters
     plain = not call.wait_for and all(type(value) in _PLAIN for value in parameters.values())
+    kept: list[DeferredData] = []
     try:
         if not plain:  # futures, states, annotations or containers: resolved as the run resolves them
-            for future in iter_upstreams((parameters, call.wait_for)):
-                if not isinstance(future, known_futures) or not future.done():
-                    return None
+            parameters = transform(parameters, _known, unwrap=False)[0]
             where = f"task run {call.task_run.name!r}"
             if call.wait_for:
-                wait_for_all(call.wait_for, where)
-            parameters = resolve_inputs(parameters, where, [])
+                wait_for_all(transform(list(call.wait_for), _known, unwrap=False)[0], where)
+            parameters = resolve_inputs(parameters, where, kept)
         context = call.run_context(parameters)
         key: str | None = call.task.cache_policy.compute_key(context, parameters, call.flow_parameters)
-    except Exception:  # a failed upstream, an unhashable argument: the run ends as it always did
-        return None
-    return key
+    except Exception:  # not known here, a failed upstream, an unhashable argument: the run ends as it always did
+        return None, False
+    return key, not any(isinstance(value, RemoteValue) for value in kept)

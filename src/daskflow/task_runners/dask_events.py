@@ -40,7 +40,7 @@ from daskflow.artifacts import publish_artifact
 from daskflow.concurrency.distributed_compat import CRASHES_ANNOTATION, install_crash_counter
 from daskflow.exceptions import ConfigurationError
 from daskflow.runs import TaskRun
-from daskflow.states import FINAL_TYPE_NAMES, State, StateType
+from daskflow.states import FINAL_TYPE_NAMES, RemoteValue, State, StateType
 from daskflow.task_runners.dask_protocol import ArtifactEvent, Batch, LogEvent, StateEvent
 from daskflow.task_runners.dask_worker import EVENT_TOPIC, applying_reports, mark_client_process
 
@@ -135,7 +135,9 @@ class EventRouter:
         if event.final and event.attempt >= run.run_count:  # the latest attempt's end, not a stale one
             # The one way a run's end on a worker reaches the client: its future settles here, and
             # lets go of the run's arguments (see DaskFuture.settle_reported).
-            future.settle_reported(run.state)
+            future.settle_reported(
+                run.state, None if event.version is None else RemoteValue(event.version, event.length)
+            )
             del self.runs[event.run_id]
             self.settled[run.id] = future  # keyed by the run's own id string: one more per run is not free
             self.recomputing.pop(event.run_id, None)
@@ -186,10 +188,11 @@ class InFlight(Protocol):
 
     task_run: TaskRun
 
-    def settle_reported(self, state: State) -> None:
+    def settle_reported(self, state: State, value: RemoteValue | None = None) -> None:
         """The run's final state came from its worker (its value or error stays on the cluster); done
         on the cluster, which keeps its own graph for recomputing a lost value, the run lets go of
-        what the client kept to resubmit it (dead weight in a map of 100,000 items)."""
+        what the client kept to resubmit it (dead weight in a map of 100,000 items). ``value``: the
+        data version (and length) of a versioned value, as the worker reported it."""
 
 
 _FINAL_TYPES = FINAL_TYPE_NAMES

@@ -21,18 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 import distributed
 
-from daskflow.annotations import BaseAnnotation
 from daskflow.engine import TaskCall
-from daskflow.futures import DaskflowFuture
+from daskflow.futures import DaskflowFuture, FutureItem
 from daskflow.runs import TaskRun
-from daskflow.states import Crashed, State
+from daskflow.states import Crashed, RemoteValue, State, StateType, item_state
 from daskflow.task_runners.dask_events import RELEASED_PARAMETERS
 from daskflow.task_runners.dask_values import on_client
 
 if TYPE_CHECKING:
     from daskflow.task_runners.dask import DaskTaskRunner
 
-__all__ = ["NO_UPSTREAMS", "DaskFuture", "MapItem"]
+__all__ = ["NO_UPSTREAMS", "DaskFuture", "MapItem", "MappedList"]
 
 # What differs between the calls of one ``.map``: the rest (the task, the flow's facts, wait_for,
 # the transaction...) is the same object in every call of the batch (engine.calls.make_calls).
@@ -40,24 +39,47 @@ _OWN_FIELDS = ("task_run", "parameters", "known_key")
 _shared_fields = operator.attrgetter(*(name for name in TaskCall.__slots__ if name not in _OWN_FIELDS))
 
 
-class MapItem(BaseAnnotation[Any]):
+class MappedList:
+    """What the items of one ``.map`` over a future share: where the list is and what is known of it.
+
+    ``key``: the upstream's Dask key when the map was made (a crash retry gives the
+    upstream a new key; then each item is taken from the list itself). ``where``: the
+    worker holding the list, next to which each item's task is made. ``known``: the
+    upstream's final state as the client knows it (:meth:`DaskFuture.known_state`), from
+    which an item's cache key may be computed on the client. ``prefix``: of the items'
+    Dask keys, ``<task>-item-<run>``.
+    """
+
+    __slots__ = ("key", "where", "known", "prefix")
+
+    def __init__(self, key: Any, where: str | None, known: State | None, prefix: str) -> None:
+        self.key = key
+        self.where = where
+        self.known = known
+        self.prefix = prefix
+
+
+class MapItem(FutureItem):
     """Item ``index`` of the list that an upstream future will hold (a ``.map`` over a future).
 
     ``item`` is the Dask future of a small task that takes that item out of the list
-    where the list lives, so the run that maps over it depends on its item only: the
+    where the list lives, made when the run is submitted (a run found cached on the
+    client needs none), so the run that maps over it depends on its item only: the
     runs are asked for on the workers in turn and each item travels to its run, never
     the whole list to every worker (:meth:`.dask_submit.DaskSubmitting._places`).
-    ``source_key`` is the upstream's Dask key when ``item`` was made (a crash retry
-    gives the upstream a new key; then the item is taken from the list itself).
     """
 
-    __slots__ = ("index", "item", "source_key")
+    __slots__ = ("index", "item", "source")
 
-    def __init__(self, value: Any, index: int = 0, item: Any = None, source_key: Any = None) -> None:
+    def __init__(self, value: Any, index: int = 0, source: MappedList | None = None) -> None:
         super().__init__(value)
         self.index = index
-        self.item = item
-        self.source_key = source_key
+        self.item: distributed.Future[Any] | None = None
+        self.source = source
+
+    def known_state(self) -> State | None:
+        known = None if self.source is None else self.source.known
+        return None if known is None else item_state(known, self.index)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (MapItem, (self.value, self.index))
@@ -81,9 +103,10 @@ class DaskFuture(DaskflowFuture[Any]):
     # while the run is in flight, recovery), held in ``_call`` until the run's end is reported.
     # ``attempts``: the attempts the run had made before its current Dask task started.
     # ``_fetched``: whether ``_settled`` holds all it will (else its value is in the Dask task's result).
+    # ``_remote``: the data version (and length) of a versioned value its worker reported, else None.
     __slots__ = (
         "_runner", "_template", "_parameters", "_known_key", "_call", "dask_future", "upstreams", "_settled",
-        "_fetched", "attempts",
+        "_fetched", "attempts", "_remote",
     )  # fmt: skip
     _call: TaskCall | None
 
@@ -105,6 +128,7 @@ class DaskFuture(DaskflowFuture[Any]):
         self.upstreams = upstreams
         self._settled: State | None = None
         self._fetched = True
+        self._remote: RemoteValue | None = None
         self.attempts = call.task_run.run_count
 
     @classmethod
@@ -132,6 +156,17 @@ class DaskFuture(DaskflowFuture[Any]):
 
     def done(self) -> bool:
         return self._settled is not None
+
+    def known_state(self) -> State | None:
+        """Its state once fetched; before, a completed run's versioned value as its worker reported it
+        (a :class:`~daskflow.states.RemoteValue`: the version, never the value); else None."""
+        settled = self._settled
+        if settled is None or not settled.is_completed():
+            return None
+        if self._fetched:
+            return settled
+        remote = self._remote
+        return None if remote is None else State(StateType.COMPLETED, settled.name, data=remote)
 
     def _final_state(self) -> State | None:
         settled = self._settled
@@ -189,13 +224,14 @@ class DaskFuture(DaskflowFuture[Any]):
         self._settled = state
         self._fetched = True
 
-    def settle_reported(self, state: State) -> None:
+    def settle_reported(self, state: State, value: RemoteValue | None = None) -> None:
         """The run's end, as its worker reported it (the event router calls this, then releases the
         call's arguments: the cluster keeps its own graph for recomputing a lost value, which is how
         a lost value is computed again, never by submitting the call anew: see ``rerun_lost``)."""
         if self._settled is None:
             self._settled = state
             self._fetched = False
+            self._remote = value
         # The arguments go: a rebuilt call with them, the future's own call (a submit's) keeps none.
         self._parameters = RELEASED_PARAMETERS
         call = self._call

@@ -90,7 +90,7 @@ __all__ = [
     "decode_event",
 ]
 
-VERSION = 4  # 4: run_on_worker takes the task and flow_info as one Definition
+VERSION = 5  # 5: a completed run's StateEvent carries its value's data version and length
 
 
 def _version_error(what: str, version: Any, where: str) -> ConfigurationError:
@@ -201,16 +201,25 @@ class StateEvent(_Encoded):
     start: float | None = None  # the attempt's start, when its Running event was folded into this one
     cache_key: str | None = None
     interim: bool = False  # a crash judged before a retry: final-looking, but the run went on
+    # A completed run's versioned value (a cached task's): its data version, and its length when a
+    # list or tuple. The value stays on the worker; these let the client key runs over it.
+    version: str | None = None
+    length: int | None = None
 
     @classmethod
     def of(cls, run_id: str, attempt: int, state: State, cache_key: str | None = None) -> StateEvent:
+        deferred = state.deferred if cache_key is not None and state.is_completed() else None
+        if deferred is None:
+            return cls(run_id, attempt, state.type.value, state.name, state.message, state.epoch, state.traceback,
+                       cache_key=cache_key)  # fmt: skip
         return cls(run_id, attempt, state.type.value, state.name, state.message, state.epoch, state.traceback,
-                   cache_key=cache_key)  # fmt: skip
+                   cache_key=cache_key, version=deferred.version, length=deferred.length)  # fmt: skip
 
     def with_start(self, start: float) -> StateEvent:
         """This event with ``start`` (a folded ``Running`` event's time); ``dataclasses.replace`` costs more."""
         return StateEvent(self.run_id, self.attempt, self.type, self.name, self.message, self.timestamp,
-                          self.traceback, start, self.cache_key, self.interim)  # fmt: skip
+                          self.traceback, start, self.cache_key, self.interim, self.version,
+                          self.length)  # fmt: skip
 
     @property
     def running(self) -> bool:

@@ -20,13 +20,14 @@ import distributed
 from dask.base import annotate
 
 from daskflow import settings
+from daskflow.annotations import BaseAnnotation
 from daskflow.concurrency.distributed_compat import MARK_ANNOTATION, pickling_failed
 from daskflow.engine import UNCHANGED, TaskCall, transform
 from daskflow.engine.calls import TransactionSnapshot
 from daskflow.futures import DaskflowFuture
 from daskflow.states import State, item_state
 from daskflow.task_runners.dask_connect import DaskConnecting
-from daskflow.task_runners.dask_futures import NO_UPSTREAMS, DaskFuture, MapItem
+from daskflow.task_runners.dask_futures import NO_UPSTREAMS, DaskFuture, MapItem, MappedList
 from daskflow.task_runners.dask_protocol import Definition, RunSpec
 from daskflow.task_runners.dask_shipping import ship_code, unserializable
 from daskflow.task_runners.dask_values import length_and_worker, shared_value
@@ -52,9 +53,15 @@ def _worker_threads(client: distributed.Client) -> dict[str, int]:
     return dict(client.nthreads())
 
 
-def _over_items(call: TaskCall) -> bool:
-    """Whether a call is a run of a map over a future's items (every call of its batch is alike)."""
-    return any(isinstance(value, MapItem) for value in call.parameters.values())
+def _map_items(call: TaskCall) -> list[MapItem]:
+    """The items of maps over futures among a call's arguments (as ``.map`` puts them: wrapped at most once)."""
+    found = []
+    for value in call.parameters.values():
+        if isinstance(value, BaseAnnotation) and not isinstance(value, MapItem):
+            value = value.value
+        if isinstance(value, MapItem):
+            found.append(value)
+    return found
 
 
 class DaskSubmitting(DaskConnecting):
@@ -113,7 +120,10 @@ class DaskSubmitting(DaskConnecting):
         upstreams: list[DaskFuture],
         attempts: int,
         crash: str | None,
+        whole: list[bool],
     ) -> RunSpec:
+        """The call as its Dask task gets it; ``whole`` gets an entry for each item it takes out of a
+        whole list (its item's own task is gone: a crash retry), which then travels to the run."""
         index: dict[Any, int] = {}
 
         def ref(future: DaskFuture, dask_future: distributed.Future | None = None) -> int:
@@ -130,12 +140,9 @@ class DaskSubmitting(DaskConnecting):
                 return UpstreamRef(ref(leaf))
             if isinstance(leaf, MapItem):
                 item = leaf.item
-                if (
-                    item is not None
-                    and leaf.source_key == leaf.value.dask_future.key
-                    and item.status not in ("error", "cancelled")
-                ):
+                if item is not None and item.status not in ("error", "cancelled") and _current(leaf):
                     return UpstreamRef(ref(leaf.value, item))
+                whole.append(True)
                 return ItemRef(ref(leaf.value), leaf.index)
             if isinstance(leaf, DaskflowFuture):  # from another runner: settle it here
                 leaf.wait()
@@ -243,11 +250,21 @@ class DaskSubmitting(DaskConnecting):
         made = (
             into if into is not None else DaskFuture.many(cast("DaskTaskRunner", self), calls)
         )  # the only kind of runner this layer is a base of
+        items = [_map_items(call) for call in calls] if _map_items(calls[0]) else None
+        if items is not None:
+            self._take_items([item for some in items for item in some])
+        # Where each run is asked for: nowhere in particular, but for a map over a future's items that
+        # moves each item to its run. Not with resources: Dask drops a loose wish for a worker that
+        # lacks them with the resources.
+        spread: list[int] = []
         for position, (call, future) in enumerate(zip(calls, made)):
             deps: list[distributed.Future] = []
             ups: list[DaskFuture] = []
             attempts, crash = resume[position] if resume else (call.task_run.run_count, None)
-            specs.append(self._spec(call, deps, ups, attempts, crash))
+            whole: list[bool] = []
+            specs.append(self._spec(call, deps, ups, attempts, crash, whole))
+            if items is not None and items[position] and not whole:
+                spread.append(position)
             deps_lists.append(deps)
             future.upstreams = ups or NO_UPSTREAMS
             future.attempts = attempts
@@ -257,10 +274,9 @@ class DaskSubmitting(DaskConnecting):
             prefix = f"{task.name}-"
             keys = [prefix + call.task_run.id.replace("-", "") for call in calls]
         count = len(calls)
-        # Where each run is asked for: nowhere in particular, but for a map over a future's items.
-        # Not with resources: Dask drops a loose wish for a worker that lacks them with the resources.
-        spread = _over_items(calls[0]) and not task.options.resources
-        places = (self._places(count) if spread else None) or {None: range(count)}
+        places = (self._places(spread, count) if spread and not task.options.resources else None) or {
+            None: range(count)
+        }
         dask_futures: list[Any] = [None] * count
         try:
             with annotate(**{MARK_ANNOTATION: True}):  # a daskflow task: its worker deaths are counted
@@ -289,8 +305,9 @@ class DaskSubmitting(DaskConnecting):
             future.dask_future = dask_future
         return made
 
-    def _places(self, count: int) -> dict[str | None, Sequence[int]] | None:
-        """Where the next ``count`` runs of a map over a future's items go: the workers' threads in turn.
+    def _places(self, spread: Sequence[int], count: int) -> dict[str | None, Sequence[int]] | None:
+        """Where runs ``spread`` of ``count`` (those of a map over a future's items) go: the workers'
+        threads in turn; the others anywhere (``None``).
 
         The items are taken out of the list where it lives (:meth:`expand_future`), so all of
         them are on one worker, and Dask runs a task where its dependencies are: every run of
@@ -304,11 +321,41 @@ class DaskSubmitting(DaskConnecting):
         if len(threads) < 2:
             return None
         slots = [address for address, n in sorted(threads.items()) for _ in range(max(1, n))]
-        start, self._next_place = self._next_place, self._next_place + count
-        places: dict[str, list[int]] = {}
-        for i in range(count):
-            places.setdefault(slots[(start + i) % len(slots)], []).append(i)
+        start, self._next_place = self._next_place, self._next_place + len(spread)
+        places: dict[str | None, list[int]] = {}
+        for turn, i in enumerate(spread):
+            places.setdefault(slots[(start + turn) % len(slots)], []).append(i)
+        if len(spread) < count:
+            chosen = set(spread)
+            places[None] = [i for i in range(count) if i not in chosen]
         return cast("dict[str | None, Sequence[int]]", places)
+
+    def _take_items(self, wanted: Sequence[MapItem]) -> None:
+        """Make the tasks that take the ``wanted`` items out of their lists, next to each list.
+
+        Made when their runs are submitted, not when the map is made: a run found cached on
+        the client (its key computed from the list's data version) needs no item.
+        """
+        assert self.client is not None
+        by_list: dict[int, list[MapItem]] = {}
+        for leaf in wanted:
+            if leaf.item is None and _current(leaf):
+                by_list.setdefault(id(leaf.source), []).append(leaf)
+        for leaves in by_list.values():
+            source = leaves[0].source
+            assert source is not None
+            made = self.client.map(
+                item_state,
+                [leaves[0].value.dask_future] * len(leaves),
+                [leaf.index for leaf in leaves],
+                key=[f"{source.prefix}-{leaf.index}" for leaf in leaves],
+                pure=False,
+                workers=[source.where] if source.where else None,
+                allow_other_workers=True,
+            )
+            self._made += tuple(made)
+            for leaf, item in zip(leaves, made):
+                leaf.item = item
 
     def call(self, call: TaskCall) -> State:
         """A direct task call runs on the cluster too; its value comes back here."""
@@ -317,25 +364,32 @@ class DaskSubmitting(DaskConnecting):
         return future.state
 
     def expand_future(self, future: DaskflowFuture[Any]) -> list[Any]:
-        """The items of a future's list value for ``.map``, without moving the list here."""
+        """The items of a future's list value for ``.map``, without moving the list here.
+
+        A cached upstream's worker reported its value's version and length: nothing is asked,
+        and each item's cache key can be computed here. Otherwise the cluster is asked for the
+        list's length and where it is, next to the list.
+        """
         if not isinstance(future, DaskFuture):
             return super().expand_future(future)
         assert self.client is not None
-        length, where = self.client.submit(length_and_worker, future.dask_future, pure=False).result()
+        future.wait()
+        known = future.known_state()
+        deferred = None if known is None else known.deferred
+        length: int | None
+        if deferred is not None and deferred.length is not None:
+            length, where = deferred.length, future.task_run.worker
+        else:
+            length, where = self.client.submit(length_and_worker, future.dask_future, pure=False).result()
         if length is None:  # did not complete (each item fails as its downstream), or not items by position
             future.wait()
             return list(future.result())
-        source = future.dask_future.key
-        prefix = f"{future.task_run.task_name}-item-{future.task_run.id.replace('-', '')}"  # grouped as <task>-item
-        # Next to the list: what moves is each item to its run, never the whole list to every worker.
-        items = self.client.map(
-            item_state,
-            [future.dask_future] * length,
-            range(length),
-            key=[f"{prefix}-{i}" for i in range(length)],
-            pure=False,
-            workers=[where] if where else None,
-            allow_other_workers=True,
-        )
-        self._made += tuple(items)
-        return [MapItem(future, i, item, source) for i, item in enumerate(items)]
+        run = future.task_run
+        # Grouped as <task>-item on the dashboard; the items' tasks are made as their runs are submitted.
+        source = MappedList(future.dask_future.key, where, known, f"{run.task_name}-item-{run.id.replace('-', '')}")
+        return [MapItem(future, i, source) for i in range(length)]
+
+
+def _current(leaf: MapItem) -> bool:
+    """Whether the list is still the one the item was made for (a crash retry gives it another key)."""
+    return leaf.source is not None and leaf.source.key == leaf.value.dask_future.key

@@ -32,6 +32,9 @@ class FinishedFuture(DaskflowFuture[Any]):
     def _final_state(self) -> State | None:
         return self._state
 
+    def known_state(self) -> State | None:
+        return self._state
+
     def wait(self, timeout: float | None = None) -> None:
         return None
 
