@@ -193,6 +193,87 @@ def test_a_map_over_a_cached_list_held_on_a_worker_is_looked_up_on_the_client(
     )
 
 
+def _kinds(prefix: str, keys: set[str]) -> list[str]:
+    """The Dask keys of a test's tasks by what they are: a list's run, its items, a lookup, a map's runs."""
+    kinds = []
+    for key in keys:
+        rest = key[len(prefix) + 1 :]
+        kinds.append(
+            "item" if rest.startswith("list-item-") else "list" if rest.startswith("list-")
+            else "lookup" if rest.startswith("lookup-") else "run"
+        )  # fmt: skip
+    return sorted(kinds)
+
+
+def test_a_map_over_a_list_only_a_worker_holds_is_looked_up_there_in_one_task(
+    dask_client: Any, seen: KeysSeen, tmp_path: Path, executions: Any, history: Any
+) -> None:
+    """The list's run does not cache: its items are values on a worker, which the client never sees,
+    so the map's keys are computed there, all in one Dask task next to the list, and only the misses
+    are submitted (each with its item's task); a hit becomes no Dask task, and is recorded here."""
+    store = ResultStore((tmp_path / "results").as_uri())
+
+    @task(name=f"{seen.prefix}-list")
+    def listing(n: int) -> list[int]:
+        executions.record("listing")
+        return list(range(n))
+
+    inc = _cached_map(seen.prefix, store.url, executions)
+    made: list[Any] = []
+
+    @flow(name="over-an-uncached-list", task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline(n: int) -> list[int]:
+        futures = inc.map(listing.submit(n))
+        made[:] = futures
+        return futures.result()
+
+    assert pipeline(20) == list(range(1, 21))
+    cold = set(seen.keys)
+    assert _kinds(seen.prefix, cold) == ["item"] * 20 + ["list", "lookup"] + ["run"] * 20, sorted(cold)
+
+    assert pipeline(20) == list(range(1, 21))
+    warm = seen.keys - cold
+    assert _kinds(seen.prefix, warm) == ["list", "lookup"], f"the all-hit map submitted {sorted(warm)}"
+    assert [f.state.name for f in made] == ["Cached"] * 20
+    assert len([e for e in executions.keys() if e.startswith("inc|")]) == 20, executions.keys()
+    newest = history().list_flow_runs(flow_name="over-an-uncached-list")[0]
+    assert (newest.task_runs, newest.cache_hits) == (21, 20), newest
+
+    gone = [0, 7, 19]
+    for index in gone:
+        assert store.delete(made[index].task_run.cache_key)
+    before = set(seen.keys)
+    assert pipeline(20) == list(range(1, 21))
+    new = seen.keys - before
+    assert _kinds(seen.prefix, new) == ["item"] * 3 + ["list", "lookup"] + ["run"] * 3, sorted(new)
+    assert [i for i, f in enumerate(made) if f.state.name != "Cached"] == gone
+    assert sorted(e for e in executions.keys() if e.startswith("inc|")) == sorted(
+        [f"inc|{i}" for i in range(20)] + [f"inc|{i}" for i in gone]
+    )
+
+
+def test_runs_whose_store_the_client_does_not_share_are_not_looked_up_on_the_workers_for_it(
+    dask_client: Any, seen: KeysSeen, memory_url: str, executions: Any
+) -> None:
+    """memory:// lives in each process: a hit found on a worker could not be read here, so each run
+    looks itself up where it runs, as before."""
+
+    @task(name=f"{seen.prefix}-list")
+    def listing(n: int) -> list[int]:
+        return list(range(n))
+
+    inc = _cached_map(seen.prefix, memory_url, executions)
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline(n: int) -> list[int]:
+        return inc.map(listing.submit(n)).result()
+
+    assert pipeline(20) == list(range(1, 21))
+    assert pipeline(20) == list(range(1, 21))
+    assert "lookup" not in _kinds(seen.prefix, seen.keys), sorted(seen.keys)
+    assert _kinds(seen.prefix, seen.keys).count("run") == 40
+
+
 def test_a_corrupt_entry_is_a_miss_recomputed_on_the_worker(
     dask_client: Any, seen: KeysSeen, tmp_path: Path, executions: Any
 ) -> None:

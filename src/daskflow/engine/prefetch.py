@@ -59,9 +59,9 @@ from daskflow.futures import DaskflowFuture, FutureItem
 from daskflow.results import ResultStore
 from daskflow.results.batch import BatchLookup
 from daskflow.results.deferred import StoredValue
-from daskflow.states import Cached, DeferredData, KnownValue, RemoteValue, State
+from daskflow.states import Cached, DeferredData, KnownValue, State
 
-__all__ = ["LOCAL_REACH", "ClientReach", "look_up_calls", "reach_of"]
+__all__ = ["LOCAL_REACH", "ClientReach", "end_hit", "find_cached", "hits_usable_here", "look_up_calls", "reach_of"]
 
 # Parts of a policy that key a run on what it is given and nothing else (a reference by its
 # version): their key is the same wherever it is computed. A cache_key_fn, FileVersions (it
@@ -142,17 +142,37 @@ def _portable(policy: Any) -> bool:
     return isinstance(policy, _PORTABLE)
 
 
-def _task_qualifies(task: Any, reach: ClientReach) -> bool:
-    """Whether runs of ``task`` may be looked up here at all (before any key is computed)."""
+def _task_qualifies(task: Any, reach: ClientReach, portable: bool = True) -> bool:
+    """Whether runs of ``task`` may be looked up before they are submitted (before any key is computed).
+
+    ``portable``: only if their keys are the same wherever they are computed (to
+    compute them here); a lookup on a worker (:func:`find_cached` with ``anywhere``)
+    computes them where the runs would.
+    """
     if not getattr(task, "caching", False):
         return False
     options = task.options
     if options.refresh_cache or options.task_run_name is not None:
         return False  # a forced recompute; a run name formed from the values themselves
-    if not _portable(task.cache_policy):
+    if portable and not _portable(task.cache_policy):
         return False
     # A hit ends here and runs its completion hooks here: only where the run would have run them.
     return not (options.on_completion and not reach.same_process)
+
+
+def _store_here(task: Any, reach: ClientReach | None) -> ResultStore | None:
+    """The task's store, if it holds the same entries here and where the runs execute (with ``reach``)."""
+    try:
+        store = result_store(task.options.result_storage)
+    except DaskflowError:
+        return None  # a storage that cannot be opened here: the run says why where it runs
+    return store if reach is None or _reachable(store, reach) else None
+
+
+def hits_usable_here(task: Any, reach: ClientReach) -> bool:
+    """Whether hits of ``task``'s runs found on a worker may be ended here (their entries are the same
+    here and there), though their keys need the worker (:func:`find_cached` with ``anywhere``)."""
+    return _task_qualifies(task, reach, portable=False) and _store_here(task, reach) is not None
 
 
 def look_up_calls(calls: Sequence[TaskCall], reach: ClientReach) -> list[State | None]:
@@ -161,8 +181,28 @@ def look_up_calls(calls: Sequence[TaskCall], reach: ClientReach) -> list[State |
     A call whose arguments hold a future (or an item of one) whose final state
     this process does not know (:meth:`~daskflow.futures.DaskflowFuture.known_state`:
     not done, or its value elsewhere and not versioned) is left to its run.
-    Hits are ended through the engine, so they are recorded in the history and
-    their hooks run, as for a hit found where the run executes.
+    Hits are ended through the engine (:func:`end_hit`), so they are recorded in
+    the history and their hooks run, as for a hit found where the run executes.
+    """
+    found = find_cached(calls, reach)
+    return [None if hit is None else end_hit(call, hit) for call, hit in zip(calls, found)]
+
+
+def end_hit(call: TaskCall, hit: State) -> State:
+    """End ``call``'s run with ``hit`` (from :func:`find_cached`), as its engine ends a hit."""
+    return TaskRunEngine(call).finish(hit)
+
+
+def find_cached(calls: Sequence[TaskCall], reach: ClientReach, anywhere: bool = False) -> list[State | None]:
+    """For each call, the ``Cached`` state its run would end in (not ended yet) if its entry was found
+    here, else None. A miss whose key was computed gets it as ``known_key``: its run looks it up
+    again without hashing the same inputs again.
+
+    ``anywhere``: on a worker, for calls whose hits the client ends (it checked
+    :func:`hits_usable_here`): any policy, since the keys are computed where the runs execute.
+    A key computed from reported data versions (:class:`~daskflow.states.RemoteValue`) names
+    the value the run will be given: the same Dask result; should Dask compute it again after a
+    worker is lost, it is the same task's value on the same inputs.
     """
     found: list[State | None] = [None] * len(calls)
     by_task: dict[int, list[int]] = {}
@@ -170,36 +210,28 @@ def look_up_calls(calls: Sequence[TaskCall], reach: ClientReach) -> list[State |
         by_task.setdefault(id(call.task), []).append(position)
     for positions in by_task.values():
         task = calls[positions[0]].task
-        if not _task_qualifies(task, reach):
+        if not (anywhere or _task_qualifies(task, reach)):
             continue
-        try:
-            store = result_store(task.options.result_storage)
-        except DaskflowError:
-            continue  # a storage that cannot be opened here: the run says why where it runs
-        if not _reachable(store, reach):
+        store = _store_here(task, None if anywhere else reach)
+        if store is None:
             continue
         keys: dict[int, str] = {}
-        policy_keys: dict[int, str] = {}  # those whose inputs are all here: the run need not hash them again
         defer_above = int(settings.get("results.defer_above"))
         store.lookup_many((), defer_above=defer_above)  # loads pyarrow the store's way, before our threads
         # Keys are computed here while the lookup reads and parses the entries of those before on threads.
         with BatchLookup(store, defer_above=defer_above, list_from=_LIST_FROM) as lookup:
             for position in positions:
-                key, here = _key_here(calls[position])
+                call = calls[position]
+                key = _key_here(call)
                 if key is not None:
-                    if here:
-                        policy_keys[position] = key
+                    call.known_key = key
                     keys[position] = skey = storage_key(task.options.name, key)
                     lookup.add((skey,))
             entries = lookup.hits() if keys else {}
         for position, skey in keys.items():
             hit = entries.get(skey)
             if hit is None or hit[0].task_name != task.options.name:
-                # A miss, or another task's entry (the run itself warns and recomputes): its run
-                # looks the key up again, but need not hash the same inputs again to know it
-                # (unless they are elsewhere: there they are the truth, should they be computed again).
-                calls[position].known_key = policy_keys.get(position)
-                continue
+                continue  # a miss, or another task's entry (the run itself warns and recomputes)
             info, value = hit
             data: DeferredData
             if value is store.NOT_READ:
@@ -208,9 +240,8 @@ def look_up_calls(calls: Sequence[TaskCall], reach: ClientReach) -> list[State |
                 data = value
             else:
                 data = KnownValue(value, info.version)
-            call = calls[position]
-            call.task_run.cache_key = skey
-            found[position] = TaskRunEngine(call).finish(Cached(data, f"cache hit: {skey}"))
+            calls[position].task_run.cache_key = skey
+            found[position] = Cached(data, f"cache hit: {skey}")
     return found
 
 
@@ -227,23 +258,21 @@ def _known(leaf: Any, allowed: bool) -> Any:
     return UNCHANGED
 
 
-def _key_here(call: TaskCall) -> tuple[str | None, bool]:
-    """The policy's key of ``call`` if every input it needs is known in this process, else None; and
-    whether those inputs are here themselves (not only the data versions of values held elsewhere)."""
+def _key_here(call: TaskCall) -> str | None:
+    """The policy's key of ``call`` if every input it needs is known in this process, else None."""
     if call.crash is not None or (call.cancel_event is not None and call.cancel_event.is_set()):
-        return None, False
+        return None
     parameters = call.parameters
     plain = not call.wait_for and all(type(value) in _PLAIN for value in parameters.values())
-    kept: list[DeferredData] = []
     try:
         if not plain:  # futures, states, annotations or containers: resolved as the run resolves them
             parameters = transform(parameters, _known, unwrap=False)[0]
             where = f"task run {call.task_run.name!r}"
             if call.wait_for:
                 wait_for_all(transform(list(call.wait_for), _known, unwrap=False)[0], where)
-            parameters = resolve_inputs(parameters, where, kept)
+            parameters = resolve_inputs(parameters, where, [])
         context = call.run_context(parameters)
         key: str | None = call.task.cache_policy.compute_key(context, parameters, call.flow_parameters)
     except Exception:  # not known here, a failed upstream, an unhashable argument: the run ends as it always did
-        return None, False
-    return key, not any(isinstance(value, RemoteValue) for value in kept)
+        return None
+    return key

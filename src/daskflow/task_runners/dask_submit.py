@@ -24,6 +24,8 @@ from daskflow.annotations import BaseAnnotation
 from daskflow.concurrency.distributed_compat import MARK_ANNOTATION, pickling_failed
 from daskflow.engine import UNCHANGED, TaskCall, transform
 from daskflow.engine.calls import TransactionSnapshot
+from daskflow.engine.inputs import iter_upstreams
+from daskflow.engine.prefetch import end_hit, hits_usable_here, reach_of
 from daskflow.futures import DaskflowFuture
 from daskflow.states import State, item_state
 from daskflow.task_runners.dask_connect import DaskConnecting
@@ -31,7 +33,8 @@ from daskflow.task_runners.dask_futures import NO_UPSTREAMS, DaskFuture, MapItem
 from daskflow.task_runners.dask_protocol import Definition, RunSpec
 from daskflow.task_runners.dask_shipping import ship_code, unserializable
 from daskflow.task_runners.dask_values import length_and_worker, shared_value
-from daskflow.task_runners.dask_worker import ItemRef, UpstreamRef, run_on_worker
+from daskflow.task_runners.dask_worker import ItemRef, UpstreamRef, look_up_on_worker, run_on_worker
+from daskflow.task_runners.sequential import FinishedFuture
 
 if TYPE_CHECKING:
     from daskflow.task_runners.dask import DaskTaskRunner
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["DaskSubmitting"]
 
 _INLINE_BYTES = 2 << 20  # bytes of a shared object over all the tasks of one submission
+_ON_WORKERS_FROM = 16  # fewer runs to look up on the workers than this: each looks itself up
 
 
 def _worker_threads(client: distributed.Client) -> dict[str, int]:
@@ -121,10 +125,13 @@ class DaskSubmitting(DaskConnecting):
         attempts: int,
         crash: str | None,
         whole: list[bool],
+        index: dict[Any, int] | None = None,
     ) -> RunSpec:
         """The call as its Dask task gets it; ``whole`` gets an entry for each item it takes out of a
-        whole list (its item's own task is gone: a crash retry), which then travels to the run."""
-        index: dict[Any, int] = {}
+        whole list (its item's own task is gone: a crash retry), which then travels to the run.
+        ``index``: the position in ``deps`` of each Dask key, when several specs share ``deps``."""
+        if index is None:
+            index = {}
 
         def ref(future: DaskFuture, dask_future: distributed.Future | None = None) -> int:
             dask_future = dask_future or future.dask_future
@@ -195,11 +202,83 @@ class DaskSubmitting(DaskConnecting):
         for call in calls:
             by_task.setdefault(id(call.task), []).append(call)
         for group in by_task.values():
-            futures.extend(self._submit_group(group))
+            hits = self._look_up_on_workers(group)
+            if hits is None:
+                futures.extend(self._submit_group(group))
+                continue
+            misses = [call for call, hit in zip(group, hits) if hit is None]
+            submitted = iter(self._submit_group(misses) if misses else ())
+            futures.extend(
+                FinishedFuture(call.task_run, hit) if hit is not None else next(submitted)
+                for call, hit in zip(group, hits)
+            )
         if len(by_task) > 1:  # keep the caller's order
             order = {id(call.task_run): i for i, call in enumerate(calls)}
             futures.sort(key=lambda f: order[id(f.task_run)])
         return futures
+
+    def _look_up_on_workers(self, calls: Sequence[TaskCall]) -> list[State | None] | None:
+        """Look up the runs whose keys need values only the cluster holds, a task per worker; each
+        run's final ``Cached`` state if found (ended here, in the history), else None; or None when
+        none was looked up.
+
+        A run whose key the client could not compute (:mod:`daskflow.engine.prefetch`: its
+        upstream's value is on a worker and not versioned, or its policy reads what the workers
+        see) would look itself up in a Dask task of its own: 10,000 tasks for a map of 10,000
+        hits. Instead, the runs whose upstreams have all ended are looked up in one Dask task per
+        worker holding their upstream values (:func:`.dask_worker.look_up_on_worker`), and only the
+        misses are submitted, with the keys found there. Only for a map's worth of such runs
+        (:data:`_ON_WORKERS_FROM`), since it costs a round trip first, and only where a hit found
+        there may be ended here: a store the client sees as the workers do.
+        """
+        task = calls[0].task
+        if len(calls) < _ON_WORKERS_FROM or not hits_usable_here(task, reach_of(self)):
+            return None
+        groups: dict[str | None, list[int]] = {}
+        for position, call in enumerate(calls):
+            if call.known_key is not None or call.crash is not None:
+                continue  # looked up on the client already, or a crash retry (its run judges it)
+            where: str | None = None
+            for future in iter_upstreams((call.parameters, call.wait_for)):
+                if not future.done():
+                    break
+                if where is None and isinstance(future, DaskFuture):
+                    where = future.task_run.worker
+            else:
+                groups.setdefault(where, []).append(position)
+        if sum(len(positions) for positions in groups.values()) < _ON_WORKERS_FROM:
+            return None
+        assert self.client is not None
+        ship_code(self.client, self._router, task)
+        definition = self._shared(self._definition(task, self._flow_info(calls[0])), len(calls))
+        lookups = []
+        for where, positions in groups.items():
+            specs: list[RunSpec] = []
+            deps: list[distributed.Future] = []
+            index: dict[Any, int] = {}
+            for position in positions:
+                call = calls[position]
+                specs.append(self._spec(call, deps, [], call.task_run.run_count, None, [], index))
+            lookups.append(
+                self.client.submit(
+                    look_up_on_worker, definition, specs, deps,
+                    key=f"{task.name}-lookup-{uuid.uuid4().hex}", pure=False,
+                    workers=[where] if where else None, allow_other_workers=True,
+                )
+            )  # fmt: skip
+        try:
+            answers = self.client.gather(lookups)
+        except Exception:  # a lookup lost with its worker, say: each run looks itself up, as before
+            return None
+        hits: list[State | None] = [None] * len(calls)
+        for positions, answer in zip(groups.values(), answers):
+            for position, (hit, key, entry) in zip(positions, answer):
+                call = calls[position]
+                call.known_key = key
+                if hit is not None:
+                    call.task_run.cache_key = entry
+                    hits[position] = end_hit(call, hit)
+        return hits
 
     def _submit_group(
         self,

@@ -44,6 +44,7 @@ from daskflow.concurrency.cluster import cluster_coordination
 from daskflow.concurrency.distributed_compat import active_task_threads, current_task_crashes, mark_waiting
 from daskflow.context import set_wait_hook, set_worker_thread, shielded_threads, use_transaction
 from daskflow.engine import UNCHANGED, TaskCall, interrupt_thread, run_task_sync, transform
+from daskflow.engine.prefetch import LOCAL_REACH, find_cached
 from daskflow.exceptions import CancelledRunError
 from daskflow.logging import ARTIFACT_LOGGER, set_console_enabled
 from daskflow.results import write_behind
@@ -59,6 +60,7 @@ __all__ = [
     "applying_reports",
     "ItemRef",
     "UpstreamRef",
+    "look_up_on_worker",
     "mark_client_process",
     "run_on_worker",
     "state_length",
@@ -507,37 +509,24 @@ async def drain_writes(flow_run_id: str, timeout: float, dask_worker: Any = None
     return report
 
 
-def run_on_worker(definition: Definition, spec: RunSpec, upstream: list[State]) -> State:
-    """Run one task call on this worker; returns its final state (with its value).
-
-    ``definition`` is the task object and the flow's facts, shared by every task of a submission.
-    """
+def _call_of(
+    definition: Definition, spec: RunSpec, upstream: list[State], run_count: int, crash: str | None, worker: str
+) -> TaskCall:
+    """The call a spec stands for, with its references replaced by the states of ``upstream``."""
     task, flow_info = definition.task, definition.flow_info
-    forwarder = _install_forwarder()
-    worker = get_worker()
-    forwarder.worker = worker  # the latest: see _Forwarder.flush_now
-    sender = _end_sender(forwarder, worker)
-    run_id, name, parameters, wait_for = spec.run_id, spec.name, spec.parameters, spec.wait_for
-    run_count, crash = spec.attempts, spec.crash
-    deaths = current_task_crashes()
-    if deaths:  # the scheduler ran this Dask task again after its worker died: each death was an attempt
-        run_count += deaths
-        crash = (
-            f"the Dask worker running task run {name!r} died; the run crashed with it "
-            f"(Dask started the task again: worker death {deaths} under this Dask task)"
-        )
     run = TaskRun(
-        id=run_id,
-        name=name,
+        id=spec.run_id,
+        name=spec.name,
         task_name=task.name,
         flow_run_id=flow_info.get("flow_run_id"),
         map_index=spec.map_index,
         tags=flow_info.get("run_tags") or task.options.tags,
         upstream_ids=spec.upstreams,
         run_count=run_count,
-        worker=worker.address,
+        worker=worker,
     )
-    call = TaskCall(
+    parameters, wait_for = spec.parameters, spec.wait_for
+    return TaskCall(
         task,
         run,
         substitute(parameters, upstream) if upstream else parameters,
@@ -548,6 +537,43 @@ def run_on_worker(definition: Definition, spec: RunSpec, upstream: list[State]) 
         crash=crash,
         known_key=spec.key,
     )
+
+
+def look_up_on_worker(
+    definition: Definition, specs: list[RunSpec], upstream: list[State]
+) -> list[tuple[State | None, str | None, str | None]]:
+    """Look the runs of ``specs`` up here, where their inputs are, all at once; run none of them.
+
+    For each run: its ``Cached`` state if its entry was found (not ended: the client ends it,
+    recorded as a hit found there), the policy's key (a miss's run then need not hash its inputs
+    again), and the entry's name. One Dask task for many runs, next to their upstream values:
+    the runs whose key needs a value only the cluster holds (an upstream that does not cache).
+    """
+    address = get_worker().address
+    calls = [_call_of(definition, spec, upstream, spec.attempts, None, address) for spec in specs]
+    found = find_cached(calls, LOCAL_REACH, anywhere=True)
+    return [(hit, call.known_key, call.task_run.cache_key) for call, hit in zip(calls, found)]
+
+
+def run_on_worker(definition: Definition, spec: RunSpec, upstream: list[State]) -> State:
+    """Run one task call on this worker; returns its final state (with its value).
+
+    ``definition`` is the task object and the flow's facts, shared by every task of a submission.
+    """
+    forwarder = _install_forwarder()
+    worker = get_worker()
+    forwarder.worker = worker  # the latest: see _Forwarder.flush_now
+    sender = _end_sender(forwarder, worker)
+    run_id, name = spec.run_id, spec.name
+    run_count, crash = spec.attempts, spec.crash
+    deaths = current_task_crashes()
+    if deaths:  # the scheduler ran this Dask task again after its worker died: each death was an attempt
+        run_count += deaths
+        crash = (
+            f"the Dask worker running task run {name!r} died; the run crashed with it "
+            f"(Dask started the task again: worker death {deaths} under this Dask task)"
+        )
+    call = _call_of(definition, spec, upstream, run_count, crash, worker.address)
     forwarder.begin_run(run_id)
     set_wait_hook(_seceded)
     set_worker_thread(True)
