@@ -15,7 +15,7 @@ import abc
 import concurrent.futures
 import queue
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from daskflow.annotations import BaseAnnotation
@@ -71,6 +71,12 @@ class DaskflowFuture(abc.ABC, Generic[R]):
 
     def done(self) -> bool:
         return self._final_state() is not None
+
+    @classmethod
+    def fetch_many(cls, futures: Sequence[DaskflowFuture[Any]], timeout: float | None = None) -> None:
+        """Wait for those ``futures`` that are of this class and bring their final states here at once,
+        where fetching them one by one would cost a round trip each (within ``timeout`` seconds; what
+        is not done then is left to each future's own wait). Nothing by default."""
 
     def known_state(self) -> State | None:
         """The final state as this process knows it, without waiting or asking anywhere else; else None.
@@ -143,6 +149,9 @@ class DaskflowFutureList(list[DaskflowFuture[R]]):
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[R]:
         deadline = None if timeout is None else time.monotonic() + timeout
+        if len(self) > 1:
+            for cls in {type(future) for future in self}:
+                cls.fetch_many(self, None if deadline is None else max(deadline - time.monotonic(), 0.0))
         values = []
         for future in self:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
