@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dask.config
 import pytest
 from distributed.diagnostics.plugin import SchedulerPlugin
 
@@ -205,12 +206,20 @@ def _kinds(prefix: str, keys: set[str]) -> list[str]:
     return sorted(kinds)
 
 
+@pytest.fixture
+def lists_stay_on_workers() -> Iterator[None]:
+    """Lists of any size stay where they are made (one under daskflow.dask.map_fetch_below comes here)."""
+    with dask.config.set({"daskflow.dask.map_fetch_below": 0}):
+        yield
+
+
 def test_a_map_over_a_list_only_a_worker_holds_is_looked_up_there_in_one_task(
-    dask_client: Any, seen: KeysSeen, tmp_path: Path, executions: Any, history: Any
+    dask_client: Any, seen: KeysSeen, tmp_path: Path, executions: Any, history: Any, lists_stay_on_workers: None
 ) -> None:
-    """The list's run does not cache: its items are values on a worker, which the client never sees,
-    so the map's keys are computed there, all in one Dask task next to the list, and only the misses
-    are submitted (each with its item's task); a hit becomes no Dask task, and is recorded here."""
+    """The list's run does not cache: its items are values on a worker, which the client never sees
+    (the list is too large to bring), so the map's keys are computed there, all in one Dask task next
+    to the list, and only the misses are submitted (each with its item's task); a hit becomes no Dask
+    task, and is recorded here."""
     store = ResultStore((tmp_path / "results").as_uri())
 
     @task(name=f"{seen.prefix}-list")
@@ -253,7 +262,7 @@ def test_a_map_over_a_list_only_a_worker_holds_is_looked_up_there_in_one_task(
 
 
 def test_runs_whose_store_the_client_does_not_share_are_not_looked_up_on_the_workers_for_it(
-    dask_client: Any, seen: KeysSeen, memory_url: str, executions: Any
+    dask_client: Any, seen: KeysSeen, memory_url: str, executions: Any, lists_stay_on_workers: None
 ) -> None:
     """memory:// lives in each process: a hit found on a worker could not be read here, so each run
     looks itself up where it runs, as before."""
@@ -272,6 +281,29 @@ def test_runs_whose_store_the_client_does_not_share_are_not_looked_up_on_the_wor
     assert pipeline(20) == list(range(1, 21))
     assert "lookup" not in _kinds(seen.prefix, seen.keys), sorted(seen.keys)
     assert _kinds(seen.prefix, seen.keys).count("run") == 40
+
+
+def test_a_map_over_a_small_list_is_keyed_on_the_client_once_the_list_comes_here(
+    dask_client: Any, seen: KeysSeen, tmp_path: Path, executions: Any
+) -> None:
+    """A list under daskflow.dask.map_fetch_below comes to the client: its values key the map's runs
+    here, so an all-hit map over an uncached list is no Dask task but the list's own."""
+
+    @task(name=f"{seen.prefix}-list")
+    def listing(n: int) -> list[int]:
+        return list(range(n))
+
+    inc = _cached_map(seen.prefix, (tmp_path / "results").as_uri(), executions)
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline(n: int) -> list[int]:
+        return inc.map(listing.submit(n)).result()
+
+    assert pipeline(20) == list(range(1, 21))
+    cold = set(seen.keys)
+    assert _kinds(seen.prefix, cold) == ["list"] + ["run"] * 20, sorted(cold)
+    assert pipeline(20) == list(range(1, 21))
+    assert _kinds(seen.prefix, seen.keys - cold) == ["list"], sorted(seen.keys - cold)
 
 
 def test_a_corrupt_entry_is_a_miss_recomputed_on_the_worker(

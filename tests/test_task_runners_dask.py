@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,17 @@ def test_each_flow_run_is_a_dask_span_and_big_maps_go_in_windows(
     assert ("flow spanned run span-10",) in names, names
 
 
-def test_a_map_over_a_future_depends_on_its_items_not_the_whole_list(dask_client: Client) -> None:
+@pytest.fixture
+def lists_stay_on_workers() -> Iterator[None]:
+    """Lists of any size stay where they are made (a list under daskflow.dask.map_fetch_below comes
+    to the client, whose runs then carry their values): for the tests of items taken out there."""
+    with dask.config.set({"daskflow.dask.map_fetch_below": 0}):
+        yield
+
+
+def test_a_map_over_a_future_depends_on_its_items_not_the_whole_list(
+    dask_client: Client, lists_stay_on_workers: None
+) -> None:
     @task(name="discover")
     def discover() -> list[int]:
         return [1, 2, 3]
@@ -219,7 +230,35 @@ def test_a_map_over_a_future_depends_on_its_items_not_the_whole_list(dask_client
     assert {key_split(d[0]) for d in deps} == {"discover-item"}
 
 
-def test_the_runs_of_a_map_over_a_future_go_to_every_worker(dask_client: Client) -> None:
+def test_a_small_list_comes_to_the_client_and_its_runs_carry_their_values(dask_client: Client) -> None:
+    """A list of paths or ids costs one transfer; taking each item out where the list is costs a
+    Dask task per item. Under daskflow.dask.map_fetch_below the list comes here: no item tasks."""
+
+    @task(name="listing")
+    def listing() -> list[str]:
+        return [f"part-{i}.parquet" for i in range(30)]
+
+    @task(name="size")
+    def size(path: str) -> int:
+        return len(path)
+
+    def item_tasks(dask_scheduler: Any) -> list[str]:
+        return [str(key) for key in dask_scheduler.tasks if key_split(key) == "listing-item"]
+
+    seen: dict[str, Any] = {}
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def pipeline() -> list[int]:
+        sizes = size.map(listing.submit())
+        values = sizes.result()
+        seen["items"] = dask_client.run_on_scheduler(item_tasks)
+        return values
+
+    assert pipeline() == [len(f"part-{i}.parquet") for i in range(30)]
+    assert seen["items"] == [], seen["items"]
+
+
+def test_the_runs_of_a_map_over_a_future_go_to_every_worker(dask_client: Client, lists_stay_on_workers: None) -> None:
     """The items are taken out of the list where it lives, so they all sit on one worker, and Dask
     runs a task where its dependencies are: unless each run is asked for on a worker in turn, every
     run of the map goes to that one worker and the others idle (W7 cold ran 1.4-1.8x raw Dask)."""
@@ -240,7 +279,9 @@ def test_the_runs_of_a_map_over_a_future_go_to_every_worker(dask_client: Client)
     assert sorted(set(ran)) == sorted(dask_client.nthreads()), f"the runs' workers, in map order: {ran}"
 
 
-def test_a_run_that_takes_its_item_out_of_the_whole_list_is_not_sent_away_from_it(dask_client: Client) -> None:
+def test_a_run_that_takes_its_item_out_of_the_whole_list_is_not_sent_away_from_it(
+    dask_client: Client, lists_stay_on_workers: None
+) -> None:
     """A crash retry gives the list a new Dask key: a run whose item task belongs to the old one takes
     its item out of the whole list, so it is not asked for on another worker (the whole list would
     travel there); the runs that still have their own item are."""

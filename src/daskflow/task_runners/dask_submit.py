@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 import cloudpickle
 import distributed
 from dask.base import annotate
+from dask.utils import parse_bytes
 
 from daskflow import settings
 from daskflow.annotations import BaseAnnotation
@@ -447,7 +448,9 @@ class DaskSubmitting(DaskConnecting):
 
         A cached upstream's worker reported its value's version and length: nothing is asked,
         and each item's cache key can be computed here. Otherwise the cluster is asked for the
-        list's length and where it is, next to the list.
+        list's length and where it is, next to the list, and sends the list itself if it is smaller
+        than dask.config ``daskflow.dask.map_fetch_below``: one transfer of a list of paths or ids
+        costs far less than a Dask task per item to take each out of it.
         """
         if not isinstance(future, DaskFuture):
             return super().expand_future(future)
@@ -459,7 +462,10 @@ class DaskSubmitting(DaskConnecting):
         if deferred is not None and deferred.length is not None:
             length, where = deferred.length, future.task_run.worker
         else:
-            length, where = self.client.submit(length_and_worker, future.dask_future, pure=False).result()
+            below = int(parse_bytes(settings.get("dask.map_fetch_below")))
+            length, where, small = self.client.submit(length_and_worker, future.dask_future, below, pure=False).result()
+            if small is not None:  # a small list comes here: its values go with the runs, and key them here
+                return list(small)
         if length is None:  # did not complete (each item fails as its downstream), or not items by position
             future.wait()
             return list(future.result())

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import distributed
+from dask.sizeof import sizeof
 from distributed import Client
 
 from daskflow.states import DeferredData, LoadedOnce, State
@@ -28,13 +29,22 @@ def shared_value(obj: Any) -> Any:
     return obj
 
 
-def length_and_worker(state: State) -> tuple[int | None, str | None]:
-    """The length of a run's list value, and the worker that holds it (this task runs next to it)."""
+def length_and_worker(state: State, below: int = 0) -> tuple[int | None, str | None, Any]:
+    """The length of a run's list value, the worker that holds it (this task runs next to it), and
+    the list itself when it is in memory here and smaller than ``below`` bytes (else None)."""
     try:
         where: str | None = distributed.get_worker().address
     except ValueError:
         where = None
-    return state_length(state), where
+    length = state_length(state)
+    small = None
+    if length is not None and below > 0:
+        deferred = state.deferred
+        if deferred is None or deferred.in_memory():
+            value = state.data
+            if sizeof(value) < below:
+                small = value
+    return length, where, small
 
 
 class ClusterValue(LoadedOnce):
