@@ -14,6 +14,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import dask.config
@@ -23,7 +24,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from conftest import put_raw, raw_bytes
 from daskflow import flow, task
 from daskflow.cache_policies import INPUTS
-from daskflow.engine.prefetch import ClientReach, _reachable
+from daskflow.engine.prefetch import ClientReach, _reachable, reach_of
 from daskflow.results import ResultStore
 from daskflow.task_runners import DaskTaskRunner, ThreadPoolTaskRunner
 
@@ -398,6 +399,24 @@ def test_which_stores_are_looked_up_where_runs_are_submitted(tmp_path: Path, mem
     elsewhere = ClientReach(same_process=False, same_host=False)
     assert [_reachable(local, r) for r in (here, same_machine, elsewhere)] == [True, True, False]
     assert [_reachable(memory, r) for r in (here, same_machine, elsewhere)] == [True, False, False]
+
+
+def test_a_cluster_of_threads_in_this_process_is_looked_up_like_this_process(
+    dask_inprocess_client: Any, memory_url: str, executions: Any
+) -> None:
+    """LocalCluster(processes=False), a notebook's usual cluster: its inproc:// workers share this
+    process's memory:// store and folders, so an all-hit map is found here and runs nothing."""
+    runner = DaskTaskRunner(client=dask_inprocess_client)
+    # What reach_of asks of a started runner: its client.
+    assert reach_of(SimpleNamespace(client=dask_inprocess_client)) == ClientReach(same_process=True, same_host=True)
+    inc = _cached_map(f"inproc-{uuid.uuid4().hex[:6]}", memory_url, executions)
+    made: list[Any] = []
+    pipeline = _mapping_flow(inc, runner, made)
+    assert pipeline(20) == list(range(1, 21))
+    assert pipeline(20) == list(range(1, 21))
+    assert [f.state.name for f in made] == ["Cached"] * 20
+    assert all(not hasattr(f, "dask_future") for f in made), "a hit became a Dask task"
+    assert len(executions.keys()) == 20
 
 
 class Hashed:

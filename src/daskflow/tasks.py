@@ -27,7 +27,7 @@ from daskflow.context import get_flow_run_context, get_task_run_context, use_tas
 from daskflow.engine import TaskCall, exponential_backoff, make_calls, run_task_async, run_task_sync
 from daskflow.engine.caching import caching_enabled
 from daskflow.engine.direct import lean_here, lean_options, run_direct
-from daskflow.engine.prefetch import look_up_calls, reach_of
+from daskflow.engine.prefetch import LOCAL_REACH, look_up_calls, reach_of
 from daskflow.exceptions import ConfigurationError, UnhashableInputError
 from daskflow.futures import DaskflowFuture, DaskflowFutureList
 from daskflow.options import TaskOptions, build_options, with_changes
@@ -76,7 +76,7 @@ def _cached_here(runner: TaskRunner, call: TaskCall) -> State | None:
     if not getattr(call.task, "caching", False) or not _looks_up_here(runner):
         return None
     reach = reach_of(runner)
-    if reach.same_process:  # the runner runs it in this thread: its engine looks it up as cheaply
+    if reach is LOCAL_REACH:  # a local runner runs it in this process: its engine looks it up as cheaply
         return None
     [hit] = look_up_calls([call], reach)
     return hit

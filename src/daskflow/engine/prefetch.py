@@ -96,8 +96,9 @@ def reach_of(runner: Any) -> ClientReach:
     """Where ``runner`` executes, as far as storage goes.
 
     A runner without a Dask ``client`` runs in this process. With one, the
-    workers are asked for (once per few seconds per client): on this machine
-    only if every worker listens on a loopback address.
+    workers are asked for (once per few seconds per client): in this process
+    if every worker is an ``inproc://`` one, on this machine if every worker
+    listens on a loopback address.
     """
     client = getattr(runner, "client", None)
     if client is None:
@@ -108,11 +109,14 @@ def reach_of(runner: Any) -> ClientReach:
         return cached[1]
     try:
         # nthreads() names every worker; scheduler_info()["workers"] is capped at 5 by some versions.
-        hosts = {_host_of(address) for address in client.nthreads()}
-        same_host = bool(hosts) and hosts <= _LOCAL_HOSTS
+        addresses = list(client.nthreads())
+        # inproc:// workers are threads of this process (LocalCluster(processes=False)).
+        same_process = bool(addresses) and all(address.startswith("inproc://") for address in addresses)
+        hosts = {_host_of(address) for address in addresses}
+        same_host = same_process or (bool(hosts) and hosts <= _LOCAL_HOSTS)
     except Exception:  # a scheduler that cannot say: assume the workers see nothing of ours
-        same_host = False
-    reach = ClientReach(same_process=False, same_host=same_host)
+        same_process = same_host = False
+    reach = ClientReach(same_process=same_process, same_host=same_host)
     with _reach_lock:
         _cluster_reach[client] = (now, reach)
     return reach
