@@ -34,8 +34,16 @@ block on a fresh temporary folder): one cold run, then the all-hit run, once
 (it takes about 78 ms a task, hit or miss); otherwise a note says it was
 skipped.
 
+With ``--keys-on-workers`` the cached map goes over the future of a list
+that an uncached task makes on a worker (``inc.map(listing.submit(N))``),
+kept there whatever its size: each run's key needs a value only that worker
+holds, so the client cannot compute it, and daskflow looks the map up in one
+Dask task per worker holding such values. The baseline is still raw Dask
+computing W1.
+
     python benchmarks/w3_cache.py            # N = 1,000 and 10,000, best of 3
     python benchmarks/w3_cache.py --quick    # N = 1,000, one repeat
+    python benchmarks/w3_cache.py --n 10000 --keys-on-workers --no-prefect
 """
 
 from __future__ import annotations
@@ -234,9 +242,20 @@ class Flows:
     fanout: Callable[[int], int]  # daskflow W1, no cache
 
 
-def daskflow_flows(client: Any) -> Flows:
-    """The cached W1 flow and plain W1, on ``client``'s cluster, with their folders and counter."""
+def listing(n: int) -> list[int]:
+    """The numbers to map over, made on a worker (``--keys-on-workers``)."""
+    return list(range(n))
+
+
+def daskflow_flows(client: Any, keys_on_workers: bool = False) -> Flows:
+    """The cached W1 flow and plain W1, on ``client``'s cluster, with their folders and counter.
+
+    ``keys_on_workers``: the cached map goes over a list that an uncached task made on a worker
+    and that stays there, so each run's key needs a value only that worker holds.
+    """
     # Imported here, after quiet_daskflow(): daskflow reads its console setting at import.
+    import dask.config
+
     from daskflow import flow, task
     from daskflow.cache_policies import INPUTS
     from daskflow.context import get_flow_run_context
@@ -249,9 +268,9 @@ def daskflow_flows(client: Any) -> Flows:
         )
 
     folders = CacheFolders(cached_tasks, "daskflow-bench-w3-")
-    counter = HitCounter(folders)
+    counter = HitCounter(folders, cached_tasks={"inc", "total"})
     runner = DaskTaskRunner(client=client)
-    inc_task, total_task = task(inc), task(total)
+    inc_task, total_task, listing_task = task(inc), task(total), task(listing)
     chosen: dict[str, Any] = {}
 
     @flow(name="w3-cache", task_runner=runner)
@@ -259,7 +278,13 @@ def daskflow_flows(client: Any) -> Flows:
         ctx = get_flow_run_context()
         counter.last_flow_run = ctx.flow_run if ctx is not None else None
         cached_inc, cached_total = chosen["tasks"]
-        value: int = cached_total(cached_inc.map(range(n)))
+        if not keys_on_workers:
+            value: int = cached_total(cached_inc.map(range(n)))
+            return value
+        # Kept on its worker whatever its size (a list under map_fetch_below would come to the client).
+        with dask.config.set({"daskflow.dask.map_fetch_below": 0}):
+            numbers = cached_inc.map(listing_task.submit(n))
+        value = cached_total(numbers)
         return value
 
     @flow(name="w3-fanout", task_runner=runner)
@@ -289,12 +314,18 @@ def contenders(client: Any, flows: Flows, n: int) -> dict[str, Callable[[], obje
 
 
 def measure_variant(
-    variant: str, config: dict[str, Any], sizes: Sequence[int], repeats: int, prefect: bool, script: str
+    variant: str,
+    config: dict[str, Any],
+    sizes: Sequence[int],
+    repeats: int,
+    prefect: bool,
+    script: str,
+    keys_on_workers: bool = False,
 ) -> tuple[list[Row], list[str]]:
     rows: list[Row] = []
     notes: list[str] = []
     with local_cluster(config) as client:
-        flows = daskflow_flows(client)
+        flows = daskflow_flows(client, keys_on_workers)
         folders, counter = flows.folders, flows.counter
         leftovers: list[int] = []
 
@@ -308,7 +339,7 @@ def measure_variant(
                 result = alternate_pairs(
                     contenders(client, flows, n), (COLD, HIT), repeats, settle, counter.after, workers_cpu_probe(client)
                 )
-                rows.append(variant_row(variant, n, result, counter, notes))
+                rows.append(variant_row(variant, n, result, counter, notes, keys_on_workers))
                 if prefect and n == PREFECT_N:
                     add_prefect(rows[-1], script, client.scheduler.address, n, result[RAW], notes)
         finally:
@@ -319,7 +350,14 @@ def measure_variant(
     return rows, notes
 
 
-def variant_row(variant: str, n: int, result: dict[str, Contender], counter: HitCounter, notes: list[str]) -> Row:
+def variant_row(
+    variant: str,
+    n: int,
+    result: dict[str, Contender],
+    counter: HitCounter,
+    notes: list[str],
+    keys_on_workers: bool = False,
+) -> Row:
     hit, cold, base, plain = result[HIT], result[COLD], result[RAW], result[PLAIN]
     hit_rate, hits, runs = counter.rate(HIT)
     cold_rate, cold_hits, _ = counter.rate(COLD)
@@ -338,7 +376,7 @@ def variant_row(variant: str, n: int, result: dict[str, Contender], counter: Hit
     )
     return comparison_row(
         SUITE,
-        f"all-hit cached map+reduce [{variant}]",
+        f"all-hit cached map+reduce{' over a worker-held list' if keys_on_workers else ''} [{variant}]",
         n,
         hit,
         base,
@@ -346,6 +384,7 @@ def variant_row(variant: str, n: int, result: dict[str, Contender], counter: Hit
         notes=notes_text,
         metrics={
             "variant": variant,
+            "keys_on_workers": keys_on_workers,
             "hit_rate": hit_rate,
             "hits": hits,
             "task_runs": runs,
@@ -448,6 +487,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--variant", choices=[name for name, _ in CLUSTER_VARIANTS], action="append", help="only this scheduler setting"
     )
     parser.add_argument("--no-prefect", action="store_true", help="do not run the Prefect comparison")
+    parser.add_argument(
+        "--keys-on-workers",
+        action="store_true",
+        help="map over a list an uncached task made on a worker and left there: keys need that worker's values",
+    )
     parser.add_argument("--prefect-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -471,11 +515,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         result.notes.append("Prefect 3 skipped in --quick runs: it takes about 78 ms a task, hit or miss")
     elif PREFECT_N not in sizes:
         result.notes.append(f"Prefect 3 skipped: it runs at N={PREFECT_N:,} only, which was not asked for")
-    prefect = not (args.no_prefect or missing or args.quick)
+    if args.keys_on_workers and not args.no_prefect:
+        result.notes.append("Prefect 3 skipped: it runs the plain form only, not --keys-on-workers")
+    prefect = not (args.no_prefect or missing or args.quick or args.keys_on_workers)
 
     for index, (variant, config) in enumerate(variants):
         # Prefect at one setting is enough: its own cost dwarfs the scheduler's.
-        rows, notes = measure_variant(variant, config, sizes, repeats, prefect and index == 0, __file__)
+        rows, notes = measure_variant(
+            variant, config, sizes, repeats, prefect and index == 0, __file__, args.keys_on_workers
+        )
         result.rows.extend(rows)
         result.notes.extend(notes)
     result.notes.append(

@@ -25,12 +25,15 @@ import math
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dask.config
 import pytest
+from dask.utils import key_split
+from distributed.diagnostics.plugin import SchedulerPlugin
 
 from conftest import private_client
 
@@ -137,6 +140,48 @@ def test_w3_cold_run_misses_everything_and_the_hit_run_hits_everything(bench_cli
     assert flows.counter.rate(w3_cache.HIT) == (1.0, N + 1, N + 1), flows.counter.counts
     assert flows.counter.rate(w3_cache.COLD) == (0.0, 0, N + 1), flows.counter.counts
     assert not flows.folders.root.exists()
+
+
+def test_w3_over_a_worker_held_list_hits_everything_without_a_dask_task_per_hit(bench_client: Any) -> None:
+    """--keys-on-workers: the keys need a worker's values, so the hit run looks the map up there in
+    one Dask task per worker, and no run becomes a Dask task of its own (counted on the scheduler)."""
+
+    name = f"w3-keys-{uuid.uuid4().hex[:8]}"
+    bench_client.register_plugin(_NewKeys(), name=name)
+
+    def seen(dask_scheduler: Any) -> list[str]:
+        keys: list[str] = dask_scheduler.plugins[name].keys
+        return keys
+
+    flows = w3_cache.daskflow_flows(bench_client, keys_on_workers=True)
+    try:
+        assert flows.cold(N) == w3_cache.expected(N)
+        flows.counter.after(w3_cache.COLD)
+        cold = bench_client.run_on_scheduler(seen)
+        assert flows.hit(N) == w3_cache.expected(N)
+        flows.counter.after(w3_cache.HIT)
+        hit = bench_client.run_on_scheduler(seen)[len(cold) :]
+    finally:
+        flows.folders.close()
+        bench_client.unregister_scheduler_plugin(name)
+    assert flows.counter.rate(w3_cache.HIT) == (1.0, N + 1, N + 1), flows.counter.counts
+    assert flows.counter.rate(w3_cache.COLD) == (0.0, 0, N + 1), flows.counter.counts
+    groups = sorted(key_split(key) for key in hit)
+    # The list, its length asked next to it, and one lookup (one worker holds the list); the reduce
+    # over the hits is a hit found on the client.
+    assert groups == ["inc-lookup", "length_and_worker", "listing"], f"the all-hit run's Dask tasks: {groups}"
+    assert sum(1 for key in cold if key_split(key) == "inc") == N, sorted(map(key_split, cold))
+
+
+class _NewKeys(SchedulerPlugin):
+    """The keys of the tasks the scheduler is given, in order."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if start == "released" and finish != "forgotten" and isinstance(key, str):
+            self.keys.append(key)
 
 
 # -- W4: limits ------------------------------------------------------------------------------------
