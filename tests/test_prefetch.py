@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -70,12 +70,15 @@ def _cached_map(name: str, storage: str, executions: Any) -> Any:
     return inc
 
 
-def _mapping_flow(inc: Any, runner: Any, made: list[Any], name: str | None = None) -> Any:
-    """A flow mapping ``inc`` over ``range(n)`` on ``runner``; each run's futures are left in ``made``."""
+def _mapping_flow(
+    inc: Any, runner: Any, made: list[Any], name: str | None = None, source: Callable[[int], Any] = range
+) -> Any:
+    """A flow mapping ``inc`` over ``source(n)`` (``range(n)``) on ``runner``; each run's futures are
+    left in ``made``."""
 
     @flow(name=name, task_runner=runner)
     def pipeline(n: int) -> list[int]:
-        futures = inc.map(range(n))
+        futures = inc.map(source(n))
         made[:] = futures
         return futures.result()
 
@@ -138,6 +141,21 @@ def test_a_reduce_over_hits_is_a_hit_and_nothing_reaches_the_scheduler(
     assert executions.count("total") == 1, executions.keys()
 
 
+def _over_a_listing(
+    prefix: str, store: ResultStore, executions: Any, client: Any, made: list[Any], name: str, **listing_options: Any
+) -> Any:
+    """A flow mapping a cached ``inc`` over the list a ``listing`` task (with these options) makes on
+    the cluster; each run's futures are left in ``made``."""
+
+    @task(name=f"{prefix}-list", **listing_options)
+    def listing(n: int) -> list[int]:
+        executions.record("listing")
+        return list(range(n))
+
+    inc = _cached_map(prefix, store.url, executions)
+    return _mapping_flow(inc, DaskTaskRunner(client=client), made, name, listing.submit)
+
+
 def test_a_map_over_a_cached_list_held_on_a_worker_is_looked_up_on_the_client(
     dask_client: Any, seen: KeysSeen, tmp_path: Path, executions: Any, history: Any
 ) -> None:
@@ -145,21 +163,11 @@ def test_a_map_over_a_cached_list_held_on_a_worker_is_looked_up_on_the_client(
     value's version and length, never the value: the map's keys are computed on the client from them,
     hits become no Dask task and no item task, and only the misses' items are taken out of the list."""
     store = ResultStore((tmp_path / "results").as_uri())
-
-    @task(name=f"{seen.prefix}-list", cache_key_fn=lambda context, parameters: f"months-{parameters['n']}",
-          result_storage=store.url)  # fmt: skip
-    def listing(n: int) -> list[int]:
-        executions.record("listing")
-        return list(range(n))
-
-    inc = _cached_map(seen.prefix, store.url, executions)
     made: list[Any] = []
-
-    @flow(name="over-a-list", task_runner=DaskTaskRunner(client=dask_client))
-    def pipeline(n: int) -> list[int]:
-        futures = inc.map(listing.submit(n))
-        made[:] = futures
-        return futures.result()
+    pipeline = _over_a_listing(
+        seen.prefix, store, executions, dask_client, made, "over-a-list",
+        cache_key_fn=lambda context, parameters: f"months-{parameters['n']}", result_storage=store.url,
+    )  # fmt: skip
 
     def kinds(keys: set[str]) -> list[str]:
         return sorted(
@@ -222,20 +230,8 @@ def test_a_map_over_a_list_only_a_worker_holds_is_looked_up_there_in_one_task(
     to the list, and only the misses are submitted (each with its item's task); a hit becomes no Dask
     task, and is recorded here."""
     store = ResultStore((tmp_path / "results").as_uri())
-
-    @task(name=f"{seen.prefix}-list")
-    def listing(n: int) -> list[int]:
-        executions.record("listing")
-        return list(range(n))
-
-    inc = _cached_map(seen.prefix, store.url, executions)
     made: list[Any] = []
-
-    @flow(name="over-an-uncached-list", task_runner=DaskTaskRunner(client=dask_client))
-    def pipeline(n: int) -> list[int]:
-        futures = inc.map(listing.submit(n))
-        made[:] = futures
-        return futures.result()
+    pipeline = _over_a_listing(seen.prefix, store, executions, dask_client, made, "over-an-uncached-list")
 
     assert pipeline(20) == list(range(1, 21))
     cold = set(seen.keys)

@@ -52,6 +52,7 @@ __all__ = [
     "DeferredData",
     "FINAL_TYPES",
     "FINAL_TYPE_NAMES",
+    "GivenVersion",
     "KnownValue",
     "LoadedOnce",
     "NOT_READY",
@@ -196,7 +197,24 @@ class KnownValue(DeferredData):
         return f"KnownValue({type(self.value).__name__}, version={self.version!r})"
 
 
-class RemoteValue(DeferredData):
+class GivenVersion(DeferredData):
+    """A reference told its data version and length when made: kept in ``_version`` and ``_length``,
+    which each subclass declares in its slots."""
+
+    __slots__ = ()
+    _version: str
+    _length: int | None
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def length(self) -> int | None:
+        return self._length
+
+
+class RemoteValue(GivenVersion):
     """A value held elsewhere (on a Dask worker) of which only the data version and length are known here.
 
     What a Dask runner's client knows of a cached run that ended on the cluster:
@@ -211,14 +229,6 @@ class RemoteValue(DeferredData):
     def __init__(self, version: str, length: int | None = None) -> None:
         self._version = version
         self._length = length
-
-    @property
-    def version(self) -> str:
-        return self._version
-
-    @property
-    def length(self) -> int | None:
-        return self._length
 
     def in_memory(self) -> bool:
         return False

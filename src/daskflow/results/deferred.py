@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from daskflow.exceptions import CorruptResultError, ResultError, UnreadableValueError
-from daskflow.states import DeferredData, KnownValue, LoadedOnce
+from daskflow.states import DeferredData, GivenVersion, KnownValue, LoadedOnce
 
 __all__ = ["InlineValue", "StoredValue", "UnreadableValueError"]
 
@@ -87,7 +87,7 @@ class StoredValue(LoadedOnce):
         return f"StoredValue({self.key!r}{where}, version={self.version!r})"
 
 
-class InlineValue(LoadedOnce):
+class InlineValue(LoadedOnce, GivenVersion):
     """A small value found by a batch lookup, still in the encoded form its entry's footer carried.
 
     The copy's digest was checked when it was found, so it is the entry's value;
@@ -104,14 +104,6 @@ class InlineValue(LoadedOnce):
         self._args = args
         self._version = version
         self._length = length
-
-    @property
-    def version(self) -> str:
-        return self._version
-
-    @property
-    def length(self) -> int | None:
-        return self._length
 
     def in_memory(self) -> bool:
         return True  # nothing is read from storage: the copy is here
