@@ -31,6 +31,7 @@ from conftest import private_client
 from daskflow import flow, task
 from daskflow.context import get_flow_run_context
 from daskflow.exceptions import SchedulerUnreachableError, UnserializableInputError
+from daskflow.futures import resolve_futures_to_results
 from daskflow.runs import FlowRun
 from daskflow.task_runners import DaskTaskRunner, dask_shipping
 from daskflow.task_runners.dask_futures import MappedList
@@ -345,6 +346,20 @@ def test_the_values_of_a_map_come_to_the_client_in_one_round_trip_not_one_each(
     assert [v for i, v in enumerate(values) if i != 7] == [i * i for i in range(40) if i != 7]
     assert isinstance(values[7], ValueError) and str(values[7]) == "seven"
     assert fetches == [40], f"gathers of the map's values, by size: {fetches}"
+
+    # The same for a flow that returns its map's futures, and for resolve_futures_to_results.
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def returning() -> Any:
+        return square.map(range(10, 30))
+
+    @flow(task_runner=DaskTaskRunner(client=dask_client))
+    def resolving() -> Any:
+        return resolve_futures_to_results({"squares": square.map(range(30, 50))})
+
+    fetches.clear()
+    assert returning() == [i * i for i in range(10, 30)]
+    assert resolving() == {"squares": [i * i for i in range(30, 50)]}
+    assert fetches == [20, 20], f"gathers of the returned and resolved values, by size: {fetches}"
 
 
 def test_an_unpicklable_argument_is_an_error_at_submit(dask_client: Client) -> None:

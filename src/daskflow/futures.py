@@ -31,6 +31,7 @@ __all__ = [
     "PrefectFuture",
     "PrefectFutureList",
     "as_completed",
+    "fetch_all",
     "resolve_futures_to_results",
     "resolve_futures_to_states",
     "wait",
@@ -149,9 +150,7 @@ class DaskflowFutureList(list[DaskflowFuture[R]]):
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[R]:
         deadline = None if timeout is None else time.monotonic() + timeout
-        if len(self) > 1:
-            for cls in {type(future) for future in self}:
-                cls.fetch_many(self, None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        fetch_all(self, timeout)
         values = []
         for future in self:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
@@ -214,6 +213,29 @@ PrefectFuture = DaskflowFuture
 PrefectFutureList = DaskflowFutureList
 
 
+def fetch_all(futures: Iterable[DaskflowFuture[Any]], timeout: float | None = None) -> None:
+    """Wait for many futures and bring their final states here at once, each class its own way
+    (:meth:`DaskflowFuture.fetch_many`): what then reads them one by one finds them here."""
+    listed = futures if isinstance(futures, list) else list(futures)
+    if len(listed) > 1:
+        for cls in {type(future) for future in listed}:
+            cls.fetch_many(listed, timeout)
+
+
+def _futures_in(value: Any) -> list[DaskflowFuture[Any]]:
+    found: list[DaskflowFuture[Any]] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, DaskflowFuture):
+            found.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+    return found
+
+
 def _replace_futures(value: Any, leaf: Callable[[DaskflowFuture[Any]], Any]) -> Any:
     if isinstance(value, DaskflowFuture):
         return leaf(value)
@@ -235,9 +257,11 @@ def resolve_futures_to_states(value: Any) -> Any:
         future.wait()
         return future.state
 
+    fetch_all(_futures_in(value))
     return _replace_futures(value, leaf)
 
 
 def resolve_futures_to_results(value: Any) -> Any:
     """``value`` with every future in it replaced by its run's value (raising a failed run's error)."""
+    fetch_all(_futures_in(value))
     return _replace_futures(value, lambda future: future.result())

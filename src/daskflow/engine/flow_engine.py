@@ -59,7 +59,7 @@ from daskflow.engine.cancellation import register as register_cancellable
 from daskflow.engine.cancellation import unregister as unregister_cancellable
 from daskflow.engine.history import recorder as history_recorder
 from daskflow.engine.hooks import hooks_for, run_state_hooks
-from daskflow.engine.inputs import resolve_runs
+from daskflow.engine.inputs import iter_upstreams, resolve_runs
 from daskflow.engine.progress import ProgressDisplay, show_progress
 from daskflow.engine.retries import judge_attempt
 from daskflow.engine.run_names import RunNameError, format_run_name, generate_run_name
@@ -67,7 +67,7 @@ from daskflow.engine.run_origin import import_path, take_preset_run_id
 from daskflow.engine.task_engine import split_arguments
 from daskflow.engine.timeouts import call_with_timeout, interrupt_thread
 from daskflow.exceptions import CancelledRunError, ParameterValidationError, RunTimeoutError
-from daskflow.futures import DaskflowFuture
+from daskflow.futures import DaskflowFuture, fetch_all
 from daskflow.logging import RunLoggerAdapter, configure_console_logging, install_print_capture, run_logger_for
 from daskflow.results import write_behind
 from daskflow.results.write_behind import WriteReport
@@ -361,6 +361,7 @@ class FlowRunEngine:
             and bool(value)
             and all(isinstance(v, (State, DaskflowFuture)) for v in value)
         )
+        fetch_all(iter_upstreams(value))  # a returned map's values in one round trip, not one each
         ret.data, _ = resolve_runs(value, ret.on_state)
         return ret
 
