@@ -182,12 +182,10 @@ def test_requests_are_idempotent_and_read_in_one_query(history: Any) -> None:
     assert pending_cancel_requests(store, []) == {}
 
 
-def test_the_watcher_keeps_nothing_of_a_finished_flow_run_alive(history: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_watcher_keeps_nothing_of_a_finished_flow_run_alive(history: Any) -> None:
     """The watcher polls the run store for the runs in flight, then waits for the next run. Nothing
     of the last run it polled for may stay bound while it waits: a run's entry holds its engine, and
     so the flow run and every task run it made (a notebook idle after a map of 100,000 items)."""
-    # pytest keeps the log records it captures, and "Finished in state %r" holds the run's state.
-    monkeypatch.setattr(logging.getLogger("daskflow"), "propagate", False)
     seen: dict[str, Any] = {}
 
     @task

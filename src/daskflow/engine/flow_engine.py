@@ -449,10 +449,12 @@ class FlowRunEngine:
             self.progress = None
         if state.is_completed():
             hits = run.cache_hits
+            # The state as text: a handler that keeps its records (a notebook's, pytest's) must not keep
+            # the flow run's value, its task runs and their states alive with it.
             if hits or run.cache_misses:
-                self.logger.info("Finished in state %r; cache: %d hits, %d misses", state, hits, run.cache_misses)
+                self.logger.info("Finished in state %s; cache: %d hits, %d misses", repr(state), hits, run.cache_misses)
             else:
-                self.logger.info("Finished in state %r", state)
+                self.logger.info("Finished in state %s", repr(state))
         if hooks_for(self.options, state):
             # Inside the run's context again, so a hook's print under log_prints is logged as the run's.
             with use_flow_run_context(self.context) if self.context is not None else nullcontext():

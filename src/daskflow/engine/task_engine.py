@@ -422,7 +422,7 @@ class TaskRunEngine:
         if hooks:
             self._run_hooks(state)
         if _task_logger.isEnabledFor(logging.DEBUG):
-            self.logger.debug("Finished in state %r", state)
+            self.logger.debug("Finished in state %s", repr(state))  # a record that is kept must not keep the value
         return state
 
     def _run_hooks(self, state: State) -> None:
