@@ -29,12 +29,14 @@ from distributed import Client, LocalCluster
 import daskflow
 from conftest import private_client
 from daskflow import flow, task
+from daskflow.cache_policies import INPUTS
 from daskflow.context import get_flow_run_context
 from daskflow.exceptions import SchedulerUnreachableError, UnserializableInputError
 from daskflow.futures import resolve_futures_to_results
 from daskflow.runs import FlowRun
-from daskflow.task_runners import DaskTaskRunner, dask_shipping
+from daskflow.task_runners import DaskTaskRunner, ThreadPoolTaskRunner, dask_shipping, dask_worker
 from daskflow.task_runners.dask_futures import MappedList
+from daskflow.task_runners.dask_protocol import StateEvent
 
 
 def _wait_for(predicate: Any, timeout: float, what: str) -> None:
@@ -360,6 +362,42 @@ def test_the_values_of_a_map_come_to_the_client_in_one_round_trip_not_one_each(
     assert returning() == [i * i for i in range(10, 30)]
     assert resolving() == {"squares": [i * i for i in range(30, 50)]}
     assert fetches == [20, 20], f"gathers of the returned and resolved values, by size: {fetches}"
+
+
+def test_workers_in_the_clients_process_report_only_the_runs_they_execute(
+    dask_inprocess_client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With workers in the client's process (processes=False), every run of that process changes
+    state where their forwarder listens: hits found where the map is submitted, and the runs of a
+    local runner, are no worker's to report, and are not sent as events."""
+
+    @task(name="cached-double", cache_policy=INPUTS, result_storage=tmp_path.as_uri())
+    def double(x: int) -> int:
+        return 2 * x
+
+    @flow(task_runner=DaskTaskRunner(client=dask_inprocess_client))
+    def on_dask() -> list[int]:
+        return double.map(range(20)).result()
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def local() -> list[int]:
+        return double.map(range(20, 30)).result()
+
+    assert on_dask() == [2 * x for x in range(20)]  # runs on the workers: their forwarder is installed
+    forwarder = dask_worker._forwarder
+    assert forwarder is not None
+    sent: list[str] = []
+    add = forwarder._add
+
+    def counted(item: Any, urgent: bool = False) -> None:
+        if isinstance(item, StateEvent):
+            sent.append(item.run_id)
+        add(item, urgent)
+
+    monkeypatch.setattr(forwarder, "_add", counted)
+    assert on_dask() == [2 * x for x in range(20)]  # every run a hit found on the client
+    assert local() == [2 * x for x in range(20, 30)]
+    assert sent == [], f"{len(sent)} state events of runs no worker executed"
 
 
 def test_an_unpicklable_argument_is_an_error_at_submit(dask_client: Client) -> None:

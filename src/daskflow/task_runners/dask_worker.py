@@ -189,7 +189,10 @@ class _Forwarder(logging.Handler):
         self.senders: dict[str, _EndSender] = {}  # worker address -> its _EndSender
 
     def on_state(self, run: Any, state: State) -> None:
-        if isinstance(run, TaskRun) and not getattr(_applying, "reports", False):
+        # Only runs a worker executes (made by _call_of, with the worker's address): with workers in
+        # the client's process (processes=False), the client's own runs (a hit found where a map is
+        # submitted, a local runner's run) change state here too, and are no worker's to report.
+        if isinstance(run, TaskRun) and run.worker is not None and not getattr(_applying, "reports", False):
             final = state.is_final()
             event = StateEvent.of(run.id, run.run_count, state, run.cache_key if final else None)
             current = self.current
