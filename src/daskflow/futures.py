@@ -223,16 +223,9 @@ def fetch_all(futures: Iterable[DaskflowFuture[Any]], timeout: float | None = No
 
 
 def _futures_in(value: Any) -> list[DaskflowFuture[Any]]:
+    """The futures :func:`_replace_futures` would replace in ``value``."""
     found: list[DaskflowFuture[Any]] = []
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, DaskflowFuture):
-            found.append(item)
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            stack.extend(item)
+    _replace_futures(value, found.append)
     return found
 
 

@@ -34,7 +34,7 @@ from daskflow.options import TaskOptions, build_options, with_changes
 from daskflow.parameters import Binder
 from daskflow.states import State
 from daskflow.task_runners import SequentialTaskRunner, TaskRunner, ThreadPoolTaskRunner
-from daskflow.task_runners.sequential import FinishedFuture
+from daskflow.task_runners.sequential import submit_misses
 
 __all__ = ["ResultStorageKey", "Task", "exponential_backoff", "task", "task_input_hash"]
 
@@ -86,14 +86,7 @@ def _submit(runner: TaskRunner, calls: list[TaskCall]) -> list[DaskflowFuture[An
     """Hand ``calls`` to the runner, all but those whose cache entry was found here: they are done."""
     if not calls or not getattr(calls[0].task, "caching", False) or not _looks_up_here(runner):
         return runner.submit_batch(calls)
-    hits = look_up_calls(calls, reach_of(runner))
-    misses = [call for call, hit in zip(calls, hits) if hit is None]
-    if len(misses) == len(calls):
-        return runner.submit_batch(calls)
-    submitted = iter(runner.submit_batch(misses) if misses else ())
-    return [
-        FinishedFuture(call.task_run, hit) if hit is not None else next(submitted) for call, hit in zip(calls, hits)
-    ]
+    return submit_misses(calls, look_up_calls(calls, reach_of(runner)), runner.submit_batch)
 
 
 def _handed_on(flow_ctx: Any, run_id: str, state: State) -> Any:

@@ -209,11 +209,9 @@ class StateEvent(_Encoded):
     @classmethod
     def of(cls, run_id: str, attempt: int, state: State, cache_key: str | None = None) -> StateEvent:
         deferred = state.deferred if cache_key is not None and state.is_completed() else None
-        if deferred is None:
-            return cls(run_id, attempt, state.type.value, state.name, state.message, state.epoch, state.traceback,
-                       cache_key=cache_key)  # fmt: skip
+        version, length = (None, None) if deferred is None else (deferred.version, deferred.length)
         return cls(run_id, attempt, state.type.value, state.name, state.message, state.epoch, state.traceback,
-                   cache_key=cache_key, version=deferred.version, length=deferred.length)  # fmt: skip
+                   cache_key=cache_key, version=version, length=length)  # fmt: skip
 
     def with_start(self, start: float) -> StateEvent:
         """This event with ``start`` (a folded ``Running`` event's time); ``dataclasses.replace`` costs more."""

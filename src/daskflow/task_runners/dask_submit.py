@@ -35,7 +35,7 @@ from daskflow.task_runners.dask_protocol import Definition, RunSpec
 from daskflow.task_runners.dask_shipping import ship_code, unserializable
 from daskflow.task_runners.dask_values import length_and_worker, shared_value
 from daskflow.task_runners.dask_worker import ItemRef, UpstreamRef, look_up_on_worker, run_on_worker
-from daskflow.task_runners.sequential import FinishedFuture
+from daskflow.task_runners.sequential import submit_misses
 
 if TYPE_CHECKING:
     from daskflow.task_runners.dask import DaskTaskRunner
@@ -206,13 +206,8 @@ class DaskSubmitting(DaskConnecting):
             hits = self._look_up_on_workers(group)
             if hits is None:
                 futures.extend(self._submit_group(group))
-                continue
-            misses = [call for call, hit in zip(group, hits) if hit is None]
-            submitted = iter(self._submit_group(misses) if misses else ())
-            futures.extend(
-                FinishedFuture(call.task_run, hit) if hit is not None else next(submitted)
-                for call, hit in zip(group, hits)
-            )
+            else:
+                futures.extend(submit_misses(group, hits, self._submit_group))
         if len(by_task) > 1:  # keep the caller's order
             order = {id(call.task_run): i for i, call in enumerate(calls)}
             futures.sort(key=lambda f: order[id(f.task_run)])
@@ -467,7 +462,6 @@ class DaskSubmitting(DaskConnecting):
             if small is not None:  # a small list comes here: its values go with the runs, and key them here
                 return list(small)
         if length is None:  # did not complete (each item fails as its downstream), or not items by position
-            future.wait()
             return list(future.result())
         run = future.task_run
         # Grouped as <task>-item on the dashboard; the items' tasks are made as their runs are submitted.

@@ -17,7 +17,7 @@ from daskflow.runs import TaskRun
 from daskflow.states import State
 from daskflow.task_runners.base import TaskRunner
 
-__all__ = ["FinishedFuture", "SequentialTaskRunner"]
+__all__ = ["FinishedFuture", "SequentialTaskRunner", "submit_misses"]
 
 
 class FinishedFuture(DaskflowFuture[Any]):
@@ -40,6 +40,22 @@ class FinishedFuture(DaskflowFuture[Any]):
 
     def add_done_callback(self, fn: Callable[[DaskflowFuture[Any]], None]) -> None:
         fn(self)
+
+
+def submit_misses(
+    calls: Sequence[TaskCall],
+    hits: Sequence[State | None],
+    submit: Callable[[Sequence[TaskCall]], Sequence[DaskflowFuture[Any]]],
+) -> list[DaskflowFuture[Any]]:
+    """One future per call, in order: a finished one for each call with a hit (its final state), the
+    future ``submit`` gives for each of the others, which are submitted in one batch."""
+    misses = [call for call, hit in zip(calls, hits) if hit is None]
+    if len(misses) == len(calls):
+        return list(submit(calls))
+    submitted = iter(submit(misses) if misses else ())
+    return [
+        FinishedFuture(call.task_run, hit) if hit is not None else next(submitted) for call, hit in zip(calls, hits)
+    ]
 
 
 class SequentialTaskRunner(TaskRunner):
